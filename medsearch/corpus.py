@@ -1,0 +1,183 @@
+"""Read a corpus from disk into Document records, with errors that name the file and line.
+
+Accepted inputs (a file or a folder):
+- BEIR folder: a folder holding `corpus.jsonl` (only that file is read).
+- `.jsonl`: one JSON object a line: `id` or `_id`, `text` (required), `title`, `url`, `source`;
+  every other field is kept as metadata.
+- `.csv`: a header row with a `text` column; the same optional columns as JSONL.
+- `.txt` / `.md`: one document per file; id = path relative to the corpus folder; title = the
+  first `# heading` of a Markdown file, else the file name.
+A folder without `corpus.jsonl` is walked recursively (hidden files skipped, sorted order).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from medsearch.errors import MedsearchError
+
+SUFFIXES = (".jsonl", ".csv", ".txt", ".md")
+_KNOWN_FIELDS = {"id", "_id", "title", "text", "url", "source"}
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    url: str = ""
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+    origin: str = ""  # "file:line", for error messages only
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(f"{self.title}\n{self.text}".encode()).hexdigest()[:16]
+
+
+def read_corpus(path: str | Path) -> list[Document]:
+    """Read every document under `path`; raise MedsearchError on any bad record or an empty corpus."""
+    root = Path(path)
+    if not root.exists():
+        raise MedsearchError(f"corpus path not found: {root}")
+    if root.is_dir():
+        beir = root / "corpus.jsonl"
+        files = [beir] if beir.is_file() else _corpus_files(root)
+        base = root
+        if not files:
+            raise MedsearchError(f"no corpus files ({', '.join(SUFFIXES)}) in {root}")
+    else:
+        if root.suffix.lower() not in SUFFIXES:
+            raise MedsearchError(f"{root}: unsupported file type '{root.suffix}' (use {', '.join(SUFFIXES)})")
+        files, base = [root], root.parent
+
+    documents: list[Document] = []
+    seen: dict[str, str] = {}
+    for file in files:
+        for doc in _read_file(file, base):
+            if doc.id in seen:
+                raise MedsearchError(f"{doc.origin}: duplicate document id '{doc.id}' (first seen at {seen[doc.id]})")
+            seen[doc.id] = doc.origin
+            documents.append(doc)
+    if not documents:
+        raise MedsearchError(f"no documents found in {root}: the corpus is empty")
+    return documents
+
+
+def _corpus_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def _read_file(file: Path, base: Path) -> Iterator[Document]:
+    name = file.relative_to(base).as_posix()
+    content = _read_text(file)
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _read_jsonl(content, name)
+    elif suffix == ".csv":
+        yield from _read_csv(content, name)
+    else:
+        yield _read_plain(content, name, markdown=suffix == ".md")
+
+
+def _read_text(file: Path) -> str:
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise MedsearchError(f"{file}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from None
+
+
+def _record_to_document(record: dict, origin: str, source: str, default_id: str) -> Document:
+    raw_id = record.get("_id", record.get("id"))
+    doc_id = default_id if raw_id is None or str(raw_id).strip() == "" else str(raw_id).strip()
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise MedsearchError(f"{origin}: missing or empty 'text' field")
+    return Document(
+        id=doc_id,
+        text=text.strip(),
+        title=str(record.get("title") or "").strip(),
+        url=str(record.get("url") or ""),
+        source=str(record.get("source") or source),
+        metadata={k: v for k, v in record.items() if k not in _KNOWN_FIELDS},
+        origin=origin,
+    )
+
+
+def _json_records(content: str, name: str) -> Iterator[tuple[str, dict]]:
+    """(origin, object) for each non-blank line of a JSONL text."""
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        origin = f"{name}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MedsearchError(f"{origin}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise MedsearchError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+        yield origin, record
+
+
+def _read_jsonl(content: str, name: str) -> Iterator[Document]:
+    for origin, record in _json_records(content, name):
+        yield _record_to_document(record, origin, name, default_id=origin)
+
+
+def _read_csv(content: str, name: str) -> Iterator[Document]:
+    reader = csv.DictReader(io.StringIO(content))
+    if not reader.fieldnames or "text" not in reader.fieldnames:
+        raise MedsearchError(f"{name}:1: CSV header needs a 'text' column (found: {reader.fieldnames or 'nothing'})")
+    for record in reader:
+        origin = f"{name}:{reader.line_num}"
+        if None in record:
+            raise MedsearchError(f"{origin}: more fields than the header has columns")
+        yield _record_to_document(record, origin, name, default_id=origin)
+
+
+def _read_plain(content: str, name: str, markdown: bool) -> Document:
+    text = content.strip()
+    if not text:
+        raise MedsearchError(f"{name}: empty file")
+    title = Path(name).stem
+    if markdown:
+        heading = next((ln for ln in text.splitlines() if ln.startswith("# ")), None)
+        if heading:
+            title = heading[2:].strip()
+    return Document(id=name, text=text, title=title, source=name, origin=name)
+
+
+def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
+    """(ids, texts) from a JSONL file (`_id`/`id`/`query_id`, `text`/`query`) or a text file, one a line."""
+    file = Path(path)
+    if not file.is_file():
+        raise MedsearchError(f"queries file not found: {file}")
+    content = _read_text(file)
+    if file.suffix.lower() == ".jsonl":
+        pairs = [
+            (str(record.get("_id", record.get("id", record.get("query_id", origin)))), record.get("text", record.get("query")), origin)
+            for origin, record in _json_records(content, file.name)
+        ]
+    else:
+        pairs = [(str(n), line, f"{file.name}:{n}") for n, line in enumerate(content.splitlines(), 1) if line.strip()]
+    for _, text, origin in pairs:
+        if not isinstance(text, str) or not text.strip():
+            raise MedsearchError(f"{origin}: missing or empty 'text' field")
+    ids, texts = [qid for qid, _, _ in pairs], [text.strip() for _, text, _ in pairs]
+    if not texts:
+        raise MedsearchError(f"{file}: no queries in the file")
+    return ids, texts

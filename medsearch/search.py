@@ -1,0 +1,198 @@
+"""Answer queries over an index: tier -> prefix of the query vector -> tier index -> (re-rank) -> hits.
+
+The `fast` tier is the funnel: the 64-dim index proposes `k * oversample` chunk candidates and
+the full-dim vectors (memory-mapped) re-rank them exactly. Chunk hits collapse to documents:
+the best chunk of a document gives its score and its snippet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from medsearch.encoder import Encoder
+from medsearch.errors import MedsearchError
+from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, open_index, prefix
+
+DEFAULT_TIER = "fast"
+# Fast-tier candidates per wanted hit; chosen from bench/ measurements (see README).
+DEFAULT_OVERSAMPLE = 10
+SNIPPET_CHARS = 240
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    title: str
+    snippet: str
+    url: str = ""
+    source: str = ""
+    chunk: int = 0
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class QueryResult:
+    query: str
+    hits: list[Hit]
+    timings_ms: dict[str, float]
+    query_id: str | None = None
+
+    def to_json(self) -> dict:
+        out = {"query_id": self.query_id} if self.query_id is not None else {}
+        out["query"] = self.query
+        out["results"] = [
+            {"id": h.id, "score": round(h.score, 6), "title": h.title, "snippet": h.snippet} for h in self.hits
+        ]
+        out["timings_ms"] = {key: round(value, 3) for key, value in self.timings_ms.items()}
+        return out
+
+
+def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text[: cut if cut > limit // 2 else limit] + " …"
+
+
+def collapse(rows: np.ndarray, scores: np.ndarray, chunk_doc: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """First (best) chunk of each document, in rank order, until k documents."""
+    seen: set[int] = set()
+    hits = []
+    for row, score in zip(rows.tolist(), scores.tolist()):
+        if row < 0:
+            continue
+        doc = int(chunk_doc[row])
+        if doc not in seen:
+            seen.add(doc)
+            hits.append((row, score))
+            if len(hits) == k:
+                break
+    return hits
+
+
+class Searcher:
+    """Search one index with the model it was built with."""
+
+    def __init__(self, index: Index, encoder: Encoder):
+        check_model(index, encoder)
+        self.index = index
+        self.encoder = encoder
+
+    @classmethod
+    def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None) -> "Searcher":
+        index = open_index(index_dir)
+        return cls(index, Encoder(model or index.manifest["model"]["spec"], device=device))
+
+    def resolve(self, tier: str, dim: int | None) -> tuple[int, bool]:
+        """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
+        if dim is not None:
+            self.index.faiss_index(dim)  # validates that the dim is stored
+            return dim, False
+        if tier not in TIERS:
+            raise MedsearchError(f"unknown tier '{tier}' (choose from: {', '.join(TIERS)})")
+        tier_dim = self.index.manifest["tier_dims"][tier]
+        return tier_dim, tier == "fast" and tier_dim != self.index.full_dim
+
+    def search(
+        self,
+        queries: list[str],
+        *,
+        query_ids: list[str] | None = None,
+        tier: str = DEFAULT_TIER,
+        k: int = 10,
+        dim: int | None = None,
+        oversample: int = DEFAULT_OVERSAMPLE,
+    ) -> list[QueryResult]:
+        """Encode all queries in one pass, search, hydrate. Timings in batch mode are per query (amortised)."""
+        if not queries:
+            raise MedsearchError("no queries given")
+        for i, text in enumerate(queries):
+            if not text or not text.strip():
+                where = f" (query {query_ids[i]})" if query_ids else ""
+                raise MedsearchError(f"empty query{where}: give some text to search for")
+        self.resolve(tier, dim)  # fail on a bad tier before encoding
+        started = time.perf_counter()
+        vectors = self.encoder.encode_queries(queries)
+        encode_ms = (time.perf_counter() - started) * 1000
+        ranked, timings = self.search_vectors(vectors, tier=tier, k=k, dim=dim, oversample=oversample)
+        per_query = {"encode": encode_ms / len(queries), **{key: v / len(queries) for key, v in timings.items()}}
+        results = []
+        for i, hits in enumerate(ranked):
+            found = self.index.store.hydrate([row for row, _ in hits], query=queries[i])
+            docs = []
+            for row, score in hits:
+                info = found[row]
+                docs.append(
+                    Hit(
+                        id=info["id"],
+                        score=float(score),
+                        title=info["title"],
+                        snippet=snippet(info["highlight"] or info["chunk"]),
+                        url=info["url"],
+                        source=info["source"],
+                        chunk=info["position"],
+                        metadata=info["metadata"],
+                    )
+                )
+            results.append(QueryResult(queries[i], docs, dict(per_query), query_ids[i] if query_ids else None))
+        return results
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        *,
+        tier: str = DEFAULT_TIER,
+        k: int = 10,
+        dim: int | None = None,
+        oversample: int = DEFAULT_OVERSAMPLE,
+    ) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """Ranked (chunk row, score) lists, one document per hit, for full-dim query vectors."""
+        if k < 1:
+            raise MedsearchError(f"k must be at least 1; got {k}")
+        if oversample < 1:
+            raise MedsearchError(f"oversample must be at least 1; got {oversample}")
+        search_dim, rerank = self.resolve(tier, dim)
+        total = self.index.chunks
+        collapses = total != self.index.manifest["documents"]
+        n = min(total, k * oversample if rerank else (2 * k if collapses else k))
+        timings = {"search": 0.0, "rerank": 0.0}
+        results: list[list[tuple[int, float]] | None] = [None] * len(vectors)
+        pending = np.arange(len(vectors))
+        while len(pending):
+            rows, scores = self._ranked(vectors[pending], search_dim, rerank, n, timings)
+            still = []
+            for q, r, s in zip(pending, rows, scores):
+                hits = collapse(r, s, self.index.chunk_doc, k)
+                if len(hits) < k and n < total:
+                    still.append(q)
+                else:
+                    results[q] = hits
+            pending, n = np.array(still, dtype=int), min(total, 2 * n)
+        return results, timings
+
+    def _ranked(self, vectors, dim, rerank, n, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        started = time.perf_counter()
+        index = self.index.faiss_index(dim)
+        params = faiss.SearchParametersHNSW(efSearch=max(n, 16)) if self.index.index_type(dim) == "hnsw" else None
+        scores, rows = index.search(prefix(vectors, dim), n, params=params)
+        timings["search"] += (time.perf_counter() - started) * 1000
+        if not rerank:
+            return list(rows), list(scores)
+        started = time.perf_counter()
+        out_rows, out_scores = [], []
+        for query, candidates in zip(vectors, rows):
+            candidates = np.sort(candidates[candidates >= 0])  # sorted reads from the memory map
+            exact = self.index.vectors[candidates].astype(np.float32) @ query
+            order = np.argsort(-exact, kind="stable")
+            out_rows.append(candidates[order])
+            out_scores.append(exact[order])
+        timings["rerank"] += (time.perf_counter() - started) * 1000
+        return out_rows, out_scores
+

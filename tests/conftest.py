@@ -1,0 +1,85 @@
+"""Shared fixtures: the embedded MiniLM encoder, a tiny random 1024-dim model, small corpora and
+an index of the bundled corpus. Everything is local: no test touches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from medsearch.encoder import Encoder, default_model_path  # noqa: E402
+from medsearch.index import build_index  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "corpus"
+
+LONG_TEXT = " ".join(
+    f"Paragraph {i} explains routine care for chronic heart failure, including daily weights, fluid limits and medicines."
+    for i in range(60)
+) + " The final advice: call your care team if your weight rises by more than two kilograms in three days."
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+SMALL_DOCS = [
+    {"id": "flu", "title": "Influenza", "text": "Influenza causes fever, cough, sore throat and muscle aches; a yearly vaccine lowers the risk."},
+    {"id": "t2d", "title": "Type 2 diabetes", "text": "Type 2 diabetes raises blood sugar; thirst, frequent urination and tiredness are early signs."},
+    {"id": "asthma", "title": "Asthma", "text": "Asthma narrows the airways, causing wheeze and breathlessness; inhalers relieve and prevent attacks."},
+    {"id": "htn", "title": "High blood pressure", "text": "Hypertension rarely causes symptoms; it is found by measuring blood pressure and treated with lifestyle change and medicines."},
+    {"id": "migraine", "title": "Migraine", "text": "Migraine brings throbbing one-sided headache with nausea and sensitivity to light."},
+    {"id": "hf-guide", "title": "Living with heart failure", "text": LONG_TEXT, "section": "cardiology"},
+    {"id": "anemia", "title": "Iron deficiency anaemia", "text": "Low iron reduces haemoglobin, causing fatigue, pale skin and shortness of breath; a blood count confirms it."},
+    {"id": "uti", "title": "Urinary tract infection", "text": "Burning when passing urine and needing to go often suggest a bladder infection, usually treated with antibiotics."},
+]
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Encoder:
+    return Encoder("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny1024_path(tmp_path_factory) -> str:
+    """A random one-layer BERT with hidden size 1024 and the MiniLM tokenizer: real shapes, noise quality."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    base = tmp_path_factory.mktemp("tiny1024")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=1024, num_hidden_layers=1, num_attention_heads=8,
+        intermediate_size=256, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(base / "bert")
+    tokenizer.save_pretrained(base / "bert")
+    transformer = models.Transformer(str(base / "bert"), max_seq_length=128)
+    pooling = models.Pooling(transformer.get_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(base / "model"))
+    return str(base / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny1024(tiny1024_path) -> Encoder:
+    return Encoder(tiny1024_path, device="cpu")
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "small" / "docs.jsonl", SMALL_DOCS)
+
+
+@pytest.fixture(scope="session")
+def bundled_index(tmp_path_factory, minilm) -> Path:
+    """The bundled corpus indexed once with float32 vectors (exact comparisons between tiers)."""
+    path = tmp_path_factory.mktemp("bundled") / "index"
+    build_index(BUNDLED, path, minilm, vector_dtype="float32")
+    return path

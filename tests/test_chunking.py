@@ -1,0 +1,58 @@
+import pytest
+
+from medsearch.chunking import chunk_documents, token_spans
+from medsearch.corpus import Document
+from medsearch.errors import MedsearchError
+
+from conftest import LONG_TEXT
+
+
+@pytest.mark.parametrize(
+    "n, window, overlap, expected",
+    [
+        (5, 10, 2, [(0, 5)]),
+        (10, 10, 2, [(0, 10)]),
+        (11, 10, 2, [(0, 10), (8, 11)]),
+        (20, 8, 0, [(0, 8), (8, 16), (16, 20)]),
+        (18, 8, 4, [(0, 8), (4, 12), (8, 16), (12, 18)]),
+    ],
+)
+def test_token_spans(n, window, overlap, expected):
+    assert token_spans([(i, i + 1) for i in range(n)], window, overlap) == expected
+
+
+@pytest.mark.parametrize("overlap", [-1, 8, 9])
+def test_token_spans_rejects_bad_overlap(overlap):
+    with pytest.raises(MedsearchError, match=r"chunk overlap must be between 0 and the window size - 1 \(7\)"):
+        token_spans([(0, 1)] * 20, 8, overlap)
+
+
+def test_short_document_is_one_chunk(minilm):
+    doc = Document(id="a", title="Gout", text="Uric acid crystals inflame a joint.")
+    (chunk,) = chunk_documents([doc], minilm.tokenizer, minilm.max_tokens)
+    assert (chunk.doc, chunk.position, chunk.start, chunk.end, chunk.text) == (0, 0, 0, len(doc.text), doc.text)
+    assert chunk.passage("Gout") == "Gout\n" + doc.text
+
+
+def test_long_document_chunks_fit_the_window_overlap_and_cover_the_text(minilm):
+    docs = [Document(id="s", text="short one"), Document(id="long", title="Heart failure", text=LONG_TEXT)]
+    chunks = chunk_documents(docs, minilm.tokenizer, minilm.max_tokens, overlap=20)
+    long_chunks = [c for c in chunks if c.doc == 1]
+    assert chunks[0].doc == 0 and len(long_chunks) >= 3
+    assert [c.position for c in long_chunks] == list(range(len(long_chunks)))
+    assert long_chunks[0].start == 0 and long_chunks[-1].end == len(LONG_TEXT)
+    for before, after in zip(long_chunks, long_chunks[1:]):
+        assert after.start < before.end  # overlapping spans
+    for c in long_chunks:
+        assert c.text == LONG_TEXT[c.start : c.end]
+        tokens = minilm.tokenizer(c.passage("Heart failure"))["input_ids"]  # special tokens included
+        assert len(tokens) <= minilm.max_tokens
+    assert "two kilograms in three days" in long_chunks[-1].text
+
+
+def test_slow_tokenizer_is_refused(minilm):
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(MedsearchError, match="needs a fast"):
+        chunk_documents([Document(id="a", text="x")], Slow(), 128)

@@ -1,0 +1,154 @@
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+import medsearch.index as index_module
+from medsearch.encoder import Encoder
+from medsearch.errors import MedsearchError
+from medsearch.index import FORMAT_VERSION, build_index, check_model, open_index, prefix, tier_dims
+from medsearch.search import Searcher
+
+
+@pytest.mark.parametrize(
+    "full, expected",
+    [
+        (384, {"fast": 64, "light": 128, "standard": 384, "deep": 384}),
+        (1024, {"fast": 64, "light": 128, "standard": 512, "deep": 1024}),
+        (768, {"fast": 64, "light": 128, "standard": 512, "deep": 768}),
+        (100, {"fast": 64, "light": 100, "standard": 100, "deep": 100}),
+    ],
+)
+def test_tier_dims(full, expected):
+    assert tier_dims(full) == expected
+
+
+def test_prefix_is_renormalised_truncate_dim_and_leaves_input_alone(minilm):
+    texts = ["chest pain on exertion", "itchy red rash"]
+    full = minilm.encode_passages(texts)
+    before = full.copy()
+    got = prefix(full[:1], 64)  # a one-row slice is contiguous: must still be copied
+    np.testing.assert_array_equal(full, before)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    truncated = minilm.model.encode(texts[:1], truncate_dim=64, normalize_embeddings=True)
+    np.testing.assert_allclose(got, truncated, atol=1e-5)
+
+
+def test_build_384(tmp_path, small_corpus, minilm):
+    manifest = build_index(small_corpus, tmp_path / "idx", minilm)
+    files = {p.name for p in (tmp_path / "idx").iterdir()}
+    assert files == {"manifest.json", "docs.db", "vectors.npy", "chunk_doc.npy", "dim64.faiss", "dim128.faiss", "dim384.faiss"}
+    assert manifest["documents"] == 8 and manifest["chunks"] > 8  # the long document is chunked
+    assert manifest["index_types"] == {"64": "flat", "128": "flat", "384": "flat"}
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text()) == manifest
+    idx = open_index(tmp_path / "idx")
+    assert idx.vectors.dtype == np.float16 and idx.vectors.shape == (manifest["chunks"], 384)
+    assert isinstance(idx.vectors, np.memmap)
+    assert idx.faiss_index(64).ntotal == manifest["chunks"] and idx.faiss_index(64).d == 64
+    np.testing.assert_array_equal(np.bincount(idx.chunk_doc), [1, 1, 1, 1, 1, manifest["chunks"] - 7, 1, 1])
+
+
+def test_build_1024_tiers(tmp_path, small_corpus, tiny1024):
+    manifest = build_index(small_corpus, tmp_path / "idx", tiny1024)
+    assert manifest["full_dim"] == 1024
+    assert manifest["tier_dims"] == {"fast": 64, "light": 128, "standard": 512, "deep": 1024}
+    idx = open_index(tmp_path / "idx")
+    assert idx.dims == [64, 128, 512, 1024]
+    assert [idx.faiss_index(d).d for d in idx.dims] == [64, 128, 512, 1024]
+    searcher = Searcher(idx, tiny1024)
+    for tier in ("fast", "light", "standard", "deep"):
+        (result,) = searcher.search(["fever and cough"], tier=tier, k=3)
+        assert len(result.hits) == 3
+
+
+def test_hnsw_for_large_corpora(tmp_path, small_corpus, minilm):
+    manifest = build_index(small_corpus, tmp_path / "idx", minilm, hnsw_min_chunks=1)
+    assert manifest["index_types"] == {"64": "hnsw", "128": "flat", "384": "flat"}
+    idx = open_index(tmp_path / "idx")
+    assert isinstance(idx.faiss_index(64), faiss.IndexHNSWFlat)
+    searcher = Searcher(idx, minilm)
+    fast = searcher.search(["wheezing and inhalers"], tier="fast", k=5)[0]
+    deep = searcher.search(["wheezing and inhalers"], tier="deep", k=5)[0]
+    assert [h.id for h in fast.hits] == [h.id for h in deep.hits]
+
+
+def test_other_model_is_refused(tmp_path, small_corpus, minilm, tiny1024):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    idx = open_index(tmp_path / "idx")
+    with pytest.raises(MedsearchError, match=r"was built with model 'all-MiniLM-L6-v2.*rebuild with: medsearch index CORPUS"):
+        check_model(idx, tiny1024)
+    with pytest.raises(MedsearchError, match="was built with model"):
+        Searcher.open(tmp_path / "idx", model=str(tiny1024.spec))
+
+
+def test_same_weights_other_path_is_accepted(tmp_path, small_corpus, minilm):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    minilm.model.save(str(tmp_path / "copy"))
+    searcher = Searcher.open(tmp_path / "idx", model=str(tmp_path / "copy"))
+    assert searcher.encoder.fingerprint == minilm.fingerprint
+
+
+def test_format_version_mismatch_is_refused(tmp_path, small_corpus, minilm):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    path = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = FORMAT_VERSION + 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(MedsearchError, match=rf"index format {FORMAT_VERSION + 1}, this medsearch .* reads format {FORMAT_VERSION}; rebuild"):
+        open_index(tmp_path / "idx")
+    path.write_text("{not json")
+    with pytest.raises(MedsearchError, match="unreadable manifest"):
+        open_index(tmp_path / "idx")
+
+
+def test_missing_and_foreign_folders(tmp_path, small_corpus, minilm):
+    with pytest.raises(MedsearchError, match=r"no index at .*build one first with: medsearch index corpus/"):
+        open_index(tmp_path / "nothing")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "precious.txt").write_text("keep me")
+    with pytest.raises(MedsearchError, match="is not a medsearch index"):
+        open_index(tmp_path / "foreign")
+    with pytest.raises(MedsearchError, match="exists and is not a medsearch index: choose another --index"):
+        build_index(small_corpus, tmp_path / "foreign", minilm)
+    assert (tmp_path / "foreign" / "precious.txt").read_text() == "keep me"
+
+
+def test_failed_rebuild_keeps_the_previous_index(tmp_path, small_corpus, minilm, monkeypatch):
+    target = tmp_path / "idx"
+    first = build_index(small_corpus, target, minilm)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(index_module.faiss, "write_index", crash)
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        build_index(small_corpus, target, minilm)
+    assert open_index(target).manifest == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "small"]  # no temporary left behind
+    hits = Searcher(open_index(target), minilm).search(["bladder infection"], k=1)[0].hits
+    assert hits[0].id == "uti"
+
+
+def test_leftovers_of_a_killed_build_are_ignored_and_cleared(tmp_path, small_corpus, minilm):
+    stale = tmp_path / ".idx.tmp-123"
+    stale.mkdir()
+    (stale / "docs.db").write_text("half written")
+    with pytest.raises(MedsearchError, match="no index at"):
+        open_index(tmp_path / "idx")
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    assert not stale.exists()
+    assert open_index(tmp_path / "idx").manifest["documents"] == 8
+
+
+def test_rebuild_replaces_the_index(tmp_path, small_corpus, minilm):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    smaller = tmp_path / "one.jsonl"
+    smaller.write_text('{"id": "only", "text": "a single document about gout"}\n')
+    manifest = build_index(smaller, tmp_path / "idx", minilm)
+    assert manifest["documents"] == 1 and open_index(tmp_path / "idx").manifest["documents"] == 1
+
+
+def test_bad_vector_dtype(tmp_path, small_corpus, minilm):
+    with pytest.raises(MedsearchError, match="vector dtype must be one of float16, float32; got 'int8'"):
+        build_index(small_corpus, tmp_path / "idx", minilm, vector_dtype="int8")

@@ -1,0 +1,110 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from medsearch.errors import MedsearchError
+from medsearch.index import build_index, open_index
+from medsearch.search import Searcher, collapse, snippet
+
+from conftest import BUNDLED
+
+
+@pytest.fixture
+def small_searcher(tmp_path, small_corpus, minilm):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    return Searcher(open_index(tmp_path / "idx"), minilm)
+
+
+def test_collapse_keeps_the_best_chunk_per_document():
+    chunk_doc = np.array([0, 0, 1, 2, 1])
+    rows, scores = np.array([1, 0, 4, -1, 2, 3]), np.array([0.9, 0.8, 0.7, 0.65, 0.6, 0.5])
+    assert collapse(rows, scores, chunk_doc, 10) == [(1, 0.9), (4, 0.7), (3, 0.5)]
+    assert collapse(rows, scores, chunk_doc, 2) == [(1, 0.9), (4, 0.7)]
+
+
+def test_snippet():
+    assert snippet("short  text\nhere") == "short text here"
+    long = "word " * 100
+    cut = snippet(long, 50)
+    assert cut.endswith(" …") and len(cut) <= 52 and not cut[:-2].endswith(" ")
+
+
+def test_funnel_with_whole_corpus_as_candidates_ranks_exactly_like_deep(bundled_index, minilm):
+    searcher = Searcher(open_index(bundled_index), minilm)
+    ids, texts = zip(*[(json.loads(l)["_id"], json.loads(l)["text"]) for l in open(BUNDLED / "queries.jsonl")])
+    vectors = minilm.encode_queries(list(texts))
+    k = 10
+    everything = math.ceil(searcher.index.chunks / k)
+    fast, timings = searcher.search_vectors(vectors, tier="fast", k=k, oversample=everything)
+    deep, _ = searcher.search_vectors(vectors, tier="deep", k=k)
+    assert timings["rerank"] > 0
+    for f, d in zip(fast, deep):
+        assert [row for row, _ in f] == [row for row, _ in d]
+        np.testing.assert_allclose([s for _, s in f], [s for _, s in d], atol=1e-5)
+
+
+def test_default_fast_tier_finds_deeps_top_hits(bundled_index, minilm):
+    searcher = Searcher(open_index(bundled_index), minilm)
+    texts = [json.loads(l)["text"] for l in open(BUNDLED / "queries.jsonl")]
+    fast = searcher.search(texts, tier="fast", k=10)
+    deep = searcher.search(texts, tier="deep", k=10)
+    overlap = [len({h.id for h in f.hits} & {h.id for h in d.hits}) / 10 for f, d in zip(fast, deep)]
+    assert np.mean(overlap) >= 0.99
+
+
+def test_light_and_dim_search_use_the_prefix_index(small_searcher):
+    light = small_searcher.search(["fever and cough"], tier="light", k=3)[0]
+    by_dim = small_searcher.search(["fever and cough"], dim=128, k=3)[0]
+    assert [h.id for h in light.hits] == [h.id for h in by_dim.hits]
+    assert [h.score for h in light.hits] == [h.score for h in by_dim.hits]
+    assert light.hits[0].id == "flu" and light.timings_ms["rerank"] == 0
+
+
+def test_long_document_appears_once_with_its_matching_chunk(small_searcher):
+    for tier in ("fast", "deep"):
+        hits = small_searcher.search(["weight rises by more than two kilograms in three days"], tier=tier, k=8)[0].hits
+        assert [h.id for h in hits].count("hf-guide") == 1 and len(hits) == 8
+        top = hits[0]
+        assert top.id == "hf-guide" and top.chunk > 0 and "two kilograms" in top.snippet
+        assert top.metadata == {"section": "cardiology"}
+
+
+def test_k_larger_than_the_corpus_returns_every_document(small_searcher):
+    for tier in ("fast", "light", "deep"):
+        hits = small_searcher.search(["anything"], tier=tier, k=50)[0].hits
+        assert sorted(h.id for h in hits) == sorted(["flu", "t2d", "asthma", "htn", "migraine", "hf-guide", "anemia", "uti"])
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_batch_keeps_query_order_and_ids(small_searcher):
+    results = small_searcher.search(["burning urine", "throbbing headache"], query_ids=["a", "b"], k=1)
+    assert [(r.query_id, r.hits[0].id) for r in results] == [("a", "uti"), ("b", "migraine")]
+    out = results[0].to_json()
+    assert list(out) == ["query_id", "query", "results", "timings_ms"]
+    assert list(out["results"][0]) == ["id", "score", "title", "snippet"]
+    assert set(out["timings_ms"]) == {"encode", "search", "rerank"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tier": "turbo"}, r"unknown tier 'turbo' \(choose from: fast, light, standard, deep\)"),
+        ({"dim": 100}, r"dim 100 is not stored in .* \(stored: 64, 128, 384\)"),
+        ({"k": 0}, "k must be at least 1"),
+        ({"oversample": 0}, "oversample must be at least 1"),
+    ],
+)
+def test_bad_search_arguments(small_searcher, kwargs, message):
+    with pytest.raises(MedsearchError, match=message):
+        small_searcher.search(["fever"], **kwargs)
+
+
+def test_empty_queries_are_refused(small_searcher):
+    with pytest.raises(MedsearchError, match="empty query"):
+        small_searcher.search(["  "])
+    with pytest.raises(MedsearchError, match=r"empty query \(query q2\)"):
+        small_searcher.search(["fever", ""], query_ids=["q1", "q2"])
+    with pytest.raises(MedsearchError, match="no queries given"):
+        small_searcher.search([])
