@@ -78,9 +78,9 @@ class DocStore:
                 found[r["rowid"]]["highlight"] = r["fragment"]
         return found
 
-    def document(self, doc_id: str) -> dict | None:
-        rows = list(self.db.query("SELECT * FROM documents WHERE id = ?", [doc_id]))
-        return rows[0] if rows else None
+    def doc_ids(self) -> list[str]:
+        """Document ids in ordinal order (`chunk_doc.npy` holds ordinals)."""
+        return [r["id"] for r in self.db.query("SELECT id FROM documents ORDER BY ordinal")]
 
     def close(self) -> None:
         self.db.close()
