@@ -19,8 +19,11 @@ from medsearch.errors import MedsearchError
 from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, open_index, prefix
 
 DEFAULT_TIER = "fast"
-# Fast-tier candidates per wanted hit; chosen from bench/ measurements (see README).
-DEFAULT_OVERSAMPLE = 10
+# Fast-tier candidates per wanted hit (k=10 -> 500 chunks). Measured with bench/quality.py on the
+# MedQuAD test split (15,820 documents, 27,082 chunks) with the default all-MiniLM-L6-v2, whose
+# 64-dim prefix is a weak candidate generator (it is not Matryoshka-trained): x10 keeps 98.5% of
+# deep's NDCG@10, x20 99.0%, x50 99.4%, x100 99.8%. Re-ranking 500 chunks costs under 1 ms.
+DEFAULT_OVERSAMPLE = 50
 SNIPPET_CHARS = 240
 
 
