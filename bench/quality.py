@@ -11,25 +11,15 @@ NDCG@10, MRR@10, Recall@10, Recall@100 against the relevance judgements, and rec
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
 from common import RESULTS, print_table, write_results
 from medsearch.encoder import Encoder
-from medsearch.evaluation import ir_metrics, load_benchmark
+from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
 from medsearch.index import build_index, open_index
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
-
-
-def runs_for(searcher: Searcher, vectors: np.ndarray, qids: list[str], doc_ids: list[str], k: int, **kwargs):
-    started = time.perf_counter()
-    ranked, _ = searcher.search_vectors(vectors, k=k, **kwargs)
-    ms = (time.perf_counter() - started) * 1000 / len(qids)
-    chunk_doc = searcher.index.chunk_doc
-    runs = {qid: [(doc_ids[chunk_doc[row]], score) for row, score in hits] for qid, hits in zip(qids, ranked)}
-    return runs, ms
 
 
 def recall_vs(runs: dict, truth: dict, k: int = 10) -> float:
@@ -59,14 +49,14 @@ def main() -> None:
     vectors = searcher.encoder.encode_queries([bench.queries[q] for q in qids])
     doc_ids = index.store.doc_ids()
 
-    deep10, _ = runs_for(searcher, vectors, qids, doc_ids, 10, tier="deep")
+    deep10, _ = search_runs(searcher, vectors, qids, doc_ids, 10, tier="deep")
     configs = [("deep", {"tier": "deep"}), ("standard", {"tier": "standard"}), ("light", {"tier": "light"})]
     configs += [(f"fast x{o}", {"tier": "fast", "oversample": int(o)}) for o in args.oversample.split(",")]
     configs += [(f"dim {d}", {"dim": d}) for d in index.dims]
     rows = []
     for name, kwargs in configs:
-        runs10, ms = runs_for(searcher, vectors, qids, doc_ids, 10, **kwargs)
-        runs100, _ = runs_for(searcher, vectors, qids, doc_ids, 100, **kwargs)
+        runs10, ms = search_runs(searcher, vectors, qids, doc_ids, 10, **kwargs)
+        runs100, _ = search_runs(searcher, vectors, qids, doc_ids, 100, **kwargs)
         metrics = ir_metrics(runs10, bench)
         metrics["recall@100"] = ir_metrics(runs100, bench)["recall@100"]
         row = {"config": name, **kwargs, **metrics, "recall@10_vs_deep": recall_vs(runs10, deep10), "ms_per_query": ms}

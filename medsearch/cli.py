@@ -60,6 +60,8 @@ def cli():
     medsearch query "early signs of type 2 diabetes" --tier fast
     medsearch query --queries questions.jsonl --json
     medsearch info                                what an index holds
+    medsearch train PAIRS --out models/tuned      Matryoshka fine-tuning
+    medsearch eval DATA_DIR --model default --model models/tuned
     """
 
 
@@ -154,6 +156,95 @@ def info(index_dir, as_json):
     ]
     for key, value in rows:
         click.echo(f"{key:>10}  {value}")
+
+
+@cli.command()
+@click.argument("pairs", type=click.Path())
+@click.option("--base", default=DEFAULT_MODEL, show_default=True, help="Model to fine-tune: 'default', a local folder or a hub name.")
+@click.option("--out", "out_dir", default="models/medsearch-matryoshka", show_default=True, type=click.Path(file_okay=False), help="Folder for the fine-tuned model.")
+@click.option("--dims", default=None, help="Matryoshka dims, comma-separated [default: the model's dim and 768/512/256/128/64 below it].")
+@click.option("--dim-weights", default=None, help="MatryoshkaLoss weight per dim, comma-separated, in --dims order [default: all 1].")
+@click.option("--epochs", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=2), help="Pairs per batch: in-batch negatives = batch size - 1.")
+@click.option("--grad-accum", default=16, show_default=True, type=click.IntRange(min=1), help="Gradient accumulation steps (adds no negatives).")
+@click.option("--lr", default=2e-5, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--bf16", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True, help="auto: bf16 where the device supports it (CUDA with bf16).")
+@click.option("--loss", type=click.Choice(["mnrl", "cached-mnrl"]), default="mnrl", show_default=True, help="cached-mnrl (GradCache) gives large batches, and so many negatives, in small memory.")
+@click.option("--mini-batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="cached-mnrl: texts per forward pass.")
+@click.option("--max-steps", default=-1, show_default=True, type=int, help="Stop after this many optimiser steps (-1: run the epochs).")
+@click.option("--eval-pairs", type=click.Path(dir_okay=False), default=None, help="Held-out pairs evaluated (NDCG@10 per dim) at the end of each epoch.")
+@click.option("--eval-data", type=click.Path(file_okay=False), default=None, help="BEIR folder: after training, compare base and tuned model (as `medsearch eval`) and put the table in the model card.")
+@click.option("--eval-split", default="test", show_default=True, help="Query split of --eval-data.")
+@click.option("--report-to", type=click.Choice(["none", "wandb", "tensorboard"]), default="none", show_default=True)
+@click.option("--save-steps", default=25, show_default=True, type=click.IntRange(min=1), help="Checkpoint every N optimiser steps (for --resume).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUT/checkpoints.")
+@click.option("--seed", default=42, show_default=True, type=int)
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accum, lr, bf16, loss, mini_batch_size, max_steps,
+          eval_pairs, eval_data, eval_split, report_to, save_steps, resume, seed, device, quiet):
+    """Fine-tune a model on PAIRS with MatryoshkaLoss over MultipleNegativesRankingLoss.
+
+    PAIRS: a .jsonl or .csv file with anchor/positive (or question/answer) columns, or a folder
+    saved with `datasets`. Defaults are the reference settings (1 epoch, batch 4, accumulation 16,
+    lr 2e-5, bf16 where supported).
+    """
+    from medsearch.evaluation import evaluate_models
+    from medsearch.training import TrainSettings, train as train_model, write_model_card
+
+    settings = TrainSettings(
+        epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, bf16=bf16, loss=loss,
+        mini_batch_size=mini_batch_size, dims=_parse_numbers(dims, int, "--dims"), dim_weights=_parse_numbers(dim_weights, float, "--dim-weights"), max_steps=max_steps, save_steps=save_steps, seed=seed,
+        report_to=report_to, device=None if device == "auto" else device,
+    )
+    result = train_model(pairs, out_dir, base=base, settings=settings, eval_pairs=eval_pairs, resume=resume, progress=not quiet)
+    click.echo(
+        f"Trained {result.steps} steps on {result.examples} examples in {result.seconds:.0f}s "
+        f"({result.examples_per_second} examples/s, peak memory {result.peak_memory_mb:.0f} MB, bf16 {result.bf16}) -> {out_dir}"
+    )
+    table = None
+    if eval_data:
+        report = evaluate_models(eval_data, [base, out_dir], split=eval_split or None, progress=not quiet, device=settings.device)
+        click.echo(report.to_text())
+        table = report.to_markdown()
+    write_model_card(out_dir, result, table)
+
+
+def _parse_numbers(text: str | None, kind, option: str) -> list | None:
+    if not text:
+        return None
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MedsearchError(f"{option} must be comma-separated {'integers' if kind is int else 'numbers'}; got '{text}'") from None
+
+
+@cli.command(name="eval")
+@click.argument("data_dir", type=click.Path())
+@click.option("--model", "models", multiple=True, default=[DEFAULT_MODEL], show_default=True, help="Model to evaluate; give it twice (base, tuned) for Initial / Final / Improvement.")
+@click.option("--split", default="test", show_default=True, help="Query split ('' for every judged query).")
+@click.option("--cache", default="indexes/eval", show_default=True, type=click.Path(file_okay=False), help="Where each model's encoded corpus is kept between runs.")
+@click.option("--no-bm25", is_flag=True, help="Skip the BM25 baseline row.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the full report as JSON here.")
+@click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None, help="Write the tables as Markdown here.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def evaluate(data_dir, models, split, cache, no_bm25, json_file, markdown_file, device, quiet):
+    """NDCG@10, MRR@10, Recall@10/100 per Matryoshka dim on a BEIR folder (corpus.jsonl,
+    queries.jsonl, qrels.tsv), every query of --split against the whole corpus, plus the fast
+    tier and a BM25 baseline."""
+    from pathlib import Path
+
+    from medsearch.evaluation import evaluate_models
+
+    if len(models) > 2:
+        raise MedsearchError("give one or two --model options (base, tuned)")
+    report = evaluate_models(data_dir, list(models), split=split or None, cache=cache, bm25=not no_bm25, progress=not quiet, device=device)
+    click.echo(report.to_text())
+    if json_file:
+        Path(json_file).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if markdown_file:
+        Path(markdown_file).write_text(report.to_markdown())
 
 
 def main() -> None:

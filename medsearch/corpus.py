@@ -82,7 +82,7 @@ def _corpus_files(root: Path) -> list[Path]:
 
 def _read_file(file: Path, base: Path) -> Iterator[Document]:
     name = file.relative_to(base).as_posix()
-    content = _read_text(file)
+    content = read_text(file)
     suffix = file.suffix.lower()
     if suffix == ".jsonl":
         yield from _read_jsonl(content, name)
@@ -92,7 +92,7 @@ def _read_file(file: Path, base: Path) -> Iterator[Document]:
         yield _read_plain(content, name, markdown=suffix == ".md")
 
 
-def _read_text(file: Path) -> str:
+def read_text(file: Path) -> str:
     data = file.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -118,7 +118,7 @@ def _record_to_document(record: dict, origin: str, source: str, default_id: str)
     )
 
 
-def _json_records(content: str, name: str) -> Iterator[tuple[str, dict]]:
+def json_records(content: str, name: str) -> Iterator[tuple[str, dict]]:
     """(origin, object) for each non-blank line of a JSONL text."""
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
@@ -134,7 +134,7 @@ def _json_records(content: str, name: str) -> Iterator[tuple[str, dict]]:
 
 
 def _read_jsonl(content: str, name: str) -> Iterator[Document]:
-    for origin, record in _json_records(content, name):
+    for origin, record in json_records(content, name):
         yield _record_to_document(record, origin, name, default_id=origin)
 
 
@@ -166,11 +166,11 @@ def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
     file = Path(path)
     if not file.is_file():
         raise MedsearchError(f"queries file not found: {file}")
-    content = _read_text(file)
+    content = read_text(file)
     if file.suffix.lower() == ".jsonl":
         pairs = [
             (str(record.get("_id", record.get("id", record.get("query_id", origin)))), record.get("text", record.get("query")), origin)
-            for origin, record in _json_records(content, file.name)
+            for origin, record in json_records(content, file.name)
         ]
     else:
         pairs = [(str(n), line, f"{file.name}:{n}") for n, line in enumerate(content.splitlines(), 1) if line.strip()]

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -81,55 +82,89 @@ def build_index(
     vector_dtype: str = "float16",
     chunk_overlap: int | None = None,
     hnsw_min_chunks: int = HNSW_MIN_CHUNKS,
+    extra_dims: tuple[int, ...] = (),
     progress: bool = False,
 ) -> dict:
-    """Read, chunk, encode once at full dim, and write every tier's index; return the manifest."""
-    if vector_dtype not in VECTOR_DTYPES:
-        raise MedsearchError(f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got '{vector_dtype}'")
-    target = Path(index_dir)
-    if target.exists() and not (target / "manifest.json").is_file() and any(target.iterdir()):
-        raise MedsearchError(f"{target} exists and is not a medsearch index: choose another --index folder")
+    """Read, chunk, encode once at full dim, and write every tier's index (and one for each of
+    `extra_dims`, e.g. every Matryoshka dim for an evaluation); return the manifest."""
+    _check_target(Path(index_dir), vector_dtype)
     started = time.perf_counter()
     documents = read_corpus(corpus)
     chunks = chunk_documents(documents, encoder.tokenizer, encoder.max_tokens, encoder.profile.passage_prefix, chunk_overlap)
     passages = [c.passage(documents[c.doc].title) for c in chunks]
     vectors = encoder.encode_passages(passages, progress=progress)
-    encode_seconds = time.perf_counter() - started
-
-    dims = tier_dims(encoder.dim)
-    index_types = {
-        str(d): "hnsw" if d == dims["fast"] and d != encoder.dim and len(chunks) >= hnsw_min_chunks else "flat"
-        for d in sorted(set(dims.values()))
-    }
     manifest = {
-        "format_version": FORMAT_VERSION,
-        "medsearch_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"spec": encoder.spec, "name": encoder.name, "fingerprint": encoder.fingerprint},
         "query_prefix": encoder.profile.query_prefix,
         "passage_prefix": encoder.profile.passage_prefix,
         "max_tokens": encoder.max_tokens,
-        "full_dim": encoder.dim,
-        "tier_dims": dims,
-        "index_types": index_types,
-        "vector_dtype": vector_dtype,
         "documents": len(documents),
-        "chunks": len(chunks),
         "corpus": str(corpus),
         "corpus_fingerprint": corpus_fingerprint(documents),
+        "encode_seconds": round(time.perf_counter() - started, 3),
     }
+    return write_index(
+        index_dir, vectors, np.array([c.doc for c in chunks], dtype=np.int32), manifest,
+        write_docs=lambda path: write_store(path, documents, chunks), vector_dtype=vector_dtype,
+        hnsw_min_chunks=hnsw_min_chunks, extra_dims=extra_dims, started=started,
+    )
 
+
+def _check_target(target: Path, vector_dtype: str) -> None:
+    if vector_dtype not in VECTOR_DTYPES:
+        raise MedsearchError(f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got '{vector_dtype}'")
+    if target.exists() and not (target / "manifest.json").is_file() and any(target.iterdir()):
+        raise MedsearchError(f"{target} exists and is not a medsearch index: choose another --index folder")
+
+
+def write_index(
+    index_dir: str | Path,
+    vectors: np.ndarray,
+    chunk_doc: np.ndarray,
+    manifest: dict,
+    *,
+    write_docs: Callable[[Path], None] | None = None,
+    vector_dtype: str = "float16",
+    hnsw_min_chunks: int = HNSW_MIN_CHUNKS,
+    extra_dims: tuple[int, ...] = (),
+    started: float | None = None,
+) -> dict:
+    """Write full-dim normalised `vectors` (one per chunk) as an index folder, atomically.
+
+    `manifest` brings the model and corpus fields; this adds dims, index types and counts.
+    `write_docs` writes docs.db (benchmarks on synthetic vectors have none)."""
+    target = Path(index_dir)
+    _check_target(target, vector_dtype)
+    started = time.perf_counter() if started is None else started
+    full_dim = vectors.shape[1]
+    dims = tier_dims(full_dim)
+    if any(not 0 < d <= full_dim for d in extra_dims):
+        raise MedsearchError(f"extra dims must be between 1 and the model's {full_dim}; got {list(extra_dims)}")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "medsearch_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **manifest,
+        "full_dim": full_dim,
+        "tier_dims": dims,
+        "index_types": {
+            str(d): "hnsw" if d == dims["fast"] and d != full_dim and len(vectors) >= hnsw_min_chunks else "flat"
+            for d in sorted(set(dims.values()) | set(extra_dims))
+        },
+        "vector_dtype": vector_dtype,
+        "chunks": len(vectors),
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        write_store(tmp / "docs.db", documents, chunks)
-        np.save(tmp / "vectors.npy", vectors.astype(vector_dtype))
-        np.save(tmp / "chunk_doc.npy", np.array([c.doc for c in chunks], dtype=np.int32))
-        for dim_str, kind in index_types.items():
+        if write_docs:
+            write_docs(tmp / "docs.db")
+        np.save(tmp / "vectors.npy", vectors.astype(vector_dtype, copy=False))
+        np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
+        for dim_str, kind in manifest["index_types"].items():
             faiss.write_index(build_faiss(prefix(vectors, int(dim_str)), kind), str(tmp / f"dim{dim_str}.faiss"))
         manifest["build_seconds"] = round(time.perf_counter() - started, 3)
-        manifest["encode_seconds"] = round(encode_seconds, 3)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         _swap_into_place(tmp, target)
     except BaseException:

@@ -81,10 +81,11 @@ def collapse(rows: np.ndarray, scores: np.ndarray, chunk_doc: np.ndarray, k: int
 
 
 class Searcher:
-    """Search one index with the model it was built with."""
+    """Search one index with the model it was built with (`encoder=None`: vectors only, e.g. benchmarks)."""
 
-    def __init__(self, index: Index, encoder: Encoder):
-        check_model(index, encoder)
+    def __init__(self, index: Index, encoder: Encoder | None):
+        if encoder is not None:
+            check_model(index, encoder)
         self.index = index
         self.encoder = encoder
 

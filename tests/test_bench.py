@@ -36,3 +36,45 @@ def test_latency_bench(tmp_path, bundled_index):
     rows = json.loads((tmp_path / "lat.json").read_text())["rows"]
     assert [r["tier"] for r in rows] == ["fast", "light", "standard", "deep"] and "search_p50_ms" in stdout
     assert all(r["queries"] == 2 and r["p50_ms"] >= r["search_p50_ms"] > 0 for r in rows)
+
+
+def test_calibration_and_scale_benches(tmp_path, bundled_index):
+    run_script(
+        "synthetic.py", "--index", bundled_index, "--data", BUNDLED, "--split", "", "--queries", "12", "--dims", "128",
+        "--name", "cal", "--out", tmp_path, cwd=tmp_path,
+    )
+    calibration = json.loads((tmp_path / "cal.json").read_text())
+    fit = calibration["fits"]["128"]
+    assert len(calibration["real_curve"]) == len(fit["curve"]) == len(calibration["oversamples"])
+    assert fit["max_gap"] == min(t["max_gap"] for t in calibration["trials"]["128"])
+
+    stdout = run_script(
+        "scale.py", "--dims", "128", "--sizes", "300,600", "--queries", "10", "--calibration", tmp_path / "cal.json",
+        "--sweep-oversample", "1,3", "--no-encode", "--name", "sc", "--out", tmp_path, cwd=tmp_path,
+    )
+    assert "funnel sweep, 128 dims x 600" in stdout
+    result = json.loads((tmp_path / "sc.json").read_text())
+    assert [(r["n"], r["tier"]) for r in result["scale"]] == [(n, t) for n in (300, 600) for t in ("fast", "light", "standard", "deep")]
+    deep = [r for r in result["scale"] if r["tier"] == "deep"]
+    assert all(r["recall@10_vs_deep"] == 1.0 and r["rss_mib"] > 0 for r in deep)
+    assert {(r["index_type"], r["vectors"], r["candidates"]) for r in result["sweeps"]["128"]} == {
+        (k, v, c) for k in ("flat", "hnsw") for v in ("float16", "float32") for c in (10, 30)
+    }
+    assert (tmp_path / "sc-128d-600.png").stat().st_size > 10_000
+
+
+def test_medquad_pairs_rewrites_templates(tmp_path):
+    import random
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from medquad_pairs import rewrite
+
+    rng = random.Random(0)
+    assert rewrite("What are the symptoms of Gout ?", rng) in {"Gout symptoms", "signs of Gout", "how do i know if i have Gout", "what does Gout feel like"}
+    assert rewrite("Who is at risk for Stroke? ?", rng) in {"Stroke risk factors", "who gets Stroke", "am i at risk of Stroke"}
+    assert rewrite("my knee hurts when I run", rng) == "my knee hurts when I run"
+    source = tmp_path / "p.jsonl"
+    source.write_text("".join(json.dumps({"anchor": f"What causes X{i} ?", "positive": "p"}) + "\n" for i in range(20)))
+    out = run_script("medquad_pairs.py", source, tmp_path / "o.jsonl", "--fraction", "1", cwd=tmp_path)
+    assert "rewrote 20 of 20 anchors" in out
+    assert all("What causes" not in json.loads(l)["anchor"] for l in open(tmp_path / "o.jsonl"))

@@ -55,3 +55,45 @@ def test_bad_qrels(tmp_path):
 def test_bundled_judgements_cover_every_query():
     bench = load_benchmark(BUNDLED)
     assert len(bench.queries) == 99
+
+
+def test_evaluate_models_on_the_bundled_corpus(tmp_path):
+    from medsearch.evaluation import evaluate_models
+
+    report = evaluate_models(BUNDLED, ["default", "default"], split=None, cache=tmp_path / "cache")
+    assert report.queries == 99 and report.documents == 187
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the corpus was encoded once for the same model
+    rows = {(r["model"], r["row"]) for r in report.rows}
+    assert {("default", "384"), ("default", "256"), ("default", "128"), ("default", "64"), ("default", "fast"), ("bm25", "bm25")} <= rows
+    comparison = report.comparison()
+    assert [c["row"] for c in comparison] == ["384", "256", "128", "64", "fast", "bm25"]
+    assert all(c["improvement"] == 0 for c in comparison[:-1])
+    full = report.ndcg("default", "384")
+    assert 0.5 < full <= 1 and report.ndcg("default", "64") < full
+    markdown = report.to_markdown()
+    assert "| dim | Initial | Final | Improvement |" in markdown and "| BM25 | BM25 |" in markdown
+
+
+def test_eval_cli_writes_json_and_markdown(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from medsearch.cli import cli
+
+    result = CliRunner().invoke(cli, [
+        "eval", str(BUNDLED), "--split", "", "--cache", str(tmp_path / "c"), "--json", str(tmp_path / "r.json"),
+        "--markdown", str(tmp_path / "r.md"), "--no-bm25", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "NDCG@10" in result.output and "fast tier" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["queries"] == 99 and not any(r["model"] == "bm25" for r in report["rows"])
+    assert (tmp_path / "r.md").read_text().startswith("NDCG@10 on 99 queries")
+    for args, pattern in [
+        (["eval", str(tmp_path / "nope")], "queries file not found"),
+        (["eval", str(BUNDLED), "--split", "dev"], "no queries with split 'dev'"),
+        (["eval", str(BUNDLED), "--model", "a", "--model", "b", "--model", "c"], "give one or two --model"),
+    ]:
+        out = CliRunner().invoke(cli, args)
+        assert out.exit_code != 0 and out.output.strip().count("\n") == 0 and pattern in out.output, out.output

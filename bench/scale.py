@@ -1,0 +1,228 @@
+"""Scale: per tier latency (p50/p95), batched throughput, recall@10 against deep, build time, size on
+disk and resident memory, at several corpus sizes and dims; then the funnel sweep (candidates x
+64-dim index type x re-rank vector dtype) at the largest size, and a recall-vs-latency plot.
+
+Vectors are synthetic (bench/synthetic.py), with the spectrum fitted to real embeddings by
+`python bench/synthetic.py` (its JSON is read with --calibration). Query encoding is excluded from
+the search figures; `encode_p50_ms` (the default model, measured here on real questions) is
+reported beside them, and `p50_with_encode_ms` adds the two.
+
+    python bench/scale.py --dims 1024,384 --sizes 10000,100000,1000000 --calibration bench/results/calibration.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from common import RESULTS, median_ms, p95_ms, print_table, write_results
+from medsearch.index import HNSW_MIN_CHUNKS, TIERS, build_faiss, open_index, prefix
+from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
+from synthetic import generate, queries_for, synthetic_searcher
+
+
+def single_query_latencies(searcher: Searcher, queries: np.ndarray, **kwargs) -> list[float]:
+    searcher.search_vectors(queries[:3], **kwargs)  # warm-up
+    seconds = []
+    for q in queries:
+        started = time.perf_counter()
+        searcher.search_vectors(q[None, :], **kwargs)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def recall_vs_deep(searcher: Searcher, queries: np.ndarray, deep: list, **kwargs) -> float:
+    got, _ = searcher.search_vectors(queries, k=10, **kwargs)
+    return float(np.mean([len({r for r, _ in g} & {r for r, _ in d}) / 10 for g, d in zip(got, deep)]))
+
+
+def memory_probe(folder: str, tier: str, queries_file: str) -> None:
+    """Child process: open the index, answer every query with one tier, report resident memory."""
+    def status() -> dict:
+        fields = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) / 1024  # MiB
+        return fields
+
+    before = status()
+    searcher = Searcher(open_index(folder), None)
+    for q in np.load(queries_file):
+        searcher.search_vectors(q[None, :], tier=tier, k=10)
+    after = status()
+    print(json.dumps({"before_mib": before, "after_mib": after, "tier_mib": after["VmRSS"] - before["VmRSS"]}))
+
+
+def measure_memory(folder: Path, tier: str, queries_file: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", str(folder), tier, str(queries_file)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def encode_p50_ms(n: int = 50) -> float:
+    from medsearch.corpus import read_queries
+    from medsearch.encoder import Encoder
+
+    encoder = Encoder("default")
+    texts = read_queries(Path(__file__).resolve().parent.parent / "corpus" / "queries.jsonl")[1][:n]
+    encoder.encode_queries(texts[:3])
+    seconds = []
+    for text in texts:
+        started = time.perf_counter()
+        encoder.encode_queries([text])
+        seconds.append(time.perf_counter() - started)
+    return median_ms(seconds)
+
+
+def scale_run(dim: int, n: int, fit: dict, n_queries: int, workdir: Path, encode_ms: float | None) -> tuple[list[dict], Searcher, np.ndarray]:
+    docs = generate(n, dim, fit["alpha"])
+    queries = queries_for(docs, n_queries, fit["alpha"], fit["noise"])
+    started = time.perf_counter()
+    searcher = synthetic_searcher(docs, workdir / f"idx-{dim}-{n}")
+    build_seconds = time.perf_counter() - started
+    del docs
+    index = searcher.index
+    files = index.files()
+    queries_file = workdir / f"q-{dim}-{n}.npy"
+    np.save(queries_file, queries)
+    deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
+    rows = []
+    for tier in TIERS:
+        tier_dim = index.manifest["tier_dims"][tier]
+        lat = single_query_latencies(searcher, queries, tier=tier, k=10)
+        started = time.perf_counter()
+        searcher.search_vectors(queries, tier=tier, k=10)
+        qps = len(queries) / (time.perf_counter() - started)
+        disk = files[f"dim{tier_dim}.faiss"] + (files["vectors.npy"] if tier == "fast" else 0)
+        memory = measure_memory(index.path, tier, queries_file)
+        rows.append({
+            "dim": dim, "n": n, "tier": tier, "tier_dim": tier_dim, "index_type": index.index_type(tier_dim),
+            "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat), "qps_batched": qps,
+            "recall@10_vs_deep": recall_vs_deep(searcher, queries, deep, tier=tier),
+            "encode_p50_ms": encode_ms, "p50_with_encode_ms": None if encode_ms is None else median_ms(lat) + encode_ms,
+            "disk_mb": disk / 1e6, "rss_mib": memory["after_mib"]["VmRSS"], "rss_anon_mib": memory["after_mib"]["RssAnon"],
+            "rss_file_mib": memory["after_mib"]["RssFile"], "rss_tier_mib": memory["tier_mib"],
+            "flat_f32_full_mib": n * dim * 4 / 2**20, "build_s_all_tiers": build_seconds,
+        })
+        print(f"  {dim}d x {n}: {tier} p50 {rows[-1]['p50_ms']:.2f} ms, recall {rows[-1]['recall@10_vs_deep']:.3f}, "
+              f"rss {rows[-1]['rss_mib']:.0f} MiB", flush=True)
+    return rows, searcher, queries
+
+
+def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int], workdir: Path) -> list[dict]:
+    """Candidates x (flat, hnsw) 64-dim index x (float16, float32) re-rank vectors, at one size."""
+    index = searcher.index
+    fast_dim = index.manifest["tier_dims"]["fast"]
+    deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
+    float16 = index.vectors
+    full = np.asarray(float16, dtype=np.float32)
+    np.save(workdir / "vectors32.npy", full)
+    float32 = np.load(workdir / "vectors32.npy", mmap_mode="r")
+    built = {index.index_type(fast_dim): index.faiss_index(fast_dim)}
+    rows = []
+    for kind in ("flat", "hnsw"):
+        if kind not in built:
+            started = time.perf_counter()
+            built[kind] = build_faiss(prefix(full, fast_dim), kind)
+            print(f"  built {kind} {fast_dim}d in {time.perf_counter() - started:.1f}s", flush=True)
+        index._faiss[fast_dim] = built[kind]
+        index.manifest["index_types"][str(fast_dim)] = kind
+        for dtype, vectors in (("float16", float16), ("float32", float32)):
+            index.__dict__["vectors"] = vectors
+            for factor in oversamples:
+                lat = single_query_latencies(searcher, queries, tier="fast", k=10, oversample=factor)
+                rows.append({
+                    "index_type": kind, "vectors": dtype, "oversample": factor, "candidates": 10 * factor,
+                    "recall@10_vs_deep": recall_vs_deep(searcher, queries, deep, tier="fast", oversample=factor),
+                    "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat),
+                })
+                print(f"  {kind} {dtype} x{factor}: recall {rows[-1]['recall@10_vs_deep']:.3f}, p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
+    del full
+    return rows
+
+
+def plot(scale_rows: list[dict], sweep_rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, dtype, marker in (("flat", "float16", "o"), ("hnsw", "float16", "s"), ("hnsw", "float32", "^")):
+        pts = [r for r in sweep_rows if r["index_type"] == kind and r["vectors"] == dtype]
+        if pts:
+            ax.plot([r["p50_ms"] for r in pts], [r["recall@10_vs_deep"] for r in pts], marker=marker, label=f"fast: {kind} 64d + {dtype} re-rank")
+            for r in pts:
+                ax.annotate(str(r["candidates"]), (r["p50_ms"], r["recall@10_vs_deep"]), fontsize=7, textcoords="offset points", xytext=(3, -8))
+    for r in scale_rows:
+        if r["tier"] != "fast":
+            ax.scatter([r["p50_ms"]], [r["recall@10_vs_deep"]], s=60, zorder=3)
+            ax.annotate(f"{r['tier']} ({r['tier_dim']}d)", (r["p50_ms"], r["recall@10_vs_deep"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xscale("log")
+    ax.set_xlabel("query latency p50 (ms, encoding excluded, log scale)")
+    ax.set_ylabel("recall@10 against deep")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-probe":
+        memory_probe(*sys.argv[2:5])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dims", default="1024,384")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--calibration", default=str(RESULTS / "calibration.json"), help="synthetic.py output (alpha, noise per dim)")
+    parser.add_argument("--sweep-oversample", default="1,2,5,10,20,50,100,200")
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-encode", action="store_true", help="skip measuring query encoding")
+    parser.add_argument("--workdir", default=None, help="where index folders are built (default: a temporary folder)")
+    parser.add_argument("--name", default="scale")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+
+    fits = json.loads(Path(args.calibration).read_text())["fits"]
+    encode_ms = None if args.no_encode else encode_p50_ms()
+    dims, sizes = [int(d) for d in args.dims.split(",")], [int(n) for n in args.sizes.split(",")]
+    scale_rows, sweeps = [], {}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for dim in dims:
+            for n in sizes:
+                rows, searcher, queries = scale_run(dim, n, fits[str(dim)], args.queries, Path(tmp), encode_ms if dim == 384 else None)
+                scale_rows += rows
+                if n == max(sizes) and not args.no_sweep:
+                    sweeps[str(dim)] = funnel_sweep(searcher, queries, [int(o) for o in args.sweep_oversample.split(",")], Path(tmp))
+                del searcher
+                shutil.rmtree(Path(tmp) / f"idx-{dim}-{n}", ignore_errors=True)
+    print(f"\nsearch latency excludes query encoding; encode p50 (default model) {encode_ms if encode_ms is None else round(encode_ms, 2)} ms; "
+          f"default oversample {DEFAULT_OVERSAMPLE}, HNSW from {HNSW_MIN_CHUNKS} chunks\n")
+    print_table(scale_rows, ["dim", "n", "tier", "index_type", "p50_ms", "p95_ms", "qps_batched", "recall@10_vs_deep",
+                             "disk_mb", "rss_mib", "rss_anon_mib", "rss_file_mib", "flat_f32_full_mib", "build_s_all_tiers"])
+    for dim, rows in sweeps.items():
+        print(f"\nfunnel sweep, {dim} dims x {max(sizes)}")
+        print_table(rows, ["index_type", "vectors", "candidates", "recall@10_vs_deep", "p50_ms", "p95_ms"])
+    out = Path(args.out)
+    write_results(args.name, {"fits": fits, "sizes": sizes, "dims": dims, "queries": args.queries, "default_oversample": DEFAULT_OVERSAMPLE,
+                              "scale": scale_rows, "sweeps": sweeps}, out)
+    for dim, rows in sweeps.items():
+        plot([r for r in scale_rows if r["dim"] == int(dim) and r["n"] == max(sizes)], rows,
+             out / f"{args.name}-{dim}d-{max(sizes)}.png", f"{dim}-dim vectors x {max(sizes):,}: recall vs latency per tier")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Matryoshka fine-tuning: MultipleNegativesRankingLoss (or its cached variant) inside MatryoshkaLoss.
+
+Defaults are the reference experiment's: 1 epoch, batch 4, gradient accumulation 16, lr 2e-5,
+bf16 where the device supports it. Batches never hold the same text twice (NO_DUPLICATES), so
+an answer shared by many questions is never its own in-batch negative.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medsearch.corpus import json_records, read_text
+from medsearch.encoder import Encoder
+from medsearch.errors import MedsearchError
+
+PAIR_COLUMNS = (("anchor", "positive"), ("question", "answer"))
+LOSSES = ("mnrl", "cached-mnrl")
+MATRYOSHKA_DIMS = (1024, 768, 512, 256, 128, 64)
+
+
+def matryoshka_dims(full_dim: int) -> list[int]:
+    """The model's own dim, then every reference dim below it: 1024 -> 1024..64, 384 -> 384, 256, 128, 64."""
+    return [full_dim] + [d for d in MATRYOSHKA_DIMS if d < full_dim]
+
+
+def load_pairs(source: str | Path):
+    """(anchor, positive) pairs as a `datasets.Dataset`, from .jsonl, .csv or a saved dataset folder."""
+    from datasets import Dataset, load_from_disk
+
+    path = Path(source)
+    if path.is_dir():
+        try:
+            dataset = load_from_disk(str(path))
+        except Exception as err:
+            raise MedsearchError(f"{path}: not a saved `datasets` dataset ({type(err).__name__})") from None
+        if hasattr(dataset, "keys"):  # a DatasetDict: train on its train split
+            if "train" not in dataset:
+                raise MedsearchError(f"{path}: a DatasetDict without a 'train' split")
+            dataset = dataset["train"]
+        return _rename_pair_columns(dataset, path.name)
+    if not path.is_file():
+        raise MedsearchError(f"training pairs not found: {path}")
+    content = read_text(path)
+    if path.suffix.lower() == ".jsonl":
+        records = list(json_records(content, path.name))
+    elif path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(content))
+        records = [(f"{path.name}:{reader.line_num}", row) for row in reader]
+    else:
+        raise MedsearchError(f"{path}: training pairs must be .jsonl, .csv or a saved dataset folder")
+    anchors, positives = [], []
+    for origin, record in records:
+        pair = next(((record[a], record[p]) for a, p in PAIR_COLUMNS if a in record and p in record), None)
+        if pair is None:
+            raise MedsearchError(f"{origin}: a pair needs 'anchor' and 'positive' (or 'question' and 'answer')")
+        if not all(isinstance(x, str) and x.strip() for x in pair):
+            raise MedsearchError(f"{origin}: empty anchor or positive")
+        anchors.append(pair[0].strip())
+        positives.append(pair[1].strip())
+    if len(anchors) < 2:
+        raise MedsearchError(f"{path}: need at least 2 training pairs, found {len(anchors)}")
+    return Dataset.from_dict({"anchor": anchors, "positive": positives})
+
+
+def _rename_pair_columns(dataset, name: str):
+    for anchor, positive in PAIR_COLUMNS:
+        if anchor in dataset.column_names and positive in dataset.column_names:
+            dataset = dataset.select_columns([anchor, positive])
+            return dataset.rename_columns({anchor: "anchor", positive: "positive"}) if anchor != "anchor" else dataset
+    raise MedsearchError(f"{name}: columns {dataset.column_names} have no anchor/positive or question/answer pair")
+
+
+@dataclass
+class TrainSettings:
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 16
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    bf16: str = "auto"  # auto | yes | no
+    loss: str = "mnrl"  # mnrl | cached-mnrl
+    mini_batch_size: int = 16  # cached-mnrl only: texts per forward pass
+    dims: list[int] | None = None
+    dim_weights: list[float] | None = None  # MatryoshkaLoss weight per dim (same order as dims)
+    max_steps: int = -1
+    save_steps: int = 25  # checkpoint interval (optimiser steps), for --resume
+    seed: int = 42
+    report_to: str = "none"
+    device: str | None = None
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise MedsearchError(f"unknown loss '{self.loss}' (choose from: {', '.join(LOSSES)})")
+        if self.bf16 not in ("auto", "yes", "no"):
+            raise MedsearchError(f"--bf16 must be auto, yes or no; got '{self.bf16}'")
+        if self.batch_size < 2:
+            raise MedsearchError("batch size must be at least 2: in-batch negatives need another pair")
+        if self.report_to not in ("none", "wandb", "tensorboard"):
+            raise MedsearchError(f"--report-to must be none, wandb or tensorboard; got '{self.report_to}'")
+
+
+@dataclass
+class TrainResult:
+    output: str
+    settings: dict
+    examples: int
+    steps: int
+    seconds: float
+    examples_per_second: float
+    peak_memory_mb: float
+    bf16: bool
+    device: str
+    final_loss: float | None = None
+    eval_history: list[dict] = field(default_factory=list)
+
+
+def use_bf16(setting: str, device: str) -> bool:
+    import torch
+
+    supported = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if setting == "yes" and not supported:
+        raise MedsearchError(f"bf16 is not supported on {device}; use --bf16 auto or no")
+    return setting != "no" and supported
+
+
+def peak_memory_mb(device: str) -> float:
+    import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(
+    pairs: str | Path,
+    output: str | Path,
+    base: str = "default",
+    settings: TrainSettings | None = None,
+    eval_pairs: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune `base` on (anchor, positive) pairs and save a sentence-transformers folder at `output`."""
+    try:
+        import accelerate  # noqa: F401  (the transformers Trainer needs it)
+    except ImportError:
+        raise MedsearchError("training needs the 'train' extra: pip install 'medsearch[train]'") from None
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    settings = settings or TrainSettings()
+    settings.validate()
+    dataset = load_pairs(pairs)
+    encoder = Encoder(base, device=settings.device)
+    model = encoder.model
+    device = str(model.device)
+    dims = settings.dims or matryoshka_dims(encoder.dim)
+    if max(dims) > encoder.dim or min(dims) < 1:
+        raise MedsearchError(f"Matryoshka dims must be between 1 and the model's {encoder.dim}; got {dims}")
+    bf16 = use_bf16(settings.bf16, device)
+
+    if settings.loss == "cached-mnrl":
+        inner = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size)
+    else:
+        inner = losses.MultipleNegativesRankingLoss(model)
+    if settings.dim_weights is not None and len(settings.dim_weights) != len(dims):
+        raise MedsearchError(f"give one weight per Matryoshka dim ({len(dims)}: {dims}); got {settings.dim_weights}")
+    order = sorted(range(len(dims)), key=lambda i: -dims[i])
+    loss = losses.MatryoshkaLoss(
+        model, inner, matryoshka_dims=[dims[i] for i in order],
+        matryoshka_weights=None if settings.dim_weights is None else [settings.dim_weights[i] for i in order],
+    )
+
+    evaluator = None
+    eval_dataset = None
+    if eval_pairs:
+        eval_dataset = load_pairs(eval_pairs)
+        evaluator = pairs_evaluator(eval_dataset, dims, encoder)
+    out = Path(output)
+    checkpoints = out / "checkpoints"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=max(settings.batch_size, 16),
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.lr,
+        warmup_ratio=settings.warmup_ratio,
+        lr_scheduler_type="linear",
+        bf16=bf16,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        eval_strategy="epoch" if evaluator else "no",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        logging_steps=10,
+        report_to=[] if settings.report_to == "none" else [settings.report_to],
+        disable_tqdm=not progress,
+        seed=settings.seed,
+        use_cpu=device == "cpu",
+        prompts=_prompts(encoder),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, loss=loss, evaluator=evaluator
+    )
+    started = time.perf_counter()
+    resume_from = resume and any(checkpoints.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume_from else None)
+    seconds = time.perf_counter() - started
+    if encoder.profile.query_prefix or encoder.profile.passage_prefix:  # the saved model keeps its prefixes
+        model.prompts = {"query": encoder.profile.query_prefix, "document": encoder.profile.passage_prefix}
+    model.save(str(out))
+    shutil.rmtree(checkpoints, ignore_errors=True)  # only an interrupted run needs them (--resume)
+    history = trainer.state.log_history
+    losses_logged = [h["loss"] for h in history if "loss" in h]
+    per_step = settings.batch_size * settings.grad_accum
+    examples = trainer.state.global_step * per_step if settings.max_steps > 0 else len(dataset) * settings.epochs
+    result = TrainResult(
+        output=str(out),
+        settings={**asdict(settings), "dims": sorted(dims, reverse=True), "base": base, "pairs": str(pairs)},
+        examples=int(examples),
+        steps=trainer.state.global_step,
+        seconds=round(seconds, 1),
+        examples_per_second=round(examples / seconds, 2),
+        peak_memory_mb=round(peak_memory_mb(device), 1),
+        bf16=bf16,
+        device=device,
+        final_loss=losses_logged[-1] if losses_logged else None,
+        eval_history=[h for h in history if any(k.startswith("eval_") for k in h)],
+    )
+    (out / "medsearch_training.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def _prompts(encoder: Encoder) -> dict[str, str] | None:
+    """Column -> prefix, so an e5 model trains with `query: ` / `passage: ` as it is used."""
+    profile = encoder.profile
+    if not (profile.query_prefix or profile.passage_prefix):
+        return None
+    return {"anchor": profile.query_prefix, "positive": profile.passage_prefix}
+
+
+def pairs_evaluator(dataset, dims: list[int], encoder: Encoder):
+    """One InformationRetrievalEvaluator per Matryoshka dim over held-out pairs (corpus = their positives)."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
+
+    answers: dict[str, str] = {}
+    for text in dataset["positive"]:
+        answers.setdefault(text, f"d{len(answers)}")
+    queries = {f"q{i}": a for i, a in enumerate(dataset["anchor"])}
+    relevant = {f"q{i}": {answers[p]} for i, p in enumerate(dataset["positive"])}
+    corpus = {doc_id: text for text, doc_id in answers.items()}
+    evaluators = [
+        InformationRetrievalEvaluator(
+            queries, corpus, relevant, name=f"dim_{d}", truncate_dim=d, write_csv=False,
+            query_prompt=encoder.profile.query_prefix or None, corpus_prompt=encoder.profile.passage_prefix or None,
+        )
+        for d in sorted(dims, reverse=True)
+    ]
+    return SequentialEvaluator(evaluators, main_score_function=lambda scores: scores[-1])
+
+
+CARD_MARKER = "<!-- medsearch -->"
+
+
+def write_model_card(model_dir: str | Path, result: TrainResult, evaluation_markdown: str | None = None) -> Path:
+    """Add (or replace) a medsearch section in the model folder's README.md: settings, cost, evaluation."""
+    card = Path(model_dir) / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    text = text.split(CARD_MARKER)[0].rstrip()
+    s = result.settings
+    lines = [
+        CARD_MARKER,
+        "## medsearch fine-tuning",
+        "",
+        f"Base model `{s['base']}`, pairs `{s['pairs']}` ({result.examples} examples), "
+        f"MatryoshkaLoss over {'CachedMultipleNegativesRankingLoss' if s['loss'] == 'cached-mnrl' else 'MultipleNegativesRankingLoss'} "
+        f"at dims {', '.join(map(str, s['dims']))}, batch sampler NO_DUPLICATES.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {key} | {s[key]} |" for key in ("epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "loss", "mini_batch_size", "dim_weights", "max_steps", "seed")),
+        f"| bf16 | {result.bf16} |",
+        f"| device | {result.device} |",
+        f"| steps | {result.steps} |",
+        f"| train time | {result.seconds} s ({result.examples_per_second} examples/s) |",
+        f"| peak memory | {result.peak_memory_mb} MB |",
+        f"| final loss | {result.final_loss} |",
+        "",
+    ]
+    if evaluation_markdown:
+        lines += ["### Evaluation", "", evaluation_markdown]
+    card.write_text(f"{text}\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return card
