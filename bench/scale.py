@@ -86,7 +86,7 @@ def encode_p50_ms(n: int = 50) -> float:
 
 def scale_run(dim: int, n: int, fit: dict, n_queries: int, workdir: Path, encode_ms: float | None) -> tuple[list[dict], Searcher, np.ndarray]:
     docs = generate(n, dim, fit["alpha"])
-    queries = queries_for(docs, n_queries, fit["alpha"], fit["noise"])
+    queries = queries_for(docs, n_queries, fit["alpha"], fit["noise"], fit.get("spread", 1.0))
     started = time.perf_counter()
     searcher = synthetic_searcher(docs, workdir / f"idx-{dim}-{n}")
     build_seconds = time.perf_counter() - started
@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--calibration", default=str(RESULTS / "calibration.json"), help="synthetic.py output (alpha, noise per dim)")
+    parser.add_argument("--alpha", type=float, default=None, help="use this spectrum for every dim instead of --calibration (uncalibrated)")
+    parser.add_argument("--noise", type=float, default=1.0, help="query noise with --alpha")
     parser.add_argument("--sweep-oversample", default="1,2,5,10,20,50,100,200")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-encode", action="store_true", help="skip measuring query encoding")
@@ -196,7 +198,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    fits = json.loads(Path(args.calibration).read_text())["fits"]
+    if args.alpha is not None:
+        fits = {d: {"alpha": args.alpha, "noise": args.noise, "calibrated": False} for d in args.dims.split(",")}
+    else:
+        fits = json.loads(Path(args.calibration).read_text())["fits"]
     encode_ms = None if args.no_encode else encode_p50_ms()
     dims, sizes = [int(d) for d in args.dims.split(",")], [int(n) for n in args.sizes.split(",")]
     scale_rows, sweeps = [], {}

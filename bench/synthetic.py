@@ -27,6 +27,7 @@ from medsearch.search import Searcher
 OVERSAMPLES = (1, 2, 5, 10, 20, 40, 80)
 ALPHAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 NOISES = (0.25, 0.5, 1.0, 1.5, 2.0)
+SPREADS = (1.0, 2.0, 4.0)
 
 
 def generate(n: int, dim: int, alpha: float, seed: int = 0, block: int = 100_000) -> np.ndarray:
@@ -39,12 +40,15 @@ def generate(n: int, dim: int, alpha: float, seed: int = 0, block: int = 100_000
     return out
 
 
-def queries_for(docs: np.ndarray, n: int, alpha: float, noise: float, seed: int = 1) -> np.ndarray:
+def queries_for(docs: np.ndarray, n: int, alpha: float, noise: float, spread: float = 1.0, seed: int = 1) -> np.ndarray:
+    """Noisy copies of random documents; each query's noise level is drawn log-uniformly from
+    [noise / spread, noise * spread], so queries range from easy to hard as real ones do."""
     rng = np.random.default_rng(seed)
     dim = docs.shape[1]
     scale = (np.arange(1, dim + 1, dtype=np.float32) ** (-alpha / 2)).astype(np.float32)
     picked = docs[rng.choice(len(docs), size=n, replace=False)]
-    noisy = picked + noise * rng.standard_normal((n, dim), dtype=np.float32) * scale / np.sqrt(scale @ scale)
+    levels = noise * np.exp(rng.uniform(-np.log(spread), np.log(spread), size=(n, 1))).astype(np.float32)
+    noisy = picked + levels * rng.standard_normal((n, dim), dtype=np.float32) * scale / np.sqrt(scale @ scale)
     return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -70,20 +74,22 @@ def calibrate(real_curve: list[float], n: int, dim: int, n_queries: int, workdir
     grid, then a finer one around the best point."""
     trials = []
 
-    def grid(alphas, noises):
+    def grid(alphas, noises, spreads):
         for alpha in alphas:
             docs = generate(n, dim, alpha)
             searcher = synthetic_searcher(docs, workdir / f"cal-{dim}-{alpha:.4f}", vector_dtype="float32")
             for noise in noises:
-                curve = recall_curve(searcher, queries_for(docs, n_queries, alpha, noise), oversamples)
-                gap = float(np.max(np.abs(np.array(curve) - np.array(real_curve))))
-                trials.append({"alpha": round(alpha, 4), "noise": round(noise, 4), "curve": curve, "max_gap": gap})
+                for spread in spreads:
+                    curve = recall_curve(searcher, queries_for(docs, n_queries, alpha, noise, spread), oversamples)
+                    gap = float(np.max(np.abs(np.array(curve) - np.array(real_curve))))
+                    trials.append({"alpha": round(alpha, 4), "noise": round(noise, 4), "spread": spread, "curve": curve, "max_gap": gap})
             shutil.rmtree(workdir / f"cal-{dim}-{alpha:.4f}", ignore_errors=True)
 
-    grid(ALPHAS, NOISES)
+    grid(ALPHAS, NOISES, SPREADS)
     coarse = min(trials, key=lambda t: t["max_gap"])
     grid([a for a in coarse["alpha"] + np.array([-0.125, -0.0625, 0.0625, 0.125]) if a > 0],
-         [m for m in coarse["noise"] + np.array([-0.25, -0.125, 0.0, 0.125, 0.25]) if m > 0])
+         [m for m in coarse["noise"] + np.array([-0.25, -0.125, 0.0, 0.125, 0.25]) if m > 0],
+         sorted({coarse["spread"], coarse["spread"] * 1.5, coarse["spread"] * 2, max(1.0, coarse["spread"] / 1.5)}))
     best = min(trials, key=lambda t: t["max_gap"])
     return {"best": best, "trials": trials}
 
