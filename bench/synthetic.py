@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--dims", default="1024,384", help="generator dims to calibrate")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--workdir", default=None, help="where trial indexes are built (default: a temporary folder)")
     parser.add_argument("--name", default="calibration")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -118,7 +119,7 @@ def main() -> None:
     real, n = real_curve_from_index(args.index, args.data, args.split, args.queries)
     print(f"real curve ({n} chunks): " + ", ".join(f"x{o}: {r:.3f}" for o, r in zip(OVERSAMPLES, real)))
     results = {}
-    with tempfile.TemporaryDirectory(dir=".") as tmp:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for dim in map(int, args.dims.split(",")):
             fit = calibrate(real, n, dim, args.queries, Path(tmp))
             best = fit["best"]
