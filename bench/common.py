@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -59,3 +61,8 @@ def median_ms(samples: list[float]) -> float:
 
 def p95_ms(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20)[-1] * 1000 if len(samples) > 1 else samples[0] * 1000
+
+
+def recall_against(ranked: list[list[tuple]], truth: list[list[tuple]], k: int = 10) -> float:
+    """Mean share of each reference top-k (lists of (id, score)) that the ranked list also has in its top k."""
+    return float(np.mean([len({x for x, _ in r[:k]} & {x for x, _ in t[:k]}) / k for r, t in zip(ranked, truth)]))

@@ -13,17 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from common import RESULTS, print_table, write_results
+from common import RESULTS, print_table, recall_against, write_results
 from medsearch.encoder import Encoder
 from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
 from medsearch.index import build_index, open_index
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
-
-
-def recall_vs(runs: dict, truth: dict, k: int = 10) -> float:
-    return float(np.mean([len({d for d, _ in runs[q][:k]} & {d for d, _ in truth[q][:k]}) / k for q in truth]))
 
 
 def main() -> None:
@@ -59,7 +53,7 @@ def main() -> None:
         runs100, _ = search_runs(searcher, vectors, qids, doc_ids, 100, **kwargs)
         metrics = ir_metrics(runs10, bench)
         metrics["recall@100"] = ir_metrics(runs100, bench)["recall@100"]
-        row = {"config": name, **kwargs, **metrics, "recall@10_vs_deep": recall_vs(runs10, deep10), "ms_per_query": ms}
+        row = {"config": name, **kwargs, **metrics, "recall@10_vs_deep": recall_against([runs10[q] for q in qids], [deep10[q] for q in qids]), "ms_per_query": ms}
         if kwargs.get("tier") == "fast":
             row["candidates"] = 10 * kwargs["oversample"]
         rows.append(row)

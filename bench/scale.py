@@ -24,7 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from common import RESULTS, median_ms, p95_ms, print_table, write_results
+from common import RESULTS, median_ms, p95_ms, print_table, recall_against, write_results
 from medsearch.index import HNSW_MIN_CHUNKS, TIERS, build_faiss, open_index, prefix
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
 from synthetic import generate, queries_for, synthetic_searcher
@@ -42,7 +42,7 @@ def single_query_latencies(searcher: Searcher, queries: np.ndarray, **kwargs) ->
 
 def recall_vs_deep(searcher: Searcher, queries: np.ndarray, deep: list, **kwargs) -> float:
     got, _ = searcher.search_vectors(queries, k=10, **kwargs)
-    return float(np.mean([len({r for r, _ in g} & {r for r, _ in d}) / 10 for g, d in zip(got, deep)]))
+    return recall_against(got, deep)
 
 
 def memory_probe(folder: str, tier: str, queries_file: str) -> None:

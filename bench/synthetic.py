@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, print_table, write_results
+from common import RESULTS, print_table, recall_against, write_results
 from medsearch.index import open_index, write_index
 from medsearch.search import Searcher
 
@@ -55,12 +55,7 @@ def queries_for(docs: np.ndarray, n: int, alpha: float, noise: float, spread: fl
 def recall_curve(searcher: Searcher, queries: np.ndarray, oversamples=OVERSAMPLES, k: int = 10) -> list[float]:
     """Fast-tier recall@k against deep, one value per oversampling factor (candidates = k x factor)."""
     deep, _ = searcher.search_vectors(queries, tier="deep", k=k)
-    truth = [{row for row, _ in hits} for hits in deep]
-    curve = []
-    for factor in oversamples:
-        fast, _ = searcher.search_vectors(queries, tier="fast", k=k, oversample=factor)
-        curve.append(float(np.mean([len({row for row, _ in f} & t) / k for f, t in zip(fast, truth)])))
-    return curve
+    return [recall_against(searcher.search_vectors(queries, tier="fast", k=k, oversample=factor)[0], deep, k) for factor in oversamples]
 
 
 def synthetic_searcher(vectors: np.ndarray, folder: Path, **kwargs) -> Searcher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import click
 
@@ -233,8 +234,6 @@ def evaluate(data_dir, models, split, cache, no_bm25, json_file, markdown_file, 
     """NDCG@10, MRR@10, Recall@10/100 per Matryoshka dim on a BEIR folder (corpus.jsonl,
     queries.jsonl, qrels.tsv), every query of --split against the whole corpus, plus the fast
     tier and a BM25 baseline."""
-    from pathlib import Path
-
     from medsearch.evaluation import evaluate_models
 
     if len(models) > 2:

@@ -133,12 +133,16 @@ class EvalReport:
             out.append({"row": "bm25", **{spec: bm25 for spec in specs[:1]}})
         return out
 
+    def columns(self) -> tuple[list[str], list[str]]:
+        """(model specs, their column heads): Initial / Final for two models, Model for one."""
+        specs = [m["spec"] for m in self.models]
+        return specs, ["Initial", "Final"] if len(specs) == 2 else ["Model"]
+
     def to_json(self) -> dict:
         return asdict(self) | {"comparison": self.comparison()}
 
     def to_text(self) -> str:
-        specs = [m["spec"] for m in self.models]
-        heads = ["Initial", "Final"] if len(specs) == 2 else ["Model"]
+        specs, heads = self.columns()
         lines = [f"{self.queries} queries ({self.split or 'all'}) against {self.documents} documents in {self.data}"]
         for head, m in zip(heads, self.models):
             lines.append(f"  {head}: {m['name']}")
@@ -157,8 +161,7 @@ class EvalReport:
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
-        specs = [m["spec"] for m in self.models]
-        heads = ["Initial", "Final"] if len(specs) == 2 else ["Model"]
+        specs, heads = self.columns()
         lines = [
             f"NDCG@10 on {self.queries} queries ({self.split or 'all'}) against {self.documents} documents.",
             "",
