@@ -86,7 +86,7 @@ def encode_p50_ms(n: int = 50) -> float:
 
 def scale_run(dim: int, n: int, fit: dict, n_queries: int, workdir: Path, encode_ms: float | None) -> tuple[list[dict], Searcher, np.ndarray]:
     docs = generate(n, dim, fit["alpha"])
-    queries = queries_for(docs, n_queries, fit["alpha"], fit["noise"], fit.get("spread", 1.0))
+    queries = queries_for(docs, n_queries, fit["alpha"], fit["tilt"], fit["tilt_spread"])
     started = time.perf_counter()
     searcher = synthetic_searcher(docs, workdir / f"idx-{dim}-{n}")
     build_seconds = time.perf_counter() - started
@@ -119,8 +119,20 @@ def scale_run(dim: int, n: int, fit: dict, n_queries: int, workdir: Path, encode
     return rows, searcher, queries
 
 
-def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int], workdir: Path) -> list[dict]:
-    """Candidates x (flat, hnsw) 64-dim index x (float16, float32) re-rank vectors, at one size."""
+def build_ivf(vectors: np.ndarray, nprobe: int) -> faiss.Index:
+    """IVF-flat over normalised prefix vectors, 4 * sqrt(n) lists, trained on up to 100k of them."""
+    nlist = max(1, int(4 * np.sqrt(len(vectors))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors[np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 100_000), replace=False)]
+    index.train(sample)
+    index.add(vectors)
+    index.nprobe = min(nprobe, nlist)
+    return index
+
+
+def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int], workdir: Path, ivf_nprobes=(16, 64)) -> list[dict]:
+    """Candidates x 64-dim candidate index (flat, hnsw, ivf at a few nprobe) x re-rank vectors (float16,
+    float32; ivf with float16 only), at one size."""
     index = searcher.index
     fast_dim = index.manifest["tier_dims"]["fast"]
     deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
@@ -128,16 +140,20 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
     full = np.asarray(float16, dtype=np.float32)
     np.save(workdir / "vectors32.npy", full)
     float32 = np.load(workdir / "vectors32.npy", mmap_mode="r")
-    built = {index.index_type(fast_dim): index.faiss_index(fast_dim)}
+    small = prefix(full, fast_dim)
+    del full
+    configs = [("flat", None), ("hnsw", None)] + [(f"ivf nprobe {p}", p) for p in ivf_nprobes]
     rows = []
-    for kind in ("flat", "hnsw"):
-        if kind not in built:
+    for kind, nprobe in configs:
+        if index.index_type(fast_dim) == kind:
+            candidate_index = index.faiss_index(fast_dim)
+        else:
             started = time.perf_counter()
-            built[kind] = build_faiss(prefix(full, fast_dim), kind)
+            candidate_index = build_faiss(small, kind) if nprobe is None else build_ivf(small, nprobe)
             print(f"  built {kind} {fast_dim}d in {time.perf_counter() - started:.1f}s", flush=True)
-        index._faiss[fast_dim] = built[kind]
-        index.manifest["index_types"][str(fast_dim)] = kind
-        for dtype, vectors in (("float16", float16), ("float32", float32)):
+        index._faiss[fast_dim] = candidate_index
+        index.manifest["index_types"][str(fast_dim)] = kind  # the searcher passes efSearch only for "hnsw"
+        for dtype, vectors in (("float16", float16), ("float32", float32))[: 1 if nprobe else 2]:
             index.__dict__["vectors"] = vectors
             for factor in oversamples:
                 lat = single_query_latencies(searcher, queries, tier="fast", k=10, oversample=factor)
@@ -147,7 +163,7 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
                     "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat),
                 })
                 print(f"  {kind} {dtype} x{factor}: recall {rows[-1]['recall@10_vs_deep']:.3f}, p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
-    del full
+    index.__dict__["vectors"] = float16
     return rows
 
 
@@ -158,7 +174,8 @@ def plot(scale_rows: list[dict], sweep_rows: list[dict], path: Path, title: str)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, dtype, marker in (("flat", "float16", "o"), ("hnsw", "float16", "s"), ("hnsw", "float32", "^")):
+    for kind, dtype, marker in (("flat", "float16", "o"), ("hnsw", "float16", "s"), ("hnsw", "float32", "^"),
+                                ("ivf nprobe 16", "float16", "v"), ("ivf nprobe 64", "float16", "D")):
         pts = [r for r in sweep_rows if r["index_type"] == kind and r["vectors"] == dtype]
         if pts:
             ax.plot([r["p50_ms"] for r in pts], [r["recall@10_vs_deep"] for r in pts], marker=marker, label=f"fast: {kind} 64d + {dtype} re-rank")
@@ -187,9 +204,10 @@ def main() -> None:
     parser.add_argument("--dims", default="1024,384")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--calibration", default=str(RESULTS / "calibration.json"), help="synthetic.py output (alpha, noise per dim)")
+    parser.add_argument("--calibration", default=str(RESULTS / "calibration.json"), help="synthetic.py output (alpha, tilt, tilt spread per dim)")
     parser.add_argument("--alpha", type=float, default=None, help="use this spectrum for every dim instead of --calibration (uncalibrated)")
-    parser.add_argument("--noise", type=float, default=1.0, help="query noise with --alpha")
+    parser.add_argument("--tilt", type=float, default=0.0, help="mean query tilt with --alpha")
+    parser.add_argument("--tilt-spread", type=float, default=1.0, help="query tilt spread with --alpha")
     parser.add_argument("--sweep-oversample", default="1,2,5,10,20,50,100,200")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-encode", action="store_true", help="skip measuring query encoding")
@@ -199,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.alpha is not None:
-        fits = {d: {"alpha": args.alpha, "noise": args.noise, "calibrated": False} for d in args.dims.split(",")}
+        fits = {d: {"alpha": args.alpha, "tilt": args.tilt, "tilt_spread": args.tilt_spread, "calibrated": False} for d in args.dims.split(",")}
     else:
         fits = json.loads(Path(args.calibration).read_text())["fits"]
     encode_ms = None if args.no_encode else encode_p50_ms()

@@ -1,12 +1,20 @@
 """Synthetic Matryoshka-like vectors, calibrated against real embeddings.
 
 Documents: Gaussian vectors whose dim i has variance (i+1)^-alpha (leading dims carry most of
-the variance, as in a Matryoshka model), L2-normalised. Queries: a random document plus Gaussian
-noise of the same spectrum scaled by `noise`, normalised (a query has a true near neighbour).
+the variance, as in a Matryoshka model), L2-normalised.
 
-How hard the funnel is depends on alpha and noise, so they are fitted: at the real corpus size,
-the generator's curve of fast-tier recall@10 against `deep` over candidate counts must match the
-curve measured on real embeddings (DESIGN.md: within 0.02 at each point).
+Queries: a random document plus a little Gaussian noise of the same spectrum, then each query's
+dims re-weighted by (i+1)^(gamma/2), with gamma drawn per query from N(tilt, tilt_spread). A query
+with gamma > 0 puts its weight in the trailing dims, so its 64-dim prefix says little about its
+full-dim neighbours (a hard query for the funnel); gamma < 0 makes an easy one. The spread of gamma
+gives the mix of easy queries and a long tail of hard ones that real queries show; a single noise
+level (the first generator tried) gives a curve that is far too steep.
+
+How hard the funnel is depends on alpha, tilt and tilt_spread, so they are fitted: at the real
+corpus size, the generator's curve of fast-tier recall@10 against `deep` over candidate counts
+must match the curve of the real embeddings (DESIGN.md: within 0.02 at each point). Both curves
+are measured at the vector level (each chunk vector is its own result, no collapsing to
+documents), since synthetic vectors have no documents to collapse into.
 
     python bench/synthetic.py --index indexes/eval/<tuned model index> --data ../shared/data/medquad
 """
@@ -25,14 +33,15 @@ from medsearch.index import open_index, write_index
 from medsearch.search import Searcher
 
 OVERSAMPLES = (1, 2, 5, 10, 20, 40, 80)
-ALPHAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-NOISES = (0.25, 0.5, 1.0, 1.5, 2.0)
-SPREADS = (1.0, 2.0, 4.0)
+ALPHAS = (1.0, 1.25, 1.5, 1.75)
+TILTS = (-0.25, 0.0, 0.25)
+TILT_SPREADS = (0.75, 1.0, 1.25, 1.5)
+QUERY_NOISE = 0.5
 
 
 def generate(n: int, dim: int, alpha: float, seed: int = 0, block: int = 100_000) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    scale = (np.arange(1, dim + 1, dtype=np.float32) ** (-alpha / 2)).astype(np.float32)
+    scale = spectrum(dim, -alpha / 2)
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, block):
         part = rng.standard_normal((min(block, n - start), dim), dtype=np.float32) * scale
@@ -40,16 +49,22 @@ def generate(n: int, dim: int, alpha: float, seed: int = 0, block: int = 100_000
     return out
 
 
-def queries_for(docs: np.ndarray, n: int, alpha: float, noise: float, spread: float = 1.0, seed: int = 1) -> np.ndarray:
-    """Noisy copies of random documents; each query's noise level is drawn log-uniformly from
-    [noise / spread, noise * spread], so queries range from easy to hard as real ones do."""
+def spectrum(dim: int, power: float | np.ndarray) -> np.ndarray:
+    """(i+1)^power for i = 0..dim-1 (power may be a column of per-row powers)."""
+    return np.arange(1, dim + 1, dtype=np.float32) ** np.asarray(power, dtype=np.float32)
+
+
+def queries_for(docs: np.ndarray, n: int, alpha: float, tilt: float, tilt_spread: float, seed: int = 1,
+                noise: float = QUERY_NOISE) -> np.ndarray:
+    """Noisy copies of random documents, each re-weighted by its own spectral tilt (module docstring)."""
     rng = np.random.default_rng(seed)
     dim = docs.shape[1]
-    scale = (np.arange(1, dim + 1, dtype=np.float32) ** (-alpha / 2)).astype(np.float32)
-    picked = docs[rng.choice(len(docs), size=n, replace=False)]
-    levels = noise * np.exp(rng.uniform(-np.log(spread), np.log(spread), size=(n, 1))).astype(np.float32)
-    noisy = picked + levels * rng.standard_normal((n, dim), dtype=np.float32) * scale / np.sqrt(scale @ scale)
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    scale = spectrum(dim, -alpha / 2)
+    picked = docs[rng.choice(len(docs), size=n, replace=len(docs) < n)]
+    noisy = picked + noise * rng.standard_normal((n, dim), dtype=np.float32) * scale / np.linalg.norm(scale)
+    gamma = rng.normal(tilt, tilt_spread, size=(n, 1))
+    tilted = noisy * spectrum(dim, gamma / 2)
+    return (tilted / np.linalg.norm(tilted, axis=1, keepdims=True)).astype(np.float32)
 
 
 def recall_curve(searcher: Searcher, queries: np.ndarray, oversamples=OVERSAMPLES, k: int = 10) -> list[float]:
@@ -65,38 +80,41 @@ def synthetic_searcher(vectors: np.ndarray, folder: Path, **kwargs) -> Searcher:
 
 
 def calibrate(real_curve: list[float], n: int, dim: int, n_queries: int, workdir: Path, oversamples=OVERSAMPLES) -> dict:
-    """Grid-search (alpha, noise) so the synthetic curve at size n matches the real one: a coarse
-    grid, then a finer one around the best point."""
+    """Grid-search (alpha, tilt, tilt_spread) so the synthetic curve at size n matches the real one:
+    a coarse grid, then a finer one around the best point."""
     trials = []
 
-    def grid(alphas, noises, spreads):
+    def grid(alphas, tilts, spreads):
         for alpha in alphas:
             docs = generate(n, dim, alpha)
-            searcher = synthetic_searcher(docs, workdir / f"cal-{dim}-{alpha:.4f}", vector_dtype="float32")
-            for noise in noises:
+            folder = workdir / f"cal-{dim}-{alpha:.4f}"
+            searcher = synthetic_searcher(docs, folder, vector_dtype="float32")
+            for tilt in tilts:
                 for spread in spreads:
-                    curve = recall_curve(searcher, queries_for(docs, n_queries, alpha, noise, spread), oversamples)
+                    curve = recall_curve(searcher, queries_for(docs, n_queries, alpha, tilt, spread), oversamples)
                     gap = float(np.max(np.abs(np.array(curve) - np.array(real_curve))))
-                    trials.append({"alpha": round(alpha, 4), "noise": round(noise, 4), "spread": spread, "curve": curve, "max_gap": gap})
-            shutil.rmtree(workdir / f"cal-{dim}-{alpha:.4f}", ignore_errors=True)
+                    trials.append({"alpha": round(float(alpha), 4), "tilt": round(float(tilt), 4),
+                                   "tilt_spread": round(float(spread), 4), "curve": curve, "max_gap": gap})
+            shutil.rmtree(folder, ignore_errors=True)
 
-    grid(ALPHAS, NOISES, SPREADS)
+    grid(ALPHAS, TILTS, TILT_SPREADS)
     coarse = min(trials, key=lambda t: t["max_gap"])
-    grid([a for a in coarse["alpha"] + np.array([-0.125, -0.0625, 0.0625, 0.125]) if a > 0],
-         [m for m in coarse["noise"] + np.array([-0.25, -0.125, 0.0, 0.125, 0.25]) if m > 0],
-         sorted({coarse["spread"], coarse["spread"] * 1.5, coarse["spread"] * 2, max(1.0, coarse["spread"] / 1.5)}))
+    steps = np.array([-0.0625, 0.0, 0.0625])
+    grid([a for a in coarse["alpha"] + steps if a > 0], coarse["tilt"] + steps, [s for s in coarse["tilt_spread"] + 2 * steps if s > 0])
     best = min(trials, key=lambda t: t["max_gap"])
     return {"best": best, "trials": trials}
 
 
-def real_curve_from_index(index_dir: str, data: str, split: str, n_queries: int, oversamples=OVERSAMPLES) -> tuple[list[float], int]:
+def real_curve_from_index(index_dir: str, data: str, split: str, workdir: Path, oversamples=OVERSAMPLES) -> tuple[list[float], int]:
+    """Recall curve of the split's queries over the index's chunk vectors, one result per vector."""
     from medsearch.encoder import Encoder
     from medsearch.evaluation import load_benchmark
 
     index = open_index(index_dir)
-    searcher = Searcher(index, Encoder(index.manifest["model"]["spec"]))
-    texts = list(load_benchmark(data, split).queries.values())[:n_queries]
-    return recall_curve(searcher, searcher.encoder.encode_queries(texts), oversamples), index.chunks
+    texts = list(load_benchmark(data, split).queries.values())
+    queries = Encoder(index.manifest["model"]["spec"]).encode_queries(texts)
+    searcher = synthetic_searcher(np.asarray(index.vectors, dtype=np.float32), workdir / "real", vector_dtype="float32")
+    return recall_curve(searcher, queries, oversamples), index.chunks
 
 
 def main() -> None:
@@ -105,21 +123,21 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/medquad")
     parser.add_argument("--split", default="test")
     parser.add_argument("--dims", default="1024,384", help="generator dims to calibrate")
-    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=1000, help="synthetic queries per trial (the real curve uses every query of the split)")
     parser.add_argument("--workdir", default=None, help="where trial indexes are built (default: a temporary folder)")
     parser.add_argument("--name", default="calibration")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    real, n = real_curve_from_index(args.index, args.data, args.split, args.queries)
-    print(f"real curve ({n} chunks): " + ", ".join(f"x{o}: {r:.3f}" for o, r in zip(OVERSAMPLES, real)))
     results = {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        real, n = real_curve_from_index(args.index, args.data, args.split, Path(tmp))
+        print(f"real curve ({n} chunk vectors): " + ", ".join(f"x{o}: {r:.3f}" for o, r in zip(OVERSAMPLES, real)))
         for dim in map(int, args.dims.split(",")):
             fit = calibrate(real, n, dim, args.queries, Path(tmp))
             best = fit["best"]
             results[str(dim)] = fit
-            print(f"dim {dim}: alpha {best['alpha']}, noise {best['noise']}, max gap {best['max_gap']:.3f}")
+            print(f"dim {dim}: alpha {best['alpha']}, tilt {best['tilt']}, tilt spread {best['tilt_spread']}, max gap {best['max_gap']:.3f}")
     rows = [{"oversample": o, "candidates": 10 * o, "real": r, **{f"synthetic {d}": results[d]["best"]["curve"][i] for d in results}}
             for i, (o, r) in enumerate(zip(OVERSAMPLES, real))]
     print()
