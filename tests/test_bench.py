@@ -59,7 +59,9 @@ def test_calibration_and_scale_benches(tmp_path, bundled_index):
     assert all(r["recall@10_vs_deep"] == 1.0 and r["rss_mib"] > 0 for r in deep)
     assert {(r["index_type"], r["vectors"], r["candidates"]) for r in result["sweeps"]["128"]} == {
         (k, v, c) for k in ("flat", "hnsw") for v in ("float16", "float32") for c in (10, 30)
-    }
+    } | {(f"ivf nprobe {p}", "float16", c) for p in (16, 64) for c in (10, 30)}
+    flat = {r["candidates"]: r["recall@10_vs_deep"] for r in result["sweeps"]["128"] if r["index_type"] == "flat"}
+    assert 0 < flat[10] <= flat[30] <= 1.0
     assert (tmp_path / "sc-128d-600.png").stat().st_size > 10_000
 
 
@@ -78,3 +80,48 @@ def test_medquad_pairs_rewrites_templates(tmp_path):
     out = run_script("medquad_pairs.py", source, tmp_path / "o.jsonl", "--fraction", "1", cwd=tmp_path)
     assert "rewrote 20 of 20 anchors" in out
     assert all("What causes" not in json.loads(l)["anchor"] for l in open(tmp_path / "o.jsonl"))
+
+
+def write_medquad_like(folder):
+    """Two train-split conditions (a phenotype list and prose symptoms) and one test-split condition."""
+    hpo = ("What are the signs and symptoms of Foo syndrome? The Human Phenotype Ontology provides the following list. "
+           "Signs and Symptoms Approximate number of patients (when available) Ataxia 90% - Cataract - Seizures - "
+           "Autosomal recessive inheritance - Short stature - The Human Phenotype Ontology (HPO) has collected information.")
+    prose = ("What are the symptoms of Bar disease? Bar disease is rare. Most people with this condition experience "
+             "painful swelling of the knees and a fever that comes and goes. Bar disease can be treated.")
+    docs = {"d1": hpo, "d2": "Foo syndrome is a rare condition.", "d3": prose, "d4": "Bar disease is an illness.",
+            "d5": "What are the symptoms of Baz? People with it may experience a rash on the hands and feet.", "d6": "Baz is bad."}
+    queries = [("q1", "Foo syndrome", "symptoms", "train", "d1"), ("q2", "Foo syndrome", "information", "train", "d2"),
+               ("q3", "Bar disease", "symptoms", "train", "d3"), ("q4", "Bar disease", "information", "train", "d4"),
+               ("q5", "Baz", "symptoms", "test", "d5"), ("q6", "Baz", "information", "test", "d6")]
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items()))
+    (folder / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": q, "text": f"{t} of {f}", "focus": f, "qtype": t, "split": s}) + "\n" for q, f, t, s, _ in queries))
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, *_, d in queries))
+
+
+def test_symptom_pairs_describe_train_conditions_without_naming_them(tmp_path):
+    import random
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from medquad_pairs import symptom_pairs
+
+    write_medquad_like(tmp_path / "mq")
+    pairs = {p["positive"]: p["anchor"] for p in symptom_pairs(tmp_path / "mq", random.Random(0))}
+    assert set(pairs) == {"Foo syndrome is a rare condition.", "Bar disease is an illness."}  # never the test split
+    terms = set(pairs["Foo syndrome is a rare condition."].replace(" and ", ", ").split(", "))
+    assert terms <= {"ataxia", "cataract", "seizures", "short stature"} and len(terms) >= 3  # no frequencies, no inheritance
+    assert pairs["Bar disease is an illness."] == "most people with this condition experience painful swelling of the knees and a fever that comes and goes"
+
+
+def test_query_tilt_controls_funnel_difficulty(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from synthetic import generate, queries_for, recall_curve, synthetic_searcher
+
+    docs = generate(2000, 128, alpha=1.25)
+    searcher = synthetic_searcher(docs, tmp_path / "idx", vector_dtype="float32")
+    easy = recall_curve(searcher, queries_for(docs, 200, 1.25, tilt=-0.5, tilt_spread=0.1), oversamples=(1, 4))
+    hard = recall_curve(searcher, queries_for(docs, 200, 1.25, tilt=1.0, tilt_spread=0.1), oversamples=(1, 4))
+    assert hard[0] < easy[0] - 0.1 and hard[1] < easy[1]  # weight in the trailing dims hides neighbours from the 64-dim prefix
+    assert easy[0] < easy[1] <= 1.0
