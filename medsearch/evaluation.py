@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medsearch.corpus import read_corpus, read_queries
 from medsearch.errors import MedsearchError
 
@@ -158,6 +160,7 @@ class EvalReport:
         for r in self.rows:
             label = "bm25" if r["model"] == "bm25" else heads[specs.index(r["model"])]
             lines.append(f"{label:>10}  {_row_label(r['row']):>6}  {r['ndcg@10']:>8.4f}  {r['mrr@10']:>8.4f}  {r['recall@10']:>8.4f}  {r['recall@100']:>8.4f}")
+        lines += [""] + [_collapse_line(h, m) for h, m in zip(heads, self.models) if "mean_cosine" in m]
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -179,7 +182,28 @@ class EvalReport:
         for r in self.rows:
             label = "BM25" if r["model"] == "bm25" else heads[specs.index(r["model"])]
             lines.append(f"| {label} | {_row_label(r['row'])} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {r['recall@10']:.4f} | {r['recall@100']:.4f} |")
+        lines += [""] + [f"- {_collapse_line(h, m)}" for h, m in zip(heads, self.models) if "mean_cosine" in m]
         return "\n".join(lines) + "\n"
+
+
+def mean_cosine(vectors: np.ndarray, dims: list[int], sample: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Collapse check: mean cosine between distinct random chunk vectors at each prefix dim. A
+    fine-tune that collapses the space pushes it towards 1; a healthy model keeps it well below."""
+    from medsearch.index import prefix
+
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=min(sample, len(vectors)), replace=False))
+    picked = np.asarray(vectors[rows], dtype=np.float32)
+    out = {}
+    for dim in dims:
+        small = prefix(picked, dim)
+        gram = small @ small.T
+        out[str(dim)] = round(float((gram.sum() - np.trace(gram)) / (len(small) * (len(small) - 1))), 4)
+    return out
+
+
+def _collapse_line(head: str, model: dict) -> str:
+    cosines = ", ".join(f"{dim}: {value:.3f}" for dim, value in model.get("mean_cosine", {}).items())
+    return f"{head}: mean cosine between random chunks (collapse check, 1 = collapsed) {cosines}"
 
 
 def _row_label(row: str) -> str:
@@ -220,7 +244,8 @@ def evaluate_models(
         searcher = Searcher(open_index(index_dir), encoder)
         doc_ids = searcher.index.store.doc_ids()
         vectors = encoder.encode_queries([bench.queries[q] for q in qids], progress=progress)
-        report.models.append({"spec": spec, "name": encoder.name, "fingerprint": encoder.fingerprint, "index": str(index_dir)})
+        report.models.append({"spec": spec, "name": encoder.name, "fingerprint": encoder.fingerprint, "index": str(index_dir),
+                              "mean_cosine": mean_cosine(searcher.index.vectors, dims)})
         for dim in dims:
             runs, _ = search_runs(searcher, vectors, qids, doc_ids, 100, dim=dim)
             report.rows.append({"model": spec, "row": str(dim), **ir_metrics(runs, bench)})

@@ -52,6 +52,19 @@ def test_bad_qrels(tmp_path):
         read_qrels(tmp_path / "qrels.tsv")
 
 
+def test_mean_cosine_flags_a_collapsed_space():
+    import numpy as np
+
+    from medsearch.evaluation import mean_cosine
+
+    rng = np.random.default_rng(0)
+    spread = rng.standard_normal((500, 32)).astype(np.float32)
+    collapsed = spread * 0.05 + np.ones(32, dtype=np.float32)  # every vector near one direction
+    healthy, bad = mean_cosine(spread, [32, 8], sample=200), mean_cosine(collapsed, [32, 8], sample=200)
+    assert set(healthy) == {"32", "8"}
+    assert abs(healthy["32"]) < 0.05 and bad["32"] > 0.9 and bad["8"] > 0.9
+
+
 def test_bundled_judgements_cover_every_query():
     bench = load_benchmark(BUNDLED)
     assert len(bench.queries) == 99
@@ -72,6 +85,9 @@ def test_evaluate_models_on_the_bundled_corpus(tmp_path):
     assert 0.5 < full <= 1 and report.ndcg("default", "64") < full
     markdown = report.to_markdown()
     assert "| dim | Initial | Final | Improvement |" in markdown and "| BM25 | BM25 |" in markdown
+    cosines = report.models[0]["mean_cosine"]
+    assert set(cosines) == {"384", "256", "128", "64"} and 0 < cosines["384"] < 0.5  # MiniLM is not collapsed
+    assert "Initial: mean cosine between random chunks" in markdown
 
 
 def test_eval_cli_writes_json_and_markdown(tmp_path):
