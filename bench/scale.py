@@ -131,8 +131,8 @@ def build_ivf(vectors: np.ndarray, nprobe: int) -> faiss.Index:
 
 
 def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int], workdir: Path, ivf_nprobes=(16, 64)) -> list[dict]:
-    """Candidates x 64-dim candidate index (flat, hnsw, ivf at a few nprobe) x re-rank vectors (float16,
-    float32; ivf with float16 only), at one size."""
+    """Candidates x 64-dim candidate index (flat, hnsw, ivf at a few nprobe) x re-rank vectors, at one
+    size: float16 and float32 re-rank vectors with HNSW, float16 with the others."""
     index = searcher.index
     fast_dim = index.manifest["tier_dims"]["fast"]
     deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
@@ -153,7 +153,7 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
             print(f"  built {kind} {fast_dim}d in {time.perf_counter() - started:.1f}s", flush=True)
         index._faiss[fast_dim] = candidate_index
         index.manifest["index_types"][str(fast_dim)] = kind  # the searcher passes efSearch only for "hnsw"
-        for dtype, vectors in (("float16", float16), ("float32", float32))[: 1 if nprobe else 2]:
+        for dtype, vectors in (("float16", float16), ("float32", float32))[: 2 if kind == "hnsw" else 1]:
             index.__dict__["vectors"] = vectors
             for factor in oversamples:
                 lat = single_query_latencies(searcher, queries, tier="fast", k=10, oversample=factor)
@@ -174,8 +174,8 @@ def plot(scale_rows: list[dict], sweep_rows: list[dict], path: Path, title: str)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, dtype, marker in (("flat", "float16", "o"), ("hnsw", "float16", "s"), ("hnsw", "float32", "^"),
-                                ("ivf nprobe 16", "float16", "v"), ("ivf nprobe 64", "float16", "D")):
+    series = dict.fromkeys((r["index_type"], r["vectors"]) for r in sweep_rows)
+    for (kind, dtype), marker in zip(series, "os^vDP*X"):
         pts = [r for r in sweep_rows if r["index_type"] == kind and r["vectors"] == dtype]
         if pts:
             ax.plot([r["p50_ms"] for r in pts], [r["recall@10_vs_deep"] for r in pts], marker=marker, label=f"fast: {kind} 64d + {dtype} re-rank")
@@ -208,7 +208,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=None, help="use this spectrum for every dim instead of --calibration (uncalibrated)")
     parser.add_argument("--tilt", type=float, default=0.0, help="mean query tilt with --alpha")
     parser.add_argument("--tilt-spread", type=float, default=1.0, help="query tilt spread with --alpha")
-    parser.add_argument("--sweep-oversample", default="1,2,5,10,20,50,100,200")
+    parser.add_argument("--sweep-oversample", default="1,2,5,10,20,50,100,200,500,1000")
+    parser.add_argument("--sweep-at", default=None, help="sizes to run the funnel sweep at, comma-separated [default: the largest]")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-encode", action="store_true", help="skip measuring query encoding")
     parser.add_argument("--workdir", default=None, help="where index folders are built (default: a temporary folder)")
@@ -222,29 +223,32 @@ def main() -> None:
         fits = json.loads(Path(args.calibration).read_text())["fits"]
     encode_ms = None if args.no_encode else encode_p50_ms()
     dims, sizes = [int(d) for d in args.dims.split(",")], [int(n) for n in args.sizes.split(",")]
+    sweep_at = [int(n) for n in args.sweep_at.split(",")] if args.sweep_at else [max(sizes)]
     scale_rows, sweeps = [], {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for dim in dims:
             for n in sizes:
                 rows, searcher, queries = scale_run(dim, n, fits[str(dim)], args.queries, Path(tmp), encode_ms if dim == 384 else None)
                 scale_rows += rows
-                if n == max(sizes) and not args.no_sweep:
-                    sweeps[str(dim)] = funnel_sweep(searcher, queries, [int(o) for o in args.sweep_oversample.split(",")], Path(tmp))
+                if n in sweep_at and not args.no_sweep:
+                    sweeps[f"{dim}x{n}"] = funnel_sweep(searcher, queries, [int(o) for o in args.sweep_oversample.split(",")], Path(tmp))
                 del searcher
                 shutil.rmtree(Path(tmp) / f"idx-{dim}-{n}", ignore_errors=True)
     print(f"\nsearch latency excludes query encoding; encode p50 (default model) {encode_ms if encode_ms is None else round(encode_ms, 2)} ms; "
           f"default oversample {DEFAULT_OVERSAMPLE}, HNSW from {HNSW_MIN_CHUNKS} chunks\n")
     print_table(scale_rows, ["dim", "n", "tier", "index_type", "p50_ms", "p95_ms", "qps_batched", "recall@10_vs_deep",
                              "disk_mb", "rss_mib", "rss_anon_mib", "rss_file_mib", "flat_f32_full_mib", "build_s_all_tiers"])
-    for dim, rows in sweeps.items():
-        print(f"\nfunnel sweep, {dim} dims x {max(sizes)}")
+    for key, rows in sweeps.items():
+        dim, n = key.split("x")
+        print(f"\nfunnel sweep, {dim} dims x {n}")
         print_table(rows, ["index_type", "vectors", "candidates", "recall@10_vs_deep", "p50_ms", "p95_ms"])
     out = Path(args.out)
     write_results(args.name, {"fits": fits, "sizes": sizes, "dims": dims, "queries": args.queries, "default_oversample": DEFAULT_OVERSAMPLE,
                               "scale": scale_rows, "sweeps": sweeps}, out)
-    for dim, rows in sweeps.items():
-        plot([r for r in scale_rows if r["dim"] == int(dim) and r["n"] == max(sizes)], rows,
-             out / f"{args.name}-{dim}d-{max(sizes)}.png", f"{dim}-dim vectors x {max(sizes):,}: recall vs latency per tier")
+    for key, rows in sweeps.items():
+        dim, n = map(int, key.split("x"))
+        plot([r for r in scale_rows if r["dim"] == dim and r["n"] == n], rows,
+             out / f"{args.name}-{dim}d-{n}.png", f"{dim}-dim vectors x {n:,}: recall vs latency per tier")
 
 
 if __name__ == "__main__":

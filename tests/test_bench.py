@@ -57,10 +57,13 @@ def test_calibration_and_scale_benches(tmp_path, bundled_index):
     assert [(r["n"], r["tier"]) for r in result["scale"]] == [(n, t) for n in (300, 600) for t in ("fast", "light", "standard", "deep")]
     deep = [r for r in result["scale"] if r["tier"] == "deep"]
     assert all(r["recall@10_vs_deep"] == 1.0 and r["rss_mib"] > 0 for r in deep)
-    assert {(r["index_type"], r["vectors"], r["candidates"]) for r in result["sweeps"]["128"]} == {
-        (k, v, c) for k in ("flat", "hnsw") for v in ("float16", "float32") for c in (10, 30)
-    } | {(f"ivf nprobe {p}", "float16", c) for p in (16, 64) for c in (10, 30)}
-    flat = {r["candidates"]: r["recall@10_vs_deep"] for r in result["sweeps"]["128"] if r["index_type"] == "flat"}
+    assert set(result["sweeps"]) == {"128x600"}
+    sweep = result["sweeps"]["128x600"]
+    assert {(r["index_type"], r["vectors"], r["candidates"]) for r in sweep} == {
+        (k, v, c) for k, v in [("flat", "float16"), ("hnsw", "float16"), ("hnsw", "float32"), ("ivf nprobe 16", "float16"),
+                               ("ivf nprobe 64", "float16")] for c in (10, 30)
+    }
+    flat = {r["candidates"]: r["recall@10_vs_deep"] for r in sweep if r["index_type"] == "flat"}
     assert 0 < flat[10] <= flat[30] <= 1.0
     assert (tmp_path / "sc-128d-600.png").stat().st_size > 10_000
 
