@@ -211,6 +211,23 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
     write_model_card(out_dir, result, table)
 
 
+@cli.command()
+@click.argument("first")
+@click.argument("second")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the merged model (must not exist or be empty).")
+@click.option("--weight", default=0.5, show_default=True, type=float, help="Share of SECOND: parameters = (1 - w) FIRST + w SECOND.")
+def merge(first, second, out_dir, weight):
+    """Average two fine-tunes of the same base model in weight space (a model soup).
+
+    FIRST, SECOND: model folders (or 'default'). E.g. a model tuned on MedQuAD's templated
+    questions with one that also saw symptom descriptions: the merge keeps most of each one's gains.
+    """
+    from medsearch.training import merge_models
+
+    merge_models(first, second, out_dir, weight)
+    click.echo(f"Merged {first} x {1 - weight:g} + {second} x {weight:g} -> {out_dir}")
+
+
 def _parse_numbers(text: str | None, kind, option: str) -> list | None:
     if not text:
         return None

@@ -242,6 +242,35 @@ def train(
     return result
 
 
+def merge_models(first: str, second: str, output: str | Path, weight: float = 0.5) -> dict:
+    """Weight-space average of two fine-tunes of one base model (a "model soup", Wortsman et al.
+    2022): every parameter becomes (1 - weight) * first + weight * second, via torch.lerp.
+
+    Used to combine a model tuned for one kind of question with one tuned for another, where
+    each alone loses quality on the other's kind. Both must have the same architecture.
+    """
+    import torch
+
+    if not 0.0 <= weight <= 1.0:
+        raise MedsearchError(f"--weight must be between 0 and 1; got {weight}")
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise MedsearchError(f"{out} already exists and is not empty: choose another --out")
+    a, b = Encoder(first, device="cpu"), Encoder(second, device="cpu")
+    params_a, params_b = a.model.state_dict(), b.model.state_dict()
+    if params_a.keys() != params_b.keys() or any(params_a[k].shape != params_b[k].shape for k in params_a):
+        raise MedsearchError(f"cannot merge {first} and {second}: they are not the same architecture")
+    with torch.no_grad():
+        for name, value in params_a.items():
+            if value.is_floating_point():
+                value.copy_(torch.lerp(value, params_b[name].to(value.dtype), weight))
+    a.model.save(str(out))
+    info = {"first": first, "second": second, "weight": weight,
+            "first_fingerprint": a.fingerprint, "second_fingerprint": b.fingerprint}
+    (out / "medsearch_merge.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def _prompts(encoder: Encoder) -> dict[str, str] | None:
     """Column -> prefix, so an e5 model trains with `query: ` / `passage: ` as it is used."""
     profile = encoder.profile

@@ -151,3 +151,33 @@ def test_resume_from_the_last_checkpoint(tmp_path, monkeypatch):
     result = training.train(pairs, tmp_path / "m", settings=TrainSettings(max_steps=3, **settings), resume=True, progress=False)
     assert calls == [True] and result.steps == 3
     assert not (tmp_path / "m" / "checkpoints").exists()
+
+
+def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path):
+    import torch
+
+    from medsearch.training import merge_models
+
+    shifted = Encoder("default", device="cpu").model
+    with torch.no_grad():
+        for value in shifted.state_dict().values():
+            if value.is_floating_point():
+                value.add_(1.0)
+    shifted.save(str(tmp_path / "shifted"))
+    result = CliRunner().invoke(cli, ["merge", "default", str(tmp_path / "shifted"), "--out", str(tmp_path / "soup"), "--weight", "0.25"])
+    assert result.exit_code == 0, result.output
+    base, soup = Encoder("default", device="cpu").model.state_dict(), Encoder(str(tmp_path / "soup"), device="cpu").model.state_dict()
+    name = next(k for k, v in base.items() if v.is_floating_point())
+    assert torch.allclose(soup[name], base[name] + 0.25)
+    assert json.loads((tmp_path / "soup" / "medsearch_merge.json").read_text())["weight"] == 0.25
+
+    for args, pattern in [
+        (["merge", "default", str(tmp_path / "shifted"), "--out", str(tmp_path / "soup")], "already exists and is not empty"),
+        (["merge", "default", str(tmp_path / "shifted"), "--out", str(tmp_path / "m2"), "--weight", "1.5"], "--weight must be between 0 and 1"),
+        (["merge", "default", tiny1024_path, "--out", str(tmp_path / "m3")], "they are not the same architecture"),
+        (["merge", "default", "--out", str(tmp_path / "m4")], "Missing argument 'SECOND'"),
+    ]:
+        result = CliRunner().invoke(cli, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1 and pattern in lines[0], result.output
+    assert not any((tmp_path / m).exists() for m in ("m2", "m3", "m4"))
