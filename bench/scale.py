@@ -130,9 +130,10 @@ def build_ivf(vectors: np.ndarray, nprobe: int) -> faiss.Index:
     return index
 
 
-def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int], workdir: Path, ivf_nprobes=(16, 64)) -> list[dict]:
-    """Candidates x 64-dim candidate index (flat, hnsw, ivf at a few nprobe) x re-rank vectors, at one
-    size: float16 and float32 re-rank vectors with HNSW, float16 with the others."""
+def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int], workdir: Path, ivf_nprobe: int = 256) -> list[dict]:
+    """Candidates x candidate index x re-rank vectors, at one size. The fast tier's 64-dim candidates
+    come from flat, HNSW (float16 and float32 re-rank vectors) and IVF indexes; one more series takes
+    its candidates from an HNSW index over 128-dim prefixes, to show what a wider candidate dim buys."""
     index = searcher.index
     fast_dim = index.manifest["tier_dims"]["fast"]
     deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
@@ -140,29 +141,35 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
     full = np.asarray(float16, dtype=np.float32)
     np.save(workdir / "vectors32.npy", full)
     float32 = np.load(workdir / "vectors32.npy", mmap_mode="r")
-    small = prefix(full, fast_dim)
+    prefixes = {dim: prefix(full, dim) for dim in (fast_dim, 2 * fast_dim) if dim < index.full_dim}
     del full
-    configs = [("flat", None), ("hnsw", None)] + [(f"ivf nprobe {p}", p) for p in ivf_nprobes]
+    saved = dict(index.manifest["tier_dims"]), dict(index.manifest["index_types"]), dict(index._faiss)
+    configs = [(fast_dim, "flat", ("float16",)), (fast_dim, "hnsw", ("float16", "float32")), (fast_dim, f"ivf nprobe {ivf_nprobe}", ("float16",))]
+    configs += [(dim, "hnsw", ("float16",)) for dim in prefixes if dim != fast_dim]
     rows = []
-    for kind, nprobe in configs:
-        if index.index_type(fast_dim) == kind:
-            candidate_index = index.faiss_index(fast_dim)
+    for dim, kind, dtypes in configs:
+        if saved[1].get(str(dim)) == kind:
+            candidate_index = index.faiss_index(dim)
         else:
             started = time.perf_counter()
-            candidate_index = build_faiss(small, kind) if nprobe is None else build_ivf(small, nprobe)
-            print(f"  built {kind} {fast_dim}d in {time.perf_counter() - started:.1f}s", flush=True)
-        index._faiss[fast_dim] = candidate_index
-        index.manifest["index_types"][str(fast_dim)] = kind  # the searcher passes efSearch only for "hnsw"
-        for dtype, vectors in (("float16", float16), ("float32", float32))[: 2 if kind == "hnsw" else 1]:
-            index.__dict__["vectors"] = vectors
+            candidate_index = build_ivf(prefixes[dim], ivf_nprobe) if kind.startswith("ivf") else build_faiss(prefixes[dim], kind)
+            print(f"  built {kind} {dim}d in {time.perf_counter() - started:.1f}s", flush=True)
+        index._faiss[dim] = candidate_index
+        index.manifest["index_types"][str(dim)] = kind  # the searcher passes efSearch only for "hnsw"
+        index.manifest["tier_dims"]["fast"] = dim
+        for dtype in dtypes:
+            index.__dict__["vectors"] = float16 if dtype == "float16" else float32
             for factor in oversamples:
                 lat = single_query_latencies(searcher, queries, tier="fast", k=10, oversample=factor)
                 rows.append({
-                    "index_type": kind, "vectors": dtype, "oversample": factor, "candidates": 10 * factor,
+                    "candidate_dim": dim, "index_type": kind, "vectors": dtype, "oversample": factor, "candidates": 10 * factor,
                     "recall@10_vs_deep": recall_vs_deep(searcher, queries, deep, tier="fast", oversample=factor),
                     "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat),
                 })
-                print(f"  {kind} {dtype} x{factor}: recall {rows[-1]['recall@10_vs_deep']:.3f}, p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
+                print(f"  {kind} {dim}d {dtype} x{factor}: recall {rows[-1]['recall@10_vs_deep']:.3f}, p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
+        if dim != fast_dim:
+            del candidate_index
+    index.manifest["tier_dims"], index.manifest["index_types"], index._faiss = saved
     index.__dict__["vectors"] = float16
     return rows
 
@@ -174,11 +181,11 @@ def plot(scale_rows: list[dict], sweep_rows: list[dict], path: Path, title: str)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = dict.fromkeys((r["index_type"], r["vectors"]) for r in sweep_rows)
-    for (kind, dtype), marker in zip(series, "os^vDP*X"):
-        pts = [r for r in sweep_rows if r["index_type"] == kind and r["vectors"] == dtype]
+    series = dict.fromkeys((r["candidate_dim"], r["index_type"], r["vectors"]) for r in sweep_rows)
+    for (dim, kind, dtype), marker in zip(series, "os^vDP*X"):
+        pts = [r for r in sweep_rows if (r["candidate_dim"], r["index_type"], r["vectors"]) == (dim, kind, dtype)]
         if pts:
-            ax.plot([r["p50_ms"] for r in pts], [r["recall@10_vs_deep"] for r in pts], marker=marker, label=f"fast: {kind} 64d + {dtype} re-rank")
+            ax.plot([r["p50_ms"] for r in pts], [r["recall@10_vs_deep"] for r in pts], marker=marker, label=f"fast: {kind} {dim}d + {dtype} re-rank")
             for r in pts:
                 ax.annotate(str(r["candidates"]), (r["p50_ms"], r["recall@10_vs_deep"]), fontsize=7, textcoords="offset points", xytext=(3, -8))
     for r in scale_rows:
@@ -208,7 +215,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=None, help="use this spectrum for every dim instead of --calibration (uncalibrated)")
     parser.add_argument("--tilt", type=float, default=0.0, help="mean query tilt with --alpha")
     parser.add_argument("--tilt-spread", type=float, default=1.0, help="query tilt spread with --alpha")
-    parser.add_argument("--sweep-oversample", default="1,2,5,10,20,50,100,200,500,1000")
+    parser.add_argument("--sweep-oversample", default="1,5,10,20,50,100,200,500,1000")
     parser.add_argument("--sweep-at", default=None, help="sizes to run the funnel sweep at, comma-separated [default: the largest]")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-encode", action="store_true", help="skip measuring query encoding")
@@ -241,7 +248,7 @@ def main() -> None:
     for key, rows in sweeps.items():
         dim, n = key.split("x")
         print(f"\nfunnel sweep, {dim} dims x {n}")
-        print_table(rows, ["index_type", "vectors", "candidates", "recall@10_vs_deep", "p50_ms", "p95_ms"])
+        print_table(rows, ["candidate_dim", "index_type", "vectors", "candidates", "recall@10_vs_deep", "p50_ms", "p95_ms"])
     out = Path(args.out)
     write_results(args.name, {"fits": fits, "sizes": sizes, "dims": dims, "queries": args.queries, "default_oversample": DEFAULT_OVERSAMPLE,
                               "scale": scale_rows, "sweeps": sweeps}, out)

@@ -40,32 +40,32 @@ def test_latency_bench(tmp_path, bundled_index):
 
 def test_calibration_and_scale_benches(tmp_path, bundled_index):
     run_script(
-        "synthetic.py", "--index", bundled_index, "--data", BUNDLED, "--split", "", "--queries", "12", "--dims", "128",
+        "synthetic.py", "--index", bundled_index, "--data", BUNDLED, "--split", "", "--queries", "12", "--dims", "256",
         "--name", "cal", "--out", tmp_path, cwd=tmp_path,
     )
     calibration = json.loads((tmp_path / "cal.json").read_text())
-    fit = calibration["fits"]["128"]
+    fit = calibration["fits"]["256"]
     assert len(calibration["real_curve"]) == len(fit["curve"]) == len(calibration["oversamples"])
-    assert fit["max_gap"] == min(t["max_gap"] for t in calibration["trials"]["128"])
+    assert fit["max_gap"] == min(t["max_gap"] for t in calibration["trials"]["256"])
 
     stdout = run_script(
-        "scale.py", "--dims", "128", "--sizes", "300,600", "--queries", "10", "--calibration", tmp_path / "cal.json",
+        "scale.py", "--dims", "256", "--sizes", "300,600", "--queries", "10", "--calibration", tmp_path / "cal.json",
         "--sweep-oversample", "1,3", "--no-encode", "--name", "sc", "--out", tmp_path, cwd=tmp_path,
     )
-    assert "funnel sweep, 128 dims x 600" in stdout
+    assert "funnel sweep, 256 dims x 600" in stdout
     result = json.loads((tmp_path / "sc.json").read_text())
     assert [(r["n"], r["tier"]) for r in result["scale"]] == [(n, t) for n in (300, 600) for t in ("fast", "light", "standard", "deep")]
     deep = [r for r in result["scale"] if r["tier"] == "deep"]
     assert all(r["recall@10_vs_deep"] == 1.0 and r["rss_mib"] > 0 for r in deep)
-    assert set(result["sweeps"]) == {"128x600"}
-    sweep = result["sweeps"]["128x600"]
-    assert {(r["index_type"], r["vectors"], r["candidates"]) for r in sweep} == {
-        (k, v, c) for k, v in [("flat", "float16"), ("hnsw", "float16"), ("hnsw", "float32"), ("ivf nprobe 16", "float16"),
-                               ("ivf nprobe 64", "float16")] for c in (10, 30)
+    assert set(result["sweeps"]) == {"256x600"}
+    sweep = result["sweeps"]["256x600"]
+    assert {(r["candidate_dim"], r["index_type"], r["vectors"], r["candidates"]) for r in sweep} == {
+        (d, k, v, c) for d, k, v in [(64, "flat", "float16"), (64, "hnsw", "float16"), (64, "hnsw", "float32"),
+                                     (64, "ivf nprobe 256", "float16"), (128, "hnsw", "float16")] for c in (10, 30)
     }
     flat = {r["candidates"]: r["recall@10_vs_deep"] for r in sweep if r["index_type"] == "flat"}
     assert 0 < flat[10] <= flat[30] <= 1.0
-    assert (tmp_path / "sc-128d-600.png").stat().st_size > 10_000
+    assert (tmp_path / "sc-256d-600.png").stat().st_size > 10_000
 
 
 def test_medquad_pairs_rewrites_templates(tmp_path):
