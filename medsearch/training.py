@@ -260,13 +260,13 @@ def merge_models(first: str, second: str, output: str | Path, weight: float = 0.
     params_a, params_b = a.model.state_dict(), b.model.state_dict()
     if params_a.keys() != params_b.keys() or any(params_a[k].shape != params_b[k].shape for k in params_a):
         raise MedsearchError(f"cannot merge {first} and {second}: they are not the same architecture")
+    info = {"first": first, "second": second, "weight": weight,
+            "first_fingerprint": a.fingerprint, "second_fingerprint": b.fingerprint}  # before `a` is overwritten
     with torch.no_grad():
         for name, value in params_a.items():
             if value.is_floating_point():
                 value.copy_(torch.lerp(value, params_b[name].to(value.dtype), weight))
     a.model.save(str(out))
-    info = {"first": first, "second": second, "weight": weight,
-            "first_fingerprint": a.fingerprint, "second_fingerprint": b.fingerprint}
     (out / "medsearch_merge.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

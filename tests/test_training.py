@@ -169,7 +169,9 @@ def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path
     base, soup = Encoder("default", device="cpu").model.state_dict(), Encoder(str(tmp_path / "soup"), device="cpu").model.state_dict()
     name = next(k for k, v in base.items() if v.is_floating_point())
     assert torch.allclose(soup[name], base[name] + 0.25)
-    assert json.loads((tmp_path / "soup" / "medsearch_merge.json").read_text())["weight"] == 0.25
+    record = json.loads((tmp_path / "soup" / "medsearch_merge.json").read_text())
+    assert record["weight"] == 0.25
+    assert record["first_fingerprint"] == Encoder("default", device="cpu").fingerprint != record["second_fingerprint"]
 
     for args, pattern in [
         (["merge", "default", str(tmp_path / "shifted"), "--out", str(tmp_path / "soup")], "already exists and is not empty"),
