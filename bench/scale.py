@@ -148,6 +148,7 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
     configs += [(dim, "hnsw", ("float16",)) for dim in prefixes if dim != fast_dim]
     rows = []
     for dim, kind, dtypes in configs:
+        index._faiss, index.manifest["index_types"] = dict(saved[2]), dict(saved[1])  # the index as built
         if saved[1].get(str(dim)) == kind:
             candidate_index = index.faiss_index(dim)
         else:
@@ -162,7 +163,8 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
             for factor in oversamples:
                 lat = single_query_latencies(searcher, queries, tier="fast", k=10, oversample=factor)
                 rows.append({
-                    "candidate_dim": dim, "index_type": kind, "vectors": dtype, "oversample": factor, "candidates": 10 * factor,
+                    "candidate_dim": dim, "index_type": kind, "faiss_class": type(index.faiss_index(dim)).__name__,
+                    "vectors": dtype, "oversample": factor, "candidates": 10 * factor,
                     "recall@10_vs_deep": recall_vs_deep(searcher, queries, deep, tier="fast", oversample=factor),
                     "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat),
                 })

@@ -128,3 +128,20 @@ def test_query_tilt_controls_funnel_difficulty(tmp_path):
     hard = recall_curve(searcher, queries_for(docs, 200, 1.25, tilt=1.0, tilt_spread=0.1), oversamples=(1, 4))
     assert hard[0] < easy[0] - 0.1 and hard[1] < easy[1]  # weight in the trailing dims hides neighbours from the 64-dim prefix
     assert easy[0] < easy[1] <= 1.0
+
+
+def test_funnel_sweep_uses_the_index_it_names(tmp_path):
+    """The sweep swaps candidate indexes in and out; each row must come from the index it is labelled with,
+    also when the index as built already has an HNSW 64-dim index, and the index is restored after."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale import funnel_sweep
+    from synthetic import generate, queries_for, synthetic_searcher
+
+    docs = generate(800, 256, alpha=1.25)
+    searcher = synthetic_searcher(docs, tmp_path / "idx", hnsw_min_chunks=0)
+    assert searcher.index.index_type(64) == "hnsw"
+    rows = funnel_sweep(searcher, queries_for(docs, 20, 1.25, 0.0, 1.0), [1, 3], tmp_path)
+    classes = {(r["candidate_dim"], r["index_type"]): r["faiss_class"] for r in rows}
+    assert classes == {(64, "flat"): "IndexFlatIP", (64, "hnsw"): "IndexHNSWFlat", (64, "ivf nprobe 256"): "IndexIVFFlat",
+                       (128, "hnsw"): "IndexHNSWFlat"}
+    assert searcher.index.manifest["tier_dims"]["fast"] == 64 and type(searcher.index.faiss_index(64)).__name__ == "IndexHNSWFlat"
