@@ -24,6 +24,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from medsearch.corpus import read_corpus
+from medsearch.evaluation import read_qrels
+
 # (template regex with a (?P<x>...) focus group, rewrites using {x})
 TEMPLATES: list[tuple[str, list[str]]] = [
     (r"what are the symptoms of (?P<x>.+)", ["{x} symptoms", "signs of {x}", "how do i know if i have {x}", "what does {x} feel like"]),
@@ -90,15 +93,12 @@ def symptom_description(text: str, focus: str, rng: random.Random) -> str | None
 def symptom_pairs(data_dir: str | Path, rng: random.Random) -> list[dict]:
     """(symptom description -> overview answer) pairs for the train split's conditions."""
     data = Path(data_dir)
-    corpus = {d["_id"]: d["text"] for d in map(json.loads, (data / "corpus.jsonl").open(encoding="utf-8"))}
-    answers = defaultdict(list)
-    for line in list((data / "qrels.tsv").open(encoding="utf-8"))[1:]:
-        query, doc, _ = line.rstrip("\n").split("\t")
-        answers[query].append(doc)
+    corpus = {d.id: d.text for d in read_corpus(data)}
+    answers = read_qrels(data / "qrels.tsv")
     by_focus: dict[str, dict[str, str]] = defaultdict(dict)
-    for query in map(json.loads, (data / "queries.jsonl").open(encoding="utf-8")):
+    for query in map(json.loads, (data / "queries.jsonl").open(encoding="utf-8")):  # focus and qtype: not in read_queries
         if query.get("split") == "train" and query["_id"] in answers:
-            by_focus[query["focus"]].setdefault(query["qtype"], answers[query["_id"]][0])
+            by_focus[query["focus"]].setdefault(query["qtype"], min(answers[query["_id"]]))
     pairs = []
     for focus, kinds in sorted(by_focus.items()):
         if "symptoms" in kinds and "information" in kinds:

@@ -169,8 +169,6 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
                     "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat),
                 })
                 print(f"  {kind} {dim}d {dtype} x{factor}: recall {rows[-1]['recall@10_vs_deep']:.3f}, p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
-        if dim != fast_dim:
-            del candidate_index
     index.manifest["tier_dims"], index.manifest["index_types"], index._faiss = saved
     index.__dict__["vectors"] = float16
     return rows

@@ -82,7 +82,7 @@ def synthetic_searcher(vectors: np.ndarray, folder: Path, **kwargs) -> Searcher:
 def calibrate(real_curve: list[float], n: int, dim: int, n_queries: int, workdir: Path, oversamples=OVERSAMPLES) -> dict:
     """Grid-search (alpha, tilt, tilt_spread) so the synthetic curve at size n matches the real one:
     a coarse grid, then a finer one around the best point."""
-    trials = []
+    trials: dict[tuple, dict] = {}  # (alpha, tilt, tilt_spread) -> trial
 
     def grid(alphas, tilts, spreads):
         for alpha in alphas:
@@ -91,18 +91,20 @@ def calibrate(real_curve: list[float], n: int, dim: int, n_queries: int, workdir
             searcher = synthetic_searcher(docs, folder, vector_dtype="float32")
             for tilt in tilts:
                 for spread in spreads:
+                    point = (round(float(alpha), 4), round(float(tilt), 4), round(float(spread), 4))
+                    if point in trials:  # the refined grid is centred on a point the coarse one measured
+                        continue
                     curve = recall_curve(searcher, queries_for(docs, n_queries, alpha, tilt, spread), oversamples)
                     gap = float(np.max(np.abs(np.array(curve) - np.array(real_curve))))
-                    trials.append({"alpha": round(float(alpha), 4), "tilt": round(float(tilt), 4),
-                                   "tilt_spread": round(float(spread), 4), "curve": curve, "max_gap": gap})
+                    trials[point] = {"alpha": point[0], "tilt": point[1], "tilt_spread": point[2], "curve": curve, "max_gap": gap}
             shutil.rmtree(folder, ignore_errors=True)
 
     grid(ALPHAS, TILTS, TILT_SPREADS)
-    coarse = min(trials, key=lambda t: t["max_gap"])
+    coarse = min(trials.values(), key=lambda t: t["max_gap"])
     steps = np.array([-0.0625, 0.0, 0.0625])
     grid([a for a in coarse["alpha"] + steps if a > 0], coarse["tilt"] + steps, [s for s in coarse["tilt_spread"] + 2 * steps if s > 0])
-    best = min(trials, key=lambda t: t["max_gap"])
-    return {"best": best, "trials": trials}
+    best = min(trials.values(), key=lambda t: t["max_gap"])
+    return {"best": best, "trials": list(trials.values())}
 
 
 def real_curve_from_index(index_dir: str, data: str, split: str, workdir: Path, oversamples=OVERSAMPLES) -> tuple[list[float], int]:
