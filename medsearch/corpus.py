@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from medsearch.errors import MedsearchError
+from medsearch.errors import BadInputError, NotFoundError
 
 SUFFIXES = (".jsonl", ".csv", ".txt", ".md")
 _KNOWN_FIELDS = {"id", "_id", "title", "text", "url", "source"}
@@ -42,19 +42,19 @@ class Document:
 
 
 def read_corpus(path: str | Path) -> list[Document]:
-    """Read every document under `path`; raise MedsearchError on any bad record or an empty corpus."""
+    """Read every document under `path`; raise BadInputError on any bad record or an empty corpus."""
     root = Path(path)
     if not root.exists():
-        raise MedsearchError(f"corpus path not found: {root}")
+        raise NotFoundError(f"corpus path not found: {root}")
     if root.is_dir():
         beir = root / "corpus.jsonl"
         files = [beir] if beir.is_file() else _corpus_files(root)
         base = root
         if not files:
-            raise MedsearchError(f"no corpus files ({', '.join(SUFFIXES)}) in {root}")
+            raise BadInputError(f"no corpus files ({', '.join(SUFFIXES)}) in {root}")
     else:
         if root.suffix.lower() not in SUFFIXES:
-            raise MedsearchError(f"{root}: unsupported file type '{root.suffix}' (use {', '.join(SUFFIXES)})")
+            raise BadInputError(f"{root}: unsupported file type '{root.suffix}' (use {', '.join(SUFFIXES)})")
         files, base = [root], root.parent
 
     documents: list[Document] = []
@@ -62,11 +62,11 @@ def read_corpus(path: str | Path) -> list[Document]:
     for file in files:
         for doc in _read_file(file, base):
             if doc.id in seen:
-                raise MedsearchError(f"{doc.origin}: duplicate document id '{doc.id}' (first seen at {seen[doc.id]})")
+                raise BadInputError(f"{doc.origin}: duplicate document id '{doc.id}' (first seen at {seen[doc.id]})")
             seen[doc.id] = doc.origin
             documents.append(doc)
     if not documents:
-        raise MedsearchError(f"no documents found in {root}: the corpus is empty")
+        raise BadInputError(f"no documents found in {root}: the corpus is empty")
     return documents
 
 
@@ -98,7 +98,7 @@ def read_text(file: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise MedsearchError(f"{file}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from None
+        raise BadInputError(f"{file}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from None
 
 
 def _record_to_document(record: dict, origin: str, source: str, default_id: str) -> Document:
@@ -106,7 +106,7 @@ def _record_to_document(record: dict, origin: str, source: str, default_id: str)
     doc_id = default_id if raw_id is None or str(raw_id).strip() == "" else str(raw_id).strip()
     text = record.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise MedsearchError(f"{origin}: missing or empty 'text' field")
+        raise BadInputError(f"{origin}: missing or empty 'text' field")
     return Document(
         id=doc_id,
         text=text.strip(),
@@ -127,9 +127,9 @@ def json_records(content: str, name: str) -> Iterator[tuple[str, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise MedsearchError(f"{origin}: malformed JSON ({err.msg} at column {err.colno})") from None
+            raise BadInputError(f"{origin}: malformed JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(record, dict):
-            raise MedsearchError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+            raise BadInputError(f"{origin}: expected a JSON object, got {type(record).__name__}")
         yield origin, record
 
 
@@ -141,18 +141,18 @@ def _read_jsonl(content: str, name: str) -> Iterator[Document]:
 def _read_csv(content: str, name: str) -> Iterator[Document]:
     reader = csv.DictReader(io.StringIO(content))
     if not reader.fieldnames or "text" not in reader.fieldnames:
-        raise MedsearchError(f"{name}:1: CSV header needs a 'text' column (found: {reader.fieldnames or 'nothing'})")
+        raise BadInputError(f"{name}:1: CSV header needs a 'text' column (found: {reader.fieldnames or 'nothing'})")
     for record in reader:
         origin = f"{name}:{reader.line_num}"
         if None in record:
-            raise MedsearchError(f"{origin}: more fields than the header has columns")
+            raise BadInputError(f"{origin}: more fields than the header has columns")
         yield _record_to_document(record, origin, name, default_id=origin)
 
 
 def _read_plain(content: str, name: str, markdown: bool) -> Document:
     text = content.strip()
     if not text:
-        raise MedsearchError(f"{name}: empty file")
+        raise BadInputError(f"{name}: empty file")
     title = Path(name).stem
     if markdown:
         heading = next((ln for ln in text.splitlines() if ln.startswith("# ")), None)
@@ -165,7 +165,7 @@ def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
     """(ids, texts) from a JSONL file (`_id`/`id`/`query_id`, `text`/`query`) or a text file, one a line."""
     file = Path(path)
     if not file.is_file():
-        raise MedsearchError(f"queries file not found: {file}")
+        raise NotFoundError(f"queries file not found: {file}")
     content = read_text(file)
     if file.suffix.lower() == ".jsonl":
         pairs = [
@@ -176,8 +176,8 @@ def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
         pairs = [(str(n), line, f"{file.name}:{n}") for n, line in enumerate(content.splitlines(), 1) if line.strip()]
     for _, text, origin in pairs:
         if not isinstance(text, str) or not text.strip():
-            raise MedsearchError(f"{origin}: missing or empty 'text' field")
+            raise BadInputError(f"{origin}: missing or empty 'text' field")
     ids, texts = [qid for qid, _, _ in pairs], [text.strip() for _, text, _ in pairs]
     if not texts:
-        raise MedsearchError(f"{file}: no queries in the file")
+        raise BadInputError(f"{file}: no queries in the file")
     return ids, texts

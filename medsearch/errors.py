@@ -1,5 +1,62 @@
-"""The one exception type the library raises for bad input; the CLI turns it into a one-line error."""
+"""The errors the library raises for things a user can fix.
+
+Messages say what is wrong, never which CLI flag or HTTP field to change: the CLI adds its own
+hints (`medsearch.cli.hint_for`), the HTTP API its status codes (`medsearch.server.app`):
+
+    BadInputError  400   a query, option or file that cannot be used as given
+    NotFoundError  404   a path, model, index or document that does not exist
+    MismatchError  409   an index built by another model or another index format
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class MedsearchError(Exception):
     """Something the user can fix: the message says what was wrong and what to do."""
+
+
+class BadInputError(MedsearchError, ValueError):
+    """Input that cannot be used as given (an empty query, an unknown tier, a malformed file)."""
+
+
+class NotFoundError(MedsearchError):
+    """Something named by the user does not exist."""
+
+
+class MismatchError(MedsearchError):
+    """Two things that must belong together do not (an index and a model, an index and this version)."""
+
+
+class IndexNotFoundError(NotFoundError):
+    """No index at `path` (or a folder there that is not one)."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
+
+
+class IndexFormatError(MismatchError):
+    """The index at `path` was written in a format this version does not read."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
+
+
+class ModelMismatchError(MismatchError):
+    """The index at `path` holds vectors of another model than `model` (a model spec)."""
+
+    def __init__(self, message: str, path: Path, model: str):
+        super().__init__(message)
+        self.path = path
+        self.model = model
+
+
+class ModelLoadError(NotFoundError):
+    """A model could not be loaded; `remote` when it was a hub name (so perhaps only offline)."""
+
+    def __init__(self, message: str, remote: bool):
+        super().__init__(message)
+        self.remote = remote

@@ -230,7 +230,7 @@ def evaluate_models(
     from medsearch.training import matryoshka_dims
 
     if not models:
-        raise MedsearchError("give at least one --model")
+        raise MedsearchError("give at least one model to evaluate")
     bench = load_benchmark(data_dir, split)
     documents = read_corpus(data_dir)
     qids = list(bench.queries)

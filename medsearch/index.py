@@ -28,7 +28,7 @@ from medsearch import __version__
 from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
-from medsearch.errors import MedsearchError
+from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, ModelMismatchError
 from medsearch.store import DocStore, write_store
 
 FORMAT_VERSION = 1
@@ -62,7 +62,7 @@ def build_faiss(vectors: np.ndarray, kind: str) -> faiss.Index:
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     else:
-        raise MedsearchError(f"unknown index type '{kind}' (use flat or hnsw)")
+        raise BadInputError(f"unknown index type '{kind}' (use flat or hnsw)")
     index.add(vectors)
     return index
 
@@ -112,9 +112,9 @@ def build_index(
 
 def _check_target(target: Path, vector_dtype: str) -> None:
     if vector_dtype not in VECTOR_DTYPES:
-        raise MedsearchError(f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got '{vector_dtype}'")
+        raise BadInputError(f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got '{vector_dtype}'")
     if target.exists() and not (target / "manifest.json").is_file() and any(target.iterdir()):
-        raise MedsearchError(f"{target} exists and is not a medsearch index: choose another --index folder")
+        raise BadInputError(f"{target} exists and is not a medsearch index: choose another index folder")
 
 
 def write_index(
@@ -139,7 +139,7 @@ def write_index(
     full_dim = vectors.shape[1]
     dims = tier_dims(full_dim)
     if any(not 0 < d <= full_dim for d in extra_dims):
-        raise MedsearchError(f"extra dims must be between 1 and the model's {full_dim}; got {list(extra_dims)}")
+        raise BadInputError(f"extra dims must be between 1 and the model's {full_dim}; got {list(extra_dims)}")
     manifest = {
         "format_version": FORMAT_VERSION,
         "medsearch_version": __version__,
@@ -215,7 +215,7 @@ class Index:
         if dim not in self._faiss:
             if dim not in self.dims:
                 stored = ", ".join(map(str, self.dims))
-                raise MedsearchError(f"dim {dim} is not stored in {self.path} (stored: {stored})")
+                raise BadInputError(f"dim {dim} is not stored in {self.path} (stored: {stored})")
             self._faiss[dim] = faiss.read_index(str(self.path / f"dim{dim}.faiss"))
         return self._faiss[dim]
 
@@ -244,17 +244,16 @@ def open_index(index_dir: str | Path) -> Index:
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         if path.exists():
-            raise MedsearchError(f"{path} is not a medsearch index (no manifest.json); build one with: medsearch index CORPUS --index {path}")
-        raise MedsearchError(f"no index at {path}; build one first with: medsearch index corpus/ --index {path}")
+            raise IndexNotFoundError(f"{path} is not a medsearch index (no manifest.json)", path)
+        raise IndexNotFoundError(f"no index at {path}", path)
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
-        raise MedsearchError(f"{manifest_path}: unreadable manifest ({err.msg}); rebuild with: medsearch index CORPUS --index {path}") from None
+        raise IndexFormatError(f"{manifest_path}: unreadable manifest ({err.msg})", path) from None
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise MedsearchError(
-            f"{path} has index format {version}, this medsearch ({__version__}) reads format {FORMAT_VERSION}; "
-            f"rebuild it with: medsearch index CORPUS --index {path}"
+        raise IndexFormatError(
+            f"{path} has index format {version}, this medsearch ({__version__}) reads format {FORMAT_VERSION}", path
         )
     return Index(path=path, manifest=manifest)
 
@@ -263,8 +262,8 @@ def check_model(index: Index, encoder: Encoder) -> None:
     """Refuse to search an index with vectors from another model."""
     model = index.manifest["model"]
     if encoder.fingerprint != model["fingerprint"] or encoder.dim != index.full_dim:
-        raise MedsearchError(
+        raise ModelMismatchError(
             f"{index.path} was built with model '{model['name']}' (fingerprint {model['fingerprint']}), "
-            f"not '{encoder.name}' (fingerprint {encoder.fingerprint}); query without --model, "
-            f"or rebuild with: medsearch index CORPUS --index {index.path} --model {encoder.spec}"
+            f"not '{encoder.name}' (fingerprint {encoder.fingerprint}): its vectors cannot be searched with that model",
+            index.path, encoder.spec,
         )

@@ -98,11 +98,11 @@ class TrainSettings:
         if self.loss not in LOSSES:
             raise MedsearchError(f"unknown loss '{self.loss}' (choose from: {', '.join(LOSSES)})")
         if self.bf16 not in ("auto", "yes", "no"):
-            raise MedsearchError(f"--bf16 must be auto, yes or no; got '{self.bf16}'")
+            raise MedsearchError(f"bf16 must be auto, yes or no; got '{self.bf16}'")
         if self.batch_size < 2:
             raise MedsearchError("batch size must be at least 2: in-batch negatives need another pair")
         if self.report_to not in ("none", "wandb", "tensorboard"):
-            raise MedsearchError(f"--report-to must be none, wandb or tensorboard; got '{self.report_to}'")
+            raise MedsearchError(f"report_to must be none, wandb or tensorboard; got '{self.report_to}'")
 
 
 @dataclass
@@ -125,7 +125,7 @@ def use_bf16(setting: str, device: str) -> bool:
 
     supported = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if setting == "yes" and not supported:
-        raise MedsearchError(f"bf16 is not supported on {device}; use --bf16 auto or no")
+        raise MedsearchError(f"bf16 is not supported on {device}; use bf16 auto or no")
     return setting != "no" and supported
 
 
@@ -252,10 +252,10 @@ def merge_models(first: str, second: str, output: str | Path, weight: float = 0.
     import torch
 
     if not 0.0 <= weight <= 1.0:
-        raise MedsearchError(f"--weight must be between 0 and 1; got {weight}")
+        raise MedsearchError(f"the merge weight must be between 0 and 1; got {weight}")
     out = Path(output)
     if out.exists() and any(out.iterdir()):
-        raise MedsearchError(f"{out} already exists and is not empty: choose another --out")
+        raise MedsearchError(f"{out} already exists and is not empty: choose another output folder")
     a, b = Encoder(first, device="cpu"), Encoder(second, device="cpu")
     params_a, params_b = a.model.state_dict(), b.model.state_dict()
     if params_a.keys() != params_b.keys() or any(params_a[k].shape != params_b[k].shape for k in params_a):

@@ -75,6 +75,7 @@ def test_dim_option_and_info(cli_index):
 def test_model_mismatch_from_the_cli(cli_index, tiny1024_path):
     result = run("query", "fever", "--index", cli_index, "--model", tiny1024_path)
     assert_one_line_error(result, "was built with model")
+    assert_one_line_error(result, f"query without --model, or rebuild with: medsearch index CORPUS --index {cli_index} --model {tiny1024_path}")
 
 
 def test_bad_inputs(tmp_path, cli_index):
@@ -92,7 +93,7 @@ def test_bad_inputs(tmp_path, cli_index):
         (["index", BUNDLED, "--index", tmp_path / "i", "--batch-size", "0"], "Invalid value for '--batch-size'"),
         (["index"], "Missing argument 'PATH'"),
         (["query", "fever", "--index", cli_index, "--tier", "turbo"], "Invalid value for '--tier'"),
-        (["query", "fever", "--index", tmp_path / "none"], "no index at"),
+        (["query", "fever", "--index", tmp_path / "none"], f"no index at {tmp_path / 'none'}; build one with: medsearch index CORPUS --index"),
         (["query", "", "--index", cli_index], "empty query"),
         (["query", "   ", "--index", cli_index], "empty query"),
         (["query", "--index", cli_index], "give a query TEXT or --queries FILE"),

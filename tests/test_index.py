@@ -6,7 +6,7 @@ import pytest
 
 import medsearch.index as index_module
 from medsearch.encoder import Encoder
-from medsearch.errors import MedsearchError
+from medsearch.errors import IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
 from medsearch.index import FORMAT_VERSION, build_index, check_model, open_index, prefix, tier_dims
 from medsearch.search import Searcher
 
@@ -76,8 +76,10 @@ def test_hnsw_for_large_corpora(tmp_path, small_corpus, minilm):
 def test_other_model_is_refused(tmp_path, small_corpus, minilm, tiny1024):
     build_index(small_corpus, tmp_path / "idx", minilm)
     idx = open_index(tmp_path / "idx")
-    with pytest.raises(MedsearchError, match=r"was built with model 'all-MiniLM-L6-v2.*rebuild with: medsearch index CORPUS"):
+    with pytest.raises(ModelMismatchError, match=r"was built with model 'all-MiniLM-L6-v2.*cannot be searched with that model") as caught:
         check_model(idx, tiny1024)
+    assert caught.value.path == idx.path and caught.value.model == tiny1024.spec
+    assert "--" not in str(caught.value)  # the library names no CLI flags
     with pytest.raises(MedsearchError, match="was built with model"):
         Searcher.open(tmp_path / "idx", model=str(tiny1024.spec))
 
@@ -95,21 +97,22 @@ def test_format_version_mismatch_is_refused(tmp_path, small_corpus, minilm):
     manifest = json.loads(path.read_text())
     manifest["format_version"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(manifest))
-    with pytest.raises(MedsearchError, match=rf"index format {FORMAT_VERSION + 1}, this medsearch .* reads format {FORMAT_VERSION}; rebuild"):
+    with pytest.raises(IndexFormatError, match=rf"index format {FORMAT_VERSION + 1}, this medsearch .* reads format {FORMAT_VERSION}$"):
         open_index(tmp_path / "idx")
     path.write_text("{not json")
-    with pytest.raises(MedsearchError, match="unreadable manifest"):
+    with pytest.raises(IndexFormatError, match="unreadable manifest"):
         open_index(tmp_path / "idx")
 
 
 def test_missing_and_foreign_folders(tmp_path, small_corpus, minilm):
-    with pytest.raises(MedsearchError, match=r"no index at .*build one first with: medsearch index corpus/"):
+    with pytest.raises(IndexNotFoundError, match=r"^no index at .*nothing$") as caught:
         open_index(tmp_path / "nothing")
+    assert caught.value.path == tmp_path / "nothing"
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "precious.txt").write_text("keep me")
-    with pytest.raises(MedsearchError, match="is not a medsearch index"):
+    with pytest.raises(IndexNotFoundError, match="is not a medsearch index"):
         open_index(tmp_path / "foreign")
-    with pytest.raises(MedsearchError, match="exists and is not a medsearch index: choose another --index"):
+    with pytest.raises(MedsearchError, match="exists and is not a medsearch index: choose another index folder"):
         build_index(small_corpus, tmp_path / "foreign", minilm)
     assert (tmp_path / "foreign" / "precious.txt").read_text() == "keep me"
 

@@ -68,9 +68,9 @@ def test_load_pairs_bad_paths(tmp_path):
     "kwargs, message",
     [
         ({"loss": "triplet"}, "unknown loss 'triplet'"),
-        ({"bf16": "maybe"}, "--bf16 must be auto, yes or no"),
+        ({"bf16": "maybe"}, "bf16 must be auto, yes or no"),
         ({"batch_size": 1}, "batch size must be at least 2"),
-        ({"report_to": "mlflow"}, "--report-to must be none, wandb or tensorboard"),
+        ({"report_to": "mlflow"}, "report_to must be none, wandb or tensorboard"),
     ],
 )
 def test_settings_are_validated(kwargs, message):
@@ -175,7 +175,7 @@ def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path
 
     for args, pattern in [
         (["merge", "default", str(tmp_path / "shifted"), "--out", str(tmp_path / "soup")], "already exists and is not empty"),
-        (["merge", "default", str(tmp_path / "shifted"), "--out", str(tmp_path / "m2"), "--weight", "1.5"], "--weight must be between 0 and 1"),
+        (["merge", "default", str(tmp_path / "shifted"), "--out", str(tmp_path / "m2"), "--weight", "1.5"], "merge weight must be between 0 and 1"),
         (["merge", "default", tiny1024_path, "--out", str(tmp_path / "m3")], "they are not the same architecture"),
         (["merge", "default", "--out", str(tmp_path / "m4")], "Missing argument 'SECOND'"),
     ]:
