@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -12,9 +13,16 @@ import click
 from medsearch import __version__
 from medsearch.corpus import read_queries
 from medsearch.encoder import DEFAULT_MODEL, Encoder
-from medsearch.errors import MedsearchError
+from medsearch.errors import (
+    IndexFormatError,
+    IndexNotFoundError,
+    MedsearchError,
+    ModelLoadError,
+    ModelMismatchError,
+)
 from medsearch.index import DEFAULT_INDEX, TIERS, VECTOR_DTYPES, build_index, open_index
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, QueryResult, Searcher
+from medsearch.server.settings import ServerSettings
 
 index_option = click.option(
     "--index",
@@ -40,7 +48,10 @@ class OneLineErrors(click.Group):
             self._fail(f"{err.format_message()}{hint}", err.exit_code)
         except click.ClickException as err:
             self._fail(err.format_message(), err.exit_code)
-        except (MedsearchError, OSError) as err:
+        except MedsearchError as err:
+            hint = hint_for(err)
+            self._fail(f"{err}; {hint}" if hint else str(err), 1)
+        except OSError as err:
             self._fail(str(err), 1)
         except (click.Abort, KeyboardInterrupt):
             self._fail("interrupted", 130)
@@ -49,6 +60,19 @@ class OneLineErrors(click.Group):
     def _fail(message: str, code: int):
         click.echo(f"Error: {message}", err=True)
         sys.exit(code)
+
+
+def hint_for(err: MedsearchError) -> str | None:
+    """The command that fixes a library error, in this CLI's words (the library's messages name no flags)."""
+    if isinstance(err, IndexNotFoundError):
+        return f"build one with: medsearch index CORPUS --index {err.path}"
+    if isinstance(err, IndexFormatError):
+        return f"rebuild it with: medsearch index CORPUS --index {err.path}"
+    if isinstance(err, ModelMismatchError):
+        return f"query without --model, or rebuild with: medsearch index CORPUS --index {err.path} --model {err.model}"
+    if isinstance(err, ModelLoadError) and err.remote:
+        return "offline? pass a local model folder with --model"
+    return None
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +85,7 @@ def cli():
     medsearch query "early signs of type 2 diabetes" --tier fast
     medsearch query --queries questions.jsonl --json
     medsearch info                                what an index holds
+    medsearch serve                               the search page and HTTP API on :8000
     medsearch train PAIRS --out models/tuned      Matryoshka fine-tuning
     medsearch eval DATA_DIR --model default --model models/tuned
     """
@@ -157,6 +182,51 @@ def info(index_dir, as_json):
     ]
     for key, value in rows:
         click.echo(f"{key:>10}  {value}")
+
+
+@cli.command()
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
+@device_option
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="File holding a bearer token that every route but /livez, /readyz and the page needs (or set MEDSEARCH_TOKEN).")
+@click.option("--cors-origin", default=None, help="Let pages from this one origin (e.g. https://intranet.example) call the API; CORS is off by default.")
+@click.option("--batch-wait-ms", default=ServerSettings.batch_wait_ms, show_default=True, type=click.FloatRange(min=0), help="How long a query waits for others to share its encoder pass.")
+@click.option("--max-batch", default=ServerSettings.max_batch, show_default=True, type=click.IntRange(min=1), help="Most queries in one encoder pass.")
+@click.option("--encode-batch-size", default=ServerSettings.encode_batch_size, show_default=True, type=click.IntRange(min=1), help="Queries per forward pass inside one encoder call (sorted by length: smaller passes pad less).")
+@click.option("--no-batching", is_flag=True, help="One encoder call per request (for comparison).")
+@click.option("--max-query-chars", default=ServerSettings.max_query_chars, show_default=True, type=click.IntRange(min=1), help="Longer queries get a 400.")
+@click.option("--max-queries", default=ServerSettings.max_queries, show_default=True, type=click.IntRange(min=1), help="Most queries in one POST /search.")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads for encoding [default: the machine's cores].")
+@click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
+def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_wait_ms, max_batch, encode_batch_size, no_batching,
+          max_query_chars, max_queries, threads, search_threads, log_level):
+    """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
+    probes at /livez and /readyz, OpenAPI at /docs.
+
+    The model and index load once, in the background: /readyz answers 503 until they are ready.
+    SIGTERM or Ctrl-C lets in-flight requests finish, then exits.
+    """
+    from medsearch.server.app import serve as run_server
+
+    token = os.environ.get("MEDSEARCH_TOKEN") or None
+    if token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise click.BadParameter(f"file not found: {path}", param_hint="'--token-file'")
+        token = path.read_text(encoding="utf-8").strip()
+        if not token:
+            raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
+    settings = ServerSettings(
+        token=token, cors_origin=cors_origin, batching=not no_batching, batch_wait_ms=batch_wait_ms,
+        max_batch=max_batch, encode_batch_size=encode_batch_size, max_query_chars=max_query_chars, max_queries=max_queries, search_threads=search_threads,
+    )
+    click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
+               f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)
+    run_server(index_dir, host=host, port=port, model=model, device=device, settings=settings,
+               torch_threads=threads, log_level=log_level)
 
 
 @cli.command()

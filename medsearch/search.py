@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from medsearch.encoder import Encoder
-from medsearch.errors import MedsearchError
+from medsearch.errors import BadInputError
 from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, open_index, prefix
 
 DEFAULT_TIER = "fast"
@@ -52,7 +52,9 @@ class QueryResult:
         out = {"query_id": self.query_id} if self.query_id is not None else {}
         out["query"] = self.query
         out["results"] = [
-            {"id": h.id, "score": round(h.score, 6), "title": h.title, "snippet": h.snippet} for h in self.hits
+            {"id": h.id, "score": round(h.score, 6), "title": h.title, "snippet": h.snippet,
+             "url": h.url, "source": h.source, "metadata": h.metadata}
+            for h in self.hits
         ]
         out["timings_ms"] = {key: round(value, 3) for key, value in self.timings_ms.items()}
         return out
@@ -102,9 +104,27 @@ class Searcher:
             self.index.faiss_index(dim)  # validates that the dim is stored
             return dim, False
         if tier not in TIERS:
-            raise MedsearchError(f"unknown tier '{tier}' (choose from: {', '.join(TIERS)})")
+            raise BadInputError(f"unknown tier '{tier}' (choose from: {', '.join(TIERS)})")
         tier_dim = self.index.manifest["tier_dims"][tier]
         return tier_dim, tier == "fast" and tier_dim != self.index.full_dim
+
+    def check(self, *, tier: str = DEFAULT_TIER, k: int = 10, dim: int | None = None,
+              oversample: int = DEFAULT_OVERSAMPLE) -> None:
+        """Raise BadInputError for search arguments this index cannot serve (before any encoding)."""
+        if k < 1:
+            raise BadInputError(f"k must be at least 1; got {k}")
+        if oversample < 1:
+            raise BadInputError(f"oversample must be at least 1; got {oversample}")
+        self.resolve(tier, dim)
+
+    @staticmethod
+    def check_queries(queries: list[str], query_ids: list[str] | None = None) -> None:
+        if not queries:
+            raise BadInputError("no queries given")
+        for i, text in enumerate(queries):
+            if not text or not text.strip():
+                where = f" (query {query_ids[i]})" if query_ids else ""
+                raise BadInputError(f"empty query{where}: give some text to search for")
 
     def search(
         self,
@@ -117,18 +137,30 @@ class Searcher:
         oversample: int = DEFAULT_OVERSAMPLE,
     ) -> list[QueryResult]:
         """Encode all queries in one pass, search, hydrate. Timings in batch mode are per query (amortised)."""
-        if not queries:
-            raise MedsearchError("no queries given")
-        for i, text in enumerate(queries):
-            if not text or not text.strip():
-                where = f" (query {query_ids[i]})" if query_ids else ""
-                raise MedsearchError(f"empty query{where}: give some text to search for")
-        self.resolve(tier, dim)  # fail on a bad tier before encoding
+        self.check_queries(queries, query_ids)
+        self.check(tier=tier, k=k, dim=dim, oversample=oversample)
         started = time.perf_counter()
         vectors = self.encoder.encode_queries(queries)
-        encode_ms = (time.perf_counter() - started) * 1000
+        encode_ms = (time.perf_counter() - started) * 1000 / len(queries)
+        return self.search_encoded(queries, vectors, encode_ms=encode_ms, query_ids=query_ids,
+                                   tier=tier, k=k, dim=dim, oversample=oversample)
+
+    def search_encoded(
+        self,
+        queries: list[str],
+        vectors: np.ndarray,
+        *,
+        encode_ms: float = 0.0,
+        query_ids: list[str] | None = None,
+        tier: str = DEFAULT_TIER,
+        k: int = 10,
+        dim: int | None = None,
+        oversample: int = DEFAULT_OVERSAMPLE,
+    ) -> list[QueryResult]:
+        """Search and hydrate queries already encoded (`vectors`, one row per query; the service
+        encodes concurrent requests together). `encode_ms` is reported as each query's encoding time."""
         ranked, timings = self.search_vectors(vectors, tier=tier, k=k, dim=dim, oversample=oversample)
-        per_query = {"encode": encode_ms / len(queries), **{key: v / len(queries) for key, v in timings.items()}}
+        per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
         results = []
         for i, hits in enumerate(ranked):
             found = self.index.store.hydrate([row for row, _ in hits], query=queries[i])
@@ -160,10 +192,7 @@ class Searcher:
         oversample: int = DEFAULT_OVERSAMPLE,
     ) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
         """Ranked (chunk row, score) lists, one document per hit, for full-dim query vectors."""
-        if k < 1:
-            raise MedsearchError(f"k must be at least 1; got {k}")
-        if oversample < 1:
-            raise MedsearchError(f"oversample must be at least 1; got {oversample}")
+        self.check(tier=tier, k=k, dim=dim, oversample=oversample)
         search_dim, rerank = self.resolve(tier, dim)
         total = self.index.chunks
         collapses = total != self.index.manifest["documents"]

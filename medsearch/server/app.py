@@ -1,0 +1,413 @@
+"""The HTTP API and the search page: a FastAPI app built by a factory over a `Searcher`.
+
+    create_app(searcher)                     # tests: a loaded Searcher, ready at once
+    create_app(lambda: Searcher.open(dir))   # `medsearch serve`: loads in the background,
+                                             # /livez answers at once, /readyz once loaded
+
+Model and index load once. CPU work runs off the event loop: query encoding on one encoder
+thread (torch uses its own intra-op threads there), concurrent queries encoded together by the
+micro-batcher; search and hydration on a small pool of search threads, each running faiss with
+one OpenMP thread, so torch and faiss never ask for more threads than the machine has.
+
+Every error is JSON `{"error": "..."}`: 400 bad input, 401 missing or wrong token, 404 unknown
+document or route, 409 model/index mismatch, 503 still loading; never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from importlib.resources import files
+from typing import Callable, Literal, Union
+
+import faiss
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medsearch import __version__
+from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError
+from medsearch.index import TIERS
+from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, Searcher
+from medsearch.server.batching import MicroBatcher
+from medsearch.server.settings import ServerSettings, available_cores
+
+log = logging.getLogger("medsearch.server")
+STATIC = files("medsearch.server") / "static"
+MAX_K = 1000
+MAX_OVERSAMPLE = 1000
+PUBLIC_PATHS = ("/livez", "/readyz", "/", "/favicon.ico")  # and /static/: the page holds no data
+Tier = Literal["fast", "light", "standard", "deep"]
+assert set(Tier.__args__) == set(TIERS)
+
+
+# ---- request and response models (the OpenAPI schema at /openapi.json) ----
+
+class QueryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Union[str, int, None] = Field(None, description="Returned as query_id; default: the query's position, from 1.")
+    text: str = Field(..., description="The query text.")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[QueryIn] = Field(..., min_length=1, description="Queries, encoded together in one pass.")
+    tier: Tier = DEFAULT_TIER
+    k: int = Field(10, ge=1, le=MAX_K, description="Documents per query.")
+    dim: int | None = Field(None, description="Search this stored prefix dim instead of the tier's.")
+    oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample.")
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float
+    title: str
+    snippet: str
+    url: str
+    source: str
+    metadata: dict
+
+
+class SearchResponse(BaseModel):
+    query_id: str | None = Field(None, description="POST only: the request's id for this query.")
+    query: str
+    results: list[HitOut]
+    timings_ms: dict[str, float] = Field(..., description="encode (the shared encoder pass), search, rerank.")
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str
+    text: str
+    url: str
+    source: str
+    metadata: dict
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 503)}
+
+
+# ---- the service's state ----
+
+class Service:
+    """The loaded searcher, its threads and its batcher; `searcher` is None until loaded."""
+
+    def __init__(self, source: Searcher | Callable[[], Searcher], settings: ServerSettings):
+        self.settings = settings
+        self.searcher: Searcher | None = source if isinstance(source, Searcher) else None
+        self._load = None if isinstance(source, Searcher) else source
+        self.load_error: MedsearchError | None = None
+        threads = settings.search_threads or available_cores()
+        self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-encode")
+        self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
+                                              initializer=faiss.omp_set_num_threads, initargs=(1,))
+        self.batcher: MicroBatcher | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self, on_load_error: Callable[[MedsearchError], None] | None) -> None:
+        if self.searcher is not None:
+            await self._finish_loading()
+            return
+
+        async def load() -> None:
+            try:
+                self.searcher = await asyncio.get_running_loop().run_in_executor(self.encode_pool, self._load)
+                await self._finish_loading()
+            except MedsearchError as err:
+                self.load_error = err
+                log.error("cannot serve: %s", err)
+                if on_load_error:
+                    on_load_error(err)
+
+        self._loading = asyncio.create_task(load())
+
+    async def _finish_loading(self) -> None:
+        searcher = self.searcher
+        if self.settings.warm_up:  # load every tier's index, the vector map and the model's first pass
+            await asyncio.get_running_loop().run_in_executor(self.encode_pool, _warm_up, searcher)
+        self.batcher = MicroBatcher(
+            partial(searcher.encoder.encode_queries, batch_size=self.settings.encode_batch_size), self.encode_pool, enabled=self.settings.batching,
+            max_wait_ms=self.settings.batch_wait_ms, max_batch=self.settings.max_batch,
+        )
+        await self.batcher.start()
+        self.ready.set()
+        log.info("ready: %s (%d documents)", searcher.index.path, searcher.index.manifest["documents"])
+
+    async def stop(self) -> None:
+        loading = getattr(self, "_loading", None)
+        if loading is not None and not loading.done():
+            loading.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.encode_pool.shutdown(wait=True, cancel_futures=True)
+        self.search_pool.shutdown(wait=True, cancel_futures=True)
+
+    def loaded(self) -> Searcher:
+        if self.load_error is not None:
+            raise self.load_error
+        if not self.ready.is_set():
+            raise ServiceLoading()
+        return self.searcher
+
+    async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int,
+                     dim: int | None, oversample: int) -> list[dict]:
+        searcher = self.loaded()
+        for i, text in enumerate(texts):
+            if len(text) > self.settings.max_query_chars:
+                where = f"query {ids[i]}" if ids else "the query"
+                raise BadInputError(f"{where} has {len(text)} characters; the limit is {self.settings.max_query_chars}")
+        searcher.check_queries(texts, ids)
+        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample)  # before encoding anything
+        vectors, encode_ms = await self.batcher.encode(texts)
+        results = await asyncio.get_running_loop().run_in_executor(
+            self.search_pool,
+            partial(searcher.search_encoded, texts, vectors, encode_ms=encode_ms, query_ids=ids,
+                    tier=tier, k=k, dim=dim, oversample=oversample),
+        )
+        return [result.to_json() for result in results]
+
+    async def document(self, doc_id: str) -> dict:
+        store = self.loaded().index.store
+        return await asyncio.get_running_loop().run_in_executor(self.search_pool, store.document, doc_id)
+
+
+class ServiceLoading(MedsearchError):
+    def __init__(self):
+        super().__init__("the model and index are still loading; try again in a few seconds")
+
+
+def _warm_up(searcher: Searcher) -> None:
+    for tier in TIERS:
+        searcher.search(["warm-up query"], tier=tier, k=10)
+
+
+# ---- errors: one JSON shape for all of them ----
+
+def _status(err: MedsearchError) -> int:
+    if isinstance(err, ServiceLoading):
+        return 503
+    if isinstance(err, NotFoundError):
+        return 404
+    if isinstance(err, MismatchError):
+        return 409
+    return 400
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    """Pydantic's errors as one line that names each bad field: 'query parameter k: ...'."""
+    parts = []
+    for e in err.errors():
+        if e.get("type") == "json_invalid":
+            return f"malformed JSON body: {e.get('ctx', {}).get('error', e['msg'])}"
+        where, *path = e.get("loc", ()) or ("request",)
+        name = ".".join(str(p) for p in path)
+        if where == "body" and not path:
+            parts.append(f"request body: {e['msg']}" if e["type"] != "missing" else "request body: a JSON object is required")
+            continue
+        place = {"query": "query parameter ", "path": "path parameter ", "body": "", "header": "header "}.get(where, "")
+        parts.append(f"{place}{name}: {e['msg']}")
+    return "; ".join(parts)
+
+
+# ---- the app ----
+
+def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettings | None = None,
+               on_load_error: Callable[[MedsearchError], None] | None = None) -> FastAPI:
+    """The FastAPI app over a loaded `Searcher`, or over a function that loads one at start-up.
+
+    `on_load_error` is called if that loading fails (`medsearch serve` then stops the server)."""
+    settings = settings or ServerSettings()
+    settings.validate()
+    service = Service(source, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start(on_load_error)
+        yield
+        await service.stop()
+
+    app = FastAPI(
+        title="medsearch", version=__version__, lifespan=lifespan, responses=ERRORS,
+        description="Semantic search over medical documents: tiered Matryoshka indexes, a fast funnel tier.",
+    )
+    app.state.service = service
+    app.add_middleware(_GuardMiddleware, token=settings.token, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origin:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[settings.cors_origin], allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.exception_handler(MedsearchError)
+    async def library_error(request: Request, err: MedsearchError):
+        return error(_status(err), str(err), {"Retry-After": "2"} if isinstance(err, ServiceLoading) else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError):
+        return error(400, _validation_message(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        message = f"no route {request.url.path}" if err.status_code == 404 else str(err.detail)
+        return error(err.status_code, message, getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, err: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error(500, "internal error (the server log has the details)")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.get("/livez", tags=["probes"])
+    async def livez():
+        """The process is up (the model may still be loading)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["probes"], responses={503: {"model": ErrorOut}})
+    async def readyz():
+        """Ready once the model and index are loaded and warm: 200, else 503."""
+        if service.load_error is not None:
+            return error(503, f"cannot serve: {service.load_error}")
+        if not service.ready.is_set():
+            return error(503, "loading the model and index")
+        manifest = service.searcher.index.manifest
+        return {"status": "ready", "index": str(service.searcher.index.path), "documents": manifest["documents"],
+                "model": manifest["model"]["name"]}
+
+    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"])
+    async def search_get(
+        q: str = Query(..., description="The query text."),
+        tier: Tier = DEFAULT_TIER,
+        k: int = Query(10, ge=1, le=MAX_K, description="Documents to return."),
+        dim: int | None = Query(None, description="Search this stored prefix dim instead of the tier's."),
+        oversample: int = Query(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample."),
+    ):
+        """One query: the same JSON as `medsearch query --json`."""
+        (result,) = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample)
+        return JSONResponse(result)
+
+    @app.post("/search", response_model=list[SearchResponse], tags=["search"])
+    async def search_post(request: SearchRequest):
+        """A batch of queries, encoded together: one object per query, in order (as `medsearch query --queries F --json`)."""
+        if len(request.queries) > settings.max_queries:
+            raise BadInputError(f"{len(request.queries)} queries in one request; the limit is {settings.max_queries}")
+        ids = [str(q.id) if q.id is not None else str(i) for i, q in enumerate(request.queries, start=1)]
+        texts = [q.text for q in request.queries]
+        results = await service.search(texts, ids, tier=request.tier, k=request.k, dim=request.dim,
+                                       oversample=request.oversample)
+        return JSONResponse(results)
+
+    @app.get("/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])
+    async def document(doc_id: str):
+        """The whole document: title, text, url, source, metadata."""
+        return JSONResponse(await service.document(doc_id))
+
+    @app.get("/info", tags=["index"])
+    async def info():
+        """The index's manifest (model, dims, tiers, index types, counts) and its files' sizes."""
+        index = service.loaded().index
+        return {**index.manifest, "files": index.files()}
+
+    return app
+
+
+class _GuardMiddleware:
+    """Bearer token on every route but the probes and the page's static files (which hold no data);
+    request bodies over a size limit refused before they are read. Plain ASGI: cheap per request."""
+
+    def __init__(self, app, token: str | None, max_body_bytes: int):
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        headers = dict(scope["headers"])
+        if self.token and not (path in PUBLIC_PATHS or path.startswith("/static/")) and scope["method"] != "OPTIONS":
+            given = headers.get(b"authorization", b"")
+            scheme, _, value = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(value.strip(), self.token):
+                message = "missing bearer token" if not given else "wrong token"
+                response = error(401, f"{message}: send the header 'Authorization: Bearer <token>'",
+                                 {"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            response = error(413, f"request body of {int(length)} bytes; the limit is {self.max_body_bytes}")
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+# The encoder thread gives up the GIL inside every torch op and must take it back after each one
+# (a BERT forward is ~200 ops); with Python's default 5 ms switch interval, a thread busy with
+# HTTP or hydration keeps it that long. 0.1 ms: about +6% requests/s at 32 clients (bench/serve_load.py).
+SWITCH_INTERVAL_S = 0.0001
+
+
+def configure_threads(torch_threads: int | None = None) -> int:
+    """Torch's intra-op threads for the encoder (default: the machine's cores); faiss gets one
+    OpenMP thread per search thread (set in each search thread); a short GIL switch interval.
+    Process-wide: `serve` calls it, tests and embedders of `create_app` need not. Returns torch's count."""
+    import torch
+
+    threads = torch_threads or available_cores()
+    torch.set_num_threads(threads)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    return threads
+
+
+def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
+          device: str | None = None, settings: ServerSettings | None = None, torch_threads: int | None = None,
+          log_level: str = "info") -> None:
+    """Run the service until SIGINT/SIGTERM (in-flight requests finish first). Checks the index
+    before listening; the model loads in the background (/readyz says when)."""
+    import uvicorn
+
+    from medsearch.index import open_index
+
+    open_index(index_dir)  # a missing or foreign index fails here, before the port opens
+    settings = settings or ServerSettings()
+    settings.validate()
+    configure_threads(torch_threads)
+    failure: list[MedsearchError] = []
+    server: uvicorn.Server | None = None
+
+    def stop_on_error(err: MedsearchError) -> None:
+        failure.append(err)
+        server.should_exit = True
+
+    app = create_app(partial(Searcher.open, index_dir, model=model, device=device), settings, on_load_error=stop_on_error)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+                            access_log=log_level == "debug")
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind (it has logged why)
+        raise BadInputError(f"cannot listen on {host}:{port} (port in use, or not an address of this machine)") from None
+    if failure:
+        raise failure[0]
+
+
+__all__ = ["ServerSettings", "configure_threads", "create_app", "serve"]

@@ -1,0 +1,130 @@
+"""Micro-batching: queries that arrive together are encoded together, in one encoder pass.
+
+Requests call `await batcher.encode(texts)`. One loop takes the first waiting request, gathers
+whatever else arrives within `max_wait_ms` (or until `max_batch` texts), and runs one encoder
+call for all of them on the encoder's own thread. While that call runs, new requests queue up
+and form the next batch, so under load batches grow by themselves and throughput grows with
+them; at low load a request waits at most `max_wait_ms` for company.
+
+With batching off, every request makes its own encoder call on the same single thread: the
+baseline that `bench/serve_load.py` compares against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    """Encode texts from concurrent callers in shared encoder passes on `executor`.
+
+    `encode(texts) -> (vectors, ms)`: vectors has one row per text; ms is the wall time of the
+    encoder pass that included them (shared by everyone in that pass)."""
+
+    def __init__(
+        self,
+        encode: Callable[[list[str]], np.ndarray],
+        executor: Executor,
+        *,
+        enabled: bool = True,
+        max_wait_ms: float = 1.0,
+        max_batch: int = 64,
+    ):
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be at least 0; got {max_wait_ms}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1; got {max_batch}")
+        self._encode = encode
+        self._executor = executor
+        self.enabled = enabled
+        self.max_wait = max_wait_ms / 1000
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task | None = None
+        self.passes = 0  # encoder calls made, and texts encoded: passes < texts means batching happened
+        self.texts = 0
+
+    async def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._run(), name="medsearch-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue is not None and not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("the service is shutting down"))
+
+    async def encode(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        if not self.enabled:
+            return await self._call(texts)
+        if self._task is None:
+            raise RuntimeError("the batcher is not running (call start() first)")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(list(texts), future))
+        return await future
+
+    async def _call(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        vectors = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts)
+        self.passes += 1
+        self.texts += len(texts)
+        return vectors, (time.perf_counter() - started) * 1000
+
+    async def _gather(self) -> list[_Pending]:
+        """The first waiting request and whatever joins it within max_wait (up to max_batch texts)."""
+        batch = [await self._queue.get()]
+        size = len(batch[0].texts)
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while size < self.max_batch:
+            try:
+                pending = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    pending = await asyncio.wait_for(self._queue.get(), left)
+                except asyncio.TimeoutError:  # the builtin TimeoutError only from 3.11
+                    break
+            batch.append(pending)
+            size += len(pending.texts)
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = [p for p in await self._gather() if not p.future.done()]  # drop callers that left
+            if not batch:
+                continue
+            try:
+                vectors, ms = await self._call([text for p in batch for text in p.texts])
+            except Exception as err:  # the encoder failed: every caller in the pass gets the error
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(err)
+                continue
+            start = 0
+            for pending in batch:
+                end = start + len(pending.texts)
+                if not pending.future.done():
+                    pending.future.set_result((vectors[start:end], ms))
+                start = end

@@ -1,0 +1,43 @@
+"""The service's settings (importable without FastAPI: the CLI reads its defaults)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from medsearch.errors import BadInputError
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class ServerSettings:
+    """What `medsearch serve` can set; the defaults are the measured ones (bench/serve_load.py)."""
+
+    token: str | None = None  # bearer token; None: no authentication
+    cors_origin: str | None = None  # one origin allowed to call the API from a browser; None: CORS off
+    batching: bool = True  # encode concurrent queries together
+    batch_wait_ms: float = 1.0  # how long a query waits for others to share its encoder pass
+    max_batch: int = 64  # texts per encoder call
+    encode_batch_size: int = 16  # texts per forward pass inside an encoder call (length-sorted: less padding)
+    max_query_chars: int = 1000  # longer queries get a 400 (MiniLM reads 256 tokens, ~1,000 chars)
+    max_queries: int = 64  # queries in one POST /search
+    max_body_bytes: int = 1_000_000  # larger request bodies get a 413
+    search_threads: int | None = None  # threads for search + hydration; None: the machine's cores
+    warm_up: bool = True  # run one query per tier before reporting ready
+
+    def validate(self) -> None:
+        for name in ("max_batch", "encode_batch_size", "max_query_chars", "max_queries", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.batch_wait_ms < 0:
+            raise BadInputError(f"batch_wait_ms must be at least 0; got {self.batch_wait_ms}")
+        if self.search_threads is not None and self.search_threads < 1:
+            raise BadInputError(f"search_threads must be at least 1; got {self.search_threads}")
+        if self.token is not None and not self.token.strip():
+            raise BadInputError("the token is empty")

@@ -1,0 +1,241 @@
+// The search page: plain JS, no build step, no network beyond this server.
+// Every text from the index is put in the page with textContent (never innerHTML), so it is escaped.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "medsearch-token";
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);  // strings become text nodes
+  return node;
+}
+
+// ---- talking to the API ----
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path) {
+  const headers = {};
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const response = await fetch(path, { headers });
+  let body = null;
+  try { body = await response.json(); } catch (e) { /* not JSON */ }
+  if (!response.ok) {
+    throw new ApiError(response.status, (body && body.error) || `${response.status} ${response.statusText}`);
+  }
+  return body;
+}
+
+function searchUrl(q, tier, k) {
+  return "/search?" + new URLSearchParams({ q, tier, k: String(k) });
+}
+
+// ---- state in the URL: /?q=...&tier=...&k=...&compare=1, or /?doc=ID ----
+
+function readUrl() {
+  const params = new URLSearchParams(location.search);
+  return {
+    q: params.get("q") || "",
+    tier: params.get("tier") || "fast",
+    k: params.get("k") || "10",
+    compare: params.get("compare") === "1",
+    doc: params.get("doc"),
+  };
+}
+
+function pageUrl(state) {
+  const params = new URLSearchParams({ q: state.q, tier: state.tier, k: state.k });
+  if (state.compare) params.set("compare", "1");
+  return "/?" + params;
+}
+
+// ---- rendering ----
+
+// Words not worth highlighting: the query's grammar, not its subject.
+const STOPWORDS = new Set(("a an and are as at be but by can do does for from had has have how i if in into is it its " +
+  "me my no not of on or our should so than that the their them then there these they this to was we were what " +
+  "when where which who why will with you your").split(" "));
+
+function queryWords(query) {
+  const words = query.toLowerCase().match(/[\p{L}\p{N}]+/gu) || [];
+  return [...new Set(words.filter((w) => !STOPWORDS.has(w) && (w.length > 2 || /\d/.test(w))))];
+}
+
+// The snippet as text nodes, with the query's words wrapped in <mark>.
+function highlighted(text, words) {
+  const span = el("span", { class: "snippet" });
+  if (!words.length) { span.append(text); return span; }
+  const escaped = words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  const pattern = new RegExp(`(?<![\\p{L}\\p{N}])(${escaped.join("|")})[\\p{L}]{0,3}(?![\\p{L}\\p{N}])`, "giu");
+  let last = 0;
+  for (const match of text.matchAll(pattern)) {
+    span.append(text.slice(last, match.index), el("mark", {}, match[0]));
+    last = match.index + match[0].length;
+  }
+  span.append(text.slice(last));
+  return span;
+}
+
+function hitItem(hit, rank, words, mark) {
+  const link = el("a", { href: "/?doc=" + encodeURIComponent(hit.id), class: "title" }, hit.title || hit.id);
+  const head = el("div", { class: "hit-head" },
+    el("span", { class: "rank", "aria-label": `rank ${rank}` }, String(rank) + "."), " ", link,
+    " ", el("span", { class: "score", title: "cosine similarity" }, "score " + hit.score.toFixed(4)));
+  const item = el("li", { class: "hit", "data-id": hit.id }, head, highlighted(hit.snippet, words));
+  const meta = [hit.source, hit.id].filter(Boolean).join(" · ");
+  const foot = el("div", { class: "meta" }, meta);
+  if (hit.url && /^https?:\/\//i.test(hit.url)) {
+    foot.append(" · ", el("a", { href: hit.url, rel: "noopener noreferrer" }, "source page"));
+  }
+  item.append(foot);
+  if (mark) {
+    item.classList.add(mark.shared ? "shared" : "only");
+    item.append(el("span", { class: "badge" }, mark.shared ? "in both" : "only in " + mark.tier));
+  }
+  return item;
+}
+
+function timingText(result, clientMs) {
+  const parts = Object.entries(result.timings_ms).map(([stage, ms]) => `${stage} ${ms.toFixed(1)} ms`);
+  parts.push(`round trip ${clientMs.toFixed(0)} ms`);
+  return parts.join(" · ");
+}
+
+function showOnly(id) {
+  for (const section of ["results", "compare-view", "document"]) $(section).hidden = section !== id;
+}
+
+function setError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+}
+
+// ---- actions ----
+
+async function runSearch(state) {
+  setError("");
+  $("status").textContent = "Searching…";
+  const words = queryWords(state.q);
+  try {
+    if (state.compare) {
+      const started = performance.now();
+      const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k)), api(searchUrl(state.q, "deep", state.k))]);
+      const ms = performance.now() - started;
+      const fastIds = new Set(fast.results.map((h) => h.id));
+      const deepIds = new Set(deep.results.map((h) => h.id));
+      const shared = [...fastIds].filter((id) => deepIds.has(id)).length;
+      $("hits-fast").replaceChildren(...fast.results.map((h, i) => hitItem(h, i + 1, words, { shared: deepIds.has(h.id), tier: "fast" })));
+      $("hits-deep").replaceChildren(...deep.results.map((h, i) => hitItem(h, i + 1, words, { shared: fastIds.has(h.id), tier: "deep" })));
+      $("timings-fast").textContent = timingText(fast, ms);
+      $("timings-deep").textContent = timingText(deep, ms);
+      const n = Math.max(fast.results.length, deep.results.length);
+      $("overlap").textContent = `Overlap of the top ${n}: ${shared} of ${n} documents in both tiers.`;
+      showOnly("compare-view");
+      $("status").textContent = `Compared fast and deep: ${shared} of ${n} shared.`;
+    } else {
+      const started = performance.now();
+      const result = await api(searchUrl(state.q, state.tier, state.k));
+      const ms = performance.now() - started;
+      $("hits").replaceChildren(...result.results.map((h, i) => hitItem(h, i + 1, words)));
+      $("timings").textContent = `${state.tier} tier · ` + timingText(result, ms);
+      showOnly("results");
+      $("status").textContent = result.results.length
+        ? `${result.results.length} results for “${state.q}”.` : `No results for “${state.q}”.`;
+    }
+  } catch (err) {
+    handleError(err, () => runSearch(state));
+  }
+}
+
+async function showDocument(id) {
+  setError("");
+  try {
+    const doc = await api("/documents/" + encodeURIComponent(id));
+    $("doc-title").textContent = doc.title || doc.id;
+    const meta = $("doc-meta");
+    meta.replaceChildren([doc.source, doc.id].filter(Boolean).join(" · "));
+    if (doc.url && /^https?:\/\//i.test(doc.url)) meta.append(" · ", el("a", { href: doc.url, rel: "noopener noreferrer" }, doc.url));
+    for (const [key, value] of Object.entries(doc.metadata || {})) meta.append(" · ", `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`);
+    $("doc-text").textContent = doc.text;
+    $("back").href = history.state && history.state.from ? history.state.from : "/";
+    showOnly("document");
+    document.title = (doc.title || doc.id) + " · medsearch";
+    $("status").textContent = "Showing document " + (doc.title || doc.id);
+    $("doc-title").setAttribute("tabindex", "-1");
+    $("doc-title").focus();
+  } catch (err) {
+    handleError(err, () => showDocument(id));
+  }
+}
+
+function handleError(err, retry) {
+  $("status").textContent = "";
+  if (err instanceof ApiError && err.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("token-form").hidden = false;
+    $("token").focus();
+    $("token-form").onsubmit = (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+      $("token-form").hidden = true;
+      retry();
+    };
+    setError("Access token needed: " + err.message);
+  } else {
+    setError(err.message || String(err));
+  }
+}
+
+function render() {
+  const state = readUrl();
+  $("q").value = state.q;
+  $("tier").value = ["fast", "light", "standard", "deep"].includes(state.tier) ? state.tier : "fast";
+  $("k").value = state.k;
+  $("compare").checked = state.compare;
+  $("tier").disabled = state.compare;
+  if (state.doc) {
+    showDocument(state.doc);
+  } else if (state.q.trim()) {
+    document.title = state.q + " · medsearch";
+    runSearch(state);
+  } else {
+    showOnly(null);
+    document.title = "medsearch";
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const state = { q: $("q").value.trim(), tier: $("tier").value, k: $("k").value || "10", compare: $("compare").checked };
+    if (!state.q) { setError("Type something to search for."); $("q").focus(); return; }
+    history.pushState({}, "", pageUrl(state));
+    render();
+  });
+  $("compare").addEventListener("change", () => { $("tier").disabled = $("compare").checked; });
+  document.addEventListener("click", (event) => {  // document links stay in the page and remember the search
+    const link = event.target.closest("a.title");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    history.pushState({ from: location.pathname + location.search }, "", link.getAttribute("href"));
+    render();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "/" && document.activeElement !== $("q") && !(event.target instanceof HTMLInputElement)) {
+      event.preventDefault();
+      $("q").focus();
+      $("q").select();
+    }
+  });
+  window.addEventListener("popstate", render);
+  render();
+  if (!readUrl().doc) $("q").focus();
+});

@@ -1,0 +1,125 @@
+"""The micro-batcher on its own: grouping, limits, errors and callers that leave."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from medsearch.server.batching import MicroBatcher
+
+
+class SlowEncoder:
+    """Encodes a text as [len(text), call number]; each call takes `seconds` (so callers pile up)."""
+
+    def __init__(self, seconds=0.05, fail_on=None):
+        self.seconds, self.fail_on = seconds, fail_on
+        self.calls: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, texts):
+        with self.lock:
+            self.calls.append(list(texts))
+            number = len(self.calls)
+        time.sleep(self.seconds)
+        if self.fail_on and self.fail_on in texts:
+            raise RuntimeError(f"cannot encode {self.fail_on}")
+        return np.array([[len(t), number] for t in texts], dtype=np.float32)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def concurrently(batcher, requests, stagger=0.0):
+    await batcher.start()
+    try:
+        tasks = []
+        for texts in requests:
+            tasks.append(asyncio.create_task(batcher.encode(texts)))
+            if stagger:
+                await asyncio.sleep(stagger)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_callers_share_passes_and_get_their_own_rows():
+    encoder = SlowEncoder()
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_wait_ms=5, max_batch=64)
+        requests = [[f"q{i}" + "x" * i] for i in range(20)] + [["two", "texts!"]]
+        results = run(concurrently(batcher, requests))
+    assert len(encoder.calls) < 5  # 21 requests, a handful of passes
+    assert sorted(t for call in encoder.calls for t in call) == sorted(t for r in requests for t in r)
+    for texts, (vectors, ms) in zip(requests, results):
+        assert vectors[:, 0].tolist() == [len(t) for t in texts]  # each caller gets its own rows, in order
+        assert ms >= 40  # the shared pass's wall time
+    assert batcher.passes == len(encoder.calls) and batcher.texts == 22
+
+
+def test_requests_that_arrive_while_encoding_form_the_next_pass():
+    encoder = SlowEncoder(seconds=0.1)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_wait_ms=0, max_batch=64)
+        run(concurrently(batcher, [[f"q{i}"] for i in range(10)], stagger=0.02))
+    assert encoder.calls[0] == ["q0"]  # no wait: the first goes alone
+    assert len(encoder.calls) <= 3 and sum(map(len, encoder.calls)) == 10
+
+
+def test_max_batch_caps_a_pass():
+    encoder = SlowEncoder()
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_wait_ms=20, max_batch=4)
+        run(concurrently(batcher, [[f"q{i}"] for i in range(10)]))
+    assert max(map(len, encoder.calls)) == 4 and sum(map(len, encoder.calls)) == 10
+
+
+def test_batching_off_makes_one_call_per_request():
+    encoder = SlowEncoder(seconds=0.01)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, enabled=False)
+        results = run(concurrently(batcher, [[f"q{i}"] for i in range(6)]))
+    assert len(encoder.calls) == 6 and all(len(c) == 1 for c in encoder.calls)
+    assert all(r[0].shape == (1, 2) for r in results)
+
+
+def test_an_encoder_error_reaches_every_caller_of_that_pass_only():
+    encoder = SlowEncoder(fail_on="bad")
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_wait_ms=20)
+        first = run(concurrently(batcher, [["ok"], ["bad"], ["fine"]]))
+        assert all(isinstance(r, RuntimeError) and "cannot encode bad" in str(r) for r in first)
+        second = run(concurrently(batcher, [["ok"], ["fine"]]))  # the batcher survives
+    assert [r[0][:, 0].tolist() for r in second] == [[2.0], [4.0]]
+
+
+def test_a_caller_that_leaves_does_not_break_the_pass():
+    encoder = SlowEncoder(seconds=0.05)
+
+    async def scenario(batcher):
+        await batcher.start()
+        try:
+            leaving = asyncio.create_task(batcher.encode(["leaves"]))
+            staying = asyncio.create_task(batcher.encode(["stays"]))
+            await asyncio.sleep(0.001)
+            leaving.cancel()
+            return await staying
+        finally:
+            await batcher.stop()
+
+    with ThreadPoolExecutor(1) as pool:
+        vectors, _ = run(scenario(MicroBatcher(encoder, pool, max_wait_ms=10)))
+    assert vectors[:, 0].tolist() == [5.0]
+
+
+def test_bad_settings_and_use_before_start():
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ValueError, match="max_wait_ms must be at least 0"):
+            MicroBatcher(SlowEncoder(), pool, max_wait_ms=-1)
+        with pytest.raises(ValueError, match="max_batch must be at least 1"):
+            MicroBatcher(SlowEncoder(), pool, max_batch=0)
+        with pytest.raises(RuntimeError, match="not running"):
+            run(MicroBatcher(SlowEncoder(), pool).encode(["x"]))

@@ -1,0 +1,145 @@
+"""The search page in a real headless Chromium (Debian's `chromium`, driven by Playwright)."""
+
+import os
+import shutil
+import urllib.parse
+
+import pytest
+
+from medsearch.index import build_index, open_index
+from medsearch.search import Searcher
+from medsearch.server.app import create_app
+from medsearch.server.settings import ServerSettings
+
+from conftest import write_jsonl
+from servers import get, uvicorn_thread
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if not CHROMIUM:
+    if os.environ.get("CI"):
+        pytest.fail("chromium is missing: .ci/run installs Debian's chromium package", pytrace=False)
+    pytest.skip("no chromium here (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+DIABETES = "what are the early signs of type 2 diabetes"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(bundled_index, minilm):
+    with uvicorn_thread(create_app(Searcher(open_index(bundled_index), minilm))) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page()
+    yield page
+    page.close()
+
+
+def api_titles(url, query, tier="fast", k=10):
+    port = int(url.rsplit(":", 1)[1])
+    status, body = get(port, "/search?" + urllib.parse.urlencode({"q": query, "tier": tier, "k": k}))
+    assert status == 200
+    return [h["title"] for h in body["results"]]
+
+
+def test_a_shared_link_searches_on_load(server, page):
+    expected = api_titles(server, DIABETES)
+    page.goto(f"{server}/?q={urllib.parse.quote(DIABETES)}&tier=fast")
+    titles = page.locator("#hits .title")
+    expect(titles.first).to_have_text("Type 2 diabetes: early signs")
+    assert titles.all_inner_texts() == expected
+    expect(page.get_by_label("Search medical documents")).to_have_value(DIABETES)
+    expect(page.locator("#timings")).to_contain_text("encode")
+    expect(page.locator("#timings")).to_contain_text("rerank")
+    assert "diabetes" in [m.lower() for m in page.locator("#hits mark").all_inner_texts()]
+    assert page.title() == f"{DIABETES} · medsearch"
+
+
+def test_typing_a_query_and_enter_changes_results_and_url(server, page):
+    page.goto(f"{server}/?q={urllib.parse.quote(DIABETES)}")
+    expect(page.locator("#hits .title").first).to_have_text("Type 2 diabetes: early signs")
+    box = page.get_by_label("Search medical documents")
+    box.fill("it burns when I pee and I need to go all the time")
+    box.press("Enter")
+    expected = api_titles(server, "it burns when I pee and I need to go all the time")
+    expect(page.locator("#hits .title").first).to_have_text(expected[0])
+    assert expected[0] != "Type 2 diabetes: early signs"
+    assert "q=it+burns+when+I+pee" in page.url
+    page.go_back()  # the previous search comes back from the URL
+    expect(page.locator("#hits .title").first).to_have_text("Type 2 diabetes: early signs")
+
+
+def test_compare_view_shows_fast_and_deep_with_their_overlap(server, page):
+    page.goto(f"{server}/?q={urllib.parse.quote(DIABETES)}")
+    page.get_by_label("Compare tiers (fast vs deep)").check()
+    page.get_by_label("Search medical documents").press("Enter")
+    expect(page.locator("#compare-view")).to_be_visible()
+    fast, deep = api_titles(server, DIABETES, "fast"), api_titles(server, DIABETES, "deep")
+    assert page.locator("#hits-fast .title").all_inner_texts() == fast
+    assert page.locator("#hits-deep .title").all_inner_texts() == deep
+    shared = len(set(fast) & set(deep))
+    expect(page.locator("#overlap")).to_have_text(f"Overlap of the top 10: {shared} of 10 documents in both tiers.")
+    assert "compare=1" in page.url
+    expect(page.locator("#results")).to_be_hidden()
+
+
+def test_document_view_and_keyboard(server, page):
+    page.goto(f"{server}/?q={urllib.parse.quote(DIABETES)}")
+    page.locator("#hits .title").first.click()
+    expect(page.locator("#doc-title")).to_have_text("Type 2 diabetes: early signs")
+    expect(page.locator("#doc-title")).to_be_focused()
+    assert len(page.locator("#doc-text").inner_text()) > 200 and "doc=doc-020" in page.url
+    page.locator("#back").click()
+    expect(page.locator("#hits .title").first).to_have_text("Type 2 diabetes: early signs")
+    page.locator("body").press("/")
+    expect(page.get_by_label("Search medical documents")).to_be_focused()
+    for label in ("Tier", "Results"):
+        expect(page.get_by_label(label, exact=True)).to_be_visible()
+
+
+def test_every_text_is_escaped(tmp_path, minilm, browser):
+    hostile = '<img src=x onerror="window.pwned=1">Asthma'
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [
+        {"id": "x<b>1</b>", "title": hostile, "text": "<script>window.pwned=2</script> wheeze and inhalers",
+         "source": "<i>src</i>", "url": "javascript:window.pwned=3"},
+        {"id": "ok", "title": "Fever", "text": "A high temperature."},
+    ])
+    build_index(corpus, tmp_path / "idx", minilm)
+    page = browser.new_page()
+    try:
+        with uvicorn_thread(create_app(Searcher(open_index(tmp_path / "idx"), minilm))) as url:
+            page.goto(f"{url}/?q=wheeze+inhalers&k=2")
+            expect(page.locator("#hits .title").first).to_have_text(hostile)
+            assert page.locator("#hits img, #hits script, #hits b, #hits i").count() == 0
+            assert page.locator("#hits a[href^='javascript']").count() == 0
+            page.locator("#hits .title").first.click()
+            expect(page.locator("#doc-text")).to_contain_text("<script>window.pwned=2</script>")
+            assert page.evaluate("window.pwned") is None
+    finally:
+        page.close()
+
+
+def test_token_prompt(bundled_index, minilm, browser):
+    page = browser.new_page()
+    app = create_app(Searcher(open_index(bundled_index), minilm), ServerSettings(token="s3cret"))
+    try:
+        with uvicorn_thread(app) as url:
+            page.goto(f"{url}/?q=fever")
+            expect(page.locator("#error")).to_contain_text("Access token needed")
+            page.get_by_label("This service needs an access token").fill("s3cret")
+            page.get_by_role("button", name="Use token").click()
+            expect(page.locator("#hits .hit").first).to_be_visible()
+            expect(page.locator("#error")).to_be_hidden()
+    finally:
+        page.close()

@@ -1,0 +1,219 @@
+"""The HTTP API with FastAPI's TestClient: every route, every bad input, the token, CORS, loading."""
+
+import json
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from medsearch.errors import MedsearchError, ModelMismatchError
+from medsearch.index import build_index, open_index
+from medsearch.search import Searcher
+from medsearch.server.app import create_app
+from medsearch.server.settings import ServerSettings
+
+from conftest import BUNDLED, write_jsonl
+
+QUESTION = "what are the early signs of type 2 diabetes"
+
+
+@pytest.fixture(scope="module")
+def searcher(bundled_index, minilm):
+    return Searcher(open_index(bundled_index), minilm)
+
+
+@pytest.fixture(scope="module")
+def client(searcher):
+    with TestClient(create_app(searcher, ServerSettings(max_query_chars=200, max_queries=5))) as client:
+        yield client
+
+
+def test_get_search_is_the_cli_json(client, searcher):
+    response = client.get("/search", params={"q": QUESTION, "tier": "deep", "k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    (expected,) = searcher.search([QUESTION], tier="deep", k=5)
+    expected = expected.to_json()
+    assert list(body) == ["query", "results", "timings_ms"] == list(expected)
+    assert [h["id"] for h in body["results"]] == [h["id"] for h in expected["results"]]
+    assert body["results"][0]["title"] == "Type 2 diabetes: early signs"
+    assert [h["score"] for h in body["results"]] == pytest.approx([h["score"] for h in expected["results"]], abs=1e-5)
+    assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata"]
+    assert body["results"][0]["metadata"] == {"topic": "condition"} and body["results"][0]["source"] == "corpus.jsonl"
+    assert set(body["timings_ms"]) == {"encode", "search", "rerank"} and body["timings_ms"]["encode"] > 0
+
+
+@pytest.mark.parametrize("tier", ["fast", "light", "standard", "deep"])
+def test_every_tier_and_a_stored_dim(client, tier):
+    body = client.get("/search", params={"q": "wheezing at night", "tier": tier, "k": 3}).json()
+    assert len(body["results"]) == 3
+    by_dim = client.get("/search", params={"q": "wheezing at night", "dim": 128, "k": 3}).json()
+    light = client.get("/search", params={"q": "wheezing at night", "tier": "light", "k": 3}).json()
+    assert [h["id"] for h in by_dim["results"]] == [h["id"] for h in light["results"]]
+
+
+def test_post_batch_keeps_order_and_ids(client):
+    queries = [{"id": "q1", "text": "burning when I pee"}, {"id": 7, "text": QUESTION}, {"text": "migraine with aura"}]
+    response = client.post("/search", json={"queries": queries, "tier": "fast", "k": 4})
+    assert response.status_code == 200
+    body = response.json()
+    assert [r["query_id"] for r in body] == ["q1", "7", "3"]
+    assert [r["query"] for r in body] == [q["text"] for q in queries]
+    single = client.get("/search", params={"q": QUESTION, "k": 4}).json()
+    assert [h["id"] for h in body[1]["results"]] == [h["id"] for h in single["results"]]
+    assert all(len(r["results"]) == 4 for r in body)
+
+
+def test_documents_info_and_probes(client):
+    doc = client.get("/documents/doc-020").json()
+    assert doc["title"] == "Type 2 diabetes: early signs" and len(doc["text"]) > 200
+    assert set(doc) == {"id", "title", "text", "url", "source", "metadata"}
+    info = client.get("/info").json()
+    assert info["documents"] == 187 and info["tier_dims"]["fast"] == 64 and "docs.db" in info["files"]
+    assert client.get("/livez").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["documents"] == 187
+    spec = client.get("/openapi.json").json()
+    assert {"/search", "/documents/{doc_id}", "/info", "/readyz"} <= set(spec["paths"])
+    assert "<title>" in client.get("/docs").text
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<label for="q"' in page.text and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+
+
+def test_document_ids_with_slashes(tmp_path, minilm):
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [
+        {"id": "guides/asthma.md", "title": "Asthma guide", "text": "Use the reliever inhaler when wheezy."},
+        {"id": "plain", "title": "Plain", "text": "Drink water when thirsty.", "url": "https://example.org/x"},
+    ])
+    build_index(corpus, tmp_path / "idx", minilm)
+    with TestClient(create_app(Searcher(open_index(tmp_path / "idx"), minilm))) as client:
+        assert client.get("/documents/guides/asthma.md").json()["title"] == "Asthma guide"
+        assert client.get("/documents/guides%2Fasthma.md").json()["title"] == "Asthma guide"
+        assert client.get("/documents/plain").json()["url"] == "https://example.org/x"
+
+
+@pytest.mark.parametrize(
+    "method, url, body, status, message",
+    [
+        ("GET", "/search?q=", None, 400, "empty query: give some text to search for"),
+        ("GET", "/search?q=%20%20%09", None, 400, "empty query"),
+        ("GET", "/search", None, 400, "query parameter q: Field required"),
+        ("GET", "/search?q=" + "a" * 201, None, 400, "the query has 201 characters; the limit is 200"),
+        ("GET", "/search?q=fever&tier=turbo", None, 400, "query parameter tier: Input should be 'fast', 'light', 'standard' or 'deep'"),
+        ("GET", "/search?q=fever&k=0", None, 400, "query parameter k: Input should be greater than or equal to 1"),
+        ("GET", "/search?q=fever&k=1001", None, 400, "query parameter k: Input should be less than or equal to 1000"),
+        ("GET", "/search?q=fever&k=ten", None, 400, "query parameter k: Input should be a valid integer"),
+        ("GET", "/search?q=fever&dim=100", None, 400, "dim 100 is not stored in"),
+        ("GET", "/search?q=fever&oversample=0", None, 400, "query parameter oversample: Input should be greater than or equal to 1"),
+        ("POST", "/search", b'{"queries": [', 400, "malformed JSON body"),
+        ("POST", "/search", b"[1, 2]", 400, "request body: Input should be a valid dictionary"),
+        ("POST", "/search", b"", 400, "request body: a JSON object is required"),
+        ("POST", "/search", {"queries": []}, 400, "queries: List should have at least 1 item"),
+        ("POST", "/search", {"queries": [{"text": "x"}] * 6}, 400, "6 queries in one request; the limit is 5"),
+        ("POST", "/search", {"queries": [{"id": "a", "text": "fever"}, {"id": "b", "text": " "}]}, 400, "empty query (query b)"),
+        ("POST", "/search", {"queries": [{"id": "a", "text": "b" * 201}]}, 400, "query a has 201 characters; the limit is 200"),
+        ("POST", "/search", {"queries": [{"text": "fever"}], "k": 5000}, 400, "k: Input should be less than or equal to 1000"),
+        ("POST", "/search", {"queries": [{"text": "fever"}], "tier": "turbo"}, 400, "tier: Input should be"),
+        ("POST", "/search", {"queries": [{"txt": "fever"}]}, 400, "queries.0.text: Field required"),
+        ("POST", "/search", {"queries": ["fever"]}, 400, "queries.0: Input should be a valid dictionary"),
+        ("GET", "/documents/no-such-doc", None, 404, "no document with id 'no-such-doc'"),
+        ("GET", "/nowhere", None, 404, "no route /nowhere"),
+        ("DELETE", "/search", None, 405, "Method Not Allowed"),
+    ],
+)
+def test_bad_input_gets_a_4xx_json_error(client, method, url, body, status, message):
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
+    if isinstance(body, bytes):
+        kwargs["headers"] = {"Content-Type": "application/json"}
+    response = client.request(method, url, **kwargs)
+    assert response.status_code == status, response.text
+    assert list(response.json()) == ["error"]
+    assert message in response.json()["error"]
+    assert "Traceback" not in response.text
+
+
+def test_body_over_the_limit_is_refused_unread(searcher):
+    with TestClient(create_app(searcher, ServerSettings(max_body_bytes=100))) as client:
+        response = client.post("/search", json={"queries": [{"text": "x" * 200}]})
+        assert response.status_code == 413 and "the limit is 100" in response.json()["error"]
+
+
+def test_token(searcher):
+    with TestClient(create_app(searcher, ServerSettings(token="s3cret"))) as client:
+        for path in ("/search?q=fever", "/info", "/documents/doc-020", "/openapi.json", "/docs"):
+            missing = client.get(path)
+            assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+            assert missing.json()["error"].startswith("missing bearer token")
+            wrong = client.get(path, headers={"Authorization": "Bearer s3cre"})
+            assert wrong.status_code == 401 and wrong.json()["error"].startswith("wrong token")
+            assert client.get(path, headers={"Authorization": "Basic s3cret"}).status_code == 401
+            assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        post = client.post("/search", json={"queries": [{"text": "fever"}]})
+        assert post.status_code == 401
+        for public in ("/livez", "/readyz", "/", "/static/app.js"):  # probes, and the page (it holds no data)
+            assert client.get(public).status_code == 200
+
+
+def test_cors_off_by_default_and_one_origin_when_set(searcher, client):
+    preflight = {"Origin": "https://intranet.example", "Access-Control-Request-Method": "GET"}
+    assert "access-control-allow-origin" not in client.get("/search?q=fever", headers={"Origin": "https://intranet.example"}).headers
+    with TestClient(create_app(searcher, ServerSettings(cors_origin="https://intranet.example", token="t"))) as cors:
+        answer = cors.options("/search", headers=preflight)
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://intranet.example"
+        other = cors.options("/search", headers={**preflight, "Origin": "https://evil.example"})
+        assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_not_ready_until_loaded_then_ready(searcher):
+    release = threading.Event()
+
+    def slow_load():
+        release.wait(30)
+        return searcher
+
+    with TestClient(create_app(slow_load, ServerSettings(warm_up=False))) as client:
+        assert client.get("/livez").status_code == 200
+        loading = client.get("/readyz")
+        assert loading.status_code == 503 and loading.json() == {"error": "loading the model and index"}
+        busy = client.get("/search?q=fever")
+        assert busy.status_code == 503 and "still loading" in busy.json()["error"] and busy.headers["retry-after"]
+        release.set()
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        assert client.get("/search?q=fever").status_code == 200
+
+
+def test_a_failed_load_is_reported_and_stops_the_server(tmp_path):
+    failures = []
+
+    def bad_load():
+        raise ModelMismatchError("index built with another model", tmp_path, "other")
+
+    with TestClient(create_app(bad_load, on_load_error=failures.append)) as client:
+        for _ in range(200):
+            if failures:
+                break
+            threading.Event().wait(0.05)
+        assert [str(f) for f in failures] == ["index built with another model"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["error"] == "cannot serve: index built with another model"
+        assert client.get("/search?q=fever").status_code == 409
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"max_batch": 0}, "max_batch must be at least 1"),
+    ({"batch_wait_ms": -1}, "batch_wait_ms must be at least 0"),
+    ({"token": "  "}, "the token is empty"),
+    ({"search_threads": 0}, "search_threads must be at least 1"),
+])
+def test_settings_are_validated(searcher, bad, message):
+    with pytest.raises(MedsearchError, match=message):
+        create_app(searcher, ServerSettings(**bad))
