@@ -49,7 +49,9 @@ def test_query_json_for_every_tier(cli_index):
         assert result.exit_code == 0, result.output
         out = json.loads(result.output)
         assert out["query"] == "inhaler for wheezing" and "query_id" not in out
-        assert len(out["results"]) == 5 and set(out["results"][0]) == {"id", "score", "title", "snippet"}
+        assert len(out["results"]) == 5
+        assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata"]
+        assert out["results"][0]["source"] == "corpus.jsonl" and "topic" in out["results"][0]["metadata"]
         assert set(out["timings_ms"]) == {"encode", "search", "rerank"}
 
 
