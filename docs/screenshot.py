@@ -21,7 +21,7 @@ from medsearch import Encoder, Searcher, build_index, open_index  # noqa: E402
 from medsearch.server.app import create_app  # noqa: E402
 
 SHOTS = {
-    "search-page.png": "/?" + urllib.parse.urlencode({"q": "straight lines look wavy when I read", "tier": "fast", "k": 5}),
+    "search-page.png": "/?" + urllib.parse.urlencode({"q": "swollen ankles and breathless when lying flat", "tier": "fast", "k": 5}),
     "compare-tiers.png": "/?" + urllib.parse.urlencode({"q": "what are the early signs of type 2 diabetes", "tier": "fast", "k": 6, "compare": 1}),
 }
 
@@ -36,6 +36,8 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1180, "height": 860})
             for name, path in SHOTS.items():
+                page.goto(url + path)  # once to warm up, once for the picture
+                page.wait_for_selector(".hit")
                 page.goto(url + path)
                 page.wait_for_selector(".hit")
                 page.screenshot(path=str(REPO / "docs" / name))

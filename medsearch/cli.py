@@ -194,14 +194,14 @@ def info(index_dir, as_json):
 @click.option("--cors-origin", default=None, help="Let pages from this one origin (e.g. https://intranet.example) call the API; CORS is off by default.")
 @click.option("--batch-wait-ms", default=ServerSettings.batch_wait_ms, show_default=True, type=click.FloatRange(min=0), help="How long a query waits for others to share its encoder pass.")
 @click.option("--max-batch", default=ServerSettings.max_batch, show_default=True, type=click.IntRange(min=1), help="Most queries in one encoder pass.")
-@click.option("--encode-batch-size", default=ServerSettings.encode_batch_size, show_default=True, type=click.IntRange(min=1), help="Queries per forward pass inside one encoder call (sorted by length: smaller passes pad less).")
+@click.option("--encode-workers", default=None, type=click.IntRange(min=1), help="Encoder passes at once, each with cores / workers torch threads [default: 2, or 1 on one core].")
 @click.option("--no-batching", is_flag=True, help="One encoder call per request (for comparison).")
 @click.option("--max-query-chars", default=ServerSettings.max_query_chars, show_default=True, type=click.IntRange(min=1), help="Longer queries get a 400.")
 @click.option("--max-queries", default=ServerSettings.max_queries, show_default=True, type=click.IntRange(min=1), help="Most queries in one POST /search.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads for encoding [default: the machine's cores].")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads per encoder pass [default: cores / encode workers].")
 @click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
-def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_wait_ms, max_batch, encode_batch_size, no_batching,
+def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
           max_query_chars, max_queries, threads, search_threads, log_level):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, OpenAPI at /docs.
@@ -221,7 +221,7 @@ def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_w
             raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
     settings = ServerSettings(
         token=token, cors_origin=cors_origin, batching=not no_batching, batch_wait_ms=batch_wait_ms,
-        max_batch=max_batch, encode_batch_size=encode_batch_size, max_query_chars=max_query_chars, max_queries=max_queries, search_threads=search_threads,
+        max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries, search_threads=search_threads,
     )
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)

@@ -130,21 +130,19 @@ class Encoder:
                 digest.update(head.tobytes())
         return digest.hexdigest()[:16]
 
-    def _encode(self, texts: list[str], prefix: str, progress: bool, batch_size: int | None = None) -> np.ndarray:
+    def _encode(self, texts: list[str], prefix: str, progress: bool) -> np.ndarray:
         vectors = self.model.encode(
             list(texts),
             prompt=prefix or None,
-            batch_size=batch_size or self.batch_size,
+            batch_size=self.batch_size,
             show_progress_bar=progress,
             convert_to_numpy=True,
             normalize_embeddings=True,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def encode_queries(self, texts: list[str], progress: bool = False, batch_size: int | None = None) -> np.ndarray:
-        """`batch_size`: texts per forward pass (sentence-transformers sorts them by length first,
-        so smaller passes pad less); default: the encoder's."""
-        return self._encode(texts, self.profile.query_prefix, progress, batch_size)
+    def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        return self._encode(texts, self.profile.query_prefix, progress)
 
     def encode_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
         return self._encode(texts, self.profile.passage_prefix, progress)

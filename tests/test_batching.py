@@ -23,7 +23,11 @@ class SlowEncoder:
         with self.lock:
             self.calls.append(list(texts))
             number = len(self.calls)
+            self.running = getattr(self, "running", 0) + 1
+            self.most_at_once = max(getattr(self, "most_at_once", 0), self.running)
         time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
         if self.fail_on and self.fail_on in texts:
             raise RuntimeError(f"cannot encode {self.fail_on}")
         return np.array([[len(t), number] for t in texts], dtype=np.float32)
@@ -77,6 +81,16 @@ def test_max_batch_caps_a_pass():
     assert max(map(len, encoder.calls)) == 4 and sum(map(len, encoder.calls)) == 10
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_bound_the_passes_in_flight(workers):
+    encoder = SlowEncoder(seconds=0.05)
+    with ThreadPoolExecutor(workers) as pool:
+        batcher = MicroBatcher(encoder, pool, max_wait_ms=0, max_batch=2, workers=workers)
+        results = run(concurrently(batcher, [[f"q{i}"] for i in range(12)]))
+    assert encoder.most_at_once == workers
+    assert max(map(len, encoder.calls)) <= 2 and [r[0][0, 0] for r in results] == [2.0] * 10 + [3.0] * 2
+
+
 def test_batching_off_makes_one_call_per_request():
     encoder = SlowEncoder(seconds=0.01)
     with ThreadPoolExecutor(1) as pool:
@@ -121,5 +135,7 @@ def test_bad_settings_and_use_before_start():
             MicroBatcher(SlowEncoder(), pool, max_wait_ms=-1)
         with pytest.raises(ValueError, match="max_batch must be at least 1"):
             MicroBatcher(SlowEncoder(), pool, max_batch=0)
+        with pytest.raises(ValueError, match="workers must be at least 1"):
+            MicroBatcher(SlowEncoder(), pool, workers=0)
         with pytest.raises(RuntimeError, match="not running"):
             run(MicroBatcher(SlowEncoder(), pool).encode(["x"]))

@@ -110,7 +110,7 @@ class Service:
         self._load = None if isinstance(source, Searcher) else source
         self.load_error: MedsearchError | None = None
         threads = settings.search_threads or available_cores()
-        self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-encode")
+        self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
         self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
                                               initializer=faiss.omp_set_num_threads, initargs=(1,))
         self.batcher: MicroBatcher | None = None
@@ -138,8 +138,9 @@ class Service:
         if self.settings.warm_up:  # load every tier's index, the vector map and the model's first pass
             await asyncio.get_running_loop().run_in_executor(self.encode_pool, _warm_up, searcher)
         self.batcher = MicroBatcher(
-            partial(searcher.encoder.encode_queries, batch_size=self.settings.encode_batch_size), self.encode_pool, enabled=self.settings.batching,
+            searcher.encoder.encode_queries, self.encode_pool, enabled=self.settings.batching,
             max_wait_ms=self.settings.batch_wait_ms, max_batch=self.settings.max_batch,
+            workers=self.settings.workers,
         )
         await self.batcher.start()
         self.ready.set()
@@ -366,13 +367,13 @@ class _GuardMiddleware:
 SWITCH_INTERVAL_S = 0.0001
 
 
-def configure_threads(torch_threads: int | None = None) -> int:
+def configure_threads(torch_threads: int | None = None, encode_workers: int = 1) -> int:
     """Torch's intra-op threads for the encoder (default: the machine's cores); faiss gets one
     OpenMP thread per search thread (set in each search thread); a short GIL switch interval.
     Process-wide: `serve` calls it, tests and embedders of `create_app` need not. Returns torch's count."""
     import torch
 
-    threads = torch_threads or available_cores()
+    threads = torch_threads or max(1, available_cores() // encode_workers)
     torch.set_num_threads(threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     return threads
@@ -390,7 +391,7 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
     open_index(index_dir)  # a missing or foreign index fails here, before the port opens
     settings = settings or ServerSettings()
     settings.validate()
-    configure_threads(torch_threads)
+    configure_threads(torch_threads, settings.workers)
     failure: list[MedsearchError] = []
     server: uvicorn.Server | None = None
 

@@ -41,16 +41,20 @@ class MicroBatcher:
         enabled: bool = True,
         max_wait_ms: float = 1.0,
         max_batch: int = 64,
+        workers: int = 1,
     ):
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be at least 0; got {max_wait_ms}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1; got {max_batch}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1; got {workers}")
         self._encode = encode
         self._executor = executor
         self.enabled = enabled
         self.max_wait = max_wait_ms / 1000
         self.max_batch = max_batch
+        self.workers = workers  # encoder passes in flight at once (the executor needs as many threads)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self.passes = 0  # encoder calls made, and texts encoded: passes < texts means batching happened
@@ -111,20 +115,33 @@ class MicroBatcher:
         return batch
 
     async def _run(self) -> None:
-        while True:
-            batch = [p for p in await self._gather() if not p.future.done()]  # drop callers that left
-            if not batch:
-                continue
-            try:
-                vectors, ms = await self._call([text for p in batch for text in p.texts])
-            except Exception as err:  # the encoder failed: every caller in the pass gets the error
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(err)
-                continue
-            start = 0
+        free = asyncio.Semaphore(self.workers)
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                await free.acquire()  # gather only once a worker can take the pass: meanwhile queries pile up
+                batch = [p for p in await self._gather() if not p.future.done()]  # drop callers that left
+                if not batch:
+                    free.release()
+                    continue
+                task = asyncio.create_task(self._pass(batch))
+                running.add(task)
+                task.add_done_callback(lambda t: (running.discard(t), free.release()))
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _pass(self, batch: list[_Pending]) -> None:
+        try:
+            vectors, ms = await self._call([text for p in batch for text in p.texts])
+        except Exception as err:  # the encoder failed: every caller in the pass gets the error
             for pending in batch:
-                end = start + len(pending.texts)
                 if not pending.future.done():
-                    pending.future.set_result((vectors[start:end], ms))
-                start = end
+                    pending.future.set_exception(err)
+            return
+        start = 0
+        for pending in batch:
+            end = start + len(pending.texts)
+            if not pending.future.done():
+                pending.future.set_result((vectors[start:end], ms))
+            start = end
