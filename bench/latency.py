@@ -16,7 +16,7 @@ from pathlib import Path
 from common import RESULTS, median_ms, p95_ms, print_table, write_results
 from medsearch.corpus import read_queries
 from medsearch.encoder import Encoder
-from medsearch.index import TIERS, build_index, open_index
+from medsearch.index import TIERS, build_index, index_exists, open_index
 from medsearch.search import Searcher
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    if not (Path(args.index) / "manifest.json").is_file():
+    if not index_exists(args.index):
         started = time.perf_counter()
         manifest = build_index(args.corpus, args.index, Encoder(), progress=True)
         print(f"built {args.index}: {manifest['documents']} documents in {time.perf_counter() - started:.1f}s")

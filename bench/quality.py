@@ -16,7 +16,7 @@ from pathlib import Path
 from common import RESULTS, print_table, recall_against, write_results
 from medsearch.encoder import Encoder
 from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
-from medsearch.index import build_index, open_index
+from medsearch.index import build_index, index_exists, open_index
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
     args = parser.parse_args()
 
-    if not (Path(args.index) / "manifest.json").is_file():
+    if not index_exists(args.index):
         print(f"building {args.index} from {args.data} ...")
         build_index(args.data, args.index, Encoder(args.model), progress=True)
     index = open_index(args.index)

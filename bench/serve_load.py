@@ -29,7 +29,7 @@ from pathlib import Path
 from common import RESULTS, print_table, write_results
 from medsearch.corpus import read_queries
 from medsearch.encoder import Encoder
-from medsearch.index import build_index
+from medsearch.index import build_index, index_exists
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    if not (Path(args.index) / "manifest.json").is_file():
+    if not index_exists(args.index):
         print(f"building {args.index} from {args.corpus}")
         build_index(args.corpus, args.index, Encoder())
     _, texts = read_queries(args.queries)

@@ -18,6 +18,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from servers import uvicorn_thread  # noqa: E402
 
 from medsearch import Encoder, Searcher, build_index, open_index  # noqa: E402
+from medsearch.index import index_exists  # noqa: E402
 from medsearch.server.app import create_app  # noqa: E402
 
 SHOTS = {
@@ -28,7 +29,7 @@ SHOTS = {
 
 def main() -> None:
     index = REPO / "indexes" / "default"
-    if not (index / "manifest.json").is_file():
+    if not index_exists(index):
         build_index(REPO / "corpus", index, Encoder())
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     with uvicorn_thread(create_app(Searcher(open_index(index), Encoder(open_index(index).manifest["model"]["spec"])))) as url:

@@ -225,7 +225,7 @@ def evaluate_models(
     fingerprints) that stores every Matryoshka prefix; the lower dims are prefixes of those vectors.
     """
     from medsearch.encoder import Encoder
-    from medsearch.index import build_index, corpus_fingerprint, open_index
+    from medsearch.index import build_index, corpus_fingerprint, index_exists, open_index
     from medsearch.search import Searcher
     from medsearch.training import matryoshka_dims
 
@@ -239,7 +239,7 @@ def evaluate_models(
         encoder = Encoder(spec, device=device)
         dims = matryoshka_dims(encoder.dim)
         index_dir = Path(cache) / f"{encoder.fingerprint}-{corpus_fingerprint(documents)}"
-        if not (index_dir / "manifest.json").is_file():
+        if not index_exists(index_dir):
             build_index(data_dir, index_dir, encoder, extra_dims=tuple(dims), progress=progress)
         searcher = Searcher(open_index(index_dir), encoder)
         doc_ids = searcher.index.store.doc_ids()

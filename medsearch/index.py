@@ -1,20 +1,20 @@
-"""The index folder: build it atomically from one encoding pass, open it, refuse a mismatched one.
+"""The index folder: build it from one encoding pass as a new committed generation, open the
+current generation, refuse a mismatched one.
 
-Layout of `indexes/<name>/` (see DESIGN.md):
-  manifest.json   written last: a folder without it is not an index
-  docs.db         documents, chunks, FTS5 (store.py)
+Layout of `indexes/<name>/` (generations.py): CURRENT names the committed `gen-NNNNNN/`, which holds
+  manifest.json   the config: model, dims, tiers, index types (faiss factory strings), counts
+  docs.db         documents, chunks, FTS5 (store.py); chunks of deleted or replaced documents are gone
   vectors.npy     full-dim L2-normalised vectors (float16 by default), memory-mapped for re-ranking
   chunk_doc.npy   document ordinal of each chunk row (collapses chunk hits to documents)
   dim{N}.faiss    one inner-product index per tier dim over renormalised prefixes; ids = chunk rows
+Rows whose chunk is gone from docs.db are dead: searches exclude them inside faiss (an IDSelector
+over the live rows) until `compact` rewrites the generation without them (updates.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,10 +28,12 @@ from medsearch import __version__
 from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
+from medsearch import generations
+from medsearch.filters import filter_sql, parse_filters
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, ModelMismatchError
 from medsearch.store import DocStore, write_store
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: generations (CURRENT + gen-NNNNNN/), dead rows, faiss factory strings
 DEFAULT_INDEX = Path("indexes") / "default"
 TIERS = ("fast", "light", "standard", "deep")
 TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
@@ -55,14 +57,13 @@ def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
     return out
 
 
+FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
+
+
 def build_faiss(vectors: np.ndarray, kind: str) -> faiss.Index:
-    dim = vectors.shape[1]
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    else:
+    if kind not in FACTORIES:
         raise BadInputError(f"unknown index type '{kind}' (use flat or hnsw)")
+    index = faiss.index_factory(vectors.shape[1], FACTORIES[kind], faiss.METRIC_INNER_PRODUCT)
     index.add(vectors)
     return index
 
@@ -86,7 +87,7 @@ def build_index(
     progress: bool = False,
 ) -> dict:
     """Read, chunk, encode once at full dim, and write every tier's index (and one for each of
-    `extra_dims`, e.g. every Matryoshka dim for an evaluation); return the manifest."""
+    `extra_dims`, e.g. every Matryoshka dim for an evaluation) as a new generation; return the manifest."""
     _check_target(Path(index_dir), vector_dtype)
     started = time.perf_counter()
     documents = read_corpus(corpus)
@@ -101,6 +102,7 @@ def build_index(
         "documents": len(documents),
         "corpus": str(corpus),
         "corpus_fingerprint": corpus_fingerprint(documents),
+        "metadata_fields": sorted({key for d in documents for key in d.metadata}),
         "encode_seconds": round(time.perf_counter() - started, 3),
     }
     return write_index(
@@ -113,7 +115,11 @@ def build_index(
 def _check_target(target: Path, vector_dtype: str) -> None:
     if vector_dtype not in VECTOR_DTYPES:
         raise BadInputError(f"vector dtype must be one of {', '.join(VECTOR_DTYPES)}; got '{vector_dtype}'")
-    if target.exists() and not (target / "manifest.json").is_file() and any(target.iterdir()):
+    if target.is_file():
+        raise BadInputError(f"{target} is a file, not an index folder")
+    ours = (target / generations.POINTER).is_file() or (target / "manifest.json").is_file()  # format 2, 1
+    leftovers = (generations.LOCK, ".tmp-")  # a lock file, and what a killed first build left
+    if target.exists() and not ours and any(not p.name.startswith(leftovers) for p in target.iterdir()):
         raise BadInputError(f"{target} exists and is not a medsearch index: choose another index folder")
 
 
@@ -154,50 +160,51 @@ def write_index(
         "vector_dtype": vector_dtype,
         "chunks": len(vectors),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        if write_docs:
-            write_docs(tmp / "docs.db")
-        np.save(tmp / "vectors.npy", vectors.astype(vector_dtype, copy=False))
-        np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
-        for dim_str, kind in manifest["index_types"].items():
-            faiss.write_index(build_faiss(prefix(vectors, int(dim_str)), kind), str(tmp / f"dim{dim_str}.faiss"))
-        manifest["build_seconds"] = round(time.perf_counter() - started, 3)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    manifest["faiss_factories"] = {d: FACTORIES[kind] for d, kind in manifest["index_types"].items()}
+    manifest["dead_chunks"] = 0
+    with generations.writer_lock(target):
+        tmp = generations.new_folder(target)
+        try:
+            if write_docs:
+                write_docs(tmp / "docs.db")
+            np.save(tmp / "vectors.npy", vectors.astype(vector_dtype, copy=False))
+            np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
+            for dim_str, kind in manifest["index_types"].items():
+                faiss.write_index(build_faiss(prefix(vectors, int(dim_str)), kind), str(tmp / f"dim{dim_str}.faiss"))
+            manifest["build_seconds"] = round(time.perf_counter() - started, 3)
+            write_manifest(tmp, manifest)
+            generations.commit(target, tmp)
+        except BaseException:
+            generations.discard(tmp)
+            raise
+        _remove_format1_files(target)
     return manifest
 
 
-def _remove_stale_temporaries(target: Path) -> None:
-    """Leftovers of a killed build (`.NAME.tmp-*`, `.NAME.old-*`) are never loaded; clear them."""
-    for stale in target.parent.glob(f".{target.name}.*-*"):
-        if stale.is_dir() and (".tmp-" in stale.name or ".old-" in stale.name):
-            shutil.rmtree(stale, ignore_errors=True)
+def write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished build over the old index; the old one stays loadable until that moment."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+def _remove_format1_files(root: Path) -> None:
+    """A format-1 index kept its files in the folder itself; once a generation replaces it, drop them."""
+    if (root / "manifest.json").is_file():
+        for path in root.iterdir():
+            if path.is_file() and path.name not in (generations.POINTER, generations.LOCK):
+                path.unlink()
 
 
 @dataclass
 class Index:
-    """An opened index folder. Tier indexes load lazily, so a query touches only its own tier."""
+    """One committed generation of an index folder (`path` is the folder users name; `folder` the
+    generation's). Tier indexes load lazily, so a query touches only its own tier."""
 
     path: Path
     manifest: dict
+    folder: Path | None = None
     _faiss: dict[int, faiss.Index] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.folder = self.folder or self.path
 
     @property
     def full_dim(self) -> int:
@@ -209,14 +216,19 @@ class Index:
 
     @property
     def chunks(self) -> int:
+        """Rows in the vectors and tier indexes, dead ones included."""
         return self.manifest["chunks"]
+
+    @property
+    def generation(self) -> int:
+        return generations.number(self.folder)
 
     def faiss_index(self, dim: int) -> faiss.Index:
         if dim not in self._faiss:
             if dim not in self.dims:
                 stored = ", ".join(map(str, self.dims))
                 raise BadInputError(f"dim {dim} is not stored in {self.path} (stored: {stored})")
-            self._faiss[dim] = faiss.read_index(str(self.path / f"dim{dim}.faiss"))
+            self._faiss[dim] = faiss.read_index(str(self.folder / f"dim{dim}.faiss"))
         return self._faiss[dim]
 
     def index_type(self, dim: int) -> str:
@@ -224,30 +236,67 @@ class Index:
 
     @cached_property
     def vectors(self) -> np.ndarray:
-        return np.load(self.path / "vectors.npy", mmap_mode="r")
+        return np.load(self.folder / "vectors.npy", mmap_mode="r")
 
     @cached_property
     def chunk_doc(self) -> np.ndarray:
-        return np.load(self.path / "chunk_doc.npy", mmap_mode="r")
+        return np.load(self.folder / "chunk_doc.npy", mmap_mode="r")
 
     @cached_property
     def store(self) -> DocStore:
-        return DocStore(self.path / "docs.db")
+        return DocStore(self.folder / "docs.db")
+
+    @cached_property
+    def live(self) -> np.ndarray | None:
+        """Which rows are live (bool per row), or None when every row is."""
+        if not self.manifest.get("dead_chunks"):
+            return None
+        mask = np.zeros(self.chunks, dtype=bool)
+        mask[self.store.chunk_rows()] = True
+        return mask
+
+    def allowed(self, filters=None) -> np.ndarray | None:
+        """Which rows a search may return (bool per row): live, and matching every filter
+        (`field=value` strings or filters.Filter); None when that is every row."""
+        if not filters:
+            return self.live
+        where, params = filter_sql(parse_filters(filters), self.manifest.get("metadata_fields", []))
+        mask = np.zeros(self.chunks, dtype=bool)
+        mask[self.store.rows_where(where, params)] = True
+        return mask
+
+    def load(self) -> "Index":
+        """Load every tier's index, the live rows and the vector map now (a service's new generation)."""
+        for dim in self.dims:
+            self.faiss_index(dim)
+        self.live, self.vectors, self.chunk_doc  # noqa: B018 (cached on first use)
+        return self
 
     def files(self) -> dict[str, int]:
-        """Size in bytes of each file in the folder."""
-        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+        """Size in bytes of each file of the generation."""
+        return {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()}
+
+
+def index_exists(index_dir: str | Path) -> bool:
+    """Whether the folder holds a committed index (of this format or another)."""
+    return generations.current(Path(index_dir)) is not None
 
 
 def open_index(index_dir: str | Path) -> Index:
+    """The index folder's current generation."""
     path = Path(index_dir)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
+    folder = generations.current(path)
+    if folder is None:
+        if (path / "manifest.json").is_file():
+            raise IndexFormatError(f"{path} has index format 1, this medsearch ({__version__}) reads format {FORMAT_VERSION}", path)
         if path.exists():
-            raise IndexNotFoundError(f"{path} is not a medsearch index (no manifest.json)", path)
+            raise IndexNotFoundError(f"{path} is not a medsearch index (no {generations.POINTER} file)", path)
         raise IndexNotFoundError(f"no index at {path}", path)
+    manifest_path = folder / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: {folder.name} has no manifest.json", path) from None
     except json.JSONDecodeError as err:
         raise IndexFormatError(f"{manifest_path}: unreadable manifest ({err.msg})", path) from None
     version = manifest.get("format_version")
@@ -255,7 +304,7 @@ def open_index(index_dir: str | Path) -> Index:
         raise IndexFormatError(
             f"{path} has index format {version}, this medsearch ({__version__}) reads format {FORMAT_VERSION}", path
         )
-    return Index(path=path, manifest=manifest)
+    return Index(path=path, manifest=manifest, folder=folder)
 
 
 def check_model(index: Index, encoder: Encoder) -> None:

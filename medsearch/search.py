@@ -7,6 +7,7 @@ the best chunk of a document gives its score and its snippet.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError
+from medsearch import generations
+from medsearch.filters import filter_sql, parse_filters
 from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, open_index, prefix
 
 DEFAULT_TIER = "fast"
@@ -85,37 +88,59 @@ def collapse(rows: np.ndarray, scores: np.ndarray, chunk_doc: np.ndarray, k: int
 
 
 class Searcher:
-    """Search one index with the model it was built with (`encoder=None`: vectors only, e.g. benchmarks)."""
+    """Search one index with the model it was built with (`encoder=None`: vectors only, e.g. benchmarks).
+
+    Every query runs on one committed generation of the index: `current()` moves to a newer one
+    when a writer has committed it (a read of the CURRENT file per query), so a long-running
+    process sees writes without a restart, and a query never mixes two generations."""
 
     def __init__(self, index: Index, encoder: Encoder | None):
         if encoder is not None:
             check_model(index, encoder)
         self.index = index
         self.encoder = encoder
+        self._reload = threading.Lock()
 
     @classmethod
     def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None) -> "Searcher":
         index = open_index(index_dir)
         return cls(index, Encoder(model or index.manifest["model"]["spec"], device=device))
 
-    def resolve(self, tier: str, dim: int | None) -> tuple[int, bool]:
+    def current(self) -> Index:
+        """The newest committed generation (loaded, and checked against the model, before use)."""
+        index = self.index
+        folder = generations.current(index.path)
+        if folder is None or folder == index.folder:
+            return index
+        with self._reload:
+            if self.index.folder != folder:
+                newer = open_index(index.path)
+                if self.encoder is not None:
+                    check_model(newer, self.encoder)
+                self.index = newer.load()
+            return self.index
+
+    def resolve(self, tier: str, dim: int | None, index: Index | None = None) -> tuple[int, bool]:
         """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
+        index = index or self.index
         if dim is not None:
-            self.index.faiss_index(dim)  # validates that the dim is stored
+            index.faiss_index(dim)  # validates that the dim is stored
             return dim, False
         if tier not in TIERS:
             raise BadInputError(f"unknown tier '{tier}' (choose from: {', '.join(TIERS)})")
-        tier_dim = self.index.manifest["tier_dims"][tier]
-        return tier_dim, tier == "fast" and tier_dim != self.index.full_dim
+        tier_dim = index.manifest["tier_dims"][tier]
+        return tier_dim, tier == "fast" and tier_dim != index.full_dim
 
     def check(self, *, tier: str = DEFAULT_TIER, k: int = 10, dim: int | None = None,
-              oversample: int = DEFAULT_OVERSAMPLE) -> None:
+              oversample: int = DEFAULT_OVERSAMPLE, filters=None) -> None:
         """Raise BadInputError for search arguments this index cannot serve (before any encoding)."""
         if k < 1:
             raise BadInputError(f"k must be at least 1; got {k}")
         if oversample < 1:
             raise BadInputError(f"oversample must be at least 1; got {oversample}")
         self.resolve(tier, dim)
+        if filters:
+            filter_sql(parse_filters(filters), self.index.manifest.get("metadata_fields", []))
 
     @staticmethod
     def check_queries(queries: list[str], query_ids: list[str] | None = None) -> None:
@@ -135,15 +160,17 @@ class Searcher:
         k: int = 10,
         dim: int | None = None,
         oversample: int = DEFAULT_OVERSAMPLE,
+        filters=None,
     ) -> list[QueryResult]:
-        """Encode all queries in one pass, search, hydrate. Timings in batch mode are per query (amortised)."""
+        """Encode all queries in one pass, search, hydrate. Timings in batch mode are per query (amortised).
+        `filters`: `field=value`, `field!=value`, `field>=number`, `field<=number` strings, ANDed."""
         self.check_queries(queries, query_ids)
-        self.check(tier=tier, k=k, dim=dim, oversample=oversample)
+        self.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
         started = time.perf_counter()
         vectors = self.encoder.encode_queries(queries)
         encode_ms = (time.perf_counter() - started) * 1000 / len(queries)
         return self.search_encoded(queries, vectors, encode_ms=encode_ms, query_ids=query_ids,
-                                   tier=tier, k=k, dim=dim, oversample=oversample)
+                                   tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
 
     def search_encoded(
         self,
@@ -156,14 +183,17 @@ class Searcher:
         k: int = 10,
         dim: int | None = None,
         oversample: int = DEFAULT_OVERSAMPLE,
+        filters=None,
     ) -> list[QueryResult]:
         """Search and hydrate queries already encoded (`vectors`, one row per query; the service
         encodes concurrent requests together). `encode_ms` is reported as each query's encoding time."""
-        ranked, timings = self.search_vectors(vectors, tier=tier, k=k, dim=dim, oversample=oversample)
+        index = self.current()
+        ranked, timings = self.search_vectors(vectors, tier=tier, k=k, dim=dim, oversample=oversample,
+                                              filters=filters, index=index)
         per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
         results = []
         for i, hits in enumerate(ranked):
-            found = self.index.store.hydrate([row for row, _ in hits], query=queries[i])
+            found = index.store.hydrate([row for row, _ in hits], query=queries[i])
             docs = []
             for row, score in hits:
                 info = found[row]
@@ -190,21 +220,34 @@ class Searcher:
         k: int = 10,
         dim: int | None = None,
         oversample: int = DEFAULT_OVERSAMPLE,
+        filters=None,
+        index: Index | None = None,
     ) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """Ranked (chunk row, score) lists, one document per hit, for full-dim query vectors."""
+        """Ranked (chunk row, score) lists, one document per hit, for full-dim query vectors.
+
+        Dead rows and rows that fail a filter are excluded inside faiss (an IDSelector over the
+        allowed rows); when fewer candidates than needed come back, the search widens, and once it
+        would cover every allowed row it ranks them all exactly: k documents whenever k exist."""
+        index = index or self.current()
         self.check(tier=tier, k=k, dim=dim, oversample=oversample)
-        search_dim, rerank = self.resolve(tier, dim)
-        total = self.index.chunks
-        collapses = total != self.index.manifest["documents"]
+        search_dim, rerank = self.resolve(tier, dim, index)
+        allowed = index.allowed(filters)
+        total = index.chunks if allowed is None else int(allowed.sum())
+        collapses = index.chunks != index.manifest["documents"]
         n = min(total, k * oversample if rerank else (2 * k if collapses else k))
         timings = {"search": 0.0, "rerank": 0.0}
-        results: list[list[tuple[int, float]] | None] = [None] * len(vectors)
-        pending = np.arange(len(vectors))
+        results: list[list[tuple[int, float]] | None] = [[] for _ in range(len(vectors))] if not total else [None] * len(vectors)
+        pending = np.arange(len(vectors)) if total else np.arange(0)
+        selector = _Selector(allowed) if allowed is not None else None
         while len(pending):
-            rows, scores = self._ranked(vectors[pending], search_dim, rerank, n, timings)
+            if selector is not None and n >= total:  # every allowed row: rank them all exactly
+                rows, scores = self._exhaustive(index, vectors[pending], np.flatnonzero(allowed),
+                                                index.full_dim if rerank else search_dim, timings)
+            else:
+                rows, scores = self._ranked(index, vectors[pending], search_dim, rerank, n, timings, selector)
             still = []
             for q, r, s in zip(pending, rows, scores):
-                hits = collapse(r, s, self.index.chunk_doc, k)
+                hits = collapse(r, s, index.chunk_doc, k)
                 if len(hits) < k and n < total:
                     still.append(q)
                 else:
@@ -212,11 +255,23 @@ class Searcher:
             pending, n = np.array(still, dtype=int), min(total, 2 * n)
         return results, timings
 
-    def _ranked(self, vectors, dim, rerank, n, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    @staticmethod
+    def _exhaustive(index, vectors, rows, dim, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
         started = time.perf_counter()
-        index = self.index.faiss_index(dim)
-        params = faiss.SearchParametersHNSW(efSearch=max(n, 16)) if self.index.index_type(dim) == "hnsw" else None
-        scores, rows = index.search(prefix(vectors, dim), n, params=params)
+        scores, order = faiss.knn(prefix(vectors, dim), prefix(index.vectors[rows], dim), len(rows),
+                                  metric=faiss.METRIC_INNER_PRODUCT)
+        timings["search"] += (time.perf_counter() - started) * 1000
+        return [rows[o] for o in order], list(scores)
+
+    @staticmethod
+    def _ranked(index, vectors, dim, rerank, n, timings, selector=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        started = time.perf_counter()
+        sel = selector.faiss if selector is not None else None
+        if index.index_type(dim) == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(n, 16), sel=sel) if sel else faiss.SearchParametersHNSW(efSearch=max(n, 16))
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel else None
+        scores, rows = index.faiss_index(dim).search(prefix(vectors, dim), n, params=params)
         timings["search"] += (time.perf_counter() - started) * 1000
         if not rerank:
             return list(rows), list(scores)
@@ -232,10 +287,17 @@ class Searcher:
             # thread pool, which fights faiss's OpenMP threads: 9-12 ms instead of ~1 ms for 500
             # candidates x 1024 dims on 2 cores (measured; see README, "Benchmarks at scale").
             scores, order = faiss.knn(np.ascontiguousarray(query[None, :], dtype=np.float32),
-                                      self.index.vectors[candidates].astype(np.float32), len(candidates),
+                                      index.vectors[candidates].astype(np.float32), len(candidates),
                                       metric=faiss.METRIC_INNER_PRODUCT)
             out_rows.append(candidates[order[0]])
             out_scores.append(scores[0])
         timings["rerank"] += (time.perf_counter() - started) * 1000
         return out_rows, out_scores
 
+
+class _Selector:
+    """A faiss IDSelectorBitmap over allowed rows, holding the bitmap it points into."""
+
+    def __init__(self, allowed: np.ndarray):
+        self.bitmap = np.packbits(allowed, bitorder="little")
+        self.faiss = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self.bitmap))

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import numpy as np
 import sqlite_utils
 
 from medsearch.chunking import Chunk
@@ -15,12 +16,31 @@ from medsearch.corpus import Document
 from medsearch.errors import NotFoundError
 
 
+# Fields a filter can name besides metadata keys (filters.py); each has an SQLite index.
+COLUMNS = ("id", "title", "source", "url")
+MAX_INDEXED_KEYS = 64  # metadata keys that get an expression index (filters on others still work, slower)
+
+
 def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> None:
+    """A new docs.db: documents (ordinal = position in `documents`), chunks (row = position in
+    `chunks`, `doc` = a document ordinal), FTS5 over chunk text kept in sync by triggers."""
     db = sqlite_utils.Database(path)
+    insert_documents(db, documents, first_ordinal=0)
+    db["documents"].create_index(["id"], unique=True)
+    for column in ("source", "url"):
+        db["documents"].create_index([column])
+    insert_chunks(db, chunks, first_row=0)
+    db["chunks"].create_index(["doc"])
+    db["chunks"].enable_fts(["text"], tokenize="porter", create_triggers=True)
+    index_metadata_keys(db)
+    db.close()
+
+
+def insert_documents(db: sqlite_utils.Database, documents: list[Document], first_ordinal: int) -> None:
     db["documents"].insert_all(
         (
             {
-                "ordinal": i,
+                "ordinal": first_ordinal + i,
                 "id": d.id,
                 "title": d.title,
                 "text": d.text,
@@ -34,18 +54,41 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
         pk="ordinal",
         batch_size=2000,
     )
-    db["documents"].create_index(["id"], unique=True)
+
+
+def insert_chunks(db: sqlite_utils.Database, chunks: list[Chunk], first_row: int, doc_offset: int = 0) -> None:
+    """Chunk rows first_row, first_row + 1, ...; `doc_offset` is added to each chunk's `doc`."""
     db["chunks"].insert_all(
         (
-            {"row": row, "doc": c.doc, "position": c.position, "start": c.start, "end": c.end, "text": c.text}
-            for row, c in enumerate(chunks)
+            {"row": first_row + i, "doc": doc_offset + c.doc, "position": c.position, "start": c.start,
+             "end": c.end, "text": c.text}
+            for i, c in enumerate(chunks)
         ),
         pk="row",
         foreign_keys=[("doc", "documents", "ordinal")],
         batch_size=2000,
     )
-    db["chunks"].enable_fts(["text"], tokenize="porter")
-    db.close()
+
+
+def metadata_keys(db: sqlite_utils.Database) -> list[str]:
+    """Every key that some document's metadata has."""
+    return [r["key"] for r in db.query(
+        "SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j ORDER BY j.key"
+    )]
+
+
+def index_metadata_keys(db: sqlite_utils.Database) -> None:
+    """An expression index per metadata key, so a filter on it is evaluated from the index."""
+    for key in metadata_keys(db)[:MAX_INDEXED_KEYS]:
+        name = "meta_" + re.sub(r"\W", "_", key)
+        db.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON documents ({metadata_expression(key, "")})')
+
+
+def metadata_expression(key: str, table: str = "d.") -> str:
+    """SQL for a top-level metadata key's value; the same text in the index and in filters, so
+    SQLite uses the index. The key is quoted as a JSON path and as an SQL literal: any key is safe."""
+    path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"json_extract({table}metadata, '{path.replace(chr(39), chr(39) * 2)}')"
 
 
 # Words left out of the snippet's FTS5 match: they are in nearly every chunk, so matching them costs
@@ -120,9 +163,31 @@ class DocStore:
         document["metadata"] = json.loads(document["metadata"] or "{}")
         return document
 
+    def chunk_rows(self) -> np.ndarray:
+        """Rows of the live chunks (the others were replaced or deleted)."""
+        return np.fromiter((r[0] for r in self.db.execute("SELECT row FROM chunks")), dtype=np.int64)
+
+    def rows_where(self, where: str, params: list) -> np.ndarray:
+        """Rows of the live chunks whose document matches an SQL condition on `d` (filters.py)."""
+        sql = f"SELECT c.row FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE {where}"
+        return np.fromiter((r[0] for r in self.db.execute(sql, params)), dtype=np.int64)
+
+    def hashes(self) -> dict[str, str]:
+        """Document id -> content hash, for every document."""
+        return dict(self.db.execute("SELECT id, content_hash FROM documents").fetchall())
+
+    def counts(self) -> tuple[int, int]:
+        """(documents, live chunks)."""
+        return (self.db.execute("SELECT count(*) FROM documents").fetchone()[0],
+                self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
     def doc_ids(self) -> list[str]:
-        """Document ids in ordinal order (`chunk_doc.npy` holds ordinals)."""
-        return [r["id"] for r in self.db.query("SELECT id FROM documents ORDER BY ordinal")]
+        """Document id by ordinal (`chunk_doc.npy` holds ordinals; "" where a document was deleted)."""
+        rows = self.db.execute("SELECT ordinal, id FROM documents").fetchall()
+        ids = [""] * (max((o for o, _ in rows), default=-1) + 1)
+        for ordinal, doc_id in rows:
+            ids[ordinal] = doc_id
+        return ids
 
     def close(self) -> None:
         """Close every thread's connection (call once no thread uses the store any more)."""

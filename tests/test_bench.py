@@ -142,6 +142,6 @@ def test_funnel_sweep_uses_the_index_it_names(tmp_path):
     assert searcher.index.index_type(64) == "hnsw"
     rows = funnel_sweep(searcher, queries_for(docs, 20, 1.25, 0.0, 1.0), [1, 3], tmp_path)
     classes = {(r["candidate_dim"], r["index_type"]): r["faiss_class"] for r in rows}
-    assert classes == {(64, "flat"): "IndexFlatIP", (64, "hnsw"): "IndexHNSWFlat", (64, "ivf nprobe 256"): "IndexIVFFlat",
+    assert classes == {(64, "flat"): "IndexFlat", (64, "hnsw"): "IndexHNSWFlat", (64, "ivf nprobe 256"): "IndexIVFFlat",
                        (128, "hnsw"): "IndexHNSWFlat"}
     assert searcher.index.manifest["tier_dims"]["fast"] == 64 and type(searcher.index.faiss_index(64)).__name__ == "IndexHNSWFlat"

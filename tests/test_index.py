@@ -37,11 +37,15 @@ def test_prefix_is_renormalised_truncate_dim_and_leaves_input_alone(minilm):
 
 def test_build_384(tmp_path, small_corpus, minilm):
     manifest = build_index(small_corpus, tmp_path / "idx", minilm)
-    files = {p.name for p in (tmp_path / "idx").iterdir()}
+    assert {p.name for p in (tmp_path / "idx").iterdir()} == {"CURRENT", ".lock", "gen-000001"}
+    assert (tmp_path / "idx" / "CURRENT").read_text() == "gen-000001\n"
+    files = {p.name for p in (tmp_path / "idx" / "gen-000001").iterdir()}
     assert files == {"manifest.json", "docs.db", "vectors.npy", "chunk_doc.npy", "dim64.faiss", "dim128.faiss", "dim384.faiss"}
     assert manifest["documents"] == 8 and manifest["chunks"] > 8  # the long document is chunked
     assert manifest["index_types"] == {"64": "flat", "128": "flat", "384": "flat"}
-    assert json.loads((tmp_path / "idx" / "manifest.json").read_text()) == manifest
+    assert manifest["faiss_factories"] == {"64": "Flat", "128": "Flat", "384": "Flat"} and manifest["dead_chunks"] == 0
+    assert manifest["metadata_fields"] == ["section"]
+    assert json.loads((tmp_path / "idx" / "gen-000001" / "manifest.json").read_text()) == manifest
     idx = open_index(tmp_path / "idx")
     assert idx.vectors.dtype == np.float16 and idx.vectors.shape == (manifest["chunks"], 384)
     assert isinstance(idx.vectors, np.memmap)
@@ -93,7 +97,7 @@ def test_same_weights_other_path_is_accepted(tmp_path, small_corpus, minilm):
 
 def test_format_version_mismatch_is_refused(tmp_path, small_corpus, minilm):
     build_index(small_corpus, tmp_path / "idx", minilm)
-    path = tmp_path / "idx" / "manifest.json"
+    path = tmp_path / "idx" / "gen-000001" / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["format_version"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(manifest))
@@ -102,6 +106,12 @@ def test_format_version_mismatch_is_refused(tmp_path, small_corpus, minilm):
     path.write_text("{not json")
     with pytest.raises(IndexFormatError, match="unreadable manifest"):
         open_index(tmp_path / "idx")
+    (tmp_path / "v1").mkdir()  # format 1 kept its files in the folder itself
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(IndexFormatError, match="has index format 1, this medsearch .* reads format 2"):
+        open_index(tmp_path / "v1")
+    build_index(small_corpus, tmp_path / "v1", minilm)  # a rebuild replaces it
+    assert open_index(tmp_path / "v1").manifest["documents"] == 8 and not (tmp_path / "v1" / "manifest.json").exists()
 
 
 def test_missing_and_foreign_folders(tmp_path, small_corpus, minilm):
@@ -128,16 +138,16 @@ def test_failed_rebuild_keeps_the_previous_index(tmp_path, small_corpus, minilm,
     with pytest.raises(RuntimeError, match="killed while writing"):
         build_index(small_corpus, target, minilm)
     assert open_index(target).manifest == first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "small"]  # no temporary left behind
+    assert sorted(p.name for p in target.iterdir()) == [".lock", "CURRENT", "gen-000001"]  # no temporary left behind
     hits = Searcher(open_index(target), minilm).search(["bladder infection"], k=1)[0].hits
     assert hits[0].id == "uti"
 
 
 def test_leftovers_of_a_killed_build_are_ignored_and_cleared(tmp_path, small_corpus, minilm):
-    stale = tmp_path / ".idx.tmp-123"
-    stale.mkdir()
+    stale = tmp_path / "idx" / ".tmp-123"
+    stale.mkdir(parents=True)
     (stale / "docs.db").write_text("half written")
-    with pytest.raises(MedsearchError, match="no index at"):
+    with pytest.raises(MedsearchError, match="is not a medsearch index"):
         open_index(tmp_path / "idx")
     build_index(small_corpus, tmp_path / "idx", minilm)
     assert not stale.exists()
@@ -150,6 +160,7 @@ def test_rebuild_replaces_the_index(tmp_path, small_corpus, minilm):
     smaller.write_text('{"id": "only", "text": "a single document about gout"}\n')
     manifest = build_index(smaller, tmp_path / "idx", minilm)
     assert manifest["documents"] == 1 and open_index(tmp_path / "idx").manifest["documents"] == 1
+    assert open_index(tmp_path / "idx").generation == 2
 
 
 def test_bad_vector_dtype(tmp_path, small_corpus, minilm):

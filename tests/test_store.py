@@ -11,7 +11,7 @@ from medsearch.store import DocStore
 
 
 def test_read_only_and_usable_from_many_threads(bundled_index):
-    store = DocStore(bundled_index / "docs.db")
+    store = DocStore(open_index(bundled_index).folder / "docs.db")
     rows = list(range(open_index(bundled_index).chunks))
     expected = {row: info["id"] for row, info in store.hydrate(rows).items()}
 
@@ -33,7 +33,7 @@ def test_read_only_and_usable_from_many_threads(bundled_index):
 
 
 def test_document_lookup(bundled_index, tmp_path):
-    store = DocStore(bundled_index / "docs.db")
+    store = DocStore(open_index(bundled_index).folder / "docs.db")
     doc = store.document("doc-020")
     assert doc["title"] == "Type 2 diabetes: early signs" and doc["metadata"] == {"topic": "condition"}
     with pytest.raises(NotFoundError, match="no document with id 'nope'"):
@@ -43,7 +43,7 @@ def test_document_lookup(bundled_index, tmp_path):
 
 
 def test_snippet_match_ignores_stopwords(bundled_index):
-    store = DocStore(bundled_index / "docs.db")
+    store = DocStore(open_index(bundled_index).folder / "docs.db")
     row = next(r for r, info in store.hydrate(list(range(50))).items() if info["id"] == "doc-020")
     only_stopwords = store.hydrate([row], query="what are the signs of it")[row]["highlight"]
     assert only_stopwords is None or "signs" in only_stopwords  # 'signs' is the only content word

@@ -1,0 +1,140 @@
+"""Committed generations of an index folder, and the one-writer lock.
+
+    indexes/<name>/
+      CURRENT        the committed generation's folder name, replaced atomically
+      gen-000007/    a complete index: manifest.json, docs.db, vectors.npy, dim{N}.faiss ...
+      gen-000006/    the one before (kept: a reader may still be on it)
+      .lock          held (flock) by the one writer
+
+A write builds the next generation in a temporary folder beside the others, fsyncs it, renames
+it to `gen-NNNNNN`, then replaces CURRENT: until that last rename every reader, and every
+process that opens the index, sees the previous generation whole; after it, the new one.
+A writer killed at any moment leaves at most a temporary folder, which the next writer removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from medsearch.errors import MismatchError
+
+POINTER = "CURRENT"
+LOCK = ".lock"
+_GENERATION = re.compile(r"^gen-(\d{6,})$")
+# Generations older than the current and the previous one are removed once this old: a service
+# that opened one a moment ago may still read it (it moves to the newest one on its next query).
+KEEP_SECONDS = 300
+
+
+class IndexLockedError(MismatchError):
+    """Another process is writing to this index."""
+
+
+def current(root: Path) -> Path | None:
+    """The committed generation's folder, or None when the folder has none."""
+    try:
+        name = (root / POINTER).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return root / name if _GENERATION.match(name) else None
+
+
+def number(folder: Path) -> int:
+    match = _GENERATION.match(folder.name)
+    return int(match.group(1)) if match else 0
+
+
+def new_folder(root: Path) -> Path:
+    """A temporary folder inside `root` for the next generation (removed by `commit` or `discard`)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+
+
+def commit(root: Path, tmp: Path) -> Path:
+    """Make the finished folder `tmp` the current generation; return its final path."""
+    previous = current(root)
+    following = max([number(p) for p in root.glob("gen-*")] + [number(previous) if previous else 0]) + 1
+    target = root / f"gen-{following:06d}"
+    _fsync_tree(tmp)
+    os.replace(tmp, target)
+    pointer = root / f".{POINTER}.tmp-{os.getpid()}"
+    with open(pointer, "w") as handle:
+        handle.write(target.name + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(pointer, root / POINTER)
+    _fsync_dir(root)
+    prune(root)
+    return target
+
+
+def discard(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune(root: Path) -> None:
+    """Remove temporary folders of killed writers and generations no reader should still need."""
+    now = time.time()
+    committed = current(root)
+    keep = sorted((p for p in root.glob("gen-*") if p.is_dir()), key=number)[-2:]
+    for path in root.iterdir():
+        if path.name.startswith(".tmp-") or path.name.startswith(f".{POINTER}.tmp-"):
+            _remove(path)
+        elif _GENERATION.match(path.name) and path not in keep and path != committed:
+            if now - path.stat().st_mtime > KEEP_SECONDS:
+                _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def writer_lock(root: Path):
+    """Hold the index's writer lock for the block; a second writer gets IndexLockedError at once.
+    The lock is an flock: the kernel releases it when the holder dies, even by kill -9."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise IndexLockedError(f"{root} is being written by {holder}; try again when it has finished") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
