@@ -85,6 +85,7 @@ def cli():
     medsearch query "early signs of type 2 diabetes" --tier fast
     medsearch query --queries questions.jsonl --json
     medsearch info                                what an index holds
+    medsearch add new-docs/                       upsert documents; delete ID; compact
     medsearch serve                               the search page and HTTP API on :8000
     medsearch train PAIRS --out models/tuned      Matryoshka fine-tuning
     medsearch eval DATA_DIR --model default --model models/tuned
@@ -99,21 +100,84 @@ def cli():
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Passages per encoder batch.")
 @click.option("--vector-dtype", type=click.Choice(VECTOR_DTYPES), default="float16", show_default=True, help="Storage of the full-dim vectors used for re-ranking.")
 @click.option("--chunk-overlap", type=click.IntRange(min=0), default=None, help="Tokens shared by consecutive chunks of a long document [default: window/8].")
+@click.option("--rebuild", is_flag=True, help="Encode the whole corpus again even if the index is up to date with this model.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index(path, index_dir, model, device, batch_size, vector_dtype, chunk_overlap, quiet):
+def index(path, index_dir, model, device, batch_size, vector_dtype, chunk_overlap, rebuild, quiet):
     """Index the corpus at PATH (a folder, a BEIR folder or a .jsonl/.csv/.txt/.md file).
 
-    Encodes every document once at the model's full dimension and writes one FAISS index per
-    tier dimension. The folder is replaced atomically: a failed run leaves the old index intact.
+    A new index encodes every document once at the model's full dimension and writes one FAISS
+    index per tier dimension. An existing index of the same model is brought up to date: new and
+    changed documents are encoded, documents no longer in PATH are deleted, the rest costs
+    nothing (--rebuild encodes everything). Every write is a new generation of the folder,
+    switched to atomically: a failed run leaves the previous one answering.
     """
+    from medsearch.updates import sync
+
     encoder = Encoder(model, device=device, batch_size=batch_size)
-    manifest = build_index(path, index_dir, encoder, vector_dtype=vector_dtype, chunk_overlap=chunk_overlap, progress=not quiet)
-    seconds = manifest["build_seconds"]
-    click.echo(
-        f"Indexed {manifest['documents']} documents ({manifest['chunks']} chunks) with {manifest['model']['name']} "
-        f"in {seconds:.1f}s ({manifest['documents'] / seconds:.1f} docs/s) -> {index_dir}"
-    )
+    report = sync(path, index_dir, encoder, rebuild=rebuild, progress=not quiet, vector_dtype=vector_dtype,
+                  chunk_overlap=chunk_overlap)
+    manifest = report.manifest
+    if "build_seconds" in manifest and report.updated == report.unchanged == report.deleted == 0:
+        seconds = manifest["build_seconds"]
+        click.echo(
+            f"Indexed {manifest['documents']} documents ({manifest['chunks']} chunks) with {manifest['model']['name']} "
+            f"in {seconds:.1f}s ({manifest['documents'] / seconds:.1f} docs/s) -> {index_dir}"
+        )
+    else:
+        click.echo(f"Updated {index_dir}: {report.summary()}")
     click.echo("Tiers: " + ", ".join(f"{tier}={dim}" for tier, dim in manifest["tier_dims"].items()))
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@index_option
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def add(path, index_dir, device, quiet):
+    """Add or update the documents at PATH (any corpus format) in an existing index.
+
+    Upsert by id: new documents are added, changed ones re-encoded (their old chunks die),
+    unchanged ones cost nothing; documents not in PATH stay. The index's own model encodes them,
+    and loads only if something needs encoding.
+    """
+    from medsearch.updates import upsert
+
+    spec = open_index(index_dir).manifest["model"]["spec"]
+    report = upsert(index_dir, path, lambda: Encoder(spec, device=device), progress=not quiet)
+    click.echo(f"{index_dir}: {report.summary()}")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@index_option
+@click.option("--ids-file", type=click.Path(dir_okay=False), default=None, help="A file with one document id a line.")
+def delete(ids, index_dir, ids_file):
+    """Delete documents by id from every tier at once (unknown ids: an error, nothing deleted)."""
+    from medsearch.updates import delete as delete_documents
+
+    ids = list(ids)
+    if ids_file:
+        from medsearch.corpus import read_text
+
+        if not Path(ids_file).is_file():
+            raise click.BadParameter(f"file not found: {ids_file}", param_hint="'--ids-file'")
+        ids += [line.strip() for line in read_text(Path(ids_file)).splitlines() if line.strip()]
+    if not ids:
+        raise click.UsageError("give document IDs or --ids-file")
+    report = delete_documents(index_dir, ids)
+    click.echo(f"{index_dir}: {report.summary()}")
+
+
+@cli.command()
+@index_option
+def compact(index_dir):
+    """Rewrite the index without the rows of deleted and replaced documents (no re-encoding).
+
+    Writes compact by themselves once more than 30% of the rows are dead."""
+    from medsearch.updates import compact as compact_index
+
+    report = compact_index(index_dir)
+    click.echo(f"{index_dir}: {report.summary() if report.compacted else 'no dead rows: nothing to compact'}")
 
 
 @cli.command()
@@ -124,10 +188,11 @@ def index(path, index_dir, model, device, batch_size, vector_dtype, chunk_overla
 @click.option("--dim", type=int, default=None, help="Search this stored prefix dim directly (overrides --tier).")
 @click.option("--k", "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Documents to return.")
 @click.option("--oversample", default=DEFAULT_OVERSAMPLE, show_default=True, type=click.IntRange(min=1), help="fast tier: candidates = k x oversample.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per query (query_id, query, results[id, score, title, snippet], timings_ms).")
+@click.option("--filter", "filters", multiple=True, metavar="FIELD=VALUE", help="Only documents whose field (source, url, title, id or a metadata field) matches: field=value, field!=value, field>=number, field<=number; repeat to AND them.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query (query_id, query, results[id, score, title, snippet, url, source, metadata], timings_ms).")
 @click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
 @device_option
-def query(text, queries_file, index_dir, tier, dim, k, oversample, as_json, model, device):
+def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, as_json, model, device):
     """Search the index for TEXT, or for every query in --queries FILE (encoded in one pass)."""
     if (text is None) == (queries_file is None):
         raise MedsearchError("give a query TEXT or --queries FILE (one of them)")
@@ -138,7 +203,8 @@ def query(text, queries_file, index_dir, tier, dim, k, oversample, as_json, mode
         if not text.strip():
             raise MedsearchError("empty query: give some text to search for")
     searcher = Searcher.open(index_dir, model=model, device=device)
-    results = searcher.search(texts, query_ids=ids, tier=tier, k=k, dim=dim, oversample=oversample)
+    searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
+    results = searcher.search(texts, query_ids=ids, tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
     for result in results:
         if as_json:
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
@@ -166,7 +232,9 @@ def info(index_dir, as_json):
     idx = open_index(index_dir)
     files = idx.files()
     if as_json:
-        click.echo(json.dumps({**idx.manifest, "files": files}, indent=2, ensure_ascii=False))
+        live = idx.manifest["chunks"] - idx.manifest["dead_chunks"]
+        click.echo(json.dumps({**idx.manifest, "live_chunks": live, "generation": idx.generation, "files": files},
+                              indent=2, ensure_ascii=False))
         return
     m = idx.manifest
     rows = [
@@ -174,7 +242,9 @@ def info(index_dir, as_json):
         ("model", f"{m['model']['name']} (fingerprint {m['model']['fingerprint']})"),
         ("dims", f"full {m['full_dim']}, stored {', '.join(str(d) for d in idx.dims)}"),
         ("tiers", ", ".join(f"{t}={d} ({m['index_types'][str(d)]})" for t, d in m["tier_dims"].items())),
-        ("documents", f"{m['documents']} ({m['chunks']} chunks)"),
+        ("documents", f"{m['documents']} ({m['chunks'] - m['dead_chunks']} live chunks, {m['dead_chunks']} dead rows of {m['chunks']})"),
+        ("generation", f"{idx.generation}" + (f", updated {m['updated']}" if m.get("updated") else "")),
+        ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
         ("vectors", m["vector_dtype"]),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
         ("built", f"{m['created']} in {m['build_seconds']}s by medsearch {m['medsearch_version']}"),

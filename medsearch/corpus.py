@@ -161,6 +161,27 @@ def _read_plain(content: str, name: str, markdown: bool) -> Document:
     return Document(id=name, text=text, title=title, source=name, origin=name)
 
 
+def documents_from_records(records: list, where: str = "document") -> list[Document]:
+    """Documents from JSON objects (an HTTP request body): each needs an `id` and a `text`; the
+    other fields as in a .jsonl corpus."""
+    documents, seen = [], set()
+    for number, record in enumerate(records, start=1):
+        origin = f"{where} {number}"
+        if not isinstance(record, dict):
+            raise BadInputError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+        raw_id = record.get("_id", record.get("id"))
+        if raw_id is None or str(raw_id).strip() == "":
+            raise BadInputError(f"{origin}: missing or empty 'id'")
+        doc = _record_to_document(record, origin, source="", default_id="")
+        if doc.id in seen:
+            raise BadInputError(f"{origin}: duplicate document id '{doc.id}'")
+        seen.add(doc.id)
+        documents.append(doc)
+    if not documents:
+        raise BadInputError("no documents given")
+    return documents
+
+
 def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
     """(ids, texts) from a JSONL file (`_id`/`id`/`query_id`, `text`/`query`) or a text file, one a line."""
     file = Path(path)

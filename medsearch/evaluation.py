@@ -238,7 +238,7 @@ def evaluate_models(
     for spec in models:
         encoder = Encoder(spec, device=device)
         dims = matryoshka_dims(encoder.dim)
-        index_dir = Path(cache) / f"{encoder.fingerprint}-{corpus_fingerprint(documents)}"
+        index_dir = Path(cache) / f"{encoder.fingerprint}-{corpus_fingerprint((d.id, d.content_hash) for d in documents)}"
         if not index_exists(index_dir):
             build_index(data_dir, index_dir, encoder, extra_dims=tuple(dims), progress=progress)
         searcher = Searcher(open_index(index_dir), encoder)

@@ -13,13 +13,14 @@ over the live rows) until `compact` rewrites the generation without them (update
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -68,10 +69,11 @@ def build_faiss(vectors: np.ndarray, kind: str) -> faiss.Index:
     return index
 
 
-def corpus_fingerprint(documents: list[Document]) -> str:
+def corpus_fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
+    """Hash of (document id, content hash) pairs in order."""
     digest = hashlib.sha256()
-    for d in documents:
-        digest.update(f"{d.id}\t{d.content_hash}\n".encode())
+    for doc_id, content_hash in pairs:
+        digest.update(f"{doc_id}\t{content_hash}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -101,7 +103,8 @@ def build_index(
         "max_tokens": encoder.max_tokens,
         "documents": len(documents),
         "corpus": str(corpus),
-        "corpus_fingerprint": corpus_fingerprint(documents),
+        "corpus_fingerprint": corpus_fingerprint((d.id, d.content_hash) for d in documents),
+        "chunk_overlap": chunk_overlap,
         "metadata_fields": sorted({key for d in documents for key in d.metadata}),
         "encode_seconds": round(time.perf_counter() - started, 3),
     }
@@ -134,11 +137,15 @@ def write_index(
     hnsw_min_chunks: int = HNSW_MIN_CHUNKS,
     extra_dims: tuple[int, ...] = (),
     started: float | None = None,
+    locked: bool = False,
+    stored_vectors: np.ndarray | None = None,
 ) -> dict:
     """Write full-dim normalised `vectors` (one per chunk) as an index folder, atomically.
 
     `manifest` brings the model and corpus fields; this adds dims, index types and counts.
-    `write_docs` writes docs.db (benchmarks on synthetic vectors have none)."""
+    `write_docs` writes docs.db (benchmarks on synthetic vectors have none). `locked`: the caller
+    already holds the writer lock (a compaction), which also passes `stored_vectors`: the rows of
+    vectors.npy as they are, so that re-ranking scores do not move by a float16 rounding."""
     target = Path(index_dir)
     _check_target(target, vector_dtype)
     started = time.perf_counter() if started is None else started
@@ -162,12 +169,13 @@ def write_index(
     }
     manifest["faiss_factories"] = {d: FACTORIES[kind] for d, kind in manifest["index_types"].items()}
     manifest["dead_chunks"] = 0
-    with generations.writer_lock(target):
+    with (contextlib.nullcontext() if locked else generations.writer_lock(target)):
         tmp = generations.new_folder(target)
         try:
             if write_docs:
                 write_docs(tmp / "docs.db")
-            np.save(tmp / "vectors.npy", vectors.astype(vector_dtype, copy=False))
+            stored = vectors if stored_vectors is None else stored_vectors
+            np.save(tmp / "vectors.npy", stored.astype(vector_dtype, copy=False))
             np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
             for dim_str, kind in manifest["index_types"].items():
                 faiss.write_index(build_faiss(prefix(vectors, int(dim_str)), kind), str(tmp / f"dim{dim_str}.faiss"))

@@ -241,8 +241,7 @@ class Searcher:
         selector = _Selector(allowed) if allowed is not None else None
         while len(pending):
             if selector is not None and n >= total:  # every allowed row: rank them all exactly
-                rows, scores = self._exhaustive(index, vectors[pending], np.flatnonzero(allowed),
-                                                index.full_dim if rerank else search_dim, timings)
+                rows, scores = self._exhaustive(index, vectors[pending], np.flatnonzero(allowed), search_dim, rerank, timings)
             else:
                 rows, scores = self._ranked(index, vectors[pending], search_dim, rerank, n, timings, selector)
             still = []
@@ -255,11 +254,15 @@ class Searcher:
             pending, n = np.array(still, dtype=int), min(total, 2 * n)
         return results, timings
 
-    @staticmethod
-    def _exhaustive(index, vectors, rows, dim, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    @classmethod
+    def _exhaustive(cls, index, vectors, rows, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Rank every row in `rows` exactly: as re-rank candidates (fast tier), or against the tier
+        index's own vectors (read back from it), so the scores are those a search would give."""
+        if rerank:
+            return cls._rerank(index, vectors, [rows] * len(vectors), timings)
         started = time.perf_counter()
-        scores, order = faiss.knn(prefix(vectors, dim), prefix(index.vectors[rows], dim), len(rows),
-                                  metric=faiss.METRIC_INNER_PRODUCT)
+        stored = index.faiss_index(dim).reconstruct_batch(rows.astype(np.int64))
+        scores, order = faiss.knn(prefix(vectors, dim), stored, len(rows), metric=faiss.METRIC_INNER_PRODUCT)
         timings["search"] += (time.perf_counter() - started) * 1000
         return [rows[o] for o in order], list(scores)
 
@@ -275,6 +278,11 @@ class Searcher:
         timings["search"] += (time.perf_counter() - started) * 1000
         if not rerank:
             return list(rows), list(scores)
+        return Searcher._rerank(index, vectors, rows, timings)
+
+    @staticmethod
+    def _rerank(index, vectors, rows, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each query's candidate rows ranked exactly with the stored full-dim vectors."""
         started = time.perf_counter()
         out_rows, out_scores = [], []
         for query, candidates in zip(vectors, rows):

@@ -1,0 +1,260 @@
+"""Writes to a living index: upsert documents by content, delete them, compact dead rows away.
+
+Every write holds the index's writer lock and commits one new generation (generations.py), so
+readers keep answering from the previous one until the switch and a crash leaves it whole.
+
+- upsert: a document whose id exists with the same content hash costs nothing; a changed one is
+  re-chunked and re-encoded and its old chunks die; new ones are added. Only new and changed text
+  is encoded, and the model loads only if there is some.
+- delete: the documents and their chunks leave docs.db; their rows in the vectors and tier
+  indexes are dead, excluded inside every search (Index.allowed) until a compaction.
+- compact: rewrites the generation from the stored vectors of the live rows (no encoding); runs
+  by itself after a write that leaves more than AUTO_COMPACT_DEAD_FRACTION of the rows dead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import faiss
+import numpy as np
+import sqlite_utils
+
+from medsearch import generations
+from medsearch.chunking import Chunk, chunk_documents
+from medsearch.corpus import Document, read_corpus
+from medsearch.encoder import Encoder
+from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, NotFoundError
+from medsearch.index import (
+    HNSW_MIN_CHUNKS,
+    Index,
+    build_index,
+    check_model,
+    corpus_fingerprint,
+    open_index,
+    prefix,
+    write_index,
+    write_manifest,
+)
+from medsearch.store import index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
+
+# Past this share of dead rows a write compacts the index (dead rows cost search time: the
+# selector skips them inside faiss, but flat indexes still scan them; bench/living.py measures it).
+AUTO_COMPACT_DEAD_FRACTION = 0.3
+EncoderSource = Encoder | Callable[[], Encoder]
+
+
+@dataclass
+class WriteReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    compacted: bool = False
+    generation: int | None = None  # None: nothing to write, no new generation
+    manifest: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        m = self.manifest
+        head = (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, deleted {self.deleted}"
+                + ("; compacted" if self.compacted else ""))
+        where = f"generation {self.generation}" if self.generation is not None else "nothing to write"
+        return (f"{head} -> {where}: {m.get('documents', 0)} documents, {m.get('chunks', 0)} chunk rows "
+                f"({m.get('dead_chunks', 0)} dead), {self.seconds:.1f}s")
+
+
+def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, encoder: EncoderSource, *,
+           delete_missing: bool = False, progress: bool = False) -> WriteReport:
+    """Add new documents and replace changed ones (by id and content hash); with `delete_missing`,
+    also delete the documents that `documents` does not have (the index then mirrors a corpus).
+    `documents`: Document records, or a corpus path as `medsearch index` reads it. `encoder`: an
+    Encoder, or a function that loads one (called only when there is text to encode)."""
+    started = time.perf_counter()
+    docs = read_corpus(documents) if isinstance(documents, (str, Path)) else list(documents)
+    root = Path(index_dir)
+    with generations.writer_lock(root):
+        base = open_index(root)
+        hashes = base.store.hashes()
+        new = [d for d in docs if d.id not in hashes]
+        changed = [d for d in docs if d.id in hashes and hashes[d.id] != d.content_hash]
+        gone = set(hashes) - {d.id for d in docs} if delete_missing else set()
+        report = WriteReport(added=len(new), updated=len(changed), unchanged=len(docs) - len(new) - len(changed),
+                             deleted=len(gone), manifest=base.manifest)
+        if new or changed or gone:
+            _write(root, base, new + changed, [d.id for d in changed] + sorted(gone), encoder, progress, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def delete(index_dir: str | Path, ids: Iterable[str]) -> WriteReport:
+    """Delete documents by id from every tier at once; unknown ids are an error (nothing is written)."""
+    started = time.perf_counter()
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    if not ids:
+        raise BadInputError("no document ids given")
+    root = Path(index_dir)
+    with generations.writer_lock(root):
+        base = open_index(root)
+        hashes = base.store.hashes()
+        unknown = [i for i in ids if i not in hashes]
+        if unknown:
+            shown = ", ".join(f"'{i}'" for i in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise NotFoundError(f"no document with id {shown} in {root}; nothing was deleted")
+        report = WriteReport(deleted=len(ids), manifest=base.manifest)
+        _write(root, base, [], ids, None, False, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def compact(index_dir: str | Path) -> WriteReport:
+    """Rewrite the index without its dead rows, from the stored vectors (nothing is encoded)."""
+    started = time.perf_counter()
+    root = Path(index_dir)
+    with generations.writer_lock(root):
+        base = open_index(root)
+        report = WriteReport(manifest=base.manifest)
+        if base.manifest.get("dead_chunks"):
+            _compact(root, base, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild: bool = False,
+         progress: bool = False, **build_options) -> WriteReport:
+    """`medsearch index`: make the index mirror the corpus. An existing index of the same model
+    (and chunking) is updated in place, encoding only new and changed documents; otherwise, or
+    with `rebuild`, the corpus is encoded whole into a new generation."""
+    started = time.perf_counter()
+    base = None
+    if not rebuild:
+        try:
+            base = open_index(index_dir)
+        except (IndexNotFoundError, IndexFormatError):
+            base = None
+    same = (
+        base is not None
+        and base.manifest["model"]["fingerprint"] == encoder.fingerprint
+        and build_options.get("vector_dtype", base.manifest["vector_dtype"]) == base.manifest["vector_dtype"]
+        and build_options.get("chunk_overlap") in (None, base.manifest.get("chunk_overlap"))
+    )
+    if not same:
+        manifest = build_index(corpus, index_dir, encoder, progress=progress, **build_options)
+        return WriteReport(added=manifest["documents"], generation=open_index(index_dir).generation,
+                           manifest=manifest, seconds=time.perf_counter() - started)
+    return upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress)
+
+
+def _write(root: Path, base: Index, write: list[Document], remove: list[str], encoder: EncoderSource | None,
+           progress: bool, report: WriteReport) -> None:
+    """One new generation: `remove` (ids) leave docs.db, `write` documents are (re)inserted with
+    new chunk rows appended to the vectors and every tier index."""
+    vectors, chunks = None, []
+    if write:
+        encoder = encoder if isinstance(encoder, Encoder) else encoder()
+        check_model(base, encoder)
+        chunks = chunk_documents(write, encoder.tokenizer, encoder.max_tokens, encoder.profile.passage_prefix,
+                                 base.manifest.get("chunk_overlap"))
+        vectors = encoder.encode_passages([c.passage(write[c.doc].title) for c in chunks], progress=progress)
+    tmp = generations.new_folder(root)
+    try:
+        shutil.copyfile(base.folder / "docs.db", tmp / "docs.db")
+        db = sqlite_utils.Database(tmp / "docs.db")
+        with db.conn:
+            first_ordinal = db.execute("SELECT coalesce(max(ordinal), -1) + 1 FROM documents").fetchone()[0]
+            for start in range(0, len(remove), 500):
+                batch = remove[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                db.execute(f"DELETE FROM chunks WHERE doc IN (SELECT ordinal FROM documents WHERE id IN ({marks}))", batch)
+                db.execute(f"DELETE FROM documents WHERE id IN ({marks})", batch)
+            if write:
+                insert_documents(db, write, first_ordinal)
+                insert_chunks(db, chunks, first_row=base.chunks, doc_offset=first_ordinal)
+        index_metadata_keys(db)
+        documents, live_chunks = (db.execute("SELECT count(*) FROM documents").fetchone()[0],
+                                  db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        fingerprint = corpus_fingerprint(db.execute("SELECT id, content_hash FROM documents ORDER BY ordinal"))
+        fields = metadata_keys(db)
+        db.close()
+        if vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
+            for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims)]:
+                _link(base.folder / name, tmp / name)
+        else:
+            np.save(tmp / "vectors.npy", np.concatenate([base.vectors, vectors.astype(base.vectors.dtype)]))
+            np.save(tmp / "chunk_doc.npy", np.concatenate(
+                [base.chunk_doc, first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
+            for dim in base.dims:
+                index = faiss.read_index(str(base.folder / f"dim{dim}.faiss"))
+                index.add(prefix(vectors, dim))
+                faiss.write_index(index, str(tmp / f"dim{dim}.faiss"))
+        total = base.chunks + len(chunks)
+        manifest = {
+            **base.manifest,
+            "documents": documents,
+            "chunks": total,
+            "dead_chunks": total - live_chunks,
+            "corpus_fingerprint": fingerprint,
+            "metadata_fields": fields,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_manifest(tmp, manifest)
+        committed = generations.commit(root, tmp)
+    except BaseException:
+        generations.discard(tmp)
+        raise
+    report.generation, report.manifest = generations.number(committed), manifest
+    if total and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:
+        _compact(root, open_index(root), report)
+
+
+def _compact(root: Path, base: Index, report: WriteReport) -> None:
+    rows = np.sort(base.store.chunk_rows())
+    ordinals, documents = {}, []
+    for ordinal, doc in _documents(base):
+        ordinals[ordinal] = len(documents)
+        documents.append(doc)
+    chunks = [
+        Chunk(doc=ordinals[r["doc"]], position=r["position"], start=r["start"], end=r["end"], text=r["text"])
+        for r in base.store.db.query('SELECT doc, position, start, "end", text FROM chunks ORDER BY row')
+    ]
+    keep = {"model", "query_prefix", "passage_prefix", "max_tokens", "corpus", "chunk_overlap", "encode_seconds", "created"}
+    manifest = {key: value for key, value in base.manifest.items() if key in keep}
+    manifest.update(documents=len(documents), corpus_fingerprint=corpus_fingerprint((d.id, d.content_hash) for d in documents),
+                    metadata_fields=sorted({k for d in documents for k in d.metadata}),
+                    compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    extra = tuple(d for d in base.dims if d not in set(base.manifest["tier_dims"].values()))
+    hnsw_at = 0 if base.index_type(base.manifest["tier_dims"]["fast"]) == "hnsw" else HNSW_MIN_CHUNKS
+    written = write_index(root, _full_vectors(base, rows),
+                          np.array([c.doc for c in chunks], dtype=np.int32), manifest,
+                          write_docs=lambda path: write_store(path, documents, chunks),
+                          vector_dtype=base.manifest["vector_dtype"], hnsw_min_chunks=hnsw_at, extra_dims=extra, locked=True,
+                          stored_vectors=np.asarray(base.vectors[rows]))
+    report.compacted, report.manifest, report.generation = True, written, open_index(root).generation
+
+
+def _full_vectors(base: Index, rows: np.ndarray) -> np.ndarray:
+    """The float32 full-dim vectors of `rows`: read back from the full-dim flat index, which holds
+    them exactly (vectors.npy may be float16), so a compacted index answers with the same scores."""
+    if base.index_type(base.full_dim) == "flat":
+        return base.faiss_index(base.full_dim).reconstruct_batch(rows.astype(np.int64))
+    return np.asarray(base.vectors[rows], dtype=np.float32)
+
+
+def _documents(base: Index):
+    import json
+
+    for r in base.store.db.query("SELECT ordinal, id, title, text, source, url, metadata FROM documents ORDER BY ordinal"):
+        yield r["ordinal"], Document(id=r["id"], text=r["text"], title=r["title"], url=r["url"], source=r["source"],
+                                     metadata=json.loads(r["metadata"] or "{}"))
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)

@@ -1,0 +1,251 @@
+"""The living index: upsert, delete, compact, filters, generations and the writer lock, on every
+tier and on HNSW candidates too."""
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from medsearch import generations
+from medsearch.corpus import Document
+from medsearch.errors import BadInputError, MedsearchError, NotFoundError
+from medsearch.index import Index, build_index, open_index
+from medsearch.search import Searcher
+from medsearch.updates import AUTO_COMPACT_DEAD_FRACTION, compact, delete, sync, upsert
+
+from conftest import BUNDLED, SMALL_DOCS, write_jsonl
+
+TIERS = ("fast", "light", "standard", "deep")
+ZORBLAX = Document(id="zorblax", title="Zorblax fever",
+                   text="Zorblax fever is an invented tropical illness that paints purple spots on both knees.",
+                   metadata={"topic": "condition", "year": 2024})
+ZORBLAX_QUERY = "purple spots on both knees"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, minilm):
+    """The bundled corpus indexed once with flat and once with HNSW fast-tier candidates."""
+    out = {}
+    for kind in ("flat", "hnsw"):
+        out[kind] = tmp_path_factory.mktemp(kind) / "idx"
+        build_index(BUNDLED, out[kind], minilm, hnsw_min_chunks=0 if kind == "hnsw" else 10**9)
+        assert open_index(out[kind]).index_type(64) == kind
+    return out
+
+
+@pytest.fixture(params=["flat", "hnsw"])
+def live_index(request, built, tmp_path):
+    """A fresh copy of the bundled index, flat or HNSW candidates, for a test to change."""
+    shutil.copytree(built[request.param], tmp_path / "idx")
+    return tmp_path / "idx"
+
+
+def ids(searcher, query, tier, k=10, **kwargs):
+    return [h.id for h in searcher.search([query], tier=tier, k=k, **kwargs)[0].hits]
+
+
+def test_add_is_found_at_rank_one_in_every_tier(live_index, minilm):
+    report = upsert(live_index, [ZORBLAX], minilm)
+    assert (report.added, report.updated, report.unchanged, report.generation) == (1, 0, 0, 2)
+    searcher = Searcher(open_index(live_index), minilm)
+    for tier in TIERS:
+        assert ids(searcher, ZORBLAX_QUERY, tier)[0] == "zorblax", tier
+    manifest = open_index(live_index).manifest
+    assert manifest["documents"] == 188 and manifest["dead_chunks"] == 0 and manifest["chunks"] == 205
+
+
+def test_unchanged_costs_nothing_and_changed_replaces_the_old_text(live_index, minilm):
+    upsert(live_index, [ZORBLAX], minilm)
+
+    def no_model():
+        raise AssertionError("nothing to encode: the model must not load")
+
+    again = upsert(live_index, [ZORBLAX], no_model)
+    assert (again.unchanged, again.generation) == (1, None) and open_index(live_index).generation == 2
+    changed = Document(id="zorblax", title="Zorblax fever", text="Zorblax fever now turns both elbows bright green.",
+                       metadata={"topic": "symptom"})
+    report = upsert(live_index, [changed], minilm)
+    assert (report.updated, report.added) == (1, 0)
+    searcher = Searcher(open_index(live_index), minilm)
+    for tier in TIERS:
+        assert ids(searcher, "bright green elbows", tier)[0] == "zorblax"
+        hits = searcher.search([ZORBLAX_QUERY], tier=tier, k=200)[0].hits
+        assert [h.id for h in hits].count("zorblax") == 1  # the old chunk is dead: one hit, the new text
+        assert "purple" not in next(h.snippet for h in hits if h.id == "zorblax")
+    manifest = open_index(live_index).manifest
+    assert manifest["documents"] == 188 and manifest["dead_chunks"] == 1 and manifest["metadata_fields"] == ["topic"]
+
+
+def test_a_deleted_document_never_appears_in_any_tier(live_index, minilm):
+    searcher = Searcher(open_index(live_index), minilm)
+    query = "what are the early signs of type 2 diabetes"
+    assert ids(searcher, query, "deep")[0] == "doc-020"
+    report = delete(live_index, ["doc-020", "doc-019"])
+    assert report.deleted == 2 and report.generation == 2
+    for tier in TIERS:
+        everything = ids(searcher, query, tier, k=500)  # the same Searcher moves to the new generation
+        assert "doc-020" not in everything and "doc-019" not in everything
+        assert len(everything) == 185, tier
+    for dim in (64, 128, 384):
+        assert "doc-020" not in ids(searcher, query, "deep", k=500, dim=dim)
+    manifest = open_index(live_index).manifest
+    assert manifest["documents"] == 185 and manifest["dead_chunks"] == 2 and manifest["chunks"] == 204
+    with pytest.raises(NotFoundError, match="no document with id 'doc-020'.*nothing was deleted"):
+        delete(live_index, ["doc-021", "doc-020"])
+    assert open_index(live_index).manifest["documents"] == 185  # doc-021 is still there
+    with pytest.raises(MedsearchError, match="no document with id 'doc-020'"):
+        searcher.index.store.document("doc-020")
+
+
+def test_compact_drops_dead_rows_and_keeps_the_answers(live_index, minilm):
+    upsert(live_index, [ZORBLAX], minilm)
+    delete(live_index, ["doc-001", "doc-002", "doc-003"])
+    searcher = Searcher(open_index(live_index), minilm)
+    queries = [json.loads(line)["text"] for line in open(BUNDLED / "queries.jsonl")][:20] + [ZORBLAX_QUERY]
+    before = {t: searcher.search(queries, tier=t, k=10) for t in ("fast", "deep")}
+    report = compact(live_index)
+    index = open_index(live_index)
+    assert report.compacted and index.manifest["dead_chunks"] == 0
+    assert index.manifest["chunks"] == 202 and index.manifest["documents"] == 185 and index.live is None
+    assert index.index_type(64) == searcher.index.index_type(64)  # flat stays flat, HNSW stays HNSW
+    for tier, results in before.items():
+        for old, new in zip(results, searcher.search(queries, tier=tier, k=10)):
+            assert [h.id for h in new.hits] == [h.id for h in old.hits]
+            np.testing.assert_allclose([h.score for h in new.hits], [h.score for h in old.hits], atol=1e-5)
+    assert compact(live_index).compacted is False  # nothing dead: nothing written
+
+
+def test_many_dead_rows_compact_by_themselves(tmp_path, small_corpus, minilm):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    chunks = open_index(tmp_path / "idx").chunks
+    report = delete(tmp_path / "idx", ["hf-guide"])  # the long document: most of the rows
+    assert (chunks - 7) / chunks > AUTO_COMPACT_DEAD_FRACTION
+    assert report.compacted and open_index(tmp_path / "idx").manifest["dead_chunks"] == 0
+    assert open_index(tmp_path / "idx").chunks == 7
+
+
+def test_index_command_is_incremental(tmp_path, minilm):
+    corpus = write_jsonl(tmp_path / "c" / "docs.jsonl", SMALL_DOCS)
+    first = sync(corpus, tmp_path / "idx", minilm)
+    assert first.added == 8 and first.generation == 1
+    edited = [d for d in SMALL_DOCS if d["id"] != "flu"] + [{"id": "gout", "title": "Gout", "text": "Gout is a painful swollen big toe joint from uric acid crystals."}]
+    edited[0] = {**edited[0], "text": edited[0]["text"] + " Thirst is common."}
+    write_jsonl(corpus, edited)
+    report = sync(corpus, tmp_path / "idx", minilm)
+    assert (report.added, report.updated, report.deleted, report.unchanged) == (1, 1, 1, 6)
+    searcher = Searcher(open_index(tmp_path / "idx"), minilm)
+    assert ids(searcher, "painful swollen big toe", "deep")[0] == "gout" and "flu" not in ids(searcher, "flu", "deep", k=50)
+    rebuilt = sync(corpus, tmp_path / "idx", minilm, rebuild=True)
+    assert rebuilt.added == 8 and open_index(tmp_path / "idx").manifest["dead_chunks"] == 0
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_a_narrow_filter_still_returns_k_matching_documents(live_index, minilm, tier):
+    searcher = Searcher(open_index(live_index), minilm)
+    hits = searcher.search(["chest pain when climbing stairs"], tier=tier, k=10, filters=["topic=symptom"])[0].hits
+    assert len(hits) == 10 and all(h.metadata["topic"] == "symptom" for h in hits)  # 11 of 187 documents match
+    few = searcher.search(["pain"], tier=tier, k=10, filters=["topic=symptom", "id!=doc-004", "title!=Palpitations: a racing or fluttering heart"])[0].hits
+    assert len(few) == 9 and {"doc-004", "doc-017"}.isdisjoint(h.id for h in few)
+    assert searcher.search(["pain"], tier=tier, k=10, filters=["topic=nothing-has-this"])[0].hits == []
+
+
+def test_filters_on_numbers_sources_and_deleted_documents(tmp_path, minilm):
+    docs = [
+        {"id": f"d{i}", "title": f"Leaflet {i}", "text": f"Advice leaflet number {i} about blood pressure.", "year": 2015 + i,
+         "source": "MedlinePlus" if i % 2 else "NHS"}
+        for i in range(10)
+    ] + [{"id": "csv-like", "text": "A leaflet about blood pressure with a year stored as text.", "year": "2019"}]
+    build_index(write_jsonl(tmp_path / "d.jsonl", docs), tmp_path / "idx", minilm)
+    searcher = Searcher(open_index(tmp_path / "idx"), minilm)
+    found = lambda *filters: sorted(ids(searcher, "blood pressure", "deep", k=50, filters=list(filters)))  # noqa: E731
+    assert found("year>=2020", "year<=2022") == ["d5", "d6", "d7"]
+    assert found("year=2019") == ["csv-like", "d4"]  # a number and the same number as text
+    assert found("year>=2024") == ["d9"]
+    assert found("source=MedlinePlus", "year<=2018") == ["d1", "d3"]
+    assert found("source!=MedlinePlus") == ["csv-like", "d0", "d2", "d4", "d6", "d8"]
+    delete(tmp_path / "idx", ["d1"])
+    assert found("source=MedlinePlus", "year<=2018") == ["d3"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("topic", "malformed filter 'topic'"),
+    ("=symptom", "malformed filter '=symptom'"),
+    ("topic=", "no value after '='"),
+    ("year>=soon", "'>=' needs a number, not 'soon'"),
+    ("year<=nan", "needs a finite number"),
+    ("colour=red", "unknown filter field 'colour' \\(fields of this index: id, title, source, url, topic\\)"),
+])
+def test_bad_filters(live_index, minilm, bad, message):
+    searcher = Searcher(open_index(live_index), minilm)
+    with pytest.raises(BadInputError, match=message):
+        searcher.search(["fever"], filters=[bad])
+
+
+def test_one_writer_at_a_time(live_index, minilm):
+    with generations.writer_lock(live_index):
+        with pytest.raises(MedsearchError, match=r"is being written by pid \d+; try again when it has finished"):
+            upsert(live_index, [ZORBLAX], minilm)
+        with pytest.raises(MedsearchError, match="is being written"):
+            delete(live_index, ["doc-001"])
+    assert upsert(live_index, [ZORBLAX], minilm).added == 1  # the lock is free again
+
+
+def test_a_write_that_dies_before_the_switch_changes_nothing(live_index, minilm, monkeypatch):
+    searcher = Searcher(open_index(live_index), minilm)
+    before = searcher.search([ZORBLAX_QUERY], tier="deep", k=10)[0].hits
+
+    def crash(root, tmp):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(generations, "commit", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        upsert(live_index, [ZORBLAX], minilm)
+    monkeypatch.undo()
+    after = Searcher(open_index(live_index), minilm).search([ZORBLAX_QUERY], tier="deep", k=10)[0].hits
+    assert [(h.id, h.score) for h in after] == [(h.id, h.score) for h in before]
+    assert sorted(p.name for p in live_index.iterdir()) == [".lock", "CURRENT", "gen-000001"]
+
+
+def test_readers_keep_one_generation_while_a_writer_works(live_index, minilm):
+    """Threads query while another thread adds and deletes: no errors, and every answer is the
+    answer of one committed generation (each generation's answer computed afterwards)."""
+    searcher = Searcher(open_index(live_index), minilm)
+    query = "purple spots on the knees and fever"
+    vector = minilm.encode_queries([query])
+    answers, errors, stop = [], [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            try:
+                ranked, _ = searcher.search_vectors(vector, tier="fast", k=5)
+                answers.append(tuple(row for row, _ in ranked[0]))
+            except Exception as err:  # noqa: BLE001 (any error fails the test below)
+                errors.append(repr(err))
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    try:
+        for i in range(4):
+            upsert(live_index, [Document(id=f"z{i}", title="Zorblax fever", text=f"{ZORBLAX.text} Variant {i}.")], minilm)
+            delete(live_index, [f"doc-{i + 1:03d}"])
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert not errors and len(answers) > 10
+    expected = set()
+    for folder in sorted(live_index.glob("gen-*")):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        ranked, _ = Searcher(Index(live_index, manifest, folder), None).search_vectors(
+            vector, tier="fast", k=5, index=Index(live_index, manifest, folder))
+        expected.add(tuple(row for row, _ in ranked[0]))
+    assert len(expected) >= 3 and set(answers) <= expected
+
+
+def test_copying_an_index_folder_keeps_it_working(live_index, tmp_path, minilm):
+    upsert(live_index, [ZORBLAX], minilm)
+    shutil.copytree(live_index, tmp_path / "copy")
+    assert ids(Searcher(open_index(tmp_path / "copy"), minilm), ZORBLAX_QUERY, "fast")[0] == "zorblax"
