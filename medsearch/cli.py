@@ -270,9 +270,10 @@ def info(index_dir, as_json):
 @click.option("--max-queries", default=ServerSettings.max_queries, show_default=True, type=click.IntRange(min=1), help="Most queries in one POST /search.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads per encoder pass [default: cores / encode workers].")
 @click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
+@click.option("--writable", is_flag=True, help="Accept writes: POST /documents (add or replace) and DELETE /documents/ID.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
 def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
-          max_query_chars, max_queries, threads, search_threads, log_level):
+          max_query_chars, max_queries, threads, search_threads, writable, log_level):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, OpenAPI at /docs.
 
@@ -291,7 +292,7 @@ def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_w
             raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
     settings = ServerSettings(
         token=token, cors_origin=cors_origin, batching=not no_batching, batch_wait_ms=batch_wait_ms,
-        max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries, search_threads=search_threads,
+        max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries, search_threads=search_threads, writable=writable,
     )
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)

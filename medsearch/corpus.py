@@ -139,14 +139,17 @@ def _read_jsonl(content: str, name: str) -> Iterator[Document]:
 
 
 def _read_csv(content: str, name: str) -> Iterator[Document]:
-    reader = csv.DictReader(io.StringIO(content))
-    if not reader.fieldnames or "text" not in reader.fieldnames:
-        raise BadInputError(f"{name}:1: CSV header needs a 'text' column (found: {reader.fieldnames or 'nothing'})")
-    for record in reader:
-        origin = f"{name}:{reader.line_num}"
-        if None in record:
-            raise BadInputError(f"{origin}: more fields than the header has columns")
-        yield _record_to_document(record, origin, name, default_id=origin)
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    try:
+        if not reader.fieldnames or "text" not in reader.fieldnames:
+            raise BadInputError(f"{name}:1: CSV header needs a 'text' column (found: {reader.fieldnames or 'nothing'})")
+        for record in reader:
+            origin = f"{name}:{reader.line_num}"
+            if None in record:
+                raise BadInputError(f"{origin}: more fields than the header has columns")
+            yield _record_to_document(record, origin, name, default_id=origin)
+    except csv.Error as err:
+        raise BadInputError(f"{name}:{reader.line_num}: malformed CSV ({err})") from None
 
 
 def _read_plain(content: str, name: str, markdown: bool) -> Document:

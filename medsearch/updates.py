@@ -78,8 +78,9 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
     started = time.perf_counter()
     docs = read_corpus(documents) if isinstance(documents, (str, Path)) else list(documents)
     root = Path(index_dir)
+    open_index(root)  # no index: fail before the lock file is created
     with generations.writer_lock(root):
-        base = open_index(root)
+        base = open_index(root)  # again: another writer may have committed meanwhile
         hashes = base.store.hashes()
         new = [d for d in docs if d.id not in hashes]
         changed = [d for d in docs if d.id in hashes and hashes[d.id] != d.content_hash]
@@ -99,8 +100,9 @@ def delete(index_dir: str | Path, ids: Iterable[str]) -> WriteReport:
     if not ids:
         raise BadInputError("no document ids given")
     root = Path(index_dir)
+    open_index(root)  # no index: fail before the lock file is created
     with generations.writer_lock(root):
-        base = open_index(root)
+        base = open_index(root)  # again: another writer may have committed meanwhile
         hashes = base.store.hashes()
         unknown = [i for i in ids if i not in hashes]
         if unknown:
@@ -116,8 +118,9 @@ def compact(index_dir: str | Path) -> WriteReport:
     """Rewrite the index without its dead rows, from the stored vectors (nothing is encoded)."""
     started = time.perf_counter()
     root = Path(index_dir)
+    open_index(root)  # no index: fail before the lock file is created
     with generations.writer_lock(root):
-        base = open_index(root)
+        base = open_index(root)  # again: another writer may have committed meanwhile
         report = WriteReport(manifest=base.manifest)
         if base.manifest.get("dead_chunks"):
             _compact(root, base, report)

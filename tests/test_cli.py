@@ -123,3 +123,42 @@ def test_help_and_module_entry_points():
     for entry in (["-m", "medsearch"], [str(REPO / "cli.py")]):
         out = subprocess.run([sys.executable, *entry, "--version"], capture_output=True, text=True, cwd=REPO)
         assert out.returncode == 0 and "medsearch, version" in out.stdout
+
+
+def test_add_delete_compact_filter_and_info(tmp_path, cli_index):
+    import shutil
+
+    index = tmp_path / "idx"
+    shutil.copytree(cli_index, index)
+    new = write_jsonl(tmp_path / "new.jsonl", [
+        {"id": "zorblax", "title": "Zorblax fever", "text": "Zorblax fever paints purple spots on both knees.", "topic": "condition"},
+    ])
+    added = run("add", new, "--index", index, "-q")
+    assert added.exit_code == 0 and "added 1, updated 0, unchanged 0, deleted 0 -> generation 2: 188 documents" in added.output
+    assert "unchanged 1" in run("add", new, "--index", index, "-q").output
+    top = json.loads(run("query", "purple spots on the knees", "--index", index, "--json").output)["results"][0]
+    assert top["id"] == "zorblax"
+    deleted = run("delete", "zorblax", "doc-001", "--index", index)
+    assert deleted.exit_code == 0 and "deleted 2 -> generation 3: 186 documents" in deleted.output
+    info = run("info", "--index", index).output
+    assert "186 (203 live chunks, 2 dead rows of 205)" in info and "generation  3" in info and "topic" in info
+    as_json = json.loads(run("info", "--index", index, "--json").output)
+    assert (as_json["documents"], as_json["live_chunks"], as_json["dead_chunks"], as_json["generation"]) == (186, 203, 2, 3)
+    filtered = json.loads(run("query", "chest pain", "--index", index, "--filter", "topic=symptom", "--json").output)
+    assert len(filtered["results"]) == 10 and {h["metadata"]["topic"] for h in filtered["results"]} == {"symptom"}
+    compacted = run("compact", "--index", index)
+    assert compacted.exit_code == 0 and "compacted -> generation 4: 186 documents, 203 chunk rows (0 dead)" in compacted.output
+    assert "nothing to compact" in run("compact", "--index", index).output
+    (tmp_path / "ids.txt").write_text("doc-002\n\ndoc-003\n")
+    assert "deleted 2" in run("delete", "--ids-file", tmp_path / "ids.txt", "--index", index).output
+    for args, pattern in [
+        (["delete", "nope", "--index", index], "no document with id 'nope'"),
+        (["delete", "--index", index], "give document IDs or --ids-file"),
+        (["delete", "--ids-file", tmp_path / "none.txt", "--index", index], "'--ids-file': file not found"),
+        (["add", tmp_path / "missing.jsonl", "--index", index], "corpus path not found"),
+        (["add", new, "--index", tmp_path / "noindex"], "no index at"),
+        (["query", "x", "--index", index, "--filter", "topic"], "malformed filter 'topic'"),
+        (["query", "x", "--index", index, "--filter", "colour=red"], "unknown filter field 'colour'"),
+        (["compact", "--index", tmp_path / "noindex"], "no index at"),
+    ]:
+        assert_one_line_error(run(*args), pattern)

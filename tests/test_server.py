@@ -217,3 +217,67 @@ def test_a_failed_load_is_reported_and_stops_the_server(tmp_path):
 def test_settings_are_validated(searcher, bad, message):
     with pytest.raises(MedsearchError, match=message):
         create_app(searcher, ServerSettings(**bad))
+
+
+@pytest.fixture
+def writable(tmp_path, bundled_index, minilm):
+    import shutil
+
+    shutil.copytree(bundled_index, tmp_path / "idx")
+    searcher = Searcher(open_index(tmp_path / "idx"), minilm)
+    with TestClient(create_app(searcher, ServerSettings(writable=True, warm_up=False))) as client:
+        yield client, tmp_path / "idx"
+
+
+def test_writes_over_http_show_up_in_the_next_search(writable):
+    client, _ = writable
+    new = {"id": "zorblax", "title": "Zorblax fever", "text": "Zorblax fever paints purple spots on both knees.", "topic": "condition"}
+    added = client.post("/documents", json={"documents": [new]})
+    assert added.status_code == 200 and added.json() == {
+        "added": 1, "updated": 0, "unchanged": 0, "deleted": 0, "compacted": False, "generation": 2, "documents": 188}
+    for tier in ("fast", "deep"):
+        assert client.get("/search", params={"q": "purple spots on the knees", "tier": tier}).json()["results"][0]["id"] == "zorblax"
+    assert client.get("/documents/zorblax").json()["metadata"] == {"topic": "condition"}
+    again = client.post("/documents", json={"documents": [new]}).json()
+    assert again["unchanged"] == 1 and again["generation"] is None
+    gone = client.delete("/documents/zorblax")
+    assert gone.status_code == 200 and gone.json()["deleted"] == 1 and gone.json()["documents"] == 187
+    ids = [h["id"] for h in client.get("/search", params={"q": "purple spots on the knees", "k": 200}).json()["results"]]
+    assert "zorblax" not in ids and len(ids) == 187
+    assert client.get("/documents/zorblax").status_code == 404
+    assert client.get("/info").json()["generation"] == 3
+
+
+def test_a_write_by_another_process_is_picked_up_without_restart(writable, minilm):
+    from medsearch.updates import delete
+
+    client, path = writable
+    assert client.get("/search", params={"q": QUESTION, "k": 1}).json()["results"][0]["id"] == "doc-020"
+    delete(path, ["doc-020"])  # e.g. `medsearch delete doc-020` while the service runs
+    assert client.get("/search", params={"q": QUESTION, "k": 1}).json()["results"][0]["id"] != "doc-020"
+    assert client.get("/info").json()["documents"] == 186
+
+
+@pytest.mark.parametrize("method, url, body, status, message", [
+    ("POST", "/documents", {"documents": [{"id": "x"}]}, 400, "document 1: missing or empty 'text' field"),
+    ("POST", "/documents", {"documents": [{"text": "no id"}]}, 400, "document 1: missing or empty 'id'"),
+    ("POST", "/documents", {"documents": [{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]}, 400, "duplicate document id 'a'"),
+    ("POST", "/documents", {"documents": []}, 400, "documents: List should have at least 1 item"),
+    ("POST", "/documents", {"documents": ["text"]}, 400, "documents.0: Input should be a valid dictionary"),
+    ("DELETE", "/documents/nope", None, 404, "no document with id 'nope'"),
+])
+def test_bad_writes(writable, method, url, body, status, message):
+    client, _ = writable
+    response = client.request(method, url, json=body) if body is not None else client.request(method, url)
+    assert response.status_code == status and message in response.json()["error"]
+
+
+def test_read_only_by_default_and_filters_over_http(client):
+    for response in (client.post("/documents", json={"documents": [{"id": "a", "text": "t"}]}), client.delete("/documents/doc-020")):
+        assert response.status_code == 403 and "start it with --writable" in response.json()["error"]
+    hits = client.get("/search", params=[("q", "chest pain"), ("filter", "topic=symptom"), ("tier", "deep")]).json()["results"]
+    assert len(hits) == 10 and all(h["metadata"]["topic"] == "symptom" for h in hits)
+    posted = client.post("/search", json={"queries": [{"text": "chest pain"}], "filters": ["topic=symptom", "id!=doc-004"]}).json()
+    assert len(posted[0]["results"]) == 10 and "doc-004" not in [h["id"] for h in posted[0]["results"]]
+    bad = client.get("/search", params=[("q", "chest pain"), ("filter", "colour=red")])
+    assert bad.status_code == 400 and "unknown filter field 'colour'" in bad.json()["error"]

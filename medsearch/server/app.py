@@ -39,6 +39,7 @@ from medsearch.index import TIERS
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, Searcher
 from medsearch.server.batching import MicroBatcher
 from medsearch.server.settings import ServerSettings, available_cores
+from medsearch.updates import WriteReport
 
 log = logging.getLogger("medsearch.server")
 STATIC = files("medsearch.server") / "static"
@@ -64,6 +65,22 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K, description="Documents per query.")
     dim: int | None = Field(None, description="Search this stored prefix dim instead of the tier's.")
     oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample.")
+    filters: list[str] = Field([], description="field=value, field!=value, field>=number, field<=number; ANDed.")
+
+
+class DocumentsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[dict] = Field(..., min_length=1, description="Documents to add or replace: id, text (required), title, url, source, any metadata field.")
+
+
+class WriteOut(BaseModel):
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    compacted: bool
+    generation: int | None = Field(None, description="The new generation, or null when nothing changed.")
+    documents: int
 
 
 class HitOut(BaseModel):
@@ -96,7 +113,7 @@ class ErrorOut(BaseModel):
     error: str
 
 
-ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 404, 409, 503)}
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 503)}
 
 
 # ---- the service's state ----
@@ -115,6 +132,7 @@ class Service:
                                               initializer=faiss.omp_set_num_threads, initargs=(1,))
         self.batcher: MicroBatcher | None = None
         self.ready = asyncio.Event()
+        self._write_lock = asyncio.Lock()
 
     async def start(self, on_load_error: Callable[[MedsearchError], None] | None) -> None:
         if self.searcher is not None:
@@ -163,25 +181,41 @@ class Service:
         return self.searcher
 
     async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int,
-                     dim: int | None, oversample: int) -> list[dict]:
+                     dim: int | None, oversample: int, filters: list[str] | None = None) -> list[dict]:
         searcher = self.loaded()
         for i, text in enumerate(texts):
             if len(text) > self.settings.max_query_chars:
                 where = f"query {ids[i]}" if ids else "the query"
                 raise BadInputError(f"{where} has {len(text)} characters; the limit is {self.settings.max_query_chars}")
         searcher.check_queries(texts, ids)
-        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample)  # before encoding anything
+        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)  # before encoding anything
         vectors, encode_ms = await self.batcher.encode(texts)
         results = await asyncio.get_running_loop().run_in_executor(
             self.search_pool,
             partial(searcher.search_encoded, texts, vectors, encode_ms=encode_ms, query_ids=ids,
-                    tier=tier, k=k, dim=dim, oversample=oversample),
+                    tier=tier, k=k, dim=dim, oversample=oversample, filters=filters),
         )
         return [result.to_json() for result in results]
 
     async def document(self, doc_id: str) -> dict:
-        store = self.loaded().index.store
-        return await asyncio.get_running_loop().run_in_executor(self.search_pool, store.document, doc_id)
+        searcher = self.loaded()
+        return await asyncio.get_running_loop().run_in_executor(
+            self.search_pool, lambda: searcher.current().store.document(doc_id))
+
+    async def write(self, operation: Callable[[], "WriteReport"]) -> dict:
+        """Run one write (upsert or delete) off the event loop, one at a time; the next query sees it."""
+        searcher = self.loaded()
+        async with self._write_lock:
+            report = await asyncio.get_running_loop().run_in_executor(self.search_pool, operation)
+        searcher.current()  # load the new generation now, not on the next query
+        return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
+                "deleted": report.deleted, "compacted": report.compacted, "generation": report.generation,
+                "documents": report.manifest.get("documents", 0)}
+
+
+class ReadOnly(MedsearchError):
+    def __init__(self):
+        super().__init__("this service is read-only: start it with --writable to add or delete documents")
 
 
 class ServiceLoading(MedsearchError):
@@ -199,6 +233,8 @@ def _warm_up(searcher: Searcher) -> None:
 def _status(err: MedsearchError) -> int:
     if isinstance(err, ServiceLoading):
         return 503
+    if isinstance(err, ReadOnly):
+        return 403
     if isinstance(err, NotFoundError):
         return 404
     if isinstance(err, MismatchError):
@@ -302,9 +338,10 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         k: int = Query(10, ge=1, le=MAX_K, description="Documents to return."),
         dim: int | None = Query(None, description="Search this stored prefix dim instead of the tier's."),
         oversample: int = Query(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample."),
+        filter: list[str] = Query([], description="field=value, field!=value, field>=number or field<=number; repeat to AND them."),  # noqa: A002
     ):
         """One query: the same JSON as `medsearch query --json`."""
-        (result,) = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample)
+        (result,) = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample, filters=filter)
         return JSONResponse(result)
 
     @app.post("/search", response_model=list[SearchResponse], tags=["search"])
@@ -315,7 +352,7 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         ids = [str(q.id) if q.id is not None else str(i) for i, q in enumerate(request.queries, start=1)]
         texts = [q.text for q in request.queries]
         results = await service.search(texts, ids, tier=request.tier, k=request.k, dim=request.dim,
-                                       oversample=request.oversample)
+                                       oversample=request.oversample, filters=request.filters)
         return JSONResponse(results)
 
     @app.get("/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])
@@ -323,11 +360,37 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         """The whole document: title, text, url, source, metadata."""
         return JSONResponse(await service.document(doc_id))
 
+    @app.post("/documents", response_model=WriteOut, tags=["documents"], responses={403: {"model": ErrorOut}})
+    async def add_documents(request: DocumentsIn):
+        """Add or replace documents by id (`--writable` only): unchanged ones cost nothing, changed ones
+        are re-encoded. Searches see the write as soon as this returns."""
+        from medsearch.corpus import documents_from_records
+        from medsearch.updates import upsert
+
+        if not settings.writable:
+            raise ReadOnly()
+        if len(request.documents) > settings.max_documents:
+            raise BadInputError(f"{len(request.documents)} documents in one request; the limit is {settings.max_documents}")
+        documents = documents_from_records(request.documents)
+        searcher = service.loaded()
+        return JSONResponse(await service.write(lambda: upsert(searcher.index.path, documents, searcher.encoder)))
+
+    @app.delete("/documents/{doc_id:path}", response_model=WriteOut, tags=["documents"], responses={403: {"model": ErrorOut}})
+    async def delete_document(doc_id: str):
+        """Delete a document from every tier (`--writable` only)."""
+        from medsearch.updates import delete
+
+        if not settings.writable:
+            raise ReadOnly()
+        searcher = service.loaded()
+        return JSONResponse(await service.write(lambda: delete(searcher.index.path, [doc_id])))
+
     @app.get("/info", tags=["index"])
     async def info():
         """The index's manifest (model, dims, tiers, index types, counts) and its files' sizes."""
-        index = service.loaded().index
-        return {**index.manifest, "files": index.files()}
+        index = service.loaded().current()
+        return {**index.manifest, "live_chunks": index.chunks - index.manifest["dead_chunks"],
+                "generation": index.generation, "files": index.files()}
 
     return app
 

@@ -28,11 +28,13 @@ class ServerSettings:
     max_query_chars: int = 1000  # longer queries get a 400 (MiniLM reads 256 tokens, ~1,000 chars)
     max_queries: int = 64  # queries in one POST /search
     max_body_bytes: int = 1_000_000  # larger request bodies get a 413
+    writable: bool = False  # POST /documents and DELETE /documents/{id}
+    max_documents: int = 1000  # documents in one POST /documents
     search_threads: int | None = None  # threads for search + hydration; None: the machine's cores
     warm_up: bool = True  # run one query per tier before reporting ready
 
     def validate(self) -> None:
-        for name in ("max_batch", "max_query_chars", "max_queries", "max_body_bytes"):
+        for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
