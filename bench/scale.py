@@ -25,7 +25,8 @@ import faiss
 import numpy as np
 
 from common import RESULTS, median_ms, p95_ms, print_table, recall_against, write_results
-from medsearch.index import HNSW_MIN_CHUNKS, TIERS, build_faiss, open_index, prefix
+from medsearch.backends.faiss import FaissTier
+from medsearch.index import HNSW_MIN_CHUNKS, TIERS, open_index, prefix
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
 from synthetic import generate, queries_for, synthetic_searcher
 
@@ -153,7 +154,7 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
             candidate_index = index.faiss_index(dim)
         else:
             started = time.perf_counter()
-            candidate_index = build_ivf(prefixes[dim], ivf_nprobe) if kind.startswith("ivf") else build_faiss(prefixes[dim], kind)
+            candidate_index = build_ivf(prefixes[dim], ivf_nprobe) if kind.startswith("ivf") else FaissTier.build(prefixes[dim], kind).index
             print(f"  built {kind} {dim}d in {time.perf_counter() - started:.1f}s", flush=True)
         index._faiss[dim] = candidate_index
         index.manifest["index_types"][str(dim)] = kind  # the searcher passes efSearch only for "hnsw"

@@ -30,6 +30,7 @@ from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
 from medsearch import generations
+from medsearch.backends.faiss import FACTORIES, FaissTier
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, ModelMismatchError
 from medsearch.store import DocStore, write_store
@@ -40,7 +41,6 @@ TIERS = ("fast", "light", "standard", "deep")
 TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
 # Above this many chunks the fast tier's 64-dim candidate index is HNSW instead of exact flat.
 HNSW_MIN_CHUNKS = 200_000
-HNSW_M = 32
 VECTOR_DTYPES = ("float16", "float32")
 
 
@@ -56,17 +56,6 @@ def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
     out = np.array(vectors[:, :dim], dtype=np.float32, order="C")  # always a copy: normalised in place
     faiss.normalize_L2(out)
     return out
-
-
-FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
-
-
-def build_faiss(vectors: np.ndarray, kind: str) -> faiss.Index:
-    if kind not in FACTORIES:
-        raise BadInputError(f"unknown index type '{kind}' (use flat or hnsw)")
-    index = faiss.index_factory(vectors.shape[1], FACTORIES[kind], faiss.METRIC_INNER_PRODUCT)
-    index.add(vectors)
-    return index
 
 
 def corpus_fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
@@ -178,7 +167,7 @@ def write_index(
             np.save(tmp / "vectors.npy", stored.astype(vector_dtype, copy=False))
             np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
             for dim_str, kind in manifest["index_types"].items():
-                faiss.write_index(build_faiss(prefix(vectors, int(dim_str)), kind), str(tmp / f"dim{dim_str}.faiss"))
+                FaissTier.build(prefix(vectors, int(dim_str)), kind).save(tmp / f"dim{dim_str}.faiss")
             manifest["build_seconds"] = round(time.perf_counter() - started, 3)
             write_manifest(tmp, manifest)
             generations.commit(target, tmp)
@@ -241,6 +230,10 @@ class Index:
 
     def index_type(self, dim: int) -> str:
         return self.manifest["index_types"][str(dim)]
+
+    def tier(self, dim: int) -> FaissTier:
+        """The backend's view of one stored dim: search with allowed rows, stored vectors."""
+        return FaissTier(self.faiss_index(dim), self.index_type(dim))
 
     @cached_property
     def vectors(self) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError
 from medsearch import generations
+from medsearch.backends.faiss import Allowed
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, open_index, prefix
 
@@ -238,10 +239,10 @@ class Searcher:
         timings = {"search": 0.0, "rerank": 0.0}
         results: list[list[tuple[int, float]] | None] = [[] for _ in range(len(vectors))] if not total else [None] * len(vectors)
         pending = np.arange(len(vectors)) if total else np.arange(0)
-        selector = _Selector(allowed) if allowed is not None else None
+        selector = Allowed(allowed) if allowed is not None else None
         while len(pending):
             if selector is not None and n >= total:  # every allowed row: rank them all exactly
-                rows, scores = self._exhaustive(index, vectors[pending], np.flatnonzero(allowed), search_dim, rerank, timings)
+                rows, scores = self._exhaustive(index, vectors[pending], selector.rows(), search_dim, rerank, timings)
             else:
                 rows, scores = self._ranked(index, vectors[pending], search_dim, rerank, n, timings, selector)
             still = []
@@ -261,20 +262,14 @@ class Searcher:
         if rerank:
             return cls._rerank(index, vectors, [rows] * len(vectors), timings)
         started = time.perf_counter()
-        stored = index.faiss_index(dim).reconstruct_batch(rows.astype(np.int64))
-        scores, order = faiss.knn(prefix(vectors, dim), stored, len(rows), metric=faiss.METRIC_INNER_PRODUCT)
+        scores, ranked = index.tier(dim).rank(prefix(vectors, dim), rows)
         timings["search"] += (time.perf_counter() - started) * 1000
-        return [rows[o] for o in order], list(scores)
+        return list(ranked), list(scores)
 
     @staticmethod
-    def _ranked(index, vectors, dim, rerank, n, timings, selector=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _ranked(index, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         started = time.perf_counter()
-        sel = selector.faiss if selector is not None else None
-        if index.index_type(dim) == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(n, 16), sel=sel) if sel else faiss.SearchParametersHNSW(efSearch=max(n, 16))
-        else:
-            params = faiss.SearchParameters(sel=sel) if sel else None
-        scores, rows = index.faiss_index(dim).search(prefix(vectors, dim), n, params=params)
+        scores, rows = index.tier(dim).search(prefix(vectors, dim), n, allowed)
         timings["search"] += (time.perf_counter() - started) * 1000
         if not rerank:
             return list(rows), list(scores)
@@ -301,11 +296,3 @@ class Searcher:
             out_scores.append(scores[0])
         timings["rerank"] += (time.perf_counter() - started) * 1000
         return out_rows, out_scores
-
-
-class _Selector:
-    """A faiss IDSelectorBitmap over allowed rows, holding the bitmap it points into."""
-
-    def __init__(self, allowed: np.ndarray):
-        self.bitmap = np.packbits(allowed, bitorder="little")
-        self.faiss = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self.bitmap))

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import faiss
 import numpy as np
 import sqlite_utils
 
 from medsearch import generations
+from medsearch.backends.faiss import FaissTier
 from medsearch.chunking import Chunk, chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
@@ -192,9 +192,9 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             np.save(tmp / "chunk_doc.npy", np.concatenate(
                 [base.chunk_doc, first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
             for dim in base.dims:
-                index = faiss.read_index(str(base.folder / f"dim{dim}.faiss"))
-                index.add(prefix(vectors, dim))
-                faiss.write_index(index, str(tmp / f"dim{dim}.faiss"))
+                tier = FaissTier.load(base.folder / f"dim{dim}.faiss", base.index_type(dim))
+                tier.add(prefix(vectors, dim))
+                tier.save(tmp / f"dim{dim}.faiss")
         total = base.chunks + len(chunks)
         manifest = {
             **base.manifest,
@@ -244,7 +244,7 @@ def _full_vectors(base: Index, rows: np.ndarray) -> np.ndarray:
     """The float32 full-dim vectors of `rows`: read back from the full-dim flat index, which holds
     them exactly (vectors.npy may be float16), so a compacted index answers with the same scores."""
     if base.index_type(base.full_dim) == "flat":
-        return base.faiss_index(base.full_dim).reconstruct_batch(rows.astype(np.int64))
+        return base.tier(base.full_dim).vectors(rows)
     return np.asarray(base.vectors[rows], dtype=np.float32)
 
 

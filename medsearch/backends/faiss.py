@@ -1,0 +1,80 @@
+"""The FAISS backend: one inner-product index per stored dim, ids = chunk rows.
+
+The index type is a faiss factory string recorded in the manifest (`Flat`, `HNSW32,Flat`).
+Rows are never removed from a faiss index here: a search gets the rows it may return (live and
+matching the filters) as an IDSelector evaluated inside faiss, for flat and HNSW alike;
+`compact` rebuilds the indexes without the dead rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from medsearch.errors import BadInputError
+
+HNSW_M = 32
+FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
+
+
+class Allowed:
+    """The rows a search may return, as a faiss IDSelectorBitmap (it keeps the bitmap alive)."""
+
+    def __init__(self, mask: np.ndarray):
+        self.mask = mask
+        self.count = int(mask.sum())
+        self.bitmap = np.packbits(mask, bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(self.bitmap))
+
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.mask)
+
+
+class FaissTier:
+    """One stored dim's vectors in a faiss index of type `kind` (flat or hnsw)."""
+
+    def __init__(self, index: faiss.Index, kind: str):
+        self.index = index
+        self.kind = kind
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, kind: str) -> "FaissTier":
+        if kind not in FACTORIES:
+            raise BadInputError(f"unknown index type '{kind}' (use flat or hnsw)")
+        tier = cls(faiss.index_factory(vectors.shape[1], FACTORIES[kind], faiss.METRIC_INNER_PRODUCT), kind)
+        tier.add(vectors)
+        return tier
+
+    @classmethod
+    def load(cls, path: Path, kind: str) -> "FaissTier":
+        return cls(faiss.read_index(str(path)), kind)
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.index, str(path))
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append rows (ids continue from the current count)."""
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, n: int, allowed: Allowed | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the n best rows per query among `allowed` (all rows when None);
+        rows are -1 where fewer were found (HNSW with a narrow selector)."""
+        sel = allowed.selector if allowed is not None else None
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(n, 16))
+            if sel is not None:
+                params.sel = sel
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+        return self.index.search(queries, n, params=params)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of `rows`, exactly as the index holds them."""
+        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
+    def rank(self, queries: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every row in `rows` ranked exactly for each query: (scores, rows)."""
+        scores, order = faiss.knn(queries, self.vectors(rows), len(rows), metric=faiss.METRIC_INNER_PRODUCT)
+        return scores, rows[order]
