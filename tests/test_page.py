@@ -94,6 +94,18 @@ def test_compare_view_shows_fast_and_deep_with_their_overlap(server, page):
     expect(page.locator("#results")).to_be_hidden()
 
 
+def test_filters_from_the_box_and_the_url(server, page):
+    page.goto(f"{server}/?q=chest+pain")
+    page.get_by_label("Filters").fill("topic=symptom; id!=doc-004")
+    page.get_by_label("Search medical documents").press("Enter")
+    expect(page.locator("#hits .meta")).to_contain_text(["topic: symptom"] * 10)  # waits for the filtered list
+    assert not any("doc-004" in m for m in page.locator("#hits .meta").all_inner_texts())
+    assert "filter=topic%3Dsymptom" in page.url and "filter=id%21%3Ddoc-004" in page.url
+    page.goto(f"{server}/?q=chest+pain&filter=colour%3Dred")
+    expect(page.locator("#error")).to_contain_text("unknown filter field 'colour'")
+    expect(page.get_by_label("Filters")).to_have_value("colour=red")
+
+
 def test_document_view_and_keyboard(server, page):
     page.goto(f"{server}/?q={urllib.parse.quote(DIABETES)}")
     page.locator("#hits .title").first.click()

@@ -34,8 +34,14 @@ async function api(path) {
   return body;
 }
 
-function searchUrl(q, tier, k) {
-  return "/search?" + new URLSearchParams({ q, tier, k: String(k) });
+function searchUrl(q, tier, k, filters = []) {
+  const params = new URLSearchParams({ q, tier, k: String(k) });
+  for (const f of filters) params.append("filter", f);
+  return "/search?" + params;
+}
+
+function splitFilters(text) {
+  return text.split(";").map((f) => f.trim()).filter(Boolean);
 }
 
 // ---- state in the URL: /?q=...&tier=...&k=...&compare=1, or /?doc=ID ----
@@ -47,6 +53,7 @@ function readUrl() {
     tier: params.get("tier") || "fast",
     k: params.get("k") || "10",
     compare: params.get("compare") === "1",
+    filters: params.getAll("filter"),
     doc: params.get("doc"),
   };
 }
@@ -54,6 +61,7 @@ function readUrl() {
 function pageUrl(state) {
   const params = new URLSearchParams({ q: state.q, tier: state.tier, k: state.k });
   if (state.compare) params.set("compare", "1");
+  for (const f of state.filters || []) params.append("filter", f);
   return "/?" + params;
 }
 
@@ -90,7 +98,8 @@ function hitItem(hit, rank, words, mark) {
     el("span", { class: "rank", "aria-label": `rank ${rank}` }, String(rank) + "."), " ", link,
     " ", el("span", { class: "score", title: "cosine similarity" }, "score " + hit.score.toFixed(4)));
   const item = el("li", { class: "hit", "data-id": hit.id }, head, highlighted(hit.snippet, words));
-  const meta = [hit.source, hit.id].filter(Boolean).join(" · ");
+  const fields = Object.entries(hit.metadata || {}).map(([key, value]) => `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`);
+  const meta = [hit.source, hit.id, ...fields].filter(Boolean).join(" · ");
   const foot = el("div", { class: "meta" }, meta);
   if (hit.url && /^https?:\/\//i.test(hit.url)) {
     foot.append(" · ", el("a", { href: hit.url, rel: "noopener noreferrer" }, "source page"));
@@ -127,7 +136,7 @@ async function runSearch(state) {
   try {
     if (state.compare) {
       const started = performance.now();
-      const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k)), api(searchUrl(state.q, "deep", state.k))]);
+      const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k, state.filters)), api(searchUrl(state.q, "deep", state.k, state.filters))]);
       const ms = performance.now() - started;
       const fastIds = new Set(fast.results.map((h) => h.id));
       const deepIds = new Set(deep.results.map((h) => h.id));
@@ -142,7 +151,7 @@ async function runSearch(state) {
       $("status").textContent = `Compared fast and deep: ${shared} of ${n} shared.`;
     } else {
       const started = performance.now();
-      const result = await api(searchUrl(state.q, state.tier, state.k));
+      const result = await api(searchUrl(state.q, state.tier, state.k, state.filters));
       const ms = performance.now() - started;
       $("hits").replaceChildren(...result.results.map((h, i) => hitItem(h, i + 1, words)));
       $("timings").textContent = `${state.tier} tier · ` + timingText(result, ms);
@@ -200,6 +209,7 @@ function render() {
   $("tier").value = ["fast", "light", "standard", "deep"].includes(state.tier) ? state.tier : "fast";
   $("k").value = state.k;
   $("compare").checked = state.compare;
+  $("filters").value = state.filters.join("; ");
   $("tier").disabled = state.compare;
   if (state.doc) {
     showDocument(state.doc);
@@ -215,7 +225,8 @@ function render() {
 document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    const state = { q: $("q").value.trim(), tier: $("tier").value, k: $("k").value || "10", compare: $("compare").checked };
+    const state = { q: $("q").value.trim(), tier: $("tier").value, k: $("k").value || "10", compare: $("compare").checked,
+                    filters: splitFilters($("filters").value) };
     if (!state.q) { setError("Type something to search for."); $("q").focus(); return; }
     history.pushState({}, "", pageUrl(state));
     render();
