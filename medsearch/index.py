@@ -252,9 +252,7 @@ class Index:
         """Which rows are live (bool per row), or None when every row is."""
         if not self.manifest.get("dead_chunks"):
             return None
-        mask = np.zeros(self.chunks, dtype=bool)
-        mask[self.store.chunk_rows()] = True
-        return mask
+        return self._mask(self.store.chunk_rows())
 
     def allowed(self, filters=None) -> np.ndarray | None:
         """Which rows a search may return (bool per row): live, and matching every filter
@@ -262,8 +260,11 @@ class Index:
         if not filters:
             return self.live
         where, params = filter_sql(parse_filters(filters), self.manifest.get("metadata_fields", []))
+        return self._mask(self.store.rows_where(where, params))  # live rows only: dead ones left docs.db
+
+    def _mask(self, rows: np.ndarray) -> np.ndarray:
         mask = np.zeros(self.chunks, dtype=bool)
-        mask[self.store.rows_where(where, params)] = True
+        mask[rows] = True
         return mask
 
     def load(self) -> "Index":

@@ -237,8 +237,8 @@ class Searcher:
         collapses = index.chunks != index.manifest["documents"]
         n = min(total, k * oversample if rerank else (2 * k if collapses else k))
         timings = {"search": 0.0, "rerank": 0.0}
-        results: list[list[tuple[int, float]] | None] = [[] for _ in range(len(vectors))] if not total else [None] * len(vectors)
-        pending = np.arange(len(vectors)) if total else np.arange(0)
+        results: list[list[tuple[int, float]]] = [[] for _ in range(len(vectors))]
+        pending = np.arange(len(vectors) if total else 0)  # nothing allowed: every query gets no hits
         selector = Allowed(allowed) if allowed is not None else None
         while len(pending):
             if selector is not None and n >= total:  # every allowed row: rank them all exactly

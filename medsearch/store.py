@@ -7,6 +7,7 @@ import re
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import sqlite_utils
@@ -68,6 +69,12 @@ def insert_chunks(db: sqlite_utils.Database, chunks: list[Chunk], first_row: int
         foreign_keys=[("doc", "documents", "ordinal")],
         batch_size=2000,
     )
+
+
+def counts(db: sqlite_utils.Database) -> tuple[int, int]:
+    """(documents, chunks) in a docs.db."""
+    return (db.execute("SELECT count(*) FROM documents").fetchone()[0],
+            db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
 
 def metadata_keys(db: sqlite_utils.Database) -> list[str]:
@@ -178,8 +185,18 @@ class DocStore:
 
     def counts(self) -> tuple[int, int]:
         """(documents, live chunks)."""
-        return (self.db.execute("SELECT count(*) FROM documents").fetchone()[0],
-                self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        return counts(self.db)
+
+    def documents(self) -> Iterator[tuple[int, Document]]:
+        """(ordinal, document) for every document, in ordinal order."""
+        for r in self.db.query("SELECT ordinal, id, title, text, source, url, metadata FROM documents ORDER BY ordinal"):
+            yield r["ordinal"], Document(id=r["id"], text=r["text"], title=r["title"], url=r["url"],
+                                         source=r["source"], metadata=json.loads(r["metadata"] or "{}"))
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Every live chunk in row order; `doc` is its document's ordinal."""
+        for r in self.db.query('SELECT doc, position, start, "end", text FROM chunks ORDER BY row'):
+            yield Chunk(doc=r["doc"], position=r["position"], start=r["start"], end=r["end"], text=r["text"])
 
     def doc_ids(self) -> list[str]:
         """Document id by ordinal (`chunk_doc.npy` holds ordinals; "" where a document was deleted)."""

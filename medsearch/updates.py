@@ -26,7 +26,7 @@ import sqlite_utils
 
 from medsearch import generations
 from medsearch.backends.faiss import FaissTier
-from medsearch.chunking import Chunk, chunk_documents
+from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, NotFoundError
@@ -41,7 +41,7 @@ from medsearch.index import (
     write_index,
     write_manifest,
 )
-from medsearch.store import index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
+from medsearch.store import counts, index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
 
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
 # selector skips them inside faiss, but flat indexes still scan them; bench/living.py measures it).
@@ -179,8 +179,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                 insert_documents(db, write, first_ordinal)
                 insert_chunks(db, chunks, first_row=base.chunks, doc_offset=first_ordinal)
         index_metadata_keys(db)
-        documents, live_chunks = (db.execute("SELECT count(*) FROM documents").fetchone()[0],
-                                  db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        documents, live_chunks = counts(db)
         fingerprint = corpus_fingerprint(db.execute("SELECT id, content_hash FROM documents ORDER BY ordinal"))
         fields = metadata_keys(db)
         db.close()
@@ -218,13 +217,12 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
 def _compact(root: Path, base: Index, report: WriteReport) -> None:
     rows = np.sort(base.store.chunk_rows())
     ordinals, documents = {}, []
-    for ordinal, doc in _documents(base):
+    for ordinal, doc in base.store.documents():
         ordinals[ordinal] = len(documents)
         documents.append(doc)
-    chunks = [
-        Chunk(doc=ordinals[r["doc"]], position=r["position"], start=r["start"], end=r["end"], text=r["text"])
-        for r in base.store.db.query('SELECT doc, position, start, "end", text FROM chunks ORDER BY row')
-    ]
+    chunks = list(base.store.chunks())
+    for chunk in chunks:  # document ordinals renumbered 0, 1, ... as write_store numbers them
+        chunk.doc = ordinals[chunk.doc]
     keep = {"model", "query_prefix", "passage_prefix", "max_tokens", "corpus", "chunk_overlap", "encode_seconds", "created"}
     manifest = {key: value for key, value in base.manifest.items() if key in keep}
     manifest.update(documents=len(documents), corpus_fingerprint=corpus_fingerprint((d.id, d.content_hash) for d in documents),
@@ -246,14 +244,6 @@ def _full_vectors(base: Index, rows: np.ndarray) -> np.ndarray:
     if base.index_type(base.full_dim) == "flat":
         return base.tier(base.full_dim).vectors(rows)
     return np.asarray(base.vectors[rows], dtype=np.float32)
-
-
-def _documents(base: Index):
-    import json
-
-    for r in base.store.db.query("SELECT ordinal, id, title, text, source, url, metadata FROM documents ORDER BY ordinal"):
-        yield r["ordinal"], Document(id=r["id"], text=r["text"], title=r["title"], url=r["url"], source=r["source"],
-                                     metadata=json.loads(r["metadata"] or "{}"))
 
 
 def _link(source: Path, target: Path) -> None:
