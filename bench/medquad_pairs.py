@@ -5,7 +5,8 @@ a model can lose quality on questions people actually type. This rewrites a frac
 anchors into other phrasings of the same need ("X symptoms", "signs of X", "how do I know if I
 have X"), chosen at random per pair; answers are unchanged.
 
-It can also add symptom-description queries, the commonest kind of consumer question that
+It can also add symptom-description queries (medsearch/data/medquad.py; `medsearch data medquad`
+writes them as symptom_pairs.jsonl), the commonest kind of consumer question that
 MedQuAD lacks ("straight lines look wavy when I read"): for each TRAIN-split condition with both a
 symptoms answer and an overview ("What is X") answer, the anchor is a description of its symptoms
 that does not name it (a sentence of the symptoms answer, or 3 to 6 of its Human Phenotype
@@ -21,11 +22,8 @@ import argparse
 import json
 import random
 import re
-from collections import defaultdict
-from pathlib import Path
 
-from medsearch.corpus import read_corpus
-from medsearch.evaluation import read_qrels
+from medsearch.data.medquad import symptom_pairs
 
 # (template regex with a (?P<x>...) focus group, rewrites using {x})
 TEMPLATES: list[tuple[str, list[str]]] = [
@@ -58,54 +56,6 @@ def rewrite(question: str, rng: random.Random) -> str:
             focus = match.group("x").strip().rstrip("?").strip()
             return rng.choice(rewrites).format(x=focus)
     return question
-
-
-HPO_START = "Approximate number of patients (when available)"
-HPO_END = "The Human Phenotype Ontology (HPO) has collected"
-SYMPTOM_CUES = re.compile(r"\b(include|includes|including|experience|develop|characterized|symptoms?|signs?|may have|pain|feel)\b", re.I)
-
-
-def hpo_terms(text: str) -> list[str]:
-    """The phenotype terms of a GARD "Human Phenotype Ontology" symptom list (frequencies dropped)."""
-    if HPO_START not in text:
-        return []
-    listing = text.split(HPO_START, 1)[1].split(HPO_END, 1)[0]
-    terms = [re.sub(r"\s*(\d+%|\d+/\d+|very frequent|frequent|occasional|very rare)\s*$", "", t.strip(), flags=re.I) for t in listing.split(" - ")]
-    return [t for t in terms if t and len(t) < 80 and not re.search(r"inheritance|onset|heterogeneity", t, re.I)]
-
-
-def symptom_description(text: str, focus: str, rng: random.Random) -> str | None:
-    """A description of the symptoms in an answer that does not name the condition, or None."""
-    if HPO_START in text:  # a phenotype list: its prose is boilerplate
-        terms = hpo_terms(text)
-        if len(terms) < 3:
-            return None
-        picked = [t.lower() for t in rng.sample(terms, min(len(terms), rng.randint(3, 6)))]
-        return ", ".join(picked[:-1]) + " and " + picked[-1]
-    generic = {"syndrome", "disease", "disorder", "disorders", "deficiency", "adults", "children", "infants", "related"}
-    names = ({w for w in re.findall(r"[a-z0-9'-]{5,}", focus.lower()) if w not in generic}
-             | {w.lower() for w in re.findall(r"\(([A-Z][A-Za-z0-9-]{1,9})\)", text)})
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text)[1:]]  # the first one restates the question
-    usable = [s for s in sentences if 8 <= len(s.split()) <= 45 and SYMPTOM_CUES.search(s) and not names & set(re.findall(r"[a-z0-9'-]+", s.lower()))]
-    return rng.choice(usable).lstrip("- ").rstrip(".").lower() if usable else None
-
-
-def symptom_pairs(data_dir: str | Path, rng: random.Random) -> list[dict]:
-    """(symptom description -> overview answer) pairs for the train split's conditions."""
-    data = Path(data_dir)
-    corpus = {d.id: d.text for d in read_corpus(data)}
-    answers = read_qrels(data / "qrels.tsv")
-    by_focus: dict[str, dict[str, str]] = defaultdict(dict)
-    for query in map(json.loads, (data / "queries.jsonl").open(encoding="utf-8")):  # focus and qtype: not in read_queries
-        if query.get("split") == "train" and query["_id"] in answers:
-            by_focus[query["focus"]].setdefault(query["qtype"], min(answers[query["_id"]]))
-    pairs = []
-    for focus, kinds in sorted(by_focus.items()):
-        if "symptoms" in kinds and "information" in kinds:
-            description = symptom_description(corpus[kinds["symptoms"]], focus, rng)
-            if description:
-                pairs.append({"anchor": description, "positive": corpus[kinds["information"]], "id": f"symptoms-{kinds['symptoms']}"})
-    return pairs
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -13,7 +14,10 @@ import click
 from medsearch import __version__
 from medsearch.corpus import read_queries
 from medsearch.encoder import DEFAULT_MODEL, Encoder
+from medsearch.data.beir import MEDICAL_SETS
+from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 from medsearch.errors import (
+    DownloadError,
     IndexFormatError,
     IndexNotFoundError,
     MedsearchError,
@@ -67,9 +71,11 @@ def hint_for(err: MedsearchError) -> str | None:
     if isinstance(err, IndexNotFoundError):
         return f"build one with: medsearch index CORPUS --index {err.path}"
     if isinstance(err, IndexFormatError):
-        return f"rebuild it with: medsearch index CORPUS --index {err.path}"
+        return f"rebuild it with: medsearch index CORPUS --index {err.path} --rebuild"
     if isinstance(err, ModelMismatchError):
         return f"query without --model, or rebuild with: medsearch index CORPUS --index {err.path} --model {err.model}"
+    if isinstance(err, DownloadError):
+        return "offline? download it on a machine with internet access and give it with --from PATH (the .zip or its folder)"
     if isinstance(err, ModelLoadError) and err.remote:
         return "offline? pass a local model folder with --model"
     return None
@@ -180,6 +186,29 @@ def compact(index_dir):
     click.echo(f"{index_dir}: {report.summary() if report.compacted else 'no dead rows: nothing to compact'}")
 
 
+def fusion_options(command):
+    """--fusion, --rrf-k, --dense-weight, --fusion-depth: how hybrid mode fuses (a Fusion as `fusion`)."""
+    defaults = Fusion()
+    options = [
+        click.option("--fusion", "fusion_method", type=click.Choice(METHODS), default=defaults.method, show_default=True,
+                     help="hybrid: reciprocal rank fusion, or a convex combination of min-max normalised scores."),
+        click.option("--rrf-k", type=click.IntRange(min=0), default=defaults.rrf_k, show_default=True,
+                     help="hybrid rrf: each list adds 1 / (rrf-k + rank)."),
+        click.option("--dense-weight", type=click.FloatRange(0, 1), default=defaults.weight, show_default=True,
+                     help="hybrid convex: weight of the dense scores (lexical gets 1 - it)."),
+        click.option("--fusion-depth", type=click.IntRange(min=1), default=defaults.depth, show_default=True,
+                     help="hybrid: documents taken from each list before fusing (at least k)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+
+    @functools.wraps(command)
+    def wrapper(*args, fusion_method, rrf_k, dense_weight, fusion_depth, **kwargs):
+        return command(*args, fusion=Fusion(fusion_method, rrf_k, dense_weight, fusion_depth), **kwargs)
+
+    return wrapper
+
+
 @cli.command()
 @click.argument("text", required=False)
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False), help="Batch mode: a .jsonl file (_id, text) or a text file with one query a line.")
@@ -189,11 +218,15 @@ def compact(index_dir):
 @click.option("--k", "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Documents to return.")
 @click.option("--oversample", default=DEFAULT_OVERSAMPLE, show_default=True, type=click.IntRange(min=1), help="fast tier: candidates = k x oversample.")
 @click.option("--filter", "filters", multiple=True, metavar="FIELD=VALUE", help="Only documents whose field (source, url, title, id or a metadata field) matches: field=value, field!=value, field>=number, field<=number; repeat to AND them.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per query (query_id, query, results[id, score, title, snippet, url, source, metadata], timings_ms).")
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help="dense: the tier's vectors; lexical: BM25 over the same chunks (no model needed); hybrid: both lists fused.")
+@fusion_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query (query_id, query, results[id, score, title, snippet, url, source, metadata, found_by], timings_ms).")
 @click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
 @device_option
-def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, as_json, model, device):
-    """Search the index for TEXT, or for every query in --queries FILE (encoded in one pass)."""
+def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode, fusion, as_json, model, device):
+    """Search the index for TEXT, or for every query in --queries FILE (encoded in one pass).
+
+    In hybrid mode each hit says which lists found it and at what rank (found_by)."""
     if (text is None) == (queries_file is None):
         raise MedsearchError("give a query TEXT or --queries FILE (one of them)")
     if queries_file:
@@ -202,9 +235,10 @@ def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, as_j
         ids, texts = None, [text]
         if not text.strip():
             raise MedsearchError("empty query: give some text to search for")
-    searcher = Searcher.open(index_dir, model=model, device=device)
-    searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
-    results = searcher.search(texts, query_ids=ids, tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
+    searcher = Searcher.open(index_dir, model=model, device=device, load_model=mode != "lexical")
+    searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
+    results = searcher.search(texts, query_ids=ids, tier=tier, k=k, dim=dim, oversample=oversample, filters=filters,
+                              mode=mode, fusion=fusion)
     for result in results:
         if as_json:
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
@@ -218,7 +252,8 @@ def _print_result(result: QueryResult) -> None:
     if not result.hits:
         click.echo("  (no results)")
     for rank, hit in enumerate(result.hits, start=1):
-        click.echo(f"{rank:>3}. {hit.score:.4f}  {hit.title or '(untitled)'}  [{hit.id}]")
+        lists = ", ".join(f"{name} #{place}" for name, place in hit.found_by.items()) if len(hit.found_by) > 1 or "dense" not in hit.found_by else ""
+        click.echo(f"{rank:>3}. {hit.score:.4f}  {hit.title or '(untitled)'}  [{hit.id}]" + (f"  ({lists})" if lists else ""))
         click.echo(textwrap.fill(hit.snippet, width=100, initial_indent="       ", subsequent_indent="       "))
     timings = ", ".join(f"{key} {value:.1f} ms" for key, value in result.timings_ms.items())
     click.echo(f"     ({timings})\n")
@@ -378,25 +413,91 @@ def _parse_numbers(text: str | None, kind, option: str) -> list | None:
         raise MedsearchError(f"{option} must be comma-separated {'integers' if kind is int else 'numbers'}; got '{text}'") from None
 
 
+@cli.group()
+def data():
+    """Fetch public medical retrieval sets as BEIR folders for eval and tune.
+
+    \b
+    medsearch data medquad data/medquad               MedQuAD from its public repository
+    medsearch data medquad data/medquad --from MedQuAD-master.zip
+    medsearch data beir nfcorpus data/nfcorpus        BEIR: nfcorpus, trec-covid, scifact
+    """
+
+
+cache_option = click.option("--cache", type=click.Path(file_okay=False), default=None,
+                            help="Where downloads are kept [default: $MEDSEARCH_CACHE or ~/.cache/medsearch].")
+from_option = click.option("--from", "local", type=click.Path(), default=None,
+                           help="A local copy (the .zip or its unpacked folder) instead of downloading.")
+
+
+@data.command(name="medquad")
+@click.argument("out", type=click.Path())
+@from_option
+@cache_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def data_medquad(out, local, cache, quiet):
+    """MedQuAD (CC BY 4.0) as a BEIR folder at OUT: corpus, queries with a condition-level
+    train/dev/test split, qrels, training pairs (all, and a 2,182 sample) and symptom-description
+    pairs. Downloads the public repository's .zip unless --from names a local copy."""
+    from medsearch.data import output_folder
+    from medsearch.data.download import DEFAULT_CACHE, SOURCES, fetch, unpacked
+    from medsearch.data.medquad import read_pairs, write_medquad
+
+    cache = cache or DEFAULT_CACHE
+    source = Path(local) if local else fetch(SOURCES["medquad"], cache, progress=not quiet)
+    pairs = read_pairs(unpacked(source, cache))
+    with output_folder(out) as tmp:
+        counts = write_medquad(pairs, tmp)
+    splits = ", ".join(f"{name} {n}" for name, n in counts["splits"].items())
+    click.echo(f"MedQuAD -> {out}: {counts['documents']} documents, {counts['queries']} queries ({splits}), "
+               f"{counts['train_pairs']} train pairs, {counts['symptom_pairs']} symptom pairs")
+
+
+@data.command(name="beir")
+@click.argument("name", type=click.Choice(MEDICAL_SETS))
+@click.argument("out", type=click.Path())
+@from_option
+@cache_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def data_beir(name, out, local, cache, quiet):
+    """A BEIR medical set (NAME) as a folder at OUT: corpus, queries with their split, graded qrels.
+    Downloads BEIR's archive unless --from names a local copy."""
+    from medsearch.data import output_folder
+    from medsearch.data.beir import write_beir
+    from medsearch.data.download import DEFAULT_CACHE, SOURCES, fetch, unpacked
+
+    cache = cache or DEFAULT_CACHE
+    source = Path(local) if local else fetch(SOURCES["beir"].format(name=name), cache, progress=not quiet)
+    folder = unpacked(source, cache)
+    with output_folder(out) as tmp:
+        counts = write_beir(folder, tmp)
+    splits = ", ".join(f"{split} {n}" for split, n in counts["splits"].items())
+    click.echo(f"{name} -> {out}: {counts['documents']} documents, {counts['queries']} queries ({splits}), "
+               f"{counts['qrels']} judgements, grades {counts['grades']}")
+
+
 @cli.command(name="eval")
 @click.argument("data_dir", type=click.Path())
 @click.option("--model", "models", multiple=True, default=[DEFAULT_MODEL], show_default=True, help="Model to evaluate; give it twice (base, tuned) for Initial / Final / Improvement.")
 @click.option("--split", default="test", show_default=True, help="Query split ('' for every judged query).")
 @click.option("--cache", default="indexes/eval", show_default=True, type=click.Path(file_okay=False), help="Where each model's encoded corpus is kept between runs.")
-@click.option("--no-bm25", is_flag=True, help="Skip the BM25 baseline row.")
+@click.option("--mode", "modes", default=",".join(MODES), show_default=True, help="Comma-separated modes to report: dense (every Matryoshka dim and the fast tier), lexical, hybrid (full dim and fast tier).")
+@fusion_options
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the full report as JSON here.")
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None, help="Write the tables as Markdown here.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def evaluate(data_dir, models, split, cache, no_bm25, json_file, markdown_file, device, quiet):
-    """NDCG@10, MRR@10, Recall@10/100 per Matryoshka dim on a BEIR folder (corpus.jsonl,
-    queries.jsonl, qrels.tsv), every query of --split against the whole corpus, plus the fast
-    tier and a BM25 baseline."""
+def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_file, device, quiet):
+    """NDCG@10, MRR@10, Recall@10/100 on a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv),
+    every query of --split against the whole corpus: dense per Matryoshka dim and the fast tier,
+    lexical, hybrid. NDCG@10 uses the qrels' graded scores as gains (trec_eval's, via pytrec_eval)."""
     from medsearch.evaluation import evaluate_models
 
     if len(models) > 2:
         raise MedsearchError("give one or two --model options (base, tuned)")
-    report = evaluate_models(data_dir, list(models), split=split or None, cache=cache, bm25=not no_bm25, progress=not quiet, device=device)
+    modes = tuple(m.strip() for m in modes.split(",") if m.strip())
+    report = evaluate_models(data_dir, list(models), split=split or None, cache=cache, modes=modes, fusion=fusion,
+                             progress=not quiet, device=device)
     click.echo(report.to_text())
     if json_file:
         Path(json_file).write_text(json.dumps(report.to_json(), indent=2) + "\n")

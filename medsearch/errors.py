@@ -60,3 +60,7 @@ class ModelLoadError(NotFoundError):
     def __init__(self, message: str, remote: bool):
         super().__init__(message)
         self.remote = remote
+
+
+class DownloadError(MedsearchError):
+    """A public source could not be fetched (offline, moved, refused)."""

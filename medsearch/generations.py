@@ -102,7 +102,9 @@ def _remove(path: Path) -> None:
 
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
-        if path.is_file():
+        if path.is_dir():
+            _fsync_tree(path)
+        elif path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
     _fsync_dir(folder)

@@ -7,6 +7,7 @@ Layout of `indexes/<name>/` (generations.py): CURRENT names the committed `gen-N
   vectors.npy     full-dim L2-normalised vectors (float16 by default), memory-mapped for re-ranking
   chunk_doc.npy   document ordinal of each chunk row (collapses chunk hits to documents)
   dim{N}.faiss    one inner-product index per tier dim over renormalised prefixes; ids = chunk rows
+  lexical/        BM25 over each chunk's title + text (lexical.py); row = chunk row
 Rows whose chunk is gone from docs.db are dead: searches exclude them inside faiss (an IDSelector
 over the live rows) until `compact` rewrites the generation without them (updates.py).
 """
@@ -24,6 +25,7 @@ from typing import Callable, Iterable
 
 import faiss
 import numpy as np
+import sqlite_utils
 
 from medsearch import __version__
 from medsearch.chunking import chunk_documents
@@ -32,6 +34,7 @@ from medsearch.encoder import Encoder
 from medsearch import generations
 from medsearch.backends.faiss import FACTORIES, FaissTier
 from medsearch.filters import filter_sql, parse_filters
+from medsearch import lexical
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, ModelMismatchError
 from medsearch.store import DocStore, write_store
 
@@ -163,6 +166,8 @@ def write_index(
         try:
             if write_docs:
                 write_docs(tmp / "docs.db")
+                write_lexical_from_store(tmp, len(vectors))
+                manifest["lexical"] = lexical.settings()
             stored = vectors if stored_vectors is None else stored_vectors
             np.save(tmp / "vectors.npy", stored.astype(vector_dtype, copy=False))
             np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
@@ -176,6 +181,15 @@ def write_index(
             raise
         _remove_format1_files(target)
     return manifest
+
+
+def write_lexical_from_store(folder: Path, rows: int) -> None:
+    """The lexical index of a generation folder, from its docs.db (dead rows: empty passages)."""
+    db = sqlite_utils.Database(folder / "docs.db")
+    try:
+        lexical.write_lexical(folder, lexical.store_passages(db, rows))
+    finally:
+        db.close()
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
@@ -248,6 +262,12 @@ class Index:
         return DocStore(self.folder / "docs.db")
 
     @cached_property
+    def lexical(self) -> lexical.Lexical:
+        if "lexical" not in self.manifest:
+            raise IndexFormatError(f"{self.path} has no lexical index (it was built by an older medsearch)", self.path)
+        return lexical.Lexical(self.folder)
+
+    @cached_property
     def live(self) -> np.ndarray | None:
         """Which rows are live (bool per row), or None when every row is."""
         if not self.manifest.get("dead_chunks"):
@@ -272,11 +292,17 @@ class Index:
         for dim in self.dims:
             self.faiss_index(dim)
         self.live, self.vectors, self.chunk_doc  # noqa: B018 (cached on first use)
+        if "lexical" in self.manifest:
+            self.lexical  # noqa: B018
         return self
 
     def files(self) -> dict[str, int]:
         """Size in bytes of each file of the generation."""
-        return {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()}
+        files = {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()}
+        lexical_dir = self.folder / lexical.LEXICAL_DIR
+        if lexical_dir.is_dir():
+            files[lexical.LEXICAL_DIR + "/"] = sum(p.stat().st_size for p in lexical_dir.iterdir())
+        return files
 
 
 def index_exists(index_dir: str | Path) -> bool:

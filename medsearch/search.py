@@ -20,6 +20,7 @@ from medsearch.errors import BadInputError
 from medsearch import generations
 from medsearch.backends.faiss import Allowed
 from medsearch.filters import filter_sql, parse_filters
+from medsearch.fusion import DEFAULT_MODE, Fusion, check_mode, fuse
 from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, open_index, prefix
 
 DEFAULT_TIER = "fast"
@@ -43,6 +44,7 @@ class Hit:
     source: str = ""
     chunk: int = 0
     metadata: dict = field(default_factory=dict)
+    found_by: dict = field(default_factory=dict)  # list name ("dense", "lexical") -> rank there
 
 
 @dataclass
@@ -57,7 +59,7 @@ class QueryResult:
         out["query"] = self.query
         out["results"] = [
             {"id": h.id, "score": round(h.score, 6), "title": h.title, "snippet": h.snippet,
-             "url": h.url, "source": h.source, "metadata": h.metadata}
+             "url": h.url, "source": h.source, "metadata": h.metadata, "found_by": h.found_by}
             for h in self.hits
         ]
         out["timings_ms"] = {key: round(value, 3) for key, value in self.timings_ms.items()}
@@ -103,9 +105,12 @@ class Searcher:
         self._reload = threading.Lock()
 
     @classmethod
-    def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None) -> "Searcher":
+    def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None,
+             load_model: bool = True) -> "Searcher":
+        """The index's current generation and its model (`load_model=False`: none, lexical search only)."""
         index = open_index(index_dir)
-        return cls(index, Encoder(model or index.manifest["model"]["spec"], device=device))
+        encoder = Encoder(model or index.manifest["model"]["spec"], device=device) if load_model else None
+        return cls(index, encoder)
 
     def current(self) -> Index:
         """The newest committed generation (loaded, and checked against the model, before use)."""
@@ -133,8 +138,14 @@ class Searcher:
         return tier_dim, tier == "fast" and tier_dim != index.full_dim
 
     def check(self, *, tier: str = DEFAULT_TIER, k: int = 10, dim: int | None = None,
-              oversample: int = DEFAULT_OVERSAMPLE, filters=None) -> None:
+              oversample: int = DEFAULT_OVERSAMPLE, filters=None, mode: str = DEFAULT_MODE,
+              fusion: Fusion | None = None) -> None:
         """Raise BadInputError for search arguments this index cannot serve (before any encoding)."""
+        check_mode(mode)
+        if fusion is not None:
+            fusion.check()
+        if mode != "dense":
+            self.index.lexical  # noqa: B018 (an index without one fails here)
         if k < 1:
             raise BadInputError(f"k must be at least 1; got {k}")
         if oversample < 1:
@@ -162,16 +173,21 @@ class Searcher:
         dim: int | None = None,
         oversample: int = DEFAULT_OVERSAMPLE,
         filters=None,
+        mode: str = DEFAULT_MODE,
+        fusion: Fusion = Fusion(),
     ) -> list[QueryResult]:
         """Encode all queries in one pass, search, hydrate. Timings in batch mode are per query (amortised).
-        `filters`: `field=value`, `field!=value`, `field>=number`, `field<=number` strings, ANDed."""
+        `filters`: `field=value`, `field!=value`, `field>=number`, `field<=number` strings, ANDed.
+        `mode`: dense (the tier's vectors), lexical (BM25, nothing encoded) or hybrid (both, fused)."""
         self.check_queries(queries, query_ids)
-        self.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
+        self.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
         started = time.perf_counter()
-        vectors = self.encoder.encode_queries(queries)
-        encode_ms = (time.perf_counter() - started) * 1000 / len(queries)
-        return self.search_encoded(queries, vectors, encode_ms=encode_ms, query_ids=query_ids,
-                                   tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)
+        if mode != "lexical" and self.encoder is None:
+            raise BadInputError(f"{mode} search needs a model to encode the queries; this searcher has none")
+        vectors = None if mode == "lexical" else self.encoder.encode_queries(queries)
+        encode_ms = (time.perf_counter() - started) * 1000 / len(queries) if vectors is not None else 0.0
+        return self.search_encoded(queries, vectors, encode_ms=encode_ms, query_ids=query_ids, tier=tier, k=k,
+                                   dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
 
     def search_encoded(
         self,
@@ -185,18 +201,21 @@ class Searcher:
         dim: int | None = None,
         oversample: int = DEFAULT_OVERSAMPLE,
         filters=None,
+        mode: str = DEFAULT_MODE,
+        fusion: Fusion = Fusion(),
     ) -> list[QueryResult]:
-        """Search and hydrate queries already encoded (`vectors`, one row per query; the service
-        encodes concurrent requests together). `encode_ms` is reported as each query's encoding time."""
+        """Search and hydrate queries already encoded (`vectors`, one row per query, None in lexical
+        mode; the service encodes concurrent requests together). `encode_ms` is reported as each
+        query's encoding time."""
         index = self.current()
-        ranked, timings = self.search_vectors(vectors, tier=tier, k=k, dim=dim, oversample=oversample,
-                                              filters=filters, index=index)
+        ranked, timings = self.retrieve(queries, vectors, mode=mode, fusion=fusion, tier=tier, k=k, dim=dim,
+                                        oversample=oversample, filters=filters, index=index)
         per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
         results = []
         for i, hits in enumerate(ranked):
-            found = index.store.hydrate([row for row, _ in hits], query=queries[i])
+            found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
             docs = []
-            for row, score in hits:
+            for row, score, found_by in hits:
                 info = found[row]
                 docs.append(
                     Hit(
@@ -208,10 +227,74 @@ class Searcher:
                         source=info["source"],
                         chunk=info["position"],
                         metadata=info["metadata"],
+                        found_by=found_by,
                     )
                 )
             results.append(QueryResult(queries[i], docs, dict(per_query), query_ids[i] if query_ids else None))
         return results
+
+    def retrieve(
+        self,
+        queries: list[str],
+        vectors: np.ndarray | None,
+        *,
+        mode: str = DEFAULT_MODE,
+        fusion: Fusion = Fusion(),
+        tier: str = DEFAULT_TIER,
+        k: int = 10,
+        dim: int | None = None,
+        oversample: int = DEFAULT_OVERSAMPLE,
+        filters=None,
+        index: Index | None = None,
+    ) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:
+        """Ranked (chunk row, score, {list: rank}) per query, one document per hit, in any mode:
+        dense ranks `vectors` in the tier, lexical ranks the query text by BM25, hybrid fuses the
+        two top lists (`fusion.depth` documents each, at least k)."""
+        index = index or self.current()
+        self.check(tier=tier, k=k, dim=dim, oversample=oversample, mode=mode, fusion=fusion)
+        depth = k if mode != "hybrid" else max(k, fusion.depth)
+        lists: dict[str, list[list[tuple[int, float]]]] = {}
+        timings: dict[str, float] = {}
+        if mode != "lexical":
+            lists["dense"], timings = self.search_vectors(vectors, tier=tier, k=depth, dim=dim, oversample=oversample,
+                                                          filters=filters, index=index)
+        if mode != "dense":
+            lists["lexical"], timings["lexical"] = self.search_lexical(queries, k=depth, filters=filters, index=index)
+        if mode != "hybrid":
+            (name, ranked), = lists.items()
+            return [[(row, score, {name: rank}) for rank, (row, score) in enumerate(hits, 1)] for hits in ranked], timings
+        started = time.perf_counter()
+        fused = []
+        for dense, lexical in zip(lists["dense"], lists["lexical"]):
+            per_list = {name: [(int(index.chunk_doc[row]), row, score) for row, score in hits]
+                        for name, hits in (("dense", dense), ("lexical", lexical))}
+            fused.append(fuse(per_list, fusion, k))
+        timings["fuse"] = (time.perf_counter() - started) * 1000
+        return fused, timings
+
+    def search_lexical(self, queries: list[str], *, k: int = 10, filters=None,
+                       index: Index | None = None) -> tuple[list[list[tuple[int, float]]], float]:
+        """BM25 ranked (chunk row, score) lists, one document per hit, over the live rows that
+        pass the filters; and the time taken in ms (all queries)."""
+        index = index or self.current()
+        started = time.perf_counter()
+        allowed = index.allowed(filters)
+        results = []
+        for query in queries:
+            scores = index.lexical.scores(query)
+            if allowed is not None:
+                scores = np.where(allowed[: len(scores)], scores, 0)
+            matching = np.flatnonzero(scores > 0)
+            n = min(len(matching), 4 * k)
+            while True:  # the best n rows by score (ties by row), widened until they give k documents
+                top = matching if n == len(matching) else matching[np.argpartition(-scores[matching], n - 1)[:n]]
+                top = top[np.lexsort((top, -scores[top]))]
+                hits = collapse(top, scores[top], index.chunk_doc, k)
+                if len(hits) == k or n == len(matching):
+                    break
+                n = min(len(matching), 2 * n)
+            results.append(hits)
+        return results, (time.perf_counter() - started) * 1000
 
     def search_vectors(
         self,

@@ -39,8 +39,11 @@ from medsearch.index import (
     open_index,
     prefix,
     write_index,
+    write_lexical_from_store,
     write_manifest,
 )
+from medsearch import lexical
+from medsearch.lexical import LEXICAL_DIR
 from medsearch.store import counts, index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
 
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
@@ -186,6 +189,10 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         if vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
             for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims)]:
                 _link(base.folder / name, tmp / name)
+            if (base.folder / LEXICAL_DIR).is_dir():
+                (tmp / LEXICAL_DIR).mkdir()
+                for path in (base.folder / LEXICAL_DIR).iterdir():
+                    _link(path, tmp / LEXICAL_DIR / path.name)
         else:
             np.save(tmp / "vectors.npy", np.concatenate([base.vectors, vectors.astype(base.vectors.dtype)]))
             np.save(tmp / "chunk_doc.npy", np.concatenate(
@@ -194,6 +201,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                 tier = FaissTier.load(base.folder / f"dim{dim}.faiss", base.index_type(dim))
                 tier.add(prefix(vectors, dim))
                 tier.save(tmp / f"dim{dim}.faiss")
+            write_lexical_from_store(tmp, base.chunks + len(chunks))
         total = base.chunks + len(chunks)
         manifest = {
             **base.manifest,
@@ -202,6 +210,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             "dead_chunks": total - live_chunks,
             "corpus_fingerprint": fingerprint,
             "metadata_fields": fields,
+            **({"lexical": lexical.settings()} if (tmp / LEXICAL_DIR).is_dir() else {}),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_manifest(tmp, manifest)

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medsearch import __version__
 from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError
+from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 from medsearch.index import TIERS
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, Searcher
 from medsearch.server.batching import MicroBatcher
@@ -47,7 +48,11 @@ MAX_K = 1000
 MAX_OVERSAMPLE = 1000
 PUBLIC_PATHS = ("/livez", "/readyz", "/", "/favicon.ico")  # and /static/: the page holds no data
 Tier = Literal["fast", "light", "standard", "deep"]
-assert set(Tier.__args__) == set(TIERS)
+Mode = Literal["dense", "lexical", "hybrid"]
+Method = Literal["rrf", "convex"]
+assert set(Tier.__args__) == set(TIERS) and set(Mode.__args__) == set(MODES) and set(Method.__args__) == set(METHODS)
+FUSION = Fusion()
+MODE_HELP = "dense: the tier's vectors; lexical: BM25 over the same chunks; hybrid: both lists fused."
 
 
 # ---- request and response models (the OpenAPI schema at /openapi.json) ----
@@ -66,6 +71,10 @@ class SearchRequest(BaseModel):
     dim: int | None = Field(None, description="Search this stored prefix dim instead of the tier's.")
     oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample.")
     filters: list[str] = Field([], description="field=value, field!=value, field>=number, field<=number; ANDed.")
+    mode: Mode = Field(DEFAULT_MODE, description=MODE_HELP)
+    fusion: Method = Field(FUSION.method, description="hybrid: reciprocal rank fusion or a convex combination of normalised scores.")
+    rrf_k: int = Field(FUSION.rrf_k, ge=0, le=10_000, description="hybrid rrf: each list adds 1 / (rrf_k + rank).")
+    dense_weight: float = Field(FUSION.weight, ge=0, le=1, description="hybrid convex: the dense scores' weight.")
 
 
 class DocumentsIn(BaseModel):
@@ -91,13 +100,14 @@ class HitOut(BaseModel):
     url: str
     source: str
     metadata: dict
+    found_by: dict[str, int] = Field(..., description="Each list that found the hit (dense, lexical) and its rank there.")
 
 
 class SearchResponse(BaseModel):
     query_id: str | None = Field(None, description="POST only: the request's id for this query.")
     query: str
     results: list[HitOut]
-    timings_ms: dict[str, float] = Field(..., description="encode (the shared encoder pass), search, rerank.")
+    timings_ms: dict[str, float] = Field(..., description="encode (the shared encoder pass), search, rerank, lexical, fuse.")
 
 
 class DocumentOut(BaseModel):
@@ -180,20 +190,22 @@ class Service:
             raise ServiceLoading()
         return self.searcher
 
-    async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int,
-                     dim: int | None, oversample: int, filters: list[str] | None = None) -> list[dict]:
+    async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int, dim: int | None,
+                     oversample: int, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
+                     fusion: Fusion = FUSION) -> list[dict]:
         searcher = self.loaded()
         for i, text in enumerate(texts):
             if len(text) > self.settings.max_query_chars:
                 where = f"query {ids[i]}" if ids else "the query"
                 raise BadInputError(f"{where} has {len(text)} characters; the limit is {self.settings.max_query_chars}")
         searcher.check_queries(texts, ids)
-        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters)  # before encoding anything
-        vectors, encode_ms = await self.batcher.encode(texts)
+        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode,
+                       fusion=fusion)  # before encoding anything
+        vectors, encode_ms = (None, 0.0) if mode == "lexical" else await self.batcher.encode(texts)
         results = await asyncio.get_running_loop().run_in_executor(
             self.search_pool,
-            partial(searcher.search_encoded, texts, vectors, encode_ms=encode_ms, query_ids=ids,
-                    tier=tier, k=k, dim=dim, oversample=oversample, filters=filters),
+            partial(searcher.search_encoded, texts, vectors, encode_ms=encode_ms, query_ids=ids, tier=tier, k=k,
+                    dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion),
         )
         return [result.to_json() for result in results]
 
@@ -226,6 +238,8 @@ class ServiceLoading(MedsearchError):
 def _warm_up(searcher: Searcher) -> None:
     for tier in TIERS:
         searcher.search(["warm-up query"], tier=tier, k=10)
+    if "lexical" in searcher.index.manifest:
+        searcher.search(["warm-up query"], mode="hybrid", k=10)
 
 
 # ---- errors: one JSON shape for all of them ----
@@ -339,9 +353,14 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         dim: int | None = Query(None, description="Search this stored prefix dim instead of the tier's."),
         oversample: int = Query(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample."),
         filter: list[str] = Query([], description="field=value, field!=value, field>=number or field<=number; repeat to AND them."),  # noqa: A002
+        mode: Mode = Query(DEFAULT_MODE, description=MODE_HELP),
+        fusion: Method = Query(FUSION.method, description="hybrid: reciprocal rank fusion or a convex combination of normalised scores."),
+        rrf_k: int = Query(FUSION.rrf_k, ge=0, le=10_000, description="hybrid rrf: each list adds 1 / (rrf_k + rank)."),
+        dense_weight: float = Query(FUSION.weight, ge=0, le=1, description="hybrid convex: the dense scores' weight."),
     ):
         """One query: the same JSON as `medsearch query --json`."""
-        (result,) = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample, filters=filter)
+        (result,) = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample, filters=filter,
+                                         mode=mode, fusion=Fusion(fusion, rrf_k, dense_weight, FUSION.depth))
         return JSONResponse(result)
 
     @app.post("/search", response_model=list[SearchResponse], tags=["search"])
@@ -352,7 +371,8 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         ids = [str(q.id) if q.id is not None else str(i) for i, q in enumerate(request.queries, start=1)]
         texts = [q.text for q in request.queries]
         results = await service.search(texts, ids, tier=request.tier, k=request.k, dim=request.dim,
-                                       oversample=request.oversample, filters=request.filters)
+                                       oversample=request.oversample, filters=request.filters, mode=request.mode,
+                                       fusion=Fusion(request.fusion, request.rrf_k, request.dense_weight, FUSION.depth))
         return JSONResponse(results)
 
     @app.get("/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])

@@ -34,8 +34,10 @@ async function api(path) {
   return body;
 }
 
-function searchUrl(q, tier, k, filters = []) {
-  const params = new URLSearchParams({ q, tier, k: String(k) });
+const MODES = ["dense", "hybrid", "lexical"];
+
+function searchUrl(q, tier, k, filters = [], mode = "dense") {
+  const params = new URLSearchParams({ q, tier, k: String(k), mode });
   for (const f of filters) params.append("filter", f);
   return "/search?" + params;
 }
@@ -51,6 +53,7 @@ function readUrl() {
   return {
     q: params.get("q") || "",
     tier: params.get("tier") || "fast",
+    mode: MODES.includes(params.get("mode")) ? params.get("mode") : "dense",
     k: params.get("k") || "10",
     compare: params.get("compare") === "1",
     filters: params.getAll("filter"),
@@ -60,6 +63,7 @@ function readUrl() {
 
 function pageUrl(state) {
   const params = new URLSearchParams({ q: state.q, tier: state.tier, k: state.k });
+  if (state.mode && state.mode !== "dense") params.set("mode", state.mode);
   if (state.compare) params.set("compare", "1");
   for (const f of state.filters || []) params.append("filter", f);
   return "/?" + params;
@@ -96,7 +100,11 @@ function hitItem(hit, rank, words, mark) {
   const link = el("a", { href: "/?doc=" + encodeURIComponent(hit.id), class: "title" }, hit.title || hit.id);
   const head = el("div", { class: "hit-head" },
     el("span", { class: "rank", "aria-label": `rank ${rank}` }, String(rank) + "."), " ", link,
-    " ", el("span", { class: "score", title: "cosine similarity" }, "score " + hit.score.toFixed(4)));
+    " ", el("span", { class: "score", title: scoreTitle(hit) }, "score " + hit.score.toFixed(4)));
+  const lists = Object.entries(hit.found_by || {});
+  if (lists.length && !(lists.length === 1 && lists[0][0] === "dense")) {
+    head.append(" ", el("span", { class: "found-by" }, lists.map(([name, rank]) => `${name} #${rank}`).join(" · ")));
+  }
   const item = el("li", { class: "hit", "data-id": hit.id }, head, highlighted(hit.snippet, words));
   const fields = Object.entries(hit.metadata || {}).map(([key, value]) => `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`);
   const meta = [hit.source, hit.id, ...fields].filter(Boolean).join(" · ");
@@ -110,6 +118,12 @@ function hitItem(hit, rank, words, mark) {
     item.append(el("span", { class: "badge" }, mark.shared ? "in both" : "only in " + mark.tier));
   }
   return item;
+}
+
+function scoreTitle(hit) {
+  const lists = Object.keys(hit.found_by || {});
+  if (lists.includes("dense") && lists.includes("lexical")) return "fused score (found by both lists)";
+  return lists.includes("lexical") && lists.length === 1 ? "BM25 score (or fused)" : "cosine similarity (or fused)";
 }
 
 function timingText(result, clientMs) {
@@ -136,7 +150,7 @@ async function runSearch(state) {
   try {
     if (state.compare) {
       const started = performance.now();
-      const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k, state.filters)), api(searchUrl(state.q, "deep", state.k, state.filters))]);
+      const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k, state.filters, state.mode)), api(searchUrl(state.q, "deep", state.k, state.filters, state.mode))]);
       const ms = performance.now() - started;
       const fastIds = new Set(fast.results.map((h) => h.id));
       const deepIds = new Set(deep.results.map((h) => h.id));
@@ -151,10 +165,11 @@ async function runSearch(state) {
       $("status").textContent = `Compared fast and deep: ${shared} of ${n} shared.`;
     } else {
       const started = performance.now();
-      const result = await api(searchUrl(state.q, state.tier, state.k, state.filters));
+      const result = await api(searchUrl(state.q, state.tier, state.k, state.filters, state.mode));
       const ms = performance.now() - started;
       $("hits").replaceChildren(...result.results.map((h, i) => hitItem(h, i + 1, words)));
-      $("timings").textContent = `${state.tier} tier · ` + timingText(result, ms);
+      const how = state.mode === "lexical" ? "lexical" : `${state.mode === "hybrid" ? "hybrid, " : ""}${state.tier} tier`;
+      $("timings").textContent = `${how} · ` + timingText(result, ms);
       showOnly("results");
       $("status").textContent = result.results.length
         ? `${result.results.length} results for “${state.q}”.` : `No results for “${state.q}”.`;
@@ -208,6 +223,7 @@ function render() {
   $("q").value = state.q;
   $("tier").value = ["fast", "light", "standard", "deep"].includes(state.tier) ? state.tier : "fast";
   $("k").value = state.k;
+  $("mode").value = state.mode;
   $("compare").checked = state.compare;
   $("filters").value = state.filters.join("; ");
   $("tier").disabled = state.compare;
@@ -225,7 +241,7 @@ function render() {
 document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    const state = { q: $("q").value.trim(), tier: $("tier").value, k: $("k").value || "10", compare: $("compare").checked,
+    const state = { q: $("q").value.trim(), tier: $("tier").value, mode: $("mode").value, k: $("k").value || "10", compare: $("compare").checked,
                     filters: splitFilters($("filters").value) };
     if (!state.q) { setError("Type something to search for."); $("q").focus(); return; }
     history.pushState({}, "", pageUrl(state));
