@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import print_table, write_results  # noqa: E402
+from common import RESULTS, print_table, write_results  # noqa: E402
 
 from medsearch.corpus import read_corpus  # noqa: E402
 from medsearch.encoder import Encoder  # noqa: E402
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--depths", default="20,50,100")
     parser.add_argument("--tiers", default="deep,fast")
     parser.add_argument("--name", default="dev")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     encoder = Encoder(args.model)
@@ -90,7 +91,7 @@ def main() -> None:
     print_table(summary[:12], ["setting", "mean_ndcg@10", "min_gain_vs_dense", "mean_gain_vs_dense"])
     print(f"\nchosen: {summary[0]['setting']}")
     write_results(f"hybrid-{args.name}", {"model": args.model, "data": args.data, "rows": rows, "summary": summary,
-                                          "chosen": summary[0]["setting"]})
+                                          "chosen": summary[0]["setting"]}, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from medsearch.errors import (
 from medsearch.index import DEFAULT_INDEX, TIERS, VECTOR_DTYPES, build_index, open_index
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
+from medsearch.training import TrainSettings
+from medsearch.tune import TuneSettings
 
 index_option = click.option(
     "--index",
@@ -280,6 +282,8 @@ def info(index_dir, as_json):
         ("documents", f"{m['documents']} ({m['chunks'] - m['dead_chunks']} live chunks, {m['dead_chunks']} dead rows of {m['chunks']})"),
         ("generation", f"{idx.generation}" + (f", updated {m['updated']}" if m.get("updated") else "")),
         ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
+        ("lexical", f"BM25 ({m['lexical']['library']}, {m['lexical']['stemmer']} stemming) over {m['lexical']['text']}"
+         if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
         ("vectors", m["vector_dtype"]),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
         ("built", f"{m['created']} in {m['build_seconds']}s by medsearch {m['medsearch_version']}"),
@@ -385,6 +389,52 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
         click.echo(report.to_text())
         table = report.to_markdown()
     write_model_card(out_dir, result, table)
+
+
+@cli.command()
+@click.argument("data_dir", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the tuned model (must not exist or be empty).")
+@click.option("--base", default=DEFAULT_MODEL, show_default=True, help="Model to fine-tune.")
+@click.option("--pairs", "sample", default=TuneSettings().sample, show_default=True, help="Training pairs: N for DATA_DIR/train_pairs_N.jsonl, or 'all' for train_pairs.jsonl.")
+@click.option("--no-symptom-pairs", is_flag=True, help="One model on the question-answer pairs only (no symptom-description model, no soup).")
+@click.option("--soup-weight", default=TuneSettings().soup_weight, show_default=True, type=click.FloatRange(0, 1), help="Share of the symptoms model in the average of the two fine-tunes.")
+@click.option("--base-weight", default=TuneSettings().base_weight, show_default=True, type=click.FloatRange(0, 1), help="Share of the base model averaged back into the tuned one.")
+@click.option("--batch-size", default=TuneSettings().train.batch_size, show_default=True, type=click.IntRange(min=2))
+@click.option("--mini-batch-size", default=TuneSettings().train.mini_batch_size, show_default=True, type=click.IntRange(min=1), help="Texts per forward pass of the cached loss (memory).")
+@click.option("--epochs", default=TuneSettings().train.epochs, show_default=True, type=float)
+@click.option("--lr", default=TuneSettings().train.lr, show_default=True, type=float)
+@click.option("--max-steps", default=-1, show_default=True, type=int, help="Stop each training after N optimiser steps (-1: the whole epochs).")
+@click.option("--eval-split", default="test", show_default=True, help="Split of DATA_DIR to evaluate base and tuned model on ('' for all).")
+@click.option("--eval-data", multiple=True, metavar="DIR[:SPLIT]", help="Another BEIR folder to evaluate on (repeat), e.g. data/nfcorpus:test.")
+@click.option("--cache", default="indexes/eval", show_default=True, type=click.Path(file_okay=False), help="Where evaluation indexes are kept.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def tune(data_dir, out_dir, base, sample, no_symptom_pairs, soup_weight, base_weight, batch_size, mini_batch_size, epochs, lr,
+         max_steps, eval_split, eval_data, cache, device, quiet):
+    """The shipped fine-tuning recipe in one command, from a folder written by `medsearch data medquad`.
+
+    \b
+    Two Matryoshka fine-tunes of BASE (cached MNRL, batch 64, 1 epoch, lr 2e-5): on the train
+    split's question-answer pairs, and on those plus symptom-description pairs; their weight
+    average, with --base-weight of the base model averaged back in; then base vs tuned on
+    --eval-split (and each --eval-data), written into the model card (OUT/README.md).
+    Resumable: run the same command again after an interruption; finished steps are kept in
+    OUT.work/ and a training continues from its last checkpoint.
+    """
+    from medsearch.tune import tune as run_tune
+
+    settings = TuneSettings(
+        base=base, sample=sample, symptom_pairs=not no_symptom_pairs, soup_weight=soup_weight, base_weight=base_weight,
+        eval_split=eval_split, eval_data=list(eval_data),
+        train=TrainSettings(loss="cached-mnrl", batch_size=batch_size, grad_accum=1, mini_batch_size=mini_batch_size,
+                            epochs=epochs, lr=lr, max_steps=max_steps, device=None if device == "auto" else device),
+    )
+    report = run_tune(data_dir, out_dir, settings, progress=not quiet, log=click.echo, cache=cache)
+    for evaluation in report.evaluations:
+        rows = {c["row"]: c for c in evaluation["comparison"]}
+        full = next(iter(rows))
+        line = ", ".join(f"{row} {c.get('improvement', 0):+.4f}" for row, c in rows.items() if row in (full, "fast", "hybrid"))
+        click.echo(f"{evaluation['data']}: tuned - base NDCG@10: {line}")
 
 
 @cli.command()

@@ -145,3 +145,16 @@ def test_funnel_sweep_uses_the_index_it_names(tmp_path):
     assert classes == {(64, "flat"): "IndexFlat", (64, "hnsw"): "IndexHNSWFlat", (64, "ivf nprobe 256"): "IndexIVFFlat",
                        (128, "hnsw"): "IndexHNSWFlat"}
     assert searcher.index.manifest["tier_dims"]["fast"] == 64 and type(searcher.index.faiss_index(64)).__name__ == "IndexHNSWFlat"
+
+
+def test_hybrid_bench_picks_a_setting(tmp_path):
+    stdout = run_script(
+        "hybrid.py", "--data", f"{BUNDLED}:", "--rrf-k", "60", "--weights", "0.5", "--depths", "20", "--tiers", "deep",
+        "--cache", tmp_path / "cache", "--name", "smoke", "--out", tmp_path, cwd=tmp_path,
+    )
+    result = json.loads((tmp_path / "hybrid-smoke.json").read_text())
+    settings = [r["setting"] for r in result["rows"]]
+    assert settings == ["dense", "lexical", "rrf k=60 depth=20", "convex w=0.5 depth=20"]
+    assert result["chosen"] in settings and f"chosen: {result['chosen']}" in stdout
+    dense = result["rows"][0]["ndcg@10"]
+    assert all(0 < r["ndcg@10"] <= 1 for r in result["rows"]) and 0.8 < dense < 1

@@ -39,9 +39,12 @@ FOCI = [f"Fixture condition {name}" for name in ("alpha", "beta", "gamma", "delt
 
 @pytest.fixture
 def medquad_repo(tmp_path) -> Path:
+    return make_medquad_repo(tmp_path / "MedQuAD-master")
+
+
+def make_medquad_repo(root: Path) -> Path:
     """A small MedQuAD-shaped repository: two source folders, an empty (copyright-removed) answer,
     an answer shared by two foci, a question asked in two documents, indented answers."""
-    root = tmp_path / "MedQuAD-master"
     first, second, adam = root / "1_Fixture_QA", root / "2_Other_QA", root / "10_MPlus_ADAM_QA"
     for folder in (first, second, adam):
         folder.mkdir(parents=True)

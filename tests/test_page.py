@@ -106,6 +106,22 @@ def test_filters_from_the_box_and_the_url(server, page):
     expect(page.get_by_label("Filters")).to_have_value("colour=red")
 
 
+def test_hybrid_mode_from_the_menu_shows_which_lists_found_each_hit(server, page):
+    query = "warfarin INR blood test"
+    page.goto(f"{server}/?q={urllib.parse.quote(query)}")
+    expect(page.locator("#hits .title").first).to_be_visible()
+    page.get_by_label("Mode").select_option("hybrid")
+    page.get_by_label("Search medical documents").press("Enter")
+    expect(page.locator("#hits .found-by").first).to_contain_text("lexical #")
+    port = int(server.rsplit(":", 1)[1])
+    _, body = get(port, "/search?" + urllib.parse.urlencode({"q": query, "mode": "hybrid"}))
+    assert page.locator("#hits .title").all_inner_texts() == [h["title"] for h in body["results"]]
+    assert "mode=hybrid" in page.url
+    expect(page.locator("#timings")).to_contain_text("hybrid, fast tier")
+    page.reload()  # the mode comes back from the URL
+    expect(page.get_by_label("Mode")).to_have_value("hybrid")
+
+
 def test_document_view_and_keyboard(server, page):
     page.goto(f"{server}/?q={urllib.parse.quote(DIABETES)}")
     page.locator("#hits .title").first.click()

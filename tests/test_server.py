@@ -38,9 +38,26 @@ def test_get_search_is_the_cli_json(client, searcher):
     assert [h["id"] for h in body["results"]] == [h["id"] for h in expected["results"]]
     assert body["results"][0]["title"] == "Type 2 diabetes: early signs"
     assert [h["score"] for h in body["results"]] == pytest.approx([h["score"] for h in expected["results"]], abs=1e-5)
-    assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata"]
+    assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
+    assert body["results"][0]["found_by"] == {"dense": 1}
     assert body["results"][0]["metadata"] == {"topic": "condition"} and body["results"][0]["source"] == "corpus.jsonl"
     assert set(body["timings_ms"]) == {"encode", "search", "rerank"} and body["timings_ms"]["encode"] > 0
+
+
+def test_modes_over_http_are_the_library_results(client, searcher):
+    from medsearch.fusion import Fusion
+
+    question = "warfarin INR blood test"
+    for mode, extra in (("lexical", {}), ("hybrid", {}), ("hybrid", {"fusion": "convex", "dense_weight": 0.7})):
+        body = client.get("/search", params={"q": question, "k": 5, "mode": mode, **extra}).json()
+        fusion = Fusion(extra.get("fusion", "rrf"), weight=extra.get("dense_weight", 0.5))
+        (expected,) = searcher.search([question], k=5, mode=mode, fusion=fusion)
+        assert [(h["id"], h["found_by"]) for h in body["results"]] == [(h.id, h.found_by) for h in expected.hits]
+    lexical = client.get("/search", params={"q": question, "mode": "lexical"}).json()
+    assert lexical["timings_ms"]["encode"] == 0 and "lexical" in lexical["timings_ms"]
+    batch = client.post("/search", json={"queries": [{"text": question}, {"text": "wheezing at night"}], "mode": "hybrid", "k": 3}).json()
+    assert all(len(r["results"]) == 3 and "fuse" in r["timings_ms"] for r in batch)
+    assert any(len(h["found_by"]) == 2 for h in batch[0]["results"])
 
 
 @pytest.mark.parametrize("tier", ["fast", "light", "standard", "deep"])
@@ -110,6 +127,10 @@ def test_document_ids_with_slashes(tmp_path, minilm):
         ("GET", "/search?q=fever&k=1001", None, 400, "query parameter k: Input should be less than or equal to 1000"),
         ("GET", "/search?q=fever&k=ten", None, 400, "query parameter k: Input should be a valid integer"),
         ("GET", "/search?q=fever&dim=100", None, 400, "dim 100 is not stored in"),
+        ("GET", "/search?q=fever&mode=semantic", None, 400, "query parameter mode: Input should be 'dense', 'lexical' or 'hybrid'"),
+        ("GET", "/search?q=fever&mode=hybrid&dense_weight=1.5", None, 400, "query parameter dense_weight: Input should be less than or equal to 1"),
+        ("GET", "/search?q=fever&mode=hybrid&fusion=max", None, 400, "query parameter fusion: Input should be 'rrf' or 'convex'"),
+        ("POST", "/search", {"queries": [{"text": "fever"}], "mode": "bm25"}, 400, "mode: Input should be"),
         ("GET", "/search?q=fever&oversample=0", None, 400, "query parameter oversample: Input should be greater than or equal to 1"),
         ("POST", "/search", b'{"queries": [', 400, "malformed JSON body"),
         ("POST", "/search", b"[1, 2]", 400, "request body: Input should be a valid dictionary"),

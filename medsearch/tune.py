@@ -1,0 +1,193 @@
+"""`medsearch tune`: the shipped fine-tuning recipe as one resumable command.
+
+From a MedQuAD folder written by `medsearch data medquad`:
+  1. pairs      the train split's question-answer sample, and the same plus the symptom-description
+                pairs (people describe symptoms; MedQuAD's questions all name the condition)
+  2. qa         Matryoshka fine-tune on the question-answer pairs (cached MNRL, batch 64)
+  3. symptoms   the same on question-answer + symptom pairs
+  4. soup       the weight average of the two (each alone loses on the other's kind of question)
+  5. final      the soup interpolated with the base model (`base_weight`; WiSE-FT, Wortsman et
+                al. 2022: keeps the base's robustness on questions unlike the training data)
+  6. eval       base vs tuned on the data's test split (and any other sets), into the model card
+
+Every step writes into `OUT.work/` and is skipped when a rerun finds it complete; an interrupted
+training resumes from its last checkpoint. The tuned model lands at OUT only when all succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from medsearch.errors import BadInputError, MedsearchError
+from medsearch.training import TrainSettings
+
+STEPS = ("pairs", "qa", "symptoms", "soup", "final", "eval")
+
+
+@dataclass
+class TuneSettings:
+    base: str = "default"
+    sample: str = "2182"  # pairs file: train_pairs_<sample>.jsonl, or "all" for train_pairs.jsonl
+    symptom_pairs: bool = True
+    soup_weight: float = 0.5  # share of the symptoms model in the soup
+    base_weight: float = 0.0  # share of the base model in the final one
+    eval_split: str = "test"
+    eval_data: list[str] = field(default_factory=list)  # more BEIR folders, FOLDER or FOLDER:SPLIT
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(
+        loss="cached-mnrl", batch_size=64, grad_accum=1, mini_batch_size=16, epochs=1.0, lr=2e-5))
+
+    def check(self, data: Path) -> None:
+        self.train.validate()
+        for name, value in (("soup weight", self.soup_weight), ("base weight", self.base_weight)):
+            if not 0 <= value <= 1:
+                raise BadInputError(f"the {name} must be between 0 and 1; got {value}")
+        if not (data / "corpus.jsonl").is_file() or not (data / "queries.jsonl").is_file():
+            raise BadInputError(f"{data} is not a MedQuAD folder (no corpus.jsonl / queries.jsonl): "
+                                "write one with medsearch data medquad")
+        if not self.pairs_file(data).is_file():
+            raise BadInputError(f"{self.pairs_file(data)} not found: the pairs sample comes from medsearch data medquad")
+        if self.symptom_pairs and not (data / "symptom_pairs.jsonl").is_file():
+            raise BadInputError(f"{data / 'symptom_pairs.jsonl'} not found: it comes from medsearch data medquad")
+
+    def pairs_file(self, data: Path) -> Path:
+        return data / ("train_pairs.jsonl" if self.sample == "all" else f"train_pairs_{self.sample}.jsonl")
+
+
+@dataclass
+class TuneReport:
+    output: str
+    steps: dict[str, str]  # step -> "done" (this run) | "kept" (found complete)
+    evaluations: list[dict]
+
+
+def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = None, *, progress: bool = True,
+         log: Callable[[str], None] = print, cache: str | Path = Path("indexes") / "eval") -> TuneReport:
+    from medsearch.evaluation import evaluate_models
+    from medsearch.training import merge_models, train, write_model_card
+
+    settings = settings or TuneSettings()
+    data, out = Path(data_dir), Path(out)
+    settings.check(data)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInputError(f"{out} already exists and is not empty: choose another output folder")
+    work = out.with_name(out.name + ".work")
+    recorded = {"data": str(data.resolve()), **asdict(settings)}
+    _check_work(work, recorded)
+    steps: dict[str, str] = {}
+
+    def step(name: str, done: Path, run: Callable[[], None]) -> None:
+        if done.exists():
+            steps[name] = "kept"
+            log(f"[{name}] already done ({done})")
+            return
+        log(f"[{name}] ...")
+        run()
+        steps[name] = "done"
+
+    qa_pairs, mixed_pairs = work / "pairs-qa.jsonl", work / "pairs-qa-symptoms.jsonl"
+
+    def make_pairs() -> None:
+        _atomic_copy(settings.pairs_file(data), qa_pairs)
+        extra = (data / "symptom_pairs.jsonl").read_text(encoding="utf-8") if settings.symptom_pairs else ""
+        _atomic_write(mixed_pairs, settings.pairs_file(data).read_text(encoding="utf-8") + extra)
+
+    step("pairs", mixed_pairs, make_pairs)
+    step("qa", work / "qa" / "medsearch_training.json",
+         lambda: train(qa_pairs, work / "qa", settings.base, settings.train, resume=True, progress=progress))
+    if settings.symptom_pairs:
+        step("symptoms", work / "symptoms" / "medsearch_training.json",
+             lambda: train(mixed_pairs, work / "symptoms", settings.base, settings.train, resume=True, progress=progress))
+        step("soup", work / "soup" / "medsearch_merge.json",
+             lambda: _fresh_merge(merge_models, str(work / "qa"), str(work / "symptoms"), work / "soup", settings.soup_weight))
+        tuned = work / "soup"
+    else:
+        tuned = work / "qa"
+    # final = (1 - base_weight) * tuned + base_weight * base
+    step("final", work / "final" / "medsearch_merge.json",
+         lambda: _fresh_merge(merge_models, str(tuned), settings.base, work / "final", settings.base_weight))
+
+    evaluations: list[dict] = []
+
+    def evaluate() -> None:
+        sets = [f"{data}:{settings.eval_split}", *settings.eval_data]
+        sections = []
+        for spec in sets:
+            folder, split = _split_spec(spec)
+            report = evaluate_models(folder, [settings.base, str(work / "final")], split=split or None, cache=cache,
+                                     progress=progress, device=settings.train.device)
+            evaluations.append({"data": spec, "comparison": report.comparison()})
+            sections.append(f"#### {Path(folder).name} ({split or 'all'})\n\n{report.to_markdown()}")
+        (work / "eval.json").write_text(json.dumps(evaluations, indent=2) + "\n")
+        _write_card(work, settings, data, "\n".join(sections), write_model_card)
+
+    step("eval", work / "eval.json", evaluate)
+    if not evaluations:
+        evaluations = json.loads((work / "eval.json").read_text())
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    os.replace(work / "final", out)
+    shutil.rmtree(work)
+    log(f"tuned model -> {out}")
+    return TuneReport(output=str(out), steps=steps, evaluations=evaluations)
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    """FOLDER or FOLDER:SPLIT (a Windows drive letter is not a split)."""
+    folder, sep, split = spec.rpartition(":")
+    if not sep or "/" in split or "\\" in split or len(folder) <= 1:
+        return spec, ""
+    return folder, split
+
+
+def _check_work(work: Path, recorded: dict) -> None:
+    """A work folder from an earlier run continues only with the same data and settings."""
+    record = work / "tune.json"
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier != json.loads(json.dumps(recorded)):
+            changed = sorted(k for k in set(earlier) | set(recorded) if earlier.get(k) != json.loads(json.dumps(recorded)).get(k))
+            raise MedsearchError(f"{work} holds an earlier run with other settings ({', '.join(changed)}): "
+                                 "run with the same settings to resume it, or remove that folder to start again")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    _atomic_write(record, json.dumps(recorded, indent=2) + "\n")
+
+
+def _fresh_merge(merge_models, first: str, second: str, target: Path, weight: float) -> None:
+    shutil.rmtree(target, ignore_errors=True)  # a merge killed half-way left no marker: start it again
+    merge_models(first, second, target, weight=weight)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _write_card(work: Path, settings: TuneSettings, data: Path, evaluation: str, write_model_card) -> None:
+    """The final model's card: the recipe and each training's record, then the evaluation."""
+    from medsearch.training import TrainResult
+
+    trained = [TrainResult(**json.loads((work / name / "medsearch_training.json").read_text()))
+               for name in ("qa", "symptoms") if (work / name / "medsearch_training.json").is_file()]
+    recipe = (f"`medsearch tune {data}`: base `{settings.base}`, pairs `{settings.pairs_file(data).name}`"
+              + (", a second model on those plus `symptom_pairs.jsonl`, their weight average "
+                 f"({settings.soup_weight} of the second)" if settings.symptom_pairs else "")
+              + f", then {settings.base_weight} of the base model averaged back in.")
+    write_model_card(work / "final", trained[0], f"{recipe}\n\n{evaluation}")
+    card = work / "final" / "README.md"
+    if len(trained) > 1:
+        s = trained[1]
+        card.write_text(card.read_text() + f"\nSecond model (symptoms): {s.examples} examples, {s.steps} steps, "
+                        f"{s.seconds} s ({s.examples_per_second} examples/s).\n")

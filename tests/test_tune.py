@@ -1,0 +1,72 @@
+"""`medsearch tune`: the recipe end to end on a tiny model and a MedQuAD-shaped fixture, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from medsearch.cli import cli
+from medsearch.data.medquad import read_pairs, write_medquad
+from medsearch.encoder import Encoder
+
+from test_data import make_medquad_repo
+
+
+@pytest.fixture
+def medquad_dir(tmp_path):
+    write_medquad(read_pairs(make_medquad_repo(tmp_path / "repo")), tmp_path / "medquad", sample_size=12)
+    return tmp_path / "medquad"
+
+
+def run_tune(medquad_dir, out, base, *extra):
+    return CliRunner().invoke(cli, [
+        "tune", str(medquad_dir), "--out", str(out), "--base", base, "--pairs", "12", "--batch-size", "4",
+        "--mini-batch-size", "4", "--max-steps", "2", "--eval-split", "", "--cache", str(out.parent / "cache"),
+        "--device", "cpu", "-q", *extra,
+    ])
+
+
+def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
+    out = tmp_path / "tuned"
+    # interrupted after the first training: the soup step finds no second model
+    import medsearch.training as training
+
+    real_merge = training.merge_models
+    training.merge_models = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+    try:
+        result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.25")
+    finally:
+        training.merge_models = real_merge
+    assert result.exit_code == 130 and not out.exists()
+    work = tmp_path / "tuned.work"
+    assert (work / "qa" / "medsearch_training.json").is_file() and (work / "symptoms" / "medsearch_training.json").is_file()
+
+    # other settings cannot continue that work folder
+    result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.5")
+    assert result.exit_code == 1 and "other settings (base_weight)" in result.output
+
+    result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.25")
+    assert result.exit_code == 0, result.output
+    assert "[qa] already done" in result.output and "[soup] ..." in result.output
+    assert not work.exists() and (out / "medsearch_merge.json").is_file()
+    assert json.loads((out / "medsearch_merge.json").read_text())["weight"] == 0.25
+    card = (out / "README.md").read_text()
+    assert "medsearch tune" in card and "| row | Initial | Final | Improvement |" in card and "Second model (symptoms)" in card
+    assert "tuned - base NDCG@10" in result.output
+    # the final model is a real, different model of the same shape
+    tuned, base = Encoder(str(out), device="cpu"), Encoder(tiny1024_path, device="cpu")
+    assert tuned.dim == base.dim == 1024 and tuned.fingerprint != base.fingerprint
+    assert run_tune(medquad_dir, out, tiny1024_path).exit_code == 1  # OUT exists: refused
+
+
+def test_tune_bad_input(tmp_path, medquad_dir):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["tune", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "medsearch data medquad" in result.output
+    result = runner.invoke(cli, ["tune", str(medquad_dir), "--out", str(tmp_path / "o"), "--pairs", "99"])
+    assert result.exit_code == 1 and "train_pairs_99.jsonl not found" in result.output
+    result = runner.invoke(cli, ["tune", str(medquad_dir), "--out", str(tmp_path / "o"), "--base-weight", "2"])
+    assert result.exit_code == 2 and "not in the range" in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
