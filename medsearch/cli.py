@@ -490,12 +490,10 @@ def data_medquad(out, local, cache, quiet):
     train/dev/test split, qrels, training pairs (all, and a 2,182 sample) and symptom-description
     pairs. Downloads the public repository's .zip unless --from names a local copy."""
     from medsearch.data import output_folder
-    from medsearch.data.download import DEFAULT_CACHE, SOURCES, fetch, unpacked
+    from medsearch.data.download import SOURCES, source_folder
     from medsearch.data.medquad import read_pairs, write_medquad
 
-    cache = cache or DEFAULT_CACHE
-    source = Path(local) if local else fetch(SOURCES["medquad"], cache, progress=not quiet)
-    pairs = read_pairs(unpacked(source, cache))
+    pairs = read_pairs(source_folder(SOURCES["medquad"], local, cache, progress=not quiet))
     with output_folder(out) as tmp:
         counts = write_medquad(pairs, tmp)
     splits = ", ".join(f"{name} {n}" for name, n in counts["splits"].items())
@@ -514,11 +512,9 @@ def data_beir(name, out, local, cache, quiet):
     Downloads BEIR's archive unless --from names a local copy."""
     from medsearch.data import output_folder
     from medsearch.data.beir import write_beir
-    from medsearch.data.download import DEFAULT_CACHE, SOURCES, fetch, unpacked
+    from medsearch.data.download import SOURCES, source_folder
 
-    cache = cache or DEFAULT_CACHE
-    source = Path(local) if local else fetch(SOURCES["beir"].format(name=name), cache, progress=not quiet)
-    folder = unpacked(source, cache)
+    folder = source_folder(SOURCES["beir"].format(name=name), local, cache, progress=not quiet)
     with output_folder(out) as tmp:
         counts = write_beir(folder, tmp)
     splits = ", ".join(f"{split} {n}" for split, n in counts["splits"].items())

@@ -71,3 +71,11 @@ def unpacked(archive: Path, cache: str | Path = DEFAULT_CACHE) -> Path:
         handle.extractall(target)
     (target / ".done").write_text(str(archive.resolve()) + "\n")
     return target
+
+
+def source_folder(url: str, local: str | Path | None = None, cache: str | Path | None = None,
+                  progress: bool = False) -> Path:
+    """The unpacked folder of a source: the local copy (an archive or a folder) when given, else
+    the download of `url` (cached)."""
+    cache = Path(cache) if cache else DEFAULT_CACHE
+    return unpacked(Path(local) if local else fetch(url, cache, progress=progress), cache)
