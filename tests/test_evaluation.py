@@ -134,7 +134,7 @@ def test_eval_cli_writes_json_and_markdown(tmp_path):
     assert "NDCG@10" in result.output and "lexical" in result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["queries"] == 99 and [r["row"] for r in report["rows"]] == ["lexical"]
-    assert report["modes"] == ["lexical"] and report["fusion"]["method"] == "rrf"
+    assert report["modes"] == ["lexical"] and report["fusion"] == {"method": "convex", "rrf_k": 60, "weight": 0.7, "depth": 50}
     assert (tmp_path / "r.md").read_text().startswith("NDCG@10 on 99 queries")
     for args, pattern in [
         (["eval", str(tmp_path / "nope")], "queries file not found"),

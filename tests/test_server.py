@@ -48,9 +48,10 @@ def test_modes_over_http_are_the_library_results(client, searcher):
     from medsearch.fusion import Fusion
 
     question = "warfarin INR blood test"
-    for mode, extra in (("lexical", {}), ("hybrid", {}), ("hybrid", {"fusion": "convex", "dense_weight": 0.7})):
+    for mode, extra in (("lexical", {}), ("hybrid", {}), ("hybrid", {"fusion": "rrf", "rrf_k": 10}),
+                        ("hybrid", {"dense_weight": 0.3})):
         body = client.get("/search", params={"q": question, "k": 5, "mode": mode, **extra}).json()
-        fusion = Fusion(extra.get("fusion", "rrf"), weight=extra.get("dense_weight", 0.5))
+        fusion = Fusion(extra.get("fusion", "convex"), rrf_k=extra.get("rrf_k", 60), weight=extra.get("dense_weight", 0.7))
         (expected,) = searcher.search([question], k=5, mode=mode, fusion=fusion)
         assert [(h["id"], h["found_by"]) for h in body["results"]] == [(h.id, h.found_by) for h in expected.hits]
     lexical = client.get("/search", params={"q": question, "mode": "lexical"}).json()
