@@ -11,7 +11,9 @@ From a MedQuAD folder written by `medsearch data medquad`:
   6. eval       base vs tuned on the data's test split (and any other sets), into the model card
 
 Every step writes into `OUT.work/` and is skipped when a rerun finds it complete; an interrupted
-training resumes from its last checkpoint. The tuned model lands at OUT only when all succeeded.
+training resumes from its last checkpoint. A rerun with other settings redoes only the steps
+they affect (a new --base-weight: the final merge and the evaluation). The tuned model lands at
+OUT only when all succeeded.
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from medsearch.errors import BadInputError, MedsearchError
+from medsearch.errors import BadInputError
 from medsearch.training import TrainSettings
 
 STEPS = ("pairs", "qa", "symptoms", "soup", "final", "eval")
+# The settings each step adds to those of the steps before it: a rerun with other settings redoes
+# the first step whose settings changed and everything after it, and keeps the steps before.
+STEP_SETTINGS = {"pairs": ("data", "sample", "symptom_pairs"), "qa": ("base", "train"), "symptoms": (),
+                 "soup": ("soup_weight",), "final": ("base_weight",), "eval": ("eval_split", "eval_data")}
+STEP_OUTPUTS = {"pairs": ("pairs-qa.jsonl", "pairs-qa-symptoms.jsonl"), "qa": ("qa",), "symptoms": ("symptoms",),
+                "soup": ("soup",), "final": ("final",), "eval": ("eval.json",)}
 
 
 @dataclass
@@ -77,7 +85,7 @@ def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = 
         raise BadInputError(f"{out} already exists and is not empty: choose another output folder")
     work = out.with_name(out.name + ".work")
     recorded = {"data": str(data.resolve()), **asdict(settings)}
-    _check_work(work, recorded)
+    _check_work(work, recorded, log)
     steps: dict[str, str] = {}
 
     def step(name: str, done: Path, run: Callable[[], None]) -> None:
@@ -144,16 +152,22 @@ def _split_spec(spec: str) -> tuple[str, str]:
     return folder, split
 
 
-def _check_work(work: Path, recorded: dict) -> None:
-    """A work folder from an earlier run continues only with the same data and settings."""
+def _check_work(work: Path, recorded: dict, log: Callable[[str], None]) -> None:
+    """Keep what an earlier run in `work` did with the same settings; remove the steps that
+    other settings affect (the first changed step and every step after it)."""
+    recorded = json.loads(json.dumps(recorded))  # tuples as lists, as the file holds them
     record = work / "tune.json"
     if record.is_file():
         earlier = json.loads(record.read_text())
-        if earlier != json.loads(json.dumps(recorded)):
-            changed = sorted(k for k in set(earlier) | set(recorded) if earlier.get(k) != json.loads(json.dumps(recorded)).get(k))
-            raise MedsearchError(f"{work} holds an earlier run with other settings ({', '.join(changed)}): "
-                                 "run with the same settings to resume it, or remove that folder to start again")
-        return
+        changed = sorted(k for k in set(earlier) | set(recorded) if earlier.get(k) != recorded.get(k))
+        if changed:
+            first = next(i for i, step in enumerate(STEPS)
+                         if set(changed) & {key for s in STEPS[: i + 1] for key in STEP_SETTINGS[s]})
+            log(f"settings changed ({', '.join(changed)}): redoing from step {STEPS[first]}")
+            for step in STEPS[first:]:
+                for name in STEP_OUTPUTS[step]:
+                    path = work / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     _atomic_write(record, json.dumps(recorded, indent=2) + "\n")
 

@@ -50,7 +50,7 @@ def test_query_json_for_every_tier(cli_index):
         out = json.loads(result.output)
         assert out["query"] == "inhaler for wheezing" and "query_id" not in out
         assert len(out["results"]) == 5
-        assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata"]
+        assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
         assert out["results"][0]["source"] == "corpus.jsonl" and "topic" in out["results"][0]["metadata"]
         assert set(out["timings_ms"]) == {"encode", "search", "rerank"}
 

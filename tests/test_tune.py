@@ -43,13 +43,11 @@ def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
     work = tmp_path / "tuned.work"
     assert (work / "qa" / "medsearch_training.json").is_file() and (work / "symptoms" / "medsearch_training.json").is_file()
 
-    # other settings cannot continue that work folder
-    result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.5")
-    assert result.exit_code == 1 and "other settings (base_weight)" in result.output
-
+    # the rerun keeps both trainings, and a changed base weight only touches the final merge
     result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.25")
     assert result.exit_code == 0, result.output
-    assert "[qa] already done" in result.output and "[soup] ..." in result.output
+    assert "[qa] already done" in result.output and "[symptoms] already done" in result.output
+    assert "[soup] ..." in result.output
     assert not work.exists() and (out / "medsearch_merge.json").is_file()
     assert json.loads((out / "medsearch_merge.json").read_text())["weight"] == 0.25
     card = (out / "README.md").read_text()
@@ -60,6 +58,30 @@ def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
     assert tuned.dim == base.dim == 1024 and tuned.fingerprint != base.fingerprint
     assert run_tune(medquad_dir, out, tiny1024_path).exit_code == 1  # OUT exists: refused
 
+
+def test_changed_settings_redo_only_the_steps_they_affect(medquad_dir, tmp_path, tiny1024_path):
+    import medsearch.training as training
+
+    out = tmp_path / "tuned"
+    real_merge = training.merge_models
+    calls = []
+
+    def merge_then_stop(first, second, output, weight):
+        calls.append(weight)
+        real_merge(first, second, output, weight=weight)
+        if len(calls) == 2:  # soup, then final: stop before the evaluation
+            raise KeyboardInterrupt
+
+    training.merge_models = merge_then_stop
+    try:
+        assert run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.5").exit_code == 130
+    finally:
+        training.merge_models = real_merge
+    result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.1")
+    assert result.exit_code == 0, result.output
+    assert "settings changed (base_weight): redoing from step final" in result.output
+    assert "[soup] already done" in result.output and "[final] ..." in result.output
+    assert json.loads((out / "medsearch_merge.json").read_text())["weight"] == 0.1
 
 def test_tune_bad_input(tmp_path, medquad_dir):
     runner = CliRunner()
