@@ -1,4 +1,4 @@
-"""Screenshots of the search page for the README: a search, and the compare-tiers view.
+"""Screenshots of the search page for the README: a hybrid search, and the compare-tiers view.
 
     python docs/screenshot.py            # serves indexes/default (built from corpus/ if missing)
 Needs Debian's chromium (apt-get install chromium) and playwright (the test extra).
@@ -22,14 +22,14 @@ from medsearch.index import index_exists  # noqa: E402
 from medsearch.server.app import create_app  # noqa: E402
 
 SHOTS = {
-    "search-page.png": "/?" + urllib.parse.urlencode({"q": "swollen ankles and breathless when lying flat", "tier": "fast", "k": 5}),
+    "search-page.png": "/?" + urllib.parse.urlencode({"q": "warfarin dose and the INR blood test", "tier": "fast", "k": 5, "mode": "hybrid"}),
     "compare-tiers.png": "/?" + urllib.parse.urlencode({"q": "what are the early signs of type 2 diabetes", "tier": "fast", "k": 6, "compare": 1}),
 }
 
 
 def main() -> None:
     index = REPO / "indexes" / "default"
-    if not index_exists(index):
+    if not index_exists(index) or "lexical" not in open_index(index).manifest:
         build_index(REPO / "corpus", index, Encoder())
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     with uvicorn_thread(create_app(Searcher(open_index(index), Encoder(open_index(index).manifest["model"]["spec"])))) as url:

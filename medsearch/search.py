@@ -3,6 +3,9 @@
 The `fast` tier is the funnel: the 64-dim index proposes `k * oversample` chunk candidates and
 the full-dim vectors (memory-mapped) re-rank them exactly. Chunk hits collapse to documents:
 the best chunk of a document gives its score and its snippet.
+
+Modes: dense (the above), lexical (BM25 over the same chunks, lexical.py; nothing is encoded) and
+hybrid (the dense and lexical top lists fused, fusion.py). Filters and dead rows apply to both.
 """
 
 from __future__ import annotations
