@@ -40,19 +40,19 @@ def main() -> None:
     bench = load_benchmark(args.data, args.split or None)
     qids = list(bench.queries)[: args.max_queries or None]
     bench.queries = {q: bench.queries[q] for q in qids}
-    vectors = searcher.encoder.encode_queries([bench.queries[q] for q in qids])
+    texts = [bench.queries[q] for q in qids]
+    vectors = searcher.encoder.encode_queries(texts)
     doc_ids = index.store.doc_ids()
 
-    deep10, _ = search_runs(searcher, vectors, qids, doc_ids, 10, tier="deep")
+    deep10, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 10, tier="deep")
     configs = [("deep", {"tier": "deep"}), ("standard", {"tier": "standard"}), ("light", {"tier": "light"})]
     configs += [(f"fast x{o}", {"tier": "fast", "oversample": int(o)}) for o in args.oversample.split(",")]
     configs += [(f"dim {d}", {"dim": d}) for d in index.dims]
     rows = []
     for name, kwargs in configs:
-        runs10, ms = search_runs(searcher, vectors, qids, doc_ids, 10, **kwargs)
-        runs100, _ = search_runs(searcher, vectors, qids, doc_ids, 100, **kwargs)
-        metrics = ir_metrics(runs10, bench)
-        metrics["recall@100"] = ir_metrics(runs100, bench)["recall@100"]
+        runs10, ms = search_runs(searcher, vectors, texts, qids, doc_ids, 10, **kwargs)
+        runs100, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 100, **kwargs)
+        metrics = ir_metrics(runs10, bench, runs100)
         row = {"config": name, **kwargs, **metrics, "recall@10_vs_deep": recall_against([runs10[q] for q in qids], [deep10[q] for q in qids]), "ms_per_query": ms}
         if kwargs.get("tier") == "fast":
             row["candidates"] = 10 * kwargs["oversample"]
