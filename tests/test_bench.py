@@ -158,3 +158,12 @@ def test_hybrid_bench_picks_a_setting(tmp_path):
     assert result["chosen"] in settings and f"chosen: {result['chosen']}" in stdout
     dense = result["rows"][0]["ndcg@10"]
     assert all(0 < r["ndcg@10"] <= 1 for r in result["rows"]) and 0.8 < dense < 1
+
+
+def test_lexical_bench(tmp_path):
+    stdout = run_script("lexical.py", "--data", BUNDLED, "--split", "", "--name", "lex", "--out", tmp_path, cwd=tmp_path)
+    rows = {r["method"]: r for r in json.loads((tmp_path / "lex.json").read_text())["rows"]}
+    assert len(rows) == 4 and "p50_ms" in stdout
+    stemmed, plain = rows["bm25s, title + chunk, Snowball stemming"], rows["bm25s, title + chunk, no stemming"]
+    assert stemmed["ndcg@10"] > plain["ndcg@10"]  # "headaches" meets "headache"
+    assert all(0.5 < r["ndcg@10"] <= 1 and r["p50_ms"] > 0 for r in rows.values())
