@@ -131,7 +131,7 @@ def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = 
             evaluations.append({"data": spec, "comparison": report.comparison()})
             sections.append(f"#### {Path(folder).name} ({split or 'all'})\n\n{report.to_markdown()}")
         (work / "eval.json").write_text(json.dumps(evaluations, indent=2) + "\n")
-        _write_card(work, settings, data, "\n".join(sections), write_model_card)
+        _write_card(work, settings, data, "\n".join(sections).replace(str(work / "final"), str(out)), write_model_card)
 
     step("eval", work / "eval.json", evaluate)
     if not evaluations:
