@@ -95,7 +95,9 @@ def cli():
     medsearch info                                what an index holds
     medsearch add new-docs/                       upsert documents; delete ID; compact
     medsearch serve                               the search page and HTTP API on :8000
-    medsearch train PAIRS --out models/tuned      Matryoshka fine-tuning
+    medsearch query "metformin 500 mg" --mode hybrid   dense + BM25, fused
+    medsearch data medquad data/medquad           fetch MedQuAD (or: data beir nfcorpus DIR)
+    medsearch tune data/medquad --out models/tuned   the fine-tuning recipe, resumable
     medsearch eval DATA_DIR --model default --model models/tuned
     """
 
