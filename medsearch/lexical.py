@@ -6,8 +6,8 @@ so the live and filter masks of the dense search apply unchanged.
 
 Why bm25s and not the FTS5 table the store already keeps (measured with the same chunks, MedQuAD
 dev split, 1,459 questions against 15,820 documents / 27,082 chunks, 2 cores; bench/lexical.py):
-bm25s with English stop words and Snowball stemming reaches NDCG@10 0.608 at 1.1 ms a query (p50);
-FTS5's bm25 over chunk text 0.541 at 8.9 ms (its OR query scores every chunk that shares a word).
+bm25s with English stop words and Snowball stemming reaches NDCG@10 0.608 at 0.9 ms a query (p50);
+FTS5's bm25 over chunk text 0.541 at 8.6 ms (its OR query scores every chunk that shares a word).
 On the bundled questions bm25s 0.897, FTS5 0.887; stemming lifts bm25s there from 0.809.
 
 Living index: a write that adds text rebuilds the BM25 matrix from the new docs.db (2.3 s for 27k
