@@ -17,7 +17,6 @@ words still counting in the term statistics until the next add or compaction (as
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,6 @@ def write_lexical(folder: Path, passages: list[str]) -> None:
     retriever = bm25s.BM25()
     retriever.index(_tokenize(passages, _stemmer(), return_ids=True), show_progress=False)
     retriever.save(folder / LEXICAL_DIR, show_progress=False)
-    (folder / LEXICAL_DIR / "rows.json").write_text(json.dumps({"rows": len(passages)}) + "\n")
 
 
 def store_passages(db, rows: int) -> list[str]:
@@ -75,7 +73,7 @@ class Lexical:
 
         path = Path(folder) / LEXICAL_DIR
         self.retriever = bm25s.BM25.load(path, mmap=True, show_progress=False)
-        self.rows = json.loads((path / "rows.json").read_text())["rows"]
+        self.rows = self.retriever.scores["num_docs"]  # one per chunk row, dead rows included
         self.stemmer = _stemmer()
         self.vocab = self.retriever.vocab_dict
 

@@ -256,13 +256,13 @@ class Searcher:
         index = index or self.current()
         self.check(tier=tier, k=k, dim=dim, oversample=oversample, mode=mode, fusion=fusion)
         depth = k if mode != "hybrid" else max(k, fusion.depth)
+        allowed = index.allowed(filters)  # once for both lists
         lists: dict[str, list[list[tuple[int, float]]]] = {}
         timings: dict[str, float] = {}
         if mode != "lexical":
-            lists["dense"], timings = self.search_vectors(vectors, tier=tier, k=depth, dim=dim, oversample=oversample,
-                                                          filters=filters, index=index)
+            lists["dense"], timings = self._dense(index, vectors, tier, depth, dim, oversample, allowed)
         if mode != "dense":
-            lists["lexical"], timings["lexical"] = self.search_lexical(queries, k=depth, filters=filters, index=index)
+            lists["lexical"], timings["lexical"] = self._lexical(index, queries, depth, allowed)
         if mode != "hybrid":
             (name, ranked), = lists.items()
             return [[(row, score, {name: rank}) for rank, (row, score) in enumerate(hits, 1)] for hits in ranked], timings
@@ -280,8 +280,12 @@ class Searcher:
         """BM25 ranked (chunk row, score) lists, one document per hit, over the live rows that
         pass the filters; and the time taken in ms (all queries)."""
         index = index or self.current()
+        return self._lexical(index, queries, k, index.allowed(filters))
+
+    @staticmethod
+    def _lexical(index: Index, queries: list[str], k: int,
+                 allowed: np.ndarray | None) -> tuple[list[list[tuple[int, float]]], float]:
         started = time.perf_counter()
-        allowed = index.allowed(filters)
         results = []
         for query in queries:
             scores = index.lexical.scores(query)
@@ -317,8 +321,11 @@ class Searcher:
         would cover every allowed row it ranks them all exactly: k documents whenever k exist."""
         index = index or self.current()
         self.check(tier=tier, k=k, dim=dim, oversample=oversample)
+        return self._dense(index, vectors, tier, k, dim, oversample, index.allowed(filters))
+
+    def _dense(self, index: Index, vectors: np.ndarray, tier: str, k: int, dim: int | None, oversample: int,
+               allowed: np.ndarray | None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
         search_dim, rerank = self.resolve(tier, dim, index)
-        allowed = index.allowed(filters)
         total = index.chunks if allowed is None else int(allowed.sum())
         collapses = index.chunks != index.manifest["documents"]
         n = min(total, k * oversample if rerank else (2 * k if collapses else k))

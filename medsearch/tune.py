@@ -76,7 +76,7 @@ class TuneReport:
 def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = None, *, progress: bool = True,
          log: Callable[[str], None] = print, cache: str | Path = Path("indexes") / "eval") -> TuneReport:
     from medsearch.evaluation import evaluate_models
-    from medsearch.training import merge_models, train, write_model_card
+    from medsearch.training import train
 
     settings = settings or TuneSettings()
     data, out = Path(data_dir), Path(out)
@@ -100,9 +100,10 @@ def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = 
     qa_pairs, mixed_pairs = work / "pairs-qa.jsonl", work / "pairs-qa-symptoms.jsonl"
 
     def make_pairs() -> None:
-        _atomic_copy(settings.pairs_file(data), qa_pairs)
+        pairs = settings.pairs_file(data).read_text(encoding="utf-8")
+        _atomic_write(qa_pairs, pairs)
         extra = (data / "symptom_pairs.jsonl").read_text(encoding="utf-8") if settings.symptom_pairs else ""
-        _atomic_write(mixed_pairs, settings.pairs_file(data).read_text(encoding="utf-8") + extra)
+        _atomic_write(mixed_pairs, pairs + extra)
 
     step("pairs", mixed_pairs, make_pairs)
     step("qa", work / "qa" / "medsearch_training.json",
@@ -111,13 +112,13 @@ def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = 
         step("symptoms", work / "symptoms" / "medsearch_training.json",
              lambda: train(mixed_pairs, work / "symptoms", settings.base, settings.train, resume=True, progress=progress))
         step("soup", work / "soup" / "medsearch_merge.json",
-             lambda: _fresh_merge(merge_models, str(work / "qa"), str(work / "symptoms"), work / "soup", settings.soup_weight))
+             lambda: _fresh_merge(str(work / "qa"), str(work / "symptoms"), work / "soup", settings.soup_weight))
         tuned = work / "soup"
     else:
         tuned = work / "qa"
     # final = (1 - base_weight) * tuned + base_weight * base
     step("final", work / "final" / "medsearch_merge.json",
-         lambda: _fresh_merge(merge_models, str(tuned), settings.base, work / "final", settings.base_weight))
+         lambda: _fresh_merge(str(tuned), settings.base, work / "final", settings.base_weight))
 
     evaluations: list[dict] = []
 
@@ -131,7 +132,7 @@ def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = 
             evaluations.append({"data": spec, "comparison": report.comparison()})
             sections.append(f"#### {Path(folder).name} ({split or 'all'})\n\n{report.to_markdown()}")
         (work / "eval.json").write_text(json.dumps(evaluations, indent=2) + "\n")
-        _write_card(work, settings, data, "\n".join(sections).replace(str(work / "final"), str(out)), write_model_card)
+        _write_card(work, settings, data, "\n".join(sections).replace(str(work / "final"), str(out)))
 
     step("eval", work / "eval.json", evaluate)
     if not evaluations:
@@ -172,7 +173,9 @@ def _check_work(work: Path, recorded: dict, log: Callable[[str], None]) -> None:
     _atomic_write(record, json.dumps(recorded, indent=2) + "\n")
 
 
-def _fresh_merge(merge_models, first: str, second: str, target: Path, weight: float) -> None:
+def _fresh_merge(first: str, second: str, target: Path, weight: float) -> None:
+    from medsearch.training import merge_models
+
     shutil.rmtree(target, ignore_errors=True)  # a merge killed half-way left no marker: start it again
     merge_models(first, second, target, weight=weight)
 
@@ -183,15 +186,9 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_copy(source: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
-def _write_card(work: Path, settings: TuneSettings, data: Path, evaluation: str, write_model_card) -> None:
+def _write_card(work: Path, settings: TuneSettings, data: Path, evaluation: str) -> None:
     """The final model's card: the recipe and each training's record, then the evaluation."""
-    from medsearch.training import TrainResult
+    from medsearch.training import TrainResult, write_model_card
 
     trained = [TrainResult(**json.loads((work / name / "medsearch_training.json").read_text()))
                for name in ("qa", "symptoms") if (work / name / "medsearch_training.json").is_file()]

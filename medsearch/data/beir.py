@@ -9,12 +9,12 @@ NDCG@10 on the same judgements BEIR's leaderboards use.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 from medsearch.errors import BadInputError
+from medsearch.evaluation import read_judgements
 
 MEDICAL_SETS = ("nfcorpus", "trec-covid", "scifact")
 SPLIT_FILES = ("test", "dev", "train")  # a query judged in several files takes the first
@@ -41,17 +41,11 @@ def write_beir(source: Path, out: str | Path) -> dict:
         path = root / "qrels" / f"{split}.tsv"
         if not path.is_file():
             continue
-        with open(path, encoding="utf-8", newline="") as handle:
-            for number, row in enumerate(csv.reader(handle, delimiter="\t"), start=1):
-                if not row or (number == 1 and not row[-1].strip().lstrip("-").isdigit()):
-                    continue  # blank line or header
-                if len(row) < 3:
-                    raise BadInputError(f"{path}:{number}: expected query-id, corpus-id, score")
-                query, doc, score = row[0], row[1], int(row[2])
-                split_of.setdefault(query, split)
-                if (query, doc) not in seen:  # the first split's grade wins, as the query's split does
-                    seen.add((query, doc))
-                    judgements.append((query, doc, score))
+        for query, doc, score in read_judgements(path):
+            split_of.setdefault(query, split)
+            if (query, doc) not in seen:  # the first split's grade wins, as the query's split does
+                seen.add((query, doc))
+                judgements.append((query, doc, score))
     if not judgements:
         raise BadInputError(f"{root / 'qrels'} has no judgements (expected test.tsv, dev.tsv or train.tsv)")
     shutil.copyfile(root / "corpus.jsonl", out / "corpus.jsonl")
