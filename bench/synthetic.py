@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,14 +40,73 @@ TILT_SPREADS = (0.75, 1.0, 1.25, 1.5)
 QUERY_NOISE = 0.5
 
 
-def generate(n: int, dim: int, alpha: float, seed: int = 0, block: int = 100_000) -> np.ndarray:
+TOPIC_LEVELS = 6  # nested topics of 3, 9, 27, ... 729 documents
+
+
+def generate(n: int, dim: int, alpha: float, seed: int = 0, block: int = 100_000, rho: float = 0.0,
+             branching: int = 3) -> np.ndarray:
+    """`rho` > 0: documents sit in nested topics (groups of `branching`, groups of those, ... over
+    TOPIC_LEVELS levels); each is sqrt(rho / levels) of every enclosing topic's centre plus
+    sqrt(1 - rho) of its own noise, in every dim. Neighbours then agree in sign across the whole
+    vector at every scale, as real embeddings do and binary codes rely on (without topics, the near
+    neighbours of a query agree only in the leading, high-variance dims)."""
     rng = np.random.default_rng(seed)
     scale = spectrum(dim, -alpha / 2)
+    sizes = [branching ** (level + 1) for level in range(TOPIC_LEVELS)] if rho > 0 else []
+    centres = [rng.standard_normal((n // size + 1, dim), dtype=np.float32) for size in sizes]
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, block):
-        part = rng.standard_normal((min(block, n - start), dim), dtype=np.float32) * scale
+        rows = np.arange(start, min(n, start + block))
+        part = np.sqrt(1 - rho) * rng.standard_normal((len(rows), dim), dtype=np.float32)
+        for size, level in zip(sizes, centres):
+            part += np.sqrt(rho / len(sizes)) * level[rows // size]
+        part *= scale
         out[start : start + len(part)] = part / np.linalg.norm(part, axis=1, keepdims=True)
     return out
+
+
+STAGE_COUNTS = (10, 20, 50, 100, 200, 400, 800)
+
+
+def stage_curves(docs: np.ndarray, queries: np.ndarray, counts=STAGE_COUNTS, fast_dim: int = 64) -> dict[str, list[float]]:
+    """Recall@10 against exact full-dim search of each candidate stage (64-dim prefix, binary
+    codes) after an exact re-rank, per candidate count: straight faiss, no index folder."""
+    import faiss
+
+    from medsearch.backends.faiss import binary_codes
+    from medsearch.funnel import rerank
+    from medsearch.index import prefix
+
+    _, truth = faiss.knn(queries, docs, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    _, by_prefix = faiss.knn(prefix(queries, fast_dim), prefix(docs, fast_dim), max(counts), metric=faiss.METRIC_INNER_PRODUCT)
+    codes = faiss.IndexBinaryFlat(docs.shape[1])
+    codes.add(binary_codes(docs))
+    _, by_binary = codes.search(binary_codes(queries), max(counts))
+    curves = {}
+    for name, found in (("prefix", by_prefix), ("binary", by_binary)):
+        curves[name] = []
+        for count in counts:
+            ranked, _ = rerank(queries, list(found[:, :count]), docs)
+            curves[name].append(float(np.mean([len(set(r[:10]) & set(t)) / 10 for r, t in zip(ranked, truth)])))
+    return curves
+
+
+def calibrate_stages(real: dict[str, list[float]], n: int, dim: int, n_queries: int, grid: dict) -> dict:
+    """Grid-search the generator (alpha, tilt, tilt_spread, rho, cluster_size) so that BOTH stage
+    curves at size n match the real ones: the fit minimises the largest gap over both curves."""
+    import itertools
+
+    trials = []
+    for alpha, rho, size in itertools.product(grid["alpha"], grid["rho"], grid["branching"]):
+        docs = generate(n, dim, alpha, rho=rho, branching=size)
+        for tilt, spread in itertools.product(grid["tilt"], grid["tilt_spread"]):
+            curves = stage_curves(docs, queries_for(docs, n_queries, alpha, tilt, spread))
+            gap = max(float(np.max(np.abs(np.array(curves[s]) - np.array(real[s])))) for s in real)
+            trials.append({"alpha": alpha, "tilt": tilt, "tilt_spread": spread, "rho": rho, "branching": size,
+                           "curves": curves, "max_gap": gap})
+            print(f"  alpha {alpha} rho {rho} branching {size} tilt {tilt} spread {spread}: gap {gap:.3f} "
+                  + "; ".join(f"{s} " + ",".join(f"{r:.2f}" for r in curves[s]) for s in curves), flush=True)
+    return {"best": min(trials, key=lambda t: t["max_gap"]), "trials": trials}
 
 
 def spectrum(dim: int, power: float | np.ndarray) -> np.ndarray:
@@ -119,7 +179,52 @@ def real_curve_from_index(index_dir: str, data: str, split: str, workdir: Path, 
     return recall_curve(searcher, queries, oversamples), index.chunks
 
 
+def main_stages(args) -> None:
+    """Both candidate stages' curves, real vs the fitted generator (bench/results/calibration-stages.json)."""
+    from medsearch.encoder import Encoder
+    from medsearch.evaluation import load_benchmark
+
+    index = open_index(args.index)
+    docs = np.asarray(index.vectors, dtype=np.float32)
+    texts = list(load_benchmark(args.data, args.split).queries.values())
+    queries = Encoder(args.model or index.manifest["model"]["spec"]).encode_queries(texts)
+    real = stage_curves(docs, queries)
+    print("real: " + "; ".join(f"{s} " + ", ".join(f"{c}: {r:.3f}" for c, r in zip(STAGE_COUNTS, real[s])) for s in real), flush=True)
+    grid = {"alpha": [float(a) for a in args.alphas.split(",")], "rho": [float(r) for r in args.rhos.split(",")],
+            "branching": [int(c) for c in args.branching.split(",")], "tilt": [float(t) for t in args.tilts.split(",")],
+            "tilt_spread": [float(t) for t in args.spreads.split(",")]}
+    fits = {}
+    for dim in map(int, args.dims.split(",")):
+        fits[str(dim)] = calibrate_stages(real, len(docs), dim, args.queries, grid)
+        best = fits[str(dim)]["best"]
+        print(f"dim {dim}: " + ", ".join(f"{k} {best[k]}" for k in ("alpha", "tilt", "tilt_spread", "rho", "branching", "max_gap")))
+    rows = [{"stage": s, "candidates": c, "real": real[s][i], **{f"synthetic {d}": f["best"]["curves"][s][i] for d, f in fits.items()}}
+            for s in real for i, c in enumerate(STAGE_COUNTS)]
+    print_table(rows, list(rows[0]))
+    write_results(args.name, {"index": args.index, "model": args.model, "real_size": len(docs), "counts": list(STAGE_COUNTS),
+                              "real_curves": real, "fits": {d: f["best"] for d, f in fits.items()},
+                              "trials": {d: f["trials"] for d, f in fits.items()}}, Path(args.out))
+
+
 def main() -> None:
+    if "--stages" in sys.argv:
+        parser = argparse.ArgumentParser(description="Fit the generator to both candidate stages' real curves.")
+        parser.add_argument("--stages", action="store_true")
+        parser.add_argument("--index", required=True)
+        parser.add_argument("--model", default=None, help="the index's model, if it has moved")
+        parser.add_argument("--data", default="../shared/data/medquad")
+        parser.add_argument("--split", default="test")
+        parser.add_argument("--dims", default="1024")
+        parser.add_argument("--queries", type=int, default=1000)
+        parser.add_argument("--alphas", default="1.25,1.5")
+        parser.add_argument("--rhos", default="0.2,0.4,0.6")
+        parser.add_argument("--branching", default="3")
+        parser.add_argument("--tilts", default="0.25,0.5")
+        parser.add_argument("--spreads", default="1.0,1.25")
+        parser.add_argument("--name", default="calibration-stages")
+        parser.add_argument("--out", default=str(RESULTS))
+        main_stages(parser.parse_args())
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, help="index of real embeddings (e.g. MedQuAD encoded by the model)")
     parser.add_argument("--data", default="../shared/data/medquad")

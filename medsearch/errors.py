@@ -46,12 +46,14 @@ class IndexFormatError(MismatchError):
 
 
 class ModelMismatchError(MismatchError):
-    """The index at `path` holds vectors of another model than `model` (a model spec)."""
+    """The index at `path` holds vectors of another model than `model` (a model spec), or of the same
+    model computed by a runtime of another precision (`runtime`: one that matches the index)."""
 
-    def __init__(self, message: str, path: Path, model: str):
+    def __init__(self, message: str, path: Path, model: str, runtime: str | None = None):
         super().__init__(message)
         self.path = path
         self.model = model
+        self.runtime = runtime
 
 
 class ModelLoadError(NotFoundError):
@@ -60,6 +62,14 @@ class ModelLoadError(NotFoundError):
     def __init__(self, message: str, remote: bool):
         super().__init__(message)
         self.remote = remote
+
+
+class MissingExtraError(MedsearchError):
+    """An optional part of medsearch is not installed; `extra` names the pip extra that brings it."""
+
+    def __init__(self, message: str, extra: str):
+        super().__init__(message)
+        self.extra = extra
 
 
 class DownloadError(MedsearchError):

@@ -118,7 +118,7 @@ class EvalReport:
     split: str | None
     queries: int
     documents: int
-    models: list[dict]  # spec, name, fingerprint, index
+    models: list[dict]  # key (spec, or "spec [runtime]" when runtimes are compared), spec, name, runtime, fingerprint, index
     modes: list[str] = field(default_factory=lambda: list(MODES))
     fusion: dict = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # model, row ("64", "fast", "lexical", "hybrid", ...), metrics
@@ -130,8 +130,9 @@ class EvalReport:
         return list(dict.fromkeys(r["row"] for r in self.rows))
 
     def comparison(self) -> list[dict]:
-        """The reference table: NDCG@10 per row, Initial / Final / Improvement (two models) or one column."""
-        specs = [m["spec"] for m in self.models]
+        """The reference table: NDCG@10 per row, Initial / Final / Improvement (two models), one
+        column per runtime (with the change from the first when there are two), or one column."""
+        specs = [m["key"] for m in self.models]
         out = []
         for row in self.row_names():
             entry = {"row": row, **{spec: self.ndcg(spec, row) for spec in specs}}
@@ -141,9 +142,16 @@ class EvalReport:
         return out
 
     def columns(self) -> tuple[list[str], list[str]]:
-        """(model specs, their column heads): Initial / Final for two models, Model for one."""
-        specs = [m["spec"] for m in self.models]
-        return specs, ["Initial", "Final"] if len(specs) == 2 else ["Model"]
+        """(model keys, their column heads): the runtimes when one model runs in several, Initial /
+        Final for two models, Model for one."""
+        keys = [m["key"] for m in self.models]
+        if len({m["runtime"] for m in self.models}) > 1:
+            return keys, [m["runtime"] for m in self.models]
+        return keys, ["Initial", "Final"] if len(keys) == 2 else ["Model"]
+
+    @property
+    def change_label(self) -> str:
+        return "Change" if len({m["runtime"] for m in self.models}) > 1 else "Improvement"
 
     def to_json(self) -> dict:
         return asdict(self) | {"comparison": self.comparison()}
@@ -154,17 +162,17 @@ class EvalReport:
         for head, m in zip(heads, self.models):
             lines.append(f"  {head}: {m['name']}")
         lines.append("")
-        header = f"{'NDCG@10':>10}" + "".join(f"{h:>12}" for h in heads) + ("  Improvement" if len(specs) == 2 else "")
+        header = f"{'NDCG@10':>10}" + "".join(f"{h:>14}" for h in heads) + (f"  {self.change_label:>11}" if len(specs) == 2 else "")
         lines.append(header)
         for entry in self.comparison():
-            cells = "".join(f"{entry[s]:>12.4f}" if entry.get(s) is not None else f"{'':>12}" for s in specs)
+            cells = "".join(f"{entry[s]:>14.4f}" if entry.get(s) is not None else f"{'':>14}" for s in specs)
             extra = f"  {entry['improvement']:>+11.4f}" if "improvement" in entry else ""
             lines.append(f"{_row_label(entry['row']):>10}{cells}{extra}")
         lines.append("")
-        lines.append(f"{'model':>10}  {'row':>6}  {'NDCG@10':>8}  {'MRR@10':>8}  {'R@10':>8}  {'R@100':>8}")
+        lines.append(f"{'model':>13}  {'row':>6}  {'NDCG@10':>8}  {'MRR@10':>8}  {'R@10':>8}  {'R@100':>8}")
         for r in self.rows:
             label = heads[specs.index(r["model"])]
-            lines.append(f"{label:>10}  {_row_label(r['row']):>6}  {r['ndcg@10']:>8.4f}  {r['mrr@10']:>8.4f}  {r['recall@10']:>8.4f}  {r['recall@100']:>8.4f}")
+            lines.append(f"{label:>13}  {_row_label(r['row']):>6}  {r['ndcg@10']:>8.4f}  {r['mrr@10']:>8.4f}  {r['recall@10']:>8.4f}  {r['recall@100']:>8.4f}")
         lines += [""] + [_collapse_line(h, m) for h, m in zip(heads, self.models) if "mean_cosine" in m]
         return "\n".join(lines)
 
@@ -175,7 +183,7 @@ class EvalReport:
             "",
             *(f"- {h}: `{m['name']}`" for h, m in zip(heads, self.models)),
             "",
-            "| row | " + " | ".join(heads) + (" | Improvement |" if len(specs) == 2 else " |"),
+            "| row | " + " | ".join(heads) + (f" | {self.change_label} |" if len(specs) == 2 else " |"),
             "|---" * (len(heads) + 1 + (len(specs) == 2)) + "|",
         ]
         for entry in self.comparison():
@@ -222,7 +230,8 @@ def cached_searcher(data_dir: str | Path, documents: list, encoder, cache: str |
     from medsearch.search import Searcher
     from medsearch.training import matryoshka_dims
 
-    index_dir = Path(cache) / f"{encoder.fingerprint}-{corpus_fingerprint((d.id, d.content_hash) for d in documents)}"
+    corpus = corpus_fingerprint((d.id, d.content_hash) for d in documents)
+    index_dir = Path(cache) / f"{encoder.fingerprint}-{encoder.runtime}-{corpus}"  # the corpus encoded by that runtime
     if not index_exists(index_dir) or "lexical" not in open_index(index_dir).manifest:
         build_index(data_dir, index_dir, encoder, extra_dims=tuple(matryoshka_dims(encoder.dim)), progress=progress)
     return Searcher(open_index(index_dir), encoder)
@@ -237,8 +246,10 @@ def evaluate_models(
     fusion: Fusion = Fusion(),
     progress: bool = False,
     device: str | None = None,
+    runtimes: tuple[str, ...] = ("torch",),
 ) -> EvalReport:
-    """Every judged query of `split` against the WHOLE corpus, for each model, in each mode:
+    """Every judged query of `split` against the WHOLE corpus, for each model and runtime (corpus and
+    queries encoded by it: the quality guard of a runtime), in each mode:
     dense per Matryoshka dim and the fast tier (rows "64", ..., "fast"), lexical ("lexical"),
     hybrid at full dim and on the fast tier ("hybrid", "hybrid-fast").
 
@@ -259,14 +270,16 @@ def evaluate_models(
     texts = [bench.queries[q] for q in qids]
     report = EvalReport(data=str(data_dir), split=split, queries=len(qids), documents=len(documents), models=[],
                         modes=list(modes), fusion=asdict(fusion))
-    for spec in models:
-        encoder = Encoder(spec, device=device)
+    for spec, runtime in [(spec, runtime) for spec in models for runtime in runtimes]:
+        encoder = Encoder(spec, device=device, runtime=runtime)
+        key = spec if len(runtimes) == 1 else f"{spec} [{encoder.runtime}]"
         dims = matryoshka_dims(encoder.dim)
         searcher = cached_searcher(data_dir, documents, encoder, cache, progress)
         index_dir = searcher.index.path
         doc_ids = searcher.index.store.doc_ids()
         vectors = encoder.encode_queries(texts, progress=progress) if set(modes) - {"lexical"} else None
-        report.models.append({"spec": spec, "name": encoder.name, "fingerprint": encoder.fingerprint, "index": str(index_dir),
+        report.models.append({"key": key, "spec": spec, "name": encoder.name, "runtime": encoder.runtime,
+                              "fingerprint": encoder.fingerprint, "index": str(index_dir),
                               "mean_cosine": mean_cosine(searcher.index.vectors, dims)})
 
         def row(name: str, exact: bool = False, **kwargs) -> None:
@@ -274,7 +287,7 @@ def evaluate_models(
             the fast tier and hybrid take more candidates for 100 hits, so they run once per depth."""
             run100, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 100, fusion=fusion, **kwargs)
             run10 = run100 if exact else search_runs(searcher, vectors, texts, qids, doc_ids, 10, fusion=fusion, **kwargs)[0]
-            report.rows.append({"model": spec, "row": name, **ir_metrics(run10, bench, run100)})
+            report.rows.append({"model": key, "row": name, **ir_metrics(run10, bench, run100)})
 
         if "dense" in modes:
             for dim in dims:

@@ -7,6 +7,9 @@ Layout of `indexes/<name>/` (generations.py): CURRENT names the committed `gen-N
   vectors.npy     full-dim L2-normalised vectors (float16 by default), memory-mapped for re-ranking
   chunk_doc.npy   document ordinal of each chunk row (collapses chunk hits to documents)
   dim{N}.faiss    one inner-product index per tier dim over renormalised prefixes; ids = chunk rows
+  binary.faiss    sign codes of the full vectors (faiss binary index): the fast tier's binary
+                  candidate stage; the manifest's `fast` says which stage and how many candidates
+                  reach the recall target (funnel.py)
   lexical/        BM25 over each chunk's title + text (lexical.py); row = chunk row
 Rows whose chunk is gone from docs.db are dead: searches exclude them inside faiss (an IDSelector
 over the live rows) until `compact` rewrites the generation without them (updates.py).
@@ -30,9 +33,10 @@ import sqlite_utils
 from medsearch import __version__
 from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
-from medsearch.encoder import Encoder
+from medsearch.encoder import Encoder, runtime_for_index
 from medsearch import generations
-from medsearch.backends.faiss import FACTORIES, FaissTier
+from medsearch.backends.faiss import BINARY_FACTORIES, FACTORIES, Allowed, BinaryTier, FaissTier
+from medsearch.funnel import DEFAULT_TARGET_RECALL, calibrate
 from medsearch.filters import filter_sql, parse_filters
 from medsearch import lexical
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, ModelMismatchError
@@ -45,6 +49,7 @@ TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
 # Above this many chunks the fast tier's 64-dim candidate index is HNSW instead of exact flat.
 HNSW_MIN_CHUNKS = 200_000
 VECTOR_DTYPES = ("float16", "float32")
+BINARY_FILE = "binary.faiss"  # sign codes of the full vectors: the fast tier's binary candidate stage
 
 
 def tier_dims(full_dim: int) -> dict[str, int]:
@@ -78,6 +83,7 @@ def build_index(
     chunk_overlap: int | None = None,
     hnsw_min_chunks: int = HNSW_MIN_CHUNKS,
     extra_dims: tuple[int, ...] = (),
+    target_recall: float = DEFAULT_TARGET_RECALL,
     progress: bool = False,
 ) -> dict:
     """Read, chunk, encode once at full dim, and write every tier's index (and one for each of
@@ -89,7 +95,7 @@ def build_index(
     passages = [c.passage(documents[c.doc].title) for c in chunks]
     vectors = encoder.encode_passages(passages, progress=progress)
     manifest = {
-        "model": {"spec": encoder.spec, "name": encoder.name, "fingerprint": encoder.fingerprint},
+        "model": model_fields(encoder),
         "query_prefix": encoder.profile.query_prefix,
         "passage_prefix": encoder.profile.passage_prefix,
         "max_tokens": encoder.max_tokens,
@@ -103,7 +109,7 @@ def build_index(
     return write_index(
         index_dir, vectors, np.array([c.doc for c in chunks], dtype=np.int32), manifest,
         write_docs=lambda path: write_store(path, documents, chunks), vector_dtype=vector_dtype,
-        hnsw_min_chunks=hnsw_min_chunks, extra_dims=extra_dims, started=started,
+        hnsw_min_chunks=hnsw_min_chunks, extra_dims=extra_dims, target_recall=target_recall, started=started,
     )
 
 
@@ -131,6 +137,7 @@ def write_index(
     started: float | None = None,
     locked: bool = False,
     stored_vectors: np.ndarray | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL,
 ) -> dict:
     """Write full-dim normalised `vectors` (one per chunk) as an index folder, atomically.
 
@@ -140,6 +147,7 @@ def write_index(
     vectors.npy as they are, so that re-ranking scores do not move by a float16 rounding."""
     target = Path(index_dir)
     _check_target(target, vector_dtype)
+    check_target_recall(target_recall)
     started = time.perf_counter() if started is None else started
     full_dim = vectors.shape[1]
     dims = tier_dims(full_dim)
@@ -168,11 +176,19 @@ def write_index(
                 write_docs(tmp / "docs.db")
                 write_lexical_from_store(tmp, len(vectors))
                 manifest["lexical"] = lexical.settings()
-            stored = vectors if stored_vectors is None else stored_vectors
-            np.save(tmp / "vectors.npy", stored.astype(vector_dtype, copy=False))
+            stored = (vectors if stored_vectors is None else stored_vectors).astype(vector_dtype, copy=False)
+            np.save(tmp / "vectors.npy", stored)
             np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
+            tiers = {}
             for dim_str, kind in manifest["index_types"].items():
-                FaissTier.build(prefix(vectors, int(dim_str)), kind).save(tmp / f"dim{dim_str}.faiss")
+                tiers[int(dim_str)] = FaissTier.build(prefix(vectors, int(dim_str)), kind)
+                tiers[int(dim_str)].save(tmp / f"dim{dim_str}.faiss")
+            if dims["fast"] != full_dim:  # the funnel: a binary candidate stage beside the prefix one, calibrated
+                kind = manifest["index_types"][str(dims["fast"])]
+                binary = BinaryTier.build(vectors, kind)
+                binary.save(tmp / BINARY_FILE)
+                manifest["fast"] = {"binary_index": kind, "binary_factory": BINARY_FACTORIES[kind],
+                                    **calibrate_fast(vectors, stored, tiers, binary, dims, target_recall)}
             manifest["build_seconds"] = round(time.perf_counter() - started, 3)
             write_manifest(tmp, manifest)
             generations.commit(target, tmp)
@@ -181,6 +197,29 @@ def write_index(
             raise
         _remove_format1_files(target)
     return manifest
+
+
+def check_target_recall(target: float) -> None:
+    if not 0 < target <= 1:
+        raise BadInputError(f"target recall must be above 0 and at most 1; got {target}")
+
+
+def calibrate_fast(vectors: np.ndarray, stored: np.ndarray, tiers: dict[int, FaissTier], binary: BinaryTier | None,
+                   dims: dict[str, int], target: float, rows: np.ndarray | None = None) -> dict:
+    """The fast tier's stage and candidate count for `target` recall@10 against deep (funnel.py),
+    measured on the generation's own vectors (`rows`: the live ones) with its own tier indexes."""
+    allowed = None if rows is None else _allowed(len(vectors), rows)
+    stages = {"prefix": lambda q, n: tiers[dims["fast"]].search(prefix(q, dims["fast"]), n, allowed)[1]}
+    if binary is not None:  # an index written before binary codes has the prefix stage only
+        stages["binary"] = lambda q, n: binary.search(q, n, allowed)[1]
+    return calibrate(vectors, deep=lambda q, n: tiers[dims["deep"]].search(q, n, allowed)[1], stages=stages,
+                     rerank_vectors=stored, target=target, rows=rows)
+
+
+def _allowed(total: int, rows: np.ndarray) -> Allowed:
+    mask = np.zeros(total, dtype=bool)
+    mask[rows] = True
+    return Allowed(mask)
 
 
 def write_lexical_from_store(folder: Path, rows: int) -> None:
@@ -249,6 +288,19 @@ class Index:
         """The backend's view of one stored dim: search with allowed rows, stored vectors."""
         return FaissTier(self.faiss_index(dim), self.index_type(dim))
 
+    @property
+    def fast(self) -> dict:
+        """The fast tier's calibrated settings (funnel.py); empty for an index built before them."""
+        return self.manifest.get("fast") or {}
+
+    @property
+    def fast_stage(self) -> str:
+        return self.fast.get("stage", "prefix")
+
+    @cached_property
+    def binary(self) -> BinaryTier:
+        return BinaryTier.load(self.folder / BINARY_FILE, self.fast["binary_index"])
+
     @cached_property
     def vectors(self) -> np.ndarray:
         return np.load(self.folder / "vectors.npy", mmap_mode="r")
@@ -292,6 +344,8 @@ class Index:
         for dim in self.dims:
             self.faiss_index(dim)
         self.live, self.vectors, self.chunk_doc  # noqa: B018 (cached on first use)
+        if self.fast_stage == "binary":
+            self.binary  # noqa: B018
         if "lexical" in self.manifest:
             self.lexical  # noqa: B018
         return self
@@ -335,12 +389,44 @@ def open_index(index_dir: str | Path) -> Index:
     return Index(path=path, manifest=manifest, folder=folder)
 
 
-def check_model(index: Index, encoder: Encoder) -> None:
-    """Refuse to search an index with vectors from another model."""
+def model_fields(encoder: Encoder) -> dict:
+    """The manifest's record of the encoder: which model, its fingerprint and the runtime that encoded."""
+    return {"spec": encoder.spec, "name": encoder.name, "fingerprint": encoder.fingerprint, "weights": encoder.weights,
+            "runtime": encoder.runtime, "precision": encoder.precision}
+
+
+def index_encoder(index: Index, model: str | None = None, device: str | None = None, runtime: str | None = None) -> Encoder:
+    """The encoder for queries and writes to an index: its model, and the runtime it was built with
+    (or an installed one of the same precision) unless `runtime` names one."""
+    return Encoder(model or index.manifest["model"]["spec"], device=device,
+                   runtime=runtime or runtime_for_index(index.manifest["model"].get("runtime")))
+
+
+def same_model(index: Index, encoder: Encoder) -> bool:
+    """Whether the encoder's vectors match the index's (same weights, same precision)."""
     model = index.manifest["model"]
-    if encoder.fingerprint != model["fingerprint"] or encoder.dim != index.full_dim:
+    if "runtime" not in model:  # built before runtimes were recorded: the fingerprint hashed torch parameters
+        same = encoder.runtime == "torch" and encoder.parameters_fingerprint == model["fingerprint"]
+    else:
+        same = encoder.fingerprint == model["fingerprint"]
+    return same and encoder.dim == index.full_dim
+
+
+def check_model(index: Index, encoder: Encoder) -> None:
+    """Refuse to search an index with vectors from another model, or from the same weights computed
+    in another precision (int8 vs fp32). Runtimes of one precision share a fingerprint: their vectors
+    agree to float tolerance, so an index built with torch is searched with OpenVINO and back."""
+    if same_model(index, encoder):
+        return
+    model = index.manifest["model"]
+    if model.get("weights") and model["weights"] == encoder.weights:
         raise ModelMismatchError(
-            f"{index.path} was built with model '{model['name']}' (fingerprint {model['fingerprint']}), "
-            f"not '{encoder.name}' (fingerprint {encoder.fingerprint}): its vectors cannot be searched with that model",
-            index.path, encoder.spec,
+            f"{index.path} was built with runtime {model['runtime']} ({model['precision']} vectors); queries encoded by "
+            f"{encoder.runtime} ({encoder.precision}) would not match them: use a {model['precision']} runtime",
+            index.path, encoder.spec, runtime=model["runtime"],
         )
+    raise ModelMismatchError(
+        f"{index.path} was built with model '{model['name']}' (fingerprint {model['fingerprint']}), "
+        f"not '{encoder.name}' (fingerprint {encoder.fingerprint}): its vectors cannot be searched with that model",
+        index.path, encoder.spec,
+    )

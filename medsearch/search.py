@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from medsearch.encoder import Encoder
@@ -23,17 +22,14 @@ from medsearch.errors import BadInputError
 from medsearch import generations
 from medsearch.backends.faiss import Allowed
 from medsearch.filters import filter_sql, parse_filters
+from medsearch.funnel import candidates_for, rerank
 from medsearch.fusion import DEFAULT_MODE, Fusion, check_mode, fuse
-from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, open_index, prefix
+from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, index_encoder, open_index, prefix
 
 DEFAULT_TIER = "fast"
-# Fast-tier candidates per wanted hit (k=10 -> 500 chunks). Measured with bench/quality.py on the
-# MedQuAD test split (15,820 documents, 27,082 chunks) with the default all-MiniLM-L6-v2, whose
-# 64-dim prefix is a weak candidate generator (it is not Matryoshka-trained): x10 keeps 98.5% of
-# deep's NDCG@10, x20 99.0%, x50 99.4%, x100 99.8%; Matryoshka-tuned models are within 0.03% at x50.
-# At 1M x 1024 (bench/scale.py, calibrated vectors) x50 answers in 3 ms with recall@10 vs deep 0.85;
-# x200 gives 0.91 in 10 ms. Re-ranking 500 chunks costs about 1 ms.
-DEFAULT_OVERSAMPLE = 50
+# Fast-tier candidates: k x oversample when a caller gives it; by default (None) the count that the
+# index measured at build time for its recall target (funnel.py, the manifest's `fast`).
+DEFAULT_OVERSAMPLE = None
 SNIPPET_CHARS = 240
 
 
@@ -109,10 +105,11 @@ class Searcher:
 
     @classmethod
     def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None,
-             load_model: bool = True) -> "Searcher":
-        """The index's current generation and its model (`load_model=False`: none, lexical search only)."""
+             load_model: bool = True, runtime: str | None = None) -> "Searcher":
+        """The index's current generation and its model (`load_model=False`: none, lexical search only),
+        run by `runtime` (default: the one the index was built with, or one of the same precision)."""
         index = open_index(index_dir)
-        encoder = Encoder(model or index.manifest["model"]["spec"], device=device) if load_model else None
+        encoder = index_encoder(index, model, device, runtime) if load_model else None
         return cls(index, encoder)
 
     def current(self) -> Index:
@@ -141,7 +138,7 @@ class Searcher:
         return tier_dim, tier == "fast" and tier_dim != index.full_dim
 
     def check(self, *, tier: str = DEFAULT_TIER, k: int = 10, dim: int | None = None,
-              oversample: int = DEFAULT_OVERSAMPLE, filters=None, mode: str = DEFAULT_MODE,
+              oversample: int | None = DEFAULT_OVERSAMPLE, filters=None, mode: str = DEFAULT_MODE,
               fusion: Fusion | None = None) -> None:
         """Raise BadInputError for search arguments this index cannot serve (before any encoding)."""
         check_mode(mode)
@@ -151,7 +148,7 @@ class Searcher:
             self.index.lexical  # noqa: B018 (an index without one fails here)
         if k < 1:
             raise BadInputError(f"k must be at least 1; got {k}")
-        if oversample < 1:
+        if oversample is not None and oversample < 1:
             raise BadInputError(f"oversample must be at least 1; got {oversample}")
         self.resolve(tier, dim)
         if filters:
@@ -174,7 +171,7 @@ class Searcher:
         tier: str = DEFAULT_TIER,
         k: int = 10,
         dim: int | None = None,
-        oversample: int = DEFAULT_OVERSAMPLE,
+        oversample: int | None = DEFAULT_OVERSAMPLE,
         filters=None,
         mode: str = DEFAULT_MODE,
         fusion: Fusion = Fusion(),
@@ -202,7 +199,7 @@ class Searcher:
         tier: str = DEFAULT_TIER,
         k: int = 10,
         dim: int | None = None,
-        oversample: int = DEFAULT_OVERSAMPLE,
+        oversample: int | None = DEFAULT_OVERSAMPLE,
         filters=None,
         mode: str = DEFAULT_MODE,
         fusion: Fusion = Fusion(),
@@ -246,7 +243,7 @@ class Searcher:
         tier: str = DEFAULT_TIER,
         k: int = 10,
         dim: int | None = None,
-        oversample: int = DEFAULT_OVERSAMPLE,
+        oversample: int | None = DEFAULT_OVERSAMPLE,
         filters=None,
         index: Index | None = None,
     ) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:
@@ -310,7 +307,7 @@ class Searcher:
         tier: str = DEFAULT_TIER,
         k: int = 10,
         dim: int | None = None,
-        oversample: int = DEFAULT_OVERSAMPLE,
+        oversample: int | None = DEFAULT_OVERSAMPLE,
         filters=None,
         index: Index | None = None,
     ) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
@@ -323,12 +320,12 @@ class Searcher:
         self.check(tier=tier, k=k, dim=dim, oversample=oversample)
         return self._dense(index, vectors, tier, k, dim, oversample, index.allowed(filters))
 
-    def _dense(self, index: Index, vectors: np.ndarray, tier: str, k: int, dim: int | None, oversample: int,
+    def _dense(self, index: Index, vectors: np.ndarray, tier: str, k: int, dim: int | None, oversample: int | None,
                allowed: np.ndarray | None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
         search_dim, rerank = self.resolve(tier, dim, index)
         total = index.chunks if allowed is None else int(allowed.sum())
         collapses = index.chunks != index.manifest["documents"]
-        n = min(total, k * oversample if rerank else (2 * k if collapses else k))
+        n = min(total, candidates_for(index.fast, k, oversample) if rerank else (2 * k if collapses else k))
         timings = {"search": 0.0, "rerank": 0.0}
         results: list[list[tuple[int, float]]] = [[] for _ in range(len(vectors))]
         pending = np.arange(len(vectors) if total else 0)  # nothing allowed: every query gets no hits
@@ -362,7 +359,10 @@ class Searcher:
     @staticmethod
     def _ranked(index, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         started = time.perf_counter()
-        scores, rows = index.tier(dim).search(prefix(vectors, dim), n, allowed)
+        if rerank and index.fast_stage == "binary":  # candidates by Hamming distance of the full vectors' signs
+            scores, rows = index.binary.search(vectors, n, allowed)
+        else:
+            scores, rows = index.tier(dim).search(prefix(vectors, dim), n, allowed)
         timings["search"] += (time.perf_counter() - started) * 1000
         if not rerank:
             return list(rows), list(scores)
@@ -372,20 +372,6 @@ class Searcher:
     def _rerank(index, vectors, rows, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Each query's candidate rows ranked exactly with the stored full-dim vectors."""
         started = time.perf_counter()
-        out_rows, out_scores = [], []
-        for query, candidates in zip(vectors, rows):
-            candidates = np.sort(candidates[candidates >= 0])  # sorted reads from the memory map
-            if not len(candidates):
-                out_rows.append(candidates)
-                out_scores.append(np.empty(0, dtype=np.float32))
-                continue
-            # faiss ranks the candidates exactly. A numpy matmul here would wake OpenBLAS's own
-            # thread pool, which fights faiss's OpenMP threads: 9-12 ms instead of ~1 ms for 500
-            # candidates x 1024 dims on 2 cores (measured; see README, "Benchmarks at scale").
-            scores, order = faiss.knn(np.ascontiguousarray(query[None, :], dtype=np.float32),
-                                      index.vectors[candidates].astype(np.float32), len(candidates),
-                                      metric=faiss.METRIC_INNER_PRODUCT)
-            out_rows.append(candidates[order[0]])
-            out_scores.append(scores[0])
+        ranked = rerank(vectors, list(rows), index.vectors)
         timings["rerank"] += (time.perf_counter() - started) * 1000
-        return out_rows, out_scores
+        return ranked

@@ -25,24 +25,29 @@ import numpy as np
 import sqlite_utils
 
 from medsearch import generations
-from medsearch.backends.faiss import FaissTier
+from medsearch.backends.faiss import BinaryTier, FaissTier
 from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, NotFoundError
 from medsearch.index import (
+    BINARY_FILE,
     HNSW_MIN_CHUNKS,
     Index,
+    calibrate_fast,
+    check_target_recall,
     build_index,
     check_model,
     corpus_fingerprint,
     open_index,
     prefix,
+    same_model,
     write_index,
     write_lexical_from_store,
     write_manifest,
 )
 from medsearch import lexical
+from medsearch.funnel import DEFAULT_TARGET_RECALL
 from medsearch.lexical import LEXICAL_DIR
 from medsearch.store import counts, index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
 
@@ -73,11 +78,13 @@ class WriteReport:
 
 
 def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, encoder: EncoderSource, *,
-           delete_missing: bool = False, progress: bool = False) -> WriteReport:
+           delete_missing: bool = False, progress: bool = False, target_recall: float | None = None) -> WriteReport:
     """Add new documents and replace changed ones (by id and content hash); with `delete_missing`,
     also delete the documents that `documents` does not have (the index then mirrors a corpus).
     `documents`: Document records, or a corpus path as `medsearch index` reads it. `encoder`: an
-    Encoder, or a function that loads one (called only when there is text to encode)."""
+    Encoder, or a function that loads one (called only when there is text to encode). A write that
+    adds rows measures the fast tier's candidate count again (for `target_recall`, default the
+    index's own), as does a new `target_recall` alone."""
     started = time.perf_counter()
     docs = read_corpus(documents) if isinstance(documents, (str, Path)) else list(documents)
     root = Path(index_dir)
@@ -90,8 +97,12 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
         gone = set(hashes) - {d.id for d in docs} if delete_missing else set()
         report = WriteReport(added=len(new), updated=len(changed), unchanged=len(docs) - len(new) - len(changed),
                              deleted=len(gone), manifest=base.manifest)
-        if new or changed or gone:
-            _write(root, base, new + changed, [d.id for d in changed] + sorted(gone), encoder, progress, report)
+        if target_recall is not None:
+            check_target_recall(target_recall)
+        retarget = target_recall is not None and target_recall != base.fast.get("target_recall")
+        if new or changed or gone or retarget:
+            _write(root, base, new + changed, [d.id for d in changed] + sorted(gone), encoder, progress, report,
+                   target_recall if target_recall is not None else base.fast.get("target_recall", DEFAULT_TARGET_RECALL))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -145,7 +156,7 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
             base = None
     same = (
         base is not None
-        and base.manifest["model"]["fingerprint"] == encoder.fingerprint
+        and same_model(base, encoder)
         and build_options.get("vector_dtype", base.manifest["vector_dtype"]) == base.manifest["vector_dtype"]
         and build_options.get("chunk_overlap") in (None, base.manifest.get("chunk_overlap"))
     )
@@ -153,13 +164,15 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
         manifest = build_index(corpus, index_dir, encoder, progress=progress, **build_options)
         return WriteReport(added=manifest["documents"], generation=open_index(index_dir).generation,
                            manifest=manifest, seconds=time.perf_counter() - started)
-    return upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress)
+    return upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress,
+                  target_recall=build_options.get("target_recall"))
 
 
 def _write(root: Path, base: Index, write: list[Document], remove: list[str], encoder: EncoderSource | None,
-           progress: bool, report: WriteReport) -> None:
+           progress: bool, report: WriteReport, target_recall: float | None = None) -> None:
     """One new generation: `remove` (ids) leave docs.db, `write` documents are (re)inserted with
-    new chunk rows appended to the vectors and every tier index."""
+    new chunk rows appended to the vectors and every tier index (and the binary codes); with new
+    rows or a new `target_recall`, the fast tier is calibrated again on the live rows."""
     vectors, chunks = None, []
     if write:
         encoder = encoder if isinstance(encoder, Encoder) else encoder()
@@ -186,8 +199,9 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         fingerprint = corpus_fingerprint(db.execute("SELECT id, content_hash FROM documents ORDER BY ordinal"))
         fields = metadata_keys(db)
         db.close()
+        binary = base.folder / BINARY_FILE
         if vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
-            for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims)]:
+            for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims), *([BINARY_FILE] if binary.is_file() else [])]:
                 _link(base.folder / name, tmp / name)
             if (base.folder / LEXICAL_DIR).is_dir():
                 (tmp / LEXICAL_DIR).mkdir()
@@ -201,6 +215,10 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                 tier = FaissTier.load(base.folder / f"dim{dim}.faiss", base.index_type(dim))
                 tier.add(prefix(vectors, dim))
                 tier.save(tmp / f"dim{dim}.faiss")
+            if binary.is_file():
+                codes = base.binary
+                codes.add(vectors)
+                codes.save(tmp / BINARY_FILE)
             write_lexical_from_store(tmp, base.chunks + len(chunks))
         total = base.chunks + len(chunks)
         manifest = {
@@ -213,6 +231,8 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             **({"lexical": lexical.settings()} if (tmp / LEXICAL_DIR).is_dir() else {}),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if (vectors is not None or target_recall != base.fast.get("target_recall")) and target_recall is not None:
+            manifest["fast"] = _recalibrate(tmp, manifest, base, target_recall)
         write_manifest(tmp, manifest)
         committed = generations.commit(root, tmp)
     except BaseException:
@@ -221,6 +241,22 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     report.generation, report.manifest = generations.number(committed), manifest
     if total and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:
         _compact(root, open_index(root), report)
+
+
+def _recalibrate(folder: Path, manifest: dict, base: Index, target: float) -> dict | None:
+    """The fast tier's settings for a written generation folder, measured on its live rows."""
+    dims = manifest["tier_dims"]
+    if dims["fast"] == manifest["full_dim"]:
+        return None
+    written = Index(path=base.path, manifest=manifest, folder=folder)
+    binary = BinaryTier.load(folder / BINARY_FILE, base.fast["binary_index"]) if (folder / BINARY_FILE).is_file() else None
+    tiers = {dim: written.tier(dim) for dim in (dims["fast"], dims["deep"])}
+    try:
+        live = np.sort(written.store.chunk_rows())
+    finally:
+        written.store.close()
+    settings = calibrate_fast(written.vectors, written.vectors, tiers, binary, dims, target, rows=live)
+    return {**({key: base.fast[key] for key in ("binary_index", "binary_factory")} if binary else {}), **settings}
 
 
 def _compact(root: Path, base: Index, report: WriteReport) -> None:
@@ -243,7 +279,8 @@ def _compact(root: Path, base: Index, report: WriteReport) -> None:
                           np.array([c.doc for c in chunks], dtype=np.int32), manifest,
                           write_docs=lambda path: write_store(path, documents, chunks),
                           vector_dtype=base.manifest["vector_dtype"], hnsw_min_chunks=hnsw_at, extra_dims=extra, locked=True,
-                          stored_vectors=np.asarray(base.vectors[rows]))
+                          stored_vectors=np.asarray(base.vectors[rows]),
+                          target_recall=base.fast.get("target_recall", DEFAULT_TARGET_RECALL))
     report.compacted, report.manifest, report.generation = True, written, open_index(root).generation
 
 

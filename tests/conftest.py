@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `medsearch index` picks the fastest installed runtime; tests use torch unless they name another
+# (tests/test_runtimes.py), and keep OpenVINO exports in a folder of their own.
+os.environ["MEDSEARCH_RUNTIME"] = "torch"
+os.environ["MEDSEARCH_CACHE"] = tempfile.mkdtemp(prefix="medsearch-test-cache-")
 
 from medsearch.encoder import Encoder, default_model_path  # noqa: E402
 from medsearch.index import build_index  # noqa: E402
@@ -57,7 +62,7 @@ def tiny1024_path(tmp_path_factory) -> str:
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=1024, num_hidden_layers=1, num_attention_heads=8,
-        intermediate_size=256, max_position_embeddings=128,
+        intermediate_size=256, max_position_embeddings=512,  # 384+: int8 calibration pads to 384
     )
     BertModel(config).save_pretrained(base / "bert")
     tokenizer.save_pretrained(base / "bert")

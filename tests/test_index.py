@@ -40,7 +40,8 @@ def test_build_384(tmp_path, small_corpus, minilm):
     assert {p.name for p in (tmp_path / "idx").iterdir()} == {"CURRENT", ".lock", "gen-000001"}
     assert (tmp_path / "idx" / "CURRENT").read_text() == "gen-000001\n"
     files = {p.name for p in (tmp_path / "idx" / "gen-000001").iterdir()}
-    assert files == {"manifest.json", "docs.db", "vectors.npy", "chunk_doc.npy", "dim64.faiss", "dim128.faiss", "dim384.faiss", "lexical"}
+    assert files == {"manifest.json", "docs.db", "vectors.npy", "chunk_doc.npy", "dim64.faiss", "dim128.faiss", "dim384.faiss", "binary.faiss", "lexical"}
+    assert manifest["fast"]["binary_factory"] == "BFlat" and manifest["fast"]["target_recall"] == 0.99
     assert manifest["documents"] == 8 and manifest["chunks"] > 8  # the long document is chunked
     assert manifest["index_types"] == {"64": "flat", "128": "flat", "384": "flat"}
     assert manifest["faiss_factories"] == {"64": "Flat", "128": "Flat", "384": "Flat"} and manifest["dead_chunks"] == 0

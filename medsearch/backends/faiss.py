@@ -1,4 +1,5 @@
-"""The FAISS backend: one inner-product index per stored dim, ids = chunk rows.
+"""The FAISS backend: one inner-product index per stored dim, ids = chunk rows, and one binary
+index of the full vectors' sign codes (the fast tier's binary candidate stage, funnel.py).
 
 The index type is a faiss factory string recorded in the manifest (`Flat`, `HNSW32,Flat`).
 Rows are never removed from a faiss index here: a search gets the rows it may return (live and
@@ -17,6 +18,7 @@ from medsearch.errors import BadInputError
 
 HNSW_M = 32
 FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
+BINARY_FACTORIES = {"flat": "BFlat", "hnsw": f"BHNSW{HNSW_M}"}
 
 
 class Allowed:
@@ -78,3 +80,39 @@ class FaissTier:
         """Every row in `rows` ranked exactly for each query: (scores, rows)."""
         scores, order = faiss.knn(queries, self.vectors(rows), len(rows), metric=faiss.METRIC_INNER_PRODUCT)
         return scores, rows[order]
+
+
+def binary_codes(vectors: np.ndarray) -> np.ndarray:
+    """One bit a dim, set where the value is positive, packed 8 to a byte: sentence-transformers'
+    `ubinary` quantisation (48 bytes for 384 dims, 128 for 1024)."""
+    from sentence_transformers.quantization import quantize_embeddings
+
+    return quantize_embeddings(np.asarray(vectors, dtype=np.float32), precision="ubinary")
+
+
+class BinaryTier(FaissTier):
+    """The full vectors' sign codes in a faiss binary index (flat or HNSW), searched by Hamming
+    distance; it takes and returns what FaissTier does (full-dim float queries in, rows out; the
+    scores are minus the Hamming distance, so higher is better as everywhere else)."""
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, kind: str) -> "BinaryTier":
+        if kind not in BINARY_FACTORIES:
+            raise BadInputError(f"unknown index type '{kind}' (use flat or hnsw)")
+        tier = cls(faiss.index_binary_factory(vectors.shape[1], BINARY_FACTORIES[kind]), kind)
+        tier.add(vectors)
+        return tier
+
+    @classmethod
+    def load(cls, path: Path, kind: str) -> "BinaryTier":
+        return cls(faiss.read_index_binary(str(path)), kind)
+
+    def save(self, path: Path) -> None:
+        faiss.write_index_binary(self.index, str(path))
+
+    def add(self, vectors: np.ndarray) -> None:
+        self.index.add(binary_codes(vectors))
+
+    def search(self, queries: np.ndarray, n: int, allowed: Allowed | None = None) -> tuple[np.ndarray, np.ndarray]:
+        distances, rows = super().search(binary_codes(queries), n, allowed)
+        return -distances.astype(np.float32), rows

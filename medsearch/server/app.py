@@ -69,7 +69,7 @@ class SearchRequest(BaseModel):
     tier: Tier = DEFAULT_TIER
     k: int = Field(10, ge=1, le=MAX_K, description="Documents per query.")
     dim: int | None = Field(None, description="Search this stored prefix dim instead of the tier's.")
-    oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample.")
+    oversample: int | None = Field(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample [default: the count the index measured for its recall target].")
     filters: list[str] = Field([], description="field=value, field!=value, field>=number, field<=number; ANDed.")
     mode: Mode = Field(DEFAULT_MODE, description=MODE_HELP)
     fusion: Method = Field(FUSION.method, description="hybrid: reciprocal rank fusion or a convex combination of normalised scores.")
@@ -191,7 +191,7 @@ class Service:
         return self.searcher
 
     async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int, dim: int | None,
-                     oversample: int, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
+                     oversample: int | None, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
                      fusion: Fusion = FUSION) -> list[dict]:
         searcher = self.loaded()
         for i, text in enumerate(texts):
@@ -351,7 +351,7 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         tier: Tier = DEFAULT_TIER,
         k: int = Query(10, ge=1, le=MAX_K, description="Documents to return."),
         dim: int | None = Query(None, description="Search this stored prefix dim instead of the tier's."),
-        oversample: int = Query(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample."),
+        oversample: int | None = Query(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample [default: the count the index measured for its recall target]."),
         filter: list[str] = Query([], description="field=value, field!=value, field>=number or field<=number; repeat to AND them."),  # noqa: A002
         mode: Mode = Query(DEFAULT_MODE, description=MODE_HELP),
         fusion: Method = Query(FUSION.method, description="hybrid: reciprocal rank fusion or a convex combination of normalised scores."),
@@ -463,7 +463,7 @@ def configure_threads(torch_threads: int | None = None, encode_workers: int = 1)
 
 
 def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
-          device: str | None = None, settings: ServerSettings | None = None, torch_threads: int | None = None,
+          device: str | None = None, runtime: str | None = None, settings: ServerSettings | None = None, torch_threads: int | None = None,
           log_level: str = "info") -> None:
     """Run the service until SIGINT/SIGTERM (in-flight requests finish first). Checks the index
     before listening; the model loads in the background (/readyz says when)."""
@@ -482,7 +482,7 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
         failure.append(err)
         server.should_exit = True
 
-    app = create_app(partial(Searcher.open, index_dir, model=model, device=device), settings, on_load_error=stop_on_error)
+    app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime), settings, on_load_error=stop_on_error)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                             access_log=log_level == "debug")
     server = uvicorn.Server(config)

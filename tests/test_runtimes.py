@@ -1,0 +1,176 @@
+"""Encoder runtimes (torch, openvino, openvino-int8) through sentence-transformers' backends: the
+weights fingerprint, the export cache, which runtimes may search which index, the missing extra.
+OpenVINO runs for real (the `openvino` extra); exports go to the test session's own cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import BUNDLED, SMALL_DOCS
+from medsearch.cli import cli
+from medsearch.encoder import Encoder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
+from medsearch.errors import BadInputError, MissingExtraError, ModelMismatchError
+from medsearch.index import build_index, open_index, write_manifest
+from medsearch.search import Searcher
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+
+TEXTS = [f"{d['title']}. {d['text']}" for d in SMALL_DOCS]
+
+
+def copy_model(src: str, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def retrain(folder: Path, factor: float = 1.5) -> None:
+    """Stand-in for a training run that saves new weights into the same folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    with torch.no_grad():
+        next(model.parameters()).mul_(factor)
+    model.save(str(folder))
+
+
+def test_weights_fingerprint_follows_the_weights_not_the_copy_or_the_readme(tmp_path, tiny1024_path, minilm):
+    from safetensors.torch import load_file, save_file
+
+    minilm.model.save(str(tmp_path / "resaved"))  # every file is rewritten, tensors renamed (LayerNorm gamma/beta)
+    assert weights_fingerprint(tmp_path / "resaved") == minilm.weights
+    copy = copy_model(tiny1024_path, tmp_path / "copy")
+    assert weights_fingerprint(copy) == weights_fingerprint(tiny1024_path)
+    (copy / "README.md").write_text("a new model card")
+    config = json.loads((copy / "config_sentence_transformers.json").read_text())
+    config["__version__"] = {"sentence_transformers": "0.0.0"}  # re-saved by another library version
+    (copy / "config_sentence_transformers.json").write_text(json.dumps(config))
+    assert weights_fingerprint(copy) == weights_fingerprint(tiny1024_path)
+    weights = next(copy.rglob("model.safetensors"))
+    tensors = load_file(weights)
+    name = next(n for n in tensors if "encoder" in n)  # a fine-tune moves the layers, not the vocabulary
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, weights)
+    assert weights_fingerprint(copy) != weights_fingerprint(tiny1024_path)
+
+
+def test_openvino_gives_torchs_vectors_and_shares_its_fingerprint(minilm):
+    openvino = Encoder("default", runtime="openvino")
+    assert (openvino.runtime, openvino.precision) == ("openvino", "fp32")
+    torch_vectors, ov_vectors = minilm.encode_passages(TEXTS), openvino.encode_passages(TEXTS)
+    assert np.min(np.sum(torch_vectors * ov_vectors, axis=1)) > 0.9999
+    assert openvino.fingerprint == minilm.fingerprint and openvino.weights == minilm.weights
+
+
+def test_int8_is_its_own_precision_and_close_to_torch(tiny1024, tiny1024_path):
+    int8 = Encoder(tiny1024_path, runtime="openvino-int8")
+    assert int8.precision == "int8" and int8.weights == tiny1024.weights
+    assert int8.fingerprint != tiny1024.fingerprint
+    cosines = np.sum(int8.encode_passages(TEXTS) * tiny1024.encode_passages(TEXTS), axis=1)
+    assert cosines.min() > 0.9, cosines  # a random one-layer model: int8 is close, not equal
+    export = exports_root() / f"{tiny1024.weights}-openvino-int8"
+    assert (export / "openvino" / "openvino_model_qint8_quantized.xml").is_file()
+
+
+def test_exports_are_made_once_and_a_new_training_gets_a_new_one(tmp_path, tiny1024_path):
+    copy = copy_model(tiny1024_path, tmp_path / "model")
+    Encoder(str(copy), runtime="openvino")
+    export = exports_root() / f"{weights_fingerprint(copy)}-openvino"
+    made = (export / "openvino" / "openvino_model.xml").stat().st_mtime_ns
+    Encoder(str(copy), runtime="openvino")
+    assert (export / "openvino" / "openvino_model.xml").stat().st_mtime_ns == made  # reused
+    retrain(copy)
+    retrained = Encoder(str(copy), runtime="openvino")
+    assert retrained.weights != export.name.split("-")[0]
+    assert (exports_root() / f"{retrained.weights}-openvino").is_dir()  # a new export, not the stale one
+
+
+def test_two_processes_exporting_at_once_both_load(tmp_path, tiny1024_path):
+    copy = copy_model(tiny1024_path, tmp_path / "model")
+    retrain(copy, 0.5)  # weights no other test exported
+    assert not (exports_root() / f"{weights_fingerprint(copy)}-openvino").exists()
+    code = ("import sys; from medsearch.encoder import Encoder; "
+            "e = Encoder(sys.argv[1], runtime='openvino'); print(e.encode_queries(['fever']).shape)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(copy)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert all("(1, 1024)" in o[0] for o in outs)
+    assert (exports_root() / f"{weights_fingerprint(copy)}-openvino" / "openvino" / "openvino_model.xml").is_file()
+    assert not [p.name for p in exports_root().iterdir() if p.name.startswith(".tmp-")]  # the loser's copy is gone
+
+
+def test_an_index_built_with_one_runtime_is_searched_with_another_of_its_precision(tmp_path, tiny1024_path, small_corpus):
+    path = tmp_path / "idx"
+    build_index(small_corpus, path, Encoder(tiny1024_path, runtime="openvino"))
+    model = open_index(path).manifest["model"]
+    assert (model["runtime"], model["precision"]) == ("openvino", "fp32")
+    by_torch = Searcher.open(path, runtime="torch").search(["wheeze and breathlessness"], tier="deep")[0]
+    by_default = Searcher.open(path).search(["wheeze and breathlessness"], tier="deep")[0]
+    assert Searcher.open(path).encoder.runtime == "openvino"  # the manifest's runtime
+    assert [h.id for h in by_torch.hits] == [h.id for h in by_default.hits]
+    assert np.allclose([h.score for h in by_torch.hits], [h.score for h in by_default.hits], atol=1e-4)
+    with pytest.raises(ModelMismatchError, match=r"built with runtime openvino \(fp32 vectors\); queries encoded by openvino-int8 \(int8\)"):
+        Searcher.open(path, runtime="openvino-int8")
+
+
+def test_an_int8_index_refuses_fp32_queries_with_the_runtime_to_use(tmp_path, tiny1024_path, small_corpus):
+    path = tmp_path / "idx"
+    result = CliRunner().invoke(cli, ["index", str(small_corpus), "--index", str(path), "--model", tiny1024_path,
+                                      "--runtime", "openvino-int8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "[openvino-int8]" in result.output
+    result = CliRunner().invoke(cli, ["query", "fever", "--index", str(path), "--runtime", "torch"])
+    assert result.exit_code == 1
+    assert f"query with --runtime openvino-int8, or rebuild with: medsearch index CORPUS --index {path} --runtime RUNTIME" in result.output
+    result = CliRunner().invoke(cli, ["query", "fever", "--index", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[0])["results"]  # stdout is JSON only
+    info = json.loads(CliRunner().invoke(cli, ["info", "--index", str(path), "--json"]).output)
+    assert info["model"]["runtime"] == "openvino-int8"
+
+
+def test_an_index_from_before_runtimes_still_opens_with_torch(tmp_path, minilm, small_corpus):
+    path = tmp_path / "idx"
+    build_index(small_corpus, path, minilm)
+    index = open_index(path)
+    legacy = dict(index.manifest, model={"spec": "default", "name": minilm.name, "fingerprint": minilm.parameters_fingerprint})
+    write_manifest(index.folder, legacy)
+    assert runtime_for_index(None) == "torch"
+    hits = Searcher.open(path).search(["wheeze"], tier="deep")[0].hits
+    assert hits[0].id == "asthma"
+    with pytest.raises(ModelMismatchError, match="was built with model"):
+        Searcher.open(path, runtime="openvino")
+
+
+def test_missing_extra_and_unknown_runtime(monkeypatch):
+    with pytest.raises(BadInputError, match="unknown runtime 'onnx'"):
+        resolve_runtime("onnx")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    assert resolve_runtime("auto") == "torch"
+    with pytest.raises(MissingExtraError, match=r"runtime openvino-int8 needs the 'openvino' extra: pip install 'medsearch\[openvino\]'"):
+        resolve_runtime("openvino-int8")
+    assert runtime_for_index("openvino") == "torch"  # same vectors: torch answers for an OpenVINO-built index
+    with pytest.raises(MissingExtraError, match="openvino"):
+        runtime_for_index("openvino-int8")
+
+
+def test_eval_compares_runtimes_side_by_side(tmp_path):
+    result = CliRunner().invoke(cli, ["eval", str(BUNDLED), "--split", "", "--cache", str(tmp_path / "cache"), "--mode", "dense",
+                                      "--runtime", "torch,openvino", "--json", str(tmp_path / "r.json"), "-q"])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if line.strip().startswith("NDCG@10"))
+    assert header.split() == ["NDCG@10", "torch", "openvino", "Change"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    by_row = {r["row"]: r for r in report["comparison"]}
+    assert abs(by_row["384"]["improvement"]) < 0.005  # fp32 runtimes: the same ranking, to float ties
+    assert len({m["index"] for m in report["models"]}) == 2  # each runtime encoded the corpus itself
