@@ -44,20 +44,25 @@ TOPIC_LEVELS = 6  # nested topics of 3, 9, 27, ... 729 documents
 
 
 def generate(n: int, dim: int, alpha: float, seed: int = 0, block: int = 100_000, rho: float = 0.0,
-             branching: int = 3) -> np.ndarray:
+             branching: int = 3, offset: float = 0.0) -> np.ndarray:
     """`rho` > 0: documents sit in nested topics (groups of `branching`, groups of those, ... over
     TOPIC_LEVELS levels); each is sqrt(rho / levels) of every enclosing topic's centre plus
     sqrt(1 - rho) of its own noise, in every dim. Neighbours then agree in sign across the whole
     vector at every scale, as real embeddings do and binary codes rely on (without topics, the near
-    neighbours of a query agree only in the leading, high-variance dims)."""
+    neighbours of a query agree only in the leading, high-variance dims).
+
+    `offset` > 0: every vector shares a fixed mean of that many noise standard deviations per dim
+    (drawn once), the anisotropy of real embeddings: it barely moves inner-product rankings but makes
+    many sign bits the same for every document, which is what makes binary codes weaker."""
     rng = np.random.default_rng(seed)
     scale = spectrum(dim, -alpha / 2)
     sizes = [branching ** (level + 1) for level in range(TOPIC_LEVELS)] if rho > 0 else []
     centres = [rng.standard_normal((n // size + 1, dim), dtype=np.float32) for size in sizes]
+    mean = offset * np.random.default_rng(seed + 1000).standard_normal(dim).astype(np.float32)
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, block):
         rows = np.arange(start, min(n, start + block))
-        part = np.sqrt(1 - rho) * rng.standard_normal((len(rows), dim), dtype=np.float32)
+        part = mean + np.sqrt(1 - rho) * rng.standard_normal((len(rows), dim), dtype=np.float32)
         for size, level in zip(sizes, centres):
             part += np.sqrt(rho / len(sizes)) * level[rows // size]
         part *= scale
@@ -99,12 +104,12 @@ def calibrate_stages(real: dict[str, list[float]], n: int, dim: int, n_queries: 
     trials = []
     for alpha, rho, size in itertools.product(grid["alpha"], grid["rho"], grid["branching"]):
         docs = generate(n, dim, alpha, rho=rho, branching=size)
-        for tilt, spread in itertools.product(grid["tilt"], grid["tilt_spread"]):
-            curves = stage_curves(docs, queries_for(docs, n_queries, alpha, tilt, spread))
+        for tilt, spread, noise in itertools.product(grid["tilt"], grid["tilt_spread"], grid["noise"]):
+            curves = stage_curves(docs, queries_for(docs, n_queries, alpha, tilt, spread, noise=noise))
             gap = max(float(np.max(np.abs(np.array(curves[s]) - np.array(real[s])))) for s in real)
-            trials.append({"alpha": alpha, "tilt": tilt, "tilt_spread": spread, "rho": rho, "branching": size,
+            trials.append({"alpha": alpha, "tilt": tilt, "tilt_spread": spread, "noise": noise, "rho": rho, "branching": size,
                            "curves": curves, "max_gap": gap})
-            print(f"  alpha {alpha} rho {rho} branching {size} tilt {tilt} spread {spread}: gap {gap:.3f} "
+            print(f"  alpha {alpha} rho {rho} branching {size} tilt {tilt} spread {spread} noise {noise}: gap {gap:.3f} "
                   + "; ".join(f"{s} " + ",".join(f"{r:.2f}" for r in curves[s]) for s in curves), flush=True)
     return {"best": min(trials, key=lambda t: t["max_gap"]), "trials": trials}
 
@@ -192,12 +197,12 @@ def main_stages(args) -> None:
     print("real: " + "; ".join(f"{s} " + ", ".join(f"{c}: {r:.3f}" for c, r in zip(STAGE_COUNTS, real[s])) for s in real), flush=True)
     grid = {"alpha": [float(a) for a in args.alphas.split(",")], "rho": [float(r) for r in args.rhos.split(",")],
             "branching": [int(c) for c in args.branching.split(",")], "tilt": [float(t) for t in args.tilts.split(",")],
-            "tilt_spread": [float(t) for t in args.spreads.split(",")]}
+            "tilt_spread": [float(t) for t in args.spreads.split(",")], "noise": [float(x) for x in args.noises.split(",")]}
     fits = {}
     for dim in map(int, args.dims.split(",")):
         fits[str(dim)] = calibrate_stages(real, len(docs), dim, args.queries, grid)
         best = fits[str(dim)]["best"]
-        print(f"dim {dim}: " + ", ".join(f"{k} {best[k]}" for k in ("alpha", "tilt", "tilt_spread", "rho", "branching", "max_gap")))
+        print(f"dim {dim}: " + ", ".join(f"{k} {best[k]}" for k in ("alpha", "tilt", "tilt_spread", "noise", "rho", "branching", "max_gap")))
     rows = [{"stage": s, "candidates": c, "real": real[s][i], **{f"synthetic {d}": f["best"]["curves"][s][i] for d, f in fits.items()}}
             for s in real for i, c in enumerate(STAGE_COUNTS)]
     print_table(rows, list(rows[0]))
@@ -216,11 +221,12 @@ def main() -> None:
         parser.add_argument("--split", default="test")
         parser.add_argument("--dims", default="1024")
         parser.add_argument("--queries", type=int, default=1000)
-        parser.add_argument("--alphas", default="1.25,1.5")
-        parser.add_argument("--rhos", default="0.2,0.4,0.6")
+        parser.add_argument("--alphas", default="0.25,0.5,0.75")
+        parser.add_argument("--rhos", default="0.6,0.8,0.9")
         parser.add_argument("--branching", default="3")
-        parser.add_argument("--tilts", default="0.25,0.5")
-        parser.add_argument("--spreads", default="1.0,1.25")
+        parser.add_argument("--tilts", default="0,0.25")
+        parser.add_argument("--spreads", default="0.5,1.0")
+        parser.add_argument("--noises", default="0.5,1.0,2.0", help="query noise (queries_for)")
         parser.add_argument("--name", default="calibration-stages")
         parser.add_argument("--out", default=str(RESULTS))
         main_stages(parser.parse_args())

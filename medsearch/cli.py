@@ -198,11 +198,12 @@ def delete(ids, index_dir, ids_file):
 def compact(index_dir):
     """Rewrite the index without the rows of deleted and replaced documents (no re-encoding).
 
-    Writes compact by themselves once more than 30% of the rows are dead."""
+    Writes compact by themselves once more than 30% of the rows are dead. An index built before
+    the fast tier's calibration gets its binary codes and measured candidate count here."""
     from medsearch.updates import compact as compact_index
 
     report = compact_index(index_dir)
-    click.echo(f"{index_dir}: {report.summary() if report.compacted else 'no dead rows: nothing to compact'}")
+    click.echo(f"{index_dir}: {report.summary() if report.compacted else 'no dead rows and a calibrated fast tier: nothing to compact'}")
 
 
 def fusion_options(command):
@@ -310,7 +311,7 @@ def info(index_dir, as_json):
         ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
         ("lexical", f"BM25 ({m['lexical']['library']}, {m['lexical']['stemmer']} stemming) over {m['lexical']['text']}"
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
-        ("fast", _fast_line(m["fast"]) if m.get("fast") else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: rebuild to measure one)"),
+        ("fast", _fast_line(m["fast"]) if m.get("fast") else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
         ("vectors", m["vector_dtype"]),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),

@@ -179,10 +179,12 @@ def write_index(
             stored = (vectors if stored_vectors is None else stored_vectors).astype(vector_dtype, copy=False)
             np.save(tmp / "vectors.npy", stored)
             np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
-            tiers = {}
+            tiers = {}  # the fast and deep tiers stay in memory for the calibration, the others are freed
             for dim_str, kind in manifest["index_types"].items():
-                tiers[int(dim_str)] = FaissTier.build(prefix(vectors, int(dim_str)), kind)
-                tiers[int(dim_str)].save(tmp / f"dim{dim_str}.faiss")
+                tier = FaissTier.build(prefix(vectors, int(dim_str)), kind)
+                tier.save(tmp / f"dim{dim_str}.faiss")
+                if int(dim_str) in (dims["fast"], dims["deep"]):
+                    tiers[int(dim_str)] = tier
             if dims["fast"] != full_dim:  # the funnel: a binary candidate stage beside the prefix one, calibrated
                 kind = manifest["index_types"][str(dims["fast"])]
                 binary = BinaryTier.build(vectors, kind)

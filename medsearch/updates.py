@@ -129,14 +129,16 @@ def delete(index_dir: str | Path, ids: Iterable[str]) -> WriteReport:
 
 
 def compact(index_dir: str | Path) -> WriteReport:
-    """Rewrite the index without its dead rows, from the stored vectors (nothing is encoded)."""
+    """Rewrite the index without its dead rows, from the stored vectors (nothing is encoded); an index
+    built before the fast tier's calibration gets its binary codes and candidate count this way."""
     started = time.perf_counter()
     root = Path(index_dir)
     open_index(root)  # no index: fail before the lock file is created
     with generations.writer_lock(root):
         base = open_index(root)  # again: another writer may have committed meanwhile
         report = WriteReport(manifest=base.manifest)
-        if base.manifest.get("dead_chunks"):
+        funnel_missing = not base.fast and base.manifest["tier_dims"]["fast"] != base.full_dim
+        if base.manifest.get("dead_chunks") or funnel_missing:  # an index from before the funnel gains it here
             _compact(root, base, report)
     report.seconds = time.perf_counter() - started
     return report

@@ -85,7 +85,10 @@ class FaissTier:
 def binary_codes(vectors: np.ndarray) -> np.ndarray:
     """One bit a dim, set where the value is positive, packed 8 to a byte: sentence-transformers'
     `ubinary` quantisation (48 bytes for 384 dims, 128 for 1024)."""
-    from sentence_transformers.quantization import quantize_embeddings
+    try:
+        from sentence_transformers.util.quantization import quantize_embeddings
+    except ImportError:  # sentence-transformers before 6
+        from sentence_transformers.quantization import quantize_embeddings
 
     return quantize_embeddings(np.asarray(vectors, dtype=np.float32), precision="ubinary")
 
