@@ -59,6 +59,17 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
+def query_encode_p50_ms(encoder, texts: list[str]) -> float:
+    """p50 of encoding one query at a time (after a warm-up), as a service meets them."""
+    encoder.encode_queries(texts[:3])
+    seconds = []
+    for text in texts:
+        started = time.perf_counter()
+        encoder.encode_queries([text])
+        seconds.append(time.perf_counter() - started)
+    return median_ms(seconds)
+
+
 def p95_ms(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20)[-1] * 1000 if len(samples) > 1 else samples[0] * 1000
 

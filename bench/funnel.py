@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, median_ms, print_table, recall_against, write_results  # noqa: E402
-from synthetic import generate, queries_for  # noqa: E402
+from synthetic import generate_lowrank, queries_near  # noqa: E402
 
 from medsearch.index import open_index, write_index  # noqa: E402
 from medsearch.search import Searcher  # noqa: E402
@@ -112,13 +112,8 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--sizes", default="100000,1000000", help="synthetic sizes ('' for none)")
     parser.add_argument("--dim", type=int, default=1024)
-    # The generator's fit to both real curves (bench/synthetic.py --stages; README: gaps and their direction)
-    parser.add_argument("--alpha", type=float, default=0.25)
-    parser.add_argument("--tilt", type=float, default=0.0)
-    parser.add_argument("--tilt-spread", type=float, default=0.75)
-    parser.add_argument("--noise", type=float, default=0.6, help="query noise")
-    parser.add_argument("--rho", type=float, default=0.8, help="topic share (bench/synthetic.py generate)")
-    parser.add_argument("--offset", type=float, default=1.0, help="shared mean per dim (bench/synthetic.py generate)")
+    parser.add_argument("--calibration", default=str(RESULTS / "calibration-stages.json"),
+                        help="bench/synthetic.py --stages output: the generator fitted to both real curves")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--timed", type=int, default=60, help="queries timed one at a time")
     parser.add_argument("--workdir", default=None)
@@ -126,6 +121,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
+    import json
+
+    fit = json.loads(Path(args.calibration).read_text())["fits"][str(args.dim)]
     rows, defaults = [], {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for spec in args.real:
@@ -140,8 +138,8 @@ def main() -> None:
             got, defaults[name] = measure(name, vectors, queries, Path(tmp) / f"real-{len(rows)}", args.timed, COUNTS)
             rows += got
         for n in [int(s) for s in args.sizes.split(",") if s]:
-            docs = generate(n, args.dim, args.alpha, rho=args.rho, offset=args.offset)
-            queries = queries_for(docs, args.queries, args.alpha, args.tilt, args.tilt_spread, noise=args.noise)
+            docs = generate_lowrank(n, args.dim, fit["rank"], fit["sigma"], fit["beta"])
+            queries = queries_near(docs, args.queries, fit["noise"])
             got, defaults[f"synthetic {n}"] = measure("synthetic", docs, queries, Path(tmp) / f"syn-{n}", args.timed, COUNTS)
             rows += got
             del docs
@@ -149,7 +147,7 @@ def main() -> None:
     print_table(rows, ["source", "size", "tier", "stage", "candidates", "default", "recall_vs_deep", "p50_ms", "speedup_vs_deep",
                        "bytes_per_vector", "build_s"])
     out = Path(args.out)
-    generator = {"alpha": args.alpha, "tilt": args.tilt, "tilt_spread": args.tilt_spread, "noise": args.noise, "rho": args.rho, "offset": args.offset}
+    generator = {key: fit[key] for key in ("rank", "sigma", "beta", "noise", "max_gap")}
     write_results(args.name, {"generator": generator,
                               "queries": args.queries, "timed": args.timed, "calibrations": defaults, "rows": rows}, out)
     plot(rows, out / f"{args.name}.png")

@@ -17,22 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, median_ms, print_table, write_results  # noqa: E402
+from common import RESULTS, print_table, query_encode_p50_ms, write_results  # noqa: E402
 
 from medsearch.encoder import RUNTIMES, Encoder  # noqa: E402
 from medsearch.evaluation import ir_metrics, load_benchmark, search_runs  # noqa: E402
 from medsearch.index import build_index, open_index  # noqa: E402
 from medsearch.search import Searcher  # noqa: E402
-
-
-def query_encode_ms(encoder: Encoder, texts: list[str]) -> float:
-    encoder.encode_queries(texts[:5])  # warm-up
-    seconds = []
-    for text in texts:
-        started = time.perf_counter()
-        encoder.encode_queries([text])
-        seconds.append(time.perf_counter() - started)
-    return median_ms(seconds)
 
 
 def main() -> None:
@@ -64,7 +54,7 @@ def main() -> None:
                 "runtime": runtime, "precision": encoder.precision, "chunks": manifest["chunks"],
                 "encode_s": manifest["encode_seconds"], "passages_per_s": manifest["chunks"] / manifest["encode_seconds"],
                 "build_s": manifest["build_seconds"], "load_s": load_s,
-                "query_encode_p50_ms": query_encode_ms(encoder, texts[: args.query_sample]),
+                "query_encode_p50_ms": query_encode_p50_ms(encoder, texts[: args.query_sample]),
                 "ndcg@10_deep": metrics["ndcg@10"], "recall@100_deep": metrics["recall@100"],
             })
             print(f"{runtime}: {rows[-1]['passages_per_s']:.1f} passages/s, NDCG@10 {metrics['ndcg@10']:.4f}", flush=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from common import RESULTS, median_ms, p95_ms, print_table, recall_against, write_results
+from common import RESULTS, median_ms, p95_ms, query_encode_p50_ms, print_table, recall_against, write_results
 from medsearch.backends.faiss import FaissTier
 from medsearch.index import HNSW_MIN_CHUNKS, TIERS, open_index, prefix
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
@@ -75,14 +75,7 @@ def encode_p50_ms(n: int = 50) -> float:
     from medsearch.encoder import Encoder
 
     encoder = Encoder("default")
-    texts = read_queries(Path(__file__).resolve().parent.parent / "corpus" / "queries.jsonl")[1][:n]
-    encoder.encode_queries(texts[:3])
-    seconds = []
-    for text in texts:
-        started = time.perf_counter()
-        encoder.encode_queries([text])
-        seconds.append(time.perf_counter() - started)
-    return median_ms(seconds)
+    return query_encode_p50_ms(encoder, read_queries(Path(__file__).resolve().parent.parent / "corpus" / "queries.jsonl")[1][:n])
 
 
 def scale_run(dim: int, n: int, fit: dict, n_queries: int, workdir: Path, encode_ms: float | None) -> tuple[list[dict], Searcher, np.ndarray]:

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -312,6 +313,9 @@ class Encoder:
             self.model = load_openvino(spec, self.runtime)
         self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", getattr(self.model, "prompts", None))
         self.batch_size = batch_size
+        # An OpenVINO model runs one inference request at a time (optimum keeps a single request per
+        # model), so concurrent callers (the service's encode workers) take turns; torch needs no lock.
+        self._turn = threading.Lock() if self.runtime != "torch" else contextlib.nullcontext()
 
     @property
     def precision(self) -> str:
@@ -364,14 +368,15 @@ class Encoder:
         return digest.hexdigest()[:16]
 
     def _encode(self, texts: list[str], prefix: str, progress: bool) -> np.ndarray:
-        vectors = self.model.encode(
-            list(texts),
-            prompt=prefix or None,
-            batch_size=self.batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
+        with self._turn:
+            vectors = self.model.encode(
+                list(texts),
+                prompt=prefix or None,
+                batch_size=self.batch_size,
+                show_progress_bar=progress,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:

@@ -174,3 +174,16 @@ def test_eval_compares_runtimes_side_by_side(tmp_path):
     by_row = {r["row"]: r for r in report["comparison"]}
     assert abs(by_row["384"]["improvement"]) < 0.005  # fp32 runtimes: the same ranking, to float ties
     assert len({m["index"] for m in report["models"]}) == 2  # each runtime encoded the corpus itself
+
+
+def test_concurrent_callers_of_an_openvino_encoder_get_their_own_vectors():
+    """The service encodes from several threads at once; OpenVINO's single inference request must not mix them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = Encoder("default", runtime="openvino")
+    texts = [[f"{d['title']} {i}"] * (1 + i % 3) for i, d in enumerate(SMALL_DOCS * 4)]
+    alone = [encoder.encode_queries(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(encoder.encode_queries, texts))
+    for a, b in zip(alone, together):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
