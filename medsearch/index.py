@@ -50,6 +50,11 @@ TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
 HNSW_MIN_CHUNKS = 200_000
 VECTOR_DTYPES = ("float16", "float32")
 BINARY_FILE = "binary.faiss"  # sign codes of the full vectors: the fast tier's binary candidate stage
+# The binary stage scans every code (exact Hamming distance): at 1M x 1024 bits that takes 6.1-7.3 ms
+# a query for 500-2000 candidates, where an HNSW graph over the codes took 3.3-12.8 ms (its cost grows
+# with the candidates), found fewer of the true neighbours and took 182 s to build
+# (bench/binary_index.py; README, "Speed").
+BINARY_INDEX = "flat"
 
 
 def tier_dims(full_dim: int) -> dict[str, int]:
@@ -186,7 +191,7 @@ def write_index(
                 if int(dim_str) in (dims["fast"], dims["deep"]):
                     tiers[int(dim_str)] = tier
             if dims["fast"] != full_dim:  # the funnel: a binary candidate stage beside the prefix one, calibrated
-                kind = manifest["index_types"][str(dims["fast"])]
+                kind = BINARY_INDEX
                 binary = BinaryTier.build(vectors, kind)
                 binary.save(tmp / BINARY_FILE)
                 manifest["fast"] = {"binary_index": kind, "binary_factory": BINARY_FACTORIES[kind],
