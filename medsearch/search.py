@@ -1,8 +1,10 @@
 """Answer queries over an index: tier -> prefix of the query vector -> tier index -> (re-rank) -> hits.
 
-The `fast` tier is the funnel: the 64-dim index proposes `k * oversample` chunk candidates and
-the full-dim vectors (memory-mapped) re-rank them exactly. Chunk hits collapse to documents:
-the best chunk of a document gives its score and its snippet.
+The `fast` tier is the funnel (funnel.py): a candidate stage (the 64-dim prefix index, or binary
+sign codes of the full vectors, as the index's calibration chose) proposes chunk candidates (as many
+as the build measured for its recall target, or k x oversample) and the full-dim vectors
+(memory-mapped) re-rank them exactly. Chunk hits collapse to documents: the best chunk of a document
+gives its score and its snippet.
 
 Modes: dense (the above), lexical (BM25 over the same chunks, lexical.py; nothing is encoded) and
 hybrid (the dense and lexical top lists fused, fusion.py). Filters and dead rows apply to both.

@@ -22,7 +22,9 @@ def test_quality_bench(tmp_path, bundled_index):
     result = json.loads((tmp_path / "smoke.json").read_text())
     rows = {r["config"]: r for r in result["rows"]}
     assert rows["deep"]["recall@10_vs_deep"] == 1.0 and rows["deep"]["ndcg_vs_deep"] == 1.0
-    assert set(rows) == {"deep", "standard", "light", "fast x1", "fast x5", "dim 64", "dim 128", "dim 384"}
+    assert set(rows) == {"deep", "standard", "light", "fast default", "fast x1", "fast x5", "dim 64", "dim 128", "dim 384"}
+    manifest = result["manifest"]["fast"]
+    assert rows["fast default"]["candidates"] == manifest["candidates"] and rows["fast default"]["stage"] == manifest["stage"]
     assert result["queries"] == 8 and result["machine"]["cpus"] >= 1
 
 
@@ -167,3 +169,28 @@ def test_lexical_bench(tmp_path):
     stemmed, plain = rows["bm25s, title + chunk, Snowball stemming"], rows["bm25s, title + chunk, no stemming"]
     assert stemmed["ndcg@10"] > plain["ndcg@10"]  # "headaches" meets "headache"
     assert all(0.5 < r["ndcg@10"] <= 1 and r["p50_ms"] > 0 for r in rows.values())
+
+
+def test_funnel_bench_marks_the_calibrated_default(tmp_path):
+    run_script("funnel.py", "--sizes", "3000", "--queries", "40", "--timed", "5", "--name", "f", "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / "f.json").read_text())
+    defaults = [r for r in result["rows"] if r["default"] and r["tier"] == "fast"]
+    calibration = result["calibrations"]["synthetic 3000"]
+    assert len(defaults) == 1 and defaults[0]["candidates"] == calibration["candidates"] and defaults[0]["stage"] == calibration["stage"]
+    assert {"size", "tier", "default", "recall_vs_deep", "speedup_vs_deep", "bytes_per_vector"} <= set(defaults[0])
+    assert {r["stage"] for r in result["rows"] if r["tier"] == "fast"} == {"prefix", "binary"}
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_runtimes_bench_compares_in_one_run(tmp_path):
+    run_script("runtimes.py", "--data", BUNDLED, "--split", "", "--runtimes", "torch,openvino", "--query-sample", "5",
+               "--name", "rt", "--out", tmp_path, cwd=tmp_path)
+    rows = {r["runtime"]: r for r in json.loads((tmp_path / "rt.json").read_text())["rows"]}
+    assert rows["torch"]["speedup_vs_torch"] == 1.0 and rows["openvino"]["passages_per_s"] > 0
+    assert abs(rows["openvino"]["ndcg_change_vs_torch"]) < 0.01  # fp32: the same vectors
+
+
+def test_binary_index_bench(tmp_path):
+    run_script("binary_index.py", "--size", "3000", "--queries", "10", "--counts", "50", "--name", "b", "--out", tmp_path, cwd=tmp_path)
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert {r["index"] for r in rows} == {"flat", "hnsw"} and all(0 < r["recall_vs_deep"] <= 1 for r in rows)
