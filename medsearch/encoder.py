@@ -115,8 +115,9 @@ def _file_digest(path: Path, block: int = 1 << 16, blocks: int = 64) -> bytes:
 
 def _tensor_digests(path: Path) -> list[bytes]:
     """One digest per floating-point tensor of a safetensors file: its shape and the first values of
-    its first, middle and last rows (as float16; a fine-tune moves them all). Names are left out: re-saving a model may rename tensors
-    (LayerNorm gamma/weight) and reorder them, without changing a single value."""
+    its first, middle and last rows (as float16; a fine-tune moves them all). Names are left out:
+    re-saving a model may rename tensors (LayerNorm gamma/weight) and reorder them, without changing
+    a single value."""
     import torch
     from safetensors import safe_open
 

@@ -187,3 +187,44 @@ def test_concurrent_callers_of_an_openvino_encoder_get_their_own_vectors():
         together = list(pool.map(encoder.encode_queries, texts))
     for a, b in zip(alone, together):
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+
+
+def test_add_encodes_with_the_index_runtime(tmp_path, tiny1024_path, small_corpus):
+    from conftest import write_jsonl
+
+    path = tmp_path / "idx"
+    assert CliRunner().invoke(cli, ["index", str(small_corpus), "--index", str(path), "--model", tiny1024_path,
+                                    "--runtime", "openvino-int8", "-q"]).exit_code == 0
+    extra = write_jsonl(tmp_path / "new.jsonl", [{"id": "gout", "title": "Gout", "text": "Gout causes sudden painful swelling of the big toe joint."}])
+    result = CliRunner().invoke(cli, ["add", str(extra), "--index", str(path), "-q"])
+    assert result.exit_code == 0, result.output  # an fp32 encoder would be refused by the int8 index
+    index = open_index(path)
+    assert index.manifest["model"]["runtime"] == "openvino-int8" and "gout" in index.store.hashes()
+    result = CliRunner().invoke(cli, ["add", str(extra), "--index", str(path), "--runtime", "torch", "-q"])
+    assert result.exit_code == 0 and "unchanged 1" in result.output  # nothing to encode: no model is loaded
+
+
+def test_service_on_an_openvino_index_answers_concurrent_clients(tmp_path, small_corpus):
+    """A real server on loopback, two encode workers without batching: every client gets the answer
+    of a sequential search (the workers take turns on OpenVINO's single inference request)."""
+    import urllib.parse
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medsearch.server.app import create_app
+    from medsearch.server.settings import ServerSettings
+    from servers import get, uvicorn_thread
+
+    path = tmp_path / "idx"
+    build_index(small_corpus, path, Encoder("default", runtime="openvino"))
+    searcher = Searcher.open(path)
+    assert searcher.encoder.runtime == "openvino"
+    queries = [f"{d['title']} symptoms" for d in SMALL_DOCS] * 2
+    expected = [searcher.search([q], tier="deep", k=5)[0] for q in queries]
+    app = create_app(searcher, ServerSettings(batching=False, encode_workers=2))
+    with uvicorn_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda q: get(port, "/search?" + urllib.parse.urlencode({"q": q, "tier": "deep", "k": 5})), queries))
+    assert [status for status, _ in answers] == [200] * len(queries)
+    for (_, body), want in zip(answers, expected):
+        assert [h["id"] for h in body["results"]] == [h.id for h in want.hits]
