@@ -337,7 +337,7 @@ def info(index_dir, as_json):
 @click.option("--no-batching", is_flag=True, help="One encoder call per request (for comparison).")
 @click.option("--max-query-chars", default=ServerSettings.max_query_chars, show_default=True, type=click.IntRange(min=1), help="Longer queries get a 400.")
 @click.option("--max-queries", default=ServerSettings.max_queries, show_default=True, type=click.IntRange(min=1), help="Most queries in one POST /search.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads per encoder pass [default: cores / encode workers].")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads per encoder pass [default: cores / encode workers]; OpenVINO runtimes use every core per pass, and their passes take turns.")
 @click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
 @click.option("--writable", is_flag=True, help="Accept writes: POST /documents (add or replace) and DELETE /documents/ID.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
