@@ -203,7 +203,7 @@ def compact(index_dir):
     from medsearch.updates import compact as compact_index
 
     report = compact_index(index_dir)
-    click.echo(f"{index_dir}: {report.summary() if report.compacted else 'no dead rows and a calibrated fast tier: nothing to compact'}")
+    click.echo(f"{index_dir}: {report.summary() if report.compacted else 'nothing to compact'}")
 
 
 def fusion_options(command):

@@ -191,11 +191,11 @@ def write_index(
                 if int(dim_str) in (dims["fast"], dims["deep"]):
                     tiers[int(dim_str)] = tier
             if dims["fast"] != full_dim:  # the funnel: a binary candidate stage beside the prefix one, calibrated
-                kind = BINARY_INDEX
-                binary = BinaryTier.build(vectors, kind)
-                binary.save(tmp / BINARY_FILE)
-                manifest["fast"] = {"binary_index": kind, "binary_factory": BINARY_FACTORIES[kind],
-                                    **calibrate_fast(vectors, stored, tiers, binary, dims, target_recall)}
+                binary = BinaryTier.build(vectors, BINARY_INDEX) if full_dim % 8 == 0 else None  # faiss: whole bytes
+                if binary is not None:
+                    binary.save(tmp / BINARY_FILE)
+                codes = {"binary_index": BINARY_INDEX, "binary_factory": BINARY_FACTORIES[BINARY_INDEX]} if binary else {}
+                manifest["fast"] = {**codes, **calibrate_fast(vectors, stored, tiers, binary, dims, target_recall)}
             manifest["build_seconds"] = round(time.perf_counter() - started, 3)
             write_manifest(tmp, manifest)
             generations.commit(target, tmp)

@@ -137,8 +137,10 @@ def compact(index_dir: str | Path) -> WriteReport:
     with generations.writer_lock(root):
         base = open_index(root)  # again: another writer may have committed meanwhile
         report = WriteReport(manifest=base.manifest)
-        funnel_missing = not base.fast and base.manifest["tier_dims"]["fast"] != base.full_dim
-        if base.manifest.get("dead_chunks") or funnel_missing:  # an index from before the funnel gains it here
+        funnel_missing = base.manifest["tier_dims"]["fast"] != base.full_dim and (
+            not base.fast or (base.full_dim % 8 == 0 and not (base.folder / BINARY_FILE).is_file()))
+        live = len(base.store.chunk_rows())
+        if live and (base.manifest.get("dead_chunks") or funnel_missing):  # an index from before the funnel gains it here
             _compact(root, base, report)
     report.seconds = time.perf_counter() - started
     return report
@@ -241,7 +243,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         generations.discard(tmp)
         raise
     report.generation, report.manifest = generations.number(committed), manifest
-    if total and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:
+    if total and live_chunks and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:  # nothing left: nothing to rewrite
         _compact(root, open_index(root), report)
 
 

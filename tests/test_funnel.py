@@ -157,3 +157,39 @@ def test_compact_gives_an_index_from_before_the_funnel_its_calibration(tmp_path,
     after = Searcher.open(path).search(["wheeze"], tier="deep")[0]
     assert [(h.id, round(h.score, 5)) for h in after.hits] == [(h.id, round(h.score, 5)) for h in before.hits]
     assert not compact(path).compacted  # nothing left to do
+
+
+def test_a_dim_that_is_not_whole_bytes_keeps_the_prefix_stage(tmp_path):
+    vectors = clustered(300, 100)  # faiss's binary indexes need whole bytes: 100 bits are not
+    write_index(tmp_path / "idx", vectors, np.arange(300), {"model": {"spec": "s", "name": "s", "fingerprint": "x"}, "documents": 300})
+    index = open_index(tmp_path / "idx")
+    assert index.fast_stage == "prefix" and set(index.fast["stages"]) == {"prefix"} and "binary_index" not in index.fast
+    assert not (index.folder / "binary.faiss").exists()
+    got, _ = Searcher(index, None).search_vectors(vectors[:3], tier="fast", k=5)
+    assert [hits[0][0] for hits in got] == [0, 1, 2]
+
+
+def test_deleting_every_document_then_adding_again(tmp_path, small_corpus, minilm):
+    from medsearch.updates import compact
+
+    path = tmp_path / "idx"
+    build_index(small_corpus, path, minilm)
+    delete(path, [d["id"] for d in SMALL_DOCS])  # past the auto-compaction threshold, with nothing left to keep
+    assert Searcher.open(path).search(["fever"], tier="fast")[0].hits == []
+    assert not compact(path).compacted
+    upsert(path, [Document(id="flu", title="Influenza", text=SMALL_DOCS[0]["text"])], minilm)
+    assert [h.id for h in Searcher.open(path).search(["fever"], tier="fast")[0].hits] == ["flu"]
+
+
+def test_compact_adds_the_binary_codes_an_upgraded_write_could_not(tmp_path, small_corpus, minilm):
+    from medsearch.updates import compact
+
+    path = tmp_path / "idx"
+    build_index(small_corpus, path, minilm)
+    old = open_index(path)
+    (old.folder / "binary.faiss").unlink()
+    write_manifest(old.folder, {k: v for k, v in old.manifest.items() if k != "fast"})
+    upsert(path, [Document(id="gout", title="Gout", text="Sudden painful swelling of the big toe joint.")], minilm)
+    assert set(open_index(path).fast["stages"]) == {"prefix"}  # a write measures what it has
+    assert compact(path).compacted
+    assert set(open_index(path).fast["stages"]) == {"prefix", "binary"}
