@@ -295,10 +295,9 @@ def info(index_dir, as_json):
     files = idx.files()
     if as_json:
         live = idx.manifest["chunks"] - idx.manifest["dead_chunks"]
-        fast = idx.manifest.get("fast") or {}
         click.echo(json.dumps({**idx.manifest, "live_chunks": live, "generation": idx.generation, "files": files,
-                               "target_recall": fast.get("target_recall"), "fast_candidates": fast.get("candidates"),
-                               "fast_stage": fast.get("stage")}, indent=2, ensure_ascii=False))
+                               "target_recall": idx.fast.get("target_recall"), "fast_candidates": idx.fast.get("candidates"),
+                               "fast_stage": idx.fast.get("stage")}, indent=2, ensure_ascii=False))
         return
     m = idx.manifest
     rows = [
@@ -311,7 +310,7 @@ def info(index_dir, as_json):
         ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
         ("lexical", f"BM25 ({m['lexical']['library']}, {m['lexical']['stemmer']} stemming) over {m['lexical']['text']}"
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
-        ("fast", _fast_line(m["fast"]) if m.get("fast") else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
+        ("fast", _fast_line(idx.fast) if idx.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
         ("vectors", m["vector_dtype"]),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),

@@ -238,10 +238,8 @@ def model_folder(spec: str) -> Path:
         raise ModelLoadError(f"cannot load model '{spec}': {type(err).__name__}: {err}".splitlines()[0], remote=True) from None
 
 
-def load_openvino(spec: str, runtime: str):
-    """The model exported for an OpenVINO runtime, from the export cache (made on first use)."""
-    folder = model_folder(spec)
-    export = exported_model(folder, weights_fingerprint(folder), runtime)
+def load_export(export: Path, runtime: str):
+    """A sentence-transformers model from an export folder, run by OpenVINO (`runtime`'s file)."""
     return load_sentence_transformer(str(export), "cpu", backend="openvino", model_kwargs={"file_name": OPENVINO_FILES[runtime]})
 
 
@@ -251,17 +249,14 @@ def exported_model(source: Path, weights: str, runtime: str) -> Path:
     target = exports_root() / f"{weights}-{runtime}"
     if (target / OPENVINO_FILES[runtime]).is_file():
         return target
-    from sentence_transformers import SentenceTransformer
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
-    _quiet_libraries()
     # The exporters print progress on stdout; it goes to stderr so that `--json` output stays JSON.
     try:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings while exporting: nothing a user can act on
             if runtime == "openvino":  # sentence-transformers exports from the torch weights
-                SentenceTransformer(str(source), backend="openvino", device="cpu", local_files_only=True).save_pretrained(str(tmp))
+                load_sentence_transformer(str(source), "cpu", backend="openvino").save_pretrained(str(tmp))
             else:
                 _quantize_int8(exported_model(source, weights, "openvino"), tmp)
         try:
@@ -278,10 +273,9 @@ def _quantize_int8(fp32_export: Path, out: Path) -> None:
     """Post-training static int8 quantisation of an OpenVINO export (sentence-transformers' own
     `export_static_quantized_openvino_model`), calibrated on CALIBRATION_TEXTS; writes `out`."""
     from optimum.intel import OVQuantizationConfig
-    from sentence_transformers import SentenceTransformer, export_static_quantized_openvino_model
+    from sentence_transformers import export_static_quantized_openvino_model
 
-    model = SentenceTransformer(str(fp32_export), backend="openvino", device="cpu", local_files_only=True,
-                                model_kwargs={"file_name": OPENVINO_FILES["openvino"]})
+    model = load_export(fp32_export, "openvino")
     positions = getattr(model.transformers_model.config, "max_position_embeddings", CALIBRATION_TOKENS)
     if positions < CALIBRATION_TOKENS:
         raise BadInputError(f"runtime openvino-int8 calibrates with {CALIBRATION_TOKENS}-token inputs (sentence-transformers' "
@@ -290,7 +284,7 @@ def _quantize_int8(fp32_export: Path, out: Path) -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    samples = sum(1 for _ in CALIBRATION_TEXTS.open())
+    samples = len(CALIBRATION_TEXTS.read_text(encoding="utf-8").splitlines())
     with tempfile.TemporaryDirectory() as data:  # a local dataset folder: datasets reads train.jsonl
         shutil.copy(CALIBRATION_TEXTS, Path(data) / "train.jsonl")
         export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=samples), str(out), dataset_name=data,
@@ -310,8 +304,10 @@ class Encoder:
             self.model = model
         elif self.runtime == "torch":
             self.model = load_sentence_transformer(spec, device)
-        else:
-            self.model = load_openvino(spec, self.runtime)
+        else:  # the export is found by the weights' fingerprint, which this encoder then keeps
+            folder = model_folder(spec)
+            self.weights = weights_fingerprint(folder)
+            self.model = load_export(exported_model(folder, self.weights, self.runtime), self.runtime)
         self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", getattr(self.model, "prompts", None))
         self.batch_size = batch_size
         # An OpenVINO model runs one inference request at a time (optimum keeps a single request per

@@ -23,7 +23,6 @@ CALIBRATION_QUERIES = 200
 RECALL_K = 10
 # Candidate counts tried, smallest first (a count past the live rows means "all of them": exact).
 CANDIDATE_GRID = (10, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000, 10000, 15000, 20000)
-STAGES = ("prefix", "binary")
 LEGACY_CANDIDATES = 500  # indexes built before the calibration: k x 50 at k = 10
 
 Search = Callable[[np.ndarray, int], np.ndarray]  # (queries, n) -> candidate rows per query, -1 padded

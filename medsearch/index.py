@@ -212,21 +212,16 @@ def check_target_recall(target: float) -> None:
 
 
 def calibrate_fast(vectors: np.ndarray, stored: np.ndarray, tiers: dict[int, FaissTier], binary: BinaryTier | None,
-                   dims: dict[str, int], target: float, rows: np.ndarray | None = None) -> dict:
+                   dims: dict[str, int], target: float, live: np.ndarray | None = None) -> dict:
     """The fast tier's stage and candidate count for `target` recall@10 against deep (funnel.py),
-    measured on the generation's own vectors (`rows`: the live ones) with its own tier indexes."""
-    allowed = None if rows is None else _allowed(len(vectors), rows)
+    measured on the generation's own vectors (`live`: which rows are live, as Index.live gives it;
+    None: every row) with its own tier indexes."""
+    allowed = None if live is None else Allowed(live)
     stages = {"prefix": lambda q, n: tiers[dims["fast"]].search(prefix(q, dims["fast"]), n, allowed)[1]}
     if binary is not None:  # an index written before binary codes has the prefix stage only
         stages["binary"] = lambda q, n: binary.search(q, n, allowed)[1]
     return calibrate(vectors, deep=lambda q, n: tiers[dims["deep"]].search(q, n, allowed)[1], stages=stages,
-                     rerank_vectors=stored, target=target, rows=rows)
-
-
-def _allowed(total: int, rows: np.ndarray) -> Allowed:
-    mask = np.zeros(total, dtype=bool)
-    mask[rows] = True
-    return Allowed(mask)
+                     rerank_vectors=stored, target=target, rows=None if live is None else allowed.rows())
 
 
 def write_lexical_from_store(folder: Path, rows: int) -> None:

@@ -204,6 +204,8 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         fields = metadata_keys(db)
         db.close()
         binary = base.folder / BINARY_FILE
+        held: dict[int, FaissTier] = {}  # the fast and deep tiers as written: the calibration reuses them
+        codes = None
         if vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
             for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims), *([BINARY_FILE] if binary.is_file() else [])]:
                 _link(base.folder / name, tmp / name)
@@ -219,6 +221,8 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                 tier = FaissTier.load(base.folder / f"dim{dim}.faiss", base.index_type(dim))
                 tier.add(prefix(vectors, dim))
                 tier.save(tmp / f"dim{dim}.faiss")
+                if dim in (base.manifest["tier_dims"]["fast"], base.full_dim):
+                    held[dim] = tier
             if binary.is_file():
                 codes = base.binary
                 codes.add(vectors)
@@ -236,7 +240,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if (vectors is not None or target_recall != base.fast.get("target_recall")) and target_recall is not None:
-            manifest["fast"] = _recalibrate(tmp, manifest, base, target_recall)
+            manifest["fast"] = _recalibrate(tmp, manifest, base, target_recall, held, codes)
         write_manifest(tmp, manifest)
         committed = generations.commit(root, tmp)
     except BaseException:
@@ -247,20 +251,24 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         _compact(root, open_index(root), report)
 
 
-def _recalibrate(folder: Path, manifest: dict, base: Index, target: float) -> dict | None:
-    """The fast tier's settings for a written generation folder, measured on its live rows."""
+def _recalibrate(folder: Path, manifest: dict, base: Index, target: float, tiers: dict[int, FaissTier],
+                 codes: BinaryTier | None) -> dict | None:
+    """The fast tier's settings for a written generation folder, measured on its live rows, with the
+    tiers and binary codes `_write` still holds (the files are read only when it holds none: a new
+    target alone, whose files are links to the previous generation's)."""
     dims = manifest["tier_dims"]
     if dims["fast"] == manifest["full_dim"]:
         return None
     written = Index(path=base.path, manifest=manifest, folder=folder)
-    binary = BinaryTier.load(folder / BINARY_FILE, base.fast["binary_index"]) if (folder / BINARY_FILE).is_file() else None
-    tiers = {dim: written.tier(dim) for dim in (dims["fast"], dims["deep"])}
+    if codes is None and (folder / BINARY_FILE).is_file():
+        codes = BinaryTier.load(folder / BINARY_FILE, base.fast["binary_index"])
+    tiers = {dim: tiers.get(dim) or written.tier(dim) for dim in (dims["fast"], dims["deep"])}
     try:
-        live = np.sort(written.store.chunk_rows())
+        live = written.live
     finally:
         written.store.close()
-    settings = calibrate_fast(written.vectors, written.vectors, tiers, binary, dims, target, rows=live)
-    return {**({key: base.fast[key] for key in ("binary_index", "binary_factory")} if binary else {}), **settings}
+    settings = calibrate_fast(written.vectors, written.vectors, tiers, codes, dims, target, live)
+    return {**({key: base.fast[key] for key in ("binary_index", "binary_factory")} if codes else {}), **settings}
 
 
 def _compact(root: Path, base: Index, report: WriteReport) -> None:
