@@ -59,6 +59,17 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
+def single_query_latencies(searcher, queries: np.ndarray, **kwargs) -> list[float]:
+    """Seconds of each query searched alone (`kwargs` go to Searcher.search_vectors), after a warm-up."""
+    searcher.search_vectors(queries[:3], **kwargs)
+    seconds = []
+    for q in queries:
+        started = time.perf_counter()
+        searcher.search_vectors(q[None, :], **kwargs)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def query_encode_p50_ms(encoder, texts: list[str]) -> float:
     """p50 of encoding one query at a time (after a warm-up), as a service meets them."""
     encoder.encode_queries(texts[:3])

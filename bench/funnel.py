@@ -20,23 +20,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, median_ms, print_table, recall_against, write_results  # noqa: E402
+from common import RESULTS, median_ms, print_table, recall_against, single_query_latencies, write_results  # noqa: E402
 from synthetic import generate_lowrank, queries_near  # noqa: E402
 
 from medsearch.index import open_index, write_index  # noqa: E402
 from medsearch.search import Searcher  # noqa: E402
 
 COUNTS = (20, 50, 100, 200, 500, 1000, 2000, 5000)
-
-
-def p50(searcher: Searcher, queries: np.ndarray, **kwargs) -> float:
-    searcher.search_vectors(queries[:3], k=10, **kwargs)
-    seconds = []
-    for q in queries:
-        started = time.perf_counter()
-        searcher.search_vectors(q[None, :], k=10, **kwargs)
-        seconds.append(time.perf_counter() - started)
-    return median_ms(seconds)
 
 
 def measure(name: str, vectors: np.ndarray, queries: np.ndarray, folder: Path, timed: int, counts) -> list[dict]:
@@ -50,7 +40,7 @@ def measure(name: str, vectors: np.ndarray, queries: np.ndarray, folder: Path, t
     files = index.files()
     stage_bytes = {"prefix": files[f"dim{manifest['tier_dims']['fast']}.faiss"] / n, "binary": files["binary.faiss"] / n}
     deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
-    deep_ms = p50(searcher, queries[:timed], tier="deep")
+    deep_ms = median_ms(single_query_latencies(searcher, queries[:timed], tier="deep", k=10))
     base = {"source": name, "size": n, "dim": vectors.shape[1], "build_s": build_s, "deep_p50_ms": deep_ms}
     rows = [{**base, "tier": "deep", "stage": "", "candidates": n, "default": True, "recall_vs_deep": 1.0, "p50_ms": deep_ms,
              "speedup_vs_deep": 1.0, "bytes_per_vector": files[f"dim{manifest['full_dim']}.faiss"] / n}]
@@ -58,7 +48,7 @@ def measure(name: str, vectors: np.ndarray, queries: np.ndarray, folder: Path, t
     def point(stage: str, oversample: int | None, default: bool) -> dict:
         index.manifest["fast"] = {**fast, "stage": stage}
         got, _ = searcher.search_vectors(queries, tier="fast", k=10, oversample=oversample)
-        ms = p50(searcher, queries[:timed], tier="fast", oversample=oversample)
+        ms = median_ms(single_query_latencies(searcher, queries[:timed], tier="fast", k=10, oversample=oversample))
         row = {**base, "tier": "fast", "stage": stage, "candidates": fast["candidates"] if oversample is None else 10 * oversample,
                "default": default, "recall_vs_deep": recall_against(got, deep), "p50_ms": ms, "speedup_vs_deep": deep_ms / ms,
                "bytes_per_vector": stage_bytes[stage]}

@@ -24,21 +24,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from common import RESULTS, median_ms, p95_ms, query_encode_p50_ms, print_table, recall_against, write_results
+from common import RESULTS, median_ms, p95_ms, query_encode_p50_ms, single_query_latencies, print_table, recall_against, write_results
 from medsearch.backends.faiss import FaissTier
 from medsearch.index import HNSW_MIN_CHUNKS, TIERS, open_index, prefix
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
 from synthetic import generate, queries_for, synthetic_searcher
-
-
-def single_query_latencies(searcher: Searcher, queries: np.ndarray, **kwargs) -> list[float]:
-    searcher.search_vectors(queries[:3], **kwargs)  # warm-up
-    seconds = []
-    for q in queries:
-        started = time.perf_counter()
-        searcher.search_vectors(q[None, :], **kwargs)
-        seconds.append(time.perf_counter() - started)
-    return seconds
 
 
 def recall_vs_deep(searcher: Searcher, queries: np.ndarray, deep: list, **kwargs) -> float:
