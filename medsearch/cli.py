@@ -123,8 +123,19 @@ def cli():
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_TARGET_RECALL, show_default=True,
               help="The fast tier's recall@10 against deep: the build measures how many candidates reach it (on held-out chunks) and stores that as the default.")
 @click.option("--rebuild", is_flag=True, help="Encode the whole corpus again even if the index is up to date with this model.")
+@click.option("--backend", type=click.Choice(["faiss", "qdrant"]), default=None,
+              help="Where the vectors live: faiss (files in the index folder) or qdrant (a collection; the folder keeps the manifest, documents and BM25) [default: the index's own, faiss for a new one; qdrant when a --qdrant-* location is given].")
+@click.option("--qdrant-url", default=None, help="qdrant: a Qdrant server (or cluster node), e.g. http://qdrant:6333; the API key, if any, from QDRANT_API_KEY.")
+@click.option("--qdrant-path", type=click.Path(file_okay=False), default=None, help="qdrant: local mode, no server: the collection lives in this folder (one process at a time).")
+@click.option("--collection", default=None, help="qdrant: collection name; each build adds a suffix [default: the index folder's name].")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="qdrant: shards of the collection (spread over a cluster's nodes).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None, help="qdrant: replication factor (copies of each shard on different nodes).")
+@click.option("--ray", "use_ray", is_flag=True, help="Encode on a Ray cluster (Ray Data, an actor pool of encoders; extra: distributed); the vectors equal a local encode.")
+@click.option("--ray-address", default=None, help="With --ray: the cluster to join ('auto': the one this machine belongs to) [default: a local Ray on this machine].")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None, help="With --ray: encoder actors (one model load each) [default: one per GPU, or per 2 CPUs, of the cluster].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall, rebuild, quiet):
+def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall, rebuild,
+          backend, qdrant_url, qdrant_path, collection, shards, replicas, use_ray, ray_address, ray_actors, quiet):
     """Index the corpus at PATH (a folder, a BEIR folder or a .jsonl/.csv/.txt/.md file).
 
     A new index encodes every document once at the model's full dimension and writes one FAISS
@@ -135,9 +146,16 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
     """
     from medsearch.updates import sync
 
+    backend_settings = _backend_settings(index_dir, backend, qdrant_url, qdrant_path, collection, shards, replicas)
+    if not use_ray and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors go with --ray")
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
+    if use_ray:
+        from medsearch.distributed import RayEncoder
+
+        encoder = RayEncoder(encoder, address=ray_address, actors=ray_actors)
     report = sync(path, index_dir, encoder, rebuild=rebuild, progress=not quiet, vector_dtype=vector_dtype,
-                  chunk_overlap=chunk_overlap, target_recall=target_recall)
+                  chunk_overlap=chunk_overlap, target_recall=target_recall, backend=backend_settings)
     manifest = report.manifest
     if "build_seconds" in manifest and report.updated == report.unchanged == report.deleted == 0:
         seconds = manifest["build_seconds"]
@@ -150,6 +168,29 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
     click.echo("Tiers: " + ", ".join(f"{tier}={dim}" for tier, dim in manifest["tier_dims"].items()))
     if manifest.get("fast"):
         click.echo(f"Fast tier: {_fast_line(manifest['fast'])}")
+
+
+def _backend_settings(index_dir, backend, url, path, collection, shards, replicas) -> dict | None:
+    """The `backend` build option from `index`'s flags (None: the index's own, or faiss)."""
+    qdrant_only = {"--qdrant-url": url, "--qdrant-path": path, "--collection": collection, "--shards": shards,
+                   "--replicas": replicas}
+    given = [flag for flag, value in qdrant_only.items() if value is not None]
+    if backend == "faiss" and given:
+        raise click.UsageError(f"{', '.join(given)} only go with --backend qdrant")
+    if backend is None and not (url or path):
+        if given:
+            raise click.UsageError(f"{', '.join(given)} need a location: --qdrant-url or --qdrant-path")
+        return None
+    if backend == "faiss":
+        return {"name": "faiss"}
+    if not (url or path):
+        raise click.UsageError("--backend qdrant needs a location: --qdrant-url URL (a server) or --qdrant-path DIR (local mode)")
+    if url and path:
+        raise click.UsageError("give one of --qdrant-url and --qdrant-path")
+    from medsearch.backends.qdrant import settings
+
+    return settings(collection or Path(index_dir).resolve().name or "medsearch", url=url, path=path, shards=shards,
+                    replicas=replicas)
 
 
 @cli.command()
@@ -311,6 +352,7 @@ def info(index_dir, as_json):
         ("lexical", f"BM25 ({m['lexical']['library']}, {m['lexical']['stemmer']} stemming) over {m['lexical']['text']}"
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
         ("fast", _fast_line(idx.fast) if idx.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
+        ("backend", _backend_line(m.get("backend"))),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
         ("vectors", m["vector_dtype"]),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
@@ -319,6 +361,14 @@ def info(index_dir, as_json):
     ]
     for key, value in rows:
         click.echo(f"{key:>10}  {value}")
+
+
+def _backend_line(backend: dict | None) -> str:
+    if not backend or backend["name"] == "faiss":
+        return "faiss (this folder's files)"
+    where = f"server {backend['url']}" if backend.get("url") else f"local mode {backend['path']}"
+    layout = ", ".join(f"{key} {backend[key]}" for key in ("shards", "replicas") if backend.get(key))
+    return f"qdrant collection '{backend['collection']}' at {where}" + (f" ({layout})" if layout else "")
 
 
 @cli.command()

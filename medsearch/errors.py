@@ -6,6 +6,7 @@ hints (`medsearch.cli.hint_for`), the HTTP API its status codes (`medsearch.serv
     BadInputError  400   a query, option or file that cannot be used as given
     NotFoundError  404   a path, model, index or document that does not exist
     MismatchError  409   an index built by another model or another index format
+    BackendUnavailableError  503   the index's vector backend cannot be reached (a Qdrant server)
 """
 
 from __future__ import annotations
@@ -74,3 +75,8 @@ class MissingExtraError(MedsearchError):
 
 class DownloadError(MedsearchError):
     """A public source could not be fetched (offline, moved, refused)."""
+
+
+class BackendUnavailableError(MedsearchError):
+    """The vector backend an index names cannot be used now (a Qdrant server down, a local-mode
+    folder held by another process, a collection deleted behind medsearch's back)."""

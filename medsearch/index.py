@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -36,10 +37,11 @@ from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder, runtime_for_index
 from medsearch import generations
 from medsearch.backends.faiss import BINARY_FACTORIES, FACTORIES, Allowed, BinaryTier, FaissTier
+from medsearch.backends.qdrant import QdrantBackend, payloads
 from medsearch.funnel import DEFAULT_TARGET_RECALL, calibrate
 from medsearch.filters import filter_sql, parse_filters
 from medsearch import lexical
-from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, ModelMismatchError
+from medsearch.errors import BadInputError, IndexFormatError, MedsearchError, IndexNotFoundError, ModelMismatchError
 from medsearch.store import DocStore, write_store
 
 FORMAT_VERSION = 2  # 2: generations (CURRENT + gen-NNNNNN/), dead rows, faiss factory strings
@@ -89,6 +91,7 @@ def build_index(
     hnsw_min_chunks: int = HNSW_MIN_CHUNKS,
     extra_dims: tuple[int, ...] = (),
     target_recall: float = DEFAULT_TARGET_RECALL,
+    backend: dict | None = None,
     progress: bool = False,
 ) -> dict:
     """Read, chunk, encode once at full dim, and write every tier's index (and one for each of
@@ -115,6 +118,7 @@ def build_index(
         index_dir, vectors, np.array([c.doc for c in chunks], dtype=np.int32), manifest,
         write_docs=lambda path: write_store(path, documents, chunks), vector_dtype=vector_dtype,
         hnsw_min_chunks=hnsw_min_chunks, extra_dims=extra_dims, target_recall=target_recall, started=started,
+        backend=backend, progress=progress,
     )
 
 
@@ -143,13 +147,17 @@ def write_index(
     locked: bool = False,
     stored_vectors: np.ndarray | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
+    backend: dict | None = None,
+    progress: bool = False,
 ) -> dict:
     """Write full-dim normalised `vectors` (one per chunk) as an index folder, atomically.
 
     `manifest` brings the model and corpus fields; this adds dims, index types and counts.
     `write_docs` writes docs.db (benchmarks on synthetic vectors have none). `locked`: the caller
     already holds the writer lock (a compaction), which also passes `stored_vectors`: the rows of
-    vectors.npy as they are, so that re-ranking scores do not move by a float16 rounding."""
+    vectors.npy as they are, so that re-ranking scores do not move by a float16 rounding. `backend`:
+    where the vectors go (None: the FAISS files; backends.qdrant.settings(...): a new Qdrant collection,
+    the one of the generation it replaces dropped after the switch)."""
     target = Path(index_dir)
     _check_target(target, vector_dtype)
     check_target_recall(target_recall)
@@ -172,38 +180,97 @@ def write_index(
         "vector_dtype": vector_dtype,
         "chunks": len(vectors),
     }
-    manifest["faiss_factories"] = {d: FACTORIES[kind] for d, kind in manifest["index_types"].items()}
+    qdrant = backend is not None and backend.get("name") == "qdrant"
+    if qdrant:
+        manifest["index_types"] = {d: "qdrant" for d in manifest["index_types"]}
+        manifest["backend"] = {**backend, "collection": f"{backend['collection_name']}-{uuid.uuid4().hex[:8]}"}
+    else:
+        manifest["faiss_factories"] = {d: FACTORIES[kind] for d, kind in manifest["index_types"].items()}
+        manifest["backend"] = {"name": "faiss"}
     manifest["dead_chunks"] = 0
     with (contextlib.nullcontext() if locked else generations.writer_lock(target)):
+        previous = generations.current(target)
         tmp = generations.new_folder(target)
+        written = None
         try:
             if write_docs:
                 write_docs(tmp / "docs.db")
                 write_lexical_from_store(tmp, len(vectors))
                 manifest["lexical"] = lexical.settings()
-            stored = (vectors if stored_vectors is None else stored_vectors).astype(vector_dtype, copy=False)
-            np.save(tmp / "vectors.npy", stored)
             np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
-            tiers = {}  # the fast and deep tiers stay in memory for the calibration, the others are freed
-            for dim_str, kind in manifest["index_types"].items():
-                tier = FaissTier.build(prefix(vectors, int(dim_str)), kind)
-                tier.save(tmp / f"dim{dim_str}.faiss")
-                if int(dim_str) in (dims["fast"], dims["deep"]):
-                    tiers[int(dim_str)] = tier
-            if dims["fast"] != full_dim:  # the funnel: a binary candidate stage beside the prefix one, calibrated
-                binary = BinaryTier.build(vectors, BINARY_INDEX) if full_dim % 8 == 0 else None  # faiss: whole bytes
-                if binary is not None:
-                    binary.save(tmp / BINARY_FILE)
-                codes = {"binary_index": BINARY_INDEX, "binary_factory": BINARY_FACTORIES[BINARY_INDEX]} if binary else {}
-                manifest["fast"] = {**codes, **calibrate_fast(vectors, stored, tiers, binary, dims, target_recall)}
+            if qdrant:
+                written = _write_qdrant(tmp, vectors, manifest, target_recall, progress)
+            else:
+                stored = (vectors if stored_vectors is None else stored_vectors).astype(vector_dtype, copy=False)
+                _write_faiss(tmp, vectors, stored, manifest, target_recall)
             manifest["build_seconds"] = round(time.perf_counter() - started, 3)
             write_manifest(tmp, manifest)
             generations.commit(target, tmp)
         except BaseException:
             generations.discard(tmp)
+            if written is not None:
+                written.drop()
             raise
+        _drop_replaced_collection(previous, manifest)
         _remove_format1_files(target)
     return manifest
+
+
+def _write_faiss(tmp: Path, vectors: np.ndarray, stored: np.ndarray, manifest: dict, target_recall: float) -> None:
+    """The FAISS backend's files: vectors.npy (re-ranking), a tier index per stored dim, binary codes
+    and the fast tier's calibration (into `manifest`)."""
+    dims, full_dim = manifest["tier_dims"], manifest["full_dim"]
+    np.save(tmp / "vectors.npy", stored)
+    tiers = {}  # the fast and deep tiers stay in memory for the calibration, the others are freed
+    for dim_str, kind in manifest["index_types"].items():
+        tier = FaissTier.build(prefix(vectors, int(dim_str)), kind)
+        tier.save(tmp / f"dim{dim_str}.faiss")
+        if int(dim_str) in (dims["fast"], dims["deep"]):
+            tiers[int(dim_str)] = tier
+    if dims["fast"] != full_dim:  # the funnel: a binary candidate stage beside the prefix one, calibrated
+        binary = BinaryTier.build(vectors, BINARY_INDEX) if full_dim % 8 == 0 else None  # faiss: whole bytes
+        if binary is not None:
+            binary.save(tmp / BINARY_FILE)
+        codes = {"binary_index": BINARY_INDEX, "binary_factory": BINARY_FACTORIES[BINARY_INDEX]} if binary else {}
+        manifest["fast"] = {**codes, **calibrate_fast(vectors, stored, tiers, binary, dims, target_recall)}
+
+
+def _write_qdrant(tmp: Path, vectors: np.ndarray, manifest: dict, target_recall: float, progress: bool) -> QdrantBackend:
+    """A new collection holding every chunk of the generation in `tmp` (its docs.db gives the
+    payloads), and the fast tier's calibration (the prefix stage, measured through Qdrant)."""
+    dims, full_dim = manifest["tier_dims"], manifest["full_dim"]
+    backend = QdrantBackend(manifest["backend"], full_dim, sorted(int(d) for d in manifest["index_types"]))
+    backend.create()
+    try:
+        store = DocStore(tmp / "docs.db")
+        try:
+            records = store.chunk_records()
+        finally:
+            store.close()
+        if len(records) != len(vectors):
+            raise BadInputError(f"the qdrant backend needs a document store: {len(vectors)} vectors, {len(records)} chunks")
+        backend.upsert(vectors, payloads(records), progress=progress)
+        backend.index_fields(manifest.get("metadata_fields", []))
+        if dims["fast"] != full_dim:
+            n = len(vectors)
+            manifest["fast"] = calibrate(vectors, deep=lambda q, c: backend.rows(q, full_dim, c, n),
+                                         stages={"prefix": lambda q, c: backend.rows(q, dims["fast"], c, n)},
+                                         rerank_vectors=vectors, target=target_recall)
+    except BaseException:
+        backend.drop()
+        raise
+    return backend
+
+
+def _drop_replaced_collection(previous: Path | None, manifest: dict) -> None:
+    """After a rebuild commits, the Qdrant collection of the generation it replaced goes (a write
+    to the same index keeps its collection; another index's is never touched)."""
+    if previous is None or not (previous / "manifest.json").is_file():
+        return
+    old = json.loads((previous / "manifest.json").read_text()).get("backend") or {}
+    if old.get("name") == "qdrant" and old.get("collection") != manifest["backend"].get("collection"):
+        with contextlib.suppress(MedsearchError):
+            QdrantBackend(old, manifest["full_dim"], []).drop()
 
 
 def check_target_recall(target: float) -> None:
@@ -275,11 +342,27 @@ class Index:
     def generation(self) -> int:
         return generations.number(self.folder)
 
+    def check_dim(self, dim: int) -> None:
+        if dim not in self.dims:
+            stored = ", ".join(map(str, self.dims))
+            raise BadInputError(f"dim {dim} is not stored in {self.path} (stored: {stored})")
+
+    @property
+    def backend_name(self) -> str:
+        """Where the vectors live: `faiss` (this folder's files) or `qdrant` (a collection)."""
+        return (self.manifest.get("backend") or {}).get("name", "faiss")
+
+    @cached_property
+    def qdrant(self) -> QdrantBackend:
+        return QdrantBackend(self.manifest["backend"], self.full_dim, self.dims)
+
+    @property
+    def live_chunks(self) -> int:
+        return self.chunks - self.manifest.get("dead_chunks", 0)
+
     def faiss_index(self, dim: int) -> faiss.Index:
         if dim not in self._faiss:
-            if dim not in self.dims:
-                stored = ", ".join(map(str, self.dims))
-                raise BadInputError(f"dim {dim} is not stored in {self.path} (stored: {stored})")
+            self.check_dim(dim)
             self._faiss[dim] = faiss.read_index(str(self.folder / f"dim{dim}.faiss"))
         return self._faiss[dim]
 
@@ -342,12 +425,17 @@ class Index:
         return mask
 
     def load(self) -> "Index":
-        """Load every tier's index, the live rows and the vector map now (a service's new generation)."""
-        for dim in self.dims:
-            self.faiss_index(dim)
-        self.live, self.vectors, self.chunk_doc  # noqa: B018 (cached on first use)
-        if self.fast_stage == "binary":
-            self.binary  # noqa: B018
+        """Load every tier's index, the live rows and the vector map now (a service's new generation);
+        for a Qdrant index, connect to its collection."""
+        if self.backend_name == "qdrant":
+            self.qdrant.count()  # noqa: B018 (fails now, not at the first query, when it is unreachable)
+        else:
+            for dim in self.dims:
+                self.faiss_index(dim)
+            self.vectors  # noqa: B018 (cached on first use)
+            if self.fast_stage == "binary":
+                self.binary  # noqa: B018
+        self.live, self.chunk_doc  # noqa: B018
         if "lexical" in self.manifest:
             self.lexical  # noqa: B018
         return self

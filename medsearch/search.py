@@ -24,6 +24,7 @@ from medsearch.errors import BadInputError
 from medsearch import generations
 from medsearch.backends.faiss import Allowed
 from medsearch.filters import filter_sql, parse_filters
+from medsearch.store import COLUMNS
 from medsearch.funnel import candidates_for, rerank
 from medsearch.fusion import DEFAULT_MODE, Fusion, check_mode, fuse
 from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, index_encoder, open_index, prefix
@@ -132,7 +133,7 @@ class Searcher:
         """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
         index = index or self.index
         if dim is not None:
-            index.faiss_index(dim)  # validates that the dim is stored
+            index.check_dim(dim)
             return dim, False
         if tier not in TIERS:
             raise BadInputError(f"unknown tier '{tier}' (choose from: {', '.join(TIERS)})")
@@ -255,11 +256,12 @@ class Searcher:
         index = index or self.current()
         self.check(tier=tier, k=k, dim=dim, oversample=oversample, mode=mode, fusion=fusion)
         depth = k if mode != "hybrid" else max(k, fusion.depth)
-        allowed = index.allowed(filters)  # once for both lists
+        # once for both lists; Qdrant filters its own list in the search (backends/qdrant.py)
+        allowed = index.allowed(filters) if mode != "dense" or index.backend_name == "faiss" else None
         lists: dict[str, list[list[tuple[int, float]]]] = {}
         timings: dict[str, float] = {}
         if mode != "lexical":
-            lists["dense"], timings = self._dense(index, vectors, tier, depth, dim, oversample, allowed)
+            lists["dense"], timings = self._dense(index, vectors, tier, depth, dim, oversample, allowed, filters)
         if mode != "dense":
             lists["lexical"], timings["lexical"] = self._lexical(index, queries, depth, allowed)
         if mode != "hybrid":
@@ -320,11 +322,20 @@ class Searcher:
         would cover every allowed row it ranks them all exactly: k documents whenever k exist."""
         index = index or self.current()
         self.check(tier=tier, k=k, dim=dim, oversample=oversample)
-        return self._dense(index, vectors, tier, k, dim, oversample, index.allowed(filters))
+        allowed = index.allowed(filters) if index.backend_name == "faiss" else None  # qdrant: payload filters
+        return self._dense(index, vectors, tier, k, dim, oversample, allowed, filters)
 
     def _dense(self, index: Index, vectors: np.ndarray, tier: str, k: int, dim: int | None, oversample: int | None,
-               allowed: np.ndarray | None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+               allowed: np.ndarray | None, filters=None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """The dense top lists in the index's backend: FAISS (below) or Qdrant (backends/qdrant.py),
+        `allowed` rows for the one, `filters` as payload filters for the other."""
         search_dim, rerank = self.resolve(tier, dim, index)
+        if index.backend_name == "qdrant":
+            total = index.live_chunks
+            n = min(total, candidates_for(index.fast, k, oversample)) if rerank else k
+            qdrant_filter = index.qdrant.query_filter(parse_filters(filters), index.chunks, COLUMNS)
+            return index.qdrant.search(vectors, dim=search_dim, rerank=rerank, k=k, candidates=max(n, 1), total=total,
+                                       query_filter=qdrant_filter)
         total = index.chunks if allowed is None else int(allowed.sum())
         collapses = index.chunks != index.manifest["documents"]
         n = min(total, candidates_for(index.fast, k, oversample) if rerank else (2 * k if collapses else k))

@@ -179,6 +179,16 @@ class DocStore:
         sql = f"SELECT c.row FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE {where}"
         return np.fromiter((r[0] for r in self.db.execute(sql, params)), dtype=np.int64)
 
+    def chunk_records(self, first_row: int = 0) -> list[dict]:
+        """Each live chunk from `first_row` on with its document, in row order: row, position, text,
+        doc (ordinal), id, title, source, url, metadata (a dict). A vector backend's payloads."""
+        sql = ("SELECT c.row, c.position, c.text, c.doc, d.id, d.title, d.source, d.url, d.metadata "
+               "FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE c.row >= ? ORDER BY c.row")
+        records = list(self.db.query(sql, [first_row]))
+        for r in records:
+            r["metadata"] = json.loads(r["metadata"] or "{}")
+        return records
+
     def hashes(self) -> dict[str, str]:
         """Document id -> content hash, for every document."""
         return dict(self.db.execute("SELECT id, content_hash FROM documents").fetchall())

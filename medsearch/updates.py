@@ -26,6 +26,7 @@ import sqlite_utils
 
 from medsearch import generations
 from medsearch.backends.faiss import BinaryTier, FaissTier
+from medsearch.backends.qdrant import payloads
 from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
@@ -49,7 +50,7 @@ from medsearch.index import (
 from medsearch import lexical
 from medsearch.funnel import DEFAULT_TARGET_RECALL
 from medsearch.lexical import LEXICAL_DIR
-from medsearch.store import counts, index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
+from medsearch.store import DocStore, counts, index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
 
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
 # selector skips them inside faiss, but flat indexes still scan them; bench/living.py measures it).
@@ -140,6 +141,8 @@ def compact(index_dir: str | Path) -> WriteReport:
         funnel_missing = base.manifest["tier_dims"]["fast"] != base.full_dim and (
             not base.fast or (base.full_dim % 8 == 0 and not (base.folder / BINARY_FILE).is_file()))
         live = len(base.store.chunk_rows())
+        if base.backend_name == "qdrant":  # Qdrant deleted the points at once: nothing to rewrite
+            live = 0
         if live and (base.manifest.get("dead_chunks") or funnel_missing):  # an index from before the funnel gains it here
             _compact(root, base, report)
     report.seconds = time.perf_counter() - started
@@ -152,24 +155,35 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
     (and chunking) is updated in place, encoding only new and changed documents; otherwise, or
     with `rebuild`, the corpus is encoded whole into a new generation."""
     started = time.perf_counter()
-    base = None
-    if not rebuild:
-        try:
-            base = open_index(index_dir)
-        except (IndexNotFoundError, IndexFormatError):
-            base = None
+    try:
+        base = open_index(index_dir)
+    except (IndexNotFoundError, IndexFormatError):
+        base = None
+    backend = build_options.get("backend")
     same = (
-        base is not None
+        not rebuild
+        and base is not None
         and same_model(base, encoder)
+        and (backend is None or same_backend(base.manifest.get("backend"), backend))
         and build_options.get("vector_dtype", base.manifest["vector_dtype"]) == base.manifest["vector_dtype"]
         and build_options.get("chunk_overlap") in (None, base.manifest.get("chunk_overlap"))
     )
     if not same:
-        manifest = build_index(corpus, index_dir, encoder, progress=progress, **build_options)
+        if backend is None and base is not None:  # a rebuild keeps the index's backend
+            backend = base.manifest.get("backend")
+        options = {**build_options, "backend": backend}
+        manifest = build_index(corpus, index_dir, encoder, progress=progress, **options)
         return WriteReport(added=manifest["documents"], generation=open_index(index_dir).generation,
                            manifest=manifest, seconds=time.perf_counter() - started)
     return upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress,
                   target_recall=build_options.get("target_recall"))
+
+
+def same_backend(current: dict | None, wanted: dict) -> bool:
+    """Whether an index's backend (its manifest's entry) is the one `wanted` names (the collection
+    name's build suffix aside)."""
+    current = {key: value for key, value in (current or {"name": "faiss"}).items() if key != "collection"}
+    return current == {key: value for key, value in wanted.items() if key != "collection"}
 
 
 def _write(root: Path, base: Index, write: list[Document], remove: list[str], encoder: EncoderSource | None,
@@ -206,7 +220,22 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         binary = base.folder / BINARY_FILE
         held: dict[int, FaissTier] = {}  # the fast and deep tiers as written: the calibration reuses them
         codes = None
-        if vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
+        qdrant = base.backend_name == "qdrant"
+        if qdrant:  # the collection changes in place; rows past base.chunks stay unseen until the switch
+            base.qdrant.delete_documents(remove, below_row=base.chunks)
+            if vectors is None:
+                _link(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
+            else:
+                np.save(tmp / "chunk_doc.npy", np.concatenate(
+                    [base.chunk_doc, first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
+                added = DocStore(tmp / "docs.db")
+                try:
+                    base.qdrant.upsert(vectors, payloads(added.chunk_records(first_row=base.chunks)), progress=progress)
+                finally:
+                    added.close()
+                base.qdrant.index_fields(sorted(set(fields) - set(base.manifest.get("metadata_fields", []))))
+            write_lexical_from_store(tmp, base.chunks + len(chunks))
+        elif vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
             for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims), *([BINARY_FILE] if binary.is_file() else [])]:
                 _link(base.folder / name, tmp / name)
             if (base.folder / LEXICAL_DIR).is_dir():
@@ -239,7 +268,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             **({"lexical": lexical.settings()} if (tmp / LEXICAL_DIR).is_dir() else {}),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if (vectors is not None or target_recall != base.fast.get("target_recall")) and target_recall is not None:
+        if (vectors is not None or target_recall != base.fast.get("target_recall")) and target_recall is not None and not qdrant:
             manifest["fast"] = _recalibrate(tmp, manifest, base, target_recall, held, codes)
         write_manifest(tmp, manifest)
         committed = generations.commit(root, tmp)
@@ -247,6 +276,8 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         generations.discard(tmp)
         raise
     report.generation, report.manifest = generations.number(committed), manifest
+    if qdrant:  # deleted points are gone from the collection: no dead rows to skip, nothing to compact
+        return
     if total and live_chunks and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:  # nothing left: nothing to rewrite
         _compact(root, open_index(root), report)
 

@@ -17,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MEDSEARCH_RUNTIME"] = "torch"
 os.environ["MEDSEARCH_CACHE"] = tempfile.mkdtemp(prefix="medsearch-test-cache-")
 
+import numpy as np  # noqa: E402
+
+from medsearch.backends import qdrant  # noqa: E402
 from medsearch.encoder import Encoder, default_model_path  # noqa: E402
 from medsearch.index import build_index  # noqa: E402
 
@@ -50,6 +53,45 @@ SMALL_DOCS = [
 @pytest.fixture(scope="session")
 def minilm() -> Encoder:
     return Encoder("default", device="cpu")
+
+
+class MemoEncoder(Encoder):
+    """The wrapped encoder, remembering each passage's vector: the backend suite builds the bundled
+    corpus into many fresh indexes and encodes it once."""
+
+    def __init__(self, encoder: Encoder):  # noqa: super not called (everything else is the wrapped one's)
+        self.inner, self.memo = encoder, {}
+
+    def __getattr__(self, name):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def encode_passages(self, texts, progress=False):
+        missing = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if missing:
+            self.memo.update(zip(missing, self.inner.encode_passages(missing)))
+        return np.stack([self.memo[t] for t in texts]) if texts else np.empty((0, self.inner.dim), np.float32)
+
+
+@pytest.fixture(scope="session")
+def memo_minilm(minilm) -> MemoEncoder:
+    return MemoEncoder(minilm)
+
+
+# The shared backend suite: tests that take `backend` run once on FAISS and once on Qdrant (the
+# official client's local mode, in-process).
+BACKENDS = ("faiss", "qdrant")
+
+
+def backend_settings(name: str, where: Path) -> dict | None:
+    """The build option for a backend: None (FAISS files), or a Qdrant local-mode collection in `where`."""
+    return None if name == "faiss" else qdrant.settings("test", path=where / "qdrant")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +130,17 @@ def bundled_index(tmp_path_factory, minilm) -> Path:
     path = tmp_path_factory.mktemp("bundled") / "index"
     build_index(BUNDLED, path, minilm, vector_dtype="float32")
     return path
+
+
+@pytest.fixture(scope="session")
+def bundled_qdrant_index(tmp_path_factory, memo_minilm) -> Path:
+    """The bundled corpus in a Qdrant collection (local mode), built once; tests must not change it."""
+    where = tmp_path_factory.mktemp("bundled-qdrant")
+    build_index(BUNDLED, where / "index", memo_minilm, backend=backend_settings("qdrant", where))
+    return where / "index"
+
+
+@pytest.fixture(params=BACKENDS)
+def bundled_any(request) -> Path:
+    """The bundled index on each backend in turn (read-only)."""
+    return request.getfixturevalue("bundled_index" if request.param == "faiss" else "bundled_qdrant_index")

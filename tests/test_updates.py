@@ -15,7 +15,7 @@ from medsearch.index import Index, build_index, open_index
 from medsearch.search import Searcher
 from medsearch.updates import AUTO_COMPACT_DEAD_FRACTION, compact, delete, sync, upsert
 
-from conftest import BUNDLED, SMALL_DOCS, write_jsonl
+from conftest import BUNDLED, SMALL_DOCS, backend_settings, write_jsonl
 
 TIERS = ("fast", "light", "standard", "deep")
 ZORBLAX = Document(id="zorblax", title="Zorblax fever",
@@ -35,11 +35,21 @@ def built(tmp_path_factory, minilm):
     return out
 
 
-@pytest.fixture(params=["flat", "hnsw"])
-def live_index(request, built, tmp_path):
-    """A fresh copy of the bundled index, flat or HNSW candidates, for a test to change."""
-    shutil.copytree(built[request.param], tmp_path / "idx")
+@pytest.fixture(params=["flat", "hnsw", "qdrant"])
+def live_index(request, built, tmp_path, memo_minilm):
+    """A fresh bundled index for a test to change: a copy of the FAISS one (flat or HNSW candidates),
+    or a new Qdrant collection in local mode (the shared backend suite: every test below runs on both
+    backends unless it says why not)."""
+    if request.param == "qdrant":
+        build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=backend_settings("qdrant", tmp_path))
+    else:
+        shutil.copytree(built[request.param], tmp_path / "idx")
     return tmp_path / "idx"
+
+
+def faiss_only(index_dir, why: str) -> None:
+    if open_index(index_dir).backend_name != "faiss":
+        pytest.skip(why)
 
 
 def ids(searcher, query, tier, k=10, **kwargs):
@@ -100,6 +110,11 @@ def test_a_deleted_document_never_appears_in_any_tier(live_index, minilm):
 
 
 def test_compact_drops_dead_rows_and_keeps_the_answers(live_index, minilm):
+    if open_index(live_index).backend_name == "qdrant":  # Qdrant deletes points at once: nothing to compact
+        delete(live_index, ["doc-001"])
+        report = compact(live_index)
+        assert not report.compacted and report.generation is None and open_index(live_index).generation == 2
+        return
     upsert(live_index, [ZORBLAX], minilm)
     delete(live_index, ["doc-001", "doc-002", "doc-003"])
     searcher = Searcher(open_index(live_index), minilm)
@@ -126,9 +141,9 @@ def test_many_dead_rows_compact_by_themselves(tmp_path, small_corpus, minilm):
     assert open_index(tmp_path / "idx").chunks == 7
 
 
-def test_index_command_is_incremental(tmp_path, minilm):
+def test_index_command_is_incremental(tmp_path, minilm, backend):
     corpus = write_jsonl(tmp_path / "c" / "docs.jsonl", SMALL_DOCS)
-    first = sync(corpus, tmp_path / "idx", minilm)
+    first = sync(corpus, tmp_path / "idx", minilm, backend=backend_settings(backend, tmp_path))
     assert first.added == 8 and first.generation == 1
     edited = [d for d in SMALL_DOCS if d["id"] != "flu"] + [{"id": "gout", "title": "Gout", "text": "Gout is a painful swollen big toe joint from uric acid crystals."}]
     edited[0] = {**edited[0], "text": edited[0]["text"] + " Thirst is common."}
@@ -138,7 +153,11 @@ def test_index_command_is_incremental(tmp_path, minilm):
     searcher = Searcher(open_index(tmp_path / "idx"), minilm)
     assert ids(searcher, "painful swollen big toe", "deep")[0] == "gout" and "flu" not in ids(searcher, "flu", "deep", k=50)
     rebuilt = sync(corpus, tmp_path / "idx", minilm, rebuild=True)
-    assert rebuilt.added == 8 and open_index(tmp_path / "idx").manifest["dead_chunks"] == 0
+    index = open_index(tmp_path / "idx")
+    assert rebuilt.added == 8 and index.manifest["dead_chunks"] == 0 and index.backend_name == backend
+    assert ids(Searcher(index, minilm), "painful swollen big toe", "fast")[0] == "gout"
+    if backend == "qdrant":  # the rebuild wrote a collection of its own and dropped the one it replaced
+        assert [c.name for c in index.qdrant.client.get_collections().collections] == [index.qdrant.collection]
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -151,13 +170,14 @@ def test_a_narrow_filter_still_returns_k_matching_documents(live_index, minilm, 
     assert searcher.search(["pain"], tier=tier, k=10, filters=["topic=nothing-has-this"])[0].hits == []
 
 
-def test_filters_on_numbers_sources_and_deleted_documents(tmp_path, minilm):
+def test_filters_on_numbers_sources_and_deleted_documents(tmp_path, minilm, backend):
     docs = [
         {"id": f"d{i}", "title": f"Leaflet {i}", "text": f"Advice leaflet number {i} about blood pressure.", "year": 2015 + i,
          "source": "MedlinePlus" if i % 2 else "NHS"}
         for i in range(10)
     ] + [{"id": "csv-like", "text": "A leaflet about blood pressure with a year stored as text.", "year": "2019"}]
-    build_index(write_jsonl(tmp_path / "d.jsonl", docs), tmp_path / "idx", minilm)
+    build_index(write_jsonl(tmp_path / "d.jsonl", docs), tmp_path / "idx", minilm,
+                backend=backend_settings(backend, tmp_path))
     searcher = Searcher(open_index(tmp_path / "idx"), minilm)
     found = lambda *filters: sorted(ids(searcher, "blood pressure", "deep", k=50, filters=list(filters)))  # noqa: E731
     assert found("year>=2020", "year<=2022") == ["d5", "d6", "d7"]
@@ -246,6 +266,7 @@ def test_readers_keep_one_generation_while_a_writer_works(live_index, minilm):
 
 
 def test_copying_an_index_folder_keeps_it_working(live_index, tmp_path, minilm):
+    faiss_only(live_index, "a Qdrant index's folder names its collection: a copy shares it")
     upsert(live_index, [ZORBLAX], minilm)
     shutil.copytree(live_index, tmp_path / "copy")
     assert ids(Searcher(open_index(tmp_path / "copy"), minilm), ZORBLAX_QUERY, "fast")[0] == "zorblax"

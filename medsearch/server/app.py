@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medsearch import __version__
-from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError
+from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MismatchError, NotFoundError
 from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 from medsearch.index import TIERS
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, Searcher
@@ -245,7 +245,7 @@ def _warm_up(searcher: Searcher) -> None:
 # ---- errors: one JSON shape for all of them ----
 
 def _status(err: MedsearchError) -> int:
-    if isinstance(err, ServiceLoading):
+    if isinstance(err, (ServiceLoading, BackendUnavailableError)):
         return 503
     if isinstance(err, ReadOnly):
         return 403

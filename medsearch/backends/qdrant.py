@@ -1,0 +1,320 @@
+"""The Qdrant backend: an index's vectors in one Qdrant collection (qdrant-client: a server by URL,
+or its local mode, the same API in-process over a folder), the index folder keeping the manifest,
+the document store and BM25.
+
+One point per chunk row, its id derived from the document id and chunk position (uuid5), so a
+write of the same document replaces its points. Named vectors: `d64`, `d128`, ... for every stored
+prefix dim (renormalised, as the FAISS tiers hold them) and `full`, which has no HNSW graph: it is
+only scanned to re-score candidates or for the exact deep tier. The payload is the chunk (row,
+position, text), its document (ordinal `doc`, id, title, source, url, metadata) and `numbers`: every
+value among those that reads as a number, so `field>=N` compares numbers as SQLite does for the
+FAISS backend. Filters become Qdrant payload filters inside the search, chunk hits collapse to
+documents with Qdrant's groups (`group_by="doc"`), and the fast tier is one Query API call: a
+prefetch of the candidates on `d64`, re-scored on `full`.
+
+A generation of the index folder sees only the rows it knows (`row < chunks`): a writer adds points
+before it commits, and a reader of the previous generation never returns them. Deleted documents'
+points are deleted at once, so the backend has no dead rows to skip and nothing to compact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from medsearch.errors import BackendUnavailableError, BadInputError, MissingExtraError
+from medsearch.filters import Filter
+
+FULL = "full"
+POINT_NAMESPACE = uuid.UUID("5b4e1d2e-6a43-4a8e-9b76-2f0a6f1c8d11")  # fixed: point ids never change
+UPSERT_BATCH = 256
+# A number as SQLite's filter reads a text value (filters.filter_sql: only these characters)
+_NUMERIC_TEXT = re.compile(r"^[0-9.eE+-]+$")
+
+
+def vector_name(dim: int, full_dim: int) -> str:
+    return FULL if dim == full_dim else f"d{dim}"
+
+
+def point_id(doc_id: str, position: int) -> str:
+    """The chunk's point id: the same document id and chunk position always give the same id."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{doc_id}\x1f{position}"))
+
+
+def settings(collection: str, url: str | None = None, path: str | Path | None = None, shards: int | None = None,
+             replicas: int | None = None) -> dict:
+    """The manifest's `backend` entry for a Qdrant index; each build writes a collection of its own,
+    `collection_name` plus a suffix (index.write_index), so a rebuild never touches the one in use."""
+    if (url is None) == (path is None):
+        raise BadInputError("the qdrant backend needs one location: a server URL or a local-mode path")
+    if not collection or not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", collection):
+        raise BadInputError(f"collection name '{collection}': use letters, digits, '_', '-' and '.'")
+    for name, value in (("shards", shards), ("replicas", replicas)):
+        if value is not None and value < 1:
+            raise BadInputError(f"{name} must be at least 1; got {value}")
+    _import()  # no extra: say so before any encoding
+    where = {"url": url} if url else {"path": str(Path(path).resolve())}
+    return {"name": "qdrant", "collection_name": collection, **where,
+            **({"shards": shards} if shards else {}), **({"replicas": replicas} if replicas else {})}
+
+
+def _import():
+    try:
+        from qdrant_client import QdrantClient, models
+    except ImportError:
+        raise MissingExtraError("the qdrant backend needs the 'qdrant' extra: pip install 'medsearch[qdrant]'",
+                                "qdrant") from None
+    return QdrantClient, models
+
+
+# One client per location and process: local mode locks its folder, so every index (and every
+# generation of one) in this process shares the client; `close_clients` lets another process in.
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(backend: dict):
+    QdrantClient, _ = _import()
+    key = ("url", backend["url"]) if backend.get("url") else ("path", backend["path"])
+    with _clients_lock:
+        if key not in _clients:
+            try:
+                if key[0] == "url":
+                    _clients[key] = QdrantClient(url=key[1], api_key=_api_key(), timeout=60, check_compatibility=False)
+                else:
+                    Path(key[1]).mkdir(parents=True, exist_ok=True)
+                    _clients[key] = QdrantClient(path=key[1])
+            except RuntimeError as err:  # local mode: "Storage folder ... is already accessed by another instance"
+                raise BackendUnavailableError(
+                    f"the Qdrant local storage {key[1]} is open in another process (local mode serves one process "
+                    f"at a time; run a Qdrant server for more): {err}") from None
+        return _clients[key]
+
+
+def _api_key() -> str | None:
+    import os
+
+    return os.environ.get("QDRANT_API_KEY") or None
+
+
+def close_clients() -> None:
+    """Close every client this process opened (a local-mode folder is free for another process)."""
+    with _clients_lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
+
+
+def payloads(rows: Iterable[dict]) -> list[dict]:
+    """Point payloads from docs.db rows (row, position, text, doc, id, title, source, url, metadata)."""
+    out = []
+    for r in rows:
+        numbers = {key: n for key, value in r["metadata"].items() if (n := _as_number(value)) is not None}
+        numbers.update({key: n for key in ("id", "title", "source", "url") if (n := _as_number(r[key])) is not None})
+        out.append({**r, "numbers": numbers})
+    return out
+
+
+def _as_number(value) -> float | None:
+    """The number a filter's >= / <= compares, as filters.filter_sql reads a value: a JSON number, or
+    text of digits, '.', 'e', '+' and '-' that parses as one."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str) and _NUMERIC_TEXT.match(value):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+class QdrantBackend:
+    """The vectors of one index generation in its Qdrant collection."""
+
+    name = "qdrant"
+
+    def __init__(self, backend: dict, full_dim: int, dims: list[int]):
+        self.settings = backend
+        self.collection = backend["collection"]
+        self.full_dim = full_dim
+        self.dims = dims
+        _, self.models = _import()
+        self.local = "path" in backend
+        # local mode computes in Python: one call at a time (a server handles its own concurrency)
+        self._lock = threading.Lock() if self.local else contextlib.nullcontext()
+
+    @property
+    def location(self) -> str:
+        return self.settings.get("url") or self.settings["path"]
+
+    @property
+    def client(self):
+        return client_for(self.settings)
+
+    def _call(self, method: str, *args, **kwargs):
+        try:
+            with self._lock:
+                return getattr(self.client, method)(*args, **kwargs)
+        except (BackendUnavailableError, BadInputError):
+            raise
+        except Exception as err:  # noqa: BLE001 (the client raises httpx, grpc and its own errors)
+            if type(err).__name__ in ("ConnectError", "ResponseHandlingException", "ConnectTimeout", "ReadTimeout"):
+                raise BackendUnavailableError(f"cannot reach Qdrant at {self.location}: {err}") from None
+            if "not found" in str(err).lower() and self.collection in str(err):
+                raise BackendUnavailableError(
+                    f"collection '{self.collection}' is missing at {self.location} (deleted outside medsearch?)") from None
+            raise
+
+    # ---- writes ----
+
+    def create(self) -> None:
+        """A new, empty collection with a named vector per stored dim (refused if it exists)."""
+        m = self.models
+        if self._call("collection_exists", self.collection):
+            raise BadInputError(f"collection '{self.collection}' already exists at {self.location}")
+        vectors = {
+            vector_name(dim, self.full_dim): m.VectorParams(
+                size=dim, distance=m.Distance.COSINE,
+                **({"hnsw_config": m.HnswConfigDiff(m=0)} if dim == self.full_dim else {}))  # re-scoring only: no graph
+            for dim in self.dims
+        }
+        self._call("create_collection", self.collection, vectors_config=vectors,
+                   shard_number=self.settings.get("shards"), replication_factor=self.settings.get("replicas"))
+        if not self.local:  # local mode has no payload indexes (it scans)
+            for key, schema in (("row", m.PayloadSchemaType.INTEGER), ("doc", m.PayloadSchemaType.INTEGER),
+                                ("id", m.PayloadSchemaType.KEYWORD), ("source", m.PayloadSchemaType.KEYWORD),
+                                ("url", m.PayloadSchemaType.KEYWORD)):
+                self._call("create_payload_index", self.collection, key, field_schema=schema)
+
+    def index_fields(self, fields: list[str]) -> None:
+        """Payload indexes on metadata fields, so filters on them are indexed (server only)."""
+        if self.local:
+            return
+        for key in fields:
+            self._call("create_payload_index", self.collection, f"metadata.{key}",
+                       field_schema=self.models.PayloadSchemaType.KEYWORD)
+
+    def drop(self) -> None:
+        if self._call("collection_exists", self.collection):
+            self._call("delete_collection", self.collection)
+
+    def upsert(self, vectors: np.ndarray, points: list[dict], progress: bool = False) -> None:
+        """One point per chunk: `vectors` (full dim, normalised) and the payloads of the same rows."""
+        from tqdm.auto import tqdm
+
+        from medsearch.index import prefix
+
+        m = self.models
+        bar = tqdm(total=len(points), desc="Qdrant upsert", unit="chunk", disable=not progress)
+        for start in range(0, len(points), UPSERT_BATCH):
+            batch = np.asarray(vectors[start:start + UPSERT_BATCH], dtype=np.float32)
+            named = {vector_name(dim, self.full_dim): prefix(batch, dim) for dim in self.dims}
+            structs = [
+                m.PointStruct(id=point_id(p["id"], p["position"]), payload=p,
+                              vector={name: values[i].tolist() for name, values in named.items()})
+                for i, p in enumerate(points[start:start + UPSERT_BATCH])
+            ]
+            self._call("upsert", self.collection, points=structs, wait=True)
+            bar.update(len(structs))
+        bar.close()
+
+    def delete_documents(self, ids: list[str], below_row: int) -> None:
+        """Delete the points of these documents' rows below `below_row` (a changed document's new
+        points, written after, keep their ids: deleting first is what makes the replace)."""
+        m = self.models
+        for start in range(0, len(ids), 500):
+            batch = ids[start:start + 500]
+            self._call("delete", self.collection, wait=True, points_selector=m.FilterSelector(filter=m.Filter(must=[
+                m.FieldCondition(key="id", match=m.MatchAny(any=batch)),
+                m.FieldCondition(key="row", range=m.Range(lt=below_row)),
+            ])))
+
+    def count(self) -> int:
+        return self._call("count", self.collection, exact=True).count
+
+    # ---- searches ----
+
+    def query_filter(self, filters: list[Filter], below_row: int, columns: tuple[str, ...]):
+        """The Qdrant filter for parsed `filters` (fields already checked by filters.filter_sql) on a
+        generation of `below_row` rows: the same matches as the SQL one."""
+        m = self.models
+        must = [m.FieldCondition(key="row", range=m.Range(lt=below_row))]
+        must_not = []
+        for f in filters:
+            key = f.field if f.field in columns else f"metadata.{f.field}"
+            number = _filter_number(f.value)
+            if f.op in ("=", "!="):
+                equal = [m.FieldCondition(key=key, match=m.MatchValue(value=f.value))]
+                if number is not None:  # a JSON number equal to it
+                    equal.append(m.FieldCondition(key=key, range=m.Range(gte=number, lte=number)))
+                (must if f.op == "=" else must_not).append(m.Filter(should=equal))
+            else:
+                bound = m.Range(gte=number) if f.op == ">=" else m.Range(lte=number)
+                must.append(m.FieldCondition(key=f"numbers.{f.field}", range=bound))
+        return m.Filter(must=must, must_not=must_not or None)
+
+    def rows(self, queries: np.ndarray, dim: int, n: int, below_row: int) -> np.ndarray:
+        """The n nearest chunk rows per query in one stored dim (-1 padded): the calibration's stages."""
+        from medsearch.index import prefix
+
+        m = self.models
+        flt = m.Filter(must=[m.FieldCondition(key="row", range=m.Range(lt=below_row))])
+        requests = [m.QueryRequest(query=q.tolist(), using=vector_name(dim, self.full_dim), limit=n, filter=flt,
+                                   with_payload=["row"]) for q in prefix(queries, dim)]
+        out = np.full((len(queries), n), -1, dtype=np.int64)
+        for i, response in enumerate(self._call("query_batch_points", self.collection, requests=requests)):
+            found = [p.payload["row"] for p in response.points]
+            out[i, : len(found)] = found
+        return out
+
+    def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int, total: int,
+               query_filter) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """Ranked (chunk row, score) lists, one document per hit (Qdrant groups by `doc`). With `rerank`
+        (the fast tier): ONE query a search, `candidates` chunks prefetched on the prefix vector and
+        re-scored on `full`; fewer than k documents among them widen the prefetch (doubling, up to the
+        `total` live rows)."""
+        from medsearch.index import prefix
+
+        m = self.models
+        started = time.perf_counter()
+        small, full = prefix(queries, dim), np.asarray(queries, dtype=np.float32)
+        results = []
+        for q_small, q_full in zip(small, full):
+            n = candidates
+            while True:
+                if rerank:
+                    prefetch = m.Prefetch(query=q_small.tolist(), using=vector_name(dim, self.full_dim), limit=n,
+                                          filter=query_filter)
+                    found = self._call("query_points_groups", self.collection, prefetch=prefetch, query=q_full.tolist(),
+                                       using=FULL, group_by="doc", limit=k, group_size=1, query_filter=query_filter,
+                                       with_payload=["row"])
+                else:
+                    found = self._call("query_points_groups", self.collection, query=q_small.tolist(),
+                                       using=vector_name(dim, self.full_dim), group_by="doc", limit=k, group_size=1,
+                                       query_filter=query_filter, with_payload=["row"])
+                hits = [(int(g.hits[0].payload["row"]), float(g.hits[0].score)) for g in found.groups]
+                if not rerank or len(hits) == k or n >= total:
+                    break
+                n = min(total, 2 * n)
+            results.append(hits)
+        return results, {"search": (time.perf_counter() - started) * 1000, "rerank": 0.0}
+
+
+def _filter_number(value: str) -> float | None:
+    """The number an `=` filter also matches (filters.filter_sql: any value float() reads)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,162 @@
+"""The Qdrant backend against qdrant-client's local mode (the official client's in-process engine;
+no mock): the same answers as FAISS, the CLI and the service over a Qdrant index, point ids and
+payloads, and what goes wrong (bad options, an unreachable server, a held local folder, no extra).
+The behaviour both backends share runs in the shared suite (tests/test_updates.py, test_search.py)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from medsearch.backends import qdrant
+from medsearch.cli import cli
+from medsearch.errors import BackendUnavailableError, MissingExtraError
+from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
+from medsearch.index import open_index, prefix
+from medsearch.search import Searcher
+from medsearch.server.app import create_app
+from medsearch.server.settings import ServerSettings
+
+from conftest import BUNDLED
+from servers import free_port, get, uvicorn_thread
+from test_cli import assert_one_line_error, run
+
+QUERIES = [json.loads(line) for line in open(BUNDLED / "queries.jsonl")]
+
+
+def test_deep_equals_faiss_and_fast_stays_within_one_percent_of_deep(bundled_index, bundled_qdrant_index, minilm):
+    """The issue's bar on the bundled questions, through the library (the CLI is the same code)."""
+    faiss_searcher = Searcher(open_index(bundled_index), minilm)
+    qdrant_searcher = Searcher(open_index(bundled_qdrant_index), minilm)
+    bench = load_benchmark(BUNDLED)
+    qids = list(bench.queries)
+    texts = [bench.queries[q] for q in qids]
+    vectors = minilm.encode_queries(texts)
+    doc_ids = faiss_searcher.index.store.doc_ids()
+    runs = {}
+    for name, searcher in (("faiss", faiss_searcher), ("qdrant", qdrant_searcher)):
+        for tier in ("deep", "fast"):
+            runs[name, tier], _ = search_runs(searcher, vectors, texts, qids, doc_ids, 10, tier=tier)
+    same = np.mean([[d for d, _ in runs["faiss", "deep"][q]] == [d for d, _ in runs["qdrant", "deep"][q]] for q in qids])
+    assert same >= 0.99
+    for q in qids:  # the same documents get the same scores (cosine of the same vectors)
+        np.testing.assert_allclose([s for _, s in runs["qdrant", "deep"][q]], [s for _, s in runs["faiss", "deep"][q]],
+                                   atol=1e-4)
+    deep, fast = (ir_metrics(runs["qdrant", tier], bench)["ndcg@10"] for tier in ("deep", "fast"))
+    assert fast >= 0.99 * deep
+
+
+def test_cli_index_query_every_tier_and_info(tmp_path):
+    index, store = tmp_path / "idx", tmp_path / "qdrant"
+    result = run("index", BUNDLED, "--index", index, "--backend", "qdrant", "--qdrant-path", store,
+                 "--collection", "guides", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "Indexed 187 documents" in result.output and "Fast tier:" in result.output
+    manifest = open_index(index).manifest
+    assert manifest["backend"]["collection"].startswith("guides-") and manifest["backend"]["path"] == str(store.resolve())
+    assert not list(manifest["index_types"].values()) == ["flat"] and not (index / "gen-000001" / "vectors.npy").exists()
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES[:5]))
+    for tier in ("fast", "light", "standard", "deep"):
+        result = run("query", "--queries", queries, "--index", index, "--tier", tier, "--json")  # only --index
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in result.output.splitlines()]
+        assert [line["query_id"] for line in lines] == [q["_id"] for q in QUERIES[:5]]
+        assert all(len(line["results"]) == 10 for line in lines), tier
+    result = run("query", "diabetes", "--index", index, "--filter", "topic=symptom", "--json", "-k", "3")
+    assert [r["metadata"]["topic"] for r in json.loads(result.output)["results"]] == ["symptom"] * 3
+    info = run("info", "--index", index)
+    assert f"qdrant collection '{manifest['backend']['collection']}' at local mode {store.resolve()}" in info.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--collection", "x"], "--collection need a location: --qdrant-url or --qdrant-path"),
+    (["--backend", "faiss", "--qdrant-path", "q"], "--qdrant-path only go with --backend qdrant"),
+    (["--backend", "qdrant"], "--backend qdrant needs a location"),
+    (["--qdrant-url", "http://a:6333", "--qdrant-path", "q"], "give one of --qdrant-url and --qdrant-path"),
+    (["--qdrant-path", "q", "--collection", "two words"], "collection name 'two words'"),
+    (["--qdrant-path", "q", "--shards", "0"], "--shards"),
+    (["--ray-address", "auto"], "--ray-address and --ray-actors go with --ray"),
+])
+def test_cli_backend_options_errors(tmp_path, args, message):
+    result = run("index", BUNDLED, "--index", tmp_path / "idx", *args)
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_an_unreachable_server_is_one_line_and_writes_nothing(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run("index", BUNDLED, "--index", tmp_path / "idx", "--qdrant-url", url, "--quiet")
+    assert_one_line_error(result, f"cannot reach Qdrant at {url}")
+    assert not (tmp_path / "idx" / "CURRENT").exists()
+
+
+def test_a_local_folder_held_by_another_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from qdrant_client import QdrantClient
+        client = QdrantClient(path={str(tmp_path / 'q')!r})
+        print('open', flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(BackendUnavailableError, match="is open in another process"):
+            qdrant.client_for(qdrant.settings("c", path=tmp_path / "q"))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_point_ids_payloads_and_named_vectors(bundled_qdrant_index, bundled_index):
+    index = open_index(bundled_qdrant_index)
+    client, collection = index.qdrant.client, index.qdrant.collection
+    assert qdrant.point_id("doc-020", 0) == qdrant.point_id("doc-020", 0) != qdrant.point_id("doc-020", 1)
+    (point,) = client.retrieve(collection, [qdrant.point_id("doc-020", 0)], with_vectors=True)
+    row = point.payload["row"]
+    assert point.payload["id"] == "doc-020" and point.payload["position"] == 0
+    assert point.payload["metadata"] == index.store.document("doc-020")["metadata"]
+    assert index.chunk_doc[row] == point.payload["doc"] and point.payload["text"] in index.store.document("doc-020")["text"]
+    assert set(point.vector) == {"d64", "d128", "full"}
+    full = open_index(bundled_index).vectors[row][None, :]  # the FAISS index of the same corpus, same row order
+    np.testing.assert_allclose(point.vector["full"], full[0], atol=1e-3)
+    np.testing.assert_allclose(point.vector["d64"], prefix(full, 64)[0], atol=1e-3)
+    config = client.get_collection(collection).config.params.vectors
+    assert config["full"].hnsw_config.m == 0 and config["d64"].size == 64  # full: re-scoring only, no graph
+
+
+def test_payload_numbers_read_numbers_as_the_sql_filter_does():
+    [p] = qdrant.payloads([{"row": 0, "position": 0, "text": "t", "doc": 0, "id": "7", "title": "T", "source": "",
+                            "url": "", "metadata": {"year": "2019", "dose": 2.5, "flag": True, "name": "n1",
+                                                    "bad": "1e999", "list": [1]}}])
+    assert p["numbers"] == {"year": 2019.0, "dose": 2.5, "flag": 1.0, "id": 7.0}
+
+
+def test_service_over_a_qdrant_index_answers_concurrent_clients(bundled_qdrant_index, minilm):
+    searcher = Searcher(open_index(bundled_qdrant_index), minilm)
+    jobs = [(QUERIES[i]["text"], ("fast", "deep", "light")[i % 3]) for i in range(12)]
+    expected = [searcher.search([q], tier=tier, k=10)[0] for q, tier in jobs]
+    with uvicorn_thread(create_app(searcher, ServerSettings(batch_wait_ms=10))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda job: get(port, "/search?" + urllib.parse.urlencode(
+                {"q": job[0], "tier": job[1]})), jobs))
+    assert [status for status, _ in answers] == [200] * len(jobs)
+    for (_, body), want in zip(answers, expected):
+        assert [h["id"] for h in body["results"]] == [h.id for h in want.hits]
+
+
+def test_a_missing_extra_names_it(monkeypatch, tmp_path):
+    settings = {**qdrant.settings("c", path=tmp_path), "collection": "c-1"}
+    monkeypatch.setitem(sys.modules, "qdrant_client", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'medsearch\[qdrant\]'"):
+        qdrant.QdrantBackend(settings, 384, [64, 384])
+    result = run("index", BUNDLED, "--index", tmp_path / "idx", "--qdrant-path", tmp_path / "q", "--quiet")
+    assert_one_line_error(result, "needs the 'qdrant' extra")
+    assert not (tmp_path / "idx" / "CURRENT").exists()
