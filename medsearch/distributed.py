@@ -10,6 +10,7 @@ default does wherever medsearch is installed; a local folder must be on shared s
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -67,13 +68,14 @@ def encode_on_ray(encoder: Encoder, passages: list[str], *, address: str | None 
     batch = batch_size or encoder.batch_size
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     dataset = ray.data.from_items([{"position": i, "text": text} for i, text in enumerate(passages)])
     encoded = dataset.map_batches(
         _EncoderActor,
         fn_constructor_kwargs={"spec": encoder.spec, "runtime": encoder.runtime, "batch_size": batch,
                                "device": "cuda" if gpus else "cpu"},
         batch_size=batch,
-        concurrency=size,
+        compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=1 if gpus else 0,
         num_cpus=None if gpus else min(CPUS_PER_ACTOR, cpus),
     )
