@@ -252,9 +252,8 @@ def _write_qdrant(tmp: Path, vectors: np.ndarray, manifest: dict, target_recall:
         backend.upsert(vectors, payloads(records), progress=progress)
         backend.index_fields(manifest.get("metadata_fields", []))
         if dims["fast"] != full_dim:
-            n = len(vectors)
-            manifest["fast"] = calibrate(vectors, deep=lambda q, c: backend.rows(q, full_dim, c, n),
-                                         stages={"prefix": lambda q, c: backend.rows(q, dims["fast"], c, n)},
+            manifest["fast"] = calibrate(vectors, deep=lambda q, c: backend.rows(q, full_dim, c),
+                                         stages={"prefix": lambda q, c: backend.rows(q, dims["fast"], c)},
                                          rerank_vectors=vectors, target=target_recall)
     except BaseException:
         backend.drop()

@@ -330,15 +330,14 @@ class Searcher:
         """The dense top lists in the index's backend: FAISS (below) or Qdrant (backends/qdrant.py),
         `allowed` rows for the one, `filters` as payload filters for the other."""
         search_dim, rerank = self.resolve(tier, dim, index)
+        collapses = index.chunks != index.manifest["documents"]  # room for chunks of one document
+        wanted = candidates_for(index.fast, k, oversample) if rerank else (2 * k if collapses else k)
         if index.backend_name == "qdrant":
-            total = index.live_chunks
-            n = min(total, candidates_for(index.fast, k, oversample)) if rerank else k
-            qdrant_filter = index.qdrant.query_filter(parse_filters(filters), index.chunks, COLUMNS)
-            return index.qdrant.search(vectors, dim=search_dim, rerank=rerank, k=k, candidates=max(n, 1), total=total,
-                                       query_filter=qdrant_filter)
+            return index.qdrant.search(vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted,
+                                       total=index.live_chunks, chunk_doc=index.chunk_doc,
+                                       query_filter=index.qdrant.query_filter(parse_filters(filters), COLUMNS))
         total = index.chunks if allowed is None else int(allowed.sum())
-        collapses = index.chunks != index.manifest["documents"]
-        n = min(total, candidates_for(index.fast, k, oversample) if rerank else (2 * k if collapses else k))
+        n = min(total, wanted)
         timings = {"search": 0.0, "rerank": 0.0}
         results: list[list[tuple[int, float]]] = [[] for _ in range(len(vectors))]
         pending = np.arange(len(vectors) if total else 0)  # nothing allowed: every query gets no hits

@@ -65,6 +65,7 @@ class WriteReport:
     unchanged: int = 0
     deleted: int = 0
     compacted: bool = False
+    moved_to: str | None = None  # a FAISS index's vectors moved to this backend (nothing encoded)
     generation: int | None = None  # None: nothing to write, no new generation
     manifest: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -72,7 +73,8 @@ class WriteReport:
     def summary(self) -> str:
         m = self.manifest
         head = (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, deleted {self.deleted}"
-                + ("; compacted" if self.compacted else ""))
+                + ("; compacted" if self.compacted else "")
+                + (f"; vectors moved to {self.moved_to}, nothing re-encoded" if self.moved_to else ""))
         where = f"generation {self.generation}" if self.generation is not None else "nothing to write"
         return (f"{head} -> {where}: {m.get('documents', 0)} documents, {m.get('chunks', 0)} chunk rows "
                 f"({m.get('dead_chunks', 0)} dead), {self.seconds:.1f}s")
@@ -160,14 +162,12 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
     except (IndexNotFoundError, IndexFormatError):
         base = None
     backend = build_options.get("backend")
-    same = (
-        not rebuild
-        and base is not None
-        and same_model(base, encoder)
-        and (backend is None or same_backend(base.manifest.get("backend"), backend))
-        and build_options.get("vector_dtype", base.manifest["vector_dtype"]) == base.manifest["vector_dtype"]
-        and build_options.get("chunk_overlap") in (None, base.manifest.get("chunk_overlap"))
-    )
+    same = not rebuild and base is not None and _same_vectors(base, encoder, build_options)
+    if same and backend is not None and not same_backend(base.manifest.get("backend"), backend):
+        same = base.backend_name == "faiss"
+        if same:  # the stored vectors move to the other backend (a new generation): nothing is encoded
+            with generations.writer_lock(Path(index_dir)):
+                _compact(Path(index_dir), open_index(index_dir), WriteReport(), backend=backend, progress=progress)
     if not same:
         if backend is None and base is not None:  # a rebuild keeps the index's backend
             backend = base.manifest.get("backend")
@@ -175,8 +175,19 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
         manifest = build_index(corpus, index_dir, encoder, progress=progress, **options)
         return WriteReport(added=manifest["documents"], generation=open_index(index_dir).generation,
                            manifest=manifest, seconds=time.perf_counter() - started)
-    return upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress,
-                  target_recall=build_options.get("target_recall"))
+    report = upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress,
+                    target_recall=build_options.get("target_recall"))
+    if backend is not None and base.backend_name != backend["name"]:
+        report.moved_to, report.manifest = backend["name"], open_index(index_dir).manifest
+        report.generation = report.generation or open_index(index_dir).generation
+    return report
+
+
+def _same_vectors(base: Index, encoder: Encoder, build_options: dict) -> bool:
+    """Whether `base` holds the vectors a build with this encoder and these options would make."""
+    return (same_model(base, encoder)
+            and build_options.get("vector_dtype", base.manifest["vector_dtype"]) == base.manifest["vector_dtype"]
+            and build_options.get("chunk_overlap") in (None, base.manifest.get("chunk_overlap")))
 
 
 def same_backend(current: dict | None, wanted: dict) -> bool:
@@ -222,6 +233,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         codes = None
         qdrant = base.backend_name == "qdrant"
         if qdrant:  # the collection changes in place; rows past base.chunks stay unseen until the switch
+            base.qdrant.delete_rows_from(base.chunks)  # a write that died before its switch left these
             base.qdrant.delete_documents(remove, below_row=base.chunks)
             if vectors is None:
                 _link(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
@@ -302,7 +314,9 @@ def _recalibrate(folder: Path, manifest: dict, base: Index, target: float, tiers
     return {**({key: base.fast[key] for key in ("binary_index", "binary_factory")} if codes else {}), **settings}
 
 
-def _compact(root: Path, base: Index, report: WriteReport) -> None:
+def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None = None, progress: bool = False) -> None:
+    """Rewrite a FAISS index's live rows from its stored vectors as a new generation (no encoding):
+    in FAISS again, or in `backend` (a move to Qdrant)."""
     rows = np.sort(base.store.chunk_rows())
     ordinals, documents = {}, []
     for ordinal, doc in base.store.documents():
@@ -323,7 +337,8 @@ def _compact(root: Path, base: Index, report: WriteReport) -> None:
                           write_docs=lambda path: write_store(path, documents, chunks),
                           vector_dtype=base.manifest["vector_dtype"], hnsw_min_chunks=hnsw_at, extra_dims=extra, locked=True,
                           stored_vectors=np.asarray(base.vectors[rows]),
-                          target_recall=base.fast.get("target_recall", DEFAULT_TARGET_RECALL))
+                          target_recall=base.fast.get("target_recall", DEFAULT_TARGET_RECALL), backend=backend,
+                          progress=progress)
     report.compacted, report.manifest, report.generation = True, written, open_index(root).generation
 
 

@@ -160,3 +160,47 @@ def test_a_missing_extra_names_it(monkeypatch, tmp_path):
     result = run("index", BUNDLED, "--index", tmp_path / "idx", "--qdrant-path", tmp_path / "q", "--quiet")
     assert_one_line_error(result, "needs the 'qdrant' extra")
     assert not (tmp_path / "idx" / "CURRENT").exists()
+
+
+def test_a_faiss_index_moves_to_qdrant_without_encoding(bundled_index, tmp_path, minilm, monkeypatch):
+    import shutil
+
+    from medsearch.updates import sync
+
+    shutil.copytree(bundled_index, tmp_path / "idx")
+    faiss_hits = Searcher(open_index(tmp_path / "idx"), minilm).search([QUERIES[0]["text"]], tier="deep")[0].hits
+    monkeypatch.setattr(minilm, "encode_passages", lambda *a, **k: pytest.fail("nothing should be encoded"))
+    report = sync(BUNDLED, tmp_path / "idx", minilm, backend=qdrant.settings("moved", path=tmp_path / "q"))
+    assert report.moved_to == "qdrant" and report.unchanged == 187 and "vectors moved to qdrant" in report.summary()
+    index = open_index(tmp_path / "idx")
+    assert index.backend_name == "qdrant" and index.qdrant.count() == 204 and index.generation == 2
+    hits = Searcher(index, minilm).search([QUERIES[0]["text"]], tier="deep")[0].hits
+    assert [h.id for h in hits] == [h.id for h in faiss_hits]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in faiss_hits], atol=1e-5)
+
+
+def test_a_write_that_died_before_its_switch_leaves_no_points_behind(tmp_path, memo_minilm, minilm, monkeypatch):
+    """Points are written before the switch; a crash leaves them past the generation's rows, where
+    searches skip them, and the next write deletes them before it numbers its own rows from there."""
+    from medsearch import generations
+    from medsearch.corpus import Document
+    from medsearch.index import build_index
+    from medsearch.updates import upsert
+
+    build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=qdrant.settings("t", path=tmp_path / "q"))
+    crashed = Document(id="zorblax", title="Zorblax fever", text="Zorblax fever paints purple spots on both knees.")
+    monkeypatch.setattr(generations, "commit", lambda root, tmp: (_ for _ in ()).throw(RuntimeError("power cut")))
+    with pytest.raises(RuntimeError, match="power cut"):
+        upsert(tmp_path / "idx", [crashed], minilm)
+    monkeypatch.undo()
+    index = open_index(tmp_path / "idx")
+    assert index.qdrant.count() == 205 and index.chunks == 204  # the orphan point is there, past the rows
+    searcher = Searcher(index, minilm)
+    for tier in ("fast", "deep"):
+        assert "zorblax" not in [h.id for h in searcher.search(["purple spots on both knees"], tier=tier)[0].hits]
+    upsert(tmp_path / "idx", [Document(id="gout", title="Gout", text="Gout is a painful swollen big toe joint.")], minilm)
+    index = open_index(tmp_path / "idx")
+    assert index.qdrant.count() == 205 and index.chunks == 205  # the orphan went; the new row took its number
+    searcher = Searcher(index, minilm)
+    assert searcher.search(["painful swollen big toe"], tier="deep")[0].hits[0].id == "gout"
+    assert "zorblax" not in [h.id for h in searcher.search(["purple spots on both knees"], tier="deep", k=200)[0].hits]

@@ -9,12 +9,13 @@ only scanned to re-score candidates or for the exact deep tier. The payload is t
 position, text), its document (ordinal `doc`, id, title, source, url, metadata) and `numbers`: every
 value among those that reads as a number, so `field>=N` compares numbers as SQLite does for the
 FAISS backend. Filters become Qdrant payload filters inside the search, chunk hits collapse to
-documents with Qdrant's groups (`group_by="doc"`), and the fast tier is one Query API call: a
-prefetch of the candidates on `d64`, re-scored on `full`.
+documents as in the FAISS backend (the best chunk of each; the search widens until k documents),
+and the fast tier is one Query API call: a prefetch of the candidates on `d64`, re-scored on `full`.
 
-A generation of the index folder sees only the rows it knows (`row < chunks`): a writer adds points
-before it commits, and a reader of the previous generation never returns them. Deleted documents'
-points are deleted at once, so the backend has no dead rows to skip and nothing to compact.
+A generation of the index folder answers only with the rows it knows (`row < chunks`): a writer
+adds points before it commits, and a reader of the previous generation skips them. Deleted
+documents' points are deleted at once, so the backend has no dead rows to skip and nothing to
+compact (a reader of an older generation stops finding them at that moment).
 """
 
 from __future__ import annotations
@@ -240,17 +241,25 @@ class QdrantBackend:
                 m.FieldCondition(key="row", range=m.Range(lt=below_row)),
             ])))
 
+    def delete_rows_from(self, first_row: int) -> None:
+        """Delete the points of rows from `first_row` on: what a write that died before its switch
+        left (the next write numbers its rows from there again)."""
+        m = self.models
+        self._call("delete", self.collection, wait=True, points_selector=m.FilterSelector(filter=m.Filter(must=[
+            m.FieldCondition(key="row", range=m.Range(gte=first_row))])))
+
     def count(self) -> int:
         return self._call("count", self.collection, exact=True).count
 
     # ---- searches ----
 
-    def query_filter(self, filters: list[Filter], below_row: int, columns: tuple[str, ...]):
-        """The Qdrant filter for parsed `filters` (fields already checked by filters.filter_sql) on a
-        generation of `below_row` rows: the same matches as the SQL one."""
+    def query_filter(self, filters: list[Filter], columns: tuple[str, ...]):
+        """The Qdrant filter for parsed `filters` (fields already checked by filters.filter_sql): the
+        same matches as the SQL one; None for no filters."""
+        if not filters:
+            return None
         m = self.models
-        must = [m.FieldCondition(key="row", range=m.Range(lt=below_row))]
-        must_not = []
+        must, must_not = [], []
         for f in filters:
             key = f.field if f.field in columns else f"metadata.{f.field}"
             number = _filter_number(f.value)
@@ -262,15 +271,15 @@ class QdrantBackend:
             else:
                 bound = m.Range(gte=number) if f.op == ">=" else m.Range(lte=number)
                 must.append(m.FieldCondition(key=f"numbers.{f.field}", range=bound))
-        return m.Filter(must=must, must_not=must_not or None)
+        return m.Filter(must=must or None, must_not=must_not or None)
 
-    def rows(self, queries: np.ndarray, dim: int, n: int, below_row: int) -> np.ndarray:
-        """The n nearest chunk rows per query in one stored dim (-1 padded): the calibration's stages."""
+    def rows(self, queries: np.ndarray, dim: int, n: int) -> np.ndarray:
+        """The n nearest chunk rows per query in one stored dim (-1 padded), over every point: the
+        calibration's stages, on a collection that its build alone has written so far."""
         from medsearch.index import prefix
 
         m = self.models
-        flt = m.Filter(must=[m.FieldCondition(key="row", range=m.Range(lt=below_row))])
-        requests = [m.QueryRequest(query=q.tolist(), using=vector_name(dim, self.full_dim), limit=n, filter=flt,
+        requests = [m.QueryRequest(query=q.tolist(), using=vector_name(dim, self.full_dim), limit=n,
                                    with_payload=["row"]) for q in prefix(queries, dim)]
         out = np.full((len(queries), n), -1, dtype=np.int64)
         for i, response in enumerate(self._call("query_batch_points", self.collection, requests=requests)):
@@ -279,32 +288,35 @@ class QdrantBackend:
         return out
 
     def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int, total: int,
-               query_filter) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """Ranked (chunk row, score) lists, one document per hit (Qdrant groups by `doc`). With `rerank`
-        (the fast tier): ONE query a search, `candidates` chunks prefetched on the prefix vector and
-        re-scored on `full`; fewer than k documents among them widen the prefetch (doubling, up to the
-        `total` live rows)."""
+               query_filter, chunk_doc: np.ndarray) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """Ranked (chunk row, score) lists, one document per hit, as the FAISS backend gives them.
+        With `rerank` (the fast tier) each search is ONE query: `candidates` chunks prefetched on the
+        prefix vector, re-scored on `full`. Rows this generation does not know (`chunk_doc`: a writer's
+        points before its switch) are skipped; when fewer than k documents remain, the search widens
+        (doubling, until the matching points or the `total` live rows are exhausted)."""
         from medsearch.index import prefix
+        from medsearch.search import collapse
 
         m = self.models
         started = time.perf_counter()
+        using = vector_name(dim, self.full_dim)
         small, full = prefix(queries, dim), np.asarray(queries, dtype=np.float32)
         results = []
         for q_small, q_full in zip(small, full):
-            n = candidates
+            n = max(1, min(candidates, total))
             while True:
                 if rerank:
-                    prefetch = m.Prefetch(query=q_small.tolist(), using=vector_name(dim, self.full_dim), limit=n,
-                                          filter=query_filter)
-                    found = self._call("query_points_groups", self.collection, prefetch=prefetch, query=q_full.tolist(),
-                                       using=FULL, group_by="doc", limit=k, group_size=1, query_filter=query_filter,
-                                       with_payload=["row"])
+                    prefetch = m.Prefetch(query=q_small.tolist(), using=using, limit=n, filter=query_filter)
+                    found = self._call("query_points", self.collection, prefetch=prefetch, query=q_full.tolist(),
+                                       using=FULL, limit=n, query_filter=query_filter, with_payload=["row"]).points
                 else:
-                    found = self._call("query_points_groups", self.collection, query=q_small.tolist(),
-                                       using=vector_name(dim, self.full_dim), group_by="doc", limit=k, group_size=1,
-                                       query_filter=query_filter, with_payload=["row"])
-                hits = [(int(g.hits[0].payload["row"]), float(g.hits[0].score)) for g in found.groups]
-                if not rerank or len(hits) == k or n >= total:
+                    found = self._call("query_points", self.collection, query=q_small.tolist(), using=using, limit=n,
+                                       query_filter=query_filter, with_payload=["row"]).points
+                rows = np.array([p.payload["row"] for p in found], dtype=np.int64)
+                scores = np.array([p.score for p in found], dtype=np.float32)
+                known = rows < len(chunk_doc)
+                hits = collapse(rows[known], scores[known], chunk_doc, k)
+                if len(hits) == k or len(found) < n or n >= total:
                     break
                 n = min(total, 2 * n)
             results.append(hits)
