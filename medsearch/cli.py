@@ -139,7 +139,8 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
     """Index the corpus at PATH (a folder, a BEIR folder or a .jsonl/.csv/.txt/.md file).
 
     A new index encodes every document once at the model's full dimension and writes one FAISS
-    index per tier dimension. An existing index of the same model is brought up to date: new and
+    index per tier dimension (or, with --backend qdrant, one Qdrant collection with a named vector
+    per tier dimension; the folder keeps the manifest, documents and BM25). An existing index of the same model is brought up to date: new and
     changed documents are encoded, documents no longer in PATH are deleted, the rest costs
     nothing (--rebuild encodes everything). Every write is a new generation of the folder,
     switched to atomically: a failed run leaves the previous one answering.
@@ -354,7 +355,7 @@ def info(index_dir, as_json):
         ("fast", _fast_line(idx.fast) if idx.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
         ("backend", _backend_line(m.get("backend"))),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
-        ("vectors", m["vector_dtype"]),
+        ("vectors", m["vector_dtype"] if idx.backend_name == "faiss" else "float32, in the Qdrant collection"),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
         ("built", f"{m['created']} in {m['build_seconds']}s by medsearch {m['medsearch_version']}"),
         ("size", f"{sum(files.values()) / 1e6:.2f} MB: " + ", ".join(f"{n} {s / 1e6:.2f}" for n, s in files.items())),

@@ -53,7 +53,8 @@ def parse_filters(texts) -> list[Filter]:
     return [f if isinstance(f, Filter) else parse_filter(f) for f in texts or ()]
 
 
-def _number(value: str) -> float | None:
+def filter_number(value: str) -> float | None:
+    """The number a filter value also stands for (an `=` filter matches it too), or None."""
     try:
         number = float(value)
     except ValueError:
@@ -73,7 +74,7 @@ def filter_sql(filters: list[Filter], metadata_fields: list[str]) -> tuple[str, 
         else:
             fields = ", ".join([*COLUMNS, *sorted(known)])
             raise BadInputError(f"unknown filter field '{f.field}' (fields of this index: {fields})")
-        number = _number(f.value)
+        number = filter_number(f.value)
         if f.op in ("=", "!="):
             equal = f"({expr} = ? OR {expr} = ?)" if number is not None else f"{expr} = ?"
             values = [f.value, number] if number is not None else [f.value]

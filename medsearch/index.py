@@ -36,7 +36,8 @@ from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder, runtime_for_index
 from medsearch import generations
-from medsearch.backends.faiss import BINARY_FACTORIES, FACTORIES, Allowed, BinaryTier, FaissTier
+from medsearch.backends.base import VectorBackend, prefix  # noqa: F401 (index.prefix: the Matryoshka prefix)
+from medsearch.backends.faiss import BINARY_FACTORIES, FACTORIES, Allowed, BinaryTier, FaissBackend, FaissTier
 from medsearch.backends.qdrant import QdrantBackend, payloads
 from medsearch.funnel import DEFAULT_TARGET_RECALL, calibrate
 from medsearch.filters import filter_sql, parse_filters
@@ -64,13 +65,6 @@ def tier_dims(full_dim: int) -> dict[str, int]:
     dims = {tier: min(target, full_dim) for tier, target in TIER_TARGET_DIMS.items()}
     dims["deep"] = full_dim
     return dims
-
-
-def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """The first `dim` dims of each vector, renormalised: the Matryoshka embedding at that dim."""
-    out = np.array(vectors[:, :dim], dtype=np.float32, order="C")  # always a copy: normalised in place
-    faiss.normalize_L2(out)
-    return out
 
 
 def corpus_fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
@@ -350,6 +344,11 @@ class Index:
     def backend_name(self) -> str:
         """Where the vectors live: `faiss` (this folder's files) or `qdrant` (a collection)."""
         return (self.manifest.get("backend") or {}).get("name", "faiss")
+
+    @cached_property
+    def backend(self) -> VectorBackend:
+        """The dense search of this generation's vectors (backends/base.py)."""
+        return self.qdrant if self.backend_name == "qdrant" else FaissBackend()
 
     @cached_property
     def qdrant(self) -> QdrantBackend:

@@ -22,12 +22,11 @@ import numpy as np
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError
 from medsearch import generations
-from medsearch.backends.faiss import Allowed
+from medsearch.backends.base import collapse
 from medsearch.filters import filter_sql, parse_filters
-from medsearch.store import COLUMNS
-from medsearch.funnel import candidates_for, rerank
+from medsearch.funnel import candidates_for
 from medsearch.fusion import DEFAULT_MODE, Fusion, check_mode, fuse
-from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, index_encoder, open_index, prefix
+from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, index_encoder, open_index
 
 DEFAULT_TIER = "fast"
 # Fast-tier candidates: k x oversample when a caller gives it; by default (None) the count that the
@@ -76,22 +75,6 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     return text[: cut if cut > limit // 2 else limit] + " …"
 
 
-def collapse(rows: np.ndarray, scores: np.ndarray, chunk_doc: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """First (best) chunk of each document, in rank order, until k documents."""
-    seen: set[int] = set()
-    hits = []
-    for row, score in zip(rows.tolist(), scores.tolist()):
-        if row < 0:
-            continue
-        doc = int(chunk_doc[row])
-        if doc not in seen:
-            seen.add(doc)
-            hits.append((row, score))
-            if len(hits) == k:
-                break
-    return hits
-
-
 class Searcher:
     """Search one index with the model it was built with (`encoder=None`: vectors only, e.g. benchmarks).
 
@@ -131,7 +114,10 @@ class Searcher:
 
     def resolve(self, tier: str, dim: int | None, index: Index | None = None) -> tuple[int, bool]:
         """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
-        index = index or self.index
+        return self.resolve_dim(index or self.index, tier, dim)
+
+    @staticmethod
+    def resolve_dim(index: Index, tier: str, dim: int | None) -> tuple[int, bool]:
         if dim is not None:
             index.check_dim(dim)
             return dim, False
@@ -256,12 +242,11 @@ class Searcher:
         index = index or self.current()
         self.check(tier=tier, k=k, dim=dim, oversample=oversample, mode=mode, fusion=fusion)
         depth = k if mode != "hybrid" else max(k, fusion.depth)
-        # once for both lists; Qdrant filters its own list in the search (backends/qdrant.py)
-        allowed = index.allowed(filters) if mode != "dense" or index.backend_name == "faiss" else None
+        allowed = index.allowed(filters) if mode != "dense" else None  # the lexical list's rows
         lists: dict[str, list[list[tuple[int, float]]]] = {}
         timings: dict[str, float] = {}
         if mode != "lexical":
-            lists["dense"], timings = self._dense(index, vectors, tier, depth, dim, oversample, allowed, filters)
+            lists["dense"], timings = self._dense(index, vectors, tier, depth, dim, oversample, filters)
         if mode != "dense":
             lists["lexical"], timings["lexical"] = self._lexical(index, queries, depth, allowed)
         if mode != "hybrid":
@@ -322,68 +307,14 @@ class Searcher:
         would cover every allowed row it ranks them all exactly: k documents whenever k exist."""
         index = index or self.current()
         self.check(tier=tier, k=k, dim=dim, oversample=oversample)
-        allowed = index.allowed(filters) if index.backend_name == "faiss" else None  # qdrant: payload filters
-        return self._dense(index, vectors, tier, k, dim, oversample, allowed, filters)
+        return self._dense(index, vectors, tier, k, dim, oversample, filters)
 
-    def _dense(self, index: Index, vectors: np.ndarray, tier: str, k: int, dim: int | None, oversample: int | None,
-               allowed: np.ndarray | None, filters=None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """The dense top lists in the index's backend: FAISS (below) or Qdrant (backends/qdrant.py),
-        `allowed` rows for the one, `filters` as payload filters for the other."""
-        search_dim, rerank = self.resolve(tier, dim, index)
+    @staticmethod
+    def _dense(index: Index, vectors: np.ndarray, tier: str, k: int, dim: int | None, oversample: int | None,
+               filters=None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """The dense top lists, from the index's backend (backends/base.py)."""
+        search_dim, rerank = Searcher.resolve_dim(index, tier, dim)
         collapses = index.chunks != index.manifest["documents"]  # room for chunks of one document
         wanted = candidates_for(index.fast, k, oversample) if rerank else (2 * k if collapses else k)
-        if index.backend_name == "qdrant":
-            return index.qdrant.search(vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted,
-                                       total=index.live_chunks, chunk_doc=index.chunk_doc,
-                                       query_filter=index.qdrant.query_filter(parse_filters(filters), COLUMNS))
-        total = index.chunks if allowed is None else int(allowed.sum())
-        n = min(total, wanted)
-        timings = {"search": 0.0, "rerank": 0.0}
-        results: list[list[tuple[int, float]]] = [[] for _ in range(len(vectors))]
-        pending = np.arange(len(vectors) if total else 0)  # nothing allowed: every query gets no hits
-        selector = Allowed(allowed) if allowed is not None else None
-        while len(pending):
-            if selector is not None and n >= total:  # every allowed row: rank them all exactly
-                rows, scores = self._exhaustive(index, vectors[pending], selector.rows(), search_dim, rerank, timings)
-            else:
-                rows, scores = self._ranked(index, vectors[pending], search_dim, rerank, n, timings, selector)
-            still = []
-            for q, r, s in zip(pending, rows, scores):
-                hits = collapse(r, s, index.chunk_doc, k)
-                if len(hits) < k and n < total:
-                    still.append(q)
-                else:
-                    results[q] = hits
-            pending, n = np.array(still, dtype=int), min(total, 2 * n)
-        return results, timings
-
-    @classmethod
-    def _exhaustive(cls, index, vectors, rows, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Rank every row in `rows` exactly: as re-rank candidates (fast tier), or against the tier
-        index's own vectors (read back from it), so the scores are those a search would give."""
-        if rerank:
-            return cls._rerank(index, vectors, [rows] * len(vectors), timings)
-        started = time.perf_counter()
-        scores, ranked = index.tier(dim).rank(prefix(vectors, dim), rows)
-        timings["search"] += (time.perf_counter() - started) * 1000
-        return list(ranked), list(scores)
-
-    @staticmethod
-    def _ranked(index, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        started = time.perf_counter()
-        if rerank and index.fast_stage == "binary":  # candidates by Hamming distance of the full vectors' signs
-            scores, rows = index.binary.search(vectors, n, allowed)
-        else:
-            scores, rows = index.tier(dim).search(prefix(vectors, dim), n, allowed)
-        timings["search"] += (time.perf_counter() - started) * 1000
-        if not rerank:
-            return list(rows), list(scores)
-        return Searcher._rerank(index, vectors, rows, timings)
-
-    @staticmethod
-    def _rerank(index, vectors, rows, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Each query's candidate rows ranked exactly with the stored full-dim vectors."""
-        started = time.perf_counter()
-        ranked = rerank(vectors, list(rows), index.vectors)
-        timings["rerank"] += (time.perf_counter() - started) * 1000
-        return ranked
+        return index.backend.search(index, vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted,
+                                    filters=parse_filters(filters))

@@ -1,3 +1,3 @@
-"""Where the vectors of a tier live and are searched. `faiss` (the index folder's own files) is
-the one backend today; a second one (Qdrant) is meant to fit the same small surface:
-build, load, save, add, search with the allowed rows, and the stored vectors of some rows."""
+"""Where an index's vectors live and are searched: `faiss` (the index folder's own files,
+faiss.py) or `qdrant` (a Qdrant collection, qdrant.py), chosen by the manifest's `backend`;
+base.py holds the one call the search layer makes of either."""

@@ -9,12 +9,20 @@ matching the filters) as an IDSelector evaluated inside faiss, for flat and HNSW
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
+from medsearch.backends.base import Ranked, collapse, prefix
 from medsearch.errors import BadInputError
+from medsearch.funnel import rerank as rerank_rows
+
+if TYPE_CHECKING:
+    from medsearch.filters import Filter
+    from medsearch.index import Index
 
 HNSW_M = 32
 FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
@@ -119,3 +127,67 @@ class BinaryTier(FaissTier):
     def search(self, queries: np.ndarray, n: int, allowed: Allowed | None = None) -> tuple[np.ndarray, np.ndarray]:
         distances, rows = super().search(binary_codes(queries), n, allowed)
         return -distances.astype(np.float32), rows
+
+
+class FaissBackend:
+    """The dense search of an index folder's own files (backends/base.py's VectorBackend)."""
+
+    name = "faiss"
+
+    def search(self, index: "Index", queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
+               filters: list["Filter"]) -> tuple[Ranked, dict[str, float]]:
+        """Dead rows and rows that fail a filter are excluded inside faiss (an IDSelector over the
+        allowed rows); when fewer candidates than needed come back, the search widens, and once it
+        would cover every allowed row it ranks them all exactly: k documents whenever k exist."""
+        allowed = index.allowed(filters)
+        total = index.chunks if allowed is None else int(allowed.sum())
+        n = min(total, candidates)
+        timings = {"search": 0.0, "rerank": 0.0}
+        results: Ranked = [[] for _ in range(len(queries))]
+        pending = np.arange(len(queries) if total else 0)  # nothing allowed: every query gets no hits
+        selector = Allowed(allowed) if allowed is not None else None
+        while len(pending):
+            if selector is not None and n >= total:  # every allowed row: rank them all exactly
+                rows, scores = self._exhaustive(index, queries[pending], selector.rows(), dim, rerank, timings)
+            else:
+                rows, scores = self._ranked(index, queries[pending], dim, rerank, n, timings, selector)
+            still = []
+            for q, r, s in zip(pending, rows, scores):
+                hits = collapse(r, s, index.chunk_doc, k)
+                if len(hits) < k and n < total:
+                    still.append(q)
+                else:
+                    results[q] = hits
+            pending, n = np.array(still, dtype=int), min(total, 2 * n)
+        return results, timings
+
+    @classmethod
+    def _exhaustive(cls, index, vectors, rows, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Rank every row in `rows` exactly: as re-rank candidates (fast tier), or against the tier
+        index's own vectors (read back from it), so the scores are those a search would give."""
+        if rerank:
+            return cls._rerank(index, vectors, [rows] * len(vectors), timings)
+        started = time.perf_counter()
+        scores, ranked = index.tier(dim).rank(prefix(vectors, dim), rows)
+        timings["search"] += (time.perf_counter() - started) * 1000
+        return list(ranked), list(scores)
+
+    @classmethod
+    def _ranked(cls, index, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        started = time.perf_counter()
+        if rerank and index.fast_stage == "binary":  # candidates by Hamming distance of the full vectors' signs
+            scores, rows = index.binary.search(vectors, n, allowed)
+        else:
+            scores, rows = index.tier(dim).search(prefix(vectors, dim), n, allowed)
+        timings["search"] += (time.perf_counter() - started) * 1000
+        if not rerank:
+            return list(rows), list(scores)
+        return cls._rerank(index, vectors, rows, timings)
+
+    @staticmethod
+    def _rerank(index, vectors, rows, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each query's candidate rows ranked exactly with the stored full-dim vectors."""
+        started = time.perf_counter()
+        ranked = rerank_rows(vectors, list(rows), index.vectors)
+        timings["rerank"] += (time.perf_counter() - started) * 1000
+        return ranked

@@ -20,8 +20,10 @@ compact (a reader of an older generation stops finding them at that moment).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import os
 import re
 import threading
 import time
@@ -31,8 +33,9 @@ from typing import Iterable
 
 import numpy as np
 
+from medsearch.backends.base import collapse, prefix
 from medsearch.errors import BackendUnavailableError, BadInputError, MissingExtraError
-from medsearch.filters import Filter
+from medsearch.filters import Filter, filter_number
 
 FULL = "full"
 POINT_NAMESPACE = uuid.UUID("5b4e1d2e-6a43-4a8e-9b76-2f0a6f1c8d11")  # fixed: point ids never change
@@ -77,22 +80,26 @@ def _import():
 
 
 # One client per location and process: local mode locks its folder, so every index (and every
-# generation of one) in this process shares the client; `close_clients` lets another process in.
-_clients: dict[tuple, object] = {}
+# generation of one) in this process shares the client, and its lock: local mode computes in
+# Python, one call at a time (a server client needs none). `close_clients` lets another process in.
+_clients: dict[tuple, tuple[object, contextlib.AbstractContextManager]] = {}
 _clients_lock = threading.Lock()
 
 
-def client_for(backend: dict):
+def connection(backend: dict) -> tuple[object, contextlib.AbstractContextManager]:
+    """(client, the lock its calls take) for a backend's location, opened on first use."""
     QdrantClient, _ = _import()
     key = ("url", backend["url"]) if backend.get("url") else ("path", backend["path"])
     with _clients_lock:
         if key not in _clients:
             try:
                 if key[0] == "url":
-                    _clients[key] = QdrantClient(url=key[1], api_key=_api_key(), timeout=60, check_compatibility=False)
+                    client = QdrantClient(url=key[1], api_key=os.environ.get("QDRANT_API_KEY") or None, timeout=60,
+                                          check_compatibility=False)
+                    _clients[key] = (client, contextlib.nullcontext())
                 else:
                     Path(key[1]).mkdir(parents=True, exist_ok=True)
-                    _clients[key] = QdrantClient(path=key[1])
+                    _clients[key] = (QdrantClient(path=key[1]), threading.Lock())
             except RuntimeError as err:  # local mode: "Storage folder ... is already accessed by another instance"
                 raise BackendUnavailableError(
                     f"the Qdrant local storage {key[1]} is open in another process (local mode serves one process "
@@ -100,16 +107,17 @@ def client_for(backend: dict):
         return _clients[key]
 
 
-def _api_key() -> str | None:
-    import os
+atexit.register(lambda: close_clients())  # before the interpreter tears down what a client's close needs
 
-    return os.environ.get("QDRANT_API_KEY") or None
+
+def client_for(backend: dict):
+    return connection(backend)[0]
 
 
 def close_clients() -> None:
     """Close every client this process opened (a local-mode folder is free for another process)."""
     with _clients_lock:
-        for client in _clients.values():
+        for client, _ in _clients.values():
             client.close()
         _clients.clear()
 
@@ -152,8 +160,6 @@ class QdrantBackend:
         self.dims = dims
         _, self.models = _import()
         self.local = "path" in backend
-        # local mode computes in Python: one call at a time (a server handles its own concurrency)
-        self._lock = threading.Lock() if self.local else contextlib.nullcontext()
 
     @property
     def location(self) -> str:
@@ -165,8 +171,9 @@ class QdrantBackend:
 
     def _call(self, method: str, *args, **kwargs):
         try:
-            with self._lock:
-                return getattr(self.client, method)(*args, **kwargs)
+            client, lock = connection(self.settings)
+            with lock:
+                return getattr(client, method)(*args, **kwargs)
         except (BackendUnavailableError, BadInputError):
             raise
         except Exception as err:  # noqa: BLE001 (the client raises httpx, grpc and its own errors)
@@ -214,8 +221,6 @@ class QdrantBackend:
         """One point per chunk: `vectors` (full dim, normalised) and the payloads of the same rows."""
         from tqdm.auto import tqdm
 
-        from medsearch.index import prefix
-
         m = self.models
         bar = tqdm(total=len(points), desc="Qdrant upsert", unit="chunk", disable=not progress)
         for start in range(0, len(points), UPSERT_BATCH):
@@ -262,7 +267,7 @@ class QdrantBackend:
         must, must_not = [], []
         for f in filters:
             key = f.field if f.field in columns else f"metadata.{f.field}"
-            number = _filter_number(f.value)
+            number = filter_number(f.value)
             if f.op in ("=", "!="):
                 equal = [m.FieldCondition(key=key, match=m.MatchValue(value=f.value))]
                 if number is not None:  # a JSON number equal to it
@@ -276,8 +281,6 @@ class QdrantBackend:
     def rows(self, queries: np.ndarray, dim: int, n: int) -> np.ndarray:
         """The n nearest chunk rows per query in one stored dim (-1 padded), over every point: the
         calibration's stages, on a collection that its build alone has written so far."""
-        from medsearch.index import prefix
-
         m = self.models
         requests = [m.QueryRequest(query=q.tolist(), using=vector_name(dim, self.full_dim), limit=n,
                                    with_payload=["row"]) for q in prefix(queries, dim)]
@@ -287,16 +290,17 @@ class QdrantBackend:
             out[i, : len(found)] = found
         return out
 
-    def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int, total: int,
-               query_filter, chunk_doc: np.ndarray) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """Ranked (chunk row, score) lists, one document per hit, as the FAISS backend gives them.
-        With `rerank` (the fast tier) each search is ONE query: `candidates` chunks prefetched on the
-        prefix vector, re-scored on `full`. Rows this generation does not know (`chunk_doc`: a writer's
-        points before its switch) are skipped; when fewer than k documents remain, the search widens
-        (doubling, until the matching points or the `total` live rows are exhausted)."""
-        from medsearch.index import prefix
-        from medsearch.search import collapse
+    def search(self, index, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
+               filters: list[Filter]) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """backends/base.py's VectorBackend. With `rerank` (the fast tier) each search is ONE query:
+        `candidates` chunks prefetched on the prefix vector, re-scored on `full`; filters are payload
+        filters in both. Rows this generation does not know (a writer's points before its switch) are
+        skipped; when fewer than k documents remain, the search widens (doubling, until the matching
+        points or the index's live rows are exhausted)."""
+        from medsearch.store import COLUMNS
 
+        chunk_doc, total = index.chunk_doc, index.live_chunks
+        query_filter = self.query_filter(filters, COLUMNS)
         m = self.models
         started = time.perf_counter()
         using = vector_name(dim, self.full_dim)
@@ -321,12 +325,3 @@ class QdrantBackend:
                 n = min(total, 2 * n)
             results.append(hits)
         return results, {"search": (time.perf_counter() - started) * 1000, "rerank": 0.0}
-
-
-def _filter_number(value: str) -> float | None:
-    """The number an `=` filter also matches (filters.filter_sql: any value float() reads)."""
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
