@@ -148,6 +148,10 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
     from medsearch.updates import sync
 
     backend_settings = _backend_settings(index_dir, backend, qdrant_url, qdrant_path, collection, shards, replicas)
+    if backend_settings and backend_settings.get("url"):  # an unreachable server: say so before encoding
+        from medsearch.backends.qdrant import QdrantBackend
+
+        QdrantBackend({**backend_settings, "collection": ""}, 0, []).check_reachable()
     if not use_ray and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors go with --ray")
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from medsearch.encoder import Encoder
-from medsearch.errors import BackendUnavailableError, MissingExtraError
+from medsearch.errors import BackendUnavailableError, BadInputError, MissingExtraError
 
 CPUS_PER_ACTOR = 2  # torch runs its own threads inside each actor
 
@@ -64,6 +64,8 @@ def encode_on_ray(encoder: Encoder, passages: list[str], *, address: str | None 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
+    if actors and gpus and actors > gpus:  # an actor holds a GPU: more would wait for one forever
+        raise BadInputError(f"the Ray cluster has {gpus} GPUs and each encoder actor takes one: ask for at most {gpus} actors")
     size = actors or (gpus if gpus else max(1, cpus // CPUS_PER_ACTOR))
     batch = batch_size or encoder.batch_size
     context = ray.data.DataContext.get_current()
@@ -80,9 +82,12 @@ def encode_on_ray(encoder: Encoder, passages: list[str], *, address: str | None 
         num_cpus=None if gpus else min(CPUS_PER_ACTOR, cpus),
     )
     positions, vectors = [], []
-    for part in encoded.iter_batches(batch_format="numpy", batch_size=None):
-        positions.append(part["position"])
-        vectors.append(part["vector"])
+    try:
+        for part in encoded.iter_batches(batch_format="numpy", batch_size=None):
+            positions.append(part["position"])
+            vectors.append(part["vector"])
+    except ray.exceptions.RayError as err:  # an actor failed (model not loadable on a node, out of memory)
+        raise BackendUnavailableError(f"encoding on Ray failed: {str(err).strip().splitlines()[-1]}") from None
     order = np.argsort(np.concatenate(positions), kind="stable")
     return np.ascontiguousarray(np.concatenate(vectors)[order], dtype=np.float32)
 

@@ -202,7 +202,7 @@ def write_index(
             generations.commit(target, tmp)
         except BaseException:
             generations.discard(tmp)
-            if written is not None:
+            if written is not None and _current_collection(target) != written.collection:  # not switched to
                 written.drop()
             raise
         _drop_replaced_collection(previous, manifest)
@@ -253,6 +253,13 @@ def _write_qdrant(tmp: Path, vectors: np.ndarray, manifest: dict, target_recall:
         backend.drop()
         raise
     return backend
+
+
+def _current_collection(target: Path) -> str | None:
+    folder = generations.current(target)
+    if folder is None or not (folder / "manifest.json").is_file():
+        return None
+    return (json.loads((folder / "manifest.json").read_text()).get("backend") or {}).get("collection")
 
 
 def _drop_replaced_collection(previous: Path | None, manifest: dict) -> None:

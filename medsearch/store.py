@@ -181,8 +181,8 @@ class DocStore:
 
     def chunk_records(self, first_row: int = 0) -> list[dict]:
         """Each live chunk from `first_row` on with its document, in row order: row, position, text,
-        doc (ordinal), id, title, source, url, metadata (a dict). A vector backend's payloads."""
-        sql = ("SELECT c.row, c.position, c.text, c.doc, d.id, d.title, d.source, d.url, d.metadata "
+        doc (ordinal), id, title, source, url, metadata (a dict), content_hash. A vector backend's payloads."""
+        sql = ("SELECT c.row, c.position, c.text, c.doc, d.id, d.title, d.source, d.url, d.metadata, d.content_hash "
                "FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE c.row >= ? ORDER BY c.row")
         records = list(self.db.query(sql, [first_row]))
         for r in records:

@@ -14,6 +14,7 @@ readers keep answering from the previous one until the switch and a crash leaves
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ from medsearch.backends.qdrant import payloads
 from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
-from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, NotFoundError
+from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, NotFoundError
 from medsearch.index import (
     BINARY_FILE,
     HNSW_MIN_CHUNKS,
@@ -102,7 +103,8 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
                              deleted=len(gone), manifest=base.manifest)
         if target_recall is not None:
             check_target_recall(target_recall)
-        retarget = target_recall is not None and target_recall != base.fast.get("target_recall")
+        retarget = (target_recall is not None and target_recall != base.fast.get("target_recall")
+                    and base.backend_name == "faiss")  # Qdrant: the build's calibration stays (README)
         if new or changed or gone or retarget:
             _write(root, base, new + changed, [d.id for d in changed] + sorted(gone), encoder, progress, report,
                    target_recall if target_recall is not None else base.fast.get("target_recall", DEFAULT_TARGET_RECALL))
@@ -232,9 +234,8 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         held: dict[int, FaissTier] = {}  # the fast and deep tiers as written: the calibration reuses them
         codes = None
         qdrant = base.backend_name == "qdrant"
-        if qdrant:  # the collection changes in place; rows past base.chunks stay unseen until the switch
+        if qdrant:  # new points before the switch (rows past base.chunks: unseen until then), old ones after
             base.qdrant.delete_rows_from(base.chunks)  # a write that died before its switch left these
-            base.qdrant.delete_documents(remove, below_row=base.chunks)
             if vectors is None:
                 _link(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
             else:
@@ -288,8 +289,10 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         generations.discard(tmp)
         raise
     report.generation, report.manifest = generations.number(committed), manifest
-    if qdrant:  # deleted points are gone from the collection: no dead rows to skip, nothing to compact
-        return
+    if qdrant:  # the replaced and deleted versions' points go now (dead rows here, skipped until then)
+        with contextlib.suppress(MedsearchError):  # committed: points left here are dead rows, skipped
+            base.qdrant.delete_documents(remove, below_row=base.chunks)
+        return  # the collection keeps no dead rows: nothing to compact
     if total and live_chunks and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:  # nothing left: nothing to rewrite
         _compact(root, open_index(root), report)
 

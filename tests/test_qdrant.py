@@ -60,7 +60,7 @@ def test_cli_index_query_every_tier_and_info(tmp_path):
     assert "Indexed 187 documents" in result.output and "Fast tier:" in result.output
     manifest = open_index(index).manifest
     assert manifest["backend"]["collection"].startswith("guides-") and manifest["backend"]["path"] == str(store.resolve())
-    assert not list(manifest["index_types"].values()) == ["flat"] and not (index / "gen-000001" / "vectors.npy").exists()
+    assert set(manifest["index_types"].values()) == {"qdrant"} and not (index / "gen-000001" / "vectors.npy").exists()
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES[:5]))
     for tier in ("fast", "light", "standard", "deep"):
@@ -117,8 +117,10 @@ def test_a_local_folder_held_by_another_process(tmp_path):
 def test_point_ids_payloads_and_named_vectors(bundled_qdrant_index, bundled_index):
     index = open_index(bundled_qdrant_index)
     client, collection = index.qdrant.client, index.qdrant.collection
-    assert qdrant.point_id("doc-020", 0) == qdrant.point_id("doc-020", 0) != qdrant.point_id("doc-020", 1)
-    (point,) = client.retrieve(collection, [qdrant.point_id("doc-020", 0)], with_vectors=True)
+    version = index.store.hashes()["doc-020"]
+    assert qdrant.point_id("doc-020", 0, version) != qdrant.point_id("doc-020", 1, version)
+    assert qdrant.point_id("doc-020", 0, version) != qdrant.point_id("doc-020", 0, "another version")
+    (point,) = client.retrieve(collection, [qdrant.point_id("doc-020", 0, version)], with_vectors=True)
     row = point.payload["row"]
     assert point.payload["id"] == "doc-020" and point.payload["position"] == 0
     assert point.payload["metadata"] == index.store.document("doc-020")["metadata"]
@@ -134,8 +136,9 @@ def test_point_ids_payloads_and_named_vectors(bundled_qdrant_index, bundled_inde
 def test_payload_numbers_read_numbers_as_the_sql_filter_does():
     [p] = qdrant.payloads([{"row": 0, "position": 0, "text": "t", "doc": 0, "id": "7", "title": "T", "source": "",
                             "url": "", "metadata": {"year": "2019", "dose": 2.5, "flag": True, "name": "n1",
-                                                    "bad": "1e999", "list": [1]}}])
-    assert p["numbers"] == {"year": 2019.0, "dose": 2.5, "flag": 1.0, "id": 7.0}
+                                                    "date": "2019-05-01", "huge": "1e999", "list": [1]}}])
+    # SQLite's CAST reads the longest numeric prefix ("2019-05-01" -> 2019); JSON holds no infinity
+    assert p["numbers"] == {"year": 2019.0, "dose": 2.5, "flag": 1.0, "date": 2019.0, "id": 7.0}
 
 
 def test_service_over_a_qdrant_index_answers_concurrent_clients(bundled_qdrant_index, minilm):
@@ -204,3 +207,35 @@ def test_a_write_that_died_before_its_switch_leaves_no_points_behind(tmp_path, m
     searcher = Searcher(index, minilm)
     assert searcher.search(["painful swollen big toe"], tier="deep")[0].hits[0].id == "gout"
     assert "zorblax" not in [h.id for h in searcher.search(["purple spots on both knees"], tier="deep", k=200)[0].hits]
+
+
+@pytest.mark.parametrize("write", ["replace", "delete"])
+def test_a_replace_or_delete_that_dies_before_its_switch_leaves_the_old_version_answering(
+        tmp_path, memo_minilm, minilm, monkeypatch, write):
+    """The old version's points stay until the new generation is committed: a crash before the
+    switch leaves dense search answering exactly as before."""
+    from medsearch import generations
+    from medsearch.corpus import Document
+    from medsearch.index import build_index
+    from medsearch.updates import delete, upsert
+
+    build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=qdrant.settings("t", path=tmp_path / "q"))
+    query = "what are the early signs of type 2 diabetes"
+    before = Searcher(open_index(tmp_path / "idx"), minilm).search([query], tier="deep")[0].hits
+    assert before[0].id == "doc-020"
+    monkeypatch.setattr(generations, "commit", lambda root, tmp: (_ for _ in ()).throw(RuntimeError("power cut")))
+    changed = Document(id="doc-020", title="Knitting", text="Casting on stitches for a wool scarf.")
+    with pytest.raises(RuntimeError, match="power cut"):
+        upsert(tmp_path / "idx", [changed], minilm) if write == "replace" else delete(tmp_path / "idx", ["doc-020"])
+    monkeypatch.undo()
+    searcher = Searcher(open_index(tmp_path / "idx"), minilm)
+    for tier in ("fast", "deep"):
+        after = searcher.search([query], tier=tier)[0].hits
+        assert [(h.id, round(h.score, 5)) for h in after][:3] == [(h.id, round(h.score, 5)) for h in before][:3]
+    upsert(tmp_path / "idx", [changed], minilm) if write == "replace" else delete(tmp_path / "idx", ["doc-020"])
+    index = open_index(tmp_path / "idx")
+    assert index.qdrant.count() == index.live_chunks  # the old version's points went after the switch
+    hits = Searcher(index, minilm).search([query], tier="deep", k=200)[0].hits
+    assert ("doc-020" in [h.id for h in hits]) == (write == "replace")
+    if write == "replace":
+        assert "wool scarf" in next(h.snippet for h in hits if h.id == "doc-020")

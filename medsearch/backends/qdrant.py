@@ -42,15 +42,18 @@ POINT_NAMESPACE = uuid.UUID("5b4e1d2e-6a43-4a8e-9b76-2f0a6f1c8d11")  # fixed: po
 UPSERT_BATCH = 256
 # A number as SQLite's filter reads a text value (filters.filter_sql: only these characters)
 _NUMERIC_TEXT = re.compile(r"^[0-9.eE+-]+$")
+_NUMERIC_PREFIX = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def vector_name(dim: int, full_dim: int) -> str:
     return FULL if dim == full_dim else f"d{dim}"
 
 
-def point_id(doc_id: str, position: int) -> str:
-    """The chunk's point id: the same document id and chunk position always give the same id."""
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{doc_id}\x1f{position}"))
+def point_id(doc_id: str, position: int, content_hash: str) -> str:
+    """The chunk's point id: the same document id, version (content hash) and chunk position always
+    give the same id, and a changed document's new chunks never overwrite the points of the version
+    a committed generation still answers with (they are deleted after the switch)."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{doc_id}\x1f{content_hash}\x1f{position}"))
 
 
 def settings(collection: str, url: str | None = None, path: str | Path | None = None, shards: int | None = None,
@@ -65,7 +68,7 @@ def settings(collection: str, url: str | None = None, path: str | Path | None = 
         if value is not None and value < 1:
             raise BadInputError(f"{name} must be at least 1; got {value}")
     _import()  # no extra: say so before any encoding
-    where = {"url": url} if url else {"path": str(Path(path).resolve())}
+    where = {"url": url.rstrip("/")} if url else {"path": str(Path(path).resolve())}
     return {"name": "qdrant", "collection_name": collection, **where,
             **({"shards": shards} if shards else {}), **({"replicas": replicas} if replicas else {})}
 
@@ -139,12 +142,10 @@ def _as_number(value) -> float | None:
         return float(value)
     if isinstance(value, (int, float)):
         return float(value) if math.isfinite(value) else None
-    if isinstance(value, str) and _NUMERIC_TEXT.match(value):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
+    if isinstance(value, str) and _NUMERIC_TEXT.match(value):  # CAST(... AS REAL): the longest numeric prefix
+        head = _NUMERIC_PREFIX.match(value)
+        number = float(head.group(0)) if head else 0.0
+        return number if math.isfinite(number) else None  # JSON payloads hold finite numbers only
     return None
 
 
@@ -179,6 +180,8 @@ class QdrantBackend:
         except Exception as err:  # noqa: BLE001 (the client raises httpx, grpc and its own errors)
             if type(err).__name__ in ("ConnectError", "ResponseHandlingException", "ConnectTimeout", "ReadTimeout"):
                 raise BackendUnavailableError(f"cannot reach Qdrant at {self.location}: {err}") from None
+            if type(err).__name__ == "UnexpectedResponse":  # 401/403 (API key), 4xx/5xx from the server
+                raise BackendUnavailableError(f"Qdrant at {self.location} refused {method}: {err}") from None
             if "not found" in str(err).lower() and self.collection in str(err):
                 raise BackendUnavailableError(
                     f"collection '{self.collection}' is missing at {self.location} (deleted outside medsearch?)") from None
@@ -227,7 +230,7 @@ class QdrantBackend:
             batch = np.asarray(vectors[start:start + UPSERT_BATCH], dtype=np.float32)
             named = {vector_name(dim, self.full_dim): prefix(batch, dim) for dim in self.dims}
             structs = [
-                m.PointStruct(id=point_id(p["id"], p["position"]), payload=p,
+                m.PointStruct(id=point_id(p["id"], p["position"], p["content_hash"]), payload=p,
                               vector={name: values[i].tolist() for name, values in named.items()})
                 for i, p in enumerate(points[start:start + UPSERT_BATCH])
             ]
@@ -236,8 +239,8 @@ class QdrantBackend:
         bar.close()
 
     def delete_documents(self, ids: list[str], below_row: int) -> None:
-        """Delete the points of these documents' rows below `below_row` (a changed document's new
-        points, written after, keep their ids: deleting first is what makes the replace)."""
+        """Delete the points of these documents' rows below `below_row`: their versions before a
+        write, after its switch (the new generation already skips their rows as dead)."""
         m = self.models
         for start in range(0, len(ids), 500):
             batch = ids[start:start + 500]
@@ -252,6 +255,10 @@ class QdrantBackend:
         m = self.models
         self._call("delete", self.collection, wait=True, points_selector=m.FilterSelector(filter=m.Filter(must=[
             m.FieldCondition(key="row", range=m.Range(gte=first_row))])))
+
+    def check_reachable(self) -> None:
+        """Fail now (before a corpus is encoded) when the location cannot be used."""
+        self._call("get_collections")
 
     def count(self) -> int:
         return self._call("count", self.collection, exact=True).count
@@ -295,11 +302,13 @@ class QdrantBackend:
         """backends/base.py's VectorBackend. With `rerank` (the fast tier) each search is ONE query:
         `candidates` chunks prefetched on the prefix vector, re-scored on `full`; filters are payload
         filters in both. Rows this generation does not know (a writer's points before its switch) are
-        skipped; when fewer than k documents remain, the search widens (doubling, until the matching
-        points or the index's live rows are exhausted)."""
+        skipped, as are rows dead in it; when fewer than k documents remain, the search widens
+        (doubling, until every matching point has been seen)."""
+        from medsearch.filters import filter_sql
         from medsearch.store import COLUMNS
 
-        chunk_doc, total = index.chunk_doc, index.live_chunks
+        filter_sql(filters, index.manifest.get("metadata_fields", []))  # unknown fields: the error FAISS gives
+        chunk_doc, live = index.chunk_doc, index.live
         query_filter = self.query_filter(filters, COLUMNS)
         m = self.models
         started = time.perf_counter()
@@ -307,7 +316,7 @@ class QdrantBackend:
         small, full = prefix(queries, dim), np.asarray(queries, dtype=np.float32)
         results = []
         for q_small, q_full in zip(small, full):
-            n = max(1, min(candidates, total))
+            n = max(1, min(candidates, index.live_chunks))
             while True:
                 if rerank:
                     prefetch = m.Prefetch(query=q_small.tolist(), using=using, limit=n, filter=query_filter)
@@ -319,9 +328,11 @@ class QdrantBackend:
                 rows = np.array([p.payload["row"] for p in found], dtype=np.int64)
                 scores = np.array([p.score for p in found], dtype=np.float32)
                 known = rows < len(chunk_doc)
+                if live is not None:  # a document replaced or deleted by a write whose cleanup has not run
+                    known[known] = live[rows[known]]
                 hits = collapse(rows[known], scores[known], chunk_doc, k)
-                if len(hits) == k or len(found) < n or n >= total:
+                if len(hits) == k or len(found) < n:  # k documents, or every matching point seen
                     break
-                n = min(total, 2 * n)
+                n *= 2
             results.append(hits)
         return results, {"search": (time.perf_counter() - started) * 1000, "rerank": 0.0}
