@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BUNDLED, REPO
 
 
@@ -194,3 +196,23 @@ def test_binary_index_bench(tmp_path):
     run_script("binary_index.py", "--size", "3000", "--queries", "10", "--counts", "50", "--name", "b", "--out", tmp_path, cwd=tmp_path)
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert {r["index"] for r in rows} == {"flat", "hnsw"} and all(0 < r["recall_vs_deep"] <= 1 for r in rows)
+
+
+def test_backends_bench_compares_faiss_and_qdrant_on_the_same_vectors(tmp_path, bundled_index):
+    stdout = run_script("backends.py", "--data", BUNDLED, "--split", "", "--index", bundled_index, "--latency-sample", "5",
+                        "--name", "be", "--out", tmp_path, cwd=tmp_path)
+    result = json.loads((tmp_path / "be.json").read_text())
+    rows = {(r["tier"], r["backend"]): r for r in result["rows"]}
+    assert set(rows) == {(t, b) for t in ("fast", "light", "standard", "deep") for b in ("faiss", "qdrant")}
+    assert rows["deep", "qdrant"]["same_top10_as_faiss"] >= 0.99 and rows["fast", "qdrant"]["ndcg_vs_deep"] >= 0.99
+    assert result["fast"]["qdrant"]["stage"] == "prefix" and "same_top10_as_faiss" in stdout
+
+
+def test_edge_funnel_bench(tmp_path):
+    pytest.importorskip("qdrant_edge")
+    run_script("edge_funnel.py", "--sizes", "3000", "--queries", "20", "--limits", "50,500", "--name", "edge", "--out",
+               tmp_path, cwd=tmp_path)
+    rows = json.loads((tmp_path / "edge.json").read_text())["rows"]
+    edge = {r["candidates"]: r for r in rows if r["engine"].startswith("qdrant-edge")}
+    assert edge[3000]["tier"] == "deep" and edge[3000]["recall@10"] == 1.0  # the exact scan is exact
+    assert edge[500]["recall@10"] >= edge[50]["recall@10"] and edge[500]["recall@10"] > 0.9
