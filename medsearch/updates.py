@@ -236,8 +236,9 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         qdrant = base.backend_name == "qdrant"
         if qdrant:  # new points before the switch (rows past base.chunks: unseen until then), old ones after
             base.qdrant.delete_rows_from(base.chunks)  # a write that died before its switch left these
-            if vectors is None:
+            if vectors is None:  # a delete: the rows and BM25 stay (the deleted rows are masked out)
                 _link(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
+                _link_lexical(base, tmp)
             else:
                 np.save(tmp / "chunk_doc.npy", np.concatenate(
                     [base.chunk_doc, first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
@@ -247,14 +248,11 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                 finally:
                     added.close()
                 base.qdrant.index_fields(sorted(set(fields) - set(base.manifest.get("metadata_fields", []))))
-            write_lexical_from_store(tmp, base.chunks + len(chunks))
+                write_lexical_from_store(tmp, base.chunks + len(chunks))
         elif vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
             for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims), *([BINARY_FILE] if binary.is_file() else [])]:
                 _link(base.folder / name, tmp / name)
-            if (base.folder / LEXICAL_DIR).is_dir():
-                (tmp / LEXICAL_DIR).mkdir()
-                for path in (base.folder / LEXICAL_DIR).iterdir():
-                    _link(path, tmp / LEXICAL_DIR / path.name)
+            _link_lexical(base, tmp)
         else:
             np.save(tmp / "vectors.npy", np.concatenate([base.vectors, vectors.astype(base.vectors.dtype)]))
             np.save(tmp / "chunk_doc.npy", np.concatenate(
@@ -351,6 +349,13 @@ def _full_vectors(base: Index, rows: np.ndarray) -> np.ndarray:
     if base.index_type(base.full_dim) == "flat":
         return base.tier(base.full_dim).vectors(rows)
     return np.asarray(base.vectors[rows], dtype=np.float32)
+
+
+def _link_lexical(base: Index, tmp: Path) -> None:
+    if (base.folder / LEXICAL_DIR).is_dir():
+        (tmp / LEXICAL_DIR).mkdir()
+        for path in (base.folder / LEXICAL_DIR).iterdir():
+            _link(path, tmp / LEXICAL_DIR / path.name)
 
 
 def _link(source: Path, target: Path) -> None:

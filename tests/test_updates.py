@@ -100,6 +100,8 @@ def test_a_deleted_document_never_appears_in_any_tier(live_index, minilm):
         assert len(everything) == 185, tier
     for dim in (64, 128, 384):
         assert "doc-020" not in ids(searcher, query, "deep", k=500, dim=dim)
+    for mode in ("lexical", "hybrid"):  # BM25 keeps the deleted rows (a delete links it): masked out
+        assert "doc-020" not in ids(searcher, query, "deep", k=500, mode=mode)
     manifest = open_index(live_index).manifest
     assert manifest["documents"] == 185 and manifest["dead_chunks"] == 2 and manifest["chunks"] == 204
     with pytest.raises(NotFoundError, match="no document with id 'doc-020'.*nothing was deleted"):
