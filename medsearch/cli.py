@@ -194,8 +194,18 @@ def _backend_settings(index_dir, backend, url, path, collection, shards, replica
         raise click.UsageError("give one of --qdrant-url and --qdrant-path")
     from medsearch.backends.qdrant import settings
 
-    return settings(collection or Path(index_dir).resolve().name or "medsearch", url=url, path=path, shards=shards,
-                    replicas=replicas)
+    if collection is None:  # the index's own name when it already lives at this location, else the folder's
+        collection = _existing_collection_name(index_dir, url, path) or Path(index_dir).resolve().name or "medsearch"
+    return settings(collection, url=url, path=path, shards=shards, replicas=replicas)
+
+
+def _existing_collection_name(index_dir, url, path) -> str | None:
+    try:
+        backend = open_index(index_dir).manifest.get("backend") or {}
+    except MedsearchError:
+        return None
+    same_place = (url and backend.get("url") == url.rstrip("/")) or (path and backend.get("path") == str(Path(path).resolve()))
+    return backend.get("collection_name") if same_place else None
 
 
 @cli.command()

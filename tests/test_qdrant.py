@@ -73,6 +73,9 @@ def test_cli_index_query_every_tier_and_info(tmp_path):
     assert [r["metadata"]["topic"] for r in json.loads(result.output)["results"]] == ["symptom"] * 3
     info = run("info", "--index", index)
     assert f"qdrant collection '{manifest['backend']['collection']}' at local mode {store.resolve()}" in info.output
+    again = run("index", BUNDLED, "--index", index, "--qdrant-path", store, "--quiet")  # no --collection: the index's
+    assert "unchanged 187" in again.output and "nothing to write" in again.output, again.output
+    assert open_index(index).manifest["backend"] == manifest["backend"]
 
 
 @pytest.mark.parametrize("args, message", [
