@@ -36,9 +36,9 @@ from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder, runtime_for_index
 from medsearch import generations
-from medsearch.backends.base import VectorBackend, prefix  # noqa: F401 (index.prefix: the Matryoshka prefix)
+from medsearch.backends.base import VectorBackend, prefix
 from medsearch.backends.faiss import BINARY_FACTORIES, FACTORIES, Allowed, BinaryTier, FaissBackend, FaissTier
-from medsearch.backends.qdrant import QdrantBackend, payloads
+from medsearch.backends.qdrant import QdrantBackend, store_payloads
 from medsearch.funnel import DEFAULT_TARGET_RECALL, calibrate
 from medsearch.filters import filter_sql, parse_filters
 from medsearch import lexical
@@ -236,14 +236,10 @@ def _write_qdrant(tmp: Path, vectors: np.ndarray, manifest: dict, target_recall:
     backend = QdrantBackend(manifest["backend"], full_dim, sorted(int(d) for d in manifest["index_types"]))
     backend.create()
     try:
-        store = DocStore(tmp / "docs.db")
-        try:
-            records = store.chunk_records()
-        finally:
-            store.close()
-        if len(records) != len(vectors):
-            raise BadInputError(f"the qdrant backend needs a document store: {len(vectors)} vectors, {len(records)} chunks")
-        backend.upsert(vectors, payloads(records), progress=progress)
+        points = store_payloads(tmp / "docs.db")
+        if len(points) != len(vectors):
+            raise BadInputError(f"the qdrant backend needs a document store: {len(vectors)} vectors, {len(points)} chunks")
+        backend.upsert(vectors, points, progress=progress)
         backend.index_fields(manifest.get("metadata_fields", []))
         if dims["fast"] != full_dim:
             manifest["fast"] = calibrate(vectors, deep=lambda q, c: backend.rows(q, full_dim, c),
@@ -255,19 +251,21 @@ def _write_qdrant(tmp: Path, vectors: np.ndarray, manifest: dict, target_recall:
     return backend
 
 
-def _current_collection(target: Path) -> str | None:
-    folder = generations.current(target)
+def _backend_of(folder: Path | None) -> dict:
+    """The manifest's `backend` entry of a generation folder ({} when there is none)."""
     if folder is None or not (folder / "manifest.json").is_file():
-        return None
-    return (json.loads((folder / "manifest.json").read_text()).get("backend") or {}).get("collection")
+        return {}
+    return json.loads((folder / "manifest.json").read_text()).get("backend") or {}
+
+
+def _current_collection(target: Path) -> str | None:
+    return _backend_of(generations.current(target)).get("collection")
 
 
 def _drop_replaced_collection(previous: Path | None, manifest: dict) -> None:
     """After a rebuild commits, the Qdrant collection of the generation it replaced goes (a write
     to the same index keeps its collection; another index's is never touched)."""
-    if previous is None or not (previous / "manifest.json").is_file():
-        return
-    old = json.loads((previous / "manifest.json").read_text()).get("backend") or {}
+    old = _backend_of(previous)
     if old.get("name") == "qdrant" and old.get("collection") != manifest["backend"].get("collection"):
         with contextlib.suppress(MedsearchError):
             QdrantBackend(old, manifest["full_dim"], []).drop()

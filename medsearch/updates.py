@@ -27,7 +27,7 @@ import sqlite_utils
 
 from medsearch import generations
 from medsearch.backends.faiss import BinaryTier, FaissTier
-from medsearch.backends.qdrant import payloads
+from medsearch.backends.qdrant import store_payloads
 from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
@@ -51,7 +51,7 @@ from medsearch.index import (
 from medsearch import lexical
 from medsearch.funnel import DEFAULT_TARGET_RECALL
 from medsearch.lexical import LEXICAL_DIR
-from medsearch.store import DocStore, counts, index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
+from medsearch.store import counts, index_metadata_keys, insert_chunks, insert_documents, metadata_keys, write_store
 
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
 # selector skips them inside faiss, but flat indexes still scan them; bench/living.py measures it).
@@ -144,9 +144,8 @@ def compact(index_dir: str | Path) -> WriteReport:
         report = WriteReport(manifest=base.manifest)
         funnel_missing = base.manifest["tier_dims"]["fast"] != base.full_dim and (
             not base.fast or (base.full_dim % 8 == 0 and not (base.folder / BINARY_FILE).is_file()))
-        live = len(base.store.chunk_rows())
-        if base.backend_name == "qdrant":  # Qdrant deleted the points at once: nothing to rewrite
-            live = 0
+        # Qdrant deletes the points of dead rows after each write: nothing to rewrite there
+        live = len(base.store.chunk_rows()) if base.backend_name == "faiss" else 0
         if live and (base.manifest.get("dead_chunks") or funnel_missing):  # an index from before the funnel gains it here
             _compact(root, base, report)
     report.seconds = time.perf_counter() - started
@@ -180,8 +179,9 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
     report = upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress,
                     target_recall=build_options.get("target_recall"))
     if backend is not None and base.backend_name != backend["name"]:
-        report.moved_to, report.manifest = backend["name"], open_index(index_dir).manifest
-        report.generation = report.generation or open_index(index_dir).generation
+        moved = open_index(index_dir)
+        report.moved_to, report.manifest = backend["name"], moved.manifest
+        report.generation = report.generation or moved.generation
     return report
 
 
@@ -233,30 +233,24 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         binary = base.folder / BINARY_FILE
         held: dict[int, FaissTier] = {}  # the fast and deep tiers as written: the calibration reuses them
         codes = None
+        if vectors is None:  # a delete: the rows stay, so chunk_doc and BM25 do too (hard links; dead rows masked out)
+            _link(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
+            _link_lexical(base, tmp)
+        else:
+            np.save(tmp / "chunk_doc.npy", np.concatenate(
+                [base.chunk_doc, first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
+            write_lexical_from_store(tmp, base.chunks + len(chunks))
         qdrant = base.backend_name == "qdrant"
         if qdrant:  # new points before the switch (rows past base.chunks: unseen until then), old ones after
             base.qdrant.delete_rows_from(base.chunks)  # a write that died before its switch left these
-            if vectors is None:  # a delete: the rows and BM25 stay (the deleted rows are masked out)
-                _link(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
-                _link_lexical(base, tmp)
-            else:
-                np.save(tmp / "chunk_doc.npy", np.concatenate(
-                    [base.chunk_doc, first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
-                added = DocStore(tmp / "docs.db")
-                try:
-                    base.qdrant.upsert(vectors, payloads(added.chunk_records(first_row=base.chunks)), progress=progress)
-                finally:
-                    added.close()
+            if vectors is not None:
+                base.qdrant.upsert(vectors, store_payloads(tmp / "docs.db", first_row=base.chunks), progress=progress)
                 base.qdrant.index_fields(sorted(set(fields) - set(base.manifest.get("metadata_fields", []))))
-                write_lexical_from_store(tmp, base.chunks + len(chunks))
-        elif vectors is None:  # a delete: the rows stay, so the files do too (hard links: never written again)
-            for name in ["vectors.npy", "chunk_doc.npy", *(f"dim{d}.faiss" for d in base.dims), *([BINARY_FILE] if binary.is_file() else [])]:
+        elif vectors is None:  # the vectors and tier files stay too (never written again)
+            for name in ["vectors.npy", *(f"dim{d}.faiss" for d in base.dims), *([BINARY_FILE] if binary.is_file() else [])]:
                 _link(base.folder / name, tmp / name)
-            _link_lexical(base, tmp)
         else:
             np.save(tmp / "vectors.npy", np.concatenate([base.vectors, vectors.astype(base.vectors.dtype)]))
-            np.save(tmp / "chunk_doc.npy", np.concatenate(
-                [base.chunk_doc, first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
             for dim in base.dims:
                 tier = FaissTier.load(base.folder / f"dim{dim}.faiss", base.index_type(dim))
                 tier.add(prefix(vectors, dim))
@@ -267,7 +261,6 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                 codes = base.binary
                 codes.add(vectors)
                 codes.save(tmp / BINARY_FILE)
-            write_lexical_from_store(tmp, base.chunks + len(chunks))
         total = base.chunks + len(chunks)
         manifest = {
             **base.manifest,

@@ -2,20 +2,20 @@
 or its local mode, the same API in-process over a folder), the index folder keeping the manifest,
 the document store and BM25.
 
-One point per chunk row, its id derived from the document id and chunk position (uuid5), so a
-write of the same document replaces its points. Named vectors: `d64`, `d128`, ... for every stored
-prefix dim (renormalised, as the FAISS tiers hold them) and `full`, which has no HNSW graph: it is
-only scanned to re-score candidates or for the exact deep tier. The payload is the chunk (row,
-position, text), its document (ordinal `doc`, id, title, source, url, metadata) and `numbers`: every
-value among those that reads as a number, so `field>=N` compares numbers as SQLite does for the
-FAISS backend. Filters become Qdrant payload filters inside the search, chunk hits collapse to
-documents as in the FAISS backend (the best chunk of each; the search widens until k documents),
-and the fast tier is one Query API call: a prefetch of the candidates on `d64`, re-scored on `full`.
+One point per chunk row, its id derived from the document id, its content hash and the chunk
+position (uuid5). Named vectors: `d64`, `d128`, ... for every stored prefix dim (renormalised, as
+the FAISS tiers hold them) and `full`, which has no HNSW graph: it is only scanned to re-score
+candidates or for the exact deep tier. The payload is the chunk (row, position, text), its document
+(ordinal `doc`, id, title, source, url, metadata, content hash) and `numbers`: every value among
+those that reads as a number, so `field>=N` compares numbers as SQLite does for the FAISS backend.
+Filters become Qdrant payload filters inside the search, chunk hits collapse to documents as in the
+FAISS backend (the best chunk of each; the search widens until k documents), and the fast tier is
+one Query API call: a prefetch of the candidates on `d64`, re-scored on `full`.
 
-A generation of the index folder answers only with the rows it knows (`row < chunks`): a writer
-adds points before it commits, and a reader of the previous generation skips them. Deleted
-documents' points are deleted at once, so the backend has no dead rows to skip and nothing to
-compact (a reader of an older generation stops finding them at that moment).
+A generation of the index folder answers only with its own live rows: a writer adds points before
+it commits, with rows past the generation's, and deletes the points of replaced and deleted
+documents after it commits (dead rows in the new generation, skipped until then). The collection
+then holds no dead rows, so there is nothing to compact.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import numpy as np
 from medsearch.backends.base import collapse, prefix
 from medsearch.errors import BackendUnavailableError, BadInputError, MissingExtraError
 from medsearch.filters import Filter, filter_number
+from medsearch.store import DocStore
 
 FULL = "full"
 POINT_NAMESPACE = uuid.UUID("5b4e1d2e-6a43-4a8e-9b76-2f0a6f1c8d11")  # fixed: point ids never change
@@ -123,6 +124,15 @@ def close_clients() -> None:
         for client, _ in _clients.values():
             client.close()
         _clients.clear()
+
+
+def store_payloads(docs_db: Path, first_row: int = 0) -> list[dict]:
+    """The point payloads of a docs.db's chunks from `first_row` on, in row order."""
+    store = DocStore(docs_db)
+    try:
+        return payloads(store.chunk_records(first_row))
+    finally:
+        store.close()
 
 
 def payloads(rows: Iterable[dict]) -> list[dict]:
