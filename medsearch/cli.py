@@ -403,10 +403,15 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--max-queries", default=ServerSettings.max_queries, show_default=True, type=click.IntRange(min=1), help="Most queries in one POST /search.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads per encoder pass [default: cores / encode workers]; OpenVINO runtimes use every core per pass, and their passes take turns.")
 @click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
-@click.option("--writable", is_flag=True, help="Accept writes: POST /documents (add or replace) and DELETE /documents/ID.")
+@click.option("--writable", is_flag=True, help="Accept writes: POST /documents (add or replace) and DELETE /documents/ID; needs a token.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME", help="A Host header name the service answers (repeat; '*': any) [default: localhost, 127.0.0.1 and ::1 on a loopback address, any otherwise].")
+@click.option("--request-timeout", default=ServerSettings.request_timeout_s, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds a search may wait and run before it gets a 503.")
+@click.option("--read-timeout", default=ServerSettings.read_timeout_s, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds a client has to send a whole request (headers and body); slower connections are closed.")
+@click.option("--max-connections", default=ServerSettings.max_connections, show_default=True, type=click.IntRange(min=1), help="Connections at once; past it requests get a 503.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
 def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
-          max_query_chars, max_queries, threads, search_threads, writable, log_level):
+          max_query_chars, max_queries, threads, search_threads, writable, allowed_hosts, request_timeout, read_timeout,
+          max_connections, log_level):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, OpenAPI at /docs.
 
@@ -423,9 +428,13 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
         token = path.read_text(encoding="utf-8").strip()
         if not token:
             raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
+    if writable and not token:
+        raise click.UsageError("--writable needs a token: give --token-file FILE or set MEDSEARCH_TOKEN")
     settings = ServerSettings(
         token=token, cors_origin=cors_origin, batching=not no_batching, batch_wait_ms=batch_wait_ms,
-        max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries, search_threads=search_threads, writable=writable,
+        max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries,
+        search_threads=search_threads, writable=writable, allowed_hosts=tuple(allowed_hosts) or None,
+        request_timeout_s=request_timeout, read_timeout_s=read_timeout, max_connections=max_connections,
     )
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medsearch.errors import BadInputError, NotFoundError
+from medsearch.validation import check_text, check_value
 
 SUFFIXES = (".jsonl", ".csv", ".txt", ".md")
 _KNOWN_FIELDS = {"id", "_id", "title", "text", "url", "source"}
@@ -102,6 +103,10 @@ def read_text(file: Path) -> str:
 
 
 def _record_to_document(record: dict, origin: str, source: str, default_id: str) -> Document:
+    check_value(record, origin)  # lone surrogates, NUL, NaN / Infinity / 1e400: one line naming the field
+    for key in record:
+        if '"' in str(key):  # a filter names keys as JSON paths, where '"' cannot be written
+            raise BadInputError(f"{origin}: metadata key {key!r} contains '\"', which a filter cannot name; rename it")
     raw_id = record.get("_id", record.get("id"))
     doc_id = default_id if raw_id is None or str(raw_id).strip() == "" else str(raw_id).strip()
     text = record.get("text")
@@ -153,7 +158,7 @@ def _read_csv(content: str, name: str) -> Iterator[Document]:
 
 
 def _read_plain(content: str, name: str, markdown: bool) -> Document:
-    text = content.strip()
+    text = check_text(content.strip(), name)
     if not text:
         raise BadInputError(f"{name}: empty file")
     title = Path(name).stem
@@ -198,9 +203,11 @@ def read_queries(path: str | Path) -> tuple[list[str], list[str]]:
         ]
     else:
         pairs = [(str(n), line, f"{file.name}:{n}") for n, line in enumerate(content.splitlines(), 1) if line.strip()]
-    for _, text, origin in pairs:
+    for qid, text, origin in pairs:
         if not isinstance(text, str) or not text.strip():
             raise BadInputError(f"{origin}: missing or empty 'text' field")
+        check_text(text, f"{origin}: the query text")
+        check_text(qid, f"{origin}: the query id")
     ids, texts = [qid for qid, _, _ in pairs], [text.strip() for _, text, _ in pairs]
     if not texts:
         raise BadInputError(f"{file}: no queries in the file")

@@ -12,6 +12,7 @@ the weights they were made from, so a retrained model never meets a stale export
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -207,6 +208,14 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the per-load "Loading weights" bar
+    if importlib.util.find_spec("optimum") is not None:
+        # optimum sets its own loggers' level when first used (after a plain setLevel here); its own
+        # switch holds. Its warnings are not a user's to act on: loading an export of a local folder
+        # in offline mode, optimum-intel warns that it "could not infer whether the model was
+        # already converted" (it looks for the folder in the hub cache) and loads it as it should.
+        from optimum.utils import logging as optimum_logging
+
+        optimum_logging.set_verbosity_error()
     for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "optimum", "nncf"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -311,8 +320,12 @@ class Encoder:
         self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", getattr(self.model, "prompts", None))
         self.batch_size = batch_size
         # An OpenVINO model runs one inference request at a time (optimum keeps a single request per
-        # model), so concurrent callers (the service's encode workers) take turns; torch needs no lock.
+        # model), so concurrent callers (the service's encode workers) take turns. Torch forward
+        # passes may run at once; they share the tokenizer, which is safe while every call uses the
+        # same settings (its Rust core then only takes shared borrows): chunking, which tokenizes
+        # with other settings, has a tokenizer of its own (`chunk`).
         self._turn = threading.Lock() if self.runtime != "torch" else contextlib.nullcontext()
+        self._chunking = threading.Lock()
 
     @property
     def precision(self) -> str:
@@ -364,17 +377,39 @@ class Encoder:
                 digest.update(head.tobytes())
         return digest.hexdigest()[:16]
 
+    @cached_property
+    def _chunk_tokenizer(self):
+        """A copy of the tokenizer for chunking: it tokenizes without truncation, and changing a
+        fast tokenizer's settings while another thread encodes with it fails ('Already borrowed')."""
+        return copy.deepcopy(self.tokenizer)
+
+    def chunk(self, documents: list, overlap: int | None = None) -> list:
+        """Token-bounded chunks of `documents` for this encoder's window (chunking.py); safe to call
+        while other threads encode queries."""
+        from medsearch.chunking import chunk_documents
+
+        with self._chunking:
+            return chunk_documents(documents, self._chunk_tokenizer, self.max_tokens, self.profile.passage_prefix, overlap)
+
     def _encode(self, texts: list[str], prefix: str, progress: bool) -> np.ndarray:
-        with self._turn:
-            vectors = self.model.encode(
-                list(texts),
-                prompt=prefix or None,
-                batch_size=self.batch_size,
-                show_progress_bar=progress,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        texts = list(texts)
+        # One runtime turn per batch, not per call: a service's queries are encoded between the
+        # batches of a large write instead of waiting for all of it.
+        step = len(texts) if progress or isinstance(self._turn, contextlib.nullcontext) else self.batch_size
+        parts = []
+        for start in range(0, len(texts), max(step, 1)):
+            with self._turn:
+                parts.append(self.model.encode(
+                    texts[start:start + step],
+                    prompt=prefix or None,
+                    batch_size=self.batch_size,
+                    show_progress_bar=progress,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                ))
+        if not parts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts), dtype=np.float32)
 
     def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
         return self._encode(texts, self.profile.query_prefix, progress)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from medsearch.errors import BadInputError
 from medsearch.store import COLUMNS, metadata_expression
+from medsearch.validation import check_text
 
 OPERATORS = ("!=", ">=", "<=", "=")
 _FILTER = re.compile(r"^\s*([^=!<>]+?)\s*(!=|>=|<=|=)\s*(.*?)\s*$", re.S)
@@ -33,6 +34,7 @@ def parse_filter(text: str) -> Filter:
     """`topic=symptom` -> Filter("topic", "=", "symptom"); BadInputError for anything else."""
     if not isinstance(text, str):
         raise BadInputError(f"a filter must be text like field=value; got {type(text).__name__}")
+    check_text(text, "a filter")
     match = _FILTER.match(text)
     if not match:
         raise BadInputError(f"malformed filter '{text}': use field=value, field!=value, field>=number or field<=number")

@@ -6,6 +6,12 @@
       gen-000006/    the one before (kept: a reader may still be on it)
       .lock          held (flock) by the one writer
 
+A generation stops being current when the next one commits: the commit stamps that moment on the
+retired folder (its modification time; a committed folder's contents never change), and a
+generation is removed only once it has been retired for KEEP_SECONDS and is neither the current one
+nor the one just before it. A folder that a failed switch left (numbered past CURRENT, never current,
+so never read) is removed at once and never counts among the kept.
+
 A write builds the next generation in a temporary folder beside the others, fsyncs it, renames
 it to `gen-NNNNNN`, then replaces CURRENT: until that last rename every reader, and every
 process that opens the index, sees the previous generation whole; after it, the new one.
@@ -19,8 +25,8 @@ import fcntl
 import os
 import re
 import shutil
-import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,8 +35,9 @@ from medsearch.errors import MismatchError
 POINTER = "CURRENT"
 LOCK = ".lock"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
-# Generations older than the current and the previous one are removed once this old: a service
-# that opened one a moment ago may still read it (it moves to the newest one on its next query).
+# Generations older than the current and the previous one are removed once they have not been
+# current for this long: a service that answered from one a moment ago may still be reading it (it
+# moves to the newest one on its next query).
 KEEP_SECONDS = 300
 
 
@@ -53,9 +60,17 @@ def number(folder: Path) -> int:
 
 
 def new_folder(root: Path) -> Path:
-    """A temporary folder inside `root` for the next generation (removed by `commit` or `discard`)."""
+    """A temporary folder inside `root` for the next generation (removed by `commit` or `discard`).
+    Created with the process's umask (not mkdtemp's 0700): an index built by one user can be served
+    by another that the umask lets read it."""
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    while True:
+        folder = root / f".tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:  # pragma: no cover (a 48-bit collision)
+            continue
 
 
 def commit(root: Path, tmp: Path) -> Path:
@@ -72,6 +87,8 @@ def commit(root: Path, tmp: Path) -> Path:
         os.fsync(handle.fileno())
     os.replace(pointer, root / POINTER)
     _fsync_dir(root)
+    if previous is not None and previous.is_dir():
+        os.utime(previous)  # the moment it stopped being current: prune counts its grace from here
     prune(root)
     return target
 
@@ -80,17 +97,22 @@ def discard(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prune(root: Path) -> None:
-    """Remove temporary folders of killed writers and generations no reader should still need."""
+def prune(root: Path, keep_seconds: float | None = None) -> None:
+    """Remove temporary folders of killed writers, folders a failed switch left, and generations no
+    reader should still need: not current, not the one before it, and retired over `keep_seconds`
+    (default KEEP_SECONDS) ago. Call it with the writer lock held."""
+    keep_seconds = KEEP_SECONDS if keep_seconds is None else keep_seconds
     now = time.time()
     committed = current(root)
-    keep = sorted((p for p in root.glob("gen-*") if p.is_dir()), key=number)[-2:]
+    newest = number(committed) if committed else 0
+    retired = sorted((p for p in root.glob("gen-*") if p.is_dir() and number(p) < newest), key=number)
     for path in root.iterdir():
         if path.name.startswith(".tmp-") or path.name.startswith(f".{POINTER}.tmp-"):
             _remove(path)
-        elif _GENERATION.match(path.name) and path not in keep and path != committed:
-            if now - path.stat().st_mtime > KEEP_SECONDS:
-                _remove(path)
+        elif _GENERATION.match(path.name) and number(path) > newest:  # renamed, but the switch failed
+            _remove(path)
+        elif path in retired[:-1] and now - path.stat().st_mtime > keep_seconds:
+            _remove(path)
 
 
 def _remove(path: Path) -> None:

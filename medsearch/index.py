@@ -32,7 +32,6 @@ import numpy as np
 import sqlite_utils
 
 from medsearch import __version__
-from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder, runtime_for_index
 from medsearch import generations
@@ -93,7 +92,7 @@ def build_index(
     _check_target(Path(index_dir), vector_dtype)
     started = time.perf_counter()
     documents = read_corpus(corpus)
-    chunks = chunk_documents(documents, encoder.tokenizer, encoder.max_tokens, encoder.profile.passage_prefix, chunk_overlap)
+    chunks = encoder.chunk(documents, chunk_overlap)
     passages = [c.passage(documents[c.doc].title) for c in chunks]
     vectors = encoder.encode_passages(passages, progress=progress)
     manifest = {
@@ -442,6 +441,16 @@ class Index:
         if "lexical" in self.manifest:
             self.lexical  # noqa: B018
         return self
+
+    def close(self) -> None:
+        """Let go of the generation's files: SQLite connections, tier indexes, memory maps (a
+        searcher that has moved to a newer generation; the files of a pruned one free their space)."""
+        store = self.__dict__.pop("store", None)
+        if store is not None:
+            store.close()
+        self._faiss.clear()
+        for name in ("vectors", "chunk_doc", "binary", "lexical", "live"):
+            self.__dict__.pop(name, None)
 
     def files(self) -> dict[str, int]:
         """Size in bytes of each file of the generation."""

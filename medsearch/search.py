@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,14 +81,18 @@ class Searcher:
 
     Every query runs on one committed generation of the index: `current()` moves to a newer one
     when a writer has committed it (a read of the CURRENT file per query), so a long-running
-    process sees writes without a restart, and a query never mixes two generations."""
+    process sees writes without a restart, and a query never mixes two generations. A generation it
+    has left is closed (its SQLite connections, tier indexes and memory maps) once no query that
+    `pinned` it is still reading it, so the files a writer prunes give their disk space back."""
 
     def __init__(self, index: Index, encoder: Encoder | None):
         if encoder is not None:
             check_model(index, encoder)
         self.index = index
         self.encoder = encoder
-        self._reload = threading.Lock()
+        self._reload = threading.RLock()
+        self._readers: dict[int, int] = {}  # id(generation) -> queries reading it now
+        self._left: list[Index] = []  # generations left while queries still read them
 
     @classmethod
     def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None,
@@ -109,8 +114,36 @@ class Searcher:
                 newer = open_index(index.path)
                 if self.encoder is not None:
                     check_model(newer, self.encoder)
-                self.index = newer.load()
+                left, self.index = self.index, newer.load()
+                self._left.append(left)
+                self._close_unread()
             return self.index
+
+    @contextmanager
+    def pinned(self):
+        """The newest generation, held open for the block: a write that commits meanwhile does not
+        close it under the caller (it is closed when its last reader leaves)."""
+        with self._reload:
+            index = self.current()
+            self._readers[id(index)] = self._readers.get(id(index), 0) + 1
+        try:
+            yield index
+        finally:
+            with self._reload:
+                left = self._readers.pop(id(index)) - 1
+                if left:
+                    self._readers[id(index)] = left
+                self._close_unread()
+
+    def _close_unread(self) -> None:
+        """Close the generations this searcher has left that no query reads any more (lock held)."""
+        still = []
+        for old in self._left:
+            if id(old) in self._readers:
+                still.append(old)
+            else:
+                old.close()
+        self._left = still
 
     def resolve(self, tier: str, dim: int | None, index: Index | None = None) -> tuple[int, bool]:
         """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
@@ -196,7 +229,12 @@ class Searcher:
         """Search and hydrate queries already encoded (`vectors`, one row per query, None in lexical
         mode; the service encodes concurrent requests together). `encode_ms` is reported as each
         query's encoding time."""
-        index = self.current()
+        with self.pinned() as index:
+            return self._search_encoded(index, queries, vectors, encode_ms, query_ids, tier, k, dim, oversample,
+                                        filters, mode, fusion)
+
+    def _search_encoded(self, index: Index, queries, vectors, encode_ms, query_ids, tier, k, dim, oversample, filters,
+                        mode, fusion) -> list[QueryResult]:
         ranked, timings = self.retrieve(queries, vectors, mode=mode, fusion=fusion, tier=tier, k=k, dim=dim,
                                         oversample=oversample, filters=filters, index=index)
         per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}

@@ -14,7 +14,7 @@ readers keep answering from the previous one until the switch and a crash leaves
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import shutil
 import time
@@ -28,7 +28,6 @@ import sqlite_utils
 from medsearch import generations
 from medsearch.backends.faiss import BinaryTier, FaissTier
 from medsearch.backends.qdrant import store_payloads
-from medsearch.chunking import chunk_documents
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, NotFoundError
@@ -56,6 +55,9 @@ from medsearch.store import counts, index_metadata_keys, insert_chunks, insert_d
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
 # selector skips them inside faiss, but flat indexes still scan them; bench/living.py measures it).
 AUTO_COMPACT_DEAD_FRACTION = 0.3
+# Qdrant: the documents whose old points a generation's write deletes after its switch (manifest key)
+PENDING_DELETE = "qdrant_pending_delete"
+log = logging.getLogger("medsearch")
 EncoderSource = Encoder | Callable[[], Encoder]
 
 
@@ -144,7 +146,9 @@ def compact(index_dir: str | Path) -> WriteReport:
         report = WriteReport(manifest=base.manifest)
         funnel_missing = base.manifest["tier_dims"]["fast"] != base.full_dim and (
             not base.fast or (base.full_dim % 8 == 0 and not (base.folder / BINARY_FILE).is_file()))
-        # Qdrant deletes the points of dead rows after each write: nothing to rewrite there
+        # Qdrant deletes the points of dead rows after each write (a failed delete is retried here):
+        # nothing to rewrite there
+        retry_pending_delete(base)
         live = len(base.store.chunk_rows()) if base.backend_name == "faiss" else 0
         if live and (base.manifest.get("dead_chunks") or funnel_missing):  # an index from before the funnel gains it here
             _compact(root, base, report)
@@ -208,8 +212,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     if write:
         encoder = encoder if isinstance(encoder, Encoder) else encoder()
         check_model(base, encoder)
-        chunks = chunk_documents(write, encoder.tokenizer, encoder.max_tokens, encoder.profile.passage_prefix,
-                                 base.manifest.get("chunk_overlap"))
+        chunks = encoder.chunk(write, base.manifest.get("chunk_overlap"))
         vectors = encoder.encode_passages([c.passage(write[c.doc].title) for c in chunks], progress=progress)
     tmp = generations.new_folder(root)
     try:
@@ -242,6 +245,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             write_lexical_from_store(tmp, base.chunks + len(chunks))
         qdrant = base.backend_name == "qdrant"
         if qdrant:  # new points before the switch (rows past base.chunks: unseen until then), old ones after
+            retry_pending_delete(base)  # what the write before this one could not delete after its switch
             base.qdrant.delete_rows_from(base.chunks)  # a write that died before its switch left these
             if vectors is not None:
                 base.qdrant.upsert(vectors, store_payloads(tmp / "docs.db", first_row=base.chunks), progress=progress)
@@ -272,6 +276,9 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             **({"lexical": lexical.settings()} if (tmp / LEXICAL_DIR).is_dir() else {}),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        manifest.pop(PENDING_DELETE, None)
+        if qdrant and remove:  # due after the switch; recorded so that the next write retries a failed one
+            manifest[PENDING_DELETE] = {"ids": list(remove), "below_row": base.chunks}
         if (vectors is not None or target_recall != base.fast.get("target_recall")) and target_recall is not None and not qdrant:
             manifest["fast"] = _recalibrate(tmp, manifest, base, target_recall, held, codes)
         write_manifest(tmp, manifest)
@@ -281,11 +288,24 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         raise
     report.generation, report.manifest = generations.number(committed), manifest
     if qdrant:  # the replaced and deleted versions' points go now (dead rows here, skipped until then)
-        with contextlib.suppress(MedsearchError):  # committed: points left here are dead rows, skipped
+        try:
             base.qdrant.delete_documents(remove, below_row=base.chunks)
+        except MedsearchError as err:  # committed: the points left are dead rows, skipped; retried later
+            log.warning("the write is committed, but the old points of %d documents stay in the Qdrant collection "
+                        "for now (%s); the next write or compact deletes them", len(remove), err)
         return  # the collection keeps no dead rows: nothing to compact
     if total and live_chunks and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:  # nothing left: nothing to rewrite
         _compact(root, open_index(root), report)
+
+
+def retry_pending_delete(index: Index) -> bool:
+    """Delete the points that the write of `index`'s generation had to delete after its switch (again:
+    deleting is idempotent, and a failed delete is only retried this way). Whether there were any."""
+    pending = index.manifest.get(PENDING_DELETE)
+    if index.backend_name != "qdrant" or not pending:
+        return False
+    index.qdrant.delete_documents(pending["ids"], below_row=pending["below_row"])
+    return True
 
 
 def _recalibrate(folder: Path, manifest: dict, base: Index, target: float, tiers: dict[int, FaissTier],

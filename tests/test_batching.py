@@ -100,14 +100,33 @@ def test_batching_off_makes_one_call_per_request():
     assert all(r[0].shape == (1, 2) for r in results)
 
 
-def test_an_encoder_error_reaches_every_caller_of_that_pass_only():
-    encoder = SlowEncoder(fail_on="bad")
+def test_an_encoder_error_fails_only_the_caller_whose_text_the_encoder_cannot_take():
+    encoder = SlowEncoder(fail_on="bad", seconds=0.01)
     with ThreadPoolExecutor(1) as pool:
         batcher = MicroBatcher(encoder, pool, max_wait_ms=20)
-        first = run(concurrently(batcher, [["ok"], ["bad"], ["fine"]]))
-        assert all(isinstance(r, RuntimeError) and "cannot encode bad" in str(r) for r in first)
+        first = run(concurrently(batcher, [["ok"], ["bad"], ["fine", "also"]]))
         second = run(concurrently(batcher, [["ok"], ["fine"]]))  # the batcher survives
+    assert isinstance(first[1], RuntimeError), first[1]
+    assert "cannot encode bad" in str(first[1])
+    assert first[0][0][:, 0].tolist() == [2.0], "the good caller before the bad one lost its answer"
+    assert first[2][0][:, 0].tolist() == [4.0, 4.0], "the good caller after the bad one lost its answer"
+    assert encoder.calls[0] == ["ok", "bad", "fine", "also"], "the three callers did not share the first pass"
+    assert encoder.calls[1:4] == [["ok"], ["bad"], ["fine", "also"]], "the failed pass was not retried caller by caller"
     assert [r[0][:, 0].tolist() for r in second] == [[2.0], [4.0]]
+
+
+def test_a_full_queue_refuses_at_once_and_the_queued_are_still_answered():
+    from medsearch.server.batching import Overloaded
+
+    encoder = SlowEncoder(seconds=0.1)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_wait_ms=0, max_batch=1, max_pending=2)
+        results = run(concurrently(batcher, [["a"], ["b"], ["c"], ["d"], ["e"]]))
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    answered = [r for r in results if not isinstance(r, Exception)]
+    assert refused, "five requests into a queue of two while the encoder is busy: some must be refused"
+    assert "waiting for the encoder" in str(refused[0])
+    assert len(answered) + len(refused) == 5 and len(answered) >= 2, results
 
 
 def test_a_caller_that_leaves_does_not_break_the_pass():

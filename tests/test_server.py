@@ -247,7 +247,8 @@ def writable(tmp_path, bundled_index, minilm):
 
     shutil.copytree(bundled_index, tmp_path / "idx")
     searcher = Searcher(open_index(tmp_path / "idx"), minilm)
-    with TestClient(create_app(searcher, ServerSettings(writable=True, warm_up=False))) as client:
+    settings = ServerSettings(writable=True, warm_up=False, token="t")
+    with TestClient(create_app(searcher, settings), headers={"Authorization": "Bearer t"}) as client:
         yield client, tmp_path / "idx"
 
 

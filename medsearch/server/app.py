@@ -10,13 +10,22 @@ micro-batcher; search and hydration on a small pool of search threads, each runn
 one OpenMP thread, so torch and faiss never ask for more threads than the machine has.
 
 Every error is JSON `{"error": "..."}`: 400 bad input, 401 missing or wrong token, 404 unknown
-document or route, 409 model/index mismatch, 503 still loading; never a stack trace.
+document or route, 409 model/index mismatch or a write in progress, 413 body too large, 503 still
+loading, overloaded or past the request deadline (with Retry-After); never a stack trace, an
+absolute path or a process id.
+
+One request never hurts another: text is checked (lone surrogates, NUL, non-finite numbers) before
+anything is encoded; an encoder pass that fails is retried request by request (batching.py); the
+queue for the encoder is bounded; a client that disconnects is dropped before its pass; writes run
+on a thread of their own and the new generation loads off the event loop; bodies are counted as
+they are read (chunked or not); a connection must send its whole request within a read timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +44,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medsearch import __version__
 from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MismatchError, NotFoundError
+from medsearch.generations import IndexLockedError
 from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 from medsearch.index import TIERS
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, Searcher
-from medsearch.server.batching import MicroBatcher
-from medsearch.server.settings import ServerSettings, available_cores
+from medsearch.server.batching import MicroBatcher, Overloaded
+from medsearch.server.settings import ServerSettings, allowed_hosts, available_cores, is_loopback
+from medsearch.validation import check_text
 from medsearch.updates import WriteReport
 
 log = logging.getLogger("medsearch.server")
@@ -140,6 +151,10 @@ class Service:
         self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
         self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
                                               initializer=faiss.omp_set_num_threads, initargs=(1,))
+        # Writes (chunking, encoding, building a generation) and loading the generation they commit
+        # run here: never on the event loop, never taking a search thread.
+        self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write",
+                                             initializer=faiss.omp_set_num_threads, initargs=(1,))
         self.batcher: MicroBatcher | None = None
         self.ready = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -168,11 +183,11 @@ class Service:
         self.batcher = MicroBatcher(
             searcher.encoder.encode_queries, self.encode_pool, enabled=self.settings.batching,
             max_wait_ms=self.settings.batch_wait_ms, max_batch=self.settings.max_batch,
-            workers=self.settings.workers,
+            workers=self.settings.workers, max_pending=self.settings.max_pending,
         )
         await self.batcher.start()
         self.ready.set()
-        log.info("ready: %s (%d documents)", searcher.index.path, searcher.index.manifest["documents"])
+        log.info("ready: %s (%d documents)", searcher.index.path.name, searcher.index.manifest["documents"])
 
     async def stop(self) -> None:
         loading = getattr(self, "_loading", None)
@@ -180,8 +195,8 @@ class Service:
             loading.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
-        self.encode_pool.shutdown(wait=True, cancel_futures=True)
-        self.search_pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.encode_pool, self.search_pool, self.write_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def loaded(self) -> Searcher:
         if self.load_error is not None:
@@ -190,36 +205,92 @@ class Service:
             raise ServiceLoading()
         return self.searcher
 
+    def check_request(self, texts: list[str], ids: list[str] | None, k: int, oversample: int | None,
+                      filters: list[str]) -> None:
+        """The service's bounds and text checks on one request, before anything is encoded."""
+        limits = self.settings
+        for i, text in enumerate(texts):
+            where = f"query {i + 1}" if ids else "the query"
+            if ids:
+                check_text(ids[i], f"the id of query {i + 1}")
+                where = f"query {ids[i]}"
+            check_text(text, where)
+            if len(text) > limits.max_query_chars:
+                raise BadInputError(f"{where} has {len(text)} characters; the limit is {limits.max_query_chars}")
+        if len(filters) > limits.max_filters:
+            raise BadInputError(f"{len(filters)} filters; the limit is {limits.max_filters}")
+        for i, text in enumerate(filters, start=1):
+            check_text(text, f"filter {i}")
+            if len(text) > limits.max_filter_chars:
+                raise BadInputError(f"filter {i} has {len(text)} characters; the limit is {limits.max_filter_chars}")
+        if oversample is not None and k * oversample > limits.max_candidates:
+            raise BadInputError(f"k x oversample asks for {k * oversample} candidates; the limit is {limits.max_candidates}")
+
     async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int, dim: int | None,
                      oversample: int | None, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
-                     fusion: Fusion = FUSION) -> list[dict]:
+                     fusion: Fusion = FUSION, receive=None) -> list[dict]:
+        """Check, encode (in a shared pass), search and hydrate one request's queries. `receive`: the
+        request's ASGI receive, watched so that a client that leaves is dropped before its pass."""
         searcher = self.loaded()
-        for i, text in enumerate(texts):
-            if len(text) > self.settings.max_query_chars:
-                where = f"query {ids[i]}" if ids else "the query"
-                raise BadInputError(f"{where} has {len(text)} characters; the limit is {self.settings.max_query_chars}")
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        filters = list(filters or [])
+        self.check_request(texts, ids, k, oversample, filters)
         searcher.check_queries(texts, ids)
         searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode,
                        fusion=fusion)  # before encoding anything
-        vectors, encode_ms = (None, 0.0) if mode == "lexical" else await self.batcher.encode(texts)
-        results = await asyncio.get_running_loop().run_in_executor(
+        vectors, encode_ms = (None, 0.0) if mode == "lexical" else await self._within(
+            self.batcher.encode(texts), deadline, receive)
+        results = await self._within(asyncio.get_running_loop().run_in_executor(
             self.search_pool,
             partial(searcher.search_encoded, texts, vectors, encode_ms=encode_ms, query_ids=ids, tier=tier, k=k,
                     dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion),
-        )
+        ), deadline, receive)
         return [result.to_json() for result in results]
+
+    async def _within(self, work, deadline: float, receive=None):
+        """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
+        (ClientGone); either way `work` is cancelled (a query still waiting for the encoder leaves the
+        queue; a search already running on its thread finishes there, unanswered)."""
+        task = asyncio.ensure_future(work)
+        watch = {task}
+        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        if gone is not None:
+            watch.add(gone)
+        try:
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            done, _ = await asyncio.wait(watch, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in watch:
+                if not pending.done():
+                    pending.cancel()
+        if task in done:
+            try:
+                return task.result()
+            except Overloaded as err:
+                raise ServiceBusy(f"the service is at capacity ({err}); try again in a moment") from None
+        if gone is not None and gone in done:
+            raise ClientGone()
+        raise ServiceBusy(f"the search took longer than the service's limit of {self.settings.request_timeout_s:g} s; "
+                          "try again in a moment")
 
     async def document(self, doc_id: str) -> dict:
         searcher = self.loaded()
-        return await asyncio.get_running_loop().run_in_executor(
-            self.search_pool, lambda: searcher.current().store.document(doc_id))
+        check_text(doc_id, "the document id")
+
+        def read() -> dict:
+            with searcher.pinned() as index:
+                return index.store.document(doc_id)
+
+        return await asyncio.get_running_loop().run_in_executor(self.search_pool, read)
 
     async def write(self, operation: Callable[[], "WriteReport"]) -> dict:
-        """Run one write (upsert or delete) off the event loop, one at a time; the next query sees it."""
+        """Run one write (upsert or delete) on the write thread, one at a time, then load the new
+        generation there too (searches go on with the old one until it is loaded); the next query sees it."""
         searcher = self.loaded()
+        loop = asyncio.get_running_loop()
         async with self._write_lock:
-            report = await asyncio.get_running_loop().run_in_executor(self.search_pool, operation)
-        searcher.current()  # load the new generation now, not on the next query
+            report = await loop.run_in_executor(self.write_pool, operation)
+            await loop.run_in_executor(self.write_pool, searcher.current)
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
                 "deleted": report.deleted, "compacted": report.compacted, "generation": report.generation,
                 "documents": report.manifest.get("documents", 0)}
@@ -235,6 +306,21 @@ class ServiceLoading(MedsearchError):
         super().__init__("the model and index are still loading; try again in a few seconds")
 
 
+class ServiceBusy(MedsearchError):
+    """Too many requests waiting, or one past its deadline: 503 with Retry-After."""
+
+
+class ClientGone(MedsearchError):
+    def __init__(self):
+        super().__init__("the client closed the connection")
+
+
+async def _disconnected(receive) -> None:
+    """Return once the client has gone (the request body, if any, was read before)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def _warm_up(searcher: Searcher) -> None:
     for tier in TIERS:
         searcher.search(["warm-up query"], tier=tier, k=10)
@@ -245,8 +331,10 @@ def _warm_up(searcher: Searcher) -> None:
 # ---- errors: one JSON shape for all of them ----
 
 def _status(err: MedsearchError) -> int:
-    if isinstance(err, (ServiceLoading, BackendUnavailableError)):
+    if isinstance(err, (ServiceLoading, BackendUnavailableError, ServiceBusy)):
         return 503
+    if isinstance(err, ClientGone):
+        return 499  # nginx's "client closed request": nobody reads it
     if isinstance(err, ReadOnly):
         return 403
     if isinstance(err, NotFoundError):
@@ -256,8 +344,31 @@ def _status(err: MedsearchError) -> int:
     return 400
 
 
+# An absolute path in a message (index folders, model folders, files): only its last part is shown
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s/'"]+/)+([^\s/'";,)]+)""")
+
+
+def public_message(message: str) -> str:
+    """A message fit for any client: absolute paths cut to their last part, no process ids, and
+    text that can be encoded (a lone surrogate echoed from a request is escaped)."""
+    message = _ABSOLUTE_PATH.sub(r"\1", message)
+    message = re.sub(r"\bpid \d+", "another process", message)
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def public_view(value):
+    """A JSON value with `public_message` applied to every string (the /info view of a manifest)."""
+    if isinstance(value, str):
+        return public_message(value)
+    if isinstance(value, dict):
+        return {key: public_view(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public_view(item) for item in value]
+    return value
+
+
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": public_message(message)}, status_code=status, headers=headers)
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -272,7 +383,7 @@ def _validation_message(err: RequestValidationError) -> str:
             parts.append(f"request body: {e['msg']}" if e["type"] != "missing" else "request body: a JSON object is required")
             continue
         place = {"query": "query parameter ", "path": "path parameter ", "body": "", "header": "header "}.get(where, "")
-        parts.append(f"{place}{name}: {e['msg']}")
+        parts.append(f"{place}{name}: {e['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -298,7 +409,8 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         description="Semantic search over medical documents: tiered Matryoshka indexes, a fast funnel tier.",
     )
     app.state.service = service
-    app.add_middleware(_GuardMiddleware, token=settings.token, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(_GuardMiddleware, token=settings.token, max_body_bytes=settings.max_body_bytes,
+                       hosts=settings.allowed_hosts)
     if settings.cors_origin:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -307,7 +419,10 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
 
     @app.exception_handler(MedsearchError)
     async def library_error(request: Request, err: MedsearchError):
-        return error(_status(err), str(err), {"Retry-After": "2"} if isinstance(err, ServiceLoading) else None)
+        if isinstance(err, IndexLockedError):
+            err = IndexLockedError("the index is being written by another process; try again when it has finished")
+        retry = {"Retry-After": "2"} if isinstance(err, (ServiceLoading, ServiceBusy)) else None
+        return error(_status(err), str(err), retry)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError):
@@ -342,11 +457,12 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         if not service.ready.is_set():
             return error(503, "loading the model and index")
         manifest = service.searcher.index.manifest
-        return {"status": "ready", "index": str(service.searcher.index.path), "documents": manifest["documents"],
-                "model": manifest["model"]["name"]}
+        return {"status": "ready", "index": service.searcher.index.path.name, "documents": manifest["documents"],
+                "model": public_message(manifest["model"]["name"])}
 
     @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"])
     async def search_get(
+        request: Request,
         q: str = Query(..., description="The query text."),
         tier: Tier = DEFAULT_TIER,
         k: int = Query(10, ge=1, le=MAX_K, description="Documents to return."),
@@ -360,11 +476,12 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
     ):
         """One query: the same JSON as `medsearch query --json`."""
         (result,) = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample, filters=filter,
-                                         mode=mode, fusion=Fusion(fusion, rrf_k, dense_weight, FUSION.depth))
+                                         mode=mode, fusion=Fusion(fusion, rrf_k, dense_weight, FUSION.depth),
+                                         receive=request.receive)
         return JSONResponse(result)
 
     @app.post("/search", response_model=list[SearchResponse], tags=["search"])
-    async def search_post(request: SearchRequest):
+    async def search_post(request: SearchRequest, http: Request):
         """A batch of queries, encoded together: one object per query, in order (as `medsearch query --queries F --json`)."""
         if len(request.queries) > settings.max_queries:
             raise BadInputError(f"{len(request.queries)} queries in one request; the limit is {settings.max_queries}")
@@ -372,7 +489,8 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         texts = [q.text for q in request.queries]
         results = await service.search(texts, ids, tier=request.tier, k=request.k, dim=request.dim,
                                        oversample=request.oversample, filters=request.filters, mode=request.mode,
-                                       fusion=Fusion(request.fusion, request.rrf_k, request.dense_weight, FUSION.depth))
+                                       fusion=Fusion(request.fusion, request.rrf_k, request.dense_weight, FUSION.depth),
+                                       receive=http.receive)
         return JSONResponse(results)
 
     @app.get("/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])
@@ -408,27 +526,44 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
     @app.get("/info", tags=["index"])
     async def info():
         """The index's manifest (model, dims, tiers, index types, counts) and its files' sizes."""
-        index = service.loaded().current()
-        return {**index.manifest, "live_chunks": index.chunks - index.manifest["dead_chunks"],
-                "generation": index.generation, "files": index.files()}
+        searcher = service.loaded()
+
+        def read() -> dict:
+            with searcher.pinned() as index:
+                return {**index.manifest, "live_chunks": index.chunks - index.manifest["dead_chunks"],
+                        "generation": index.generation, "files": index.files()}
+
+        return public_view(await asyncio.get_running_loop().run_in_executor(service.search_pool, read))
 
     return app
 
 
 class _GuardMiddleware:
-    """Bearer token on every route but the probes and the page's static files (which hold no data);
-    request bodies over a size limit refused before they are read. Plain ASGI: cheap per request."""
+    """Before a request reaches the app: its Host header must be allowed (a page on another site
+    whose name resolves to this server, DNS rebinding, is refused), the bearer token on every route
+    but the probes and the page's static files (which hold no data), and its body is read here,
+    counted as it arrives (Content-Length or chunked): past the limit the answer is 413 and the
+    connection closes, so no large body is ever held. Plain ASGI: cheap per request."""
 
-    def __init__(self, app, token: str | None, max_body_bytes: int):
+    BODYLESS = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: tuple[str, ...] | None = None):
         self.app = app
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.hosts = None if not hosts or "*" in hosts else {h.lower().strip("[]") for h in hosts}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         headers = dict(scope["headers"])
+        if self.hosts is not None:
+            host = _host_name(headers.get(b"host", b""))
+            if host not in self.hosts:
+                shown = host.encode("ascii", "backslashreplace").decode()[:100]
+                return await error(400, f"host '{shown}' is not served here (the service's allowed hosts: "
+                                        f"{', '.join(sorted(self.hosts))})")(scope, receive, send)
         if self.token and not (path in PUBLIC_PATHS or path.startswith("/static/")) and scope["method"] != "OPTIONS":
             given = headers.get(b"authorization", b"")
             scheme, _, value = given.partition(b" ")
@@ -437,11 +572,44 @@ class _GuardMiddleware:
                 response = error(401, f"{message}: send the header 'Authorization: Bearer <token>'",
                                  {"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, send)
+        if scope["method"] in self.BODYLESS:
+            return await self.app(scope, receive, send)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            response = error(413, f"request body of {int(length)} bytes; the limit is {self.max_body_bytes}")
-            return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
+            return await self._too_large(int(length), scope, receive, send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None  # nobody to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return await self._too_large(None, scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: waits for the client to disconnect
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, length: int | None, scope, receive, send):
+        size = f"request body of {length} bytes" if length is not None else "request body over the limit"
+        response = error(413, f"{size}; the limit is {self.max_body_bytes}", {"Connection": "close"})
+        return await response(scope, receive, send)
+
+
+def _host_name(value: bytes) -> str:
+    """The host part of a Host header, lower-cased: 'localhost:8000' -> 'localhost', '[::1]:80' -> '::1'."""
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 # The encoder thread gives up the GIL inside every torch op and must take it back after each one
@@ -462,18 +630,63 @@ def configure_threads(torch_threads: int | None = None, encode_workers: int = 1)
     return threads
 
 
+def read_timeout_protocol(read_timeout: float):
+    """uvicorn's httptools protocol with a read deadline: each request must arrive whole (headers
+    and body) within `read_timeout` seconds of the connection's start or of the previous response's
+    end; a connection still sending then (idle from the start, half a header, half a body) is closed.
+    uvicorn closes idle keep-alive connections itself, but has no such deadline for requests."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class ReadTimeoutProtocol(HttpToolsProtocol):
+        _deadline = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(read_timeout, self._expired)
+
+        def _expired(self) -> None:
+            self._deadline = None
+            cycle = self.cycle
+            reading = cycle is None or cycle.response_complete or cycle.more_body
+            if reading and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+    return ReadTimeoutProtocol
+
+
 def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
           device: str | None = None, runtime: str | None = None, settings: ServerSettings | None = None, torch_threads: int | None = None,
           log_level: str = "info") -> None:
-    """Run the service until SIGINT/SIGTERM (in-flight requests finish first). Checks the index
-    before listening; the model loads in the background (/readyz says when)."""
+    """Run the service until SIGINT/SIGTERM (in-flight requests finish first). Checks the settings
+    and the index before listening; the model loads in the background (/readyz says when)."""
+    import dataclasses
+
     import uvicorn
 
     from medsearch.index import open_index
 
-    open_index(index_dir)  # a missing or foreign index fails here, before the port opens
     settings = settings or ServerSettings()
-    settings.validate()
+    settings.validate()  # a writable service without a token fails here
+    open_index(index_dir)  # a missing or foreign index fails here, before the port opens
+    settings = dataclasses.replace(settings, allowed_hosts=allowed_hosts(settings, host))
+    if not settings.token and not is_loopback(host):
+        log.warning("serving %s without a token: anyone who can reach it can search it (give a token file)", host)
     configure_threads(torch_threads, settings.workers)
     failure: list[MedsearchError] = []
     server: uvicorn.Server | None = None
@@ -484,7 +697,8 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
 
     app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime), settings, on_load_error=stop_on_error)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                            access_log=log_level == "debug")
+                            access_log=log_level == "debug", http=read_timeout_protocol(settings.read_timeout_s),
+                            limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s)
     server = uvicorn.Server(config)
     try:
         server.run()

@@ -8,6 +8,11 @@ them; at low load a request waits at most `max_wait_ms` for company.
 
 With batching off, every request makes its own encoder call on the same single thread: the
 baseline that `bench/serve_load.py` compares against.
+
+One request never fails another: when an encoder pass fails, each request in it is encoded again
+alone, so only the one the encoder cannot take gets the error. The queue is bounded (`max_pending`
+requests; past it `encode` raises `Overloaded` at once), and a caller that has gone (its await
+cancelled: a client that disconnected, a deadline that passed) is dropped before its pass.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+
+class Overloaded(Exception):
+    """The queue of requests waiting for the encoder is full."""
 
 
 @dataclass
@@ -42,6 +51,7 @@ class MicroBatcher:
         max_wait_ms: float = 1.0,
         max_batch: int = 64,
         workers: int = 1,
+        max_pending: int = 0,
     ):
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be at least 0; got {max_wait_ms}")
@@ -55,6 +65,7 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000
         self.max_batch = max_batch
         self.workers = workers  # encoder passes in flight at once (the executor needs as many threads)
+        self.max_pending = max_pending  # requests waiting for a pass; 0: no bound
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self.passes = 0  # encoder calls made, and texts encoded: passes < texts means batching happened
@@ -62,7 +73,7 @@ class MicroBatcher:
 
     async def start(self) -> None:
         if self.enabled and self._task is None:
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.Queue(self.max_pending)
             self._task = asyncio.create_task(self._run(), name="medsearch-batcher")
 
     async def stop(self) -> None:
@@ -84,7 +95,10 @@ class MicroBatcher:
         if self._task is None:
             raise RuntimeError("the batcher is not running (call start() first)")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(list(texts), future))
+        try:
+            self._queue.put_nowait(_Pending(list(texts), future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self._queue.qsize()} requests are waiting for the encoder") from None
         return await future
 
     async def _call(self, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -134,10 +148,14 @@ class MicroBatcher:
     async def _pass(self, batch: list[_Pending]) -> None:
         try:
             vectors, ms = await self._call([text for p in batch for text in p.texts])
-        except Exception as err:  # the encoder failed: every caller in the pass gets the error
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(err)
+        except Exception as err:
+            if len(batch) > 1:  # find the request the encoder cannot take: each one again, alone
+                for pending in batch:
+                    if not pending.future.done():
+                        await self._pass([pending])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(err)
             return
         start = 0
         for pending in batch:

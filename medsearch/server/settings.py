@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ipaddress
 from dataclasses import dataclass
 
 from medsearch.errors import BadInputError
@@ -32,11 +33,31 @@ class ServerSettings:
     max_documents: int = 1000  # documents in one POST /documents
     search_threads: int | None = None  # threads for search + hydration; None: the machine's cores
     warm_up: bool = True  # run one query per tier before reporting ready
+    # Bounds on what one request may ask for (400 past them): filters (SQLite's expression depth
+    # fails past ~1,000 ANDed conditions) and fast-tier candidates (k x oversample).
+    max_filters: int = 64
+    max_filter_chars: int = 500
+    max_candidates: int = 100_000
+    # Load: requests waiting for the encoder (503 + Retry-After past it), the longest a search may
+    # wait and run, connections at once (uvicorn answers 503 past it), and how long a client may take
+    # to send a whole request (headers and body) or keep an idle connection open.
+    max_pending: int = 512
+    request_timeout_s: float = 30.0
+    max_connections: int = 1000
+    read_timeout_s: float = 20.0
+    keep_alive_s: float = 5.0
+    # Host header allow-list (DNS rebinding: a page elsewhere resolving its name to this server);
+    # None: loopback names when bound to loopback, any host otherwise. "*" allows any.
+    allowed_hosts: tuple[str, ...] | None = None
 
     def validate(self) -> None:
-        for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes"):
+        for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
+                     "max_filter_chars", "max_candidates", "max_pending", "max_connections"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise BadInputError(f"{name} must be above 0; got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise BadInputError(f"batch_wait_ms must be at least 0; got {self.batch_wait_ms}")
         for name in ("search_threads", "encode_workers"):
@@ -44,9 +65,32 @@ class ServerSettings:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.token is not None and not self.token.strip():
             raise BadInputError("the token is empty")
+        if self.writable and not self.token:
+            raise BadInputError("a writable service needs a token: anyone who can reach it could change the index")
 
     @property
     def workers(self) -> int:
         """Encoder passes in flight at once. Two single-threaded passes beat one two-threaded pass on
         2 cores (+15-20% requests/s at 32 clients, a few ms more for a lone query: bench/serve_load.py)."""
         return self.encode_workers or min(2, available_cores())
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only takes connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(settings: ServerSettings, bind: str) -> tuple[str, ...]:
+    """The Host header names the service answers: as set, else loopback names on a loopback bind
+    (what a browser sends for http://localhost:PORT or http://127.0.0.1:PORT), else any ("*")."""
+    if settings.allowed_hosts:
+        return tuple(settings.allowed_hosts)
+    return (*LOOPBACK_HOSTS, bind) if is_loopback(bind) else ("*",)

@@ -42,6 +42,24 @@ function searchUrl(q, tier, k, filters = [], mode = "dense") {
   return "/search?" + params;
 }
 
+// The tier menu says what each tier is in this index (its dims, the fast tier's measured stage).
+function describeTiers(info) {
+  const dims = info.tier_dims || {}, full = info.full_dim, fast = info.fast || {};
+  let fastText = `fast: ${dims.fast}-dim candidates, ${full}-dim re-rank`;
+  if (dims.fast === full) fastText = `fast: ${full}-dim, exact`;
+  else if (fast.stage === "binary") fastText = `fast: ${fast.candidates} candidates from ${full}-bit sign codes, ${full}-dim re-rank`;
+  else if (fast.stage) fastText = `fast: ${fast.candidates} candidates from ${dims.fast}-dim vectors, ${full}-dim re-rank`;
+  return { fast: fastText, light: `light: ${dims.light}-dim`, standard: `standard: ${dims.standard}-dim`,
+           deep: `deep: ${full}-dim, exact` };
+}
+
+async function labelTiers() {
+  try {
+    const labels = describeTiers(await api("/info"));
+    for (const option of $("tier").options) if (labels[option.value]) option.textContent = labels[option.value];
+  } catch (e) { /* no token yet, or still loading: the generic labels stay */ }
+}
+
 function splitFilters(text) {
   return text.split(";").map((f) => f.trim()).filter(Boolean);
 }
@@ -210,6 +228,7 @@ function handleError(err, retry) {
       event.preventDefault();
       sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
       $("token-form").hidden = true;
+      labelTiers();
       retry();
     };
     setError("Access token needed: " + err.message);
@@ -263,6 +282,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   window.addEventListener("popstate", render);
+  labelTiers();
   render();
   if (!readUrl().doc) $("q").focus();
 });

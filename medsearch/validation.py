@@ -1,0 +1,57 @@
+"""Checks on text and numbers from outside (request bodies, query parameters, corpus files) before
+anything is encoded or stored.
+
+JSON lets through what the rest of the stack cannot take: a lone surrogate (`"\\ud800"`) is a
+valid JSON escape but no UTF-8 text, so the tokenizer, SQLite and the response encoder fail on it;
+NUL cuts strings short in C code (metadata keys, FTS5); `NaN`, `Infinity` and `1e400` (read as
+inf) are accepted by Python's json module but are no JSON a client can read back. One walk over
+the parsed value finds them all and names where:
+
+    check_value({"metadata": {"dose": float("nan")}}, "document 3")
+    -> BadInputError("document 3.metadata.dose: not a finite number (NaN, Infinity and numbers past
+       1e308 cannot be stored)")
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from medsearch.errors import BadInputError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """What makes `text` unusable (a lone surrogate, a NUL character), or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000)"
+    match = _SURROGATE.search(text)
+    if match:
+        return f"contains a lone surrogate (\\u{ord(match.group()):04x}) at character {match.start()}: not valid Unicode text"
+    return None
+
+
+def check_text(text: str, where: str) -> str:
+    """`text`, or BadInputError naming `where` when it holds a lone surrogate or NUL."""
+    problem = text_problem(text)
+    if problem:
+        raise BadInputError(f"{where}: {problem}")
+    return text
+
+
+def check_value(value, where: str) -> None:
+    """Walk a parsed JSON value: every string (keys included) must be valid text, every number finite."""
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadInputError(f"{where}: not a finite number (NaN, Infinity and numbers past 1e308 cannot be stored)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = str(key)
+            check_text(name, f"{where}: key {name!r}")
+            check_value(item, f"{where}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_value(item, f"{where}[{i}]")
