@@ -76,6 +76,7 @@ def new_folder(root: Path) -> Path:
 def commit(root: Path, tmp: Path) -> Path:
     """Make the finished folder `tmp` the current generation; return its final path."""
     previous = current(root)
+    _drop_failed_switches(root, previous)  # never read, and never to count as the one before this
     following = max([number(p) for p in root.glob("gen-*")] + [number(previous) if previous else 0]) + 1
     target = root / f"gen-{following:06d}"
     _fsync_tree(tmp)
@@ -97,6 +98,13 @@ def discard(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _drop_failed_switches(root: Path, committed: Path | None) -> None:
+    newest = number(committed) if committed else 0
+    for path in root.glob("gen-*"):
+        if _GENERATION.match(path.name) and number(path) > newest:
+            _remove(path)
+
+
 def prune(root: Path, keep_seconds: float | None = None) -> None:
     """Remove temporary folders of killed writers, folders a failed switch left, and generations no
     reader should still need: not current, not the one before it, and retired over `keep_seconds`
@@ -105,11 +113,10 @@ def prune(root: Path, keep_seconds: float | None = None) -> None:
     now = time.time()
     committed = current(root)
     newest = number(committed) if committed else 0
+    _drop_failed_switches(root, committed)
     retired = sorted((p for p in root.glob("gen-*") if p.is_dir() and number(p) < newest), key=number)
     for path in root.iterdir():
         if path.name.startswith(".tmp-") or path.name.startswith(f".{POINTER}.tmp-"):
-            _remove(path)
-        elif _GENERATION.match(path.name) and number(path) > newest:  # renamed, but the switch failed
             _remove(path)
         elif path in retired[:-1] and now - path.stat().st_mtime > keep_seconds:
             _remove(path)

@@ -8,7 +8,7 @@ inf) are accepted by Python's json module but are no JSON a client can read back
 the parsed value finds them all and names where:
 
     check_value({"metadata": {"dose": float("nan")}}, "document 3")
-    -> BadInputError("document 3.metadata.dose: not a finite number (NaN, Infinity and numbers past
+    -> BadInputError("document 3: metadata.dose: not a finite number (NaN, Infinity and numbers past
        1e308 cannot be stored)")
 """
 
@@ -40,18 +40,20 @@ def check_text(text: str, where: str) -> str:
     return text
 
 
-def check_value(value, where: str) -> None:
-    """Walk a parsed JSON value: every string (keys included) must be valid text, every number finite."""
+def check_value(value, where: str, field: str = "") -> None:
+    """Walk a parsed JSON value: every string (keys included) must be valid text, every number finite.
+    Messages name `where` and the field: 'document 3: metadata.dose: not a finite number ...'."""
+    place = f"{where}: {field}" if field else where
     if isinstance(value, str):
-        check_text(value, where)
+        check_text(value, place)
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise BadInputError(f"{where}: not a finite number (NaN, Infinity and numbers past 1e308 cannot be stored)")
+            raise BadInputError(f"{place}: not a finite number (NaN, Infinity and numbers past 1e308 cannot be stored)")
     elif isinstance(value, dict):
         for key, item in value.items():
             name = str(key)
-            check_text(name, f"{where}: key {name!r}")
-            check_value(item, f"{where}.{name}")
+            check_text(name, f"{where}: key {name!r}" + (f" in {field}" if field else ""))
+            check_value(item, where, f"{field}.{name}" if field else name)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            check_value(item, f"{where}[{i}]")
+            check_value(item, where, f"{field}[{i}]")
