@@ -107,6 +107,9 @@ def _record_to_document(record: dict, origin: str, source: str, default_id: str)
     for key in record:
         if '"' in str(key):  # a filter names keys as JSON paths, where '"' cannot be written
             raise BadInputError(f"{origin}: metadata key {key!r} contains '\"', which a filter cannot name; rename it")
+    for name in ("_id", "id", "title", "url", "source"):  # text or a number, never an object or a list
+        if isinstance(record.get(name), (dict, list, bool)):
+            raise BadInputError(f"{origin}: '{name}' must be text, not {type(record[name]).__name__}")
     raw_id = record.get("_id", record.get("id"))
     doc_id = default_id if raw_id is None or str(raw_id).strip() == "" else str(raw_id).strip()
     text = record.get("text")

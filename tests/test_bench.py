@@ -216,3 +216,18 @@ def test_edge_funnel_bench(tmp_path):
     edge = {r["candidates"]: r for r in rows if r["engine"].startswith("qdrant-edge")}
     assert edge[3000]["tier"] == "deep" and edge[3000]["recall@10"] == 1.0  # the exact scan is exact
     assert edge[500]["recall@10"] >= edge[50]["recall@10"] and edge[500]["recall@10"] > 0.9
+
+
+def test_chaos_bench_mixed_reads_and_writes(tmp_path, bundled_index):
+    """Searches, adds, deletes, replacements and a `medsearch compact` process against one writable
+    service over a copy of the index: no errors, the end state adds up, the caller's index untouched."""
+    before = sorted((p.relative_to(bundled_index), p.stat().st_mtime_ns) for p in bundled_index.rglob("*") if p.is_file())
+    stdout = run_script("chaos.py", "--seconds", "8", "--searchers", "4", "--compactions", "1", "--index", bundled_index,
+                        "--out", tmp_path / "chaos.json", cwd=tmp_path)
+    result = json.loads((tmp_path / "chaos.json").read_text())
+    assert "no errors; consistent" in stdout and result["errors_total"] == 0 and result["errors"] == {}, result["error_samples"]
+    assert result["consistent"] and result["documents_end"] == result["documents_expected"]
+    assert result["searches"] > 0 and result["writes"]["add"] > 0 and result["writes"]["delete"] > 0
+    assert result["generations_written"] == result["generations_expected"] > 0
+    assert result["settings"]["searchers"] == 4 and result["machine"]["cpus"] >= 1
+    assert sorted((p.relative_to(bundled_index), p.stat().st_mtime_ns) for p in bundled_index.rglob("*") if p.is_file()) == before

@@ -80,6 +80,7 @@ def test_a_bad_string_or_number_anywhere_is_refused_with_its_place(value, bad, p
     ('{"id": "a\\u0000b", "text": "ok"}', "document.jsonl:2: id: contains a NUL character"),
     ('{"id": "a", "text": "ok", "ke\\u0000y": 1}', "document.jsonl:2: key 'ke\\x00y': contains a NUL character"),
     ('{"id": "a", "text": "ok", "say \\"hi\\"": 1}', "which a filter cannot name"),
+    ('{"id": "a", "text": "ok", "title": {"x": 1}}', "document.jsonl:2: 'title' must be text, not dict"),
 ])
 def test_add_refuses_bad_numbers_and_bytes_with_one_line_naming_the_line(tmp_path, small_corpus, minilm, line, problem):
     build_index(small_corpus, tmp_path / "idx", minilm)
