@@ -488,3 +488,37 @@ def test_a_json_query_writes_nothing_to_stderr(bundled_index):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert json.loads(result.stdout)["results"][0]["id"] == "doc-020"
+
+
+def test_a_full_queue_and_a_passed_deadline_answer_503_with_retry_after(bundled_index, minilm):
+    """Finding 5: the batcher's queue had no bound and requests no deadline. Past the bound (here 2
+    requests waiting) and past the deadline the answer is 503 + Retry-After, never a 500, and the
+    requests that got in are answered."""
+    from medsearch.server.app import create_app
+    from medsearch.server.settings import ServerSettings
+    from servers import uvicorn_thread
+
+    searcher = Searcher(open_index(bundled_index), minilm)
+    long_query = (" ".join(QUESTIONS) * 2)[:990]
+    app = create_app(searcher, ServerSettings(encode_workers=1, max_batch=1, max_pending=2, warm_up=False))
+    with uvicorn_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        path = "/search?" + urllib.parse.urlencode({"q": long_query, "k": 1})
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(lambda _: request(port, "GET", path), range(24)))
+    statuses = sorted(status for status, _ in answers)
+    assert set(statuses) == {200, 503}, statuses
+    busy = next(body for status, body in answers if status == 503)
+    assert "at capacity" in busy["error"] and "waiting for the encoder" in busy["error"]
+
+    app = create_app(searcher, ServerSettings(request_timeout_s=0.001, warm_up=False))
+    with uvicorn_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/search?q=chest+pain")
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    assert response.status == 503 and response.getheader("Retry-After") == "2"
+    assert "longer than the service's limit of 0.001 s" in body["error"]
