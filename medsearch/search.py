@@ -90,7 +90,8 @@ class Searcher:
             check_model(index, encoder)
         self.index = index
         self.encoder = encoder
-        self._reload = threading.RLock()
+        self._reload = threading.Lock()  # guards index, _readers, _left (held briefly)
+        self._loading = threading.Lock()  # one thread loads a new generation at a time
         self._readers: dict[int, int] = {}  # id(generation) -> queries reading it now
         self._left: list[Index] = []  # generations left while queries still read them
 
@@ -103,28 +104,36 @@ class Searcher:
         encoder = index_encoder(index, model, device, runtime) if load_model else None
         return cls(index, encoder)
 
-    def current(self) -> Index:
-        """The newest committed generation (loaded, and checked against the model, before use)."""
-        index = self.index
-        folder = generations.current(index.path)
-        if folder is None or folder == index.folder:
-            return index
-        with self._reload:
+    def current(self, wait: bool = True) -> Index:
+        """The newest committed generation (loaded, and checked against the model, before use).
+        Loading a new one takes no lock that queries need: they go on with the one before until it
+        is loaded. `wait=False`: while another thread loads it, return the one before at once."""
+        folder = generations.current(self.index.path)
+        if folder is None or folder == self.index.folder:
+            return self.index
+        if not self._loading.acquire(blocking=wait):
+            return self.index
+        try:
             if self.index.folder != folder:
-                newer = open_index(index.path)
+                newer = open_index(self.index.path)
                 if self.encoder is not None:
                     check_model(newer, self.encoder)
-                left, self.index = self.index, newer.load()
-                self._left.append(left)
-                self._close_unread()
+                newer.load()
+                with self._reload:
+                    left, self.index = self.index, newer
+                    self._left.append(left)
+                    self._close_unread()
             return self.index
+        finally:
+            self._loading.release()
 
     @contextmanager
     def pinned(self):
-        """The newest generation, held open for the block: a write that commits meanwhile does not
-        close it under the caller (it is closed when its last reader leaves)."""
+        """The newest loaded generation, held open for the block: a write that commits meanwhile does
+        not close it under the caller (it is closed when its last reader leaves)."""
+        self.current(wait=False)
         with self._reload:
-            index = self.current()
+            index = self.index
             self._readers[id(index)] = self._readers.get(id(index), 0) + 1
         try:
             yield index
