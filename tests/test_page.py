@@ -171,3 +171,19 @@ def test_token_prompt(bundled_index, minilm, browser):
             expect(page.locator("#error")).to_be_hidden()
     finally:
         page.close()
+
+
+def test_the_tier_menu_says_what_each_tier_is_in_this_index(server, page):
+    """Issue 18, finding 9: the menu said "fast: 64-dim candidates" when the build had chosen the
+    binary stage. Now its labels come from /info: the stage and count this index measured."""
+    port = int(server.rsplit(":", 1)[1])
+    fast = get(port, "/info")[1]["fast"]
+    page.goto(server)
+    option = page.locator("#tier option[value=fast]")
+    if fast["stage"] == "binary":
+        expect(option).to_have_text(f"fast: {fast['candidates']} candidates from 384-bit sign codes, 384-dim re-rank")
+    else:
+        expect(option).to_have_text(f"fast: {fast['candidates']} candidates from 64-dim vectors, 384-dim re-rank")
+    expect(page.locator("#tier option[value=light]")).to_have_text("light: 128-dim")
+    expect(page.locator("#tier option[value=standard]")).to_have_text("standard: 384-dim")
+    expect(page.locator("#tier option[value=deep]")).to_have_text("deep: 384-dim, exact")
