@@ -56,7 +56,7 @@ RUNTIMES = ("torch", "openvino", "openvino-int8")
 # int8 vectors differ (cosine ~0.998), so they only meet int8 vectors.
 PRECISIONS = {"torch": "fp32", "openvino": "fp32", "openvino-int8": "int8"}
 RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}
-# `auto` takes the first installed runtime here: fastest first, by bench/runtimes.py (README).
+# `auto` takes the first installed runtime here: fastest first, by bench/runtimes.py (docs/guides/speed.md).
 AUTO_ORDER = ("openvino-int8", "openvino", "torch")
 OPENVINO_FILES = {"openvino": "openvino/openvino_model.xml", "openvino-int8": "openvino/openvino_model_qint8_quantized.xml"}
 CALIBRATION_TEXTS = Path(__file__).with_name("calibration.jsonl")  # the bundled corpus's documents

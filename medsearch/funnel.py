@@ -40,7 +40,7 @@ def rerank(queries: np.ndarray, candidates: list[np.ndarray], vectors: np.ndarra
             continue
         # faiss ranks the candidates exactly. A numpy matmul here would wake OpenBLAS's own thread
         # pool, which fights faiss's OpenMP threads: 9-12 ms instead of ~1 ms for 500 candidates x
-        # 1024 dims on 2 cores (measured; see README, "Benchmarks at scale").
+        # 1024 dims on 2 cores (measured; see docs/guides/speed.md, "Benchmarks at scale").
         scores, order = faiss.knn(np.ascontiguousarray(query[None, :], dtype=np.float32),
                                   np.asarray(vectors[rows], dtype=np.float32), len(rows), metric=faiss.METRIC_INNER_PRODUCT)
         out_rows.append(rows[order[0]])

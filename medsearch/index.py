@@ -55,7 +55,7 @@ BINARY_FILE = "binary.faiss"  # sign codes of the full vectors: the fast tier's 
 # The binary stage scans every code (exact Hamming distance): at 1M x 1024 bits that takes 6.1-7.3 ms
 # a query for 500-2000 candidates, where an HNSW graph over the codes took 3.3-12.8 ms (its cost grows
 # with the candidates), found fewer of the true neighbours and took 182 s to build
-# (bench/binary_index.py; README, "Speed").
+# (bench/binary_index.py; docs/guides/speed.md).
 BINARY_INDEX = "flat"
 
 

@@ -43,7 +43,7 @@ class TuneSettings:
     sample: str = "2182"  # pairs file: train_pairs_<sample>.jsonl, or "all" for train_pairs.jsonl
     symptom_pairs: bool = True
     soup_weight: float = 0.5  # share of the symptoms model in the soup
-    base_weight: float = 0.25  # share of the base model in the final one (chosen on dev: README)
+    base_weight: float = 0.25  # share of the base model in the final one (chosen on dev: docs/guides/quality.md)
     eval_split: str = "test"
     eval_data: list[str] = field(default_factory=list)  # more BEIR folders, FOLDER or FOLDER:SPLIT
     train: TrainSettings = field(default_factory=lambda: TrainSettings(

@@ -106,7 +106,7 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
         if target_recall is not None:
             check_target_recall(target_recall)
         retarget = (target_recall is not None and target_recall != base.fast.get("target_recall")
-                    and base.backend_name == "faiss")  # Qdrant: the build's calibration stays (README)
+                    and base.backend_name == "faiss")  # Qdrant: the build's calibration stays (docs/guides/scale-out.md)
         if new or changed or gone or retarget:
             _write(root, base, new + changed, [d.id for d in changed] + sorted(gone), encoder, progress, report,
                    target_recall if target_recall is not None else base.fast.get("target_recall", DEFAULT_TARGET_RECALL))

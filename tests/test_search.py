@@ -52,7 +52,7 @@ def test_default_fast_tier_finds_deeps_top_hits(bundled_any, minilm):
     deep = searcher.search(texts, tier="deep", k=10)
     overlap = [len({h.id for h in f.hits} & {h.id for h in d.hits}) / 10 for f, d in zip(fast, deep)]
     # The default candidate count is calibrated for recall@10 0.99 on held-out chunks; real questions
-    # come out a little lower (0.989 here, 0.980 on MedQuAD's: README, "Speed").
+    # come out a little lower (0.989 here, 0.980 on MedQuAD's: docs/guides/speed.md).
     assert np.mean(overlap) >= 0.98
 
 
