@@ -17,6 +17,7 @@ words still counting in the term statistics until the next add or compaction (as
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,17 @@ class Lexical:
         path = Path(folder) / LEXICAL_DIR
         self.retriever = bm25s.BM25.load(path, mmap=True, show_progress=False)
         self.rows = self.retriever.scores["num_docs"]  # one per chunk row, dead rows included
-        self.stemmer = _stemmer()
         self.vocab = self.retriever.vocab_dict
+        self._local = threading.local()
+
+    @property
+    def stemmer(self):
+        """This thread's Snowball stemmer: PyStemmer's objects are not documented as thread-safe (a
+        service's search threads each get their own; the BM25 arrays are only read)."""
+        stemmer = getattr(self._local, "stemmer", None)
+        if stemmer is None:
+            stemmer = self._local.stemmer = _stemmer()
+        return stemmer
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of each chunk row (0 where no query word occurs)."""
