@@ -127,8 +127,9 @@ def _record_to_document(record: dict, origin: str, source: str, default_id: str)
 
 
 def json_records(content: str, name: str) -> Iterator[tuple[str, dict]]:
-    """(origin, object) for each non-blank line of a JSONL text."""
-    for number, line in enumerate(content.splitlines(), start=1):
+    """(origin, object) for each non-blank line of a JSONL text (lines end at '\n' only: U+2028 and
+    U+2029 are valid inside a JSON string)."""
+    for number, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
         origin = f"{name}:{number}"
@@ -136,6 +137,10 @@ def json_records(content: str, name: str) -> Iterator[tuple[str, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise BadInputError(f"{origin}: malformed JSON ({err.msg} at column {err.colno})") from None
+        except RecursionError:
+            raise BadInputError(f"{origin}: JSON nested too deep to read") from None
+        except ValueError as err:  # e.g. an integer of more digits than Python converts
+            raise BadInputError(f"{origin}: unreadable JSON ({err})") from None
         if not isinstance(record, dict):
             raise BadInputError(f"{origin}: expected a JSON object, got {type(record).__name__}")
         yield origin, record

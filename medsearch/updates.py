@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -94,9 +95,7 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
     started = time.perf_counter()
     docs = read_corpus(documents) if isinstance(documents, (str, Path)) else list(documents)
     root = Path(index_dir)
-    open_index(root)  # no index: fail before the lock file is created
-    with generations.writer_lock(root):
-        base = open_index(root)  # again: another writer may have committed meanwhile
+    with _locked_base(root) as base:
         hashes = base.store.hashes()
         new = [d for d in docs if d.id not in hashes]
         changed = [d for d in docs if d.id in hashes and hashes[d.id] != d.content_hash]
@@ -121,9 +120,7 @@ def delete(index_dir: str | Path, ids: Iterable[str]) -> WriteReport:
     if not ids:
         raise BadInputError("no document ids given")
     root = Path(index_dir)
-    open_index(root)  # no index: fail before the lock file is created
-    with generations.writer_lock(root):
-        base = open_index(root)  # again: another writer may have committed meanwhile
+    with _locked_base(root) as base:
         hashes = base.store.hashes()
         unknown = [i for i in ids if i not in hashes]
         if unknown:
@@ -140,9 +137,7 @@ def compact(index_dir: str | Path) -> WriteReport:
     built before the fast tier's calibration gets its binary codes and candidate count this way."""
     started = time.perf_counter()
     root = Path(index_dir)
-    open_index(root)  # no index: fail before the lock file is created
-    with generations.writer_lock(root):
-        base = open_index(root)  # again: another writer may have committed meanwhile
+    with _locked_base(root) as base:
         report = WriteReport(manifest=base.manifest)
         funnel_missing = base.manifest["tier_dims"]["fast"] != base.full_dim and (
             not base.fast or (base.full_dim % 8 == 0 and not (base.folder / BINARY_FILE).is_file()))
@@ -154,6 +149,27 @@ def compact(index_dir: str | Path) -> WriteReport:
             _compact(root, base, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextmanager
+def _locked_base(root: Path):
+    """The current generation, under the writer lock (another writer may have committed before the
+    lock was taken), closed after the write: its SQLite connection is not left to the collector."""
+    open_index(root)  # no index: fail before the lock file is created
+    with generations.writer_lock(root):
+        base = open_index(root)
+        try:
+            yield base
+        finally:
+            base.close()
+
+
+def _compact_current(root: Path, report: WriteReport, **options) -> None:
+    base = open_index(root)
+    try:
+        _compact(root, base, report, **options)
+    finally:
+        base.close()
 
 
 def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild: bool = False,
@@ -172,7 +188,7 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
         same = base.backend_name == "faiss"
         if same:  # the stored vectors move to the other backend (a new generation): nothing is encoded
             with generations.writer_lock(Path(index_dir)):
-                _compact(Path(index_dir), open_index(index_dir), WriteReport(), backend=backend, progress=progress)
+                _compact_current(Path(index_dir), WriteReport(), backend=backend, progress=progress)
     if not same:
         if backend is None and base is not None:  # a rebuild keeps the index's backend
             backend = base.manifest.get("backend")
@@ -295,7 +311,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                         "for now (%s); the next write or compact deletes them", len(remove), err)
         return  # the collection keeps no dead rows: nothing to compact
     if total and live_chunks and manifest["dead_chunks"] / total > AUTO_COMPACT_DEAD_FRACTION:  # nothing left: nothing to rewrite
-        _compact(root, open_index(root), report)
+        _compact_current(root, report)
 
 
 def retry_pending_delete(index: Index) -> bool:

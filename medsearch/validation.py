@@ -40,10 +40,17 @@ def check_text(text: str, where: str) -> str:
     return text
 
 
-def check_value(value, where: str, field: str = "") -> None:
-    """Walk a parsed JSON value: every string (keys included) must be valid text, every number finite.
-    Messages name `where` and the field: 'document 3: metadata.dose: not a finite number ...'."""
+MAX_DEPTH = 32  # nested objects and lists in one value (a deeper one fails JSON encoding on answer)
+MAX_KEY_CHARS = 200  # a metadata key's length (keys are echoed in filter errors and /info)
+
+
+def check_value(value, where: str, field: str = "", depth: int = 0) -> None:
+    """Walk a parsed JSON value: every string (keys included) must be valid text, every number
+    finite, keys at most MAX_KEY_CHARS long, nesting at most MAX_DEPTH deep. Messages name `where`
+    and the field: 'document 3: metadata.dose: not a finite number ...'."""
     place = f"{where}: {field}" if field else where
+    if depth > MAX_DEPTH:
+        raise BadInputError(f"{place}: nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, str):
         check_text(value, place)
     elif isinstance(value, float):
@@ -52,8 +59,11 @@ def check_value(value, where: str, field: str = "") -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             name = str(key)
+            if len(name) > MAX_KEY_CHARS:
+                raise BadInputError(f"{where}: a key of {len(name)} characters" + (f" in {field}" if field else "")
+                                    + f"; the limit is {MAX_KEY_CHARS}")
             check_text(name, f"{where}: key {name!r}" + (f" in {field}" if field else ""))
-            check_value(item, where, f"{field}.{name}" if field else name)
+            check_value(item, where, f"{field}.{name}" if field else name, depth + 1)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            check_value(item, where, f"{field}[{i}]")
+            check_value(item, where, f"{field}[{i}]", depth + 1)

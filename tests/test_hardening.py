@@ -522,3 +522,119 @@ def test_a_full_queue_and_a_passed_deadline_answer_503_with_retry_after(bundled_
         body = json.loads(response.read())
     assert response.status == 503 and response.getheader("Retry-After") == "2"
     assert "longer than the service's limit of 0.001 s" in body["error"]
+
+
+# ---- the second review (an hour of attacks on the hardened service) ----
+
+def test_headers_past_64_kb_get_431_and_the_connection_closes(service):
+    """httptools has no header limit: 40 MB of headers on 4 connections took the server from 1.2 to
+    4.2 GB, and one 145 MB header value held the event loop 8.8 s (quadratic concatenation)."""
+    head = "GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    many = (f"x-pad-{i}: {'a' * 90}\r\n" for i in range(20_000))  # ~2 MB of headers, never ended
+    answer = exchange(service["port"], head, (line.encode() for line in many))
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"request line and headers over 65536 bytes" in answer
+    long_value = exchange(service["port"], head + "x-long: ", (b"b" * 65536 for _ in range(40)))
+    assert long_value.startswith(b"HTTP/1.1 431"), long_value[:200]
+    assert get(service["port"], "/livez")[0] == 200
+
+
+def test_a_client_that_stops_reading_its_answers_is_dropped(service):
+    """A client that never read its answers held their memory and its connection slot for good (a
+    graceful close waits for the unsent bytes). Six pipelined requests for 2.3 MB answers, never
+    read: more than the kernel's socket buffers hold, so the server's writes stall; the write
+    deadline (--read-timeout, 3 s here) drops the connection before all six are sent."""
+    body = json.dumps({"queries": [{"text": QUESTIONS[i]} for i in range(50)], "k": 187, "tier": "deep",
+                       "mode": "lexical"}).encode()
+    one = (f"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", service["port"]))
+    sock.sendall(one * 6)
+    time.sleep(15)  # six answers take a few seconds to make; the server waits 3 s for the client to read
+    received, ended = b"", False
+    sock.settimeout(5)
+    try:
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                ended = True
+                break
+            received += data
+    except ConnectionResetError:
+        ended = True
+    except socket.timeout:
+        pass
+    sock.close()
+    assert received.startswith(b"HTTP/1.1 200"), received[:100]
+    answers = received.count(b"HTTP/1.1 200 OK")
+    assert ended, "the connection is still open"
+    assert answers < 6, "every answer was sent: the socket buffers took them all, nothing was tested"
+
+
+@pytest.mark.parametrize("method, path, raw, needle", [
+    ("POST", "/documents", ('{"documents": [{"id": "deep", "text": "t", "m": ' + "[" * 40 + "]" * 40 + "}]}").encode(),
+     "document 1: m" + "[0]" * 32 + ": nested more than 32 levels deep"),
+    ("POST", "/documents", ('{"documents": [{"id": "key", "text": "t", "' + "k" * 300 + '": 1}]}').encode(),
+     "document 1: a key of 300 characters; the limit is 200"),
+    ("DELETE", "/documents/a%00b", None, "the document id: contains a NUL character"),
+    ("POST", "/search", json.dumps({"queries": [{"text": q} for q in QUESTIONS[:20]], "k": 600}).encode(),
+     "20 queries x k=600 asks for 12000 results; the limit is 10000 a request"),
+])
+def test_more_bounds_found_by_the_second_review(service, method, path, raw, needle):
+    status, body = request(service["port"], method, path, raw=raw)
+    assert status == 400, (status, body)
+    assert needle in body["error"], body
+
+
+def test_two_host_headers_are_refused(service):
+    answer = exchange(service["port"], "GET /livez HTTP/1.1\r\nHost: evil.example\r\nHost: localhost\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b"is not served here" in answer, answer[:200]
+    for host in ("[::1]evil.example", "localhost:evil", "[localhost]"):
+        status, _ = request(service["port"], "GET", "/livez", headers={"Host": host})
+        assert status == 400, host
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"id": "c1", "text": "hello", "dose": ' + "9" * 5000 + "}", "document.jsonl:2: unreadable JSON (Exceeds the limit"),
+    ('{"id": "c1", "text": "hello", "m": ' + "[" * 3000 + "]" * 3000 + "}", "document.jsonl:2: JSON nested too deep to read"),
+    ('{"id": "c1", "text": "hello", "m": ' + "[" * 40 + "]" * 40 + "}", "nested more than 32 levels deep"),
+])
+def test_add_of_unreadable_json_is_one_line(tmp_path, small_corpus, minilm, line, problem):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    bad = tmp_path / "document.jsonl"
+    bad.write_text('{"id": "fine", "text": "a good line"}\n' + line + "\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["add", str(bad), "--index", str(tmp_path / "idx"), "-q"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert len(result.output.strip().splitlines()) == 1 and problem in result.output, result.output
+
+
+def test_a_line_separator_inside_a_json_string_is_text(tmp_path):
+    from medsearch.corpus import read_corpus
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "one\u2028two"}\n{"id": "b", "text": "three"}\n', encoding="utf-8")
+    assert [(d.id, d.text) for d in read_corpus(corpus)] == [("a", "one\u2028two"), ("b", "three")]
+
+
+def test_writes_close_the_generation_they_read(tmp_path, small_corpus, minilm):
+    """A write's view of the current generation held its SQLite connection until the garbage
+    collector ran: a pruned generation kept its disk space meanwhile."""
+    import gc
+
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    gc.disable()
+    try:
+        for i in range(3):
+            upsert(tmp_path / "idx", [Document(id=f"n{i}", text=f"New document {i} about sprains.")], minilm)
+        open_files = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                open_files.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # the listing's own descriptor, closed by now
+                pass
+    finally:
+        gc.enable()
+    held = [f for f in open_files if str(tmp_path / "idx") in f]
+    assert held == [], held

@@ -24,6 +24,7 @@ they are read (chunked or not); a connection must send its whole request within 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -37,7 +38,7 @@ from typing import Callable, Literal, Union
 import faiss
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -225,12 +226,17 @@ class Service:
                 raise BadInputError(f"filter {i} has {len(text)} characters; the limit is {limits.max_filter_chars}")
         if oversample is not None and k * oversample > limits.max_candidates:
             raise BadInputError(f"k x oversample asks for {k * oversample} candidates; the limit is {limits.max_candidates}")
+        if len(texts) * k > limits.max_results:
+            raise BadInputError(f"{len(texts)} queries x k={k} asks for {len(texts) * k} results; the limit is "
+                                f"{limits.max_results} a request")
 
     async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int, dim: int | None,
                      oversample: int | None, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
-                     fusion: Fusion = FUSION, receive=None) -> list[dict]:
-        """Check, encode (in a shared pass), search and hydrate one request's queries. `receive`: the
-        request's ASGI receive, watched so that a client that leaves is dropped before its pass."""
+                     fusion: Fusion = FUSION, receive=None, one: bool = False) -> bytes:
+        """Check, encode (in a shared pass), search and hydrate one request's queries; the JSON answer
+        (a list of results, or the one result when `one`), encoded on the search thread: a large
+        answer never holds the event loop. `receive`: the request's ASGI receive, watched so that a
+        client that leaves is dropped before its pass."""
         searcher = self.loaded()
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         filters = list(filters or [])
@@ -240,12 +246,13 @@ class Service:
                        fusion=fusion)  # before encoding anything
         vectors, encode_ms = (None, 0.0) if mode == "lexical" else await self._within(
             self.batcher.encode(texts), deadline, receive)
-        results = await self._within(asyncio.get_running_loop().run_in_executor(
-            self.search_pool,
-            partial(searcher.search_encoded, texts, vectors, encode_ms=encode_ms, query_ids=ids, tier=tier, k=k,
-                    dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion),
-        ), deadline, receive)
-        return [result.to_json() for result in results]
+        def run() -> bytes:
+            results = searcher.search_encoded(texts, vectors, encode_ms=encode_ms, query_ids=ids, tier=tier, k=k,
+                                              dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
+            answer = [result.to_json() for result in results]
+            return json_bytes(answer[0] if one else answer)
+
+        return await self._within(asyncio.get_running_loop().run_in_executor(self.search_pool, run), deadline, receive)
 
     async def _within(self, work, deadline: float, receive=None):
         """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
@@ -367,6 +374,11 @@ def public_view(value):
     return value
 
 
+def json_bytes(value) -> bytes:
+    """A JSON answer as Starlette's JSONResponse renders it."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": public_message(message)}, status_code=status, headers=headers)
 
@@ -475,10 +487,10 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         dense_weight: float = Query(FUSION.weight, ge=0, le=1, description="hybrid convex: the dense scores' weight."),
     ):
         """One query: the same JSON as `medsearch query --json`."""
-        (result,) = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample, filters=filter,
-                                         mode=mode, fusion=Fusion(fusion, rrf_k, dense_weight, FUSION.depth),
-                                         receive=request.receive)
-        return JSONResponse(result)
+        answer = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample, filters=filter,
+                                      mode=mode, fusion=Fusion(fusion, rrf_k, dense_weight, FUSION.depth),
+                                      receive=request.receive, one=True)
+        return Response(answer, media_type="application/json")
 
     @app.post("/search", response_model=list[SearchResponse], tags=["search"])
     async def search_post(request: SearchRequest, http: Request):
@@ -487,11 +499,11 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
             raise BadInputError(f"{len(request.queries)} queries in one request; the limit is {settings.max_queries}")
         ids = [str(q.id) if q.id is not None else str(i) for i, q in enumerate(request.queries, start=1)]
         texts = [q.text for q in request.queries]
-        results = await service.search(texts, ids, tier=request.tier, k=request.k, dim=request.dim,
+        answer = await service.search(texts, ids, tier=request.tier, k=request.k, dim=request.dim,
                                        oversample=request.oversample, filters=request.filters, mode=request.mode,
                                        fusion=Fusion(request.fusion, request.rrf_k, request.dense_weight, FUSION.depth),
                                        receive=http.receive)
-        return JSONResponse(results)
+        return Response(answer, media_type="application/json")
 
     @app.get("/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])
     async def document(doc_id: str):
@@ -520,6 +532,7 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
 
         if not settings.writable:
             raise ReadOnly()
+        check_text(doc_id, "the document id")
         searcher = service.loaded()
         return JSONResponse(await service.write(lambda: delete(searcher.index.path, [doc_id])))
 
@@ -559,9 +572,10 @@ class _GuardMiddleware:
         path = scope["path"]
         headers = dict(scope["headers"])
         if self.hosts is not None:
-            host = _host_name(headers.get(b"host", b""))
+            given = [value for name, value in scope["headers"] if name == b"host"]
+            host = _host_name(given[0]) if len(given) == 1 else None  # none, or several: refused (RFC 9112)
             if host not in self.hosts:
-                shown = host.encode("ascii", "backslashreplace").decode()[:100]
+                shown = (host or "").encode("ascii", "backslashreplace").decode()[:100]
                 return await error(400, f"host '{shown}' is not served here (the service's allowed hosts: "
                                         f"{', '.join(sorted(self.hosts))})")(scope, receive, send)
         if self.token and not (path in PUBLIC_PATHS or path.startswith("/static/")) and scope["method"] != "OPTIONS":
@@ -604,12 +618,14 @@ class _GuardMiddleware:
         return await response(scope, receive, send)
 
 
-def _host_name(value: bytes) -> str:
-    """The host part of a Host header, lower-cased: 'localhost:8000' -> 'localhost', '[::1]:80' -> '::1'."""
-    host = value.decode("latin-1").strip().lower()
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+_HOST = re.compile(r"^(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[^\[\]:/@\s]+))(?::\d{1,5})?$")
+
+
+def _host_name(value: bytes) -> str | None:
+    """The host part of a Host header, lower-cased: 'localhost:8000' -> 'localhost', '[::1]:80' -> '::1';
+    None for anything that is not a host with an optional port."""
+    match = _HOST.match(value.decode("latin-1").strip().lower())
+    return None if match is None else match.group("ip6") or match.group("name")
 
 
 # The encoder thread gives up the GIL inside every torch op and must take it back after each one
@@ -630,15 +646,30 @@ def configure_threads(torch_threads: int | None = None, encode_workers: int = 1)
     return threads
 
 
-def read_timeout_protocol(read_timeout: float):
-    """uvicorn's httptools protocol with a read deadline: each request must arrive whole (headers
-    and body) within `read_timeout` seconds of the connection's start or of the previous response's
-    end; a connection still sending then (idle from the start, half a header, half a body) is closed.
-    uvicorn closes idle keep-alive connections itself, but has no such deadline for requests."""
+MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers together (431 past it)
+
+
+def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BYTES):
+    """uvicorn's httptools protocol with the bounds it lacks:
+    - a read deadline: each request must arrive whole (headers and body) within `read_timeout`
+      seconds of the connection's start or of the previous response's end; a connection still
+      sending then (idle from the start, half a header, half a body) is dropped;
+    - a write deadline: a client that stops reading its answer for `read_timeout` seconds is
+      dropped (a graceful close would wait for the unsent answer forever, holding its memory and
+      its connection slot);
+    - a request line and headers of at most `max_head_bytes` (httptools has no limit, and builds a
+      long header value in quadratic time): past it the answer is 431 and the connection closes.
+    uvicorn closes idle keep-alive connections itself."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class ReadTimeoutProtocol(HttpToolsProtocol):
+    too_large = json_bytes({"error": f"request line and headers over {max_head_bytes} bytes"})
+    head_431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: " + str(len(too_large)).encode() + b"\r\n\r\n" + too_large)
+
+    class BoundedProtocol(HttpToolsProtocol):
         _deadline = None
+        _write_deadline = None
+        _head = 0  # bytes of the request head received so far; None once the headers are complete
 
         def _arm(self) -> None:
             if self._deadline is not None:
@@ -650,24 +681,49 @@ def read_timeout_protocol(read_timeout: float):
             cycle = self.cycle
             reading = cycle is None or cycle.response_complete or cycle.more_body
             if reading and not self.transport.is_closing():
-                self.transport.close()
+                self.transport.abort()
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            if self._head is not None:
+                self._head += len(data)
+            super().data_received(data)
+            if self._head is not None and self._head > max_head_bytes and not self.transport.is_closing():
+                self.transport.write(head_431)
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._head = None
+            super().on_headers_complete()
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
+                self._head = 0
                 self._arm()
 
+        def pause_writing(self) -> None:  # the client is not reading what it was sent
+            super().pause_writing()
+            if self._write_deadline is None:
+                self._write_deadline = self.loop.call_later(read_timeout, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            if self._write_deadline is not None:
+                self._write_deadline.cancel()
+                self._write_deadline = None
+            super().resume_writing()
+
         def connection_lost(self, exc) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
+            for timer in (self._deadline, self._write_deadline):
+                if timer is not None:
+                    timer.cancel()
+            self._deadline = self._write_deadline = None
             super().connection_lost(exc)
 
-    return ReadTimeoutProtocol
+    return BoundedProtocol
 
 
 def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,

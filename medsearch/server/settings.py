@@ -38,6 +38,7 @@ class ServerSettings:
     max_filters: int = 64
     max_filter_chars: int = 500
     max_candidates: int = 100_000
+    max_results: int = 10_000  # queries x k in one request (each hit is ~0.7 KB of JSON)
     # Load: requests waiting for the encoder (503 + Retry-After past it), the longest a search may
     # wait and run, connections at once (uvicorn answers 503 past it), and how long a client may take
     # to send a whole request (headers and body) or keep an idle connection open.
@@ -52,7 +53,7 @@ class ServerSettings:
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
-                     "max_filter_chars", "max_candidates", "max_pending", "max_connections"):
+                     "max_filter_chars", "max_candidates", "max_results", "max_pending", "max_connections"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s"):
