@@ -575,9 +575,13 @@ class _GuardMiddleware:
             given = [value for name, value in scope["headers"] if name == b"host"]
             host = _host_name(given[0]) if len(given) == 1 else None  # none, or several: refused (RFC 9112)
             if host not in self.hosts:
-                shown = (host or "").encode("ascii", "backslashreplace").decode()[:100]
-                return await error(400, f"host '{shown}' is not served here (the service's allowed hosts: "
-                                        f"{', '.join(sorted(self.hosts))})")(scope, receive, send)
+                allowed = ", ".join(sorted(self.hosts))
+                if len(given) != 1:
+                    message = f"one Host header is required, {len(given)} were sent"
+                else:
+                    shown = (host or given[0].decode("latin-1")).encode("ascii", "backslashreplace").decode()[:100]
+                    message = f"host '{shown}' is not served here"
+                return await error(400, f"{message} (the service's allowed hosts: {allowed})")(scope, receive, send)
         if self.token and not (path in PUBLIC_PATHS or path.startswith("/static/")) and scope["method"] != "OPTIONS":
             given = headers.get(b"authorization", b"")
             scheme, _, value = given.partition(b" ")
@@ -649,16 +653,20 @@ def configure_threads(torch_threads: int | None = None, encode_workers: int = 1)
 MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers together (431 past it)
 
 
-def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BYTES):
+def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BYTES,
+                          max_body_bytes: int = ServerSettings.max_body_bytes):
     """uvicorn's httptools protocol with the bounds it lacks:
     - a read deadline: each request must arrive whole (headers and body) within `read_timeout`
       seconds of the connection's start or of the previous response's end; a connection still
       sending then (idle from the start, half a header, half a body) is dropped;
-    - a write deadline: a client that stops reading its answer for `read_timeout` seconds is
+    - a write deadline: a client that reads nothing of its answer for `read_timeout` seconds is
       dropped (a graceful close would wait for the unsent answer forever, holding its memory and
-      its connection slot);
+      its connection slot); a slow reader that makes progress is not;
     - a request line and headers of at most `max_head_bytes` (httptools has no limit, and builds a
-      long header value in quadratic time): past it the answer is 431 and the connection closes.
+      long header value in quadratic time): past it the answer is 431 and the connection closes;
+    - no trailers after a chunked body (they would be headers past the cap), and at most
+      8 x `max_body_bytes` raw bytes a request (a 1-byte-chunked body at the limit takes ~6x):
+      past either the connection is dropped.
     uvicorn closes idle keep-alive connections itself."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -666,10 +674,14 @@ def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BY
     head_431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                 b"connection: close\r\ncontent-length: " + str(len(too_large)).encode() + b"\r\n\r\n" + too_large)
 
+    max_request_bytes = max_head_bytes + 8 * max_body_bytes
+
     class BoundedProtocol(HttpToolsProtocol):
         _deadline = None
         _write_deadline = None
+        _unsent = 0  # bytes waiting to be sent when the write deadline was armed
         _head = 0  # bytes of the request head received so far; None once the headers are complete
+        _raw = 0  # bytes of the request received so far, head and body
 
         def _arm(self) -> None:
             if self._deadline is not None:
@@ -690,25 +702,53 @@ def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BY
         def data_received(self, data: bytes) -> None:
             if self._head is not None:
                 self._head += len(data)
+            self._raw += len(data)
             super().data_received(data)
-            if self._head is not None and self._head > max_head_bytes and not self.transport.is_closing():
+            if self.transport.is_closing():
+                return
+            if self._head is not None and self._head > max_head_bytes:
                 self.transport.write(head_431)
                 self.transport.close()
+            elif self._raw > max_request_bytes:
+                self.transport.abort()
+
+        def on_message_begin(self) -> None:
+            self._head = self._raw = 0
+            super().on_message_begin()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if self._head is None:  # a trailer after a chunked body
+                self.transport.abort()
+                return
+            super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._head = None
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            self._raw = 0
+            super().on_message_complete()
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
-                self._head = 0
                 self._arm()
 
         def pause_writing(self) -> None:  # the client is not reading what it was sent
             super().pause_writing()
             if self._write_deadline is None:
-                self._write_deadline = self.loop.call_later(read_timeout, self.transport.abort)
+                self._unsent = self.transport.get_write_buffer_size()
+                self._write_deadline = self.loop.call_later(read_timeout, self._write_expired)
+
+        def _write_expired(self) -> None:
+            unsent = self.transport.get_write_buffer_size()
+            if unsent < self._unsent:  # the client reads, slowly: another period
+                self._unsent = unsent
+                self._write_deadline = self.loop.call_later(read_timeout, self._write_expired)
+            else:
+                self._write_deadline = None
+                self.transport.abort()
 
         def resume_writing(self) -> None:
             if self._write_deadline is not None:
@@ -753,7 +793,8 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
 
     app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime), settings, on_load_error=stop_on_error)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                            access_log=log_level == "debug", http=read_timeout_protocol(settings.read_timeout_s),
+                            access_log=log_level == "debug",
+                            http=read_timeout_protocol(settings.read_timeout_s, max_body_bytes=settings.max_body_bytes),
                             limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s)
     server = uvicorn.Server(config)
     try:
