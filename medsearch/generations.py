@@ -105,20 +105,18 @@ def _drop_failed_switches(root: Path, committed: Path | None) -> None:
             _remove(path)
 
 
-def prune(root: Path, keep_seconds: float | None = None) -> None:
-    """Remove temporary folders of killed writers, folders a failed switch left, and generations no
-    reader should still need: not current, not the one before it, and retired over `keep_seconds`
-    (default KEEP_SECONDS) ago. Call it with the writer lock held."""
-    keep_seconds = KEEP_SECONDS if keep_seconds is None else keep_seconds
+def prune(root: Path) -> None:
+    """Remove temporary folders of killed writers and generations no reader should still need: not
+    current, not the one before it, and retired over KEEP_SECONDS ago. `commit` calls it, with the
+    writer lock held, after it has dropped the folders of failed switches."""
     now = time.time()
     committed = current(root)
     newest = number(committed) if committed else 0
-    _drop_failed_switches(root, committed)
     retired = sorted((p for p in root.glob("gen-*") if p.is_dir() and number(p) < newest), key=number)
     for path in root.iterdir():
         if path.name.startswith(".tmp-") or path.name.startswith(f".{POINTER}.tmp-"):
             _remove(path)
-        elif path in retired[:-1] and now - path.stat().st_mtime > keep_seconds:
+        elif path in retired[:-1] and now - path.stat().st_mtime > KEEP_SECONDS:
             _remove(path)
 
 

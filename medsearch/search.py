@@ -238,35 +238,30 @@ class Searcher:
         """Search and hydrate queries already encoded (`vectors`, one row per query, None in lexical
         mode; the service encodes concurrent requests together). `encode_ms` is reported as each
         query's encoding time."""
-        with self.pinned() as index:
-            return self._search_encoded(index, queries, vectors, encode_ms, query_ids, tier, k, dim, oversample,
-                                        filters, mode, fusion)
-
-    def _search_encoded(self, index: Index, queries, vectors, encode_ms, query_ids, tier, k, dim, oversample, filters,
-                        mode, fusion) -> list[QueryResult]:
-        ranked, timings = self.retrieve(queries, vectors, mode=mode, fusion=fusion, tier=tier, k=k, dim=dim,
-                                        oversample=oversample, filters=filters, index=index)
-        per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
-        results = []
-        for i, hits in enumerate(ranked):
-            found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
-            docs = []
-            for row, score, found_by in hits:
-                info = found[row]
-                docs.append(
-                    Hit(
-                        id=info["id"],
-                        score=float(score),
-                        title=info["title"],
-                        snippet=snippet(info["highlight"] or info["chunk"]),
-                        url=info["url"],
-                        source=info["source"],
-                        chunk=info["position"],
-                        metadata=info["metadata"],
-                        found_by=found_by,
+        with self.pinned() as index:  # one generation for the whole request, kept open until hydrated
+            ranked, timings = self.retrieve(queries, vectors, mode=mode, fusion=fusion, tier=tier, k=k, dim=dim,
+                                            oversample=oversample, filters=filters, index=index)
+            per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
+            results = []
+            for i, hits in enumerate(ranked):
+                found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
+                docs = []
+                for row, score, found_by in hits:
+                    info = found[row]
+                    docs.append(
+                        Hit(
+                            id=info["id"],
+                            score=float(score),
+                            title=info["title"],
+                            snippet=snippet(info["highlight"] or info["chunk"]),
+                            url=info["url"],
+                            source=info["source"],
+                            chunk=info["position"],
+                            metadata=info["metadata"],
+                            found_by=found_by,
+                        )
                     )
-                )
-            results.append(QueryResult(queries[i], docs, dict(per_query), query_ids[i] if query_ids else None))
+                results.append(QueryResult(queries[i], docs, dict(per_query), query_ids[i] if query_ids else None))
         return results
 
     def retrieve(

@@ -314,14 +314,12 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         _compact_current(root, report)
 
 
-def retry_pending_delete(index: Index) -> bool:
+def retry_pending_delete(index: Index) -> None:
     """Delete the points that the write of `index`'s generation had to delete after its switch (again:
-    deleting is idempotent, and a failed delete is only retried this way). Whether there were any."""
+    deleting is idempotent, and a failed delete is only retried this way)."""
     pending = index.manifest.get(PENDING_DELETE)
-    if index.backend_name != "qdrant" or not pending:
-        return False
-    index.qdrant.delete_documents(pending["ids"], below_row=pending["below_row"])
-    return True
+    if index.backend_name == "qdrant" and pending:
+        index.qdrant.delete_documents(pending["ids"], below_row=pending["below_row"])
 
 
 def _recalibrate(folder: Path, manifest: dict, base: Index, target: float, tiers: dict[int, FaissTier],

@@ -211,10 +211,9 @@ class Service:
         """The service's bounds and text checks on one request, before anything is encoded."""
         limits = self.settings
         for i, text in enumerate(texts):
-            where = f"query {i + 1}" if ids else "the query"
             if ids:
-                check_text(ids[i], f"the id of query {i + 1}")
-                where = f"query {ids[i]}"
+                check_text(ids[i], f"the id of query {i + 1}")  # before the id names the query below
+            where = f"query {ids[i]}" if ids else "the query"
             check_text(text, where)
             if len(text) > limits.max_query_chars:
                 raise BadInputError(f"{where} has {len(text)} characters; the limit is {limits.max_query_chars}")
