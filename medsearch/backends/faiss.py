@@ -29,6 +29,12 @@ FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
 BINARY_FACTORIES = {"flat": "BFlat"}  # an exact scan: it beat BHNSW32 at 1M (bench/binary_index.py)
 
 
+def limit_threads(threads: int) -> None:
+    """faiss's OpenMP threads for the calling thread's searches (a service's search threads use 1:
+    its concurrency comes from the threads, not from OpenMP inside one search)."""
+    faiss.omp_set_num_threads(threads)
+
+
 class Allowed:
     """The rows a search may return, as a faiss IDSelectorBitmap (it keeps the bitmap alive)."""
 
