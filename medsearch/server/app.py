@@ -4,10 +4,14 @@
     create_app(lambda: Searcher.open(dir))   # `medsearch serve`: loads in the background,
                                              # /livez answers at once, /readyz once loaded
 
-Model and index load once. CPU work runs off the event loop: query encoding on one encoder
-thread (torch uses its own intra-op threads there), concurrent queries encoded together by the
-micro-batcher; search and hydration on a small pool of search threads, each running faiss with
-one OpenMP thread, so torch and faiss never ask for more threads than the machine has.
+This module wires the app: the service's state (service.py), the routers by domain (routes/:
+search, documents, info and probes, the page), the guard middleware (Host, token, body size), the
+exception handlers, and `serve` (uvicorn with the bounds its protocol lacks). The request and
+response models are in models.py, the error body and JSON rendering in responses.py.
+
+Model and index load once. CPU work runs off the event loop (service.py): query encoding on one
+encoder thread, concurrent queries encoded together by the micro-batcher; search and hydration on
+a small pool of search threads, each running faiss with one OpenMP thread.
 
 Every error is JSON `{"error": "..."}`: 400 bad input, 401 missing or wrong token, 404 unknown
 document or route, 409 model/index mismatch or a write in progress, 413 body too large, 503 still
@@ -23,318 +27,33 @@ they are read (chunked or not); a connection must send its whole request within 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 import secrets
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from importlib.resources import files
-from typing import Callable, Literal, Union
+from typing import Callable
 
-import faiss
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medsearch import __version__
 from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MismatchError, NotFoundError
 from medsearch.generations import IndexLockedError
-from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
-from medsearch.index import TIERS
-from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, Searcher
-from medsearch.server.batching import MicroBatcher, Overloaded
+from medsearch.search import Searcher
+from medsearch.server.models import ERRORS
+from medsearch.server.responses import error, json_bytes
+from medsearch.server.routes import documents, info, page, search
+from medsearch.server.service import ClientGone, ReadOnly, Service, ServiceBusy, ServiceLoading
 from medsearch.server.settings import ServerSettings, allowed_hosts, available_cores, is_loopback
-from medsearch.validation import check_text
-from medsearch.updates import WriteReport
+from medsearch.version import __version__
 
 log = logging.getLogger("medsearch.server")
-STATIC = files("medsearch.server") / "static"
-MAX_K = 1000
-MAX_OVERSAMPLE = 1000
 PUBLIC_PATHS = ("/livez", "/readyz", "/", "/favicon.ico")  # and /static/: the page holds no data
-Tier = Literal["fast", "light", "standard", "deep"]
-Mode = Literal["dense", "lexical", "hybrid"]
-Method = Literal["rrf", "convex"]
-assert set(Tier.__args__) == set(TIERS) and set(Mode.__args__) == set(MODES) and set(Method.__args__) == set(METHODS)
-FUSION = Fusion()
-MODE_HELP = "dense: the tier's vectors; lexical: BM25 over the same chunks; hybrid: both lists fused."
 
 
-# ---- request and response models (the OpenAPI schema at /openapi.json) ----
-
-class QueryIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: Union[str, int, None] = Field(None, description="Returned as query_id; default: the query's position, from 1.")
-    text: str = Field(..., description="The query text.")
-
-
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    queries: list[QueryIn] = Field(..., min_length=1, description="Queries, encoded together in one pass.")
-    tier: Tier = DEFAULT_TIER
-    k: int = Field(10, ge=1, le=MAX_K, description="Documents per query.")
-    dim: int | None = Field(None, description="Search this stored prefix dim instead of the tier's.")
-    oversample: int | None = Field(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample [default: the count the index measured for its recall target].")
-    filters: list[str] = Field([], description="field=value, field!=value, field>=number, field<=number; ANDed.")
-    mode: Mode = Field(DEFAULT_MODE, description=MODE_HELP)
-    fusion: Method = Field(FUSION.method, description="hybrid: reciprocal rank fusion or a convex combination of normalised scores.")
-    rrf_k: int = Field(FUSION.rrf_k, ge=0, le=10_000, description="hybrid rrf: each list adds 1 / (rrf_k + rank).")
-    dense_weight: float = Field(FUSION.weight, ge=0, le=1, description="hybrid convex: the dense scores' weight.")
-
-
-class DocumentsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    documents: list[dict] = Field(..., min_length=1, description="Documents to add or replace: id, text (required), title, url, source, any metadata field.")
-
-
-class WriteOut(BaseModel):
-    added: int
-    updated: int
-    unchanged: int
-    deleted: int
-    compacted: bool
-    generation: int | None = Field(None, description="The new generation, or null when nothing changed.")
-    documents: int
-
-
-class HitOut(BaseModel):
-    id: str
-    score: float
-    title: str
-    snippet: str
-    url: str
-    source: str
-    metadata: dict
-    found_by: dict[str, int] = Field(..., description="Each list that found the hit (dense, lexical) and its rank there.")
-
-
-class SearchResponse(BaseModel):
-    query_id: str | None = Field(None, description="POST only: the request's id for this query.")
-    query: str
-    results: list[HitOut]
-    timings_ms: dict[str, float] = Field(..., description="encode (the shared encoder pass), search, rerank, lexical, fuse.")
-
-
-class DocumentOut(BaseModel):
-    id: str
-    title: str
-    text: str
-    url: str
-    source: str
-    metadata: dict
-
-
-class ErrorOut(BaseModel):
-    error: str
-
-
-ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 503)}
-
-
-# ---- the service's state ----
-
-class Service:
-    """The loaded searcher, its threads and its batcher; `searcher` is None until loaded."""
-
-    def __init__(self, source: Searcher | Callable[[], Searcher], settings: ServerSettings):
-        self.settings = settings
-        self.searcher: Searcher | None = source if isinstance(source, Searcher) else None
-        self._load = None if isinstance(source, Searcher) else source
-        self.load_error: MedsearchError | None = None
-        threads = settings.search_threads or available_cores()
-        self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
-        self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
-                                              initializer=faiss.omp_set_num_threads, initargs=(1,))
-        # Writes (chunking, encoding, building a generation) and loading the generation they commit
-        # run here: never on the event loop, never taking a search thread.
-        self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write",
-                                             initializer=faiss.omp_set_num_threads, initargs=(1,))
-        self.batcher: MicroBatcher | None = None
-        self.ready = asyncio.Event()
-        self._write_lock = asyncio.Lock()
-
-    async def start(self, on_load_error: Callable[[MedsearchError], None] | None) -> None:
-        if self.searcher is not None:
-            await self._finish_loading()
-            return
-
-        async def load() -> None:
-            try:
-                self.searcher = await asyncio.get_running_loop().run_in_executor(self.encode_pool, self._load)
-                await self._finish_loading()
-            except MedsearchError as err:
-                self.load_error = err
-                log.error("cannot serve: %s", err)
-                if on_load_error:
-                    on_load_error(err)
-
-        self._loading = asyncio.create_task(load())
-
-    async def _finish_loading(self) -> None:
-        searcher = self.searcher
-        if self.settings.warm_up:  # load every tier's index, the vector map and the model's first pass
-            await asyncio.get_running_loop().run_in_executor(self.encode_pool, _warm_up, searcher)
-        self.batcher = MicroBatcher(
-            searcher.encoder.encode_queries, self.encode_pool, enabled=self.settings.batching,
-            max_wait_ms=self.settings.batch_wait_ms, max_batch=self.settings.max_batch,
-            workers=self.settings.workers, max_pending=self.settings.max_pending,
-        )
-        await self.batcher.start()
-        self.ready.set()
-        log.info("ready: %s (%d documents)", searcher.index.path.name, searcher.index.manifest["documents"])
-
-    async def stop(self) -> None:
-        loading = getattr(self, "_loading", None)
-        if loading is not None and not loading.done():
-            loading.cancel()
-        if self.batcher is not None:
-            await self.batcher.stop()
-        for pool in (self.encode_pool, self.search_pool, self.write_pool):
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def loaded(self) -> Searcher:
-        if self.load_error is not None:
-            raise self.load_error
-        if not self.ready.is_set():
-            raise ServiceLoading()
-        return self.searcher
-
-    def check_request(self, texts: list[str], ids: list[str] | None, k: int, oversample: int | None,
-                      filters: list[str]) -> None:
-        """The service's bounds and text checks on one request, before anything is encoded."""
-        limits = self.settings
-        for i, text in enumerate(texts):
-            if ids:
-                check_text(ids[i], f"the id of query {i + 1}")  # before the id names the query below
-            where = f"query {ids[i]}" if ids else "the query"
-            check_text(text, where)
-            if len(text) > limits.max_query_chars:
-                raise BadInputError(f"{where} has {len(text)} characters; the limit is {limits.max_query_chars}")
-        if len(filters) > limits.max_filters:
-            raise BadInputError(f"{len(filters)} filters; the limit is {limits.max_filters}")
-        for i, text in enumerate(filters, start=1):
-            check_text(text, f"filter {i}")
-            if len(text) > limits.max_filter_chars:
-                raise BadInputError(f"filter {i} has {len(text)} characters; the limit is {limits.max_filter_chars}")
-        if oversample is not None and k * oversample > limits.max_candidates:
-            raise BadInputError(f"k x oversample asks for {k * oversample} candidates; the limit is {limits.max_candidates}")
-        if len(texts) * k > limits.max_results:
-            raise BadInputError(f"{len(texts)} queries x k={k} asks for {len(texts) * k} results; the limit is "
-                                f"{limits.max_results} a request")
-
-    async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int, dim: int | None,
-                     oversample: int | None, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
-                     fusion: Fusion = FUSION, receive=None, one: bool = False) -> bytes:
-        """Check, encode (in a shared pass), search and hydrate one request's queries; the JSON answer
-        (a list of results, or the one result when `one`), encoded on the search thread: a large
-        answer never holds the event loop. `receive`: the request's ASGI receive, watched so that a
-        client that leaves is dropped before its pass."""
-        searcher = self.loaded()
-        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
-        filters = list(filters or [])
-        self.check_request(texts, ids, k, oversample, filters)
-        searcher.check_queries(texts, ids)
-        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode,
-                       fusion=fusion)  # before encoding anything
-        vectors, encode_ms = (None, 0.0) if mode == "lexical" else await self._within(
-            self.batcher.encode(texts), deadline, receive)
-        def run() -> bytes:
-            results = searcher.search_encoded(texts, vectors, encode_ms=encode_ms, query_ids=ids, tier=tier, k=k,
-                                              dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
-            answer = [result.to_json() for result in results]
-            return json_bytes(answer[0] if one else answer)
-
-        return await self._within(asyncio.get_running_loop().run_in_executor(self.search_pool, run), deadline, receive)
-
-    async def _within(self, work, deadline: float, receive=None):
-        """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
-        (ClientGone); either way `work` is cancelled (a query still waiting for the encoder leaves the
-        queue; a search already running on its thread finishes there, unanswered)."""
-        task = asyncio.ensure_future(work)
-        watch = {task}
-        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
-        if gone is not None:
-            watch.add(gone)
-        try:
-            left = max(0.0, deadline - asyncio.get_running_loop().time())
-            done, _ = await asyncio.wait(watch, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pending in watch:
-                if not pending.done():
-                    pending.cancel()
-        if task in done:
-            try:
-                return task.result()
-            except Overloaded as err:
-                raise ServiceBusy(f"the service is at capacity ({err}); try again in a moment") from None
-        if gone is not None and gone in done:
-            raise ClientGone()
-        raise ServiceBusy(f"the search took longer than the service's limit of {self.settings.request_timeout_s:g} s; "
-                          "try again in a moment")
-
-    async def document(self, doc_id: str) -> dict:
-        searcher = self.loaded()
-        check_text(doc_id, "the document id")
-
-        def read() -> dict:
-            with searcher.pinned() as index:
-                return index.store.document(doc_id)
-
-        return await asyncio.get_running_loop().run_in_executor(self.search_pool, read)
-
-    async def write(self, operation: Callable[[], "WriteReport"]) -> dict:
-        """Run one write (upsert or delete) on the write thread, one at a time, then load the new
-        generation there too (searches go on with the old one until it is loaded); the next query sees it."""
-        searcher = self.loaded()
-        loop = asyncio.get_running_loop()
-        async with self._write_lock:
-            report = await loop.run_in_executor(self.write_pool, operation)
-            await loop.run_in_executor(self.write_pool, searcher.current)
-        return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
-                "deleted": report.deleted, "compacted": report.compacted, "generation": report.generation,
-                "documents": report.manifest.get("documents", 0)}
-
-
-class ReadOnly(MedsearchError):
-    def __init__(self):
-        super().__init__("this service is read-only: start it with --writable to add or delete documents")
-
-
-class ServiceLoading(MedsearchError):
-    def __init__(self):
-        super().__init__("the model and index are still loading; try again in a few seconds")
-
-
-class ServiceBusy(MedsearchError):
-    """Too many requests waiting, or one past its deadline: 503 with Retry-After."""
-
-
-class ClientGone(MedsearchError):
-    def __init__(self):
-        super().__init__("the client closed the connection")
-
-
-async def _disconnected(receive) -> None:
-    """Return once the client has gone (the request body, if any, was read before)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-def _warm_up(searcher: Searcher) -> None:
-    for tier in TIERS:
-        searcher.search(["warm-up query"], tier=tier, k=10)
-    if "lexical" in searcher.index.manifest:
-        searcher.search(["warm-up query"], mode="hybrid", k=10)
-
-
-# ---- errors: one JSON shape for all of them ----
+# ---- errors: one JSON shape for all of them (responses.py) ----
 
 def _status(err: MedsearchError) -> int:
     if isinstance(err, (ServiceLoading, BackendUnavailableError, ServiceBusy)):
@@ -348,38 +67,6 @@ def _status(err: MedsearchError) -> int:
     if isinstance(err, MismatchError):
         return 409
     return 400
-
-
-# An absolute path in a message (index folders, model folders, files): only its last part is shown
-_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s/'"]+/)+([^\s/'";,)]+)""")
-
-
-def public_message(message: str) -> str:
-    """A message fit for any client: absolute paths cut to their last part, no process ids, and
-    text that can be encoded (a lone surrogate echoed from a request is escaped)."""
-    message = _ABSOLUTE_PATH.sub(r"\1", message)
-    message = re.sub(r"\bpid \d+", "another process", message)
-    return message.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def public_view(value):
-    """A JSON value with `public_message` applied to every string (the /info view of a manifest)."""
-    if isinstance(value, str):
-        return public_message(value)
-    if isinstance(value, dict):
-        return {key: public_view(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [public_view(item) for item in value]
-    return value
-
-
-def json_bytes(value) -> bytes:
-    """A JSON answer as Starlette's JSONResponse renders it."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-
-
-def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": public_message(message)}, status_code=status, headers=headers)
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -419,7 +106,7 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         title="medsearch", version=__version__, lifespan=lifespan, responses=ERRORS,
         description="Semantic search over medical documents: tiered Matryoshka indexes, a fast funnel tier.",
     )
-    app.state.service = service
+    app.state.service = service  # what the routes' ServiceDep dependency reads
     app.add_middleware(_GuardMiddleware, token=settings.token, max_body_bytes=settings.max_body_bytes,
                        hosts=settings.allowed_hosts)
     if settings.cors_origin:
@@ -449,104 +136,11 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error(500, "internal error (the server log has the details)")
 
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
-
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-
-    @app.get("/livez", tags=["probes"])
-    async def livez():
-        """The process is up (the model may still be loading)."""
-        return {"status": "alive"}
-
-    @app.get("/readyz", tags=["probes"], responses={503: {"model": ErrorOut}})
-    async def readyz():
-        """Ready once the model and index are loaded and warm: 200, else 503."""
-        if service.load_error is not None:
-            return error(503, f"cannot serve: {service.load_error}")
-        if not service.ready.is_set():
-            return error(503, "loading the model and index")
-        manifest = service.searcher.index.manifest
-        return {"status": "ready", "index": service.searcher.index.path.name, "documents": manifest["documents"],
-                "model": public_message(manifest["model"]["name"])}
-
-    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["search"])
-    async def search_get(
-        request: Request,
-        q: str = Query(..., description="The query text."),
-        tier: Tier = DEFAULT_TIER,
-        k: int = Query(10, ge=1, le=MAX_K, description="Documents to return."),
-        dim: int | None = Query(None, description="Search this stored prefix dim instead of the tier's."),
-        oversample: int | None = Query(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample [default: the count the index measured for its recall target]."),
-        filter: list[str] = Query([], description="field=value, field!=value, field>=number or field<=number; repeat to AND them."),  # noqa: A002
-        mode: Mode = Query(DEFAULT_MODE, description=MODE_HELP),
-        fusion: Method = Query(FUSION.method, description="hybrid: reciprocal rank fusion or a convex combination of normalised scores."),
-        rrf_k: int = Query(FUSION.rrf_k, ge=0, le=10_000, description="hybrid rrf: each list adds 1 / (rrf_k + rank)."),
-        dense_weight: float = Query(FUSION.weight, ge=0, le=1, description="hybrid convex: the dense scores' weight."),
-    ):
-        """One query: the same JSON as `medsearch query --json`."""
-        answer = await service.search([q], None, tier=tier, k=k, dim=dim, oversample=oversample, filters=filter,
-                                      mode=mode, fusion=Fusion(fusion, rrf_k, dense_weight, FUSION.depth),
-                                      receive=request.receive, one=True)
-        return Response(answer, media_type="application/json")
-
-    @app.post("/search", response_model=list[SearchResponse], tags=["search"])
-    async def search_post(request: SearchRequest, http: Request):
-        """A batch of queries, encoded together: one object per query, in order (as `medsearch query --queries F --json`)."""
-        if len(request.queries) > settings.max_queries:
-            raise BadInputError(f"{len(request.queries)} queries in one request; the limit is {settings.max_queries}")
-        ids = [str(q.id) if q.id is not None else str(i) for i, q in enumerate(request.queries, start=1)]
-        texts = [q.text for q in request.queries]
-        answer = await service.search(texts, ids, tier=request.tier, k=request.k, dim=request.dim,
-                                       oversample=request.oversample, filters=request.filters, mode=request.mode,
-                                       fusion=Fusion(request.fusion, request.rrf_k, request.dense_weight, FUSION.depth),
-                                       receive=http.receive)
-        return Response(answer, media_type="application/json")
-
-    @app.get("/documents/{doc_id:path}", response_model=DocumentOut, tags=["documents"])
-    async def document(doc_id: str):
-        """The whole document: title, text, url, source, metadata."""
-        return JSONResponse(await service.document(doc_id))
-
-    @app.post("/documents", response_model=WriteOut, tags=["documents"], responses={403: {"model": ErrorOut}})
-    async def add_documents(request: DocumentsIn):
-        """Add or replace documents by id (`--writable` only): unchanged ones cost nothing, changed ones
-        are re-encoded. Searches see the write as soon as this returns."""
-        from medsearch.corpus import documents_from_records
-        from medsearch.updates import upsert
-
-        if not settings.writable:
-            raise ReadOnly()
-        if len(request.documents) > settings.max_documents:
-            raise BadInputError(f"{len(request.documents)} documents in one request; the limit is {settings.max_documents}")
-        documents = documents_from_records(request.documents)
-        searcher = service.loaded()
-        return JSONResponse(await service.write(lambda: upsert(searcher.index.path, documents, searcher.encoder)))
-
-    @app.delete("/documents/{doc_id:path}", response_model=WriteOut, tags=["documents"], responses={403: {"model": ErrorOut}})
-    async def delete_document(doc_id: str):
-        """Delete a document from every tier (`--writable` only)."""
-        from medsearch.updates import delete
-
-        if not settings.writable:
-            raise ReadOnly()
-        check_text(doc_id, "the document id")
-        searcher = service.loaded()
-        return JSONResponse(await service.write(lambda: delete(searcher.index.path, [doc_id])))
-
-    @app.get("/info", tags=["index"])
-    async def info():
-        """The index's manifest (model, dims, tiers, index types, counts) and its files' sizes."""
-        searcher = service.loaded()
-
-        def read() -> dict:
-            with searcher.pinned() as index:
-                return {**index.manifest, "live_chunks": index.chunks - index.manifest["dead_chunks"],
-                        "generation": index.generation, "files": index.files()}
-
-        return public_view(await asyncio.get_running_loop().run_in_executor(service.search_pool, read))
-
+    app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
+    app.include_router(info.router)
+    app.include_router(search.router)
+    app.include_router(documents.router)
     return app
 
 

@@ -1,0 +1,233 @@
+"""The service's state: the loaded searcher, its threads and its micro-batcher, shared by every
+request. Handlers reach it through the `ServiceDep` dependency (`request.app.state.service`).
+
+CPU work runs off the event loop: query encoding on one encoder thread (torch uses its own
+intra-op threads there), concurrent queries encoded together by the micro-batcher; search and
+hydration on a small pool of search threads, each running faiss with one OpenMP thread, so torch
+and faiss never ask for more threads than the machine has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Callable
+
+from fastapi import Depends, Request
+
+from medsearch.backends.faiss import limit_threads
+from medsearch.errors import BadInputError, MedsearchError
+from medsearch.fusion import DEFAULT_MODE, Fusion
+from medsearch.index import TIERS
+from medsearch.search import Searcher
+from medsearch.server.batching import MicroBatcher, Overloaded
+from medsearch.server.models import FUSION
+from medsearch.server.responses import json_bytes
+from medsearch.server.settings import ServerSettings, available_cores
+from medsearch.updates import WriteReport
+from medsearch.validation import check_text
+
+log = logging.getLogger("medsearch.server")
+
+
+class Service:
+    """The loaded searcher, its threads and its batcher; `searcher` is None until loaded."""
+
+    def __init__(self, source: Searcher | Callable[[], Searcher], settings: ServerSettings):
+        self.settings = settings
+        self.searcher: Searcher | None = source if isinstance(source, Searcher) else None
+        self._load = None if isinstance(source, Searcher) else source
+        self.load_error: MedsearchError | None = None
+        threads = settings.search_threads or available_cores()
+        self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
+        self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
+                                              initializer=limit_threads, initargs=(1,))
+        # Writes (chunking, encoding, building a generation) and loading the generation they commit
+        # run here: never on the event loop, never taking a search thread.
+        self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write",
+                                             initializer=limit_threads, initargs=(1,))
+        self.batcher: MicroBatcher | None = None
+        self.ready = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+
+    async def start(self, on_load_error: Callable[[MedsearchError], None] | None) -> None:
+        if self.searcher is not None:
+            await self._finish_loading()
+            return
+
+        async def load() -> None:
+            try:
+                self.searcher = await asyncio.get_running_loop().run_in_executor(self.encode_pool, self._load)
+                await self._finish_loading()
+            except MedsearchError as err:
+                self.load_error = err
+                log.error("cannot serve: %s", err)
+                if on_load_error:
+                    on_load_error(err)
+
+        self._loading = asyncio.create_task(load())
+
+    async def _finish_loading(self) -> None:
+        searcher = self.searcher
+        if self.settings.warm_up:  # load every tier's index, the vector map and the model's first pass
+            await asyncio.get_running_loop().run_in_executor(self.encode_pool, _warm_up, searcher)
+        self.batcher = MicroBatcher(
+            searcher.encoder.encode_queries, self.encode_pool, enabled=self.settings.batching,
+            max_wait_ms=self.settings.batch_wait_ms, max_batch=self.settings.max_batch,
+            workers=self.settings.workers, max_pending=self.settings.max_pending,
+        )
+        await self.batcher.start()
+        self.ready.set()
+        log.info("ready: %s (%d documents)", searcher.index.path.name, searcher.index.manifest["documents"])
+
+    async def stop(self) -> None:
+        loading = getattr(self, "_loading", None)
+        if loading is not None and not loading.done():
+            loading.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        for pool in (self.encode_pool, self.search_pool, self.write_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def loaded(self) -> Searcher:
+        if self.load_error is not None:
+            raise self.load_error
+        if not self.ready.is_set():
+            raise ServiceLoading()
+        return self.searcher
+
+    def check_request(self, texts: list[str], ids: list[str] | None, k: int, oversample: int | None,
+                      filters: list[str]) -> None:
+        """The service's bounds and text checks on one request, before anything is encoded."""
+        limits = self.settings
+        for i, text in enumerate(texts):
+            if ids:
+                check_text(ids[i], f"the id of query {i + 1}")  # before the id names the query below
+            where = f"query {ids[i]}" if ids else "the query"
+            check_text(text, where)
+            if len(text) > limits.max_query_chars:
+                raise BadInputError(f"{where} has {len(text)} characters; the limit is {limits.max_query_chars}")
+        if len(filters) > limits.max_filters:
+            raise BadInputError(f"{len(filters)} filters; the limit is {limits.max_filters}")
+        for i, text in enumerate(filters, start=1):
+            check_text(text, f"filter {i}")
+            if len(text) > limits.max_filter_chars:
+                raise BadInputError(f"filter {i} has {len(text)} characters; the limit is {limits.max_filter_chars}")
+        if oversample is not None and k * oversample > limits.max_candidates:
+            raise BadInputError(f"k x oversample asks for {k * oversample} candidates; the limit is {limits.max_candidates}")
+        if len(texts) * k > limits.max_results:
+            raise BadInputError(f"{len(texts)} queries x k={k} asks for {len(texts) * k} results; the limit is "
+                                f"{limits.max_results} a request")
+
+    async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int, dim: int | None,
+                     oversample: int | None, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
+                     fusion: Fusion = FUSION, receive=None, one: bool = False) -> bytes:
+        """Check, encode (in a shared pass), search and hydrate one request's queries; the JSON answer
+        (a list of results, or the one result when `one`), encoded on the search thread: a large
+        answer never holds the event loop. `receive`: the request's ASGI receive, watched so that a
+        client that leaves is dropped before its pass."""
+        searcher = self.loaded()
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        filters = list(filters or [])
+        self.check_request(texts, ids, k, oversample, filters)
+        searcher.check_queries(texts, ids)
+        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode,
+                       fusion=fusion)  # before encoding anything
+        vectors, encode_ms = (None, 0.0) if mode == "lexical" else await self._within(
+            self.batcher.encode(texts), deadline, receive)
+        def run() -> bytes:
+            results = searcher.search_encoded(texts, vectors, encode_ms=encode_ms, query_ids=ids, tier=tier, k=k,
+                                              dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
+            answer = [result.to_json() for result in results]
+            return json_bytes(answer[0] if one else answer)
+
+        return await self._within(asyncio.get_running_loop().run_in_executor(self.search_pool, run), deadline, receive)
+
+    async def _within(self, work, deadline: float, receive=None):
+        """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
+        (ClientGone); either way `work` is cancelled (a query still waiting for the encoder leaves the
+        queue; a search already running on its thread finishes there, unanswered)."""
+        task = asyncio.ensure_future(work)
+        watch = {task}
+        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        if gone is not None:
+            watch.add(gone)
+        try:
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            done, _ = await asyncio.wait(watch, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in watch:
+                if not pending.done():
+                    pending.cancel()
+        if task in done:
+            try:
+                return task.result()
+            except Overloaded as err:
+                raise ServiceBusy(f"the service is at capacity ({err}); try again in a moment") from None
+        if gone is not None and gone in done:
+            raise ClientGone()
+        raise ServiceBusy(f"the search took longer than the service's limit of {self.settings.request_timeout_s:g} s; "
+                          "try again in a moment")
+
+    async def document(self, doc_id: str) -> dict:
+        searcher = self.loaded()
+        check_text(doc_id, "the document id")
+
+        def read() -> dict:
+            with searcher.pinned() as index:
+                return index.store.document(doc_id)
+
+        return await asyncio.get_running_loop().run_in_executor(self.search_pool, read)
+
+    async def write(self, operation: Callable[[], "WriteReport"]) -> dict:
+        """Run one write (upsert or delete) on the write thread, one at a time, then load the new
+        generation there too (searches go on with the old one until it is loaded); the next query sees it."""
+        searcher = self.loaded()
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:
+            report = await loop.run_in_executor(self.write_pool, operation)
+            await loop.run_in_executor(self.write_pool, searcher.current)
+        return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
+                "deleted": report.deleted, "compacted": report.compacted, "generation": report.generation,
+                "documents": report.manifest.get("documents", 0)}
+
+
+class ReadOnly(MedsearchError):
+    def __init__(self):
+        super().__init__("this service is read-only: start it with --writable to add or delete documents")
+
+
+class ServiceLoading(MedsearchError):
+    def __init__(self):
+        super().__init__("the model and index are still loading; try again in a few seconds")
+
+
+class ServiceBusy(MedsearchError):
+    """Too many requests waiting, or one past its deadline: 503 with Retry-After."""
+
+
+class ClientGone(MedsearchError):
+    def __init__(self):
+        super().__init__("the client closed the connection")
+
+
+async def _disconnected(receive) -> None:
+    """Return once the client has gone (the request body, if any, was read before)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _warm_up(searcher: Searcher) -> None:
+    for tier in TIERS:
+        searcher.search(["warm-up query"], tier=tier, k=10)
+    if "lexical" in searcher.index.manifest:
+        searcher.search(["warm-up query"], mode="hybrid", k=10)
+
+
+def get_service(request: Request) -> Service:
+    """The app's Service (a FastAPI dependency: `service: ServiceDep` in a handler's signature)."""
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
