@@ -101,7 +101,7 @@ def main() -> None:
         print_table(rows, ["tier", "backend", "ndcg@10", "recall_vs_own_deep", "same_top10_as_faiss", "p50_ms", "ndcg_vs_deep"])
         payload = {"data": args.data, "split": args.split, "queries": len(qids),
                    "chunks": searchers["faiss"].index.chunks, "model": searchers["faiss"].index.manifest["model"],
-                   "fast": {b: s.index.fast for b, s in searchers.items()}, "rows": rows}
+                   "fast": {b: s.index.manifest.fast for b, s in searchers.items()}, "rows": rows}
         if args.cli:
             queries = tmp / "queries.jsonl"
             queries.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in zip(qids, texts)))

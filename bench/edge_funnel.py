@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, median_ms, print_table, write_results  # noqa: E402
 from synthetic import generate_lowrank, queries_near, synthetic_searcher  # noqa: E402
 
-from medsearch.index import prefix  # noqa: E402
+from medsearch.backends.base import prefix  # noqa: E402
 
 LIMITS = (100, 200, 500, 1000, 2000)
 UPSERT_BATCH = 2000
@@ -94,7 +94,7 @@ def main() -> None:
                     ranked, _ = searcher.search_vectors(query[None, :], tier=tier, k=10)
                     seconds.append(time.perf_counter() - t)
                     found.append([row for row, _ in ranked[0]])
-                fast = searcher.index.fast
+                fast = searcher.index.manifest.fast
                 rows.append({"size": n, "engine": "faiss (medsearch)", "tier": tier,
                              "candidates": fast["candidates"] if tier == "fast" else n,
                              "stage": fast["stage"] if tier == "fast" else "flat",

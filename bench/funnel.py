@@ -121,7 +121,7 @@ def main() -> None:
             from medsearch.evaluation import load_benchmark
 
             index_dir, model = spec.split(":", 1)
-            vectors = np.asarray(open_index(index_dir).vectors, dtype=np.float32)
+            vectors = np.asarray(open_index(index_dir).backend.vectors, dtype=np.float32)
             texts = list(load_benchmark(args.data, args.split).queries.values())
             queries = Encoder(model).encode_queries(texts)
             name = f"real {Path(model).name}"

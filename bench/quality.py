@@ -17,7 +17,7 @@ from common import RESULTS, print_table, recall_against, write_results
 from medsearch.encoder import Encoder
 from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
 from medsearch.index import build_index, index_exists, open_index
-from medsearch.funnel import candidates_for
+from medsearch.backends.funnel import candidates_for
 from medsearch.search import Searcher
 
 
@@ -57,8 +57,8 @@ def main() -> None:
         metrics = ir_metrics(runs10, bench, runs100)
         row = {"config": name, **kwargs, **metrics, "recall@10_vs_deep": recall_against([runs10[q] for q in qids], [deep10[q] for q in qids]), "ms_per_query": ms}
         if kwargs.get("tier") == "fast":
-            row["candidates"] = candidates_for(index.fast, 10, kwargs.get("oversample"))
-            row["stage"] = index.fast_stage
+            row["candidates"] = candidates_for(index.manifest.fast, 10, kwargs.get("oversample"))
+            row["stage"] = index.manifest.fast_stage
         rows.append(row)
         print(f"  {name}: ndcg@10 {metrics['ndcg@10']:.4f}", flush=True)
     deep_ndcg = rows[0]["ndcg@10"]
@@ -66,7 +66,7 @@ def main() -> None:
         row["ndcg_vs_deep"] = row["ndcg@10"] / deep_ndcg
     print(f"\n{len(qids)} queries ({args.split or 'all'}), {index.manifest['documents']} documents, "
           f"{index.chunks} chunks, model {index.manifest['model']['name']}; fast tier default: "
-          f"{candidates_for(index.fast, 10, None)} candidates from the {index.fast_stage} stage\n")
+          f"{candidates_for(index.manifest.fast, 10, None)} candidates from the {index.manifest.fast_stage} stage\n")
     print_table(rows, ["config", "ndcg@10", "ndcg_vs_deep", "mrr@10", "recall@10", "recall@100", "recall@10_vs_deep", "ms_per_query"])
     write_results(args.name or f"quality-{Path(args.index).name}", {
         "data": args.data, "split": args.split, "queries": len(qids), "manifest": index.manifest, "rows": rows,

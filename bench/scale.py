@@ -26,7 +26,9 @@ import numpy as np
 
 from common import RESULTS, median_ms, p95_ms, query_encode_p50_ms, single_query_latencies, print_table, recall_against, write_results
 from medsearch.backends.faiss import FaissTier
-from medsearch.index import HNSW_MIN_CHUNKS, TIERS, open_index, prefix
+from medsearch.backends.base import prefix
+from medsearch.backends.faiss import HNSW_MIN_CHUNKS
+from medsearch.index import TIERS, open_index
 from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
 from synthetic import generate, queries_for, synthetic_searcher
 
@@ -90,7 +92,7 @@ def scale_run(dim: int, n: int, fit: dict, n_queries: int, workdir: Path, encode
         disk = files[f"dim{tier_dim}.faiss"] + (files["vectors.npy"] if tier == "fast" else 0)
         memory = measure_memory(index.path, tier, queries_file)
         rows.append({
-            "dim": dim, "n": n, "tier": tier, "tier_dim": tier_dim, "index_type": index.index_type(tier_dim),
+            "dim": dim, "n": n, "tier": tier, "tier_dim": tier_dim, "index_type": index.manifest.index_type(tier_dim),
             "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat), "qps_batched": qps,
             "recall@10_vs_deep": recall_vs_deep(searcher, queries, deep, tier=tier),
             "encode_p50_ms": encode_ms, "p50_with_encode_ms": None if encode_ms is None else median_ms(lat) + encode_ms,
@@ -121,7 +123,7 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
     index = searcher.index
     fast_dim = index.manifest["tier_dims"]["fast"]
     deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
-    float16 = index.vectors
+    float16 = index.backend.vectors
     full = np.asarray(float16, dtype=np.float32)
     np.save(workdir / "vectors32.npy", full)
     float32 = np.load(workdir / "vectors32.npy", mmap_mode="r")
@@ -134,7 +136,7 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
     for dim, kind, dtypes in configs:
         index._faiss, index.manifest["index_types"] = dict(saved[2]), dict(saved[1])  # the index as built
         if saved[1].get(str(dim)) == kind:
-            candidate_index = index.faiss_index(dim)
+            candidate_index = index.backend.tier(dim).index
         else:
             started = time.perf_counter()
             candidate_index = build_ivf(prefixes[dim], ivf_nprobe) if kind.startswith("ivf") else FaissTier.build(prefixes[dim], kind).index
@@ -147,7 +149,7 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
             for factor in oversamples:
                 lat = single_query_latencies(searcher, queries, tier="fast", k=10, oversample=factor)
                 rows.append({
-                    "candidate_dim": dim, "index_type": kind, "faiss_class": type(index.faiss_index(dim)).__name__,
+                    "candidate_dim": dim, "index_type": kind, "faiss_class": type(index.backend.tier(dim).index).__name__,
                     "vectors": dtype, "oversample": factor, "candidates": 10 * factor,
                     "recall@10_vs_deep": recall_vs_deep(searcher, queries, deep, tier="fast", oversample=factor),
                     "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat),

@@ -105,8 +105,8 @@ def stage_curves(docs: np.ndarray, queries: np.ndarray, counts=STAGE_COUNTS, fas
     import faiss
 
     from medsearch.backends.faiss import binary_codes
-    from medsearch.funnel import rerank
-    from medsearch.index import prefix
+    from medsearch.backends.funnel import rerank
+    from medsearch.backends.base import prefix
 
     _, truth = faiss.knn(queries, docs, 10, metric=faiss.METRIC_INNER_PRODUCT)
     _, by_prefix = faiss.knn(prefix(queries, fast_dim), prefix(docs, fast_dim), max(counts), metric=faiss.METRIC_INNER_PRODUCT)
@@ -205,7 +205,7 @@ def real_curve_from_index(index_dir: str, data: str, split: str, workdir: Path, 
     index = open_index(index_dir)
     texts = list(load_benchmark(data, split).queries.values())
     queries = Encoder(index.manifest["model"]["spec"]).encode_queries(texts)
-    searcher = synthetic_searcher(np.asarray(index.vectors, dtype=np.float32), workdir / "real", vector_dtype="float32")
+    searcher = synthetic_searcher(np.asarray(index.backend.vectors, dtype=np.float32), workdir / "real", vector_dtype="float32")
     return recall_curve(searcher, queries, oversamples), index.chunks
 
 
@@ -215,7 +215,7 @@ def main_stages(args) -> None:
     from medsearch.evaluation import load_benchmark
 
     index = open_index(args.index)
-    docs = np.asarray(index.vectors, dtype=np.float32)
+    docs = np.asarray(index.backend.vectors, dtype=np.float32)
     texts = list(load_benchmark(args.data, args.split).queries.values())
     queries = Encoder(args.model or index.manifest["model"]["spec"]).encode_queries(texts)
     real = stage_curves(docs, queries)

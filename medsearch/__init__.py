@@ -1,18 +1,19 @@
 """medsearch: semantic search for medical text with Matryoshka embeddings and tiered FAISS indexes.
 
-    from medsearch import Encoder, Searcher, build_index, open_index
+    from medsearch import Encoder, Searcher, build_index, open_index, upsert
 
     build_index("corpus/", "indexes/default", Encoder())
+    upsert("indexes/default", "new-docs/", Encoder())  # add new documents, replace changed ones
     searcher = Searcher.open("indexes/default")
     searcher.search(["early signs of type 2 diabetes"], tier="fast", k=10)
 """
 
-__version__ = "0.1.0"
-
-from medsearch.encoder import Encoder  # noqa: E402
-from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError  # noqa: E402
-from medsearch.index import Index, build_index, open_index  # noqa: E402
-from medsearch.search import QueryResult, Searcher  # noqa: E402
+from medsearch.version import __version__
+from medsearch.encoder import Encoder
+from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError
+from medsearch.index import Index, build_index, open_index
+from medsearch.search import QueryResult, Searcher
+from medsearch.updates import compact, delete, sync, upsert
 
 __all__ = [
     "BadInputError",
@@ -25,5 +26,9 @@ __all__ = [
     "Searcher",
     "__version__",
     "build_index",
+    "compact",
+    "delete",
     "open_index",
+    "sync",
+    "upsert",
 ]

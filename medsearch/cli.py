@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
-from medsearch import __version__
+from medsearch.version import __version__
 from medsearch.corpus import read_queries
 from medsearch.encoder import AUTO_RUNTIME, DEFAULT_MODEL, RUNTIMES, Encoder
 from medsearch.data.beir import MEDICAL_SETS
 from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 from medsearch.errors import (
+    BadInputError,
     DownloadError,
     IndexFormatError,
     IndexNotFoundError,
@@ -25,7 +26,8 @@ from medsearch.errors import (
     ModelMismatchError,
 )
 from medsearch.index import DEFAULT_INDEX, TIERS, VECTOR_DTYPES, index_encoder, open_index
-from medsearch.funnel import DEFAULT_TARGET_RECALL, LEGACY_CANDIDATES
+from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
+from medsearch.manifest import LEGACY_CANDIDATES
 from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
 from medsearch.training import TrainSettings
@@ -149,9 +151,9 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
 
     backend_settings = _backend_settings(index_dir, backend, qdrant_url, qdrant_path, collection, shards, replicas)
     if backend_settings and backend_settings.get("url"):  # an unreachable server: say so before encoding
-        from medsearch.backends.qdrant import QdrantBackend
+        from medsearch.backends.qdrant import check_location
 
-        QdrantBackend({**backend_settings, "collection": ""}, 0, []).check_reachable()
+        check_location(backend_settings)
     if not use_ray and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors go with --ray")
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
@@ -192,20 +194,18 @@ def _backend_settings(index_dir, backend, url, path, collection, shards, replica
         raise click.UsageError("--backend qdrant needs a location: --qdrant-url URL (a server) or --qdrant-path DIR (local mode)")
     if url and path:
         raise click.UsageError("give one of --qdrant-url and --qdrant-path")
-    from medsearch.backends.qdrant import settings
+    from medsearch.backends.qdrant import settings_for_index
 
-    if collection is None:  # the index's own name when it already lives at this location, else the folder's
-        collection = _existing_collection_name(index_dir, url, path) or Path(index_dir).resolve().name or "medsearch"
-    return settings(collection, url=url, path=path, shards=shards, replicas=replicas)
+    return settings_for_index(index_dir, url=url, path=path, collection=collection, shards=shards, replicas=replicas,
+                              current=_current_backend(index_dir) if collection is None else None)
 
 
-def _existing_collection_name(index_dir, url, path) -> str | None:
+def _current_backend(index_dir) -> dict | None:
+    """The `backend` entry of the index at `index_dir` (None: no index there yet, or none this version reads)."""
     try:
-        backend = open_index(index_dir).manifest.get("backend") or {}
+        return open_index(index_dir).manifest.get("backend")
     except MedsearchError:
         return None
-    same_place = (url and backend.get("url") == url.rstrip("/")) or (path and backend.get("path") == str(Path(path).resolve()))
-    return backend.get("collection_name") if same_place else None
 
 
 @cli.command()
@@ -305,13 +305,13 @@ def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode
 
     In hybrid mode each hit says which lists found it and at what rank (found_by)."""
     if (text is None) == (queries_file is None):
-        raise MedsearchError("give a query TEXT or --queries FILE (one of them)")
+        raise click.UsageError("give a query TEXT or --queries FILE (one of them)")
     if queries_file:
         ids, texts = read_queries(queries_file)
     else:
         ids, texts = None, [text]
         if not text.strip():
-            raise MedsearchError("empty query: give some text to search for")
+            raise BadInputError("empty query: give some text to search for")
     searcher = Searcher.open(index_dir, model=model, device=device, load_model=mode != "lexical", runtime=runtime)
     searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
     results = searcher.search(texts, query_ids=ids, tier=tier, k=k, dim=dim, oversample=oversample, filters=filters,
@@ -350,10 +350,7 @@ def info(index_dir, as_json):
     idx = open_index(index_dir)
     files = idx.files()
     if as_json:
-        live = idx.manifest["chunks"] - idx.manifest["dead_chunks"]
-        click.echo(json.dumps({**idx.manifest, "live_chunks": live, "generation": idx.generation, "files": files,
-                               "target_recall": idx.fast.get("target_recall"), "fast_candidates": idx.fast.get("candidates"),
-                               "fast_stage": idx.fast.get("stage")}, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(idx.describe(), indent=2, ensure_ascii=False))
         return
     m = idx.manifest
     rows = [
@@ -366,7 +363,7 @@ def info(index_dir, as_json):
         ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
         ("lexical", f"BM25 ({m['lexical']['library']}, {m['lexical']['stemmer']} stemming) over {m['lexical']['text']}"
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
-        ("fast", _fast_line(idx.fast) if idx.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
+        ("fast", _fast_line(m.fast) if m.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
         ("backend", _backend_line(m.get("backend"))),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
         ("vectors", m["vector_dtype"] if idx.backend_name == "faiss" else "float32, in the Qdrant collection"),
@@ -563,7 +560,7 @@ def _parse_numbers(text: str | None, kind, option: str) -> list | None:
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise MedsearchError(f"{option} must be comma-separated {'integers' if kind is int else 'numbers'}; got '{text}'") from None
+        raise click.UsageError(f"{option} must be comma-separated {'integers' if kind is int else 'numbers'}; got '{text}'") from None
 
 
 @cli.group()
@@ -642,16 +639,18 @@ def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_
     """NDCG@10, MRR@10, Recall@10/100 on a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv),
     every query of --split against the whole corpus: dense per Matryoshka dim and the fast tier,
     lexical, hybrid. NDCG@10 uses the qrels' graded scores as gains (trec_eval's, via pytrec_eval)."""
-    from medsearch.evaluation import evaluate_models
+    from medsearch.evaluation import check_comparison, evaluate_models
 
     if len(models) > 2:
-        raise MedsearchError("give one or two --model options (base, tuned)")
+        raise click.UsageError("give one or two --model options (base, tuned)")
     modes = tuple(m.strip() for m in modes.split(",") if m.strip())
     runtimes = tuple(dict.fromkeys(r.strip() for r in runtimes.split(",") if r.strip()))
     if not runtimes:
-        raise MedsearchError(f"give at least one runtime ({', '.join(RUNTIMES)})")
-    if len(models) > 1 and len(runtimes) > 1:
-        raise MedsearchError("compare two models or several runtimes, not both at once")
+        raise click.BadParameter(f"give at least one runtime ({', '.join(RUNTIMES)})", param_hint="'--runtime'")
+    try:
+        check_comparison(models, runtimes)
+    except BadInputError as err:  # the rule is the library's, the flags this command's
+        raise click.UsageError(f"{err}: --model twice with one --runtime, or one --model with several runtimes") from None
     report = evaluate_models(data_dir, list(models), split=split or None, cache=cache, modes=modes, fusion=fusion,
                              progress=not quiet, device=device, runtimes=runtimes)
     click.echo(report.to_text())

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from medsearch.corpus import read_corpus, read_queries
-from medsearch.errors import MedsearchError
+from medsearch.errors import BadInputError, NotFoundError
 from medsearch.fusion import MODES, Fusion, check_mode
 
 
@@ -33,18 +33,18 @@ def read_judgements(path: Path) -> Iterator[tuple[str, str, int]]:
     """(query id, document id, grade) for every line of a qrels TSV file (an optional header
     line and blank lines skipped); a malformed line is an error that names it."""
     if not path.is_file():
-        raise MedsearchError(f"relevance judgements not found: {path}")
+        raise NotFoundError(f"relevance judgements not found: {path}")
     with path.open(encoding="utf-8", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t")
         for number, row in enumerate(rows, start=1):
             if not row or (number == 1 and not row[-1].strip().lstrip("-").isdigit()):
                 continue  # blank line or header
             if len(row) < 3:
-                raise MedsearchError(f"{path.name}:{number}: expected query-id, corpus-id, score separated by tabs")
+                raise BadInputError(f"{path.name}:{number}: expected query-id, corpus-id, score separated by tabs")
             try:
                 grade = int(row[2])
             except ValueError:
-                raise MedsearchError(f"{path.name}:{number}: the score must be an integer; got '{row[2]}'") from None
+                raise BadInputError(f"{path.name}:{number}: the score must be an integer; got '{row[2]}'") from None
             yield row[0], row[1], grade
 
 
@@ -68,11 +68,11 @@ def load_benchmark(data_dir: str | Path, split: str | None = None) -> Benchmark:
         keep = {qid for qid, s in zip(ids, splits) if s == split}
         if not keep:
             known = ", ".join(sorted({str(s) for s in splits}))
-            raise MedsearchError(f"no queries with split '{split}' in {path} (splits there: {known})")
+            raise NotFoundError(f"no queries with split '{split}' in {path} (splits there: {known})")
     qrels = read_qrels(root / "qrels.tsv")
     queries = {qid: text for qid, text in zip(ids, texts) if qid in keep and qid in qrels}
     if not queries:
-        raise MedsearchError(f"no judged queries in {root}")
+        raise BadInputError(f"no judged queries in {root}")
     return Benchmark(queries=queries, qrels={qid: qrels[qid] for qid in queries})
 
 
@@ -202,7 +202,7 @@ class EvalReport:
 def mean_cosine(vectors: np.ndarray, dims: list[int], sample: int = 2000, seed: int = 0) -> dict[str, float]:
     """Collapse check: mean cosine between distinct random chunk vectors at each prefix dim. A
     fine-tune that collapses the space pushes it towards 1; a healthy model keeps it well below."""
-    from medsearch.index import prefix
+    from medsearch.backends.base import prefix
 
     rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=min(sample, len(vectors)), replace=False))
     picked = np.asarray(vectors[rows], dtype=np.float32)
@@ -226,7 +226,8 @@ def _row_label(row: str) -> str:
 def cached_searcher(data_dir: str | Path, documents: list, encoder, cache: str | Path, progress: bool = False):
     """A Searcher over the corpus encoded by `encoder`, with every Matryoshka dim stored: built once
     into `cache` (keyed by the model's and the corpus's fingerprints) and reused."""
-    from medsearch.index import build_index, corpus_fingerprint, index_exists, open_index
+    from medsearch.index import build_index, index_exists, open_index
+    from medsearch.store import corpus_fingerprint
     from medsearch.search import Searcher
     from medsearch.training import matryoshka_dims
 
@@ -235,6 +236,19 @@ def cached_searcher(data_dir: str | Path, documents: list, encoder, cache: str |
     if not index_exists(index_dir) or "lexical" not in open_index(index_dir).manifest:
         build_index(data_dir, index_dir, encoder, extra_dims=tuple(matryoshka_dims(encoder.dim)), progress=progress)
     return Searcher(open_index(index_dir), encoder)
+
+
+def check_comparison(models: list[str] | tuple[str, ...], runtimes: list[str] | tuple[str, ...]) -> None:
+    """What one evaluation can compare: one model; two (base and tuned: Initial, Final, Improvement);
+    or one model in several runtimes (a runtime's quality guard). Not two models in several runtimes."""
+    if not models:
+        raise BadInputError("give at least one model to evaluate")
+    if len(models) > 2:
+        raise BadInputError(f"give one or two models to evaluate (base, tuned); got {len(models)}")
+    if not runtimes:
+        raise BadInputError("give at least one runtime to evaluate with")
+    if len(models) > 1 and len(runtimes) > 1:
+        raise BadInputError("compare two models or several runtimes, not both at once")
 
 
 def evaluate_models(
@@ -259,8 +273,7 @@ def evaluate_models(
     from medsearch.encoder import Encoder
     from medsearch.training import matryoshka_dims
 
-    if not models:
-        raise MedsearchError("give at least one model to evaluate")
+    check_comparison(models, runtimes)
     for mode in modes:
         check_mode(mode)
     fusion.check()
@@ -280,7 +293,7 @@ def evaluate_models(
         vectors = encoder.encode_queries(texts, progress=progress) if set(modes) - {"lexical"} else None
         report.models.append({"key": key, "spec": spec, "name": encoder.name, "runtime": encoder.runtime,
                               "fingerprint": encoder.fingerprint, "index": str(index_dir),
-                              "mean_cosine": mean_cosine(searcher.index.vectors, dims)})
+                              "mean_cosine": mean_cosine(searcher.index.backend.vectors, dims)})
 
         def row(name: str, exact: bool = False, **kwargs) -> None:
             """`exact`: a search of one stored dim, whose top 10 is the top 10 of its 100 (one run);

@@ -98,6 +98,15 @@ def discard(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def link_file(source: Path, target: Path) -> None:
+    """A committed generation's file, shared by the next one (a hard link: committed files never
+    change), or copied where the file system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _drop_failed_switches(root: Path, committed: Path | None) -> None:
     newest = number(committed) if committed else 0
     for path in root.glob("gen-*"):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medsearch.generations import link_file
+
 LEXICAL_DIR = "lexical"
 STOPWORDS = "en"
 STEMMER = "english"  # Snowball (PyStemmer)
@@ -54,6 +56,26 @@ def write_lexical(folder: Path, passages: list[str]) -> None:
     retriever = bm25s.BM25()
     retriever.index(_tokenize(passages, _stemmer(), return_ids=True), show_progress=False)
     retriever.save(folder / LEXICAL_DIR, show_progress=False)
+
+
+def write_from_store(folder: Path, rows: int) -> None:
+    """The lexical index of a generation folder, from its docs.db (dead rows: empty passages)."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(folder / "docs.db")
+    try:
+        write_lexical(folder, store_passages(db, rows))
+    finally:
+        db.close()
+
+
+def carry_over(base: Path, folder: Path) -> None:
+    """The lexical index of generation `base`, unchanged, in the generation `folder` (hard links):
+    a delete-only write, whose deleted rows are masked out of every search."""
+    if (base / LEXICAL_DIR).is_dir():
+        (folder / LEXICAL_DIR).mkdir()
+        for path in (base / LEXICAL_DIR).iterdir():
+            link_file(path, folder / LEXICAL_DIR / path.name)
 
 
 def store_passages(db, rows: int) -> list[str]:

@@ -25,7 +25,7 @@ from medsearch.errors import BadInputError
 from medsearch import generations
 from medsearch.backends.base import collapse
 from medsearch.filters import filter_sql, parse_filters
-from medsearch.funnel import candidates_for
+from medsearch.backends.funnel import candidates_for
 from medsearch.fusion import DEFAULT_MODE, Fusion, check_mode, fuse
 from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, index_encoder, open_index
 
@@ -165,7 +165,7 @@ class Searcher:
             return dim, False
         if tier not in TIERS:
             raise BadInputError(f"unknown tier '{tier}' (choose from: {', '.join(TIERS)})")
-        tier_dim = index.manifest["tier_dims"][tier]
+        tier_dim = index.manifest.tier_dims[tier]
         return tier_dim, tier == "fast" and tier_dim != index.full_dim
 
     def check(self, *, tier: str = DEFAULT_TIER, k: int = 10, dim: int | None = None,
@@ -303,13 +303,6 @@ class Searcher:
         timings["fuse"] = (time.perf_counter() - started) * 1000
         return fused, timings
 
-    def search_lexical(self, queries: list[str], *, k: int = 10, filters=None,
-                       index: Index | None = None) -> tuple[list[list[tuple[int, float]]], float]:
-        """BM25 ranked (chunk row, score) lists, one document per hit, over the live rows that
-        pass the filters; and the time taken in ms (all queries)."""
-        index = index or self.current()
-        return self._lexical(index, queries, k, index.allowed(filters))
-
     @staticmethod
     def _lexical(index: Index, queries: list[str], k: int,
                  allowed: np.ndarray | None) -> tuple[list[list[tuple[int, float]]], float]:
@@ -356,7 +349,6 @@ class Searcher:
                filters=None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
         """The dense top lists, from the index's backend (backends/base.py)."""
         search_dim, rerank = Searcher.resolve_dim(index, tier, dim)
-        collapses = index.chunks != index.manifest["documents"]  # room for chunks of one document
-        wanted = candidates_for(index.fast, k, oversample) if rerank else (2 * k if collapses else k)
-        return index.backend.search(index, vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted,
-                                    filters=parse_filters(filters))
+        collapses = index.chunks != index.manifest.documents  # room for chunks of one document
+        wanted = candidates_for(index.manifest.fast, k, oversample) if rerank else (2 * k if collapses else k)
+        return index.search_dense(vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted, filters=filters)

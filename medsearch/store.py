@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import sqlite_utils
@@ -35,6 +38,51 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
     db["chunks"].enable_fts(["text"], tokenize="porter", create_triggers=True)
     index_metadata_keys(db)
     db.close()
+
+
+@dataclass
+class StoreChange:
+    """What a write left in the next generation's docs.db."""
+
+    first_ordinal: int  # the ordinal of the first document it inserted
+    documents: int
+    live_chunks: int
+    corpus_fingerprint: str
+    metadata_fields: list[str]
+
+
+def write_change(path: Path, base: Path, remove: list[str], documents: list[Document], chunks: list[Chunk],
+                 first_row: int) -> StoreChange:
+    """The next generation's docs.db at `path`: a copy of `base` without the documents whose ids are
+    in `remove` (and their chunks), with `documents` added after the last ordinal and their `chunks`
+    (`doc` = position in `documents`) as rows first_row, first_row + 1, ..."""
+    shutil.copyfile(base, path)
+    db = sqlite_utils.Database(path)
+    try:
+        with db.conn:
+            first_ordinal = db.execute("SELECT coalesce(max(ordinal), -1) + 1 FROM documents").fetchone()[0]
+            for start in range(0, len(remove), 500):
+                batch = remove[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                db.execute(f"DELETE FROM chunks WHERE doc IN (SELECT ordinal FROM documents WHERE id IN ({marks}))", batch)
+                db.execute(f"DELETE FROM documents WHERE id IN ({marks})", batch)
+            if documents:
+                insert_documents(db, documents, first_ordinal)
+                insert_chunks(db, chunks, first_row=first_row, doc_offset=first_ordinal)
+        index_metadata_keys(db)
+        document_count, live_chunks = counts(db)
+        fingerprint = corpus_fingerprint(db.execute("SELECT id, content_hash FROM documents ORDER BY ordinal"))
+        return StoreChange(first_ordinal, document_count, live_chunks, fingerprint, metadata_keys(db))
+    finally:
+        db.close()
+
+
+def corpus_fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
+    """Hash of (document id, content hash) pairs in order."""
+    digest = hashlib.sha256()
+    for doc_id, content_hash in pairs:
+        digest.update(f"{doc_id}\t{content_hash}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def insert_documents(db: sqlite_utils.Database, documents: list[Document], first_ordinal: int) -> None:

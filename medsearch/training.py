@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medsearch.corpus import json_records, read_text
 from medsearch.encoder import Encoder
-from medsearch.errors import MedsearchError
+from medsearch.errors import BadInputError, MismatchError, MissingExtraError, NotFoundError
 
 PAIR_COLUMNS = (("anchor", "positive"), ("question", "answer"))
 LOSSES = ("mnrl", "cached-mnrl")
@@ -38,14 +38,14 @@ def load_pairs(source: str | Path):
         try:
             dataset = load_from_disk(str(path))
         except Exception as err:
-            raise MedsearchError(f"{path}: not a saved `datasets` dataset ({type(err).__name__})") from None
+            raise BadInputError(f"{path}: not a saved `datasets` dataset ({type(err).__name__})") from None
         if hasattr(dataset, "keys"):  # a DatasetDict: train on its train split
             if "train" not in dataset:
-                raise MedsearchError(f"{path}: a DatasetDict without a 'train' split")
+                raise BadInputError(f"{path}: a DatasetDict without a 'train' split")
             dataset = dataset["train"]
         return _rename_pair_columns(dataset, path.name)
     if not path.is_file():
-        raise MedsearchError(f"training pairs not found: {path}")
+        raise NotFoundError(f"training pairs not found: {path}")
     content = read_text(path)
     if path.suffix.lower() == ".jsonl":
         records = list(json_records(content, path.name))
@@ -53,18 +53,18 @@ def load_pairs(source: str | Path):
         reader = csv.DictReader(io.StringIO(content))
         records = [(f"{path.name}:{reader.line_num}", row) for row in reader]
     else:
-        raise MedsearchError(f"{path}: training pairs must be .jsonl, .csv or a saved dataset folder")
+        raise BadInputError(f"{path}: training pairs must be .jsonl, .csv or a saved dataset folder")
     anchors, positives = [], []
     for origin, record in records:
         pair = next(((record[a], record[p]) for a, p in PAIR_COLUMNS if a in record and p in record), None)
         if pair is None:
-            raise MedsearchError(f"{origin}: a pair needs 'anchor' and 'positive' (or 'question' and 'answer')")
+            raise BadInputError(f"{origin}: a pair needs 'anchor' and 'positive' (or 'question' and 'answer')")
         if not all(isinstance(x, str) and x.strip() for x in pair):
-            raise MedsearchError(f"{origin}: empty anchor or positive")
+            raise BadInputError(f"{origin}: empty anchor or positive")
         anchors.append(pair[0].strip())
         positives.append(pair[1].strip())
     if len(anchors) < 2:
-        raise MedsearchError(f"{path}: need at least 2 training pairs, found {len(anchors)}")
+        raise BadInputError(f"{path}: need at least 2 training pairs, found {len(anchors)}")
     return Dataset.from_dict({"anchor": anchors, "positive": positives})
 
 
@@ -73,7 +73,7 @@ def _rename_pair_columns(dataset, name: str):
         if anchor in dataset.column_names and positive in dataset.column_names:
             dataset = dataset.select_columns([anchor, positive])
             return dataset.rename_columns({anchor: "anchor", positive: "positive"}) if anchor != "anchor" else dataset
-    raise MedsearchError(f"{name}: columns {dataset.column_names} have no anchor/positive or question/answer pair")
+    raise BadInputError(f"{name}: columns {dataset.column_names} have no anchor/positive or question/answer pair")
 
 
 @dataclass
@@ -96,13 +96,13 @@ class TrainSettings:
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
-            raise MedsearchError(f"unknown loss '{self.loss}' (choose from: {', '.join(LOSSES)})")
+            raise BadInputError(f"unknown loss '{self.loss}' (choose from: {', '.join(LOSSES)})")
         if self.bf16 not in ("auto", "yes", "no"):
-            raise MedsearchError(f"bf16 must be auto, yes or no; got '{self.bf16}'")
+            raise BadInputError(f"bf16 must be auto, yes or no; got '{self.bf16}'")
         if self.batch_size < 2:
-            raise MedsearchError("batch size must be at least 2: in-batch negatives need another pair")
+            raise BadInputError("batch size must be at least 2: in-batch negatives need another pair")
         if self.report_to not in ("none", "wandb", "tensorboard"):
-            raise MedsearchError(f"report_to must be none, wandb or tensorboard; got '{self.report_to}'")
+            raise BadInputError(f"report_to must be none, wandb or tensorboard; got '{self.report_to}'")
 
 
 @dataclass
@@ -125,7 +125,7 @@ def use_bf16(setting: str, device: str) -> bool:
 
     supported = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if setting == "yes" and not supported:
-        raise MedsearchError(f"bf16 is not supported on {device}; use bf16 auto or no")
+        raise BadInputError(f"bf16 is not supported on {device}; use bf16 auto or no")
     return setting != "no" and supported
 
 
@@ -152,7 +152,7 @@ def train(
     try:
         import accelerate  # noqa: F401  (the transformers Trainer needs it)
     except ImportError:
-        raise MedsearchError("training needs the 'train' extra: pip install 'medsearch[train]'") from None
+        raise MissingExtraError("training needs the 'train' extra: pip install 'medsearch[train]'", "train") from None
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer import losses
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
@@ -165,7 +165,7 @@ def train(
     device = str(model.device)
     dims = settings.dims or matryoshka_dims(encoder.dim)
     if max(dims) > encoder.dim or min(dims) < 1:
-        raise MedsearchError(f"Matryoshka dims must be between 1 and the model's {encoder.dim}; got {dims}")
+        raise BadInputError(f"Matryoshka dims must be between 1 and the model's {encoder.dim}; got {dims}")
     bf16 = use_bf16(settings.bf16, device)
 
     if settings.loss == "cached-mnrl":
@@ -173,7 +173,7 @@ def train(
     else:
         inner = losses.MultipleNegativesRankingLoss(model)
     if settings.dim_weights is not None and len(settings.dim_weights) != len(dims):
-        raise MedsearchError(f"give one weight per Matryoshka dim ({len(dims)}: {dims}); got {settings.dim_weights}")
+        raise BadInputError(f"give one weight per Matryoshka dim ({len(dims)}: {dims}); got {settings.dim_weights}")
     order = sorted(range(len(dims)), key=lambda i: -dims[i])
     loss = losses.MatryoshkaLoss(
         model, inner, matryoshka_dims=[dims[i] for i in order],
@@ -252,14 +252,14 @@ def merge_models(first: str, second: str, output: str | Path, weight: float = 0.
     import torch
 
     if not 0.0 <= weight <= 1.0:
-        raise MedsearchError(f"the merge weight must be between 0 and 1; got {weight}")
+        raise BadInputError(f"the merge weight must be between 0 and 1; got {weight}")
     out = Path(output)
     if out.exists() and any(out.iterdir()):
-        raise MedsearchError(f"{out} already exists and is not empty: choose another output folder")
+        raise BadInputError(f"{out} already exists and is not empty: choose another output folder")
     a, b = Encoder(first, device="cpu"), Encoder(second, device="cpu")
     params_a, params_b = a.model.state_dict(), b.model.state_dict()
     if params_a.keys() != params_b.keys() or any(params_a[k].shape != params_b[k].shape for k in params_a):
-        raise MedsearchError(f"cannot merge {first} and {second}: they are not the same architecture")
+        raise MismatchError(f"cannot merge {first} and {second}: they are not the same architecture")
     info = {"first": first, "second": second, "weight": weight,
             "first_fingerprint": a.fingerprint, "second_fingerprint": b.fingerprint}  # before `a` is overwritten
     with torch.no_grad():

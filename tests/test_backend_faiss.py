@@ -19,11 +19,13 @@ def unit(rows, dim, seed):
 def test_search_only_returns_allowed_rows(tmp_path, kind, cls):
     vectors, queries = unit(500, 32, 0), unit(5, 32, 1)
     tier = FaissTier.build(vectors, kind)
-    assert isinstance(tier.index, cls) and tier.index.ntotal == 500
+    assert isinstance(tier.index, cls)
+    assert tier.index.ntotal == 500
     mask = np.zeros(500, dtype=bool)
     mask[::7] = True
     scores, rows = tier.search(queries, 10, Allowed(mask))
-    assert (rows >= 0).all() and mask[rows].all()
+    assert (rows >= 0).all(), "every query fills its 10 slots: no -1 rows"
+    assert mask[rows].all(), "only rows the mask allows come back"
     exact_scores, exact_rows = tier.rank(queries, np.flatnonzero(mask))
     np.testing.assert_array_equal(rows[:, :3], exact_rows[:, :3])  # the best allowed rows, in order
     np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], atol=1e-6)

@@ -61,7 +61,8 @@ def test_concurrent_callers_share_passes_and_get_their_own_rows():
     for texts, (vectors, ms) in zip(requests, results):
         assert vectors[:, 0].tolist() == [len(t) for t in texts]  # each caller gets its own rows, in order
         assert ms >= 40  # the shared pass's wall time
-    assert batcher.passes == len(encoder.calls) and batcher.texts == 22
+    assert batcher.passes == len(encoder.calls)
+    assert batcher.texts == 22
 
 
 def test_requests_that_arrive_while_encoding_form_the_next_pass():
@@ -70,7 +71,8 @@ def test_requests_that_arrive_while_encoding_form_the_next_pass():
         batcher = MicroBatcher(encoder, pool, max_wait_ms=0, max_batch=64)
         run(concurrently(batcher, [[f"q{i}"] for i in range(10)], stagger=0.02))
     assert encoder.calls[0] == ["q0"]  # no wait: the first goes alone
-    assert len(encoder.calls) <= 3 and sum(map(len, encoder.calls)) == 10
+    assert len(encoder.calls) <= 3
+    assert sum(map(len, encoder.calls)) == 10
 
 
 def test_max_batch_caps_a_pass():
@@ -78,7 +80,8 @@ def test_max_batch_caps_a_pass():
     with ThreadPoolExecutor(1) as pool:
         batcher = MicroBatcher(encoder, pool, max_wait_ms=20, max_batch=4)
         run(concurrently(batcher, [[f"q{i}"] for i in range(10)]))
-    assert max(map(len, encoder.calls)) == 4 and sum(map(len, encoder.calls)) == 10
+    assert max(map(len, encoder.calls)) == 4
+    assert sum(map(len, encoder.calls)) == 10
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -88,7 +91,8 @@ def test_workers_bound_the_passes_in_flight(workers):
         batcher = MicroBatcher(encoder, pool, max_wait_ms=0, max_batch=2, workers=workers)
         results = run(concurrently(batcher, [[f"q{i}"] for i in range(12)]))
     assert encoder.most_at_once == workers
-    assert max(map(len, encoder.calls)) <= 2 and [r[0][0, 0] for r in results] == [2.0] * 10 + [3.0] * 2
+    assert max(map(len, encoder.calls)) <= 2
+    assert [r[0][0, 0] for r in results] == [2.0] * 10 + [3.0] * 2
 
 
 def test_batching_off_makes_one_call_per_request():
@@ -96,7 +100,8 @@ def test_batching_off_makes_one_call_per_request():
     with ThreadPoolExecutor(1) as pool:
         batcher = MicroBatcher(encoder, pool, enabled=False)
         results = run(concurrently(batcher, [[f"q{i}"] for i in range(6)]))
-    assert len(encoder.calls) == 6 and all(len(c) == 1 for c in encoder.calls)
+    assert len(encoder.calls) == 6
+    assert all(len(c) == 1 for c in encoder.calls), "batching off: each encoder call holds one request's text"
     assert all(r[0].shape == (1, 2) for r in results)
 
 
@@ -126,7 +131,8 @@ def test_a_full_queue_refuses_at_once_and_the_queued_are_still_answered():
     answered = [r for r in results if not isinstance(r, Exception)]
     assert refused, "five requests into a queue of two while the encoder is busy: some must be refused"
     assert "waiting for the encoder" in str(refused[0])
-    assert len(answered) + len(refused) == 5 and len(answered) >= 2, results
+    assert len(answered) + len(refused) == 5, results
+    assert len(answered) >= 2, results
 
 
 def test_a_caller_that_leaves_does_not_break_the_pass():

@@ -20,14 +20,18 @@ def test_quality_bench(tmp_path, bundled_index):
         "quality.py", "--data", BUNDLED, "--split", "", "--index", bundled_index, "--oversample", "1,5",
         "--max-queries", "8", "--name", "smoke", "--out", tmp_path, cwd=tmp_path,
     )
-    assert "fast x5" in stdout and "recall@10_vs_deep" in stdout
+    assert "fast x5" in stdout
+    assert "recall@10_vs_deep" in stdout
     result = json.loads((tmp_path / "smoke.json").read_text())
     rows = {r["config"]: r for r in result["rows"]}
-    assert rows["deep"]["recall@10_vs_deep"] == 1.0 and rows["deep"]["ndcg_vs_deep"] == 1.0
+    assert rows["deep"]["recall@10_vs_deep"] == 1.0
+    assert rows["deep"]["ndcg_vs_deep"] == 1.0
     assert set(rows) == {"deep", "standard", "light", "fast default", "fast x1", "fast x5", "dim 64", "dim 128", "dim 384"}
     manifest = result["manifest"]["fast"]
-    assert rows["fast default"]["candidates"] == manifest["candidates"] and rows["fast default"]["stage"] == manifest["stage"]
-    assert result["queries"] == 8 and result["machine"]["cpus"] >= 1
+    assert rows["fast default"]["candidates"] == manifest["candidates"]
+    assert rows["fast default"]["stage"] == manifest["stage"]
+    assert result["queries"] == 8
+    assert result["machine"]["cpus"] >= 1
 
 
 def test_latency_bench(tmp_path, bundled_index):
@@ -38,8 +42,10 @@ def test_latency_bench(tmp_path, bundled_index):
         cwd=tmp_path,
     )
     rows = json.loads((tmp_path / "lat.json").read_text())["rows"]
-    assert [r["tier"] for r in rows] == ["fast", "light", "standard", "deep"] and "search_p50_ms" in stdout
-    assert all(r["queries"] == 2 and r["p50_ms"] >= r["search_p50_ms"] > 0 for r in rows)
+    assert [r["tier"] for r in rows] == ["fast", "light", "standard", "deep"]
+    assert "search_p50_ms" in stdout
+    assert all(r["queries"] == 2 for r in rows), "every tier ran both queries"
+    assert all(r["p50_ms"] >= r["search_p50_ms"] > 0 for r in rows), "every tier's p50_ms >= its search_p50_ms > 0"
 
 
 def test_calibration_and_scale_benches(tmp_path, bundled_index):
@@ -60,7 +66,8 @@ def test_calibration_and_scale_benches(tmp_path, bundled_index):
     result = json.loads((tmp_path / "sc.json").read_text())
     assert [(r["n"], r["tier"]) for r in result["scale"]] == [(n, t) for n in (300, 600) for t in ("fast", "light", "standard", "deep")]
     deep = [r for r in result["scale"] if r["tier"] == "deep"]
-    assert all(r["recall@10_vs_deep"] == 1.0 and r["rss_mib"] > 0 for r in deep)
+    assert all(r["recall@10_vs_deep"] == 1.0 for r in deep), "the deep tier is exact at every size"
+    assert all(r["rss_mib"] > 0 for r in deep), "every deep row reports its memory"
     assert set(result["sweeps"]) == {"256x600"}
     sweep = result["sweeps"]["256x600"]
     assert {(r["candidate_dim"], r["index_type"], r["vectors"], r["candidates"]) for r in sweep} == {
@@ -118,7 +125,8 @@ def test_symptom_pairs_describe_train_conditions_without_naming_them(tmp_path):
     pairs = {p["positive"]: p["anchor"] for p in symptom_pairs(tmp_path / "mq", random.Random(0))}
     assert set(pairs) == {"Foo syndrome is a rare condition.", "Bar disease is an illness."}  # never the test split
     terms = set(pairs["Foo syndrome is a rare condition."].replace(" and ", ", ").split(", "))
-    assert terms <= {"ataxia", "cataract", "seizures", "short stature"} and len(terms) >= 3  # no frequencies, no inheritance
+    assert terms <= {"ataxia", "cataract", "seizures", "short stature"}  # no frequencies, no inheritance
+    assert len(terms) >= 3
     assert pairs["Bar disease is an illness."] == "most people with this condition experience painful swelling of the knees and a fever that comes and goes"
 
 
@@ -130,7 +138,8 @@ def test_query_tilt_controls_funnel_difficulty(tmp_path):
     searcher = synthetic_searcher(docs, tmp_path / "idx", vector_dtype="float32")
     easy = recall_curve(searcher, queries_for(docs, 200, 1.25, tilt=-0.5, tilt_spread=0.1), oversamples=(1, 4))
     hard = recall_curve(searcher, queries_for(docs, 200, 1.25, tilt=1.0, tilt_spread=0.1), oversamples=(1, 4))
-    assert hard[0] < easy[0] - 0.1 and hard[1] < easy[1]  # weight in the trailing dims hides neighbours from the 64-dim prefix
+    assert hard[0] < easy[0] - 0.1
+    assert hard[1] < easy[1]  # weight in the trailing dims hides neighbours from the 64-dim prefix
     assert easy[0] < easy[1] <= 1.0
 
 
@@ -143,12 +152,13 @@ def test_funnel_sweep_uses_the_index_it_names(tmp_path):
 
     docs = generate(800, 256, alpha=1.25)
     searcher = synthetic_searcher(docs, tmp_path / "idx", hnsw_min_chunks=0)
-    assert searcher.index.index_type(64) == "hnsw"
+    assert searcher.index.manifest.index_type(64) == "hnsw"
     rows = funnel_sweep(searcher, queries_for(docs, 20, 1.25, 0.0, 1.0), [1, 3], tmp_path)
     classes = {(r["candidate_dim"], r["index_type"]): r["faiss_class"] for r in rows}
     assert classes == {(64, "flat"): "IndexFlat", (64, "hnsw"): "IndexHNSWFlat", (64, "ivf nprobe 256"): "IndexIVFFlat",
                        (128, "hnsw"): "IndexHNSWFlat"}
-    assert searcher.index.manifest["tier_dims"]["fast"] == 64 and type(searcher.index.faiss_index(64)).__name__ == "IndexHNSWFlat"
+    assert searcher.index.manifest["tier_dims"]["fast"] == 64
+    assert type(searcher.index.backend.tier(64).index).__name__ == "IndexHNSWFlat"
 
 
 def test_hybrid_bench_picks_a_setting(tmp_path):
@@ -159,18 +169,22 @@ def test_hybrid_bench_picks_a_setting(tmp_path):
     result = json.loads((tmp_path / "hybrid-smoke.json").read_text())
     settings = [r["setting"] for r in result["rows"]]
     assert settings == ["dense", "lexical", "rrf k=60 depth=20", "convex w=0.5 depth=20"]
-    assert result["chosen"] in settings and f"chosen: {result['chosen']}" in stdout
+    assert result["chosen"] in settings
+    assert f"chosen: {result['chosen']}" in stdout
     dense = result["rows"][0]["ndcg@10"]
-    assert all(0 < r["ndcg@10"] <= 1 for r in result["rows"]) and 0.8 < dense < 1
+    assert all(0 < r["ndcg@10"] <= 1 for r in result["rows"]), "every row's ndcg@10 is in (0, 1]"
+    assert 0.8 < dense < 1
 
 
 def test_lexical_bench(tmp_path):
     stdout = run_script("lexical.py", "--data", BUNDLED, "--split", "", "--name", "lex", "--out", tmp_path, cwd=tmp_path)
     rows = {r["method"]: r for r in json.loads((tmp_path / "lex.json").read_text())["rows"]}
-    assert len(rows) == 4 and "p50_ms" in stdout
+    assert len(rows) == 4
+    assert "p50_ms" in stdout
     stemmed, plain = rows["bm25s, title + chunk, Snowball stemming"], rows["bm25s, title + chunk, no stemming"]
     assert stemmed["ndcg@10"] > plain["ndcg@10"]  # "headaches" meets "headache"
-    assert all(0.5 < r["ndcg@10"] <= 1 and r["p50_ms"] > 0 for r in rows.values())
+    assert all(0.5 < r["ndcg@10"] <= 1 for r in rows.values()), "every method's ndcg@10 is in (0.5, 1]"
+    assert all(r["p50_ms"] > 0 for r in rows.values()), "every method reports a latency"
 
 
 def test_funnel_bench_marks_the_calibrated_default(tmp_path):
@@ -178,7 +192,9 @@ def test_funnel_bench_marks_the_calibrated_default(tmp_path):
     result = json.loads((tmp_path / "f.json").read_text())
     defaults = [r for r in result["rows"] if r["default"] and r["tier"] == "fast"]
     calibration = result["calibrations"]["synthetic 3000"]
-    assert len(defaults) == 1 and defaults[0]["candidates"] == calibration["candidates"] and defaults[0]["stage"] == calibration["stage"]
+    assert len(defaults) == 1
+    assert defaults[0]["candidates"] == calibration["candidates"]
+    assert defaults[0]["stage"] == calibration["stage"]
     assert {"size", "tier", "default", "recall_vs_deep", "speedup_vs_deep", "bytes_per_vector"} <= set(defaults[0])
     assert {r["stage"] for r in result["rows"] if r["tier"] == "fast"} == {"prefix", "binary"}
     assert (tmp_path / "f.png").stat().st_size > 0
@@ -188,14 +204,16 @@ def test_runtimes_bench_compares_in_one_run(tmp_path):
     run_script("runtimes.py", "--data", BUNDLED, "--split", "", "--runtimes", "torch,openvino", "--query-sample", "5",
                "--name", "rt", "--out", tmp_path, cwd=tmp_path)
     rows = {r["runtime"]: r for r in json.loads((tmp_path / "rt.json").read_text())["rows"]}
-    assert rows["torch"]["speedup_vs_torch"] == 1.0 and rows["openvino"]["passages_per_s"] > 0
+    assert rows["torch"]["speedup_vs_torch"] == 1.0
+    assert rows["openvino"]["passages_per_s"] > 0
     assert abs(rows["openvino"]["ndcg_change_vs_torch"]) < 0.01  # fp32: the same vectors
 
 
 def test_binary_index_bench(tmp_path):
     run_script("binary_index.py", "--size", "3000", "--queries", "10", "--counts", "50", "--name", "b", "--out", tmp_path, cwd=tmp_path)
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert {r["index"] for r in rows} == {"flat", "hnsw"} and all(0 < r["recall_vs_deep"] <= 1 for r in rows)
+    assert {r["index"] for r in rows} == {"flat", "hnsw"}
+    assert all(0 < r["recall_vs_deep"] <= 1 for r in rows), "every row's recall_vs_deep is in (0, 1]"
 
 
 def test_backends_bench_compares_faiss_and_qdrant_on_the_same_vectors(tmp_path, bundled_index):
@@ -204,8 +222,10 @@ def test_backends_bench_compares_faiss_and_qdrant_on_the_same_vectors(tmp_path, 
     result = json.loads((tmp_path / "be.json").read_text())
     rows = {(r["tier"], r["backend"]): r for r in result["rows"]}
     assert set(rows) == {(t, b) for t in ("fast", "light", "standard", "deep") for b in ("faiss", "qdrant")}
-    assert rows["deep", "qdrant"]["same_top10_as_faiss"] >= 0.99 and rows["fast", "qdrant"]["ndcg_vs_deep"] >= 0.99
-    assert result["fast"]["qdrant"]["stage"] == "prefix" and "same_top10_as_faiss" in stdout
+    assert rows["deep", "qdrant"]["same_top10_as_faiss"] >= 0.99
+    assert rows["fast", "qdrant"]["ndcg_vs_deep"] >= 0.99
+    assert result["fast"]["qdrant"]["stage"] == "prefix"
+    assert "same_top10_as_faiss" in stdout
 
 
 def test_edge_funnel_bench(tmp_path):
@@ -214,8 +234,10 @@ def test_edge_funnel_bench(tmp_path):
                tmp_path, cwd=tmp_path)
     rows = json.loads((tmp_path / "edge.json").read_text())["rows"]
     edge = {r["candidates"]: r for r in rows if r["engine"].startswith("qdrant-edge")}
-    assert edge[3000]["tier"] == "deep" and edge[3000]["recall@10"] == 1.0  # the exact scan is exact
-    assert edge[500]["recall@10"] >= edge[50]["recall@10"] and edge[500]["recall@10"] > 0.9
+    assert edge[3000]["tier"] == "deep"
+    assert edge[3000]["recall@10"] == 1.0  # the exact scan is exact
+    assert edge[500]["recall@10"] >= edge[50]["recall@10"]
+    assert edge[500]["recall@10"] > 0.9
 
 
 def test_chaos_bench_mixed_reads_and_writes(tmp_path, bundled_index):
@@ -225,9 +247,15 @@ def test_chaos_bench_mixed_reads_and_writes(tmp_path, bundled_index):
     stdout = run_script("chaos.py", "--seconds", "8", "--searchers", "4", "--compactions", "1", "--index", bundled_index,
                         "--out", tmp_path / "chaos.json", cwd=tmp_path)
     result = json.loads((tmp_path / "chaos.json").read_text())
-    assert "no errors; consistent" in stdout and result["errors_total"] == 0 and result["errors"] == {}, result["error_samples"]
-    assert result["consistent"] and result["documents_end"] == result["documents_expected"]
-    assert result["searches"] > 0 and result["writes"]["add"] > 0 and result["writes"]["delete"] > 0
+    assert "no errors; consistent" in stdout, result["error_samples"]
+    assert result["errors_total"] == 0, result["error_samples"]
+    assert result["errors"] == {}, result["error_samples"]
+    assert result["consistent"], "the end state adds up"
+    assert result["documents_end"] == result["documents_expected"]
+    assert result["searches"] > 0
+    assert result["writes"]["add"] > 0
+    assert result["writes"]["delete"] > 0
     assert result["generations_written"] == result["generations_expected"] > 0
-    assert result["settings"]["searchers"] == 4 and result["machine"]["cpus"] >= 1
+    assert result["settings"]["searchers"] == 4
+    assert result["machine"]["cpus"] >= 1
     assert sorted((p.relative_to(bundled_index), p.stat().st_mtime_ns) for p in bundled_index.rglob("*") if p.is_file()) == before

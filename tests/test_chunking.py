@@ -38,9 +38,11 @@ def test_long_document_chunks_fit_the_window_overlap_and_cover_the_text(minilm):
     docs = [Document(id="s", text="short one"), Document(id="long", title="Heart failure", text=LONG_TEXT)]
     chunks = chunk_documents(docs, minilm.tokenizer, minilm.max_tokens, overlap=20)
     long_chunks = [c for c in chunks if c.doc == 1]
-    assert chunks[0].doc == 0 and len(long_chunks) >= 3
+    assert chunks[0].doc == 0
+    assert len(long_chunks) >= 3
     assert [c.position for c in long_chunks] == list(range(len(long_chunks)))
-    assert long_chunks[0].start == 0 and long_chunks[-1].end == len(LONG_TEXT)
+    assert long_chunks[0].start == 0
+    assert long_chunks[-1].end == len(LONG_TEXT)
     for before, after in zip(long_chunks, long_chunks[1:]):
         assert after.start < before.end  # overlapping spans
     for c in long_chunks:

@@ -31,7 +31,8 @@ def cli_index(tmp_path_factory, minilm):
     path = tmp_path_factory.mktemp("cli") / "idx"
     result = run("index", BUNDLED, "--index", path, "--quiet")
     assert result.exit_code == 0, result.output
-    assert "Indexed 187 documents" in result.output and "docs/s" in result.output
+    assert "Indexed 187 documents" in result.output
+    assert "docs/s" in result.output
     assert "Tiers: fast=64, light=128, standard=384, deep=384" in result.output
     return path
 
@@ -41,9 +42,11 @@ def test_query_human_output(cli_index):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0] == "what are the early signs of type 2 diabetes"
-    assert lines[1].startswith("  1. ") and "[doc-" in lines[1]
+    assert lines[1].startswith("  1. ")
+    assert "[doc-" in lines[1]
     assert sum(line.lstrip()[:2] in {"1.", "2.", "3."} for line in lines) == 3
-    assert "encode" in lines[-1] and "ms" in lines[-1]
+    assert "encode" in lines[-1]
+    assert "ms" in lines[-1]
 
 
 def test_query_json_for_every_tier(cli_index):
@@ -51,10 +54,12 @@ def test_query_json_for_every_tier(cli_index):
         result = run("query", "inhaler for wheezing", "--index", cli_index, "--tier", tier, "--k", "5", "--json")
         assert result.exit_code == 0, result.output
         out = json.loads(result.output)
-        assert out["query"] == "inhaler for wheezing" and "query_id" not in out
+        assert out["query"] == "inhaler for wheezing"
+        assert "query_id" not in out
         assert len(out["results"]) == 5
         assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
-        assert out["results"][0]["source"] == "corpus.jsonl" and "topic" in out["results"][0]["metadata"]
+        assert out["results"][0]["source"] == "corpus.jsonl"
+        assert "topic" in out["results"][0]["metadata"]
         assert set(out["timings_ms"]) == {"encode", "search", "rerank"}
 
 
@@ -69,12 +74,16 @@ def test_batch_queries_json(cli_index):
 
 def test_dim_option_and_info(cli_index):
     result = run("query", "kidney function blood test", "--index", cli_index, "--dim", "128", "--json")
-    assert result.exit_code == 0 and len(json.loads(result.output)["results"]) == 10
+    assert result.exit_code == 0
+    assert len(json.loads(result.output)["results"]) == 10
     info = run("info", "--index", cli_index)
     assert info.exit_code == 0
-    assert "all-MiniLM-L6-v2" in info.output and "fast=64 (flat)" in info.output and "187 (" in info.output
+    assert "all-MiniLM-L6-v2" in info.output
+    assert "fast=64 (flat)" in info.output
+    assert "187 (" in info.output
     manifest = json.loads(run("info", "--index", cli_index, "--json").output)
-    assert manifest["documents"] == 187 and "dim64.faiss" in manifest["files"]
+    assert manifest["documents"] == 187
+    assert "dim64.faiss" in manifest["files"]
 
 
 def test_model_mismatch_from_the_cli(cli_index, tiny1024_path):
@@ -125,7 +134,8 @@ def test_help_and_module_entry_points():
     assert "fast: 64-dim candidates re-ranked" in run("query", "--help").output
     for entry in (["-m", "medsearch"], [str(REPO / "cli.py")]):
         out = subprocess.run([sys.executable, *entry, "--version"], capture_output=True, text=True, cwd=REPO)
-        assert out.returncode == 0 and "medsearch, version" in out.stdout
+        assert out.returncode == 0
+        assert "medsearch, version" in out.stdout
 
 
 def test_add_delete_compact_filter_and_info(tmp_path, cli_index):
@@ -137,20 +147,26 @@ def test_add_delete_compact_filter_and_info(tmp_path, cli_index):
         {"id": "zorblax", "title": "Zorblax fever", "text": "Zorblax fever paints purple spots on both knees.", "topic": "condition"},
     ])
     added = run("add", new, "--index", index, "-q")
-    assert added.exit_code == 0 and "added 1, updated 0, unchanged 0, deleted 0 -> generation 2: 188 documents" in added.output
+    assert added.exit_code == 0
+    assert "added 1, updated 0, unchanged 0, deleted 0 -> generation 2: 188 documents" in added.output
     assert "unchanged 1" in run("add", new, "--index", index, "-q").output
     top = json.loads(run("query", "purple spots on the knees", "--index", index, "--json").output)["results"][0]
     assert top["id"] == "zorblax"
     deleted = run("delete", "zorblax", "doc-001", "--index", index)
-    assert deleted.exit_code == 0 and "deleted 2 -> generation 3: 186 documents" in deleted.output
+    assert deleted.exit_code == 0
+    assert "deleted 2 -> generation 3: 186 documents" in deleted.output
     info = run("info", "--index", index).output
-    assert "186 (203 live chunks, 2 dead rows of 205)" in info and "generation  3" in info and "topic" in info
+    assert "186 (203 live chunks, 2 dead rows of 205)" in info
+    assert "generation  3" in info
+    assert "topic" in info
     as_json = json.loads(run("info", "--index", index, "--json").output)
     assert (as_json["documents"], as_json["live_chunks"], as_json["dead_chunks"], as_json["generation"]) == (186, 203, 2, 3)
     filtered = json.loads(run("query", "chest pain", "--index", index, "--filter", "topic=symptom", "--json").output)
-    assert len(filtered["results"]) == 10 and {h["metadata"]["topic"] for h in filtered["results"]} == {"symptom"}
+    assert len(filtered["results"]) == 10
+    assert {h["metadata"]["topic"] for h in filtered["results"]} == {"symptom"}
     compacted = run("compact", "--index", index)
-    assert compacted.exit_code == 0 and "compacted -> generation 4: 186 documents, 203 chunk rows (0 dead)" in compacted.output
+    assert compacted.exit_code == 0
+    assert "compacted -> generation 4: 186 documents, 203 chunk rows (0 dead)" in compacted.output
     assert "nothing to compact" in run("compact", "--index", index).output
     (tmp_path / "ids.txt").write_text("doc-002\n\ndoc-003\n")
     assert "deleted 2" in run("delete", "--ids-file", tmp_path / "ids.txt", "--index", index).output

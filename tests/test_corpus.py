@@ -30,9 +30,11 @@ def test_csv_txt_md_in_a_folder(tmp_path):
     (tmp_path / "ignored.pdf").write_bytes(b"%PDF")
     docs = {d.id: d for d in read_corpus(tmp_path)}
     assert set(docs) == {"c1", "sub/note.md", "plain.txt"}
-    assert docs["c1"].metadata == {"extra": "1"} and docs["c1"].title == "Gout"
+    assert docs["c1"].metadata == {"extra": "1"}
+    assert docs["c1"].title == "Gout"
     assert docs["sub/note.md"].title == "Shingles"
-    assert docs["plain.txt"].title == "plain" and docs["plain.txt"].text.startswith("Sunburn")
+    assert docs["plain.txt"].title == "plain"
+    assert docs["plain.txt"].text.startswith("Sunburn")
 
 
 def test_beir_folder_reads_only_corpus_jsonl(tmp_path):
@@ -48,7 +50,8 @@ def test_bundled_corpus_is_valid():
     docs = read_corpus(BUNDLED)
     assert len(docs) >= 150
     ids, texts = read_queries(BUNDLED / "queries.jsonl")
-    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    assert len(ids) >= 40
+    assert len(set(ids)) == len(ids), "query ids are unique"
 
 
 @pytest.mark.parametrize(

@@ -17,5 +17,6 @@ SEED = 20261129
 def test_kill_9_during_add_leaves_before_or_after(tmp_path, minilm):
     build_index(BUNDLED, tmp_path / "base", minilm)
     result = run_trials(tmp_path / "base", tmp_path, minilm, trials=10, seed=SEED)
-    assert len(result["trials"]) == 10 and sum(result["states"].values()) == 10
+    assert len(result["trials"]) == 10
+    assert sum(result["states"].values()) == 10
     print(f"kill -9 outcomes (add takes {result['add_seconds']}s): {result['states']}")

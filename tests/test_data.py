@@ -64,23 +64,28 @@ def make_medquad_repo(root: Path) -> Path:
 
 def test_normalise_and_split():
     assert normalise("Key Points\n        - one    two\n\n   \n  three ") == "Key Points\n- one two\nthree"
-    assert split_of("Asthma") == split_of("  asthma ") and split_of("Asthma") in ("train", "dev", "test")
+    assert split_of("Asthma") == split_of("  asthma ")
+    assert split_of("Asthma") in ("train", "dev", "test")
     shares = [split_of(f"condition {i}") for i in range(5000)]
-    assert 0.77 < shares.count("train") / 5000 < 0.83 and 0.08 < shares.count("test") / 5000 < 0.12
+    assert 0.77 < shares.count("train") / 5000 < 0.83
+    assert 0.08 < shares.count("test") / 5000 < 0.12
 
 
 def test_medquad_folder_from_xml(medquad_repo, tmp_path):
     pairs = read_pairs(medquad_repo)
     assert len(pairs) == 31  # 10 x 3 + 1; the empty answer is dropped
-    assert pairs[0].id == "1_Fixture_QA/0000001/0000001-1" and pairs[-1].folder == "2_Other_QA"  # folders by number
+    assert pairs[0].id == "1_Fixture_QA/0000001/0000001-1"
+    assert pairs[-1].folder == "2_Other_QA"  # folders by number
     counts = write_medquad(pairs, tmp_path / "out", sample_size=5)
     out = tmp_path / "out"
     corpus = [json.loads(line) for line in (out / "corpus.jsonl").open()]
     queries = {q["_id"]: q for q in map(json.loads, (out / "queries.jsonl").open())}
     # the inheritance answer is shared by every focus: one document, no title; identical questions: one query
     shared = [d for d in corpus if d["text"].startswith("This condition is inherited")]
-    assert len(shared) == 1 and shared[0]["title"] == ""
-    assert counts["documents"] == len(corpus) == 10 + 10 + 1 + 1 and counts["queries"] == len(queries) == 30
+    assert len(shared) == 1
+    assert shared[0]["title"] == ""
+    assert counts["documents"] == len(corpus) == 10 + 10 + 1 + 1
+    assert counts["queries"] == len(queries) == 30
     assert corpus[0]["text"] == f"{FOCI[0]} is a made-up condition\nused in tests number 1."
     bench = load_benchmark(out)
     alpha = next(q for q, r in queries.items() if r["text"] == f"What is (are) {FOCI[0]} ?")
@@ -90,11 +95,14 @@ def test_medquad_folder_from_xml(medquad_repo, tmp_path):
         assert len({q["split"] for q in queries.values() if q["focus"] == focus}) == 1
     train = [json.loads(line) for line in (out / "train_pairs.jsonl").open()]
     train_questions = {q["text"] for q in queries.values() if q["split"] == "train"}
-    assert train and all(p["anchor"] in train_questions for p in train)
+    assert train, "train_pairs.jsonl is not empty"
+    assert all(p["anchor"] in train_questions for p in train), "every training anchor is a train-split question"
     sample = [json.loads(line) for line in (out / "train_pairs_5.jsonl").open()]
-    assert len(sample) == 5 and all(p in train for p in sample)
+    assert len(sample) == 5
+    assert all(p in train for p in sample), "the sample is drawn from train_pairs.jsonl"
     symptoms = [json.loads(line) for line in (out / "symptom_pairs.jsonl").open()]
-    assert symptoms and all("fixture condition" not in p["anchor"] for p in symptoms)
+    assert symptoms, "symptom_pairs.jsonl is not empty"
+    assert all("fixture condition" not in p["anchor"] for p in symptoms), "a symptom anchor does not name the condition"
     assert all(p["positive"].startswith("Fixture condition") for p in symptoms)  # the overview answer
     assert "CC BY 4.0" in (out / "README.md").read_text()
     # the same input gives the same files
@@ -121,7 +129,8 @@ def test_medquad_cli_from_zip_and_folder(medquad_repo, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     result = runner.invoke(cli, ["data", "medquad", str(tmp_path / "mine"), "--from", str(archive), "--cache", str(cache)])
-    assert result.exit_code == 1 and "not a data set folder" in result.output
+    assert result.exit_code == 1
+    assert "not a data set folder" in result.output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -135,10 +144,13 @@ def test_medquad_bad_sources(tmp_path):
         read_pairs(tmp_path / "broken")
     result = CliRunner().invoke(cli, ["data", "medquad", str(tmp_path / "out"), "--from", str(tmp_path / "broken"),
                                       "--cache", str(tmp_path / "c")])
-    assert result.exit_code == 1 and "not valid XML" in result.output and not (tmp_path / "out").exists()
+    assert result.exit_code == 1
+    assert "not valid XML" in result.output
+    assert not (tmp_path / "out").exists()
     (tmp_path / "notzip.zip").write_text("plain text")
     result = CliRunner().invoke(cli, ["data", "medquad", str(tmp_path / "out"), "--from", str(tmp_path / "notzip.zip")])
-    assert result.exit_code == 1 and "neither a folder nor a .zip" in result.output
+    assert result.exit_code == 1
+    assert "neither a folder nor a .zip" in result.output
 
 
 def beir_archive(tmp_path: Path, name: str = "nfcorpus") -> Path:
@@ -172,7 +184,8 @@ def test_beir_cli_keeps_grades_and_splits(tmp_path):
     assert test.qrels == {"PLAIN-1": {"MED-0": 2, "MED-3": 1}, "PLAIN-2": {"MED-1": 2}}
     assert set(load_benchmark(tmp_path / "nf", "dev").queries) == {"PLAIN-3"}
     result = CliRunner().invoke(cli, ["data", "beir", "msmarco", str(tmp_path / "x"), "--from", str(archive)])
-    assert result.exit_code == 2 and "Invalid value for '{nfcorpus|trec-covid|scifact}'" in result.output
+    assert result.exit_code == 2
+    assert "Invalid value for '{nfcorpus|trec-covid|scifact}'" in result.output
 
 
 def test_eval_on_a_graded_beir_folder(tmp_path):
@@ -194,7 +207,8 @@ def test_fetch_downloads_once_through_the_real_path(tmp_path):
     source = beir_archive(tmp_path)
     cache = tmp_path / "cache"
     got = fetch(source.as_uri(), cache)
-    assert got.read_bytes() == source.read_bytes() and got.parent == cache
+    assert got.read_bytes() == source.read_bytes()
+    assert got.parent == cache
     source.unlink()
     assert fetch(source.as_uri(), cache) == got  # cached: not fetched again
     assert not list(cache.glob("*.part"))
@@ -217,5 +231,7 @@ def test_offline_download_error_names_the_way_out(tmp_path):
         result = CliRunner().invoke(cli, ["data", "beir", "scifact", str(tmp_path / "sf"), "--cache", str(tmp_path / "c")])
     finally:
         download.SOURCES["beir"] = original
-    assert result.exit_code == 1 and "--from PATH" in result.output and result.output.count("\n") == 1
+    assert result.exit_code == 1
+    assert "--from PATH" in result.output
+    assert result.output.count("\n") == 1
     assert not (tmp_path / "sf").exists()

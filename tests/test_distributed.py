@@ -26,8 +26,9 @@ def test_ray_encoding_of_the_bundled_corpus_equals_a_local_encode(local_ray, bun
                  "--quiet")
     assert result.exit_code == 0, result.output
     remote, local = open_index(tmp_path / "idx"), open_index(bundled_index)  # bundled_index: encoded locally
-    assert remote.manifest["model"] == local.manifest["model"] and remote.chunks == local.chunks == 204
-    np.testing.assert_allclose(remote.vectors, local.vectors, atol=1e-5)
+    assert remote.manifest["model"] == local.manifest["model"]
+    assert remote.chunks == local.chunks == 204
+    np.testing.assert_allclose(remote.backend.vectors, local.backend.vectors, atol=1e-5)
     assert run("query", "early signs of type 2 diabetes", "--index", tmp_path / "idx").exit_code == 0
 
 

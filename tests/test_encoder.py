@@ -20,9 +20,11 @@ def test_profiles(spec, prompts, expected):
 
 
 def test_default_model_loads_offline_and_normalises(minilm):
-    assert minilm.dim == 384 and minilm.max_tokens == 256
+    assert minilm.dim == 384
+    assert minilm.max_tokens == 256
     vectors = minilm.encode_passages(["Asthma narrows the airways.", "Statins lower cholesterol."])
-    assert vectors.dtype == np.float32 and vectors.shape == (2, 384)
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 

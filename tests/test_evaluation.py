@@ -27,7 +27,9 @@ def test_recall_at_10_counts_only_the_top_10():
     bench = Benchmark(queries={"q": "t"}, qrels={"q": {"r": 1}})
     runs = {"q": [(f"d{i}", 1 - i / 100) for i in range(10)] + [("r", 0.5)]}
     got = ir_metrics(runs, bench)
-    assert got["recall@10"] == 0 and got["recall@100"] == 1 and got["ndcg@10"] == 0
+    assert got["recall@10"] == 0
+    assert got["recall@100"] == 1
+    assert got["ndcg@10"] == 0
 
 
 def test_graded_ndcg_matches_hand_computed_values():
@@ -53,7 +55,8 @@ def test_our_order_is_kept_when_scores_tie():
 def test_mrr_at_10_ignores_hits_below_rank_10():
     bench = Benchmark(queries={"q": "t"}, qrels={"q": {"r": 1}})
     got = ir_metrics({"q": [(f"d{i}", 1.0) for i in range(10)] + [("r", 0.1)]}, bench)
-    assert got["mrr@10"] == 0 and got["recall@100"] == 1
+    assert got["mrr@10"] == 0
+    assert got["recall@100"] == 1
 
 
 def test_load_benchmark_splits_and_judgements(tmp_path):
@@ -64,7 +67,8 @@ def test_load_benchmark_splits_and_judgements(tmp_path):
     ])
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t2\nq2\td3\t1\nq1\td9\t0\n")
     bench = load_benchmark(tmp_path, "test")
-    assert bench.queries == {"q1": "one"} and bench.qrels == {"q1": {"d1": 1, "d2": 2}}
+    assert bench.queries == {"q1": "one"}
+    assert bench.qrels == {"q1": {"d1": 1, "d2": 2}}
     assert set(load_benchmark(tmp_path).queries) == {"q1", "q2"}
     with pytest.raises(MedsearchError, match=r"no queries with split 'dev' .* \(splits there: test, train\)"):
         load_benchmark(tmp_path, "dev")
@@ -91,7 +95,9 @@ def test_mean_cosine_flags_a_collapsed_space():
     collapsed = spread * 0.05 + np.ones(32, dtype=np.float32)  # every vector near one direction
     healthy, bad = mean_cosine(spread, [32, 8], sample=200), mean_cosine(collapsed, [32, 8], sample=200)
     assert set(healthy) == {"32", "8"}
-    assert abs(healthy["32"]) < 0.05 and bad["32"] > 0.9 and bad["8"] > 0.9
+    assert abs(healthy["32"]) < 0.05
+    assert bad["32"] > 0.9
+    assert bad["8"] > 0.9
 
 
 def test_bundled_judgements_cover_every_query():
@@ -103,19 +109,23 @@ def test_evaluate_models_on_the_bundled_corpus(tmp_path):
     from medsearch.evaluation import evaluate_models
 
     report = evaluate_models(BUNDLED, ["default", "default"], split=None, cache=tmp_path / "cache")
-    assert report.queries == 99 and report.documents == 187
+    assert report.queries == 99
+    assert report.documents == 187
     assert len(list((tmp_path / "cache").iterdir())) == 1  # the corpus was encoded once for the same model
     comparison = report.comparison()
     assert [c["row"] for c in comparison] == ["384", "256", "128", "64", "fast", "lexical", "hybrid", "hybrid-fast"]
     assert all(c["improvement"] == 0 for c in comparison)
     full = report.ndcg("default", "384")
-    assert 0.5 < full <= 1 and report.ndcg("default", "64") < full
+    assert 0.5 < full <= 1
+    assert report.ndcg("default", "64") < full
     # the bundled questions paraphrase their documents: hybrid beats both of its lists there
     assert report.ndcg("default", "hybrid") > max(full, report.ndcg("default", "lexical"))
     markdown = report.to_markdown()
-    assert "| row | Initial | Final | Improvement |" in markdown and "| Initial | lexical |" in markdown
+    assert "| row | Initial | Final | Improvement |" in markdown
+    assert "| Initial | lexical |" in markdown
     cosines = report.models[0]["mean_cosine"]
-    assert set(cosines) == {"384", "256", "128", "64"} and 0 < cosines["384"] < 0.5  # MiniLM is not collapsed
+    assert set(cosines) == {"384", "256", "128", "64"}
+    assert 0 < cosines["384"] < 0.5  # MiniLM is not collapsed
     assert "Initial: mean cosine between random chunks" in markdown
 
 
@@ -131,10 +141,13 @@ def test_eval_cli_writes_json_and_markdown(tmp_path):
         "--markdown", str(tmp_path / "r.md"), "--mode", "lexical", "--quiet",
     ])
     assert result.exit_code == 0, result.output
-    assert "NDCG@10" in result.output and "lexical" in result.output
+    assert "NDCG@10" in result.output
+    assert "lexical" in result.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["queries"] == 99 and [r["row"] for r in report["rows"]] == ["lexical"]
-    assert report["modes"] == ["lexical"] and report["fusion"] == {"method": "convex", "rrf_k": 60, "weight": 0.7, "depth": 50}
+    assert report["queries"] == 99
+    assert [r["row"] for r in report["rows"]] == ["lexical"]
+    assert report["modes"] == ["lexical"]
+    assert report["fusion"] == {"method": "convex", "rrf_k": 60, "weight": 0.7, "depth": 50}
     assert (tmp_path / "r.md").read_text().startswith("NDCG@10 on 99 queries")
     for args, pattern in [
         (["eval", str(tmp_path / "nope")], "queries file not found"),
@@ -143,4 +156,6 @@ def test_eval_cli_writes_json_and_markdown(tmp_path):
         (["eval", str(BUNDLED), "--mode", "dense,semantic"], "unknown mode 'semantic'"),
     ]:
         out = CliRunner().invoke(cli, args)
-        assert out.exit_code != 0 and out.output.strip().count("\n") == 0 and pattern in out.output, out.output
+        assert out.exit_code != 0, out.output
+        assert out.output.strip().count("\n") == 0, out.output
+        assert pattern in out.output, out.output

@@ -12,8 +12,10 @@ from click.testing import CliRunner
 from conftest import SMALL_DOCS
 from medsearch.cli import cli
 from medsearch.errors import BadInputError
-from medsearch.funnel import calibrate, candidates_for, recall_at
-from medsearch.index import Index, build_index, open_index, prefix, write_index, write_manifest
+from medsearch.backends.funnel import calibrate, candidates_for, recall_at
+from medsearch.backends.base import prefix
+from medsearch.index import Index, build_index, open_index, write_index
+from medsearch.manifest import Manifest
 from medsearch.search import Searcher
 from medsearch.updates import delete, upsert
 from medsearch.corpus import Document
@@ -38,21 +40,24 @@ def synthetic(tmp_path_factory) -> Index:
 
 def stage_search(index: Index, stage: str):
     if stage == "binary":
-        return lambda q, n: index.binary.search(q, n)[1]
-    return lambda q, n: index.tier(64).search(prefix(q, 64), n)[1]
+        return lambda q, n: index.backend.binary.search(q, n)[1]
+    return lambda q, n: index.backend.tier(64).search(prefix(q, 64), n)[1]
 
 
 def test_the_stored_count_reaches_the_target_on_a_fresh_sample(synthetic):
     fast = synthetic.manifest["fast"]
-    assert fast["target_recall"] == 0.99 and fast["sample"] == 200 and fast["measured_recall"] >= 0.99
-    assert fast["stage"] in ("prefix", "binary") and set(fast["stages"]) == {"prefix", "binary"}
+    assert fast["target_recall"] == 0.99
+    assert fast["sample"] == 200
+    assert fast["measured_recall"] >= 0.99
+    assert fast["stage"] in ("prefix", "binary")
+    assert set(fast["stages"]) == {"prefix", "binary"}
     assert fast["candidates"] == min(s["candidates"] for s in fast["stages"].values())
-    vectors = np.asarray(synthetic.vectors, dtype=np.float32)
+    vectors = np.asarray(synthetic.backend.vectors, dtype=np.float32)
     own = np.sort(np.random.default_rng(7).choice(len(vectors), size=300, replace=False))  # not the build's sample
-    deep = synthetic.tier(384)
+    deep = synthetic.backend.tier(384)
     truth = [r[r != row][:10] for r, row in zip(deep.search(vectors[own], 11)[1], own)]
     for stage, settings in fast["stages"].items():
-        got = recall_at(vectors[own], own, truth, stage_search(synthetic, stage), synthetic.vectors, settings["candidates"])
+        got = recall_at(vectors[own], own, truth, stage_search(synthetic, stage), synthetic.backend.vectors, settings["candidates"])
         assert got >= 0.985, (stage, settings, got)  # 0.99 less three standard errors of 3,000 top-10 slots
 
 
@@ -61,21 +66,24 @@ def test_fewer_candidates_miss_the_target(synthetic):
     fast = synthetic.manifest["fast"]
     curve = {int(c): r for c, r in fast["stages"][fast["stage"]]["curve"].items()}
     counts = sorted(curve)
-    assert counts[-1] == fast["candidates"] and all(curve[c] < 0.99 for c in counts[:-1])
+    assert counts[-1] == fast["candidates"]
+    assert all(curve[c] < 0.99 for c in counts[:-1]), "every count before the chosen one falls short of 0.99"
 
 
 def test_default_search_uses_the_stored_count_and_the_chosen_stage(synthetic):
     searcher = Searcher(synthetic, None)
-    queries = np.asarray(synthetic.vectors[:50], dtype=np.float32)
+    queries = np.asarray(synthetic.backend.vectors[:50], dtype=np.float32)
     deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
     default, _ = searcher.search_vectors(queries, tier="fast", k=10)
     narrow, _ = searcher.search_vectors(queries, tier="fast", k=10, oversample=1)
     overlap = lambda a, b: np.mean([len({r for r, _ in x} & {r for r, _ in y}) / 10 for x, y in zip(a, b)])  # noqa: E731
-    assert overlap(default, deep) >= 0.97 and overlap(default, deep) > overlap(narrow, deep)
-    assert candidates_for(synthetic.fast, 10, None) == synthetic.manifest["fast"]["candidates"]
-    assert candidates_for(synthetic.fast, 30, None) == 3 * synthetic.manifest["fast"]["candidates"]
-    assert candidates_for(synthetic.fast, 3, None) == synthetic.manifest["fast"]["candidates"]  # never fewer for small k
-    assert candidates_for({}, 10, None) == 500 and candidates_for(synthetic.fast, 10, 7) == 70
+    assert overlap(default, deep) >= 0.97
+    assert overlap(default, deep) > overlap(narrow, deep)
+    assert candidates_for(synthetic.manifest.fast, 10, None) == synthetic.manifest["fast"]["candidates"]
+    assert candidates_for(synthetic.manifest.fast, 30, None) == 3 * synthetic.manifest["fast"]["candidates"]
+    assert candidates_for(synthetic.manifest.fast, 3, None) == synthetic.manifest["fast"]["candidates"]  # never fewer for small k
+    assert candidates_for({}, 10, None) == 500
+    assert candidates_for(synthetic.manifest.fast, 10, 7) == 70
 
 
 @pytest.mark.parametrize("stage", ["prefix", "binary"])
@@ -83,7 +91,7 @@ def test_each_stage_equals_deep_when_candidates_cover_the_rows_and_keeps_filters
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm, vector_dtype="float32")
     index = open_index(path)
-    write_manifest(index.folder, {**index.manifest, "fast": {**index.manifest["fast"], "stage": stage}})
+    Manifest({**index.manifest, "fast": {**index.manifest["fast"], "stage": stage}}).write(index.folder)
     searcher = Searcher(open_index(path), minilm)
     for text in ("burning pee", "wheeze", "tired and pale"):
         (deep,) = searcher.search([text], tier="deep", k=5)
@@ -94,7 +102,8 @@ def test_each_stage_equals_deep_when_candidates_cover_the_rows_and_keeps_filters
     assert [h.id for h in kept.hits] == ["hf-guide"]
     delete(path, ["asthma"])
     (after,) = Searcher.open(path).search(["wheeze and breathlessness"], tier="fast", k=8)
-    assert "asthma" not in [h.id for h in after.hits] and len(after.hits) == 7
+    assert "asthma" not in [h.id for h in after.hits]
+    assert len(after.hits) == 7
 
 
 def test_writes_measure_again_and_a_new_target_needs_no_encoding(tmp_path, small_corpus, minilm):
@@ -119,13 +128,16 @@ def test_info_shows_the_target_and_bad_targets_are_refused(tmp_path, small_corpu
     path = tmp_path / "idx"
     result = CliRunner().invoke(cli, ["index", str(small_corpus), "--index", str(path), "--target-recall", "0.95", "-q"])
     assert result.exit_code == 0, result.output
-    assert "Fast tier: " in result.output and ">= 0.95" in result.output
+    assert "Fast tier: " in result.output
+    assert ">= 0.95" in result.output
     info = json.loads(CliRunner().invoke(cli, ["info", "--index", str(path), "--json"]).output)
-    assert info["target_recall"] == 0.95 and info["fast_candidates"] == info["fast"]["candidates"] > 0
+    assert info["target_recall"] == 0.95
+    assert info["fast_candidates"] == info["fast"]["candidates"] > 0
     text = CliRunner().invoke(cli, ["info", "--index", str(path)]).output
     assert f"{info['fast_candidates']} candidates from the {info['fast_stage']} stage for recall@10 vs deep >= 0.95" in text
     result = CliRunner().invoke(cli, ["index", str(small_corpus), "--index", str(tmp_path / "x"), "--target-recall", "1.5"])
-    assert result.exit_code == 2 and "Invalid value for '--target-recall'" in result.output
+    assert result.exit_code == 2
+    assert "Invalid value for '--target-recall'" in result.output
     with pytest.raises(BadInputError, match="target recall must be above 0 and at most 1; got 0"):
         write_index(tmp_path / "y", np.eye(4, dtype=np.float32), np.arange(4), {"model": {}, "documents": 4}, target_recall=0)
     assert not (tmp_path / "y").exists()
@@ -138,7 +150,8 @@ def test_calibration_of_a_tiny_index_is_exact():
     flat = FaissTier.build(vectors, "flat")
     settings = calibrate(vectors, deep=lambda q, n: flat.search(q, n)[1], stages={"prefix": lambda q, n: flat.search(q, n)[1]},
                          rerank_vectors=vectors)
-    assert settings["candidates"] == 10 and settings["measured_recall"] == 1.0  # the same index: exact at 10
+    assert settings["candidates"] == 10
+    assert settings["measured_recall"] == 1.0  # the same index: exact at 10
 
 
 def test_compact_gives_an_index_from_before_the_funnel_its_calibration(tmp_path, small_corpus, minilm):
@@ -148,12 +161,14 @@ def test_compact_gives_an_index_from_before_the_funnel_its_calibration(tmp_path,
     build_index(small_corpus, path, minilm)
     old = open_index(path)
     (old.folder / "binary.faiss").unlink()
-    write_manifest(old.folder, {k: v for k, v in old.manifest.items() if k != "fast"})  # as an older medsearch wrote it
+    Manifest({k: v for k, v in old.manifest.items() if k != "fast"}).write(old.folder)  # as an older medsearch wrote it
     before = Searcher.open(path).search(["wheeze"], tier="deep")[0]
     assert Searcher.open(path).search(["wheeze"], tier="fast")[0].hits  # legacy: the prefix stage, 500 candidates
     report = compact(path)
     new = open_index(path)
-    assert report.compacted and new.manifest["fast"]["target_recall"] == 0.99 and (new.folder / "binary.faiss").is_file()
+    assert report.compacted, "compact writes a new generation"
+    assert new.manifest["fast"]["target_recall"] == 0.99
+    assert (new.folder / "binary.faiss").is_file()
     after = Searcher.open(path).search(["wheeze"], tier="deep")[0]
     assert [(h.id, round(h.score, 5)) for h in after.hits] == [(h.id, round(h.score, 5)) for h in before.hits]
     assert not compact(path).compacted  # nothing left to do
@@ -163,7 +178,9 @@ def test_a_dim_that_is_not_whole_bytes_keeps_the_prefix_stage(tmp_path):
     vectors = clustered(300, 100)  # faiss's binary indexes need whole bytes: 100 bits are not
     write_index(tmp_path / "idx", vectors, np.arange(300), {"model": {"spec": "s", "name": "s", "fingerprint": "x"}, "documents": 300})
     index = open_index(tmp_path / "idx")
-    assert index.fast_stage == "prefix" and set(index.fast["stages"]) == {"prefix"} and "binary_index" not in index.fast
+    assert index.manifest.fast_stage == "prefix"
+    assert set(index.manifest.fast["stages"]) == {"prefix"}
+    assert "binary_index" not in index.manifest.fast
     assert not (index.folder / "binary.faiss").exists()
     got, _ = Searcher(index, None).search_vectors(vectors[:3], tier="fast", k=5)
     assert [hits[0][0] for hits in got] == [0, 1, 2]
@@ -188,8 +205,8 @@ def test_compact_adds_the_binary_codes_an_upgraded_write_could_not(tmp_path, sma
     build_index(small_corpus, path, minilm)
     old = open_index(path)
     (old.folder / "binary.faiss").unlink()
-    write_manifest(old.folder, {k: v for k, v in old.manifest.items() if k != "fast"})
+    Manifest({k: v for k, v in old.manifest.items() if k != "fast"}).write(old.folder)
     upsert(path, [Document(id="gout", title="Gout", text="Sudden painful swelling of the big toe joint.")], minilm)
-    assert set(open_index(path).fast["stages"]) == {"prefix"}  # a write measures what it has
+    assert set(open_index(path).manifest.fast["stages"]) == {"prefix"}  # a write measures what it has
     assert compact(path).compacted
-    assert set(open_index(path).fast["stages"]) == {"prefix", "binary"}
+    assert set(open_index(path).manifest.fast["stages"]) == {"prefix", "binary"}

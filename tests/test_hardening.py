@@ -147,7 +147,8 @@ def test_the_generation_current_before_two_quick_writes_stays_and_old_retired_on
     _age(first, generations.KEEP_SECONDS + 60)  # now retired long ago
     upsert(root, [Document(id="n3", text="Third new document about shin splints.")], minilm)
     assert not first.exists(), "a generation retired past the grace period should go"
-    assert second.is_dir() and (root / "gen-000003").is_dir(), "the one before current and the recently retired stay"
+    assert second.is_dir(), "the one before current and the recently retired stay"
+    assert (root / "gen-000003").is_dir(), "the one before current and the recently retired stay"
 
 
 def test_a_folder_left_by_a_failed_switch_is_never_kept(tmp_path, small_corpus, minilm):
@@ -159,7 +160,8 @@ def test_a_folder_left_by_a_failed_switch_is_never_kept(tmp_path, small_corpus, 
     before = root / "gen-000002"
     upsert(root, [Document(id="n2", text="Another document about wrist fractures.")], minilm)
     current = generations.current(root)
-    assert current.name == "gen-000003" and (current / "manifest.json").is_file()
+    assert current.name == "gen-000003"
+    assert (current / "manifest.json").is_file()
     assert json.loads((current / "manifest.json").read_text())["documents"] == len(SMALL_DOCS) + 2
     assert before.is_dir(), "the real previous generation must be the one kept"
     assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000001", "gen-000002", "gen-000003"]
@@ -171,14 +173,19 @@ def test_a_searcher_closes_the_generation_it_left_once_no_query_reads_it(tmp_pat
     searcher.encoder = minilm
     searcher.search(["fever and cough"], k=2)
     old = searcher.index
+    vectors = old.backend
     assert old.store._connections, "a query opens the store"
+    assert vectors._tiers, "a query loads its tier"
     with searcher.pinned() as held:  # a query still reading the old generation
         upsert(tmp_path / "idx", [Document(id="n1", text="A new document about ankle sprains.")], minilm)
         searcher.search(["ankle sprain"], k=2)  # moves to generation 2
-        assert searcher.index is not old and held is old
-        assert "store" in old.__dict__ and old.store._connections, "closed under a reader"
+        assert searcher.index is not old, "the searcher moved to generation 2"
+        assert held is old, "the pinned query keeps the old generation"
+        assert "store" in old.__dict__, "closed under a reader"
+        assert old.store._connections, "closed under a reader"
         assert held.store.document("flu")["title"] == "Influenza"
-    assert "store" not in old.__dict__ and not old._faiss, "the left generation stayed open"
+    assert "store" not in old.__dict__, "the left generation stayed open"
+    assert not vectors._tiers, "the left generation's tier indexes stayed open"
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
@@ -201,7 +208,7 @@ def test_a_failed_qdrant_delete_is_retried_by_the_next_write_and_by_compact(tmp_
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=backend_settings("qdrant", tmp_path))
     root = tmp_path / "idx"
-    points = lambda: open_index(root).qdrant.count()  # noqa: E731
+    points = lambda: open_index(root).backend.count()  # noqa: E731
     before = points()
     real = QdrantBackend.delete_documents
 
@@ -294,7 +301,8 @@ def test_a_chunked_body_over_the_limit_is_refused_while_read(service):
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"request body over the limit; the limit is 1000000" in answer
     answer = exchange(service["port"], head + "Content-Length: 1100000\r\n\r\n")  # refused before any byte of it
-    assert answer.startswith(b"HTTP/1.1 413") and b"request body of 1100000 bytes" in answer, answer[:200]
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"request body of 1100000 bytes" in answer, answer[:200]
 
 
 def test_a_bad_query_among_good_ones_fails_alone(service):
@@ -316,7 +324,8 @@ def test_a_bad_query_among_good_ones_fails_alone(service):
         assert [status for status, _ in answers] == [200] * 8, answers
         assert all(len(body["results"]) == 3 for _, body in answers)
         status, body = worse.result()
-        assert status == 400 and "lone surrogate" in body["error"], body
+        assert status == 400, body
+        assert "lone surrogate" in body["error"], body
 
 
 @pytest.mark.parametrize("method, path, raw, needle", [
@@ -360,7 +369,8 @@ def test_half_open_connections_do_not_block_searches_and_are_dropped(service):
         sockets.append(sock)  # i % 3 == 0: connected, silent
     started = time.monotonic()
     status, body = request(port, "GET", "/search?q=chest+pain+when+climbing+stairs&k=3", timeout=10)
-    assert status == 200 and len(body["results"]) == 3
+    assert status == 200
+    assert len(body["results"]) == 3
     assert time.monotonic() - started < 2, "a search took over 2 s beside 200 half-open connections"
     deadline = time.monotonic() + 20
     open_ones = list(sockets)
@@ -387,10 +397,13 @@ def test_hosts_paths_and_pids_stay_private(service):
     and the writer's pid."""
     port = service["port"]
     status, body = request(port, "GET", "/search?q=chest+pain", headers={"Host": "evil.example:8000"})
-    assert status == 400 and "host 'evil.example' is not served here" in body["error"]
+    assert status == 400
+    assert "host 'evil.example' is not served here" in body["error"]
     assert request(port, "GET", "/search?q=chest+pain&k=1", headers={"Host": f"localhost:{port}"})[0] == 200
     status, ready = get(port, "/readyz")
-    assert status == 200 and ready["index"] == "idx" and "/" not in json.dumps(ready)
+    assert status == 200
+    assert ready["index"] == "idx"
+    assert "/" not in json.dumps(ready)
     with generations.writer_lock(service["index"]):  # another process is writing
         status, body = request(port, "POST", "/documents", {"documents": [{"id": "locked", "text": "t"}]})
     assert status == 409, body
@@ -509,7 +522,8 @@ def test_a_full_queue_and_a_passed_deadline_answer_503_with_retry_after(bundled_
     statuses = sorted(status for status, _ in answers)
     assert set(statuses) == {200, 503}, statuses
     busy = next(body for status, body in answers if status == 503)
-    assert "at capacity" in busy["error"] and "waiting for the encoder" in busy["error"]
+    assert "at capacity" in busy["error"]
+    assert "waiting for the encoder" in busy["error"]
 
     app = create_app(searcher, ServerSettings(request_timeout_s=0.001, warm_up=False))
     with uvicorn_thread(app) as url:
@@ -520,7 +534,8 @@ def test_a_full_queue_and_a_passed_deadline_answer_503_with_retry_after(bundled_
         connection.request("GET", "/search?q=chest+pain")
         response = connection.getresponse()
         body = json.loads(response.read())
-    assert response.status == 503 and response.getheader("Retry-After") == "2"
+    assert response.status == 503
+    assert response.getheader("Retry-After") == "2"
     assert "longer than the service's limit of 0.001 s" in body["error"]
 
 
@@ -590,7 +605,8 @@ def test_more_bounds_found_by_the_second_review(service, method, path, raw, need
 
 def test_two_host_headers_are_refused(service):
     answer = exchange(service["port"], "GET /livez HTTP/1.1\r\nHost: evil.example\r\nHost: localhost\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 400") and b"one Host header is required, 2 were sent" in answer, answer[:200]
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"one Host header is required, 2 were sent" in answer, answer[:200]
     for host in ("[::1]evil.example", "localhost:evil", "[localhost]"):
         status, _ = request(service["port"], "GET", "/livez", headers={"Host": host})
         assert status == 400, host
@@ -606,8 +622,10 @@ def test_add_of_unreadable_json_is_one_line(tmp_path, small_corpus, minilm, line
     bad = tmp_path / "document.jsonl"
     bad.write_text('{"id": "fine", "text": "a good line"}\n' + line + "\n", encoding="utf-8")
     result = CliRunner().invoke(cli, ["add", str(bad), "--index", str(tmp_path / "idx"), "-q"])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
-    assert len(result.output.strip().splitlines()) == 1 and problem in result.output, result.output
+    assert result.exit_code == 1, repr(result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert problem in result.output, result.output
 
 
 def test_a_line_separator_inside_a_json_string_is_text(tmp_path):

@@ -25,10 +25,13 @@ def test_rrf_by_hand():
     lists = {"dense": [(1, 10, 0.9), (2, 20, 0.8), (3, 30, 0.7)], "lexical": [(3, 31, 9.0), (4, 40, 5.0)]}
     got = fuse(lists, Fusion("rrf", rrf_k=60), k=4)
     assert [row for row, _, _ in got] == [30, 10, 20, 40]  # doc 3: 1/63 + 1/61 beats doc 1's 1/61
-    assert got[0][1] == pytest.approx(1 / 63 + 1 / 61) and got[0][2] == {"dense": 3, "lexical": 1}
-    assert got[1][1] == pytest.approx(1 / 61) and got[1][2] == {"dense": 1}
+    assert got[0][1] == pytest.approx(1 / 63 + 1 / 61)
+    assert got[0][2] == {"dense": 3, "lexical": 1}
+    assert got[1][1] == pytest.approx(1 / 61)
+    assert got[1][2] == {"dense": 1}
     # a tie in the fused score goes to the better best rank: doc 2 (dense #2) before doc 4 (lexical #2)
-    assert got[2][1] == pytest.approx(got[3][1]) and got[3][2] == {"lexical": 2}
+    assert got[2][1] == pytest.approx(got[3][1])
+    assert got[3][2] == {"lexical": 2}
     assert len(fuse(lists, Fusion("rrf"), k=2)) == 2
 
 
@@ -64,7 +67,8 @@ def test_lexical_search_ranks_by_exact_terms(small_index):
     searcher = Searcher(open_index(small_index), None)  # no model needed for lexical search
     (result,) = searcher.search(["haemoglobin"], mode="lexical", k=3)
     assert [h.id for h in result.hits] == ["anemia"]  # the only document with that word
-    assert result.hits[0].found_by == {"lexical": 1} and result.timings_ms["encode"] == 0
+    assert result.hits[0].found_by == {"lexical": 1}
+    assert result.timings_ms["encode"] == 0
     (result,) = searcher.search(["the of and"], mode="lexical")  # only stop words: nothing matches
     assert result.hits == []
     (result,) = searcher.search(["headaches"], mode="lexical")  # stemmed: headache(s)
@@ -77,7 +81,8 @@ def test_lexical_collapses_chunks_and_fills_k(small_index):
     searcher = Searcher(open_index(small_index), None)
     (result,) = searcher.search(["heart failure weight"], mode="lexical", k=3)
     ids = [h.id for h in result.hits]
-    assert ids[0] == "hf-guide" and len(ids) == len(set(ids))  # its many chunks count once
+    assert ids[0] == "hf-guide"
+    assert len(ids) == len(set(ids))  # its many chunks count once
 
 
 def test_hybrid_lists_say_who_found_each_hit(small_index, minilm):
@@ -85,7 +90,8 @@ def test_hybrid_lists_say_who_found_each_hit(small_index, minilm):
     (hybrid,) = searcher.search(["burning pee antibiotics"], mode="hybrid", k=4)
     (dense,) = searcher.search(["burning pee antibiotics"], mode="dense", k=4)
     (lexical,) = searcher.search(["burning pee antibiotics"], mode="lexical", k=4)
-    assert hybrid.hits[0].id == "uti" and set(hybrid.hits[0].found_by) == {"dense", "lexical"}
+    assert hybrid.hits[0].id == "uti"
+    assert set(hybrid.hits[0].found_by) == {"dense", "lexical"}
     for hit in hybrid.hits:  # every rank it reports is the rank that list gives
         for name, rank in hit.found_by.items():
             single = dense if name == "dense" else lexical
@@ -119,10 +125,12 @@ def test_living_index_keeps_lexical_in_step(tmp_path, minilm):
     assert searcher.search(["urate crystals"], mode="lexical")[0].hits[0].id == "gout"  # a new generation, rebuilt
     delete(path, ["gout", "anemia"])
     index = open_index(path)
-    assert (index.folder / "lexical").is_dir() and index.manifest["dead_chunks"] > 0
+    assert (index.folder / "lexical").is_dir()
+    assert index.manifest["dead_chunks"] > 0
     for mode in ("lexical", "hybrid"):
         ids = [h.id for r in searcher.search(["urate crystals haemoglobin"], mode=mode, k=10) for h in r.hits]
-        assert "gout" not in ids and "anemia" not in ids
+        assert "gout" not in ids
+        assert "anemia" not in ids
     compact(path)
     assert open_index(path).manifest["dead_chunks"] == 0
     assert searcher.search(["haemoglobin"], mode="lexical")[0].hits == []
@@ -139,7 +147,9 @@ def test_an_index_without_lexical_says_rebuild(tmp_path, small_index):
     with pytest.raises(IndexFormatError, match="no lexical index"):
         Searcher(open_index(copy), None).search(["fever"], mode="lexical")
     out = CliRunner().invoke(cli, ["query", "fever", "--index", str(copy), "--mode", "hybrid"])
-    assert out.exit_code == 1 and "no lexical index" in out.output and "--rebuild" in out.output
+    assert out.exit_code == 1
+    assert "no lexical index" in out.output
+    assert "--rebuild" in out.output
     assert out.output.strip().count("\n") == 0
 
 
@@ -147,11 +157,15 @@ def test_query_cli_modes(small_index):
     out = CliRunner().invoke(cli, ["query", "haemoglobin", "--index", str(small_index), "--mode", "lexical", "--json"])
     assert out.exit_code == 0, out.output
     record = json.loads(out.output)
-    assert record["results"][0]["id"] == "anemia" and record["results"][0]["found_by"] == {"lexical": 1}
+    assert record["results"][0]["id"] == "anemia"
+    assert record["results"][0]["found_by"] == {"lexical": 1}
     out = CliRunner().invoke(cli, ["query", "haemoglobin blood count", "--index", str(small_index), "--mode", "hybrid",
                                    "--fusion", "convex", "--dense-weight", "0.6", "-k", "2"])
-    assert out.exit_code == 0 and "dense #" in out.output and "lexical #" in out.output, out.output
+    assert out.exit_code == 0, out.output
+    assert "dense #" in out.output, out.output
+    assert "lexical #" in out.output, out.output
     for args, pattern in [(["--mode", "semantic"], "Invalid value for '--mode'"),
                           (["--dense-weight", "2"], "not in the range"), (["--fusion", "max"], "Invalid value for '--fusion'")]:
         out = CliRunner().invoke(cli, ["query", "fever", "--index", str(small_index), *args])
-        assert out.exit_code == 2 and pattern in out.output, out.output
+        assert out.exit_code == 2, out.output
+        assert pattern in out.output, out.output

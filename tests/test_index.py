@@ -4,10 +4,11 @@ import faiss
 import numpy as np
 import pytest
 
-import medsearch.index as index_module
+import medsearch.backends.faiss as faiss_backend
 from medsearch.encoder import Encoder
 from medsearch.errors import IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
-from medsearch.index import FORMAT_VERSION, build_index, check_model, open_index, prefix, tier_dims
+from medsearch.backends.base import prefix
+from medsearch.index import FORMAT_VERSION, build_index, check_model, open_index, tier_dims
 from medsearch.search import Searcher
 
 
@@ -41,16 +42,21 @@ def test_build_384(tmp_path, small_corpus, minilm):
     assert (tmp_path / "idx" / "CURRENT").read_text() == "gen-000001\n"
     files = {p.name for p in (tmp_path / "idx" / "gen-000001").iterdir()}
     assert files == {"manifest.json", "docs.db", "vectors.npy", "chunk_doc.npy", "dim64.faiss", "dim128.faiss", "dim384.faiss", "binary.faiss", "lexical"}
-    assert manifest["fast"]["binary_factory"] == "BFlat" and manifest["fast"]["target_recall"] == 0.99
-    assert manifest["documents"] == 8 and manifest["chunks"] > 8  # the long document is chunked
+    assert manifest["fast"]["binary_factory"] == "BFlat"
+    assert manifest["fast"]["target_recall"] == 0.99
+    assert manifest["documents"] == 8
+    assert manifest["chunks"] > 8  # the long document is chunked
     assert manifest["index_types"] == {"64": "flat", "128": "flat", "384": "flat"}
-    assert manifest["faiss_factories"] == {"64": "Flat", "128": "Flat", "384": "Flat"} and manifest["dead_chunks"] == 0
+    assert manifest["faiss_factories"] == {"64": "Flat", "128": "Flat", "384": "Flat"}
+    assert manifest["dead_chunks"] == 0
     assert manifest["metadata_fields"] == ["section"]
     assert json.loads((tmp_path / "idx" / "gen-000001" / "manifest.json").read_text()) == manifest
     idx = open_index(tmp_path / "idx")
-    assert idx.vectors.dtype == np.float16 and idx.vectors.shape == (manifest["chunks"], 384)
-    assert isinstance(idx.vectors, np.memmap)
-    assert idx.faiss_index(64).ntotal == manifest["chunks"] and idx.faiss_index(64).d == 64
+    assert idx.backend.vectors.dtype == np.float16
+    assert idx.backend.vectors.shape == (manifest["chunks"], 384)
+    assert isinstance(idx.backend.vectors, np.memmap)
+    assert idx.backend.tier(64).index.ntotal == manifest["chunks"]
+    assert idx.backend.tier(64).index.d == 64
     np.testing.assert_array_equal(np.bincount(idx.chunk_doc), [1, 1, 1, 1, 1, manifest["chunks"] - 7, 1, 1])
 
 
@@ -60,7 +66,7 @@ def test_build_1024_tiers(tmp_path, small_corpus, tiny1024):
     assert manifest["tier_dims"] == {"fast": 64, "light": 128, "standard": 512, "deep": 1024}
     idx = open_index(tmp_path / "idx")
     assert idx.dims == [64, 128, 512, 1024]
-    assert [idx.faiss_index(d).d for d in idx.dims] == [64, 128, 512, 1024]
+    assert [idx.backend.tier(d).index.d for d in idx.dims] == [64, 128, 512, 1024]
     searcher = Searcher(idx, tiny1024)
     for tier in ("fast", "light", "standard", "deep"):
         (result,) = searcher.search(["fever and cough"], tier=tier, k=3)
@@ -71,7 +77,7 @@ def test_hnsw_for_large_corpora(tmp_path, small_corpus, minilm):
     manifest = build_index(small_corpus, tmp_path / "idx", minilm, hnsw_min_chunks=1)
     assert manifest["index_types"] == {"64": "hnsw", "128": "flat", "384": "flat"}
     idx = open_index(tmp_path / "idx")
-    assert isinstance(idx.faiss_index(64), faiss.IndexHNSWFlat)
+    assert isinstance(idx.backend.tier(64).index, faiss.IndexHNSWFlat)
     searcher = Searcher(idx, minilm)
     fast = searcher.search(["wheezing and inhalers"], tier="fast", k=5)[0]
     deep = searcher.search(["wheezing and inhalers"], tier="deep", k=5)[0]
@@ -83,7 +89,8 @@ def test_other_model_is_refused(tmp_path, small_corpus, minilm, tiny1024):
     idx = open_index(tmp_path / "idx")
     with pytest.raises(ModelMismatchError, match=r"was built with model 'all-MiniLM-L6-v2.*cannot be searched with that model") as caught:
         check_model(idx, tiny1024)
-    assert caught.value.path == idx.path and caught.value.model == tiny1024.spec
+    assert caught.value.path == idx.path
+    assert caught.value.model == tiny1024.spec
     assert "--" not in str(caught.value)  # the library names no CLI flags
     with pytest.raises(MedsearchError, match="was built with model"):
         Searcher.open(tmp_path / "idx", model=str(tiny1024.spec))
@@ -112,7 +119,8 @@ def test_format_version_mismatch_is_refused(tmp_path, small_corpus, minilm):
     with pytest.raises(IndexFormatError, match="has index format 1, this medsearch .* reads format 2"):
         open_index(tmp_path / "v1")
     build_index(small_corpus, tmp_path / "v1", minilm)  # a rebuild replaces it
-    assert open_index(tmp_path / "v1").manifest["documents"] == 8 and not (tmp_path / "v1" / "manifest.json").exists()
+    assert open_index(tmp_path / "v1").manifest["documents"] == 8
+    assert not (tmp_path / "v1" / "manifest.json").exists()
 
 
 def test_missing_and_foreign_folders(tmp_path, small_corpus, minilm):
@@ -135,7 +143,7 @@ def test_failed_rebuild_keeps_the_previous_index(tmp_path, small_corpus, minilm,
     def crash(*args, **kwargs):
         raise RuntimeError("killed while writing")
 
-    monkeypatch.setattr(index_module.faiss, "write_index", crash)
+    monkeypatch.setattr(faiss_backend.faiss, "write_index", crash)
     with pytest.raises(RuntimeError, match="killed while writing"):
         build_index(small_corpus, target, minilm)
     assert open_index(target).manifest == first
@@ -160,7 +168,8 @@ def test_rebuild_replaces_the_index(tmp_path, small_corpus, minilm):
     smaller = tmp_path / "one.jsonl"
     smaller.write_text('{"id": "only", "text": "a single document about gout"}\n')
     manifest = build_index(smaller, tmp_path / "idx", minilm)
-    assert manifest["documents"] == 1 and open_index(tmp_path / "idx").manifest["documents"] == 1
+    assert manifest["documents"] == 1
+    assert open_index(tmp_path / "idx").manifest["documents"] == 1
     assert open_index(tmp_path / "idx").generation == 2
 
 

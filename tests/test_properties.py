@@ -24,7 +24,9 @@ def read_or_refuse(path):
     except MedsearchError as err:
         assert str(err)
         return None
-    assert documents and all(d.text.strip() and d.id for d in documents)
+    assert documents, "a corpus that reads without error has documents"
+    assert all(d.text.strip() for d in documents), "every document has non-blank text"
+    assert all(d.id for d in documents), "every document has an id"
     return documents
 
 
@@ -63,7 +65,9 @@ def test_random_filter_strings(text):
     except MedsearchError as err:
         assert str(err)
         return
-    assert parsed.op in ("=", "!=", ">=", "<=") and parsed.field and parsed.value
+    assert parsed.op in ("=", "!=", ">=", "<=")
+    assert parsed.field, "a parsed filter names a field"
+    assert parsed.value, "a parsed filter has a value"
     try:
         where, params = filter_sql([parsed], [parsed.field])  # a known metadata field: always valid SQL
     except MedsearchError as err:

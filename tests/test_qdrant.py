@@ -18,7 +18,8 @@ from medsearch.backends import qdrant
 from medsearch.cli import cli
 from medsearch.errors import BackendUnavailableError, MissingExtraError
 from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
-from medsearch.index import open_index, prefix
+from medsearch.backends.base import prefix
+from medsearch.index import open_index
 from medsearch.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
@@ -57,10 +58,13 @@ def test_cli_index_query_every_tier_and_info(tmp_path):
     result = run("index", BUNDLED, "--index", index, "--backend", "qdrant", "--qdrant-path", store,
                  "--collection", "guides", "--quiet")
     assert result.exit_code == 0, result.output
-    assert "Indexed 187 documents" in result.output and "Fast tier:" in result.output
+    assert "Indexed 187 documents" in result.output
+    assert "Fast tier:" in result.output
     manifest = open_index(index).manifest
-    assert manifest["backend"]["collection"].startswith("guides-") and manifest["backend"]["path"] == str(store.resolve())
-    assert set(manifest["index_types"].values()) == {"qdrant"} and not (index / "gen-000001" / "vectors.npy").exists()
+    assert manifest["backend"]["collection"].startswith("guides-")
+    assert manifest["backend"]["path"] == str(store.resolve())
+    assert set(manifest["index_types"].values()) == {"qdrant"}
+    assert not (index / "gen-000001" / "vectors.npy").exists()
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES[:5]))
     for tier in ("fast", "light", "standard", "deep"):
@@ -74,7 +78,8 @@ def test_cli_index_query_every_tier_and_info(tmp_path):
     info = run("info", "--index", index)
     assert f"qdrant collection '{manifest['backend']['collection']}' at local mode {store.resolve()}" in info.output
     again = run("index", BUNDLED, "--index", index, "--qdrant-path", store, "--quiet")  # no --collection: the index's
-    assert "unchanged 187" in again.output and "nothing to write" in again.output, again.output
+    assert "unchanged 187" in again.output, again.output
+    assert "nothing to write" in again.output, again.output
     assert open_index(index).manifest["backend"] == manifest["backend"]
 
 
@@ -119,21 +124,24 @@ def test_a_local_folder_held_by_another_process(tmp_path):
 
 def test_point_ids_payloads_and_named_vectors(bundled_qdrant_index, bundled_index):
     index = open_index(bundled_qdrant_index)
-    client, collection = index.qdrant.client, index.qdrant.collection
+    client, collection = index.backend.client, index.backend.collection
     version = index.store.hashes()["doc-020"]
     assert qdrant.point_id("doc-020", 0, version) != qdrant.point_id("doc-020", 1, version)
     assert qdrant.point_id("doc-020", 0, version) != qdrant.point_id("doc-020", 0, "another version")
     (point,) = client.retrieve(collection, [qdrant.point_id("doc-020", 0, version)], with_vectors=True)
     row = point.payload["row"]
-    assert point.payload["id"] == "doc-020" and point.payload["position"] == 0
+    assert point.payload["id"] == "doc-020"
+    assert point.payload["position"] == 0
     assert point.payload["metadata"] == index.store.document("doc-020")["metadata"]
-    assert index.chunk_doc[row] == point.payload["doc"] and point.payload["text"] in index.store.document("doc-020")["text"]
+    assert index.chunk_doc[row] == point.payload["doc"]
+    assert point.payload["text"] in index.store.document("doc-020")["text"]
     assert set(point.vector) == {"d64", "d128", "full"}
-    full = open_index(bundled_index).vectors[row][None, :]  # the FAISS index of the same corpus, same row order
+    full = open_index(bundled_index).backend.vectors[row][None, :]  # the FAISS index of the same corpus, same row order
     np.testing.assert_allclose(point.vector["full"], full[0], atol=1e-3)
     np.testing.assert_allclose(point.vector["d64"], prefix(full, 64)[0], atol=1e-3)
     config = client.get_collection(collection).config.params.vectors
-    assert config["full"].hnsw_config.m == 0 and config["d64"].size == 64  # full: re-scoring only, no graph
+    assert config["full"].hnsw_config.m == 0  # full: re-scoring only, no graph
+    assert config["d64"].size == 64
 
 
 def test_payload_numbers_read_numbers_as_the_sql_filter_does():
@@ -162,7 +170,7 @@ def test_a_missing_extra_names_it(monkeypatch, tmp_path):
     settings = {**qdrant.settings("c", path=tmp_path), "collection": "c-1"}
     monkeypatch.setitem(sys.modules, "qdrant_client", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'medsearch\[qdrant\]'"):
-        qdrant.QdrantBackend(settings, 384, [64, 384])
+        qdrant.QdrantBackend(None, {"backend": settings, "full_dim": 384, "index_types": {"64": "qdrant", "384": "qdrant"}})
     result = run("index", BUNDLED, "--index", tmp_path / "idx", "--qdrant-path", tmp_path / "q", "--quiet")
     assert_one_line_error(result, "needs the 'qdrant' extra")
     assert not (tmp_path / "idx" / "CURRENT").exists()
@@ -177,9 +185,13 @@ def test_a_faiss_index_moves_to_qdrant_without_encoding(bundled_index, tmp_path,
     faiss_hits = Searcher(open_index(tmp_path / "idx"), minilm).search([QUERIES[0]["text"]], tier="deep")[0].hits
     monkeypatch.setattr(minilm, "encode_passages", lambda *a, **k: pytest.fail("nothing should be encoded"))
     report = sync(BUNDLED, tmp_path / "idx", minilm, backend=qdrant.settings("moved", path=tmp_path / "q"))
-    assert report.moved_to == "qdrant" and report.unchanged == 187 and "vectors moved to qdrant" in report.summary()
+    assert report.moved_to == "qdrant"
+    assert report.unchanged == 187
+    assert "vectors moved to qdrant" in report.summary()
     index = open_index(tmp_path / "idx")
-    assert index.backend_name == "qdrant" and index.qdrant.count() == 204 and index.generation == 2
+    assert index.backend_name == "qdrant"
+    assert index.backend.count() == 204
+    assert index.generation == 2
     hits = Searcher(index, minilm).search([QUERIES[0]["text"]], tier="deep")[0].hits
     assert [h.id for h in hits] == [h.id for h in faiss_hits]
     np.testing.assert_allclose([h.score for h in hits], [h.score for h in faiss_hits], atol=1e-5)
@@ -200,13 +212,15 @@ def test_a_write_that_died_before_its_switch_leaves_no_points_behind(tmp_path, m
         upsert(tmp_path / "idx", [crashed], minilm)
     monkeypatch.undo()
     index = open_index(tmp_path / "idx")
-    assert index.qdrant.count() == 205 and index.chunks == 204  # the orphan point is there, past the rows
+    assert index.backend.count() == 205
+    assert index.chunks == 204  # the orphan point is there, past the rows
     searcher = Searcher(index, minilm)
     for tier in ("fast", "deep"):
         assert "zorblax" not in [h.id for h in searcher.search(["purple spots on both knees"], tier=tier)[0].hits]
     upsert(tmp_path / "idx", [Document(id="gout", title="Gout", text="Gout is a painful swollen big toe joint.")], minilm)
     index = open_index(tmp_path / "idx")
-    assert index.qdrant.count() == 205 and index.chunks == 205  # the orphan went; the new row took its number
+    assert index.backend.count() == 205
+    assert index.chunks == 205  # the orphan went; the new row took its number
     searcher = Searcher(index, minilm)
     assert searcher.search(["painful swollen big toe"], tier="deep")[0].hits[0].id == "gout"
     assert "zorblax" not in [h.id for h in searcher.search(["purple spots on both knees"], tier="deep", k=200)[0].hits]
@@ -237,7 +251,7 @@ def test_a_replace_or_delete_that_dies_before_its_switch_leaves_the_old_version_
         assert [(h.id, round(h.score, 5)) for h in after][:3] == [(h.id, round(h.score, 5)) for h in before][:3]
     upsert(tmp_path / "idx", [changed], minilm) if write == "replace" else delete(tmp_path / "idx", ["doc-020"])
     index = open_index(tmp_path / "idx")
-    assert index.qdrant.count() == index.live_chunks  # the old version's points went after the switch
+    assert index.backend.count() == index.live_chunks  # the old version's points went after the switch
     hits = Searcher(index, minilm).search([query], tier="deep", k=200)[0].hits
     assert ("doc-020" in [h.id for h in hits]) == (write == "replace")
     if write == "replace":

@@ -17,7 +17,8 @@ from conftest import BUNDLED, SMALL_DOCS
 from medsearch.cli import cli
 from medsearch.encoder import Encoder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
 from medsearch.errors import BadInputError, MissingExtraError, ModelMismatchError
-from medsearch.index import build_index, open_index, write_manifest
+from medsearch.index import build_index, open_index
+from medsearch.manifest import Manifest
 from medsearch.search import Searcher
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
@@ -68,12 +69,14 @@ def test_openvino_gives_torchs_vectors_and_shares_its_fingerprint(minilm):
     assert (openvino.runtime, openvino.precision) == ("openvino", "fp32")
     torch_vectors, ov_vectors = minilm.encode_passages(TEXTS), openvino.encode_passages(TEXTS)
     assert np.min(np.sum(torch_vectors * ov_vectors, axis=1)) > 0.9999
-    assert openvino.fingerprint == minilm.fingerprint and openvino.weights == minilm.weights
+    assert openvino.fingerprint == minilm.fingerprint
+    assert openvino.weights == minilm.weights
 
 
 def test_int8_is_its_own_precision_and_close_to_torch(tiny1024, tiny1024_path):
     int8 = Encoder(tiny1024_path, runtime="openvino-int8")
-    assert int8.precision == "int8" and int8.weights == tiny1024.weights
+    assert int8.precision == "int8"
+    assert int8.weights == tiny1024.weights
     assert int8.fingerprint != tiny1024.fingerprint
     cosines = np.sum(int8.encode_passages(TEXTS) * tiny1024.encode_passages(TEXTS), axis=1)
     assert cosines.min() > 0.9, cosines  # a random one-layer model: int8 is close, not equal
@@ -150,7 +153,7 @@ def test_an_index_from_before_runtimes_still_opens_with_torch(tmp_path, minilm, 
     build_index(small_corpus, path, minilm)
     index = open_index(path)
     legacy = dict(index.manifest, model={"spec": "default", "name": minilm.name, "fingerprint": minilm.parameters_fingerprint})
-    write_manifest(index.folder, legacy)
+    Manifest(legacy).write(index.folder)
     assert runtime_for_index(None) == "torch"
     hits = Searcher.open(path).search(["wheeze"], tier="deep")[0].hits
     assert hits[0].id == "asthma"
@@ -192,7 +195,8 @@ def test_concurrent_callers_of_an_openvino_encoder_get_their_own_vectors():
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(encoder.encode_queries, texts))
     for a, b in zip(alone, together):
-        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+        assert a.shape == b.shape
+        assert np.allclose(a, b, atol=1e-5), "encoding in threads gives the vectors encoding alone gives"
 
 
 def test_add_encodes_with_the_index_runtime(tmp_path, tiny1024_path, small_corpus):
@@ -205,9 +209,11 @@ def test_add_encodes_with_the_index_runtime(tmp_path, tiny1024_path, small_corpu
     result = CliRunner().invoke(cli, ["add", str(extra), "--index", str(path), "-q"])
     assert result.exit_code == 0, result.output  # an fp32 encoder would be refused by the int8 index
     index = open_index(path)
-    assert index.manifest["model"]["runtime"] == "openvino-int8" and "gout" in index.store.hashes()
+    assert index.manifest["model"]["runtime"] == "openvino-int8"
+    assert "gout" in index.store.hashes()
     result = CliRunner().invoke(cli, ["add", str(extra), "--index", str(path), "--runtime", "torch", "-q"])
-    assert result.exit_code == 0 and "unchanged 1" in result.output  # nothing to encode: no model is loaded
+    assert result.exit_code == 0
+    assert "unchanged 1" in result.output  # nothing to encode: no model is loaded
 
 
 def test_service_on_an_openvino_index_answers_concurrent_clients(tmp_path, small_corpus):

@@ -28,7 +28,9 @@ def test_snippet():
     assert snippet("short  text\nhere") == "short text here"
     long = "word " * 100
     cut = snippet(long, 50)
-    assert cut.endswith(" …") and len(cut) <= 52 and not cut[:-2].endswith(" ")
+    assert cut.endswith(" …")
+    assert len(cut) <= 52
+    assert not cut[:-2].endswith(" "), "no space is left before the ' …'"
 
 
 def test_funnel_with_whole_corpus_as_candidates_ranks_exactly_like_deep(bundled_any, minilm):
@@ -63,7 +65,8 @@ def test_light_and_dim_search_use_the_prefix_index(small_searcher):
     # two code paths to one index: the same ranks, scores equal to float32 precision (a wrong dim
     # would move them by far more than 1e-6)
     assert [h.score for h in light.hits] == pytest.approx([h.score for h in by_dim.hits], abs=1e-6)
-    assert light.hits[0].id == "flu" and light.timings_ms["rerank"] == 0
+    assert light.hits[0].id == "flu"
+    assert light.timings_ms["rerank"] == 0
     deep = small_searcher.search(["fever and cough"], tier="deep", k=3)[0]
     assert [h.score for h in light.hits] != [h.score for h in deep.hits]  # another vector: other scores
 
@@ -71,9 +74,12 @@ def test_light_and_dim_search_use_the_prefix_index(small_searcher):
 def test_long_document_appears_once_with_its_matching_chunk(small_searcher):
     for tier in ("fast", "deep"):
         hits = small_searcher.search(["weight rises by more than two kilograms in three days"], tier=tier, k=8)[0].hits
-        assert [h.id for h in hits].count("hf-guide") == 1 and len(hits) == 8
+        assert [h.id for h in hits].count("hf-guide") == 1
+        assert len(hits) == 8
         top = hits[0]
-        assert top.id == "hf-guide" and top.chunk > 0 and "two kilograms" in top.snippet
+        assert top.id == "hf-guide"
+        assert top.chunk > 0
+        assert "two kilograms" in top.snippet
         assert top.metadata == {"section": "cardiology"}
 
 

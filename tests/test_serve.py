@@ -52,7 +52,8 @@ def test_concurrent_clients_get_the_answers_of_sequential_search(searcher, batch
         assert [h["id"] for h in body["results"]] == [h.id for h in want.hits]
         assert [h["score"] for h in body["results"]] == pytest.approx([h.score for h in want.hits], abs=1e-4)
     if batching:
-        assert batcher.texts == len(jobs) and batcher.passes <= len(jobs) // 3
+        assert batcher.texts == len(jobs)
+        assert batcher.passes <= len(jobs) // 3
     else:
         assert batcher.passes == len(jobs)
 
@@ -63,11 +64,13 @@ def test_serve_process_probes_token_and_graceful_sigterm(bundled_index, tmp_path
     process = start_serve("--index", str(bundled_index), "--port", str(port), "--token-file", str(tmp_path / "token"))
     try:
         seen = wait_ready(port, process)
-        assert seen[-1] == 200 and all(s in (200, 503) for s in seen)
+        assert seen[-1] == 200
+        assert all(s in (200, 503) for s in seen), f"only 200 or 503 while starting: {seen}"
         auth = {"Authorization": "Bearer s3cret"}
         assert get(port, "/search?q=fever")[0] == 401
         status, body = get(port, "/search?q=what+are+the+early+signs+of+type+2+diabetes&k=3", auth)
-        assert status == 200 and body["results"][0]["title"] == "Type 2 diabetes: early signs"
+        assert status == 200
+        assert body["results"][0]["title"] == "Type 2 diabetes: early signs"
 
         # A slow batch in flight when SIGTERM arrives still gets its answer; then the process exits.
         long_queries = [{"id": i, "text": ((QUERIES[i] + " ") * 12)[:990]} for i in range(32)]
@@ -91,7 +94,8 @@ def test_serve_process_probes_token_and_graceful_sigterm(bundled_index, tmp_path
         client.join(60)
         process.wait(15)
         assert time.monotonic() - stopped < 10
-        assert answer["status"] == 200 and len(answer["body"]) == 32
+        assert answer["status"] == 200
+        assert len(answer["body"]) == 32
         assert process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
     finally:
         if process.poll() is None:
@@ -104,7 +108,8 @@ def test_serve_bad_input(tmp_path, bundled_index):
         result = CliRunner().invoke(cli, ["serve", *map(str, args)])
         assert result.exit_code != 0
         lines = result.output.strip().splitlines()
-        assert lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
+        assert lines[-1].startswith("Error: "), result.output
+        assert "Traceback" not in result.output, result.output
         return lines[-1]
 
     assert f"no index at {tmp_path / 'none'}; build one with: medsearch index CORPUS --index" in error_of("--index", tmp_path / "none")
@@ -129,4 +134,5 @@ def test_serve_exits_when_the_model_does_not_match(bundled_index, tiny1024_path)
         if process.poll() is None:
             process.kill()
     assert process.returncode == 1
-    assert stderr.strip().splitlines()[-1].startswith("Error: ") and "was built with model" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert "was built with model" in stderr

@@ -40,8 +40,10 @@ def test_get_search_is_the_cli_json(client, searcher):
     assert [h["score"] for h in body["results"]] == pytest.approx([h["score"] for h in expected["results"]], abs=1e-5)
     assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
     assert body["results"][0]["found_by"] == {"dense": 1}
-    assert body["results"][0]["metadata"] == {"topic": "condition"} and body["results"][0]["source"] == "corpus.jsonl"
-    assert set(body["timings_ms"]) == {"encode", "search", "rerank"} and body["timings_ms"]["encode"] > 0
+    assert body["results"][0]["metadata"] == {"topic": "condition"}
+    assert body["results"][0]["source"] == "corpus.jsonl"
+    assert set(body["timings_ms"]) == {"encode", "search", "rerank"}
+    assert body["timings_ms"]["encode"] > 0
 
 
 def test_modes_over_http_are_the_library_results(client, searcher):
@@ -55,9 +57,11 @@ def test_modes_over_http_are_the_library_results(client, searcher):
         (expected,) = searcher.search([question], k=5, mode=mode, fusion=fusion)
         assert [(h["id"], h["found_by"]) for h in body["results"]] == [(h.id, h.found_by) for h in expected.hits]
     lexical = client.get("/search", params={"q": question, "mode": "lexical"}).json()
-    assert lexical["timings_ms"]["encode"] == 0 and "lexical" in lexical["timings_ms"]
+    assert lexical["timings_ms"]["encode"] == 0
+    assert "lexical" in lexical["timings_ms"]
     batch = client.post("/search", json={"queries": [{"text": question}, {"text": "wheezing at night"}], "mode": "hybrid", "k": 3}).json()
-    assert all(len(r["results"]) == 3 and "fuse" in r["timings_ms"] for r in batch)
+    assert all(len(r["results"]) == 3 for r in batch), "each query in the batch gets k=3 results"
+    assert all("fuse" in r["timings_ms"] for r in batch), "hybrid mode times the fusion step"
     assert any(len(h["found_by"]) == 2 for h in batch[0]["results"])
 
 
@@ -84,13 +88,17 @@ def test_post_batch_keeps_order_and_ids(client):
 
 def test_documents_info_and_probes(client):
     doc = client.get("/documents/doc-020").json()
-    assert doc["title"] == "Type 2 diabetes: early signs" and len(doc["text"]) > 200
+    assert doc["title"] == "Type 2 diabetes: early signs"
+    assert len(doc["text"]) > 200
     assert set(doc) == {"id", "title", "text", "url", "source", "metadata"}
     info = client.get("/info").json()
-    assert info["documents"] == 187 and info["tier_dims"]["fast"] == 64 and "docs.db" in info["files"]
+    assert info["documents"] == 187
+    assert info["tier_dims"]["fast"] == 64
+    assert "docs.db" in info["files"]
     assert client.get("/livez").json() == {"status": "alive"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["documents"] == 187
+    assert ready.status_code == 200
+    assert ready.json()["documents"] == 187
     spec = client.get("/openapi.json").json()
     assert {"/search", "/documents/{doc_id}", "/info", "/readyz"} <= set(spec["paths"])
     assert "<title>" in client.get("/docs").text
@@ -98,8 +106,10 @@ def test_documents_info_and_probes(client):
 
 def test_page_and_static_files(client):
     page = client.get("/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<label for="q"' in page.text and "/static/app.js" in page.text
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<label for="q"' in page.text
+    assert "/static/app.js" in page.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
 
@@ -163,17 +173,20 @@ def test_bad_input_gets_a_4xx_json_error(client, method, url, body, status, mess
 def test_body_over_the_limit_is_refused_unread(searcher):
     with TestClient(create_app(searcher, ServerSettings(max_body_bytes=100))) as client:
         response = client.post("/search", json={"queries": [{"text": "x" * 200}]})
-        assert response.status_code == 413 and "the limit is 100" in response.json()["error"]
+        assert response.status_code == 413
+        assert "the limit is 100" in response.json()["error"]
 
 
 def test_token(searcher):
     with TestClient(create_app(searcher, ServerSettings(token="s3cret"))) as client:
         for path in ("/search?q=fever", "/info", "/documents/doc-020", "/openapi.json", "/docs"):
             missing = client.get(path)
-            assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+            assert missing.status_code == 401
+            assert missing.headers["www-authenticate"] == "Bearer"
             assert missing.json()["error"].startswith("missing bearer token")
             wrong = client.get(path, headers={"Authorization": "Bearer s3cre"})
-            assert wrong.status_code == 401 and wrong.json()["error"].startswith("wrong token")
+            assert wrong.status_code == 401
+            assert wrong.json()["error"].startswith("wrong token")
             assert client.get(path, headers={"Authorization": "Basic s3cret"}).status_code == 401
             assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         post = client.post("/search", json={"queries": [{"text": "fever"}]})
@@ -187,7 +200,8 @@ def test_cors_off_by_default_and_one_origin_when_set(searcher, client):
     assert "access-control-allow-origin" not in client.get("/search?q=fever", headers={"Origin": "https://intranet.example"}).headers
     with TestClient(create_app(searcher, ServerSettings(cors_origin="https://intranet.example", token="t"))) as cors:
         answer = cors.options("/search", headers=preflight)
-        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://intranet.example"
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://intranet.example"
         other = cors.options("/search", headers={**preflight, "Origin": "https://evil.example"})
         assert other.headers.get("access-control-allow-origin") != "https://evil.example"
 
@@ -202,9 +216,12 @@ def test_not_ready_until_loaded_then_ready(searcher):
     with TestClient(create_app(slow_load, ServerSettings(warm_up=False))) as client:
         assert client.get("/livez").status_code == 200
         loading = client.get("/readyz")
-        assert loading.status_code == 503 and loading.json() == {"error": "loading the model and index"}
+        assert loading.status_code == 503
+        assert loading.json() == {"error": "loading the model and index"}
         busy = client.get("/search?q=fever")
-        assert busy.status_code == 503 and "still loading" in busy.json()["error"] and busy.headers["retry-after"]
+        assert busy.status_code == 503
+        assert "still loading" in busy.json()["error"]
+        assert busy.headers["retry-after"], "a 503 while loading says when to retry"
         release.set()
         for _ in range(200):
             if client.get("/readyz").status_code == 200:
@@ -226,7 +243,8 @@ def test_a_failed_load_is_reported_and_stops_the_server(tmp_path):
             threading.Event().wait(0.05)
         assert [str(f) for f in failures] == ["index built with another model"]
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["error"] == "cannot serve: index built with another model"
+        assert ready.status_code == 503
+        assert ready.json()["error"] == "cannot serve: index built with another model"
         assert client.get("/search?q=fever").status_code == 409
 
 
@@ -256,17 +274,22 @@ def test_writes_over_http_show_up_in_the_next_search(writable):
     client, _ = writable
     new = {"id": "zorblax", "title": "Zorblax fever", "text": "Zorblax fever paints purple spots on both knees.", "topic": "condition"}
     added = client.post("/documents", json={"documents": [new]})
-    assert added.status_code == 200 and added.json() == {
+    assert added.status_code == 200
+    assert added.json() == {
         "added": 1, "updated": 0, "unchanged": 0, "deleted": 0, "compacted": False, "generation": 2, "documents": 188}
     for tier in ("fast", "deep"):
         assert client.get("/search", params={"q": "purple spots on the knees", "tier": tier}).json()["results"][0]["id"] == "zorblax"
     assert client.get("/documents/zorblax").json()["metadata"] == {"topic": "condition"}
     again = client.post("/documents", json={"documents": [new]}).json()
-    assert again["unchanged"] == 1 and again["generation"] is None
+    assert again["unchanged"] == 1
+    assert again["generation"] is None
     gone = client.delete("/documents/zorblax")
-    assert gone.status_code == 200 and gone.json()["deleted"] == 1 and gone.json()["documents"] == 187
+    assert gone.status_code == 200
+    assert gone.json()["deleted"] == 1
+    assert gone.json()["documents"] == 187
     ids = [h["id"] for h in client.get("/search", params={"q": "purple spots on the knees", "k": 200}).json()["results"]]
-    assert "zorblax" not in ids and len(ids) == 187
+    assert "zorblax" not in ids
+    assert len(ids) == 187
     assert client.get("/documents/zorblax").status_code == 404
     assert client.get("/info").json()["generation"] == 3
 
@@ -292,15 +315,20 @@ def test_a_write_by_another_process_is_picked_up_without_restart(writable, minil
 def test_bad_writes(writable, method, url, body, status, message):
     client, _ = writable
     response = client.request(method, url, json=body) if body is not None else client.request(method, url)
-    assert response.status_code == status and message in response.json()["error"]
+    assert response.status_code == status
+    assert message in response.json()["error"]
 
 
 def test_read_only_by_default_and_filters_over_http(client):
     for response in (client.post("/documents", json={"documents": [{"id": "a", "text": "t"}]}), client.delete("/documents/doc-020")):
-        assert response.status_code == 403 and "start it with --writable" in response.json()["error"]
+        assert response.status_code == 403
+        assert "start it with --writable" in response.json()["error"]
     hits = client.get("/search", params=[("q", "chest pain"), ("filter", "topic=symptom"), ("tier", "deep")]).json()["results"]
-    assert len(hits) == 10 and all(h["metadata"]["topic"] == "symptom" for h in hits)
+    assert len(hits) == 10
+    assert all(h["metadata"]["topic"] == "symptom" for h in hits), "every hit matches topic=symptom"
     posted = client.post("/search", json={"queries": [{"text": "chest pain"}], "filters": ["topic=symptom", "id!=doc-004"]}).json()
-    assert len(posted[0]["results"]) == 10 and "doc-004" not in [h["id"] for h in posted[0]["results"]]
+    assert len(posted[0]["results"]) == 10
+    assert "doc-004" not in [h["id"] for h in posted[0]["results"]]
     bad = client.get("/search", params=[("q", "chest pain"), ("filter", "colour=red")])
-    assert bad.status_code == 400 and "unknown filter field 'colour'" in bad.json()["error"]
+    assert bad.status_code == 400
+    assert "unknown filter field 'colour'" in bad.json()["error"]

@@ -35,7 +35,8 @@ def test_read_only_and_usable_from_many_threads(bundled_index):
 def test_document_lookup(bundled_index, tmp_path):
     store = DocStore(open_index(bundled_index).folder / "docs.db")
     doc = store.document("doc-020")
-    assert doc["title"] == "Type 2 diabetes: early signs" and doc["metadata"] == {"topic": "condition"}
+    assert doc["title"] == "Type 2 diabetes: early signs"
+    assert doc["metadata"] == {"topic": "condition"}
     with pytest.raises(NotFoundError, match="no document with id 'nope'"):
         store.document("nope")
     with pytest.raises(NotFoundError, match="document store not found"):

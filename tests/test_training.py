@@ -79,7 +79,8 @@ def test_settings_are_validated(kwargs, message):
 
 
 def test_bf16_only_where_supported():
-    assert use_bf16("auto", "cpu") is False and use_bf16("no", "cpu") is False
+    assert use_bf16("auto", "cpu") is False
+    assert use_bf16("no", "cpu") is False
     with pytest.raises(MedsearchError, match="bf16 is not supported on cpu"):
         use_bf16("yes", "cpu")
 
@@ -94,18 +95,24 @@ def test_tiny_training_end_to_end(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert "Trained 2 steps on 16 examples" in result.output
-    assert (out / "model.safetensors").is_file() and not (out / "checkpoints").exists()
+    assert (out / "model.safetensors").is_file()
+    assert not (out / "checkpoints").exists()
     record = json.loads((out / "medsearch_training.json").read_text())
-    assert record["settings"]["dims"] == [384, 256, 128, 64] and record["steps"] == 2
-    assert record["eval_history"] and "eval_dim_64_cosine_ndcg@10" in record["eval_history"][-1]
+    assert record["settings"]["dims"] == [384, 256, 128, 64]
+    assert record["steps"] == 2
+    assert record["eval_history"], "training recorded evaluations"
+    assert "eval_dim_64_cosine_ndcg@10" in record["eval_history"][-1]
     card = (out / "README.md").read_text()
-    assert "## medsearch fine-tuning" in card and "MatryoshkaLoss over MultipleNegativesRankingLoss" in card
+    assert "## medsearch fine-tuning" in card
+    assert "MatryoshkaLoss over MultipleNegativesRankingLoss" in card
 
     tuned = Encoder(str(out), device="cpu")
-    assert tuned.dim == 384 and tuned.fingerprint != Encoder("default", device="cpu").fingerprint
+    assert tuned.dim == 384
+    assert tuned.fingerprint != Encoder("default", device="cpu").fingerprint
     build_index(BUNDLED, tmp_path / "idx", tuned)
     hits = Searcher(open_index(tmp_path / "idx"), tuned).search(["always thirsty and peeing a lot"], k=5)[0].hits
-    assert len(hits) == 5 and any(h.id in {"doc-019", "doc-020"} for h in hits)
+    assert len(hits) == 5
+    assert any(h.id in {"doc-019", "doc-020"} for h in hits), "doc-019 or doc-020 is in the top 5"
 
 
 def test_train_bad_input_from_the_cli(tmp_path):
@@ -123,7 +130,8 @@ def test_train_bad_input_from_the_cli(tmp_path):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code != 0
         lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and pattern in lines[0], result.output
+        assert len(lines) == 1, result.output
+        assert pattern in lines[0], result.output
     assert not (tmp_path / "m").exists()
 
 
@@ -149,7 +157,8 @@ def test_resume_from_the_last_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SentenceTransformerTrainer, "train", spy)
     result = training.train(pairs, tmp_path / "m", settings=TrainSettings(max_steps=3, **settings), resume=True, progress=False)
-    assert calls == [True] and result.steps == 3
+    assert calls == [True]
+    assert result.steps == 3
     assert not (tmp_path / "m" / "checkpoints").exists()
 
 
@@ -181,5 +190,7 @@ def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path
     ]:
         result = CliRunner().invoke(cli, args)
         lines = result.output.strip().splitlines()
-        assert result.exit_code != 0 and len(lines) == 1 and pattern in lines[0], result.output
+        assert result.exit_code != 0, result.output
+        assert len(lines) == 1, result.output
+        assert pattern in lines[0], result.output
     assert not any((tmp_path / m).exists() for m in ("m2", "m3", "m4"))

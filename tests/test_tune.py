@@ -39,23 +39,30 @@ def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
         result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.25")
     finally:
         training.merge_models = real_merge
-    assert result.exit_code == 130 and not out.exists()
+    assert result.exit_code == 130
+    assert not out.exists()
     work = tmp_path / "tuned.work"
-    assert (work / "qa" / "medsearch_training.json").is_file() and (work / "symptoms" / "medsearch_training.json").is_file()
+    assert (work / "qa" / "medsearch_training.json").is_file()
+    assert (work / "symptoms" / "medsearch_training.json").is_file()
 
     # the rerun keeps both trainings, and a changed base weight only touches the final merge
     result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.25")
     assert result.exit_code == 0, result.output
-    assert "[qa] already done" in result.output and "[symptoms] already done" in result.output
+    assert "[qa] already done" in result.output
+    assert "[symptoms] already done" in result.output
     assert "[soup] ..." in result.output
-    assert not work.exists() and (out / "medsearch_merge.json").is_file()
+    assert not work.exists()
+    assert (out / "medsearch_merge.json").is_file()
     assert json.loads((out / "medsearch_merge.json").read_text())["weight"] == 0.25
     card = (out / "README.md").read_text()
-    assert "medsearch tune" in card and "| row | Initial | Final | Improvement |" in card and "Second model (symptoms)" in card
+    assert "medsearch tune" in card
+    assert "| row | Initial | Final | Improvement |" in card
+    assert "Second model (symptoms)" in card
     assert "tuned - base NDCG@10" in result.output
     # the final model is a real, different model of the same shape
     tuned, base = Encoder(str(out), device="cpu"), Encoder(tiny1024_path, device="cpu")
-    assert tuned.dim == base.dim == 1024 and tuned.fingerprint != base.fingerprint
+    assert tuned.dim == base.dim == 1024
+    assert tuned.fingerprint != base.fingerprint
     assert run_tune(medquad_dir, out, tiny1024_path).exit_code == 1  # OUT exists: refused
 
 
@@ -80,15 +87,20 @@ def test_changed_settings_redo_only_the_steps_they_affect(medquad_dir, tmp_path,
     result = run_tune(medquad_dir, out, tiny1024_path, "--base-weight", "0.1")
     assert result.exit_code == 0, result.output
     assert "settings changed (base_weight): redoing from step final" in result.output
-    assert "[soup] already done" in result.output and "[final] ..." in result.output
+    assert "[soup] already done" in result.output
+    assert "[final] ..." in result.output
     assert json.loads((out / "medsearch_merge.json").read_text())["weight"] == 0.1
 
 def test_tune_bad_input(tmp_path, medquad_dir):
     runner = CliRunner()
     result = runner.invoke(cli, ["tune", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "medsearch data medquad" in result.output
+    assert result.exit_code == 1
+    assert "medsearch data medquad" in result.output
     result = runner.invoke(cli, ["tune", str(medquad_dir), "--out", str(tmp_path / "o"), "--pairs", "99"])
-    assert result.exit_code == 1 and "train_pairs_99.jsonl not found" in result.output
+    assert result.exit_code == 1
+    assert "train_pairs_99.jsonl not found" in result.output
     result = runner.invoke(cli, ["tune", str(medquad_dir), "--out", str(tmp_path / "o"), "--base-weight", "2"])
-    assert result.exit_code == 2 and "not in the range" in result.output
-    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
+    assert result.exit_code == 2
+    assert "not in the range" in result.output
+    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o.work").exists()

@@ -31,7 +31,7 @@ def built(tmp_path_factory, minilm):
     for kind in ("flat", "hnsw"):
         out[kind] = tmp_path_factory.mktemp(kind) / "idx"
         build_index(BUNDLED, out[kind], minilm, hnsw_min_chunks=0 if kind == "hnsw" else 10**9)
-        assert open_index(out[kind]).index_type(64) == kind
+        assert open_index(out[kind]).manifest.index_type(64) == kind
     return out
 
 
@@ -63,7 +63,9 @@ def test_add_is_found_at_rank_one_in_every_tier(live_index, minilm):
     for tier in TIERS:
         assert ids(searcher, ZORBLAX_QUERY, tier)[0] == "zorblax", tier
     manifest = open_index(live_index).manifest
-    assert manifest["documents"] == 188 and manifest["dead_chunks"] == 0 and manifest["chunks"] == 205
+    assert manifest["documents"] == 188
+    assert manifest["dead_chunks"] == 0
+    assert manifest["chunks"] == 205
 
 
 def test_unchanged_costs_nothing_and_changed_replaces_the_old_text(live_index, minilm):
@@ -73,7 +75,8 @@ def test_unchanged_costs_nothing_and_changed_replaces_the_old_text(live_index, m
         raise AssertionError("nothing to encode: the model must not load")
 
     again = upsert(live_index, [ZORBLAX], no_model)
-    assert (again.unchanged, again.generation) == (1, None) and open_index(live_index).generation == 2
+    assert (again.unchanged, again.generation) == (1, None)
+    assert open_index(live_index).generation == 2
     changed = Document(id="zorblax", title="Zorblax fever", text="Zorblax fever now turns both elbows bright green.",
                        metadata={"topic": "symptom"})
     report = upsert(live_index, [changed], minilm)
@@ -85,7 +88,9 @@ def test_unchanged_costs_nothing_and_changed_replaces_the_old_text(live_index, m
         assert [h.id for h in hits].count("zorblax") == 1  # the old chunk is dead: one hit, the new text
         assert "purple" not in next(h.snippet for h in hits if h.id == "zorblax")
     manifest = open_index(live_index).manifest
-    assert manifest["documents"] == 188 and manifest["dead_chunks"] == 1 and manifest["metadata_fields"] == ["topic"]
+    assert manifest["documents"] == 188
+    assert manifest["dead_chunks"] == 1
+    assert manifest["metadata_fields"] == ["topic"]
 
 
 def test_a_deleted_document_never_appears_in_any_tier(live_index, minilm):
@@ -93,17 +98,21 @@ def test_a_deleted_document_never_appears_in_any_tier(live_index, minilm):
     query = "what are the early signs of type 2 diabetes"
     assert ids(searcher, query, "deep")[0] == "doc-020"
     report = delete(live_index, ["doc-020", "doc-019"])
-    assert report.deleted == 2 and report.generation == 2
+    assert report.deleted == 2
+    assert report.generation == 2
     for tier in TIERS:
         everything = ids(searcher, query, tier, k=500)  # the same Searcher moves to the new generation
-        assert "doc-020" not in everything and "doc-019" not in everything
+        assert "doc-020" not in everything
+        assert "doc-019" not in everything
         assert len(everything) == 185, tier
     for dim in (64, 128, 384):
         assert "doc-020" not in ids(searcher, query, "deep", k=500, dim=dim)
     for mode in ("lexical", "hybrid"):  # BM25 keeps the deleted rows (a delete links it): masked out
         assert "doc-020" not in ids(searcher, query, "deep", k=500, mode=mode)
     manifest = open_index(live_index).manifest
-    assert manifest["documents"] == 185 and manifest["dead_chunks"] == 2 and manifest["chunks"] == 204
+    assert manifest["documents"] == 185
+    assert manifest["dead_chunks"] == 2
+    assert manifest["chunks"] == 204
     with pytest.raises(NotFoundError, match="no document with id 'doc-020'.*nothing was deleted"):
         delete(live_index, ["doc-021", "doc-020"])
     assert open_index(live_index).manifest["documents"] == 185  # doc-021 is still there
@@ -115,7 +124,9 @@ def test_compact_drops_dead_rows_and_keeps_the_answers(live_index, minilm):
     if open_index(live_index).backend_name == "qdrant":  # Qdrant deletes points at once: nothing to compact
         delete(live_index, ["doc-001"])
         report = compact(live_index)
-        assert not report.compacted and report.generation is None and open_index(live_index).generation == 2
+        assert not report.compacted, "Qdrant leaves no dead rows to compact"
+        assert report.generation is None
+        assert open_index(live_index).generation == 2
         return
     upsert(live_index, [ZORBLAX], minilm)
     delete(live_index, ["doc-001", "doc-002", "doc-003"])
@@ -124,9 +135,12 @@ def test_compact_drops_dead_rows_and_keeps_the_answers(live_index, minilm):
     before = {t: searcher.search(queries, tier=t, k=10) for t in ("fast", "deep")}
     report = compact(live_index)
     index = open_index(live_index)
-    assert report.compacted and index.manifest["dead_chunks"] == 0
-    assert index.manifest["chunks"] == 202 and index.manifest["documents"] == 185 and index.live is None
-    assert index.index_type(64) == searcher.index.index_type(64)  # flat stays flat, HNSW stays HNSW
+    assert report.compacted, "compact writes a new generation"
+    assert index.manifest["dead_chunks"] == 0
+    assert index.manifest["chunks"] == 202
+    assert index.manifest["documents"] == 185
+    assert index.live is None
+    assert index.manifest.index_type(64) == searcher.index.manifest.index_type(64)  # flat stays flat, HNSW stays HNSW
     for tier, results in before.items():
         for old, new in zip(results, searcher.search(queries, tier=tier, k=10)):
             assert [h.id for h in new.hits] == [h.id for h in old.hits]
@@ -139,36 +153,43 @@ def test_many_dead_rows_compact_by_themselves(tmp_path, small_corpus, minilm):
     chunks = open_index(tmp_path / "idx").chunks
     report = delete(tmp_path / "idx", ["hf-guide"])  # the long document: most of the rows
     assert (chunks - 7) / chunks > AUTO_COMPACT_DEAD_FRACTION
-    assert report.compacted and open_index(tmp_path / "idx").manifest["dead_chunks"] == 0
+    assert report.compacted, "a delete past the dead fraction compacts by itself"
+    assert open_index(tmp_path / "idx").manifest["dead_chunks"] == 0
     assert open_index(tmp_path / "idx").chunks == 7
 
 
 def test_index_command_is_incremental(tmp_path, minilm, backend):
     corpus = write_jsonl(tmp_path / "c" / "docs.jsonl", SMALL_DOCS)
     first = sync(corpus, tmp_path / "idx", minilm, backend=backend_settings(backend, tmp_path))
-    assert first.added == 8 and first.generation == 1
+    assert first.added == 8
+    assert first.generation == 1
     edited = [d for d in SMALL_DOCS if d["id"] != "flu"] + [{"id": "gout", "title": "Gout", "text": "Gout is a painful swollen big toe joint from uric acid crystals."}]
     edited[0] = {**edited[0], "text": edited[0]["text"] + " Thirst is common."}
     write_jsonl(corpus, edited)
     report = sync(corpus, tmp_path / "idx", minilm)
     assert (report.added, report.updated, report.deleted, report.unchanged) == (1, 1, 1, 6)
     searcher = Searcher(open_index(tmp_path / "idx"), minilm)
-    assert ids(searcher, "painful swollen big toe", "deep")[0] == "gout" and "flu" not in ids(searcher, "flu", "deep", k=50)
+    assert ids(searcher, "painful swollen big toe", "deep")[0] == "gout"
+    assert "flu" not in ids(searcher, "flu", "deep", k=50)
     rebuilt = sync(corpus, tmp_path / "idx", minilm, rebuild=True)
     index = open_index(tmp_path / "idx")
-    assert rebuilt.added == 8 and index.manifest["dead_chunks"] == 0 and index.backend_name == backend
+    assert rebuilt.added == 8
+    assert index.manifest["dead_chunks"] == 0
+    assert index.backend_name == backend
     assert ids(Searcher(index, minilm), "painful swollen big toe", "fast")[0] == "gout"
     if backend == "qdrant":  # the rebuild wrote a collection of its own and dropped the one it replaced
-        assert [c.name for c in index.qdrant.client.get_collections().collections] == [index.qdrant.collection]
+        assert [c.name for c in index.backend.client.get_collections().collections] == [index.backend.collection]
 
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_a_narrow_filter_still_returns_k_matching_documents(live_index, minilm, tier):
     searcher = Searcher(open_index(live_index), minilm)
     hits = searcher.search(["chest pain when climbing stairs"], tier=tier, k=10, filters=["topic=symptom"])[0].hits
-    assert len(hits) == 10 and all(h.metadata["topic"] == "symptom" for h in hits)  # 11 of 187 documents match
+    assert len(hits) == 10
+    assert all(h.metadata["topic"] == "symptom" for h in hits), "every hit matches topic=symptom"  # 11 of 187 documents match
     few = searcher.search(["pain"], tier=tier, k=10, filters=["topic=symptom", "id!=doc-004", "title!=Palpitations: a racing or fluttering heart"])[0].hits
-    assert len(few) == 9 and {"doc-004", "doc-017"}.isdisjoint(h.id for h in few)
+    assert len(few) == 9
+    assert {"doc-004", "doc-017"}.isdisjoint(h.id for h in few), "the filtered-out documents stay out"
     assert searcher.search(["pain"], tier=tier, k=10, filters=["topic=nothing-has-this"])[0].hits == []
 
 
@@ -257,14 +278,16 @@ def test_readers_keep_one_generation_while_a_writer_works(live_index, minilm):
         stop.set()
         for thread in readers:
             thread.join()
-    assert not errors and len(answers) > 10
+    assert not errors
+    assert len(answers) > 10
     expected = set()
     for folder in sorted(live_index.glob("gen-*")):
         manifest = json.loads((folder / "manifest.json").read_text())
         ranked, _ = Searcher(Index(live_index, manifest, folder), None).search_vectors(
             vector, tier="fast", k=5, index=Index(live_index, manifest, folder))
         expected.add(tuple(row for row, _ in ranked[0]))
-    assert len(expected) >= 3 and set(answers) <= expected
+    assert len(expected) >= 3
+    assert set(answers) <= expected, "every answer is some generation's top 5"
 
 
 def test_copying_an_index_folder_keeps_it_working(live_index, tmp_path, minilm):

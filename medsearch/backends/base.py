@@ -1,35 +1,91 @@
-"""The seam between the search layer and where an index's vectors live.
+"""The seam between an index folder and where its vectors live.
 
-The search layer (search.py) asks the index's backend (`Index.backend`, chosen by the manifest's
-`backend` name) for one thing: the dense top list of a tier. Two backends implement it: `faiss`
-(the index folder's own files, backends/faiss.py) and `qdrant` (a Qdrant collection,
-backends/qdrant.py). Writes go through index.write_index and updates._write, which write one or
-the other. Shared here: the Matryoshka prefix of a vector and the collapse of chunk hits to
-documents, which both backends apply in the same way.
+A backend is chosen by the manifest's `backend` name (backends/__init__.py) and owns everything
+about its vectors, from the build of a generation to its last search:
+
+  build        write a new generation's vectors from one encoding pass (and calibrate its funnel)
+  append       the next generation of a write: this one's rows and the new ones after them
+  carry_over   the next generation of a delete-only write: the same rows (dead ones masked)
+  calibrate    the fast tier's stage and candidate count, measured on a generation's live rows
+  committed    after the switch to this generation: what was due then (Qdrant: old points go)
+  replaced_by  after a rebuild replaced this generation: free what lives outside the folder
+  abandon      a build that never became current: free what it made outside the folder
+  load, close  everything in memory now (a service's new generation) / let go of the files
+  search       the dense top list of a tier among the rows a search may return
+
+The index (index.py) and the writes (updates.py) call these and nothing else of a backend. Shared
+here: the Matryoshka prefix of a vector and the collapse of chunk hits to documents.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import faiss
 import numpy as np
 
 if TYPE_CHECKING:
     from medsearch.filters import Filter
-    from medsearch.index import Index
+    from medsearch.manifest import Manifest
 
 Ranked = list[list[tuple[int, float]]]  # per query: (chunk row, score), one document per hit, best first
 
 
 class VectorBackend(Protocol):
-    name: str
+    name: ClassVar[str]
+    # Rows of replaced and deleted documents stay in the vectors (masked out of every search) until
+    # a compaction rewrites them; a write measures the funnel again on the live rows.
+    keeps_dead_rows: ClassVar[bool]
 
-    def search(self, index: "Index", queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
-               filters: list["Filter"]) -> tuple[Ranked, dict[str, float]]:
-        """The k best documents per full-dim query vector among the index's live rows that pass
-        `filters`: searched at `dim` (the prefix), from `candidates` chunks re-ranked at full dim when
-        `rerank` (the fast tier); k documents whenever k exist. Timings in ms: search, rerank."""
+    @classmethod
+    def build(cls, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, settings: dict,
+              stored: np.ndarray | None, hnsw_min_chunks: int, target_recall: float, progress: bool) -> "VectorBackend":
+        """Write full-dim normalised `vectors` (one per chunk row) into the generation `folder`
+        (whose docs.db is written) and record in `manifest` the index types, the backend entry and
+        the fast tier's calibration. `stored`: the rows to keep for re-ranking when they already
+        exist (a compaction), so scores do not move by a rounding."""
+
+    def append(self, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, removed: list[str],
+               progress: bool) -> "VectorBackend":
+        """This generation's rows and `vectors` after them, as the generation `folder` (its docs.db
+        already written, `manifest` its manifest); `removed`: ids whose old rows die."""
+
+    def carry_over(self, folder: Path, manifest: "Manifest", *, removed: list[str]) -> "VectorBackend":
+        """This generation's rows, unchanged, as the generation `folder` (a delete-only write)."""
+
+    def calibrate(self, live: np.ndarray | None, target: float) -> dict | None:
+        """The manifest's `fast` entry for this generation, measured on its `live` rows (None:
+        every row); None when the fast tier has no funnel (its dim is the full dim)."""
+
+    def committed(self) -> None:
+        """Run once this generation is current (what its write could only do after the switch)."""
+
+    def replaced_by(self, manifest: "Manifest") -> None:
+        """A rebuild made the generation of `manifest` current instead of this one."""
+
+    def abandon(self, current: "Manifest | None") -> None:
+        """This build did not become current (`current`: the manifest that is)."""
+
+    def outdated(self) -> bool:
+        """Whether a compaction would bring this generation's files up to date (a funnel missing)."""
+
+    def read_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(exact float32 full-dim vectors, the rows as stored) of `rows`: a compaction's input."""
+
+    def load(self) -> None:
+        """Everything a search needs, now (fails now when it is unreachable)."""
+
+    def close(self) -> None:
+        """Let go of files and memory maps."""
+
+    def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
+               allowed: np.ndarray | None, filters: list["Filter"], chunk_doc: np.ndarray) -> tuple[Ranked, dict[str, float]]:
+        """The k best documents per full-dim query vector among the `allowed` rows (bool per row:
+        live and matching `filters`; None: every row), searched at `dim` (the prefix), from
+        `candidates` chunks re-ranked at full dim when `rerank` (the fast tier); k documents
+        whenever k exist. `filters` are the same rows' conditions, for a backend that filters
+        inside its own engine; `chunk_doc` maps a row to its document. Timings in ms: search, rerank."""
 
 
 def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:

@@ -1,15 +1,22 @@
-"""The FAISS backend: one inner-product index per stored dim, ids = chunk rows, and one binary
-index of the full vectors' sign codes (the fast tier's binary candidate stage, funnel.py).
+"""The FAISS backend: the vectors in the generation folder's own files.
+
+  vectors.npy     full-dim L2-normalised vectors (float16 by default), memory-mapped for re-ranking
+  dim{N}.faiss    one inner-product index per stored dim over renormalised prefixes; ids = chunk rows
+  binary.faiss    sign codes of the full vectors (a faiss binary index): the fast tier's binary
+                  candidate stage; the manifest's `fast` says which stage and how many candidates
+                  reach the recall target (funnel.py)
 
 The index type is a faiss factory string recorded in the manifest (`Flat`, `HNSW32,Flat`).
 Rows are never removed from a faiss index here: a search gets the rows it may return (live and
 matching the filters) as an IDSelector evaluated inside faiss, for flat and HNSW alike;
-`compact` rebuilds the indexes without the dead rows.
+`compact` rebuilds the indexes without the dead rows. A write appends rows to copies of the
+files; a delete-only write links them (a committed generation's files never change).
 """
 
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,13 +24,24 @@ import faiss
 import numpy as np
 
 from medsearch.backends.base import Ranked, collapse, prefix
+from medsearch.backends.funnel import calibrate
+from medsearch.backends.funnel import rerank as rerank_rows
 from medsearch.errors import BadInputError
-from medsearch.funnel import rerank as rerank_rows
+from medsearch.generations import link_file
 
 if TYPE_CHECKING:
     from medsearch.filters import Filter
-    from medsearch.index import Index
+    from medsearch.manifest import Manifest
 
+VECTORS_FILE = "vectors.npy"
+BINARY_FILE = "binary.faiss"
+# Above this many chunks the fast tier's 64-dim candidate index is HNSW instead of exact flat.
+HNSW_MIN_CHUNKS = 200_000
+# The binary stage scans every code (exact Hamming distance): at 1M x 1024 bits that takes 6.1-7.3 ms
+# a query for 500-2000 candidates, where an HNSW graph over the codes took 3.3-12.8 ms (its cost grows
+# with the candidates), found fewer of the true neighbours and took 182 s to build
+# (bench/binary_index.py; docs/guides/speed.md).
+BINARY_INDEX = "flat"
 HNSW_M = 32
 FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
 BINARY_FACTORIES = {"flat": "BFlat"}  # an exact scan: it beat BHNSW32 at 1M (bench/binary_index.py)
@@ -136,17 +154,155 @@ class BinaryTier(FaissTier):
 
 
 class FaissBackend:
-    """The dense search of an index folder's own files (backends/base.py's VectorBackend)."""
+    """One generation's vectors in its folder's files (backends/base.py's VectorBackend). Tier
+    indexes load lazily, so a query touches only its own tier."""
 
     name = "faiss"
+    keeps_dead_rows = True
 
-    def search(self, index: "Index", queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
-               filters: list["Filter"]) -> tuple[Ranked, dict[str, float]]:
+    def __init__(self, folder: Path, manifest: "Manifest"):
+        self.folder = folder
+        self.manifest = manifest
+        self._tiers: dict[int, FaissTier] = {}
+
+    def tier(self, dim: int) -> FaissTier:
+        """One stored dim's index (loaded on first use)."""
+        if dim not in self._tiers:
+            self._tiers[dim] = FaissTier.load(self.folder / tier_file(dim), self.manifest.index_type(dim))
+        return self._tiers[dim]
+
+    @cached_property
+    def binary(self) -> BinaryTier | None:
+        """The binary candidate stage, when the generation has one."""
+        path = self.folder / BINARY_FILE
+        return BinaryTier.load(path, self.manifest.fast.get("binary_index", BINARY_INDEX)) if path.is_file() else None
+
+    @cached_property
+    def vectors(self) -> np.ndarray:
+        """The stored full-dim vectors (memory-mapped), the re-ranking's input."""
+        return np.load(self.folder / VECTORS_FILE, mmap_mode="r")
+
+    def load(self) -> None:
+        for dim in self.manifest.dims:
+            self.tier(dim)
+        self.vectors  # noqa: B018 (cached on first use)
+        if self.manifest.fast_stage == "binary":
+            self.binary  # noqa: B018
+
+    def close(self) -> None:
+        self._tiers.clear()
+        for name in ("vectors", "binary"):
+            self.__dict__.pop(name, None)
+
+    # ---- writes ----
+
+    @classmethod
+    def build(cls, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, settings: dict,
+              stored: np.ndarray | None = None, hnsw_min_chunks: int = HNSW_MIN_CHUNKS,
+              target_recall: float, progress: bool = False) -> "FaissBackend":
+        """vectors.npy, a tier index per stored dim (HNSW for the fast tier's prefix from
+        `hnsw_min_chunks` rows, flat otherwise), the binary codes and the funnel's calibration."""
+        dims, full_dim = manifest.tier_dims, manifest.full_dim
+        manifest["index_types"] = {
+            d: "hnsw" if int(d) == dims["fast"] and int(d) != full_dim and len(vectors) >= hnsw_min_chunks else "flat"
+            for d in manifest["index_types"]}
+        manifest["faiss_factories"] = {d: FACTORIES[kind] for d, kind in manifest["index_types"].items()}
+        manifest["backend"] = {"name": cls.name}
+        stored = (vectors if stored is None else stored).astype(manifest.vector_dtype, copy=False)
+        np.save(folder / VECTORS_FILE, stored)
+        written = cls(folder, manifest)
+        for dim in manifest.dims:
+            tier = FaissTier.build(prefix(vectors, dim), manifest.index_type(dim))
+            tier.save(folder / tier_file(dim))
+            if dim in (dims["fast"], full_dim):  # the calibration's tiers stay in memory, the others are freed
+                written._tiers[dim] = tier
+        if dims["fast"] != full_dim and full_dim % 8 == 0:  # the binary stage (faiss codes are whole bytes)
+            written.binary = BinaryTier.build(vectors, BINARY_INDEX)
+            written.binary.save(folder / BINARY_FILE)
+        if dims["fast"] != full_dim:
+            written.vectors = stored
+            manifest["fast"] = written.calibrate(None, target_recall, vectors)
+        return written
+
+    def append(self, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, removed: list[str],
+               progress: bool = False) -> "FaissBackend":
+        """Copies of this generation's files with `vectors` appended (the fast and deep tiers, and
+        the binary codes, are kept in memory for the calibration)."""
+        np.save(folder / VECTORS_FILE, np.concatenate([self.vectors, vectors.astype(self.vectors.dtype)]))
+        written = FaissBackend(folder, manifest)
+        for dim in self.manifest.dims:
+            tier = FaissTier.load(self.folder / tier_file(dim), self.manifest.index_type(dim))  # a copy of its own
+            tier.add(prefix(vectors, dim))
+            tier.save(folder / tier_file(dim))
+            if dim in (manifest.tier_dims["fast"], manifest.full_dim):
+                written._tiers[dim] = tier
+        codes = BinaryTier.load(self.folder / BINARY_FILE, BINARY_INDEX) if self.binary is not None else None
+        if codes is not None:
+            codes.add(vectors)
+            codes.save(folder / BINARY_FILE)
+        written.binary = codes
+        return written
+
+    def carry_over(self, folder: Path, manifest: "Manifest", *, removed: list[str]) -> "FaissBackend":
+        """The same files, hard-linked (never written again)."""
+        names = [VECTORS_FILE, *(tier_file(d) for d in self.manifest.dims),
+                 *([BINARY_FILE] if (self.folder / BINARY_FILE).is_file() else [])]
+        for name in names:
+            link_file(self.folder / name, folder / name)
+        return FaissBackend(folder, manifest)
+
+    def calibrate(self, live: np.ndarray | None, target: float, vectors: np.ndarray | None = None) -> dict | None:
+        """The funnel's stage and candidate count for `target` recall@10 against deep (funnel.py),
+        measured with this generation's own tier indexes on its `live` rows (`vectors`: the exact
+        full-dim vectors when at hand, else the stored ones)."""
+        dims = self.manifest.tier_dims
+        if dims["fast"] == self.manifest.full_dim:
+            return None
+        allowed = None if live is None else Allowed(live)
+        fast, deep = self.tier(dims["fast"]), self.tier(dims["deep"])
+        stages = {"prefix": lambda q, n: fast.search(prefix(q, dims["fast"]), n, allowed)[1]}
+        codes = {}
+        if self.binary is not None:  # an index written before binary codes has the prefix stage only
+            stages["binary"] = lambda q, n: self.binary.search(q, n, allowed)[1]
+            codes = {"binary_index": BINARY_INDEX, "binary_factory": BINARY_FACTORIES[BINARY_INDEX]}
+        settings = calibrate(self.vectors if vectors is None else vectors,
+                             deep=lambda q, n: deep.search(q, n, allowed)[1], stages=stages,
+                             rerank_vectors=self.vectors, target=target, rows=None if live is None else allowed.rows())
+        return {**codes, **settings}
+
+    def committed(self) -> None:
+        """Nothing: the files are the generation."""
+
+    def replaced_by(self, manifest: "Manifest") -> None:
+        """Nothing: the files go with the folder."""
+
+    def abandon(self, current: "Manifest | None") -> None:
+        """Nothing: the files go with the folder."""
+
+    def outdated(self) -> bool:
+        """A generation built before the funnel's calibration or its binary codes gains them when
+        it is rewritten."""
+        full_dim = self.manifest.full_dim
+        return self.manifest.tier_dims["fast"] != full_dim and (
+            not self.manifest.fast or (full_dim % 8 == 0 and not (self.folder / BINARY_FILE).is_file()))
+
+    def read_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact vectors come from the full-dim flat index, which holds them in float32
+        (vectors.npy may be float16), so a compacted index answers with the same scores."""
+        stored = np.asarray(self.vectors[rows])
+        if self.manifest.index_type(self.manifest.full_dim) == "flat":
+            return self.tier(self.manifest.full_dim).vectors(rows), stored
+        return np.asarray(stored, dtype=np.float32), stored
+
+    # ---- searches ----
+
+    def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
+               allowed: np.ndarray | None, filters: list["Filter"], chunk_doc: np.ndarray) -> tuple[Ranked, dict[str, float]]:
         """Dead rows and rows that fail a filter are excluded inside faiss (an IDSelector over the
-        allowed rows); when fewer candidates than needed come back, the search widens, and once it
-        would cover every allowed row it ranks them all exactly: k documents whenever k exist."""
-        allowed = index.allowed(filters)
-        total = index.chunks if allowed is None else int(allowed.sum())
+        allowed rows; `filters` are already in them); when fewer candidates than needed come back,
+        the search widens, and once it would cover every allowed row it ranks them all exactly: k
+        documents whenever k exist."""
+        total = self.manifest.chunks if allowed is None else int(allowed.sum())
         n = min(total, candidates)
         timings = {"search": 0.0, "rerank": 0.0}
         results: Ranked = [[] for _ in range(len(queries))]
@@ -154,12 +310,12 @@ class FaissBackend:
         selector = Allowed(allowed) if allowed is not None else None
         while len(pending):
             if selector is not None and n >= total:  # every allowed row: rank them all exactly
-                rows, scores = self._exhaustive(index, queries[pending], selector.rows(), dim, rerank, timings)
+                rows, scores = self._exhaustive(queries[pending], selector.rows(), dim, rerank, timings)
             else:
-                rows, scores = self._ranked(index, queries[pending], dim, rerank, n, timings, selector)
+                rows, scores = self._ranked(queries[pending], dim, rerank, n, timings, selector)
             still = []
             for q, r, s in zip(pending, rows, scores):
-                hits = collapse(r, s, index.chunk_doc, k)
+                hits = collapse(r, s, chunk_doc, k)
                 if len(hits) < k and n < total:
                     still.append(q)
                 else:
@@ -167,33 +323,34 @@ class FaissBackend:
             pending, n = np.array(still, dtype=int), min(total, 2 * n)
         return results, timings
 
-    @classmethod
-    def _exhaustive(cls, index, vectors, rows, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _exhaustive(self, vectors, rows, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Rank every row in `rows` exactly: as re-rank candidates (fast tier), or against the tier
         index's own vectors (read back from it), so the scores are those a search would give."""
         if rerank:
-            return cls._rerank(index, vectors, [rows] * len(vectors), timings)
+            return self._rerank(vectors, [rows] * len(vectors), timings)
         started = time.perf_counter()
-        scores, ranked = index.tier(dim).rank(prefix(vectors, dim), rows)
+        scores, ranked = self.tier(dim).rank(prefix(vectors, dim), rows)
         timings["search"] += (time.perf_counter() - started) * 1000
         return list(ranked), list(scores)
 
-    @classmethod
-    def _ranked(cls, index, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _ranked(self, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         started = time.perf_counter()
-        if rerank and index.fast_stage == "binary":  # candidates by Hamming distance of the full vectors' signs
-            scores, rows = index.binary.search(vectors, n, allowed)
+        if rerank and self.manifest.fast_stage == "binary":  # candidates by Hamming distance of the full vectors' signs
+            scores, rows = self.binary.search(vectors, n, allowed)
         else:
-            scores, rows = index.tier(dim).search(prefix(vectors, dim), n, allowed)
+            scores, rows = self.tier(dim).search(prefix(vectors, dim), n, allowed)
         timings["search"] += (time.perf_counter() - started) * 1000
         if not rerank:
             return list(rows), list(scores)
-        return cls._rerank(index, vectors, rows, timings)
+        return self._rerank(vectors, rows, timings)
 
-    @staticmethod
-    def _rerank(index, vectors, rows, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _rerank(self, vectors, rows, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Each query's candidate rows ranked exactly with the stored full-dim vectors."""
         started = time.perf_counter()
-        ranked = rerank_rows(vectors, list(rows), index.vectors)
+        ranked = rerank_rows(vectors, list(rows), self.vectors)
         timings["rerank"] += (time.perf_counter() - started) * 1000
         return ranked
+
+
+def tier_file(dim: int) -> str:
+    return f"dim{dim}.faiss"

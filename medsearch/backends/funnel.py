@@ -1,5 +1,5 @@
 """The fast tier's funnel: a candidate stage proposes rows, the stored full-dim vectors re-rank them
-exactly. Two candidate stages (backends/faiss.py): `prefix`, the 64-dim Matryoshka prefix index
+exactly. Two candidate stages (faiss.py): `prefix`, the 64-dim Matryoshka prefix index
 (the reference design), and `binary`, 1-bit sign codes of the full vector searched by Hamming
 distance.
 
@@ -18,12 +18,13 @@ from typing import Callable
 import faiss
 import numpy as np
 
+from medsearch.manifest import LEGACY_CANDIDATES
+
 DEFAULT_TARGET_RECALL = 0.99
 CALIBRATION_QUERIES = 200
 RECALL_K = 10
 # Candidate counts tried, smallest first (a count past the live rows means "all of them": exact).
 CANDIDATE_GRID = (10, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000, 10000, 15000, 20000)
-LEGACY_CANDIDATES = 500  # indexes built before the calibration: k x 50 at k = 10
 
 Search = Callable[[np.ndarray, int], np.ndarray]  # (queries, n) -> candidate rows per query, -1 padded
 

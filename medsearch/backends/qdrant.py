@@ -33,14 +33,17 @@ from typing import Iterable
 
 import numpy as np
 
-from medsearch.backends.base import collapse, prefix
-from medsearch.errors import BackendUnavailableError, BadInputError, MissingExtraError
+from medsearch.backends.base import Ranked, collapse, prefix
+from medsearch.backends.funnel import calibrate
+from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MissingExtraError
 from medsearch.filters import Filter, filter_number
-from medsearch.store import DocStore
+from medsearch.store import COLUMNS, DocStore
 
 FULL = "full"
 POINT_NAMESPACE = uuid.UUID("5b4e1d2e-6a43-4a8e-9b76-2f0a6f1c8d11")  # fixed: point ids never change
 UPSERT_BATCH = 256
+# The documents whose old points a generation's write deletes after its switch (manifest key)
+PENDING_DELETE = "qdrant_pending_delete"
 # A number as SQLite's filter reads a text value (filters.filter_sql: only these characters)
 _NUMERIC_TEXT = re.compile(r"^[0-9.eE+-]+$")
 _NUMERIC_PREFIX = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -60,7 +63,7 @@ def point_id(doc_id: str, position: int, content_hash: str) -> str:
 def settings(collection: str, url: str | None = None, path: str | Path | None = None, shards: int | None = None,
              replicas: int | None = None) -> dict:
     """The manifest's `backend` entry for a Qdrant index; each build writes a collection of its own,
-    `collection_name` plus a suffix (index.write_index), so a rebuild never touches the one in use."""
+    `collection_name` plus a suffix (QdrantBackend.build), so a rebuild never touches the one in use."""
     if (url is None) == (path is None):
         raise BadInputError("the qdrant backend needs one location: a server URL or a local-mode path")
     if not collection or not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", collection):
@@ -72,6 +75,27 @@ def settings(collection: str, url: str | None = None, path: str | Path | None = 
     where = {"url": url.rstrip("/")} if url else {"path": str(Path(path).resolve())}
     return {"name": "qdrant", "collection_name": collection, **where,
             **({"shards": shards} if shards else {}), **({"replicas": replicas} if replicas else {})}
+
+
+def settings_for_index(index_dir: str | Path, url: str | None = None, path: str | Path | None = None,
+                       collection: str | None = None, shards: int | None = None, replicas: int | None = None,
+                       current: dict | None = None) -> dict:
+    """The `backend` entry for building the index at `index_dir` in Qdrant, at a server `url` or in a
+    local-mode folder `path` (one of them). The collection is named `collection` when given; else
+    the name the index already uses, when `current` (its manifest's `backend`, None for a new index)
+    is a collection at this same location, so a rebuild replaces the index's own collection; else
+    the index folder's name."""
+    if collection is None:
+        current = current or {}
+        same_place = current.get("name") == "qdrant" and (
+            (url and current.get("url") == url.rstrip("/")) or (path and current.get("path") == str(Path(path).resolve())))
+        collection = (current.get("collection_name") if same_place else None) or Path(index_dir).resolve().name or "medsearch"
+    return settings(collection, url=url, path=path, shards=shards, replicas=replicas)
+
+
+def check_location(settings: dict) -> None:
+    """Fail now (before a corpus is encoded) when a backend entry's location cannot be used."""
+    QdrantBackend(None, {"backend": {**settings, "collection": ""}, "full_dim": 0, "index_types": {}}).check_reachable()
 
 
 def _import():
@@ -160,17 +184,22 @@ def _as_number(value) -> float | None:
 
 
 class QdrantBackend:
-    """The vectors of one index generation in its Qdrant collection."""
+    """The vectors of one index generation in its Qdrant collection (backends/base.py's
+    VectorBackend). A write keeps the collection: its new points have rows past the generation's,
+    and the old points of replaced and deleted documents go after its switch (`committed`)."""
 
     name = "qdrant"
+    keeps_dead_rows = False  # dead rows' points are deleted after each switch: nothing to compact
 
-    def __init__(self, backend: dict, full_dim: int, dims: list[int]):
-        self.settings = backend
-        self.collection = backend["collection"]
-        self.full_dim = full_dim
-        self.dims = dims
+    def __init__(self, folder: Path | None, manifest: dict):
+        self.folder = folder
+        self.manifest = manifest
+        self.settings = manifest["backend"]
+        self.collection = self.settings["collection"]
+        self.full_dim = manifest["full_dim"]
+        self.dims = sorted(int(d) for d in manifest["index_types"])
         _, self.models = _import()
-        self.local = "path" in backend
+        self.local = "path" in self.settings
 
     @property
     def location(self) -> str:
@@ -196,6 +225,94 @@ class QdrantBackend:
                 raise BackendUnavailableError(
                     f"collection '{self.collection}' is missing at {self.location} (deleted outside medsearch?)") from None
             raise
+
+    # ---- the lifecycle ----
+
+    @classmethod
+    def build(cls, folder: Path, vectors: np.ndarray, manifest: dict, *, settings: dict,
+              stored: np.ndarray | None = None, hnsw_min_chunks: int = 0, target_recall: float,
+              progress: bool = False) -> "QdrantBackend":
+        """A new collection holding every chunk of the generation in `folder` (its docs.db gives the
+        payloads), named `collection_name` plus a suffix, so a rebuild never touches the one in use;
+        and the fast tier's calibration (the prefix stage, measured through Qdrant)."""
+        manifest["index_types"] = {d: "qdrant" for d in manifest["index_types"]}
+        manifest["backend"] = {**settings, "collection": f"{settings['collection_name']}-{uuid.uuid4().hex[:8]}"}
+        written = cls(folder, manifest)
+        written.create()
+        try:
+            points = store_payloads(folder / "docs.db")
+            if len(points) != len(vectors):
+                raise BadInputError(f"the qdrant backend needs a document store: {len(vectors)} vectors, {len(points)} chunks")
+            written.upsert(vectors, points, progress=progress)
+            written.index_fields(manifest.get("metadata_fields", []))
+            dims = manifest["tier_dims"]
+            if dims["fast"] != written.full_dim:
+                manifest["fast"] = calibrate(vectors, deep=lambda q, c: written.rows(q, written.full_dim, c),
+                                             stages={"prefix": lambda q, c: written.rows(q, dims["fast"], c)},
+                                             rerank_vectors=vectors, target=target_recall)
+        except BaseException:
+            written.drop()
+            raise
+        return written
+
+    def append(self, folder: Path, vectors: np.ndarray, manifest: dict, *, removed: list[str],
+               progress: bool = False) -> "QdrantBackend":
+        """New points before the switch (rows past this generation's: unseen until then); the old
+        ones of `removed` after it."""
+        self._start_write(manifest, removed)
+        self.upsert(vectors, store_payloads(folder / "docs.db", first_row=self.manifest["chunks"]), progress=progress)
+        self.index_fields(sorted(set(manifest.get("metadata_fields", [])) - set(self.manifest.get("metadata_fields", []))))
+        return QdrantBackend(folder, manifest)
+
+    def carry_over(self, folder: Path, manifest: dict, *, removed: list[str]) -> "QdrantBackend":
+        self._start_write(manifest, removed)
+        return QdrantBackend(folder, manifest)
+
+    def _start_write(self, manifest: dict, removed: list[str]) -> None:
+        """Before a write: what the write of this generation could not delete after its switch goes
+        now, and so do the points a write that died before its switch left (rows past this
+        generation's: the next write numbers its rows from there again). The new generation records
+        what is due after its own switch, so that a failed delete is retried."""
+        self.committed()
+        self.delete_rows_from(self.manifest["chunks"])
+        manifest.pop(PENDING_DELETE, None)
+        if removed:
+            manifest[PENDING_DELETE] = {"ids": list(removed), "below_row": self.manifest["chunks"]}
+
+    def calibrate(self, live: np.ndarray | None, target: float) -> dict | None:
+        """The build's calibration stays (docs/guides/scale-out.md): writes do not measure again."""
+        return self.manifest.get("fast")
+
+    def committed(self) -> None:
+        """The replaced and deleted versions' points go (dead rows of this generation, skipped until
+        then); idempotent, so a write or a compaction after a failed one runs it again."""
+        pending = self.manifest.get(PENDING_DELETE)
+        if pending:
+            self.delete_documents(pending["ids"], below_row=pending["below_row"])
+
+    def replaced_by(self, manifest: dict) -> None:
+        """A rebuild's generation is current: this generation's collection goes, unless it is the
+        new one's too (another index's collection is never touched)."""
+        if (manifest.get("backend") or {}).get("collection") != self.collection:
+            with contextlib.suppress(MedsearchError):
+                self.drop()
+
+    def abandon(self, current: dict | None) -> None:
+        """A build that did not become current: its new collection goes."""
+        if current is None or (current.get("backend") or {}).get("collection") != self.collection:
+            self.drop()
+
+    def outdated(self) -> bool:
+        return False
+
+    def read_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise BadInputError("a Qdrant index keeps its vectors in its collection: rebuild it to rewrite them")
+
+    def load(self) -> None:
+        self.count()  # fails now, not at the first query, when it is unreachable
+
+    def close(self) -> None:
+        """Nothing: the client is shared by every generation of the location (`close_clients`)."""
 
     # ---- writes ----
 
@@ -307,26 +424,22 @@ class QdrantBackend:
             out[i, : len(found)] = found
         return out
 
-    def search(self, index, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
-               filters: list[Filter]) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """backends/base.py's VectorBackend. With `rerank` (the fast tier) each search is ONE query:
-        `candidates` chunks prefetched on the prefix vector, re-scored on `full`; filters are payload
-        filters in both. Rows this generation does not know (a writer's points before its switch) are
-        skipped, as are rows dead in it; when fewer than k documents remain, the search widens
-        (doubling, until every matching point has been seen)."""
-        from medsearch.filters import filter_sql
-        from medsearch.store import COLUMNS
-
-        filter_sql(filters, index.manifest.get("metadata_fields", []))  # unknown fields: the error FAISS gives
-        chunk_doc, live = index.chunk_doc, index.live
+    def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
+               allowed: np.ndarray | None, filters: list[Filter], chunk_doc: np.ndarray) -> tuple[Ranked, dict[str, float]]:
+        """With `rerank` (the fast tier) each search is ONE query: `candidates` chunks prefetched on
+        the prefix vector, re-scored on `full`; `filters` are payload filters in both. Rows this
+        generation does not know (a writer's points before its switch) are skipped, as are rows not
+        `allowed` (dead in it); when fewer than k documents remain, the search widens (doubling,
+        until every matching point has been seen)."""
         query_filter = self.query_filter(filters, COLUMNS)
         m = self.models
         started = time.perf_counter()
         using = vector_name(dim, self.full_dim)
         small, full = prefix(queries, dim), np.asarray(queries, dtype=np.float32)
+        live_chunks = self.manifest["chunks"] - self.manifest.get("dead_chunks", 0)
         results = []
         for q_small, q_full in zip(small, full):
-            n = max(1, min(candidates, index.live_chunks))
+            n = max(1, min(candidates, live_chunks))
             while True:
                 if rerank:
                     prefetch = m.Prefetch(query=q_small.tolist(), using=using, limit=n, filter=query_filter)
@@ -338,8 +451,8 @@ class QdrantBackend:
                 rows = np.array([p.payload["row"] for p in found], dtype=np.int64)
                 scores = np.array([p.score for p in found], dtype=np.float32)
                 known = rows < len(chunk_doc)
-                if live is not None:  # a document replaced or deleted by a write whose cleanup has not run
-                    known[known] = live[rows[known]]
+                if allowed is not None:  # a document replaced or deleted by a write whose cleanup has not run
+                    known[known] = allowed[rows[known]]
                 hits = collapse(rows[known], scores[known], chunk_doc, k)
                 if len(hits) == k or len(found) < n:  # k documents, or every matching point seen
                     break

@@ -1,0 +1,168 @@
+"""manifest.json, the config of one generation of an index: read, written and described here.
+
+The file is one JSON object; `Manifest` is that object (a dict, so what is written is what was
+read, keys this version does not know included) with typed accessors for what the code reads:
+
+  format_version, medsearch_version, created, updated, compacted   the file and its history
+  model {spec, name, fingerprint, weights, runtime, precision}     who encoded, and how
+  query_prefix, passage_prefix, max_tokens, chunk_overlap          how text became vectors
+  documents, chunks, dead_chunks, corpus, corpus_fingerprint       what it holds
+  metadata_fields                                                  the fields filters may name
+  full_dim, tier_dims {tier: dim}, index_types {dim: kind}         the tiers and stored dims
+  vector_dtype, faiss_factories                                    the FAISS backend's files
+  fast {stage, candidates, target_recall, measured_recall, ...}    the funnel's calibration
+  backend {name, ...}                                              where the vectors live
+  lexical {library, stemmer, ...}                                  the BM25 index, when built
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medsearch.errors import IndexFormatError
+
+FORMAT_VERSION = 2  # 2: generations (CURRENT + gen-NNNNNN/), dead rows, faiss factory strings
+FILE = "manifest.json"
+TIERS = ("fast", "light", "standard", "deep")
+TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
+LEGACY_CANDIDATES = 500  # fast-tier candidates of an index built before the calibration: k x 50 at k = 10
+
+
+def tier_dims(full_dim: int) -> dict[str, int]:
+    """Tier -> prefix dim for a model of `full_dim` dims (never above the model's own size)."""
+    dims = {tier: min(target, full_dim) for tier, target in TIER_TARGET_DIMS.items()}
+    dims["deep"] = full_dim
+    return dims
+
+
+class Manifest(dict):
+    """One generation's manifest.json."""
+
+    @classmethod
+    def read(cls, folder: Path, index: Path | None = None) -> "Manifest":
+        """The manifest of a generation folder; IndexFormatError (naming `index`, the folder users
+        name) when it is missing, unreadable or of another format."""
+        index = index or folder
+        path = folder / FILE
+        try:
+            manifest = cls(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise IndexFormatError(f"{index}: {folder.name} has no {FILE}", index) from None
+        except json.JSONDecodeError as err:
+            raise IndexFormatError(f"{path}: unreadable manifest ({err.msg})", index) from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexFormatError(format_error(index, manifest.get("format_version")), index)
+        return manifest
+
+    @classmethod
+    def peek(cls, folder: Path | None) -> "Manifest | None":
+        """The manifest of a folder when it has a readable one, else None (never raises)."""
+        try:
+            return cls(json.loads((folder / FILE).read_text())) if folder is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def write(self, folder: Path) -> None:
+        (folder / FILE).write_text(json.dumps(self, indent=2, ensure_ascii=False) + "\n")
+
+    # ---- the vectors ----
+
+    @property
+    def full_dim(self) -> int:
+        return self["full_dim"]
+
+    @property
+    def tier_dims(self) -> dict[str, int]:
+        return self["tier_dims"]
+
+    @property
+    def dims(self) -> list[int]:
+        """Every stored dim (the tiers' and any extra ones), ascending."""
+        return sorted(int(d) for d in self["index_types"])
+
+    def index_type(self, dim: int) -> str:
+        return self["index_types"][str(dim)]
+
+    @property
+    def vector_dtype(self) -> str:
+        return self["vector_dtype"]
+
+    @property
+    def chunks(self) -> int:
+        """Rows in the vectors and tier indexes, dead ones included."""
+        return self["chunks"]
+
+    @property
+    def dead_chunks(self) -> int:
+        return self.get("dead_chunks", 0)
+
+    @property
+    def live_chunks(self) -> int:
+        return self.chunks - self.dead_chunks
+
+    @property
+    def documents(self) -> int:
+        return self["documents"]
+
+    @property
+    def metadata_fields(self) -> list[str]:
+        return self.get("metadata_fields", [])
+
+    @property
+    def chunk_overlap(self) -> int | None:
+        return self.get("chunk_overlap")
+
+    # ---- the stages ----
+
+    @property
+    def fast(self) -> dict:
+        """The fast tier's calibrated settings (funnel.py); empty for an index built before them."""
+        return self.get("fast") or {}
+
+    @property
+    def fast_stage(self) -> str:
+        return self.fast.get("stage", "prefix")
+
+    @property
+    def target_recall(self) -> float | None:
+        return self.fast.get("target_recall")
+
+    @property
+    def backend(self) -> dict:
+        """Where the vectors live: {"name": "faiss"} or Qdrant's settings and collection."""
+        return self.get("backend") or {"name": "faiss"}
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.get("name", "faiss")
+
+    @property
+    def has_lexical(self) -> bool:
+        return "lexical" in self
+
+    # ---- the model ----
+
+    @property
+    def model(self) -> dict:
+        return self["model"]
+
+    @property
+    def runtime(self) -> str:
+        return self.model.get("runtime", "torch")  # built before runtimes were recorded: torch
+
+    @property
+    def precision(self) -> str:
+        return self.model.get("precision", "fp32")
+
+    def describe(self) -> dict:
+        """The manifest and what is derived from it: live chunks, the fast tier's stage, candidate
+        count and recall target (what `medsearch info --json` and the service's /info show)."""
+        return {**self, "live_chunks": self.live_chunks, "target_recall": self.fast.get("target_recall"),
+                "fast_candidates": self.fast.get("candidates"), "fast_stage": self.fast.get("stage")}
+
+
+def format_error(index: Path, version) -> str:
+    from medsearch.version import __version__
+
+    return f"{index} has index format {version}, this medsearch ({__version__}) reads format {FORMAT_VERSION}"
