@@ -15,7 +15,7 @@ from medsearch.version import __version__
 from medsearch.corpus import read_queries
 from medsearch.encoder import AUTO_RUNTIME, DEFAULT_MODEL, RUNTIMES, Encoder
 from medsearch.data.beir import MEDICAL_SETS
-from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
+from medsearch.fusion import MODES
 from medsearch.errors import (
     BadInputError,
     DownloadError,
@@ -25,10 +25,11 @@ from medsearch.errors import (
     ModelLoadError,
     ModelMismatchError,
 )
-from medsearch.index import DEFAULT_INDEX, TIERS, VECTOR_DTYPES, index_encoder, open_index
+from medsearch.index import DEFAULT_INDEX, VECTOR_DTYPES, index_encoder, open_index
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
 from medsearch.manifest import LEGACY_CANDIDATES
-from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER, QueryResult, Searcher
+from medsearch.options import FUSION_OPTIONS, OPTIONS, Option, SearchOptions
+from medsearch.search import QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
 from medsearch.training import TrainSettings
 from medsearch.tune import TuneSettings
@@ -262,45 +263,57 @@ def compact(index_dir):
     click.echo(f"{index_dir}: {report.summary() if report.compacted else 'nothing to compact'}")
 
 
-def fusion_options(command):
-    """--fusion, --rrf-k, --dense-weight, --fusion-depth: how hybrid mode fuses (a Fusion as `fusion`)."""
-    defaults = Fusion()
-    options = [
-        click.option("--fusion", "fusion_method", type=click.Choice(METHODS), default=defaults.method, show_default=True,
-                     help="hybrid: reciprocal rank fusion, or a convex combination of min-max normalised scores."),
-        click.option("--rrf-k", type=click.IntRange(min=0), default=defaults.rrf_k, show_default=True,
-                     help="hybrid rrf: each list adds 1 / (rrf-k + rank)."),
-        click.option("--dense-weight", type=click.FloatRange(0, 1), default=defaults.weight, show_default=True,
-                     help="hybrid convex: weight of the dense scores (lexical gets 1 - it)."),
-        click.option("--fusion-depth", type=click.IntRange(min=1), default=defaults.depth, show_default=True,
-                     help="hybrid: documents taken from each list before fusing (at least k)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
+def _flag(option: Option):
+    """The click option of one search option (options.OPTIONS): its flag, type, default and help."""
+    flag = "--filter" if option.name == "filters" else "--" + option.name.replace("_", "-")
+    if option.choices:
+        kind = click.Choice(option.choices)
+    elif option.kind is float:
+        kind = click.FloatRange(option.minimum, option.maximum)
+    elif option.kind is int and option.minimum is not None:
+        kind = click.IntRange(min=option.minimum, max=option.maximum)
+    else:
+        kind = option.kind
+    shown = option.default is not None and not option.many
+    flags = (flag, "-k") if option.name == "k" else (flag,)
+    return click.option(*flags, option.name, type=kind, default=option.default, show_default=shown,
+                        multiple=option.many, metavar="FIELD=VALUE" if option.name == "filters" else None,
+                        help=option.help + (" Repeat the flag for several." if option.many else ""))
 
-    @functools.wraps(command)
-    def wrapper(*args, fusion_method, rrf_k, dense_weight, fusion_depth, **kwargs):
-        return command(*args, fusion=Fusion(fusion_method, rrf_k, dense_weight, fusion_depth), **kwargs)
 
-    return wrapper
+def _option_flags(names: tuple[str, ...], build):
+    """A decorator adding the flags of these search options; the command gets `build(values)`."""
+    chosen = [option for option in OPTIONS if option.name in names]
+
+    def decorate(command):
+        for option in reversed(chosen):
+            command = _flag(option)(command)
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            values = {option.name: kwargs.pop(option.name) for option in chosen}
+            return command(*args, **build(values), **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+# Every search option, passed as one SearchOptions (`options`); the fusion ones alone, as a Fusion (`fusion`)
+search_options = _option_flags(tuple(option.name for option in OPTIONS), lambda v: {"options": SearchOptions.flat(**v)})
+fusion_options = _option_flags(FUSION_OPTIONS, lambda v: {"fusion": SearchOptions.flat(**v).fusion})
 
 
 @cli.command()
 @click.argument("text", required=False)
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False), help="Batch mode: a .jsonl file (_id, text) or a text file with one query a line.")
 @index_option
-@click.option("--tier", type=click.Choice(TIERS), default=DEFAULT_TIER, show_default=True, help="fast: 64-dim candidates re-ranked at full dim; light: 128; standard: 512 (or full); deep: full dim, exact.")
-@click.option("--dim", type=int, default=None, help="Search this stored prefix dim directly (overrides --tier).")
-@click.option("--k", "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Documents to return.")
-@click.option("--oversample", default=DEFAULT_OVERSAMPLE, type=click.IntRange(min=1), help="fast tier: candidates = k x oversample [default: the count the index measured for its recall target, scaled to k; see `medsearch info`].")
-@click.option("--filter", "filters", multiple=True, metavar="FIELD=VALUE", help="Only documents whose field (source, url, title, id or a metadata field) matches: field=value, field!=value, field>=number, field<=number; repeat to AND them.")
-@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True, help="dense: the tier's vectors; lexical: BM25 over the same chunks (no model needed); hybrid: both lists fused.")
-@fusion_options
+@search_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query (query_id, query, results[id, score, title, snippet, url, source, metadata, found_by], timings_ms).")
 @click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
 @device_option
 @index_runtime_option
-def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode, fusion, as_json, model, device, runtime):
+def query(text, queries_file, index_dir, options, as_json, model, device, runtime):
     """Search the index for TEXT, or for every query in --queries FILE (encoded in one pass).
 
     In hybrid mode each hit says which lists found it and at what rank (found_by)."""
@@ -310,13 +323,8 @@ def query(text, queries_file, index_dir, tier, dim, k, oversample, filters, mode
         ids, texts = read_queries(queries_file)
     else:
         ids, texts = None, [text]
-        if not text.strip():
-            raise BadInputError("empty query: give some text to search for")
-    searcher = Searcher.open(index_dir, model=model, device=device, load_model=mode != "lexical", runtime=runtime)
-    searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
-    results = searcher.search(texts, query_ids=ids, tier=tier, k=k, dim=dim, oversample=oversample, filters=filters,
-                              mode=mode, fusion=fusion)
-    for result in results:
+    searcher = Searcher.open(index_dir, model=model, device=device, load_model=options.mode != "lexical", runtime=runtime)
+    for result in searcher.search(texts, options, query_ids=ids):
         if as_json:
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
         else:

@@ -21,6 +21,7 @@ import numpy as np
 from medsearch.corpus import read_corpus, read_queries
 from medsearch.errors import BadInputError, NotFoundError
 from medsearch.fusion import MODES, Fusion, check_mode
+from medsearch.options import SearchOptions
 
 
 @dataclass
@@ -105,7 +106,7 @@ def search_runs(searcher, vectors, texts: list[str], qids: list[str], doc_ids: l
     """Ranked (doc id, score) lists per query from an index in any mode (`kwargs` go to
     Searcher.retrieve: mode, tier, dim, fusion), and the search time in ms per query."""
     started = time.perf_counter()
-    ranked, _ = searcher.retrieve(texts, vectors, k=k, **kwargs)
+    ranked, _ = searcher.retrieve(texts, vectors, SearchOptions(k=k, **kwargs))
     ms = (time.perf_counter() - started) * 1000 / max(1, len(qids))
     chunk_doc = searcher.index.chunk_doc
     runs = {qid: [(doc_ids[chunk_doc[row]], score) for row, score, _ in hits] for qid, hits in zip(qids, ranked)}

@@ -20,19 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.encoder import Encoder
-from medsearch.errors import BadInputError
 from medsearch import generations
 from medsearch.backends.base import collapse
-from medsearch.filters import filter_sql, parse_filters
 from medsearch.backends.funnel import candidates_for
-from medsearch.fusion import DEFAULT_MODE, Fusion, check_mode, fuse
-from medsearch.index import DEFAULT_INDEX, TIERS, Index, check_model, index_encoder, open_index
+from medsearch.encoder import Encoder
+from medsearch.errors import BadInputError
+from medsearch.filters import filter_sql, parse_filters
+from medsearch.fusion import fuse
+from medsearch.index import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
+from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_TIER, SearchOptions
 
-DEFAULT_TIER = "fast"
-# Fast-tier candidates: k x oversample when a caller gives it; by default (None) the count that the
-# index measured at build time for its recall target (funnel.py, the manifest's `fast`).
-DEFAULT_OVERSAMPLE = None
+__all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "SearchOptions", "Searcher"]
 SNIPPET_CHARS = 240
 
 
@@ -154,36 +152,26 @@ class Searcher:
                 old.close()
         self._left = still
 
-    def resolve(self, tier: str, dim: int | None, index: Index | None = None) -> tuple[int, bool]:
-        """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
-        return self.resolve_dim(index or self.index, tier, dim)
-
     @staticmethod
     def resolve_dim(index: Index, tier: str, dim: int | None) -> tuple[int, bool]:
+        """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
         if dim is not None:
             index.check_dim(dim)
             return dim, False
-        if tier not in TIERS:
-            raise BadInputError(f"unknown tier '{tier}' (choose from: {', '.join(TIERS)})")
         tier_dim = index.manifest.tier_dims[tier]
         return tier_dim, tier == "fast" and tier_dim != index.full_dim
 
-    def check(self, *, tier: str = DEFAULT_TIER, k: int = 10, dim: int | None = None,
-              oversample: int | None = DEFAULT_OVERSAMPLE, filters=None, mode: str = DEFAULT_MODE,
-              fusion: Fusion | None = None) -> None:
-        """Raise BadInputError for search arguments this index cannot serve (before any encoding)."""
-        check_mode(mode)
-        if fusion is not None:
-            fusion.check()
-        if mode != "dense":
-            self.index.lexical  # noqa: B018 (an index without one fails here)
-        if k < 1:
-            raise BadInputError(f"k must be at least 1; got {k}")
-        if oversample is not None and oversample < 1:
-            raise BadInputError(f"oversample must be at least 1; got {oversample}")
-        self.resolve(tier, dim)
-        if filters:
-            filter_sql(parse_filters(filters), self.index.manifest.get("metadata_fields", []))
+    def check(self, options: SearchOptions, index: Index | None = None) -> None:
+        """Raise BadInputError for options this index cannot serve (before any encoding): a dim it
+        does not store, a lexical mode without a lexical index, a filter on a field it lacks."""
+        index = index or self.index
+        if options.mode != "dense":
+            index.lexical  # noqa: B018 (an index without one fails here)
+        self.resolve_dim(index, options.tier, options.dim)
+        if options.filters:
+            filter_sql(parse_filters(options.filters), index.manifest.metadata_fields)
+        if options.mode != "lexical" and self.encoder is None:
+            raise BadInputError(f"{options.mode} search needs a model to encode the queries; this searcher has none")
 
     @staticmethod
     def check_queries(queries: list[str], query_ids: list[str] | None = None) -> None:
@@ -194,53 +182,27 @@ class Searcher:
                 where = f" (query {query_ids[i]})" if query_ids else ""
                 raise BadInputError(f"empty query{where}: give some text to search for")
 
-    def search(
-        self,
-        queries: list[str],
-        *,
-        query_ids: list[str] | None = None,
-        tier: str = DEFAULT_TIER,
-        k: int = 10,
-        dim: int | None = None,
-        oversample: int | None = DEFAULT_OVERSAMPLE,
-        filters=None,
-        mode: str = DEFAULT_MODE,
-        fusion: Fusion = Fusion(),
-    ) -> list[QueryResult]:
-        """Encode all queries in one pass, search, hydrate. Timings in batch mode are per query (amortised).
-        `filters`: `field=value`, `field!=value`, `field>=number`, `field<=number` strings, ANDed.
-        `mode`: dense (the tier's vectors), lexical (BM25, nothing encoded) or hybrid (both, fused)."""
+    def search(self, queries: list[str], options: SearchOptions | None = None, *,
+               query_ids: list[str] | None = None, **fields) -> list[QueryResult]:
+        """Encode all queries in one pass, search, hydrate. Timings in batch mode are per query
+        (amortised). `options` (or its fields as keywords: `search(queries, tier="deep", k=5)`):
+        tier, k, dim, oversample, filters, mode (dense, lexical: BM25, nothing encoded; hybrid: both
+        fused) and fusion (options.py)."""
+        options = SearchOptions.of(options, fields)
         self.check_queries(queries, query_ids)
-        self.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
+        self.check(options)
         started = time.perf_counter()
-        if mode != "lexical" and self.encoder is None:
-            raise BadInputError(f"{mode} search needs a model to encode the queries; this searcher has none")
-        vectors = None if mode == "lexical" else self.encoder.encode_queries(queries)
+        vectors = None if options.mode == "lexical" else self.encoder.encode_queries(queries)
         encode_ms = (time.perf_counter() - started) * 1000 / len(queries) if vectors is not None else 0.0
-        return self.search_encoded(queries, vectors, encode_ms=encode_ms, query_ids=query_ids, tier=tier, k=k,
-                                   dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
+        return self.search_encoded(queries, vectors, options, encode_ms=encode_ms, query_ids=query_ids)
 
-    def search_encoded(
-        self,
-        queries: list[str],
-        vectors: np.ndarray,
-        *,
-        encode_ms: float = 0.0,
-        query_ids: list[str] | None = None,
-        tier: str = DEFAULT_TIER,
-        k: int = 10,
-        dim: int | None = None,
-        oversample: int | None = DEFAULT_OVERSAMPLE,
-        filters=None,
-        mode: str = DEFAULT_MODE,
-        fusion: Fusion = Fusion(),
-    ) -> list[QueryResult]:
+    def search_encoded(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
+                       encode_ms: float = 0.0, query_ids: list[str] | None = None) -> list[QueryResult]:
         """Search and hydrate queries already encoded (`vectors`, one row per query, None in lexical
-        mode; the service encodes concurrent requests together). `encode_ms` is reported as each
-        query's encoding time."""
+        mode; the service encodes concurrent requests together) with options already checked
+        (`check`). `encode_ms` is reported as each query's encoding time."""
         with self.pinned() as index:  # one generation for the whole request, kept open until hydrated
-            ranked, timings = self.retrieve(queries, vectors, mode=mode, fusion=fusion, tier=tier, k=k, dim=dim,
-                                            oversample=oversample, filters=filters, index=index)
+            ranked, timings = self.retrieve(queries, vectors, options, index=index)
             per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
             results = []
             for i, hits in enumerate(ranked):
@@ -264,33 +226,19 @@ class Searcher:
                 results.append(QueryResult(queries[i], docs, dict(per_query), query_ids[i] if query_ids else None))
         return results
 
-    def retrieve(
-        self,
-        queries: list[str],
-        vectors: np.ndarray | None,
-        *,
-        mode: str = DEFAULT_MODE,
-        fusion: Fusion = Fusion(),
-        tier: str = DEFAULT_TIER,
-        k: int = 10,
-        dim: int | None = None,
-        oversample: int | None = DEFAULT_OVERSAMPLE,
-        filters=None,
-        index: Index | None = None,
-    ) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:
-        """Ranked (chunk row, score, {list: rank}) per query, one document per hit, in any mode:
-        dense ranks `vectors` in the tier, lexical ranks the query text by BM25, hybrid fuses the
-        two top lists (`fusion.depth` documents each, at least k)."""
+    def retrieve(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
+                 index: Index | None = None) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:
+        """Ranked (chunk row, score, {list: rank}) per query, one document per hit, in any mode, with
+        options already checked: dense ranks `vectors` in the tier, lexical ranks the query text by
+        BM25, hybrid fuses the two top lists (`options.depth` documents each)."""
         index = index or self.current()
-        self.check(tier=tier, k=k, dim=dim, oversample=oversample, mode=mode, fusion=fusion)
-        depth = k if mode != "hybrid" else max(k, fusion.depth)
-        allowed = index.allowed(filters) if mode != "dense" else None  # the lexical list's rows
+        mode = options.mode
         lists: dict[str, list[list[tuple[int, float]]]] = {}
         timings: dict[str, float] = {}
         if mode != "lexical":
-            lists["dense"], timings = self._dense(index, vectors, tier, depth, dim, oversample, filters)
+            lists["dense"], timings = self._dense(index, vectors, options, options.depth)
         if mode != "dense":
-            lists["lexical"], timings["lexical"] = self._lexical(index, queries, depth, allowed)
+            lists["lexical"], timings["lexical"] = self._lexical(index, queries, options.depth, index.allowed(options.filters))
         if mode != "hybrid":
             (name, ranked), = lists.items()
             return [[(row, score, {name: rank}) for rank, (row, score) in enumerate(hits, 1)] for hits in ranked], timings
@@ -299,7 +247,7 @@ class Searcher:
         for dense, lexical in zip(lists["dense"], lists["lexical"]):
             per_list = {name: [(int(index.chunk_doc[row]), row, score) for row, score in hits]
                         for name, hits in (("dense", dense), ("lexical", lexical))}
-            fused.append(fuse(per_list, fusion, k))
+            fused.append(fuse(per_list, options.fusion, options.k))
         timings["fuse"] = (time.perf_counter() - started) * 1000
         return fused, timings
 
@@ -324,31 +272,20 @@ class Searcher:
             results.append(hits)
         return results, (time.perf_counter() - started) * 1000
 
-    def search_vectors(
-        self,
-        vectors: np.ndarray,
-        *,
-        tier: str = DEFAULT_TIER,
-        k: int = 10,
-        dim: int | None = None,
-        oversample: int | None = DEFAULT_OVERSAMPLE,
-        filters=None,
-        index: Index | None = None,
-    ) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """Ranked (chunk row, score) lists, one document per hit, for full-dim query vectors.
-
-        Dead rows and rows that fail a filter are excluded inside faiss (an IDSelector over the
-        allowed rows); when fewer candidates than needed come back, the search widens, and once it
-        would cover every allowed row it ranks them all exactly: k documents whenever k exist."""
+    def search_vectors(self, vectors: np.ndarray, options: SearchOptions | None = None, *, index: Index | None = None,
+                       **fields) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """Ranked (chunk row, score) lists, one document per hit, for full-dim query vectors (dense:
+        the options' tier, k, dim, oversample and filters; keywords as in `search`)."""
+        options = SearchOptions.of(options, fields)
         index = index or self.current()
-        self.check(tier=tier, k=k, dim=dim, oversample=oversample)
-        return self._dense(index, vectors, tier, k, dim, oversample, filters)
+        self.resolve_dim(index, options.tier, options.dim)
+        return self._dense(index, vectors, options, options.k)
 
     @staticmethod
-    def _dense(index: Index, vectors: np.ndarray, tier: str, k: int, dim: int | None, oversample: int | None,
-               filters=None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """The dense top lists, from the index's backend (backends/base.py)."""
-        search_dim, rerank = Searcher.resolve_dim(index, tier, dim)
+    def _dense(index: Index, vectors: np.ndarray, options: SearchOptions,
+               k: int) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """The dense top k lists, from the index's backend (backends/base.py)."""
+        search_dim, rerank = Searcher.resolve_dim(index, options.tier, options.dim)
         collapses = index.chunks != index.manifest.documents  # room for chunks of one document
-        wanted = candidates_for(index.manifest.fast, k, oversample) if rerank else (2 * k if collapses else k)
-        return index.search_dense(vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted, filters=filters)
+        wanted = candidates_for(index.manifest.fast, k, options.oversample) if rerank else (2 * k if collapses else k)
+        return index.search_dense(vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted, filters=options.filters)

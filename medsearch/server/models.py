@@ -3,22 +3,31 @@ the routers import them from here."""
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
-from medsearch.index import TIERS
-from medsearch.search import DEFAULT_OVERSAMPLE, DEFAULT_TIER
+from medsearch.options import OPTIONS, Option, SearchOptions
 
-MAX_K = 1000
-MAX_OVERSAMPLE = 1000
-Tier = Literal["fast", "light", "standard", "deep"]
-Mode = Literal["dense", "lexical", "hybrid"]
-Method = Literal["rrf", "convex"]
-assert set(Tier.__args__) == set(TIERS) and set(Mode.__args__) == set(MODES) and set(Method.__args__) == set(METHODS)
-FUSION = Fusion()
-MODE_HELP = "dense: the tier's vectors; lexical: BM25 over the same chunks; hybrid: both lists fused."
+# The most one request may ask (options.OPTIONS' request_maximum), kept for the service's checks
+MAX_K = next(o.request_maximum for o in OPTIONS if o.name == "k")
+MAX_OVERSAMPLE = next(o.request_maximum for o in OPTIONS if o.name == "oversample")
+
+
+def option_field(option: Option, alias: str | None = None) -> tuple[Any, Any]:
+    """(annotation, Field) of one search option (options.OPTIONS) in a request model: its type,
+    default, bounds and help text, written once for the CLI, the API and the library."""
+    if option.choices:
+        annotation: Any = Literal[option.choices]
+    elif option.many:
+        annotation = list[option.kind]
+    else:
+        annotation = option.kind | None if option.default is None else option.kind
+    bounds = {key: value for key, value in (("ge", option.minimum), ("le", option.maximum)) if value is not None}
+    if option.request_maximum is not None:
+        bounds["le"] = option.request_maximum
+    default = list(option.default) if option.many else option.default
+    return annotation, Field(default, description=option.help, alias=alias, **bounds)
 
 
 class QueryIn(BaseModel):
@@ -27,18 +36,28 @@ class QueryIn(BaseModel):
     text: str = Field(..., description="The query text.")
 
 
-class SearchRequest(BaseModel):
+class _Options(BaseModel):
+    def options(self) -> SearchOptions:
+        """The request's search options (checked: a bad combination is a BadInputError)."""
+        return SearchOptions.flat(**{option.name: getattr(self, option.name) for option in OPTIONS})
+
+
+# POST /search's body: the queries and every search option by its name
+class _StrictOptions(_Options):
     model_config = ConfigDict(extra="forbid")
-    queries: list[QueryIn] = Field(..., min_length=1, description="Queries, encoded together in one pass.")
-    tier: Tier = DEFAULT_TIER
-    k: int = Field(10, ge=1, le=MAX_K, description="Documents per query.")
-    dim: int | None = Field(None, description="Search this stored prefix dim instead of the tier's.")
-    oversample: int | None = Field(DEFAULT_OVERSAMPLE, ge=1, le=MAX_OVERSAMPLE, description="fast tier: candidates = k x oversample [default: the count the index measured for its recall target].")
-    filters: list[str] = Field([], description="field=value, field!=value, field>=number, field<=number; ANDed.")
-    mode: Mode = Field(DEFAULT_MODE, description=MODE_HELP)
-    fusion: Method = Field(FUSION.method, description="hybrid: reciprocal rank fusion or a convex combination of normalised scores.")
-    rrf_k: int = Field(FUSION.rrf_k, ge=0, le=10_000, description="hybrid rrf: each list adds 1 / (rrf_k + rank).")
-    dense_weight: float = Field(FUSION.weight, ge=0, le=1, description="hybrid convex: the dense scores' weight.")
+
+
+SearchRequest = create_model(
+    "SearchRequest", __base__=_StrictOptions,
+    queries=(list[QueryIn], Field(..., min_length=1, description="Queries, encoded together in one pass.")),
+    **{option.name: option_field(option) for option in OPTIONS},
+)
+# GET /search's query parameters: the query text as `q`, each filter as a repeated `filter`
+SearchQuery = create_model(
+    "SearchQuery", __base__=_Options,
+    q=(str, Field(..., description="The query text.")),
+    **{option.name: option_field(option, alias="filter" if option.name == "filters" else None) for option in OPTIONS},
+)
 
 
 class DocumentsIn(BaseModel):

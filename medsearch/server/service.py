@@ -18,11 +18,10 @@ from fastapi import Depends, Request
 
 from medsearch.backends.faiss import limit_threads
 from medsearch.errors import BadInputError, MedsearchError
-from medsearch.fusion import DEFAULT_MODE, Fusion
 from medsearch.index import TIERS
+from medsearch.options import SearchOptions
 from medsearch.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
-from medsearch.server.models import FUSION
 from medsearch.server.responses import json_bytes
 from medsearch.server.settings import ServerSettings, available_cores
 from medsearch.updates import WriteReport
@@ -97,8 +96,7 @@ class Service:
             raise ServiceLoading()
         return self.searcher
 
-    def check_request(self, texts: list[str], ids: list[str] | None, k: int, oversample: int | None,
-                      filters: list[str]) -> None:
+    def check_request(self, texts: list[str], ids: list[str] | None, options: SearchOptions) -> None:
         """The service's bounds and text checks on one request, before anything is encoded."""
         limits = self.settings
         for i, text in enumerate(texts):
@@ -108,37 +106,35 @@ class Service:
             check_text(text, where)
             if len(text) > limits.max_query_chars:
                 raise BadInputError(f"{where} has {len(text)} characters; the limit is {limits.max_query_chars}")
-        if len(filters) > limits.max_filters:
-            raise BadInputError(f"{len(filters)} filters; the limit is {limits.max_filters}")
-        for i, text in enumerate(filters, start=1):
+        if len(options.filters) > limits.max_filters:
+            raise BadInputError(f"{len(options.filters)} filters; the limit is {limits.max_filters}")
+        for i, text in enumerate(options.filters, start=1):
             check_text(text, f"filter {i}")
             if len(text) > limits.max_filter_chars:
                 raise BadInputError(f"filter {i} has {len(text)} characters; the limit is {limits.max_filter_chars}")
+        k, oversample = options.k, options.oversample
         if oversample is not None and k * oversample > limits.max_candidates:
             raise BadInputError(f"k x oversample asks for {k * oversample} candidates; the limit is {limits.max_candidates}")
         if len(texts) * k > limits.max_results:
             raise BadInputError(f"{len(texts)} queries x k={k} asks for {len(texts) * k} results; the limit is "
                                 f"{limits.max_results} a request")
 
-    async def search(self, texts: list[str], ids: list[str] | None, *, tier: str, k: int, dim: int | None,
-                     oversample: int | None, filters: list[str] | None = None, mode: str = DEFAULT_MODE,
-                     fusion: Fusion = FUSION, receive=None, one: bool = False) -> bytes:
+    async def search(self, texts: list[str], ids: list[str] | None, options: SearchOptions, *, receive=None,
+                     one: bool = False) -> bytes:
         """Check, encode (in a shared pass), search and hydrate one request's queries; the JSON answer
         (a list of results, or the one result when `one`), encoded on the search thread: a large
         answer never holds the event loop. `receive`: the request's ASGI receive, watched so that a
         client that leaves is dropped before its pass."""
         searcher = self.loaded()
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
-        filters = list(filters or [])
-        self.check_request(texts, ids, k, oversample, filters)
+        self.check_request(texts, ids, options)
         searcher.check_queries(texts, ids)
-        searcher.check(tier=tier, k=k, dim=dim, oversample=oversample, filters=filters, mode=mode,
-                       fusion=fusion)  # before encoding anything
-        vectors, encode_ms = (None, 0.0) if mode == "lexical" else await self._within(
+        searcher.check(options)  # before encoding anything
+        vectors, encode_ms = (None, 0.0) if options.mode == "lexical" else await self._within(
             self.batcher.encode(texts), deadline, receive)
+
         def run() -> bytes:
-            results = searcher.search_encoded(texts, vectors, encode_ms=encode_ms, query_ids=ids, tier=tier, k=k,
-                                              dim=dim, oversample=oversample, filters=filters, mode=mode, fusion=fusion)
+            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids)
             answer = [result.to_json() for result in results]
             return json_bytes(answer[0] if one else answer)
 

@@ -27,18 +27,19 @@ async def readyz(service: ServiceDep):
     if not service.ready.is_set():
         return error(503, "loading the model and index")
     manifest = service.searcher.index.manifest
-    return {"status": "ready", "index": service.searcher.index.path.name, "documents": manifest["documents"],
-            "model": public_message(manifest["model"]["name"])}
+    return {"status": "ready", "index": service.searcher.index.path.name, "documents": manifest.documents,
+            "model": public_message(manifest.model["name"])}
 
 
 @router.get("/info", tags=["index"])
 async def info(service: ServiceDep):
-    """The index's manifest (model, dims, tiers, index types, counts) and its files' sizes."""
+    """The index's manifest (model, dims, tiers, index types, counts), what derives from it (live
+    chunks, the fast tier's stage and candidates), its generation and its files' sizes: the same
+    object as `medsearch info --json`."""
     searcher = service.loaded()
 
     def read() -> dict:
         with searcher.pinned() as index:
-            return {**index.manifest, "live_chunks": index.chunks - index.manifest["dead_chunks"],
-                    "generation": index.generation, "files": index.files()}
+            return index.describe()
 
     return public_view(await asyncio.get_running_loop().run_in_executor(service.search_pool, read))

@@ -1,0 +1,112 @@
+"""The options of one search, written once: `SearchOptions` (what the library takes) and `OPTIONS`
+(each option's flat name, default, bounds and help text, from which the CLI builds its flags and
+the HTTP API its request model and query parameters).
+
+A SearchOptions checks itself when it is made (a bad value is a BadInputError before anything is
+encoded); what depends on the index (a stored dim, a lexical index, known filter fields) is checked
+by `Searcher.check`. A new stage adds a field here and a row to OPTIONS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from medsearch.errors import BadInputError
+from medsearch.filters import parse_filters
+from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion, check_mode
+from medsearch.manifest import TIERS
+
+DEFAULT_TIER = "fast"
+# Fast-tier candidates: k x oversample when a caller gives it; by default (None) the count that the
+# index measured at build time for its recall target (funnel.py, the manifest's `fast`).
+DEFAULT_OVERSAMPLE = None
+DEFAULT_K = 10
+_FUSION = Fusion()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One search option as the interfaces show it: `name` is the API's field (and the CLI's flag,
+    with dashes); `minimum` and `maximum` bound its values, `request_maximum` what one HTTP request
+    may ask (a service's bound, not the library's)."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    request_maximum: float | None = None
+    many: bool = False  # repeated (a list of values)
+
+
+OPTIONS = (
+    Option("tier", str, DEFAULT_TIER, "fast: 64-dim candidates re-ranked at full dim; light: 128; standard: 512 "
+           "(or full); deep: full dim, exact.", choices=TIERS),
+    Option("k", int, DEFAULT_K, "Documents to return (per query).", minimum=1, request_maximum=1000),
+    Option("dim", int, None, "Search this stored prefix dim directly (overrides the tier)."),
+    Option("oversample", int, DEFAULT_OVERSAMPLE, "fast tier: candidates = k x oversample [default: the count the "
+           "index measured for its recall target, scaled to k; see `medsearch info`].", minimum=1, request_maximum=1000),
+    Option("filters", str, (), "Only documents whose field (source, url, title, id or a metadata field) matches: "
+           "field=value, field!=value, field>=number, field<=number; several are ANDed.", many=True),
+    Option("mode", str, DEFAULT_MODE, "dense: the tier's vectors; lexical: BM25 over the same chunks (no model "
+           "needed); hybrid: both lists fused.", choices=MODES),
+    Option("fusion", str, _FUSION.method, "hybrid: reciprocal rank fusion (rrf) or a convex combination of "
+           "normalised scores.", choices=METHODS),
+    Option("rrf_k", int, _FUSION.rrf_k, "hybrid rrf: each list adds 1 / (rrf_k + rank).", minimum=0, request_maximum=10_000),
+    Option("dense_weight", float, _FUSION.weight, "hybrid convex: the dense scores' weight (the lexical ones get "
+           "the rest).", minimum=0, maximum=1),
+    Option("fusion_depth", int, _FUSION.depth, "hybrid: documents taken from each list (at least k).", minimum=1,
+           request_maximum=1000),
+)
+HELP = {option.name: option.help for option in OPTIONS}
+FUSION_OPTIONS = ("fusion", "rrf_k", "dense_weight", "fusion_depth")
+# The flat names of the Fusion fields
+_FUSION_FIELDS = {"fusion": "method", "rrf_k": "rrf_k", "dense_weight": "weight", "fusion_depth": "depth"}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search: which tier (or stored dim), how many documents, the fast tier's candidates,
+    filters (`field=value`, `field!=value`, `field>=number`, `field<=number`, ANDed), the mode
+    (dense, lexical, hybrid) and how hybrid fuses."""
+
+    tier: str = DEFAULT_TIER
+    k: int = DEFAULT_K
+    dim: int | None = None
+    oversample: int | None = DEFAULT_OVERSAMPLE
+    filters: tuple[str, ...] = ()
+    mode: str = DEFAULT_MODE
+    fusion: Fusion = field(default_factory=Fusion)
+
+    def __post_init__(self):
+        object.__setattr__(self, "filters", tuple(self.filters or ()))
+        check_mode(self.mode)
+        self.fusion.check()
+        if self.dim is None and self.tier not in TIERS:
+            raise BadInputError(f"unknown tier '{self.tier}' (choose from: {', '.join(TIERS)})")
+        if self.k < 1:
+            raise BadInputError(f"k must be at least 1; got {self.k}")
+        if self.oversample is not None and self.oversample < 1:
+            raise BadInputError(f"oversample must be at least 1; got {self.oversample}")
+        parse_filters(self.filters)  # the syntax; the fields are the index's (Searcher.check)
+
+    @classmethod
+    def flat(cls, **values) -> "SearchOptions":
+        """From OPTIONS' flat names (the CLI's flags, the API's fields); absent ones take their defaults."""
+        fusion = {_FUSION_FIELDS[name]: values.pop(name) for name in list(values) if name in _FUSION_FIELDS}
+        return cls(**values, fusion=Fusion(**fusion))
+
+    @classmethod
+    def of(cls, options: "SearchOptions | None", fields: dict) -> "SearchOptions":
+        """`options`, or one made of keyword `fields` (the library's `search(queries, k=5)`), not both."""
+        if options is not None and fields:
+            raise TypeError(f"give SearchOptions or keyword options, not both ({', '.join(fields)})")
+        return options if options is not None else cls(**fields)
+
+    @property
+    def depth(self) -> int:
+        """Documents each list gives: k, or in hybrid mode the fusion's depth when that is more."""
+        return max(self.k, self.fusion.depth) if self.mode == "hybrid" else self.k
