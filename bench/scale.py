@@ -129,34 +129,36 @@ def funnel_sweep(searcher: Searcher, queries: np.ndarray, oversamples: list[int]
     float32 = np.load(workdir / "vectors32.npy", mmap_mode="r")
     prefixes = {dim: prefix(full, dim) for dim in (fast_dim, 2 * fast_dim) if dim < index.full_dim}
     del full
-    saved = dict(index.manifest["tier_dims"]), dict(index.manifest["index_types"]), dict(index._faiss)
+    backend = index.backend  # the FAISS backend: its tiers and re-rank vectors are swapped per configuration
+    saved = dict(index.manifest["tier_dims"]), dict(index.manifest["index_types"]), dict(backend._tiers)
     configs = [(fast_dim, "flat", ("float16",)), (fast_dim, "hnsw", ("float16", "float32")), (fast_dim, f"ivf nprobe {ivf_nprobe}", ("float16",))]
     configs += [(dim, "hnsw", ("float16",)) for dim in prefixes if dim != fast_dim]
     rows = []
     for dim, kind, dtypes in configs:
-        index._faiss, index.manifest["index_types"] = dict(saved[2]), dict(saved[1])  # the index as built
+        backend._tiers, index.manifest["index_types"] = dict(saved[2]), dict(saved[1])  # the index as built
         if saved[1].get(str(dim)) == kind:
-            candidate_index = index.backend.tier(dim).index
+            candidate = backend.tier(dim)
         else:
             started = time.perf_counter()
-            candidate_index = build_ivf(prefixes[dim], ivf_nprobe) if kind.startswith("ivf") else FaissTier.build(prefixes[dim], kind).index
+            candidate = (FaissTier(build_ivf(prefixes[dim], ivf_nprobe), kind) if kind.startswith("ivf")
+                         else FaissTier.build(prefixes[dim], kind))
             print(f"  built {kind} {dim}d in {time.perf_counter() - started:.1f}s", flush=True)
-        index._faiss[dim] = candidate_index
+        backend._tiers[dim] = candidate
         index.manifest["index_types"][str(dim)] = kind  # the searcher passes efSearch only for "hnsw"
         index.manifest["tier_dims"]["fast"] = dim
         for dtype in dtypes:
-            index.__dict__["vectors"] = float16 if dtype == "float16" else float32
+            backend.__dict__["vectors"] = float16 if dtype == "float16" else float32
             for factor in oversamples:
                 lat = single_query_latencies(searcher, queries, tier="fast", k=10, oversample=factor)
                 rows.append({
-                    "candidate_dim": dim, "index_type": kind, "faiss_class": type(index.backend.tier(dim).index).__name__,
+                    "candidate_dim": dim, "index_type": kind, "faiss_class": type(backend.tier(dim).index).__name__,
                     "vectors": dtype, "oversample": factor, "candidates": 10 * factor,
                     "recall@10_vs_deep": recall_vs_deep(searcher, queries, deep, tier="fast", oversample=factor),
                     "p50_ms": median_ms(lat), "p95_ms": p95_ms(lat),
                 })
                 print(f"  {kind} {dim}d {dtype} x{factor}: recall {rows[-1]['recall@10_vs_deep']:.3f}, p50 {rows[-1]['p50_ms']:.2f} ms", flush=True)
-    index.manifest["tier_dims"], index.manifest["index_types"], index._faiss = saved
-    index.__dict__["vectors"] = float16
+    index.manifest["tier_dims"], index.manifest["index_types"], backend._tiers = saved
+    backend.__dict__["vectors"] = float16
     return rows
 
 

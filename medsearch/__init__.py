@@ -12,6 +12,7 @@ from medsearch.version import __version__
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError
 from medsearch.index import Index, build_index, open_index
+from medsearch.options import SearchOptions
 from medsearch.search import QueryResult, Searcher
 from medsearch.updates import compact, delete, sync, upsert
 
@@ -23,6 +24,7 @@ __all__ = [
     "MismatchError",
     "NotFoundError",
     "QueryResult",
+    "SearchOptions",
     "Searcher",
     "__version__",
     "build_index",

@@ -60,13 +60,13 @@ def write_lexical(folder: Path, passages: list[str]) -> None:
 
 def write_from_store(folder: Path, rows: int) -> None:
     """The lexical index of a generation folder, from its docs.db (dead rows: empty passages)."""
-    import sqlite_utils
+    from medsearch.store import DocStore
 
-    db = sqlite_utils.Database(folder / "docs.db")
+    store = DocStore(folder / "docs.db")
     try:
-        write_lexical(folder, store_passages(db, rows))
+        write_lexical(folder, store.passages(rows))
     finally:
-        db.close()
+        store.close()
 
 
 def carry_over(base: Path, folder: Path) -> None:
@@ -76,16 +76,6 @@ def carry_over(base: Path, folder: Path) -> None:
         (folder / LEXICAL_DIR).mkdir()
         for path in (base / LEXICAL_DIR).iterdir():
             link_file(path, folder / LEXICAL_DIR / path.name)
-
-
-def store_passages(db, rows: int) -> list[str]:
-    """Title + text of each live chunk in a docs.db (sqlite_utils.Database), by row; "" for dead rows."""
-    passages = [""] * rows
-    for row, title, text in db.execute(
-        "SELECT c.row, d.title, c.text FROM chunks c JOIN documents d ON d.ordinal = c.doc"
-    ):
-        passages[row] = f"{title}\n{text}" if title else text
-    return passages
 
 
 class Lexical:

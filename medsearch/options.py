@@ -16,6 +16,7 @@ from medsearch.errors import BadInputError
 from medsearch.filters import parse_filters
 from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion, check_mode
 from medsearch.manifest import TIERS
+from medsearch.validation import check_text
 
 DEFAULT_TIER = "fast"
 # Fast-tier candidates: k x oversample when a caller gives it; by default (None) the count that the
@@ -91,6 +92,9 @@ class SearchOptions:
             raise BadInputError(f"k must be at least 1; got {self.k}")
         if self.oversample is not None and self.oversample < 1:
             raise BadInputError(f"oversample must be at least 1; got {self.oversample}")
+        for i, text in enumerate(self.filters, start=1):
+            if isinstance(text, str):  # (or a parsed filters.Filter)
+                check_text(text, f"filter {i}")
         parse_filters(self.filters)  # the syntax; the fields are the index's (Searcher.check)
 
     @classmethod

@@ -227,6 +227,15 @@ class DocStore:
         sql = f"SELECT c.row FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE {where}"
         return np.fromiter((r[0] for r in self.db.execute(sql, params)), dtype=np.int64)
 
+    def passages(self, rows: int) -> list[str]:
+        """Title + text of each live chunk by row (what BM25 indexes), "" for the dead rows."""
+        passages = [""] * rows
+        for row, title, text in self.db.execute(
+            "SELECT c.row, d.title, c.text FROM chunks c JOIN documents d ON d.ordinal = c.doc"
+        ):
+            passages[row] = f"{title}\n{text}" if title else text
+        return passages
+
     def chunk_records(self, first_row: int = 0) -> list[dict]:
         """Each live chunk from `first_row` on with its document, in row order: row, position, text,
         doc (ordinal), id, title, source, url, metadata (a dict), content_hash. A vector backend's payloads."""

@@ -108,8 +108,7 @@ class Service:
                 raise BadInputError(f"{where} has {len(text)} characters; the limit is {limits.max_query_chars}")
         if len(options.filters) > limits.max_filters:
             raise BadInputError(f"{len(options.filters)} filters; the limit is {limits.max_filters}")
-        for i, text in enumerate(options.filters, start=1):
-            check_text(text, f"filter {i}")
+        for i, text in enumerate(options.filters, start=1):  # their text was checked when the options were made
             if len(text) > limits.max_filter_chars:
                 raise BadInputError(f"filter {i} has {len(text)} characters; the limit is {limits.max_filter_chars}")
         k, oversample = options.k, options.oversample
