@@ -16,7 +16,7 @@ from pathlib import Path
 from common import RESULTS, median_ms, p95_ms, print_table, write_results
 from medsearch.corpus import read_queries
 from medsearch.encoder import Encoder
-from medsearch.index import TIERS, build_index, index_exists, open_index
+from medsearch.index import TIERS, build_index, index_exists
 from medsearch.search import Searcher
 
 

@@ -338,13 +338,13 @@ def model_fields(encoder: Encoder) -> dict:
 def index_encoder(index: Index, model: str | None = None, device: str | None = None, runtime: str | None = None) -> Encoder:
     """The encoder for queries and writes to an index: its model, and the runtime it was built with
     (or an installed one of the same precision) unless `runtime` names one."""
-    return Encoder(model or index.manifest["model"]["spec"], device=device,
-                   runtime=runtime or runtime_for_index(index.manifest["model"].get("runtime")))
+    return Encoder(model or index.manifest.model["spec"], device=device,
+                   runtime=runtime or runtime_for_index(index.manifest.model.get("runtime")))
 
 
 def same_model(index: Index, encoder: Encoder) -> bool:
     """Whether the encoder's vectors match the index's (same weights, same precision)."""
-    model = index.manifest["model"]
+    model = index.manifest.model
     if "runtime" not in model:  # built before runtimes were recorded: the fingerprint hashed torch parameters
         same = encoder.runtime == "torch" and encoder.parameters_fingerprint == model["fingerprint"]
     else:
@@ -358,7 +358,7 @@ def check_model(index: Index, encoder: Encoder) -> None:
     agree to float tolerance, so an index built with torch is searched with OpenVINO and back."""
     if same_model(index, encoder):
         return
-    model = index.manifest["model"]
+    model = index.manifest.model
     if model.get("weights") and model["weights"] == encoder.weights:
         raise ModelMismatchError(
             f"{index.path} was built with runtime {model['runtime']} ({model['precision']} vectors); queries encoded by "

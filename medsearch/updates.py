@@ -285,7 +285,7 @@ def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None 
                           write_docs=lambda path: write_store(path, documents, chunks),
                           vector_dtype=base.manifest.vector_dtype, extra_dims=extra, locked=True, stored_vectors=stored,
                           # an HNSW fast tier stays HNSW, whatever the row count now
-                          hnsw_min_chunks=0 if "hnsw" in base.manifest["index_types"].values() else None,
+                          hnsw_min_chunks=0 if "hnsw" in map(base.manifest.index_type, base.dims) else None,
                           target_recall=base.manifest.target_recall or DEFAULT_TARGET_RECALL, backend=backend,
                           progress=progress)
     report.compacted, report.manifest, report.generation = True, written, open_index(root).generation

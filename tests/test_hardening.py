@@ -5,7 +5,6 @@ fails its neighbours, 3 writes break searches, 4 generations in use deleted, 5 u
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from medsearch.search import Searcher
 from medsearch.updates import compact, upsert
 from medsearch.validation import check_value
 
-from conftest import BUNDLED, REPO, SMALL_DOCS, backend_settings, write_jsonl
+from conftest import BUNDLED, REPO, SMALL_DOCS, backend_settings
 from servers import free_port, get, start_serve, wait_ready
 
 TOKEN = "hardening-token"

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import medsearch.backends.faiss as faiss_backend
-from medsearch.encoder import Encoder
 from medsearch.errors import IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
 from medsearch.backends.base import prefix
 from medsearch.index import FORMAT_VERSION, build_index, check_model, open_index, tier_dims

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,11 +14,11 @@ import numpy as np
 import pytest
 
 from medsearch.backends import qdrant
-from medsearch.cli import cli
 from medsearch.errors import BackendUnavailableError, MissingExtraError
 from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
 from medsearch.backends.base import prefix
 from medsearch.index import open_index
+from medsearch.manifest import Manifest
 from medsearch.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
@@ -170,7 +169,7 @@ def test_a_missing_extra_names_it(monkeypatch, tmp_path):
     settings = {**qdrant.settings("c", path=tmp_path), "collection": "c-1"}
     monkeypatch.setitem(sys.modules, "qdrant_client", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'medsearch\[qdrant\]'"):
-        qdrant.QdrantBackend(None, {"backend": settings, "full_dim": 384, "index_types": {"64": "qdrant", "384": "qdrant"}})
+        qdrant.QdrantBackend(None, Manifest(backend=settings, full_dim=384, index_types={"64": "qdrant", "384": "qdrant"}))
     result = run("index", BUNDLED, "--index", tmp_path / "idx", "--qdrant-path", tmp_path / "q", "--quiet")
     assert_one_line_error(result, "needs the 'qdrant' extra")
     assert not (tmp_path / "idx" / "CURRENT").exists()

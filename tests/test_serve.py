@@ -18,7 +18,7 @@ from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
 
 from conftest import BUNDLED
-from servers import free_port, get, post, start_serve, uvicorn_thread, wait_ready
+from servers import free_port, get, start_serve, uvicorn_thread, wait_ready
 
 QUERIES = [json.loads(line)["text"] for line in open(BUNDLED / "queries.jsonl")]
 

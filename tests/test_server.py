@@ -1,6 +1,5 @@
 """The HTTP API with FastAPI's TestClient: every route, every bad input, the token, CORS, loading."""
 
-import json
 import threading
 
 import pytest
@@ -12,7 +11,7 @@ from medsearch.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
 
-from conftest import BUNDLED, write_jsonl
+from conftest import write_jsonl
 
 QUESTION = "what are the early signs of type 2 diabetes"
 

@@ -37,6 +37,7 @@ from medsearch.backends.base import Ranked, collapse, prefix
 from medsearch.backends.funnel import calibrate
 from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MissingExtraError
 from medsearch.filters import Filter, filter_number
+from medsearch.manifest import Manifest
 from medsearch.store import COLUMNS, DocStore
 
 FULL = "full"
@@ -79,7 +80,7 @@ def settings(collection: str, url: str | None = None, path: str | Path | None = 
 
 def settings_for_index(index_dir: str | Path, url: str | None = None, path: str | Path | None = None,
                        collection: str | None = None, shards: int | None = None, replicas: int | None = None,
-                       current: dict | None = None) -> dict:
+                       current: Manifest | None = None) -> dict:
     """The `backend` entry for building the index at `index_dir` in Qdrant, at a server `url` or in a
     local-mode folder `path` (one of them). The collection is named `collection` when given; else
     the name the index already uses, when `current` (its manifest's `backend`, None for a new index)
@@ -95,7 +96,7 @@ def settings_for_index(index_dir: str | Path, url: str | None = None, path: str 
 
 def check_location(settings: dict) -> None:
     """Fail now (before a corpus is encoded) when a backend entry's location cannot be used."""
-    QdrantBackend(None, {"backend": {**settings, "collection": ""}, "full_dim": 0, "index_types": {}}).check_reachable()
+    QdrantBackend(None, Manifest(backend={**settings, "collection": ""}, full_dim=0, index_types={})).check_reachable()
 
 
 def _import():
@@ -191,13 +192,13 @@ class QdrantBackend:
     name = "qdrant"
     keeps_dead_rows = False  # dead rows' points are deleted after each switch: nothing to compact
 
-    def __init__(self, folder: Path | None, manifest: dict):
+    def __init__(self, folder: Path | None, manifest: Manifest):
         self.folder = folder
         self.manifest = manifest
-        self.settings = manifest["backend"]
+        self.settings = manifest.backend
         self.collection = self.settings["collection"]
-        self.full_dim = manifest["full_dim"]
-        self.dims = sorted(int(d) for d in manifest["index_types"])
+        self.full_dim = manifest.full_dim
+        self.dims = manifest.dims
         _, self.models = _import()
         self.local = "path" in self.settings
 
@@ -229,7 +230,7 @@ class QdrantBackend:
     # ---- the lifecycle ----
 
     @classmethod
-    def build(cls, folder: Path, vectors: np.ndarray, manifest: dict, *, settings: dict,
+    def build(cls, folder: Path, vectors: np.ndarray, manifest: Manifest, *, settings: dict,
               stored: np.ndarray | None = None, hnsw_min_chunks: int = 0, target_recall: float,
               progress: bool = False) -> "QdrantBackend":
         """A new collection holding every chunk of the generation in `folder` (its docs.db gives the
@@ -244,8 +245,8 @@ class QdrantBackend:
             if len(points) != len(vectors):
                 raise BadInputError(f"the qdrant backend needs a document store: {len(vectors)} vectors, {len(points)} chunks")
             written.upsert(vectors, points, progress=progress)
-            written.index_fields(manifest.get("metadata_fields", []))
-            dims = manifest["tier_dims"]
+            written.index_fields(manifest.metadata_fields)
+            dims = manifest.tier_dims
             if dims["fast"] != written.full_dim:
                 manifest["fast"] = calibrate(vectors, deep=lambda q, c: written.rows(q, written.full_dim, c),
                                              stages={"prefix": lambda q, c: written.rows(q, dims["fast"], c)},
@@ -255,29 +256,29 @@ class QdrantBackend:
             raise
         return written
 
-    def append(self, folder: Path, vectors: np.ndarray, manifest: dict, *, removed: list[str],
+    def append(self, folder: Path, vectors: np.ndarray, manifest: Manifest, *, removed: list[str],
                progress: bool = False) -> "QdrantBackend":
         """New points before the switch (rows past this generation's: unseen until then); the old
         ones of `removed` after it."""
         self._start_write(manifest, removed)
-        self.upsert(vectors, store_payloads(folder / "docs.db", first_row=self.manifest["chunks"]), progress=progress)
-        self.index_fields(sorted(set(manifest.get("metadata_fields", [])) - set(self.manifest.get("metadata_fields", []))))
+        self.upsert(vectors, store_payloads(folder / "docs.db", first_row=self.manifest.chunks), progress=progress)
+        self.index_fields(sorted(set(manifest.metadata_fields) - set(self.manifest.metadata_fields)))
         return QdrantBackend(folder, manifest)
 
-    def carry_over(self, folder: Path, manifest: dict, *, removed: list[str]) -> "QdrantBackend":
+    def carry_over(self, folder: Path, manifest: Manifest, *, removed: list[str]) -> "QdrantBackend":
         self._start_write(manifest, removed)
         return QdrantBackend(folder, manifest)
 
-    def _start_write(self, manifest: dict, removed: list[str]) -> None:
+    def _start_write(self, manifest: Manifest, removed: list[str]) -> None:
         """Before a write: what the write of this generation could not delete after its switch goes
         now, and so do the points a write that died before its switch left (rows past this
         generation's: the next write numbers its rows from there again). The new generation records
         what is due after its own switch, so that a failed delete is retried."""
         self.committed()
-        self.delete_rows_from(self.manifest["chunks"])
+        self.delete_rows_from(self.manifest.chunks)
         manifest.pop(PENDING_DELETE, None)
         if removed:
-            manifest[PENDING_DELETE] = {"ids": list(removed), "below_row": self.manifest["chunks"]}
+            manifest[PENDING_DELETE] = {"ids": list(removed), "below_row": self.manifest.chunks}
 
     def calibrate(self, live: np.ndarray | None, target: float) -> dict | None:
         """The build's calibration stays (docs/guides/scale-out.md): writes do not measure again."""
@@ -290,16 +291,16 @@ class QdrantBackend:
         if pending:
             self.delete_documents(pending["ids"], below_row=pending["below_row"])
 
-    def replaced_by(self, manifest: dict) -> None:
+    def replaced_by(self, manifest: Manifest) -> None:
         """A rebuild's generation is current: this generation's collection goes, unless it is the
         new one's too (another index's collection is never touched)."""
-        if (manifest.get("backend") or {}).get("collection") != self.collection:
+        if manifest.backend.get("collection") != self.collection:
             with contextlib.suppress(MedsearchError):
                 self.drop()
 
-    def abandon(self, current: dict | None) -> None:
+    def abandon(self, current: Manifest | None) -> None:
         """A build that did not become current: its new collection goes."""
-        if current is None or (current.get("backend") or {}).get("collection") != self.collection:
+        if current is None or current.backend.get("collection") != self.collection:
             self.drop()
 
     def outdated(self) -> bool:
@@ -436,10 +437,9 @@ class QdrantBackend:
         started = time.perf_counter()
         using = vector_name(dim, self.full_dim)
         small, full = prefix(queries, dim), np.asarray(queries, dtype=np.float32)
-        live_chunks = self.manifest["chunks"] - self.manifest.get("dead_chunks", 0)
         results = []
         for q_small, q_full in zip(small, full):
-            n = max(1, min(candidates, live_chunks))
+            n = max(1, min(candidates, self.manifest.live_chunks))
             while True:
                 if rerank:
                     prefetch = m.Prefetch(query=q_small.tolist(), using=using, limit=n, filter=query_filter)

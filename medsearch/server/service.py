@@ -78,7 +78,7 @@ class Service:
         )
         await self.batcher.start()
         self.ready.set()
-        log.info("ready: %s (%d documents)", searcher.index.path.name, searcher.index.manifest["documents"])
+        log.info("ready: %s (%d documents)", searcher.index.path.name, searcher.index.manifest.documents)
 
     async def stop(self) -> None:
         loading = getattr(self, "_loading", None)
