@@ -165,7 +165,6 @@ def test_resume_from_the_last_checkpoint(tmp_path, monkeypatch):
 def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path):
     import torch
 
-
     shifted = Encoder("default", device="cpu").model
     with torch.no_grad():
         for value in shifted.state_dict().values():
