@@ -141,6 +141,13 @@ class Manifest(dict):
     def has_lexical(self) -> bool:
         return "lexical" in self
 
+    @property
+    def default_mode(self) -> str:
+        """The search mode a query gets when it names none: the manifest's `search_defaults`, else
+        hybrid where the index has a lexical index (it beats dense on every dev set measured:
+        docs/results.md), else dense."""
+        return (self.get("search_defaults") or {}).get("mode") or ("hybrid" if self.has_lexical else "dense")
+
     # ---- the model ----
 
     @property
@@ -158,7 +165,8 @@ class Manifest(dict):
     def describe(self) -> dict:
         """The manifest and what is derived from it: live chunks, the fast tier's stage, candidate
         count and recall target (what `medsearch info --json` and the service's /info show)."""
-        return {**self, "live_chunks": self.live_chunks, "target_recall": self.fast.get("target_recall"),
+        return {**self, "live_chunks": self.live_chunks, "default_mode": self.default_mode,
+                "target_recall": self.fast.get("target_recall"),
                 "fast_candidates": self.fast.get("candidates"), "fast_stage": self.fast.get("stage")}
 
 

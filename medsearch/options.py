@@ -9,12 +9,12 @@ by `Searcher.check`. A new stage adds a field here and a row to OPTIONS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medsearch.errors import BadInputError
 from medsearch.filters import parse_filters
-from medsearch.fusion import DEFAULT_MODE, METHODS, MODES, Fusion, check_mode
+from medsearch.fusion import METHODS, MODES, Fusion, check_mode
 from medsearch.manifest import TIERS
 from medsearch.validation import check_text
 
@@ -52,8 +52,9 @@ OPTIONS = (
            "index measured for its recall target, scaled to k; see `medsearch info`].", minimum=1, request_maximum=1000),
     Option("filters", str, (), "Only documents whose field (source, url, title, id or a metadata field) matches: "
            "field=value, field!=value, field>=number, field<=number; several are ANDed.", many=True),
-    Option("mode", str, DEFAULT_MODE, "dense: the tier's vectors; lexical: BM25 over the same chunks (no model "
-           "needed); hybrid: both lists fused.", choices=MODES),
+    Option("mode", str, None, "dense: the tier's vectors; lexical: BM25 over the same chunks (no model needed); "
+           "hybrid: both lists fused [default: the index's: hybrid where it has a lexical index, else dense].",
+           choices=MODES),
     Option("fusion", str, _FUSION.method, "hybrid: reciprocal rank fusion (rrf) or a convex combination of "
            "normalised scores.", choices=METHODS),
     Option("rrf_k", int, _FUSION.rrf_k, "hybrid rrf: each list adds 1 / (rrf_k + rank).", minimum=0, request_maximum=10_000),
@@ -79,12 +80,13 @@ class SearchOptions:
     dim: int | None = None
     oversample: int | None = DEFAULT_OVERSAMPLE
     filters: tuple[str, ...] = ()
-    mode: str = DEFAULT_MODE
+    mode: str | None = None  # None: the index's default (Searcher.resolve)
     fusion: Fusion = field(default_factory=Fusion)
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(self.filters or ()))
-        check_mode(self.mode)
+        if self.mode is not None:
+            check_mode(self.mode)
         self.fusion.check()
         if self.dim is None and self.tier not in TIERS:
             raise BadInputError(f"unknown tier '{self.tier}' (choose from: {', '.join(TIERS)})")
@@ -109,6 +111,10 @@ class SearchOptions:
         if options is not None and fields:
             raise TypeError(f"give SearchOptions or keyword options, not both ({', '.join(fields)})")
         return options if options is not None else cls(**fields)
+
+    def for_index(self, default_mode: str) -> "SearchOptions":
+        """These options with the index's defaults where they leave the choice to it."""
+        return self if self.mode is not None else replace(self, mode=default_mode)
 
     @property
     def depth(self) -> int:

@@ -161,10 +161,16 @@ class Searcher:
         tier_dim = index.manifest.tier_dims[tier]
         return tier_dim, tier == "fast" and tier_dim != index.full_dim
 
+    def resolve(self, options: SearchOptions, index: Index | None = None) -> SearchOptions:
+        """The options with the index's defaults filled in where they leave the choice to it (the
+        mode: hybrid where the index has a lexical index)."""
+        return options.for_index((index or self.index).manifest.default_mode)
+
     def check(self, options: SearchOptions, index: Index | None = None) -> None:
         """Raise BadInputError for options this index cannot serve (before any encoding): a dim it
         does not store, a lexical mode without a lexical index, a filter on a field it lacks."""
         index = index or self.index
+        options = self.resolve(options, index)
         if options.mode != "dense":
             index.lexical  # noqa: B018 (an index without one fails here)
         self.resolve_dim(index, options.tier, options.dim)
@@ -188,7 +194,7 @@ class Searcher:
         (amortised). `options` (or its fields as keywords: `search(queries, tier="deep", k=5)`):
         tier, k, dim, oversample, filters, mode (dense, lexical: BM25, nothing encoded; hybrid: both
         fused) and fusion (options.py)."""
-        options = SearchOptions.of(options, fields)
+        options = self.resolve(SearchOptions.of(options, fields))
         self.check_queries(queries, query_ids)
         self.check(options)
         started = time.perf_counter()
@@ -232,6 +238,7 @@ class Searcher:
         options already checked: dense ranks `vectors` in the tier, lexical ranks the query text by
         BM25, hybrid fuses the two top lists (`options.depth` documents each)."""
         index = index or self.current()
+        options = self.resolve(options, index)
         mode = options.mode
         lists: dict[str, list[list[tuple[int, float]]]] = {}
         timings: dict[str, float] = {}

@@ -151,6 +151,20 @@ def test_an_index_without_lexical_says_rebuild(tmp_path, small_index):
     assert "no lexical index" in out.output
     assert "--rebuild" in out.output
     assert out.output.strip().count("\n") == 0
+    out = CliRunner().invoke(cli, ["query", "fever", "--index", str(copy), "--json"])
+    assert out.exit_code == 0, "without a lexical index a query that names no mode is dense"
+    assert json.loads(out.output)["timings_ms"].keys() == {"encode", "search", "rerank"}
+
+
+def test_a_query_that_names_no_mode_is_hybrid_where_there_is_a_lexical_index(small_index, minilm):
+    searcher = Searcher(open_index(small_index), minilm)
+    default = searcher.search(["haemoglobin blood count"], k=3)[0]
+    hybrid = searcher.search(["haemoglobin blood count"], k=3, mode="hybrid")[0]
+    dense = searcher.search(["haemoglobin blood count"], k=3, mode="dense")[0]
+    assert [(h.id, h.score) for h in default.hits] == [(h.id, h.score) for h in hybrid.hits]
+    assert any("lexical" in h.found_by for h in default.hits), "a default query uses BM25 too"
+    assert all(set(h.found_by) == {"dense"} for h in dense.hits), "an explicit mode wins"
+    assert open_index(small_index).describe()["default_mode"] == "hybrid"
 
 
 def test_query_cli_modes(small_index):

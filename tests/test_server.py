@@ -38,10 +38,10 @@ def test_get_search_is_the_cli_json(client, searcher):
     assert body["results"][0]["title"] == "Type 2 diabetes: early signs"
     assert [h["score"] for h in body["results"]] == pytest.approx([h["score"] for h in expected["results"]], abs=1e-5)
     assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
-    assert body["results"][0]["found_by"] == {"dense": 1}
+    assert body["results"][0]["found_by"] == {"dense": 1, "lexical": 1}, "no mode named: hybrid, the index's default"
     assert body["results"][0]["metadata"] == {"topic": "condition"}
     assert body["results"][0]["source"] == "corpus.jsonl"
-    assert set(body["timings_ms"]) == {"encode", "search", "rerank"}
+    assert set(body["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse"}
     assert body["timings_ms"]["encode"] > 0
 
 

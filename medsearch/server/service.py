@@ -127,6 +127,7 @@ class Service:
         searcher = self.loaded()
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         self.check_request(texts, ids, options)
+        options = searcher.resolve(options)
         searcher.check_queries(texts, ids)
         searcher.check(options)  # before encoding anything
         vectors, encode_ms = (None, 0.0) if options.mode == "lexical" else await self._within(

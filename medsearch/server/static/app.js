@@ -35,9 +35,12 @@ async function api(path) {
 }
 
 const MODES = ["dense", "hybrid", "lexical"];
+let defaultMode = "";  // the index's (from /info): what a search that names no mode gets
 
-function searchUrl(q, tier, k, filters = [], mode = "dense") {
-  const params = new URLSearchParams({ q, tier, k: String(k), mode });
+// mode "": the index's default (hybrid where it has a lexical index), chosen by the service
+function searchUrl(q, tier, k, filters = [], mode = "") {
+  const params = new URLSearchParams({ q, tier, k: String(k) });
+  if (mode) params.set("mode", mode);
   for (const f of filters) params.append("filter", f);
   return "/search?" + params;
 }
@@ -55,8 +58,11 @@ function describeTiers(info) {
 
 async function labelTiers() {
   try {
-    const labels = describeTiers(await api("/info"));
+    const info = await api("/info");
+    const labels = describeTiers(info);
     for (const option of $("tier").options) if (labels[option.value]) option.textContent = labels[option.value];
+    defaultMode = info.default_mode || "";
+    if (defaultMode) $("mode").options[0].textContent = `default: ${defaultMode}`;
   } catch (e) { /* no token yet, or still loading: the generic labels stay */ }
 }
 
@@ -71,7 +77,7 @@ function readUrl() {
   return {
     q: params.get("q") || "",
     tier: params.get("tier") || "fast",
-    mode: MODES.includes(params.get("mode")) ? params.get("mode") : "dense",
+    mode: MODES.includes(params.get("mode")) ? params.get("mode") : "",
     k: params.get("k") || "10",
     compare: params.get("compare") === "1",
     filters: params.getAll("filter"),
@@ -81,7 +87,7 @@ function readUrl() {
 
 function pageUrl(state) {
   const params = new URLSearchParams({ q: state.q, tier: state.tier, k: state.k });
-  if (state.mode && state.mode !== "dense") params.set("mode", state.mode);
+  if (state.mode) params.set("mode", state.mode);
   if (state.compare) params.set("compare", "1");
   for (const f of state.filters || []) params.append("filter", f);
   return "/?" + params;
@@ -161,7 +167,10 @@ function setError(message) {
 
 // ---- actions ----
 
+let latestSearch = 0;  // an answer to a search the user has since replaced is not shown
+
 async function runSearch(state) {
+  const mine = ++latestSearch;
   setError("");
   $("status").textContent = "Searching…";
   const words = queryWords(state.q);
@@ -169,6 +178,7 @@ async function runSearch(state) {
     if (state.compare) {
       const started = performance.now();
       const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k, state.filters, state.mode)), api(searchUrl(state.q, "deep", state.k, state.filters, state.mode))]);
+      if (mine !== latestSearch) return;
       const ms = performance.now() - started;
       const fastIds = new Set(fast.results.map((h) => h.id));
       const deepIds = new Set(deep.results.map((h) => h.id));
@@ -184,15 +194,18 @@ async function runSearch(state) {
     } else {
       const started = performance.now();
       const result = await api(searchUrl(state.q, state.tier, state.k, state.filters, state.mode));
+      if (mine !== latestSearch) return;
       const ms = performance.now() - started;
       $("hits").replaceChildren(...result.results.map((h, i) => hitItem(h, i + 1, words)));
-      const how = state.mode === "lexical" ? "lexical" : `${state.mode === "hybrid" ? "hybrid, " : ""}${state.tier} tier`;
+      const mode = state.mode || defaultMode;
+      const how = mode === "lexical" ? "lexical" : `${mode === "hybrid" ? "hybrid, " : ""}${state.tier} tier`;
       $("timings").textContent = `${how} · ` + timingText(result, ms);
       showOnly("results");
       $("status").textContent = result.results.length
         ? `${result.results.length} results for “${state.q}”.` : `No results for “${state.q}”.`;
     }
   } catch (err) {
+    if (mine !== latestSearch) return;
     handleError(err, () => runSearch(state));
   }
 }
