@@ -25,6 +25,7 @@ from medsearch.corpus import read_corpus  # noqa: E402
 from medsearch.encoder import Encoder  # noqa: E402
 from medsearch.evaluation import cached_searcher, ir_metrics, load_benchmark, search_runs  # noqa: E402
 from medsearch.fusion import Fusion  # noqa: E402
+from medsearch.search import Searcher  # noqa: E402
 
 
 def settings(rrf_ks, weights, depths) -> list[Fusion]:
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--data", action="append", required=True, help="FOLDER:SPLIT (repeat)")
     parser.add_argument("--model", default="default")
     parser.add_argument("--cache", default="indexes/eval")
+    parser.add_argument("--index", action="append", default=[],
+                        help="FOLDER=INDEX: search this existing index of FOLDER's corpus (any runtime, no extra "
+                             "dims needed) instead of building one in --cache (repeat)")
     parser.add_argument("--rrf-k", default="10,30,60,100")
     parser.add_argument("--weights", default="0.3,0.5,0.6,0.7,0.8")
     parser.add_argument("--depths", default="20,50,100")
@@ -57,10 +61,14 @@ def main() -> None:
     for spec in args.data:
         folder, _, split = spec.rpartition(":")
         bench = load_benchmark(folder, split or None)
-        searcher = cached_searcher(folder, read_corpus(folder), encoder, args.cache, progress=True)
+        given = dict(spec.split("=", 1) for spec in args.index)
+        if folder in given:  # its own model and runtime encode the queries
+            searcher = Searcher.open(given[folder])
+        else:
+            searcher = cached_searcher(folder, read_corpus(folder), encoder, args.cache, progress=True)
         qids = list(bench.queries)
         texts = [bench.queries[q] for q in qids]
-        vectors = encoder.encode_queries(texts)
+        vectors = searcher.encoder.encode_queries(texts)
         doc_ids = searcher.index.store.doc_ids()
         name = f"{Path(folder).name}:{split or 'all'}"
         for tier in args.tiers.split(","):

@@ -323,6 +323,7 @@ def query(text, queries_file, index_dir, options, as_json, model, device, runtim
         ids, texts = read_queries(queries_file)
     else:
         ids, texts = None, [text]
+    Searcher.check_queries(texts, ids)  # before a model loads
     searcher = Searcher.open(index_dir, model=model, device=device, load_model=options.mode != "lexical", runtime=runtime)
     for result in searcher.search(texts, options, query_ids=ids):
         if as_json:

@@ -17,7 +17,7 @@ from medsearch.store import COLUMNS, metadata_expression
 from medsearch.validation import check_text
 
 OPERATORS = ("!=", ">=", "<=", "=")
-_FILTER = re.compile(r"^\s*([^=!<>]+?)\s*(!=|>=|<=|=)\s*(.*?)\s*$", re.S)
+_OPERATOR_START = re.compile(r"[=!<>]")
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ def parse_filter(text: str) -> Filter:
     if not isinstance(text, str):
         raise BadInputError(f"a filter must be text like field=value; got {type(text).__name__}")
     check_text(text, "a filter")
-    match = _FILTER.match(text)
-    if not match:
+    parts = _split(text)
+    if parts is None:
         raise BadInputError(f"malformed filter '{text}': use field=value, field!=value, field>=number or field<=number")
-    field, op, value = match.groups()
+    field, op, value = parts
     if not value:
         raise BadInputError(f"malformed filter '{text}': no value after '{op}'")
     if op in (">=", "<="):
@@ -49,6 +49,20 @@ def parse_filter(text: str) -> Filter:
         if not math.isfinite(number):
             raise BadInputError(f"filter '{text}': '{op}' needs a finite number")
     return Filter(field, op, value)
+
+
+def _split(text: str) -> tuple[str, str, str] | None:
+    """(field, operator, value) around the first operator, stripped; None when there is none. One
+    pass over the text (a backtracking pattern took seconds for a long run of spaces)."""
+    start = _OPERATOR_START.search(text)
+    if start is None:
+        return None
+    i = start.start()
+    op = "=" if text[i] == "=" else text[i:i + 2]
+    field = text[:i].strip()
+    if op not in OPERATORS or not field:
+        return None
+    return field, op, text[i + len(op):].strip()
 
 
 def parse_filters(texts) -> list[Filter]:

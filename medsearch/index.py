@@ -271,9 +271,17 @@ class Index:
 
     def search_dense(self, vectors: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
                      filters=None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """The backend's dense top lists (backends/base.py) among the rows a search may return."""
-        return self.backend.search(vectors, dim=dim, rerank=rerank, k=k, candidates=candidates,
-                                   allowed=self.allowed(filters), filters=parse_filters(filters), chunk_doc=self.chunk_doc)
+        """The backend's dense top lists (backends/base.py) among the rows a search may return: the
+        live rows matching `filters`, or the live rows and the filters for a backend that filters
+        inside its own engine (the fields are checked here either way)."""
+        parsed = parse_filters(filters)
+        if self.backend.filters_natively:
+            filter_sql(parsed, self.manifest.metadata_fields)  # an unknown field: the same error
+            allowed = self.live
+        else:
+            allowed = self.allowed(parsed)
+        return self.backend.search(vectors, dim=dim, rerank=rerank, k=k, candidates=candidates, allowed=allowed,
+                                   filters=parsed, chunk_doc=self.chunk_doc)
 
     def load(self) -> "Index":
         """Load everything a search needs now (a service's new generation): the backend's vectors

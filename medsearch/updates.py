@@ -234,8 +234,9 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             np.save(tmp / "chunk_doc.npy", np.concatenate(
                 [base.chunk_doc, change.first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
             lexical.write_from_store(tmp, total)
-            manifest["lexical"] = lexical.settings()
             written = base.backend.append(tmp, vectors, manifest, removed=remove, progress=progress)
+        if (tmp / lexical.LEXICAL_DIR).is_dir():
+            manifest["lexical"] = lexical.settings()
         recalibrate = vectors is not None or target_recall != base.manifest.target_recall
         if written.keeps_dead_rows and recalibrate and target_recall is not None:
             manifest["fast"] = written.calibrate(_live_rows(tmp, manifest), target_recall)
@@ -250,6 +251,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     except MedsearchError as err:  # committed: what is left is dead rows, skipped; the next write or compact retries
         log.warning("the write is committed, but its cleanup after the switch did not finish (%s); "
                     "the next write or compact runs it again", err)
+    written.close()  # the new generation's files: readers open their own
     if written.keeps_dead_rows and total and change.live_chunks and manifest.dead_chunks / total > AUTO_COMPACT_DEAD_FRACTION:
         _compact_current(root, report)  # (nothing left: nothing to rewrite)
 

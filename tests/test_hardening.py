@@ -330,6 +330,8 @@ def test_a_bad_query_among_good_ones_fails_alone(service):
 @pytest.mark.parametrize("method, path, raw, needle", [
     ("GET", "/search?q=chest+pain&" + "&".join(f"filter=topic%3Dsymptom{i}" for i in range(1100)), None, "1100 filters; the limit is 64"),
     ("GET", "/search?q=chest+pain&" + "filter=topic%3D" + "x" * 600, None, "filter 1 has 606 characters"),
+    # spaces: bounded before the filter is parsed (a backtracking parse of 900 spaces took seconds)
+    ("GET", "/search?q=chest+pain&filter=" + "+" * 900 + "x", None, "filter 1 has 901 characters"),
     ("GET", "/search?q=chest+pain&k=1000&oversample=1000", None, "1000000 candidates; the limit is 100000"),
     ("GET", "/search?q=chest%00pain", None, "the query: contains a NUL character"),
     ("GET", "/search?q=chest+pain&filter=topic%3Dsym%00ptom", None, "filter 1: contains a NUL character"),

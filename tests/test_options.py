@@ -21,6 +21,10 @@ def test_every_option_is_a_cli_flag_with_the_same_help_and_default():
         assert param.help.startswith(option.help), f"--{option.name}'s help is not the option's"
         default = tuple(option.default) if option.many else option.default
         assert param.default == default, f"--{option.name}'s default differs"
+        if option.minimum is not None:
+            assert param.type.min == option.minimum, f"--{option.name}'s minimum differs"
+        if option.maximum is not None:
+            assert param.type.max == option.maximum, f"--{option.name}'s maximum differs"
 
 
 def test_every_option_is_in_the_api_with_the_same_help_default_and_bounds():
@@ -37,8 +41,9 @@ def test_every_option_is_in_the_api_with_the_same_help_default_and_bounds():
             bounds = next((e for e in entry.get("anyOf", []) if e.get("type") != "null"), entry)  # nullable: in anyOf
             if option.minimum is not None:
                 assert bounds.get("minimum") == option.minimum, f"{where} {option.name}: another minimum"
-            if option.request_maximum is not None:
-                assert bounds.get("maximum") == option.request_maximum, f"{where} {option.name}: another maximum"
+            maximum = option.request_maximum if option.request_maximum is not None else option.maximum
+            if maximum is not None:
+                assert bounds.get("maximum") == maximum, f"{where} {option.name}: another maximum"
 
 
 def test_the_cli_and_the_api_build_the_same_options():
@@ -80,3 +85,19 @@ def test_options_and_keywords_are_not_mixed():
     with pytest.raises(TypeError, match="not both"):
         SearchOptions.of(SearchOptions(), {"k": 3})
     assert SearchOptions.of(None, {"k": 3}).k == 3
+
+
+def test_a_filter_is_parsed_in_one_pass():
+    """A filter is split at its first operator in one pass: a long run of spaces (seconds for the
+    backtracking pattern it replaced) is refused at once, and the split keeps its meaning."""
+    import time
+
+    from medsearch.filters import parse_filter
+
+    started = time.perf_counter()
+    with pytest.raises(BadInputError, match="malformed filter"):
+        parse_filter(" " * 200_000 + "x")
+    assert time.perf_counter() - started < 1.0, "parsing a long filter took seconds"
+    assert str(parse_filter(" year >= 2010 ")) == "year>=2010"
+    assert str(parse_filter("a=>5")) == "a=>5"  # '=' first: the value is '>5'
+    assert str(parse_filter("note==x")) == "note==x"

@@ -216,6 +216,8 @@ def test_filters_on_numbers_sources_and_deleted_documents(tmp_path, minilm, back
 @pytest.mark.parametrize("bad, message", [
     ("topic", "malformed filter 'topic'"),
     ("=symptom", "malformed filter '=symptom'"),
+    ("topic!symptom", "malformed filter 'topic!symptom'"),
+    ("year<2020", "malformed filter 'year<2020'"),
     ("topic=", "no value after '='"),
     ("year>=soon", "'>=' needs a number, not 'soon'"),
     ("year<=nan", "needs a finite number"),

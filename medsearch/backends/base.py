@@ -37,6 +37,9 @@ class VectorBackend(Protocol):
     # Rows of replaced and deleted documents stay in the vectors (masked out of every search) until
     # a compaction rewrites them; a write measures the funnel again on the live rows.
     keeps_dead_rows: ClassVar[bool]
+    # Filters are evaluated inside the backend's own engine (its search gets the live rows as
+    # `allowed`, and `filters`); otherwise `allowed` holds the live rows that match the filters.
+    filters_natively: ClassVar[bool]
 
     @classmethod
     def build(cls, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, settings: dict,
@@ -81,11 +84,11 @@ class VectorBackend(Protocol):
 
     def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
                allowed: np.ndarray | None, filters: list["Filter"], chunk_doc: np.ndarray) -> tuple[Ranked, dict[str, float]]:
-        """The k best documents per full-dim query vector among the `allowed` rows (bool per row:
-        live and matching `filters`; None: every row), searched at `dim` (the prefix), from
-        `candidates` chunks re-ranked at full dim when `rerank` (the fast tier); k documents
-        whenever k exist. `filters` are the same rows' conditions, for a backend that filters
-        inside its own engine; `chunk_doc` maps a row to its document. Timings in ms: search, rerank."""
+        """The k best documents per full-dim query vector among the `allowed` rows (bool per row,
+        None: every row) that match `filters`, searched at `dim` (the prefix), from `candidates`
+        chunks re-ranked at full dim when `rerank` (the fast tier); k documents whenever k exist.
+        `allowed`: the live rows, already narrowed to those matching `filters` unless the backend
+        `filters_natively`; `chunk_doc` maps a row to its document. Timings in ms: search, rerank."""
 
 
 def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:

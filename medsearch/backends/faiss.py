@@ -159,6 +159,7 @@ class FaissBackend:
 
     name = "faiss"
     keeps_dead_rows = True
+    filters_natively = False  # the filters' rows (from SQLite) become an IDSelector
 
     def __init__(self, folder: Path, manifest: "Manifest"):
         self.folder = folder

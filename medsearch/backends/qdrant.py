@@ -191,6 +191,7 @@ class QdrantBackend:
 
     name = "qdrant"
     keeps_dead_rows = False  # dead rows' points are deleted after each switch: nothing to compact
+    filters_natively = True  # payload filters, inside the query
 
     def __init__(self, folder: Path | None, manifest: Manifest):
         self.folder = folder

@@ -36,14 +36,16 @@ class QueryIn(BaseModel):
     text: str = Field(..., description="The query text.")
 
 
-class _Options(BaseModel):
+class RequestOptions(BaseModel):
+    """A request's search options, by OPTIONS' names (the fields come from options.OPTIONS)."""
+
     def options(self) -> SearchOptions:
         """The request's search options (checked: a bad combination is a BadInputError)."""
         return SearchOptions.flat(**{option.name: getattr(self, option.name) for option in OPTIONS})
 
 
 # POST /search's body: the queries and every search option by its name
-class _StrictOptions(_Options):
+class _StrictOptions(RequestOptions):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -54,7 +56,7 @@ SearchRequest = create_model(
 )
 # GET /search's query parameters: the query text as `q`, each filter as a repeated `filter`
 SearchQuery = create_model(
-    "SearchQuery", __base__=_Options,
+    "SearchQuery", __base__=RequestOptions,
     q=(str, Field(..., description="The query text.")),
     **{option.name: option_field(option, alias="filter" if option.name == "filters" else None) for option in OPTIONS},
 )

@@ -19,9 +19,9 @@ from fastapi import Depends, Request
 from medsearch.backends.faiss import limit_threads
 from medsearch.errors import BadInputError, MedsearchError
 from medsearch.index import TIERS
-from medsearch.options import SearchOptions
 from medsearch.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
+from medsearch.server.models import RequestOptions
 from medsearch.server.responses import json_bytes
 from medsearch.server.settings import ServerSettings, available_cores
 from medsearch.updates import WriteReport
@@ -96,8 +96,10 @@ class Service:
             raise ServiceLoading()
         return self.searcher
 
-    def check_request(self, texts: list[str], ids: list[str] | None, options: SearchOptions) -> None:
-        """The service's bounds and text checks on one request, before anything is encoded."""
+    def check_request(self, texts: list[str], ids: list[str] | None, filters: list[str], k: int,
+                      oversample: int | None) -> None:
+        """The service's bounds and text checks on one request, before its options are parsed and
+        anything is encoded."""
         limits = self.settings
         for i, text in enumerate(texts):
             if ids:
@@ -106,28 +108,28 @@ class Service:
             check_text(text, where)
             if len(text) > limits.max_query_chars:
                 raise BadInputError(f"{where} has {len(text)} characters; the limit is {limits.max_query_chars}")
-        if len(options.filters) > limits.max_filters:
-            raise BadInputError(f"{len(options.filters)} filters; the limit is {limits.max_filters}")
-        for i, text in enumerate(options.filters, start=1):  # their text was checked when the options were made
+        if len(filters) > limits.max_filters:
+            raise BadInputError(f"{len(filters)} filters; the limit is {limits.max_filters}")
+        for i, text in enumerate(filters, start=1):  # their characters are checked when the options are made
             if len(text) > limits.max_filter_chars:
                 raise BadInputError(f"filter {i} has {len(text)} characters; the limit is {limits.max_filter_chars}")
-        k, oversample = options.k, options.oversample
         if oversample is not None and k * oversample > limits.max_candidates:
             raise BadInputError(f"k x oversample asks for {k * oversample} candidates; the limit is {limits.max_candidates}")
         if len(texts) * k > limits.max_results:
             raise BadInputError(f"{len(texts)} queries x k={k} asks for {len(texts) * k} results; the limit is "
                                 f"{limits.max_results} a request")
 
-    async def search(self, texts: list[str], ids: list[str] | None, options: SearchOptions, *, receive=None,
+    async def search(self, texts: list[str], ids: list[str] | None, request: "RequestOptions", *, receive=None,
                      one: bool = False) -> bytes:
-        """Check, encode (in a shared pass), search and hydrate one request's queries; the JSON answer
+        """Check, encode (in a shared pass), search and hydrate one request's queries with the search
+        options of `request` (the API's model: bounded here before they are parsed); the JSON answer
         (a list of results, or the one result when `one`), encoded on the search thread: a large
         answer never holds the event loop. `receive`: the request's ASGI receive, watched so that a
         client that leaves is dropped before its pass."""
         searcher = self.loaded()
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
-        self.check_request(texts, ids, options)
-        options = searcher.resolve(options)
+        self.check_request(texts, ids, request.filters, request.k, request.oversample)
+        options = searcher.resolve(request.options())
         searcher.check_queries(texts, ids)
         searcher.check(options)  # before encoding anything
         vectors, encode_ms = (None, 0.0) if options.mode == "lexical" else await self._within(

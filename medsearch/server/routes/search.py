@@ -17,7 +17,7 @@ router = APIRouter(tags=["search"])
 @router.get("/search", response_model=SearchResponse, response_model_exclude_none=True)
 async def search_get(request: Request, service: ServiceDep, params: Annotated[SearchQuery, Query()]):
     """One query: the same JSON as `medsearch query --json`."""
-    answer = await service.search([params.q], None, params.options(), receive=request.receive, one=True)
+    answer = await service.search([params.q], None, params, receive=request.receive, one=True)
     return Response(answer, media_type="application/json")
 
 
@@ -28,5 +28,5 @@ async def search_post(request: SearchRequest, http: Request, service: ServiceDep
         raise BadInputError(f"{len(request.queries)} queries in one request; the limit is {service.settings.max_queries}")
     ids = [str(q.id) if q.id is not None else str(i) for i, q in enumerate(request.queries, start=1)]
     texts = [q.text for q in request.queries]
-    answer = await service.search(texts, ids, request.options(), receive=http.receive)
+    answer = await service.search(texts, ids, request, receive=http.receive)
     return Response(answer, media_type="application/json")
