@@ -46,6 +46,10 @@ index_option = click.option(
 device_option = click.option("--device", default="auto", show_default=True, help="cuda, mps, cpu or auto.")
 RUNTIME_CHOICE = click.Choice((AUTO_RUNTIME, *RUNTIMES))
 # query, add, serve: the index's runtime by default (the manifest is the config)
+reranker_option = click.option(
+    "--reranker", default=None, metavar="MODEL",
+    help="A sentence-transformers cross-encoder (folder or model id) for the re-ranking stage: it re-scores each "
+         "query's top --rerank documents (20 by default once a re-ranker is given).")
 index_runtime_option = click.option(
     "--runtime", type=RUNTIME_CHOICE, default=None,
     help="Encoder runtime for queries [default: the one the index was built with, or an installed one of the same precision].")
@@ -313,7 +317,8 @@ fusion_options = _option_flags(FUSION_OPTIONS, lambda v: {"fusion": SearchOption
 @click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
 @device_option
 @index_runtime_option
-def query(text, queries_file, index_dir, options, as_json, model, device, runtime):
+@reranker_option
+def query(text, queries_file, index_dir, options, as_json, model, device, runtime, reranker):
     """Search the index for TEXT, or for every query in --queries FILE (encoded in one pass).
 
     In hybrid mode each hit says which lists found it and at what rank (found_by)."""
@@ -324,7 +329,8 @@ def query(text, queries_file, index_dir, options, as_json, model, device, runtim
     else:
         ids, texts = None, [text]
     Searcher.check_queries(texts, ids)  # before a model loads
-    searcher = Searcher.open(index_dir, model=model, device=device, load_model=options.mode != "lexical", runtime=runtime)
+    searcher = Searcher.open(index_dir, model=model, device=device, load_model=options.mode != "lexical", runtime=runtime,
+                             reranker=reranker)
     for result in searcher.search(texts, options, query_ids=ids):
         if as_json:
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
@@ -415,9 +421,10 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--read-timeout", default=ServerSettings.read_timeout_s, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds a client has to send a whole request (headers and body); slower connections are closed.")
 @click.option("--max-connections", default=ServerSettings.max_connections, show_default=True, type=click.IntRange(min=1), help="Connections at once; past it requests get a 503.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
+@reranker_option
 def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
           max_query_chars, max_queries, threads, search_threads, writable, allowed_hosts, request_timeout, read_timeout,
-          max_connections, log_level):
+          max_connections, log_level, reranker):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, OpenAPI at /docs.
 
@@ -445,7 +452,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)
     run_server(index_dir, host=host, port=port, model=model, device=device, runtime=runtime, settings=settings,
-               torch_threads=threads, log_level=log_level)
+               torch_threads=threads, log_level=log_level, reranker=reranker)
 
 
 @cli.command()

@@ -204,7 +204,7 @@ def _check_local(target: str) -> bool:
     return False
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the per-load "Loading weights" bar
@@ -226,7 +226,7 @@ def load_sentence_transformer(spec: str, device: str | None = None, **kwargs):
     local = _check_local(target)
     from sentence_transformers import SentenceTransformer
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return SentenceTransformer(target, device=select_device(device), local_files_only=local, **kwargs)
     except Exception as err:  # hub errors, missing files, bad configs: all say "cannot load"

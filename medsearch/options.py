@@ -23,6 +23,7 @@ DEFAULT_TIER = "fast"
 # index measured at build time for its recall target (funnel.py, the manifest's `fast`).
 DEFAULT_OVERSAMPLE = None
 DEFAULT_K = 10
+DEFAULT_RERANK = 20  # documents a re-ranker re-scores when a query names no number
 _FUSION = Fusion()
 
 
@@ -55,6 +56,8 @@ OPTIONS = (
     Option("mode", str, None, "dense: the tier's vectors; lexical: BM25 over the same chunks (no model needed); "
            "hybrid: both lists fused [default: the index's: hybrid where it has a lexical index, else dense].",
            choices=MODES),
+    Option("rerank", int, None, "Re-score the top N documents with a cross-encoder and return the best k of "
+           "them; 0: off [default: 20 when a re-ranker is given, else 0].", minimum=0, request_maximum=200),
     Option("fusion", str, _FUSION.method, "hybrid: reciprocal rank fusion (rrf) or a convex combination of "
            "normalised scores.", choices=METHODS),
     Option("rrf_k", int, _FUSION.rrf_k, "hybrid rrf: each list adds 1 / (rrf_k + rank).", minimum=0, request_maximum=10_000),
@@ -81,6 +84,7 @@ class SearchOptions:
     oversample: int | None = DEFAULT_OVERSAMPLE
     filters: tuple[str, ...] = ()
     mode: str | None = None  # None: the index's default (Searcher.resolve)
+    rerank: int | None = None  # None: the searcher's default (DEFAULT_RERANK with a re-ranker, else 0)
     fusion: Fusion = field(default_factory=Fusion)
 
     def __post_init__(self):
@@ -94,6 +98,8 @@ class SearchOptions:
             raise BadInputError(f"k must be at least 1; got {self.k}")
         if self.oversample is not None and self.oversample < 1:
             raise BadInputError(f"oversample must be at least 1; got {self.oversample}")
+        if self.rerank is not None and self.rerank < 0:
+            raise BadInputError(f"rerank must be 0 (off) or more; got {self.rerank}")
         for i, text in enumerate(self.filters, start=1):
             if isinstance(text, str):  # (or a parsed filters.Filter)
                 check_text(text, f"filter {i}")
@@ -112,9 +118,10 @@ class SearchOptions:
             raise TypeError(f"give SearchOptions or keyword options, not both ({', '.join(fields)})")
         return options if options is not None else cls(**fields)
 
-    def for_index(self, default_mode: str) -> "SearchOptions":
-        """These options with the index's defaults where they leave the choice to it."""
-        return self if self.mode is not None else replace(self, mode=default_mode)
+    def for_index(self, default_mode: str, default_rerank: int = 0) -> "SearchOptions":
+        """These options with the defaults of the index (and its searcher) where they leave the choice."""
+        return replace(self, mode=self.mode if self.mode is not None else default_mode,
+                       rerank=self.rerank if self.rerank is not None else default_rerank)
 
     @property
     def depth(self) -> int:

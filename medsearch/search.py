@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from medsearch.errors import BadInputError
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.fusion import fuse
 from medsearch.index import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
-from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_TIER, SearchOptions
+from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_RERANK, DEFAULT_TIER, SearchOptions
+from medsearch.rerank import Reranker, load_reranker, rerank
 
 __all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "SearchOptions", "Searcher"]
 SNIPPET_CHARS = 240
@@ -83,11 +84,12 @@ class Searcher:
     has left is closed (its SQLite connections, tier indexes and memory maps) once no query that
     `pinned` it is still reading it, so the files a writer prunes give their disk space back."""
 
-    def __init__(self, index: Index, encoder: Encoder | None):
+    def __init__(self, index: Index, encoder: Encoder | None, reranker: Reranker | None = None):
         if encoder is not None:
             check_model(index, encoder)
         self.index = index
         self.encoder = encoder
+        self.reranker = reranker  # the cross-encoder of the re-ranking stage (rerank.py), if any
         self._reload = threading.Lock()  # guards index, _readers, _left (held briefly)
         self._loading = threading.Lock()  # one thread loads a new generation at a time
         self._readers: dict[int, int] = {}  # id(generation) -> queries reading it now
@@ -95,12 +97,13 @@ class Searcher:
 
     @classmethod
     def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None,
-             load_model: bool = True, runtime: str | None = None) -> "Searcher":
+             load_model: bool = True, runtime: str | None = None, reranker: str | None = None) -> "Searcher":
         """The index's current generation and its model (`load_model=False`: none, lexical search only),
-        run by `runtime` (default: the one the index was built with, or one of the same precision)."""
+        run by `runtime` (default: the one the index was built with, or one of the same precision);
+        `reranker`: a cross-encoder folder or model id for the re-ranking stage."""
         index = open_index(index_dir)
         encoder = index_encoder(index, model, device, runtime) if load_model else None
-        return cls(index, encoder)
+        return cls(index, encoder, load_reranker(reranker, device) if reranker else None)
 
     def current(self, wait: bool = True) -> Index:
         """The newest committed generation (loaded, and checked against the model, before use).
@@ -164,7 +167,8 @@ class Searcher:
     def resolve(self, options: SearchOptions, index: Index | None = None) -> SearchOptions:
         """The options with the index's defaults filled in where they leave the choice to it (the
         mode: hybrid where the index has a lexical index)."""
-        return options.for_index((index or self.index).manifest.default_mode)
+        return options.for_index((index or self.index).manifest.default_mode,
+                                 DEFAULT_RERANK if self.reranker is not None else 0)
 
     def check(self, options: SearchOptions, index: Index | None = None) -> None:
         """Raise BadInputError for options this index cannot serve (before any encoding): a dim it
@@ -178,6 +182,8 @@ class Searcher:
             filter_sql(parse_filters(options.filters), index.manifest.metadata_fields)
         if options.mode != "lexical" and self.encoder is None:
             raise BadInputError(f"{options.mode} search needs a model to encode the queries; this searcher has none")
+        if options.rerank and self.reranker is None:
+            raise BadInputError("re-ranking needs a cross-encoder; this searcher has none")
 
     @staticmethod
     def check_queries(queries: list[str], query_ids: list[str] | None = None) -> None:
@@ -208,11 +214,23 @@ class Searcher:
         mode; the service encodes concurrent requests together) with options already checked
         (`check`). `encode_ms` is reported as each query's encoding time."""
         with self.pinned() as index:  # one generation for the whole request, kept open until hydrated
+            options = self.resolve(options, index)
+            k = options.k
+            if options.rerank:  # the re-ranker's candidates: the top N documents of the other stages
+                options = replace(options, k=max(k, options.rerank))
             ranked, timings = self.retrieve(queries, vectors, options, index=index)
-            per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
             results = []
+            reranking = 0.0
             for i, hits in enumerate(ranked):
                 found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
+                if options.rerank:
+                    passages = [f"{found[row]['title']}\n{found[row]['chunk']}" if found[row]["title"] else found[row]["chunk"]
+                                for row, _, _ in hits]
+                    hits, scores, ms = rerank(self.reranker, queries[i], hits, passages, options.rerank)
+                    hits = [(row, score, {**found_by, "cross_encoder": rank})
+                            for rank, ((row, _, found_by), score) in enumerate(zip(hits, scores), 1)] + hits[len(scores):]
+                    reranking += ms
+                hits = hits[:k]
                 docs = []
                 for row, score, found_by in hits:
                     info = found[row]
@@ -229,7 +247,12 @@ class Searcher:
                             found_by=found_by,
                         )
                     )
-                results.append(QueryResult(queries[i], docs, dict(per_query), query_ids[i] if query_ids else None))
+                results.append(QueryResult(queries[i], docs, {}, query_ids[i] if query_ids else None))
+            if options.rerank:
+                timings["cross_encoder"] = reranking
+            per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
+            for result in results:
+                result.timings_ms = dict(per_query)
         return results
 
     def retrieve(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,

@@ -259,3 +259,13 @@ def test_chaos_bench_mixed_reads_and_writes(tmp_path, bundled_index):
     assert result["settings"]["searchers"] == 4
     assert result["machine"]["cpus"] >= 1
     assert sorted((p.relative_to(bundled_index), p.stat().st_mtime_ns) for p in bundled_index.rglob("*") if p.is_file()) == before
+
+
+def test_rerank_cost_bench(tmp_path, bundled_index):
+    stdout = run_script("rerank_cost.py", "--index", bundled_index, "--depths", "3,6", "--runtimes", "torch",
+                        "--max-queries", "4", "--name", "smoke", "--out", tmp_path, cwd=tmp_path)
+    assert "p50_ms" in stdout
+    rows = json.loads((tmp_path / "smoke.json").read_text())["rows"]
+    assert [(r["runtime"], r["N"]) for r in rows] == [("torch", 3), ("torch", 6)]
+    assert all(r["queries"] == 4 for r in rows), "the first 4 bundled questions"
+    assert rows[1]["p50_ms"] > 0

@@ -101,3 +101,84 @@ def test_a_filter_is_parsed_in_one_pass():
     assert str(parse_filter(" year >= 2010 ")) == "year>=2010"
     assert str(parse_filter("a=>5")) == "a=>5"  # '=' first: the value is '>5'
     assert str(parse_filter("note==x")) == "note==x"
+
+
+# ---- the re-ranking stage ----
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, minilm):
+    from medsearch.index import build_index
+
+    from conftest import SMALL_DOCS, write_jsonl
+
+    corpus = write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", SMALL_DOCS)
+    path = tmp_path_factory.mktemp("index") / "index"
+    build_index(corpus, path, minilm)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory):
+    """A cross-encoder made here, offline: the default model's transformer with a new scoring head
+    (seeded). Its scores mean nothing; they only have to be the ones the stage orders by."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from medsearch.encoder import default_model_path
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross-encoder")
+    CrossEncoder(default_model_path(), num_labels=1, device="cpu").save(str(folder))
+    return str(folder)
+
+
+def _passage(index, doc_id: str, position: int) -> str:
+    """What the stage pairs with the query: the document's title and its best chunk."""
+    (record,) = [r for r in index.store.chunk_records() if r["id"] == doc_id and r["position"] == position]
+    return f"{record['title']}\n{record['text']}" if record["title"] else record["text"]
+
+
+def test_rerank_orders_the_top_n_by_the_cross_encoders_scores(small_index, minilm, cross_encoder):
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+    from medsearch.search import Searcher
+
+    plain = Searcher(open_index(small_index), minilm)
+    reranking = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
+    query = "what should I do about a high fever and a cough"
+    before = plain.search([query], k=8, mode="dense")[0].hits
+    after = reranking.search([query], k=3, rerank=8, mode="dense")[0]
+    scores = reranking.reranker.scores(query, [_passage(plain.index, h.id, h.chunk) for h in before])
+    direct = {h.id: float(s) for h, s in zip(before, scores)}
+    best = sorted(direct, key=lambda doc: -direct[doc])[:3]
+    assert [h.id for h in after.hits] == best, "the top 3 of the 8 by the cross-encoder's own scores"
+    assert [h.score for h in after.hits] == pytest.approx([direct[d] for d in best], abs=1e-5)
+    assert [h.found_by["cross_encoder"] for h in after.hits] == [1, 2, 3]
+    assert "cross_encoder" in after.timings_ms
+    off = reranking.search([query], k=3, rerank=0, mode="dense")[0]
+    assert [h.id for h in off.hits] == [h.id for h in before[:3]], "rerank 0: off"
+    default = reranking.search([query], k=3, mode="dense")[0]
+    assert "cross_encoder" in default.timings_ms, "a searcher with a re-ranker re-ranks by default"
+
+
+def test_rerank_without_a_cross_encoder_is_bad_input(small_index, minilm):
+    from medsearch.index import open_index
+    from medsearch.search import Searcher
+
+    with pytest.raises(BadInputError, match="re-ranking needs a cross-encoder"):
+        Searcher(open_index(small_index), minilm).search(["fever"], rerank=5)
+    with pytest.raises(BadInputError, match="rerank must be 0"):
+        SearchOptions(rerank=-1)
+
+
+def test_the_cli_query_reranks_with_a_given_cross_encoder(small_index, cross_encoder):
+    import json
+
+    result = CliRunner().invoke(cli, ["query", "fever and cough", "--index", str(small_index), "--reranker", cross_encoder,
+                                      "--rerank", "5", "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [h["found_by"]["cross_encoder"] for h in out["results"]] == [1, 2]
+    missing = CliRunner().invoke(cli, ["query", "fever", "--index", str(small_index), "--reranker", "/nonexistent/ce"])
+    assert missing.exit_code == 1, missing.output
+    assert "cannot load the re-ranker" in missing.output

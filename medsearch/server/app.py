@@ -361,9 +361,10 @@ def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BY
 
 def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
           device: str | None = None, runtime: str | None = None, settings: ServerSettings | None = None, torch_threads: int | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", reranker: str | None = None) -> None:
     """Run the service until SIGINT/SIGTERM (in-flight requests finish first). Checks the settings
-    and the index before listening; the model loads in the background (/readyz says when)."""
+    and the index before listening; the model (and `reranker`, a cross-encoder for the re-ranking
+    stage) loads in the background (/readyz says when)."""
     import dataclasses
 
     import uvicorn
@@ -384,7 +385,8 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
         failure.append(err)
         server.should_exit = True
 
-    app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime), settings, on_load_error=stop_on_error)
+    app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime, reranker=reranker),
+                     settings, on_load_error=stop_on_error)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                             access_log=log_level == "debug",
                             http=read_timeout_protocol(settings.read_timeout_s, max_body_bytes=settings.max_body_bytes),
