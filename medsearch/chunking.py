@@ -23,7 +23,13 @@ class Chunk:
     text: str
 
     def passage(self, title: str) -> str:
-        return f"{title}\n{self.text}" if title else self.text
+        return passage(title, self.text)
+
+
+def passage(title: str, text: str) -> str:
+    """The text a model reads for a chunk: its document's title, a newline and the chunk (the
+    encoder's passages, BM25's, and the re-ranker's)."""
+    return f"{title}\n{text}" if title else text
 
 
 def token_spans(offsets: list[tuple[int, int]], window: int, overlap: int) -> list[tuple[int, int]]:

@@ -66,7 +66,6 @@ OPTIONS = (
     Option("fusion_depth", int, _FUSION.depth, "hybrid: documents taken from each list (at least k).", minimum=1,
            request_maximum=1000),
 )
-HELP = {option.name: option.help for option in OPTIONS}
 FUSION_OPTIONS = ("fusion", "rrf_k", "dense_weight", "fusion_depth")
 # The flat names of the Fusion fields
 _FUSION_FIELDS = {"fusion": "method", "rrf_k": "rrf_k", "dense_weight": "weight", "fusion_depth": "depth"}
@@ -119,7 +118,10 @@ class SearchOptions:
         return options if options is not None else cls(**fields)
 
     def for_index(self, default_mode: str, default_rerank: int = 0) -> "SearchOptions":
-        """These options with the defaults of the index (and its searcher) where they leave the choice."""
+        """These options with the defaults of the index (and its searcher) where they leave the choice
+        (themselves when they leave none: resolving twice costs nothing)."""
+        if self.mode is not None and self.rerank is not None:
+            return self
         return replace(self, mode=self.mode if self.mode is not None else default_mode,
                        rerank=self.rerank if self.rerank is not None else default_rerank)
 

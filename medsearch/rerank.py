@@ -1,8 +1,7 @@
 """The re-ranking stage: a sentence-transformers CrossEncoder re-scores a query's top N documents
 (the query paired with each document's best chunk, title first), and the top k of its scores are
-the answer. Any cross-encoder folder or model id works; an index can record one (the manifest's
-`reranker`: its spec and how many documents it re-scores by default), so queries and the service
-use it without flags.
+the answer. Any cross-encoder folder or model id works (`Searcher.open(..., reranker=...)`, the
+CLI's and the service's `--reranker`).
 
 One model, loaded once per process and spec; its calls take turns (a lock), so concurrent queries
 never share the tokenizer mid-call.
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +22,6 @@ BATCH_SIZE = 32
 # The re-ranker reads the query and one chunk: 256 tokens hold a 250-word chunk (chunking.py) and a question
 MAX_LENGTH = 256
 RUNTIMES = {"torch": "torch", "openvino": "openvino", "onnx": "onnx"}  # medsearch runtime -> CrossEncoder backend
-
-
-@dataclass(frozen=True)
-class RerankerSpec:
-    """What an index records about its re-ranker (the manifest's `reranker`)."""
-
-    spec: str
-    depth: int  # documents re-scored when a query names no number
-
-    def to_manifest(self) -> dict:
-        return {"spec": self.spec, "rerank": self.depth}
 
 
 class Reranker:
@@ -80,12 +67,14 @@ def load_reranker(spec: str, device: str | None = None, runtime: str = "torch") 
         return _loaded[key]
 
 
-def rerank(reranker: Reranker, query: str, hits: list, passages: list[str], n: int) -> tuple[list, list[float], float]:
-    """The first `n` of `hits` (each with its passage) in the re-ranker's order, then the rest as
-    they were; the re-ranker's scores of the first n, and the time taken in ms."""
+def rerank(reranker: Reranker, query: str, hits: list[tuple[int, float, dict[str, int]]], passages: list[str],
+           n: int) -> tuple[list[tuple[int, float, dict[str, int]]], float]:
+    """Ranked (chunk row, score, {list: rank}) hits, each with its passage, with the first `n` in
+    the re-ranker's order (its score as theirs, their rank as found_by's `cross_encoder`), then the
+    rest as they were; and the time taken in ms."""
     started = time.perf_counter()
     head = min(n, len(hits))
     scores = reranker.scores(query, passages[:head])
     order = sorted(range(head), key=lambda i: (-float(scores[i]), i))
-    ranked = [hits[i] for i in order] + list(hits[head:])
-    return ranked, [float(scores[i]) for i in order], (time.perf_counter() - started) * 1000
+    ranked = [(hits[i][0], float(scores[i]), {**hits[i][2], "cross_encoder": rank}) for rank, i in enumerate(order, 1)]
+    return ranked + list(hits[head:]), (time.perf_counter() - started) * 1000

@@ -23,6 +23,7 @@ import numpy as np
 from medsearch import generations
 from medsearch.backends.base import collapse
 from medsearch.backends.funnel import candidates_for
+from medsearch.chunking import passage
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError
 from medsearch.filters import filter_sql, parse_filters
@@ -224,11 +225,8 @@ class Searcher:
             for i, hits in enumerate(ranked):
                 found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
                 if options.rerank:
-                    passages = [f"{found[row]['title']}\n{found[row]['chunk']}" if found[row]["title"] else found[row]["chunk"]
-                                for row, _, _ in hits]
-                    hits, scores, ms = rerank(self.reranker, queries[i], hits, passages, options.rerank)
-                    hits = [(row, score, {**found_by, "cross_encoder": rank})
-                            for rank, ((row, _, found_by), score) in enumerate(zip(hits, scores), 1)] + hits[len(scores):]
+                    passages = [passage(found[row]["title"], found[row]["chunk"]) for row, _, _ in hits]
+                    hits, ms = rerank(self.reranker, queries[i], hits, passages, options.rerank)
                     reranking += ms
                 hits = hits[:k]
                 docs = []

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import sqlite_utils
 
-from medsearch.chunking import Chunk
+from medsearch.chunking import Chunk, passage
 from medsearch.corpus import Document
 from medsearch.errors import NotFoundError
 
@@ -233,7 +233,7 @@ class DocStore:
         for row, title, text in self.db.execute(
             "SELECT c.row, d.title, c.text FROM chunks c JOIN documents d ON d.ordinal = c.doc"
         ):
-            passages[row] = f"{title}\n{text}" if title else text
+            passages[row] = passage(title, text)
         return passages
 
     def chunk_records(self, first_row: int = 0) -> list[dict]:

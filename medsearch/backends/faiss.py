@@ -237,7 +237,8 @@ class FaissBackend:
             tier.save(folder / tier_file(dim))
             if dim in (manifest.tier_dims["fast"], manifest.full_dim):
                 written._tiers[dim] = tier
-        codes = BinaryTier.load(self.folder / BINARY_FILE, BINARY_INDEX) if self.binary is not None else None
+        binary = self.folder / BINARY_FILE
+        codes = BinaryTier.load(binary, BINARY_INDEX) if binary.is_file() else None  # a copy of its own
         if codes is not None:
             codes.add(vectors)
             codes.save(folder / BINARY_FILE)
