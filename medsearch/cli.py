@@ -29,6 +29,7 @@ from medsearch.index import DEFAULT_INDEX, VECTOR_DTYPES, index_encoder, open_in
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
 from medsearch.manifest import LEGACY_CANDIDATES
 from medsearch.options import FUSION_OPTIONS, OPTIONS, Option, SearchOptions
+from medsearch.reranker_training import LOSSES, RerankerSettings
 from medsearch.search import QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
 from medsearch.training import TrainSettings
@@ -49,7 +50,8 @@ RUNTIME_CHOICE = click.Choice((AUTO_RUNTIME, *RUNTIMES))
 reranker_option = click.option(
     "--reranker", default=None, metavar="MODEL",
     help="A sentence-transformers cross-encoder (folder or model id) for the re-ranking stage: it re-scores each "
-         "query's top --rerank documents (20 by default once a re-ranker is given).")
+         "query's top --rerank documents (20 by default once a re-ranker is given) [default: the index's, "
+         "if it records one: medsearch index --reranker].")
 index_runtime_option = click.option(
     "--runtime", type=RUNTIME_CHOICE, default=None,
     help="Encoder runtime for queries [default: the one the index was built with, or an installed one of the same precision].")
@@ -140,9 +142,16 @@ def cli():
 @click.option("--ray", "use_ray", is_flag=True, help="Encode on a Ray cluster (Ray Data, an actor pool of encoders; extra: distributed); the vectors equal a local encode.")
 @click.option("--ray-address", default=None, help="With --ray: the cluster to join ('auto': the one this machine belongs to) [default: a local Ray on this machine].")
 @click.option("--ray-actors", type=click.IntRange(min=1), default=None, help="With --ray: encoder actors (one model load each) [default: one per GPU, or per 2 CPUs, of the cluster].")
+@click.option("--reranker", default=None, metavar="MODEL",
+              help="Record a cross-encoder (a folder, e.g. from medsearch train-reranker, or a model id) as the index's "
+                   "re-ranker: queries and the service use it without flags ('none': remove it).")
+@click.option("--rerank", type=click.IntRange(min=0), default=None,
+              help="With --reranker: the documents a query re-ranks when it names no number [default: the one "
+                   "train-reranker chose on dev data (0, off, when it did not beat hybrid there), else 20].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall, rebuild,
-          backend, qdrant_url, qdrant_path, collection, shards, replicas, use_ray, ray_address, ray_actors, quiet):
+          backend, qdrant_url, qdrant_path, collection, shards, replicas, use_ray, ray_address, ray_actors, reranker,
+          rerank, quiet):
     """Index the corpus at PATH (a folder, a BEIR folder or a .jsonl/.csv/.txt/.md file).
 
     A new index encodes every document once at the model's full dimension and writes one FAISS
@@ -161,6 +170,13 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
         check_location(backend_settings)
     if not use_ray and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors go with --ray")
+    if rerank is not None and reranker in (None, "none"):
+        raise click.UsageError("--rerank goes with --reranker MODEL")
+    entry = None
+    if reranker not in (None, "none"):  # a bad folder fails before anything is encoded
+        from medsearch.rerank import reranker_entry
+
+        entry = reranker_entry(reranker, rerank)
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
     if use_ray:
         from medsearch.distributed import RayEncoder
@@ -168,6 +184,11 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
         encoder = RayEncoder(encoder, address=ray_address, actors=ray_actors)
     report = sync(path, index_dir, encoder, rebuild=rebuild, progress=not quiet, vector_dtype=vector_dtype,
                   chunk_overlap=chunk_overlap, target_recall=target_recall, backend=backend_settings)
+    if reranker is not None:
+        from medsearch.updates import configure
+
+        configure(index_dir, reranker=entry)
+        report.manifest = open_index(index_dir).manifest
     manifest = report.manifest
     if "build_seconds" in manifest and report.updated == report.unchanged == report.deleted == 0:
         seconds = manifest["build_seconds"]
@@ -180,6 +201,8 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
     click.echo("Tiers: " + ", ".join(f"{tier}={dim}" for tier, dim in manifest["tier_dims"].items()))
     if manifest.get("fast"):
         click.echo(f"Fast tier: {_fast_line(manifest['fast'])}")
+    if manifest.get("reranker"):
+        click.echo(f"Re-ranker: {_reranker_line(manifest['reranker'])}")
 
 
 def _backend_settings(index_dir, backend, url, path, collection, shards, replicas) -> dict | None:
@@ -380,6 +403,7 @@ def info(index_dir, as_json):
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
         ("fast", _fast_line(m.fast) if m.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
         ("backend", _backend_line(m.get("backend"))),
+        ("reranker", _reranker_line(m.reranker) if m.reranker else "none (medsearch index --reranker MODEL records one)"),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
         ("vectors", m["vector_dtype"] if idx.backend_name == "faiss" else "float32, in the Qdrant collection"),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
@@ -388,6 +412,11 @@ def info(index_dir, as_json):
     ]
     for key, value in rows:
         click.echo(f"{key:>10}  {value}")
+
+
+def _reranker_line(entry: dict) -> str:
+    n = entry["rerank"]
+    return f"{entry['model']}, " + (f"re-ranks the top {n} by default" if n else "off by default (--rerank N asks for it)")
 
 
 def _backend_line(backend: dict | None) -> str:
@@ -650,11 +679,17 @@ def data_beir(name, out, local, cache, quiet):
 @device_option
 @click.option("--runtime", "runtimes", default="torch", show_default=True,
               help=f"Comma-separated encoder runtimes ({', '.join(RUNTIMES)}): each encodes the corpus and the queries, one column each (the quality guard of a runtime).")
+@click.option("--reranker", default=None, metavar="MODEL",
+              help="A cross-encoder (folder or model id): each mode's row again with its top --rerank documents re-ranked (rows '+rr').")
+@click.option("--rerank", default=20, show_default=True, type=click.IntRange(min=1), help="With --reranker: documents re-ranked per query.")
+@click.option("--sample", default=0, type=click.IntRange(min=0), help="Evaluate a seeded random sample of this many queries (0: all).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_file, device, runtimes, quiet):
+def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_file, device, runtimes, reranker, rerank,
+             sample, quiet):
     """NDCG@10, MRR@10, Recall@10/100 on a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv),
     every query of --split against the whole corpus: dense per Matryoshka dim and the fast tier,
-    lexical, hybrid. NDCG@10 uses the qrels' graded scores as gains (trec_eval's, via pytrec_eval)."""
+    lexical, hybrid; with --reranker, the same with re-ranking. NDCG@10 uses the qrels' graded
+    scores as gains (trec_eval's, via pytrec_eval)."""
     from medsearch.evaluation import check_comparison, evaluate_models
 
     if len(models) > 2:
@@ -668,12 +703,53 @@ def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_
     except BadInputError as err:  # the rule is the library's, the flags this command's
         raise click.UsageError(f"{err}: --model twice with one --runtime, or one --model with several runtimes") from None
     report = evaluate_models(data_dir, list(models), split=split or None, cache=cache, modes=modes, fusion=fusion,
-                             progress=not quiet, device=device, runtimes=runtimes)
+                             progress=not quiet, device=device, runtimes=runtimes, reranker=reranker, rerank=rerank,
+                             sample=sample)
     click.echo(report.to_text())
     if json_file:
         Path(json_file).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if markdown_file:
         Path(markdown_file).write_text(report.to_markdown())
+
+
+@cli.command(name="train-reranker")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the re-ranker (must not exist or be empty).")
+@click.option("--base", default=RerankerSettings.base, show_default=True, help="Encoder whose transformer the cross-encoder starts from, and that mines the negatives.")
+@click.option("--pairs", "sample", default=RerankerSettings.sample, show_default=True, help="Training pairs: N for DATA_DIR/train_pairs_N.jsonl, or 'all' for train_pairs.jsonl.")
+@click.option("--negatives", default=RerankerSettings.negatives, show_default=True, type=click.IntRange(min=1), help="Hard negatives mined per question.")
+@click.option("--loss", type=click.Choice(LOSSES), default=RerankerSettings.loss, show_default=True,
+              help="bce: binary cross-entropy on labelled pairs; lambda: LambdaLoss on each question's list; mnrl: the positive against the negatives and the batch's other answers.")
+@click.option("--batch-size", default=RerankerSettings.batch_size, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=RerankerSettings.epochs, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=RerankerSettings.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--max-steps", default=-1, show_default=True, type=int, help="Stop after N optimiser steps (-1: the whole epochs).")
+@click.option("--rerank", default=RerankerSettings.rerank, show_default=True, type=click.IntRange(min=1), help="Documents re-ranked in the dev evaluation, and by default if it wins there.")
+@click.option("--dev-queries", default=RerankerSettings.dev_queries, show_default=True, type=click.IntRange(min=0), help="A seeded sample of the dev split's queries for the evaluation (0: all).")
+@click.option("--no-eval", is_flag=True, help="Skip the dev evaluation (the re-ranker is then off by default).")
+@click.option("--cache", default="indexes/eval", show_default=True, type=click.Path(file_okay=False), help="Where the evaluation's index is kept.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def train_reranker(data_dir, out_dir, base, sample, negatives, loss, batch_size, epochs, lr, max_steps, rerank, dev_queries,
+                   no_eval, cache, device, quiet):
+    """Train the project's own cross-encoder re-ranker from a folder written by `medsearch data medquad`.
+
+    \b
+    Starts from BASE's transformer with a new scoring head (no cross-encoder ships offline), mines
+    --negatives hard negatives per train question with BASE, trains with --loss, then measures the
+    dev split searched by BASE's default path (hybrid, fast tier) with and without re-ranking the
+    top --rerank. The re-ranker is on by default (`medsearch index --reranker OUT`) only if it beat
+    hybrid there; its record (OUT/medsearch_reranker.json) keeps the recipe and the figures.
+    Resumable: run the same command again after an interruption.
+    """
+    from medsearch.reranker_training import train_reranker as run
+
+    settings = RerankerSettings(base=base, sample=sample, negatives=negatives, loss=loss, batch_size=batch_size,
+                                epochs=epochs, lr=lr, max_steps=max_steps, rerank=rerank, dev_queries=dev_queries,
+                                device=None if device == "auto" else device)
+    record = run(data_dir, out_dir, settings, progress=not quiet, log=click.echo, cache=cache, evaluate=not no_eval)
+    click.echo(f"default re-ranking: {'top ' + str(record['default_rerank']) if record['default_rerank'] else 'off'}"
+               f" (medsearch index CORPUS --reranker {out_dir} records it in an index)")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -252,10 +253,12 @@ def load_export(export: Path, runtime: str):
     return load_sentence_transformer(str(export), "cpu", backend="openvino", model_kwargs={"file_name": OPENVINO_FILES[runtime]})
 
 
-def exported_model(source: Path, weights: str, runtime: str) -> Path:
+def exported_model(source: Path, weights: str, runtime: str, make: Callable[[Path, Path], None] | None = None,
+                   kind: str = "") -> Path:
     """The export of the model folder `source` for an OpenVINO runtime: a sentence-transformers
-    folder with its openvino/ files, written once (atomically) per weights fingerprint and reused."""
-    target = exports_root() / f"{weights}-{runtime}"
+    folder with its openvino/ files, written once (atomically) per weights fingerprint and reused.
+    `make(source, folder)` writes another kind of model's export (`kind`, e.g. a cross-encoder's)."""
+    target = exports_root() / f"{weights}-{kind}{runtime}"
     if (target / OPENVINO_FILES[runtime]).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +267,9 @@ def exported_model(source: Path, weights: str, runtime: str) -> Path:
     try:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings while exporting: nothing a user can act on
-            if runtime == "openvino":  # sentence-transformers exports from the torch weights
+            if make is not None:
+                make(source, tmp)
+            elif runtime == "openvino":  # sentence-transformers exports from the torch weights
                 load_sentence_transformer(str(source), "cpu", backend="openvino").save_pretrained(str(tmp))
             else:
                 _quantize_int8(exported_model(source, weights, "openvino"), tmp)

@@ -102,11 +102,15 @@ def ir_metrics(runs: dict[str, list[tuple[str, float]]], benchmark: Benchmark,
 
 
 def search_runs(searcher, vectors, texts: list[str], qids: list[str], doc_ids: list[str], k: int,
-                **kwargs) -> tuple[dict, float]:
+                rerank: int = 0, **kwargs) -> tuple[dict, float]:
     """Ranked (doc id, score) lists per query from an index in any mode (`kwargs` go to
-    Searcher.retrieve: mode, tier, dim, fusion), and the search time in ms per query."""
+    Searcher.retrieve: mode, tier, dim, fusion), with the top `rerank` re-ranked by the searcher's
+    cross-encoder, and the search time in ms per query."""
     started = time.perf_counter()
-    ranked, _ = searcher.retrieve(texts, vectors, SearchOptions(k=k, **kwargs))
+    ranked, _ = searcher.retrieve(texts, vectors, SearchOptions(k=max(k, rerank), **kwargs))
+    if rerank:
+        ranked = [searcher.reranked(searcher.index, searcher.reranker, text, hits, rerank)[0][:k]
+                  for text, hits in zip(texts, ranked)]
     ms = (time.perf_counter() - started) * 1000 / max(1, len(qids))
     chunk_doc = searcher.index.chunk_doc
     runs = {qid: [(doc_ids[chunk_doc[row]], score) for row, score, _ in hits] for qid, hits in zip(qids, ranked)}
@@ -221,7 +225,8 @@ def _collapse_line(head: str, model: dict) -> str:
 
 
 def _row_label(row: str) -> str:
-    return {"fast": "fast tier", "hybrid-fast": "hybrid fast"}.get(row, row)
+    base, plus, rerank = row.partition("+")
+    return {"fast": "fast tier", "hybrid-fast": "hybrid fast"}.get(base, base) + (" +rr" if plus else "")
 
 
 def cached_searcher(data_dir: str | Path, documents: list, encoder, cache: str | Path, progress: bool = False):
@@ -262,11 +267,16 @@ def evaluate_models(
     progress: bool = False,
     device: str | None = None,
     runtimes: tuple[str, ...] = ("torch",),
+    reranker: str | None = None,
+    rerank: int = 20,
+    sample: int = 0,
 ) -> EvalReport:
     """Every judged query of `split` against the WHOLE corpus, for each model and runtime (corpus and
     queries encoded by it: the quality guard of a runtime), in each mode:
     dense per Matryoshka dim and the fast tier (rows "64", ..., "fast"), lexical ("lexical"),
-    hybrid at full dim and on the fast tier ("hybrid", "hybrid-fast").
+    hybrid at full dim and on the fast tier ("hybrid", "hybrid-fast"); with a `reranker` (a
+    cross-encoder), each of fast, lexical, hybrid and hybrid-fast again with its top `rerank`
+    documents re-ranked ("fast+rerank", ...). `sample`: a seeded sample of that many queries.
 
     Each model encodes the corpus once at full dim into a cached index (keyed by model and corpus
     fingerprints) that stores every Matryoshka prefix; the lower dims are prefixes of those vectors.
@@ -279,6 +289,12 @@ def evaluate_models(
         check_mode(mode)
     fusion.check()
     bench = load_benchmark(data_dir, split)
+    if sample and sample < len(bench.queries):
+        keep = sorted(np.random.default_rng(0).choice(len(bench.queries), size=sample, replace=False))
+        ids = [list(bench.queries)[i] for i in keep]
+        bench = Benchmark(queries={q: bench.queries[q] for q in ids}, qrels={q: bench.qrels[q] for q in ids})
+    if reranker is not None and rerank < 1:
+        raise BadInputError(f"rerank must be at least 1 with a re-ranker; got {rerank}")
     documents = read_corpus(data_dir)
     qids = list(bench.queries)
     texts = [bench.queries[q] for q in qids]
@@ -289,6 +305,10 @@ def evaluate_models(
         key = spec if len(runtimes) == 1 else f"{spec} [{encoder.runtime}]"
         dims = matryoshka_dims(encoder.dim)
         searcher = cached_searcher(data_dir, documents, encoder, cache, progress)
+        if reranker is not None:
+            from medsearch.rerank import load_reranker, runtime_for
+
+            searcher.reranker = load_reranker(reranker, device, runtime_for(encoder.runtime))
         index_dir = searcher.index.path
         doc_ids = searcher.index.store.doc_ids()
         vectors = encoder.encode_queries(texts, progress=progress) if set(modes) - {"lexical"} else None
@@ -296,20 +316,25 @@ def evaluate_models(
                               "fingerprint": encoder.fingerprint, "index": str(index_dir),
                               "mean_cosine": mean_cosine(searcher.index.backend.vectors, dims)})
 
-        def row(name: str, exact: bool = False, **kwargs) -> None:
+        def row(name: str, exact: bool = False, reranks: bool = False, **kwargs) -> None:
             """`exact`: a search of one stored dim, whose top 10 is the top 10 of its 100 (one run);
-            the fast tier and hybrid take more candidates for 100 hits, so they run once per depth."""
+            the fast tier and hybrid take more candidates for 100 hits, so they run once per depth.
+            `reranks`: the row again with the re-ranker over each query's top `rerank` (at depth 10:
+            a re-ranker does not change which documents the first 100 are)."""
             run100, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 100, fusion=fusion, **kwargs)
             run10 = run100 if exact else search_runs(searcher, vectors, texts, qids, doc_ids, 10, fusion=fusion, **kwargs)[0]
             report.rows.append({"model": key, "row": name, **ir_metrics(run10, bench, run100)})
+            if reranks and searcher.reranker is not None:
+                reranked, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 10, rerank=rerank, fusion=fusion, **kwargs)
+                report.rows.append({"model": key, "row": f"{name}+rerank", **ir_metrics(reranked, bench, run100)})
 
         if "dense" in modes:
             for dim in dims:
                 row(str(dim), exact=True, mode="dense", dim=dim)
-            row("fast", mode="dense", tier="fast")
+            row("fast", reranks=True, mode="dense", tier="fast")
         if "lexical" in modes:
-            row("lexical", mode="lexical")
+            row("lexical", reranks=True, mode="lexical")
         if "hybrid" in modes:
-            row("hybrid", mode="hybrid", tier="deep")
-            row("hybrid-fast", mode="hybrid", tier="fast")
+            row("hybrid", reranks=True, mode="hybrid", tier="deep")
+            row("hybrid-fast", reranks=True, mode="hybrid", tier="fast")
     return report

@@ -13,6 +13,8 @@ read, keys this version does not know included) with typed accessors for what th
   fast {stage, candidates, target_recall, measured_recall, ...}    the funnel's calibration
   backend {name, ...}                                              where the vectors live
   lexical {library, stemmer, ...}                                  the BM25 index, when built
+  search_defaults {mode}                                           a query's defaults, when set
+  reranker {model, rerank}                                         its cross-encoder and default N
 """
 
 from __future__ import annotations
@@ -148,6 +150,16 @@ class Manifest(dict):
         docs/results.md), else dense."""
         return (self.get("search_defaults") or {}).get("mode") or ("hybrid" if self.has_lexical else "dense")
 
+    @property
+    def reranker(self) -> dict | None:
+        """The index's re-ranker: {"model": a cross-encoder folder or id, "rerank": the documents a
+        query re-ranks when it names no number (0: only when asked)}, or None."""
+        return self.get("reranker") or None
+
+    @property
+    def default_rerank(self) -> int:
+        return int(self.reranker["rerank"]) if self.reranker else 0
+
     # ---- the model ----
 
     @property
@@ -166,6 +178,7 @@ class Manifest(dict):
         """The manifest and what is derived from it: live chunks, the fast tier's stage, candidate
         count and recall target (what `medsearch info --json` and the service's /info show)."""
         return {**self, "live_chunks": self.live_chunks, "default_mode": self.default_mode,
+                "default_rerank": self.default_rerank,
                 "target_recall": self.fast.get("target_recall"),
                 "fast_candidates": self.fast.get("candidates"), "fast_stage": self.fast.get("stage")}
 

@@ -1,7 +1,10 @@
 """The re-ranking stage: a sentence-transformers CrossEncoder re-scores a query's top N documents
 (the query paired with each document's best chunk, title first), and the top k of its scores are
-the answer. Any cross-encoder folder or model id works (`Searcher.open(..., reranker=...)`, the
-CLI's and the service's `--reranker`).
+the answer. Any cross-encoder folder or model id works: an index records one (`medsearch index
+--reranker`, the manifest's `reranker`: the model and how many documents a query re-ranks by
+default), or a searcher is given one (`Searcher.open(..., reranker=...)`, the CLI's and the
+service's `--reranker`). It runs on the encoder's runtime family (torch, or OpenVINO for both
+OpenVINO runtimes: int8 cross-encoders are not made here).
 
 One model, loaded once per process and spec; its calls take turns (a lock), so concurrent queries
 never share the tokenizer mid-call.
@@ -36,7 +39,8 @@ class Reranker:
 
         quiet_libraries()
         try:
-            self.model = CrossEncoder(spec, device=select_device(device) if runtime == "torch" else "cpu",
+            source = _openvino_export(spec) if runtime == "openvino" and Path(spec, "config.json").is_file() else spec
+            self.model = CrossEncoder(source, device=select_device(device) if runtime == "torch" else "cpu",
                                       backend=RUNTIMES[runtime], max_length=MAX_LENGTH)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"cannot load the re-ranker '{spec}': {err}", remote=not Path(spec).exists()) from None
@@ -52,6 +56,45 @@ class Reranker:
             out = self.model.predict([(query, p) for p in passages], batch_size=BATCH_SIZE, show_progress_bar=False,
                                      convert_to_numpy=True)
         return np.asarray(out, dtype=np.float32).reshape(len(passages), -1)[:, -1]
+
+
+def _openvino_export(folder: str) -> str:
+    """A cross-encoder folder's OpenVINO export, made once per weights and kept in the encoder's
+    export cache (encoder.exported_model): a load then takes a fraction of a second, not an export."""
+    from sentence_transformers import CrossEncoder
+
+    from medsearch.encoder import exported_model, weights_fingerprint
+
+    def make(source: Path, out: Path) -> None:
+        CrossEncoder(str(source), device="cpu", backend="openvino", max_length=MAX_LENGTH).save(str(out))
+
+    return str(exported_model(Path(folder), weights_fingerprint(folder), "openvino", make=make, kind="cross-encoder-"))
+
+
+def runtime_for(encoder_runtime: str | None) -> str:
+    """The cross-encoder's runtime for an encoder's: OpenVINO for openvino and openvino-int8, else torch."""
+    return "openvino" if (encoder_runtime or "").startswith("openvino") else "torch"
+
+
+def reranker_entry(spec: str, rerank: int | None = None) -> dict:
+    """The manifest's `reranker` entry for a cross-encoder folder or model id: a folder is recorded
+    by its absolute path; `rerank` (the default N) is the number given, else the one a re-ranker
+    trained here chose on its dev data (reranker_training.py: 0 when it did not beat hybrid), else
+    DEFAULT_RERANK."""
+    from medsearch.options import DEFAULT_RERANK
+    from medsearch.reranker_training import reranker_record
+
+    if rerank is not None and rerank < 0:
+        raise BadInputError(f"rerank must be 0 (off) or more; got {rerank}")
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise BadInputError(f"{spec} is not a model folder (no config.json): give a cross-encoder folder, "
+                                "e.g. one written by medsearch train-reranker")
+        spec = str(path.resolve())
+        if rerank is None:
+            rerank = reranker_record(path).get("default_rerank")
+    return {"model": spec, "rerank": DEFAULT_RERANK if rerank is None else int(rerank)}
 
 
 _loaded: dict[tuple[str, str | None, str], Reranker] = {}

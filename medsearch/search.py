@@ -30,7 +30,7 @@ from medsearch.filters import filter_sql, parse_filters
 from medsearch.fusion import fuse
 from medsearch.index import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
 from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_RERANK, DEFAULT_TIER, SearchOptions
-from medsearch.rerank import Reranker, load_reranker, rerank
+from medsearch.rerank import Reranker, load_reranker, rerank, runtime_for
 
 __all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "SearchOptions", "Searcher"]
 SNIPPET_CHARS = 240
@@ -85,12 +85,17 @@ class Searcher:
     has left is closed (its SQLite connections, tier indexes and memory maps) once no query that
     `pinned` it is still reading it, so the files a writer prunes give their disk space back."""
 
-    def __init__(self, index: Index, encoder: Encoder | None, reranker: Reranker | None = None):
+    def __init__(self, index: Index, encoder: Encoder | None, reranker: Reranker | None = None,
+                 device: str | None = None):
         if encoder is not None:
             check_model(index, encoder)
         self.index = index
         self.encoder = encoder
-        self.reranker = reranker  # the cross-encoder of the re-ranking stage (rerank.py), if any
+        # The cross-encoder of the re-ranking stage (rerank.py): one given here (re-ranking the top
+        # DEFAULT_RERANK by default), else the index's own (its manifest's model and default N),
+        # loaded when a query first re-ranks
+        self.reranker = reranker
+        self.device = device
         self._reload = threading.Lock()  # guards index, _readers, _left (held briefly)
         self._loading = threading.Lock()  # one thread loads a new generation at a time
         self._readers: dict[int, int] = {}  # id(generation) -> queries reading it now
@@ -101,10 +106,35 @@ class Searcher:
              load_model: bool = True, runtime: str | None = None, reranker: str | None = None) -> "Searcher":
         """The index's current generation and its model (`load_model=False`: none, lexical search only),
         run by `runtime` (default: the one the index was built with, or one of the same precision);
-        `reranker`: a cross-encoder folder or model id for the re-ranking stage."""
+        `reranker`: a cross-encoder folder or model id for the re-ranking stage (default: the index's)."""
         index = open_index(index_dir)
         encoder = index_encoder(index, model, device, runtime) if load_model else None
-        return cls(index, encoder, load_reranker(reranker, device) if reranker else None)
+        given = load_reranker(reranker, device, runtime_for(encoder.runtime if encoder else index.manifest.runtime)) \
+            if reranker else None
+        searcher = cls(index, encoder, given, device)
+        if given is None and index.manifest.default_rerank and load_model:
+            searcher.reranker_for(index)  # queries will re-rank: load it now (a service before it listens)
+        return searcher
+
+    def describe(self, index: Index) -> dict:
+        """The index's description (Index.describe) with this searcher's re-ranker, when it was
+        given one (it then re-ranks DEFAULT_RERANK documents by default)."""
+        out = index.describe()
+        if self.reranker is not None:
+            out["reranker"] = {"model": self.reranker.spec, "rerank": DEFAULT_RERANK}
+            out["default_rerank"] = DEFAULT_RERANK
+        return out
+
+    def reranker_for(self, index: Index) -> Reranker | None:
+        """The cross-encoder that re-ranks this index's queries: the searcher's, else the index's
+        (loaded on first use, then shared: rerank.load_reranker), else None."""
+        if self.reranker is not None:
+            return self.reranker
+        entry = index.manifest.reranker
+        if entry is None:
+            return None
+        return load_reranker(entry["model"], self.device,
+                             runtime_for(self.encoder.runtime if self.encoder else index.manifest.runtime))
 
     def current(self, wait: bool = True) -> Index:
         """The newest committed generation (loaded, and checked against the model, before use).
@@ -168,8 +198,9 @@ class Searcher:
     def resolve(self, options: SearchOptions, index: Index | None = None) -> SearchOptions:
         """The options with the index's defaults filled in where they leave the choice to it (the
         mode: hybrid where the index has a lexical index)."""
-        return options.for_index((index or self.index).manifest.default_mode,
-                                 DEFAULT_RERANK if self.reranker is not None else 0)
+        manifest = (index or self.index).manifest
+        return options.for_index(manifest.default_mode,
+                                 DEFAULT_RERANK if self.reranker is not None else manifest.default_rerank)
 
     def check(self, options: SearchOptions, index: Index | None = None) -> None:
         """Raise BadInputError for options this index cannot serve (before any encoding): a dim it
@@ -183,8 +214,9 @@ class Searcher:
             filter_sql(parse_filters(options.filters), index.manifest.metadata_fields)
         if options.mode != "lexical" and self.encoder is None:
             raise BadInputError(f"{options.mode} search needs a model to encode the queries; this searcher has none")
-        if options.rerank and self.reranker is None:
-            raise BadInputError("re-ranking needs a cross-encoder; this searcher has none")
+        if options.rerank and self.reranker is None and index.manifest.reranker is None:
+            raise BadInputError("re-ranking needs a cross-encoder: give one (--reranker MODEL), or record one in "
+                                "the index (medsearch index ... --reranker MODEL)")
 
     @staticmethod
     def check_queries(queries: list[str], query_ids: list[str] | None = None) -> None:
@@ -220,13 +252,13 @@ class Searcher:
             if options.rerank:  # the re-ranker's candidates: the top N documents of the other stages
                 options = replace(options, k=max(k, options.rerank))
             ranked, timings = self.retrieve(queries, vectors, options, index=index)
+            reranker = self.reranker_for(index) if options.rerank else None
             results = []
             reranking = 0.0
             for i, hits in enumerate(ranked):
                 found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
-                if options.rerank:
-                    passages = [passage(found[row]["title"], found[row]["chunk"]) for row, _, _ in hits]
-                    hits, ms = rerank(self.reranker, queries[i], hits, passages, options.rerank)
+                if reranker is not None:
+                    hits, ms = self.reranked(index, reranker, queries[i], hits, options.rerank, found)
                     reranking += ms
                 hits = hits[:k]
                 docs = []
@@ -252,6 +284,15 @@ class Searcher:
             for result in results:
                 result.timings_ms = dict(per_query)
         return results
+
+    @staticmethod
+    def reranked(index: Index, reranker: Reranker, query: str, hits: list[tuple[int, float, dict[str, int]]], n: int,
+                 found: dict[int, dict] | None = None) -> tuple[list[tuple[int, float, dict[str, int]]], float]:
+        """`hits` (as `retrieve` ranks them) with the first `n` in the cross-encoder's order, and the
+        ms it took; `found`: the hits' hydrated chunks, when the caller has them."""
+        found = found or index.store.hydrate([row for row, _, _ in hits[:n]])
+        passages = [passage(found[row]["title"], found[row]["chunk"]) for row, _, _ in hits[:n]]
+        return rerank(reranker, query, hits, passages, n)
 
     def retrieve(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
                  index: Index | None = None) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:

@@ -43,6 +43,9 @@ from medsearch.store import corpus_fingerprint, write_change, write_store
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
 # selector skips them inside faiss, but flat indexes still scan them; bench/living.py measures it).
 AUTO_COMPACT_DEAD_FRACTION = 0.3
+# Manifest entries that only change how the index is searched: `configure` sets them, writes and
+# compactions carry them over
+CONFIGURABLE = {"reranker", "search_defaults"}
 log = logging.getLogger("medsearch")
 EncoderSource = Encoder | Callable[[], Encoder]
 
@@ -134,6 +137,23 @@ def compact(index_dir: str | Path) -> WriteReport:
     return report
 
 
+def configure(index_dir: str | Path, **settings) -> WriteReport:
+    """Set manifest entries that change no vectors nor documents (`reranker`, `search_defaults`; a
+    value of None removes the entry): one new generation when they differ from the index's own,
+    nothing written when they do not."""
+    started = time.perf_counter()
+    unknown = set(settings) - CONFIGURABLE
+    if unknown:
+        raise BadInputError(f"not an index setting: {', '.join(sorted(unknown))}")
+    root = Path(index_dir)
+    with _locked_base(root) as base:
+        report = WriteReport(manifest=base.manifest)
+        if any(base.manifest.get(key) != value for key, value in settings.items()):
+            _write(root, base, [], [], None, False, report, settings=settings)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
 @contextmanager
 def _locked_base(root: Path):
     """The current generation, under the writer lock (another writer may have committed before the
@@ -203,10 +223,11 @@ def same_backend(current: dict | None, wanted: dict) -> bool:
 
 
 def _write(root: Path, base: Index, write: list[Document], remove: list[str], encoder: EncoderSource | None,
-           progress: bool, report: WriteReport, target_recall: float | None = None) -> None:
+           progress: bool, report: WriteReport, target_recall: float | None = None, settings: dict | None = None) -> None:
     """One new generation: `remove` (ids) leave docs.db, `write` documents are (re)inserted with
     new chunk rows after the base's, appended to its backend's vectors; with new rows or a new
-    `target_recall`, a backend that keeps dead rows measures the fast tier again on the live rows."""
+    `target_recall`, a backend that keeps dead rows measures the fast tier again on the live rows;
+    `settings` replace manifest entries (configure)."""
     vectors, chunks = None, []
     if write:
         encoder = encoder if isinstance(encoder, Encoder) else encoder()
@@ -226,6 +247,8 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             "metadata_fields": change.metadata_fields,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
+        for key, value in (settings or {}).items():
+            manifest.pop(key, None) if value is None else manifest.update({key: value})
         if vectors is None:  # a delete: the rows stay, so chunk_doc and BM25 do too (dead rows masked out)
             generations.link_file(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
             lexical.carry_over(base.folder, tmp)
@@ -276,7 +299,8 @@ def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None 
     chunks = list(base.store.chunks())
     for chunk in chunks:  # document ordinals renumbered 0, 1, ... as write_store numbers them
         chunk.doc = ordinals[chunk.doc]
-    keep = {"model", "query_prefix", "passage_prefix", "max_tokens", "corpus", "chunk_overlap", "encode_seconds", "created"}
+    keep = {"model", "query_prefix", "passage_prefix", "max_tokens", "corpus", "chunk_overlap", "encode_seconds", "created",
+            *CONFIGURABLE}
     manifest = {key: value for key, value in base.manifest.items() if key in keep}
     manifest.update(documents=len(documents), corpus_fingerprint=corpus_fingerprint((d.id, d.content_hash) for d in documents),
                     metadata_fields=sorted({k for d in documents for k in d.metadata}),

@@ -35,11 +35,11 @@ async def readyz(service: ServiceDep):
 async def info(service: ServiceDep):
     """The index's manifest (model, dims, tiers, index types, counts), what derives from it (live
     chunks, the fast tier's stage and candidates), its generation and its files' sizes: the same
-    object as `medsearch info --json`."""
+    object as `medsearch info --json`, with the service's re-ranker when it was given one."""
     searcher = service.loaded()
 
     def read() -> dict:
         with searcher.pinned() as index:
-            return index.describe()
+            return searcher.describe(index)
 
     return public_view(await asyncio.get_running_loop().run_in_executor(service.search_pool, read))

@@ -36,11 +36,15 @@ async function api(path) {
 
 const MODES = ["dense", "hybrid", "lexical"];
 let defaultMode = "";  // the index's (from /info): what a search that names no mode gets
+let defaultRerank = 0;  // documents a search re-ranks when it names no number (0: off, or no re-ranker)
+const ASKED_RERANK = 20;  // what the toggle asks for where re-ranking is off by default
 
-// mode "": the index's default (hybrid where it has a lexical index), chosen by the service
-function searchUrl(q, tier, k, filters = [], mode = "") {
+// mode "": the index's default (hybrid where it has a lexical index), chosen by the service;
+// rerank "": the service's default, "0": off, N: the top N re-scored by the cross-encoder
+function searchUrl(q, tier, k, filters = [], mode = "", rerank = "") {
   const params = new URLSearchParams({ q, tier, k: String(k) });
   if (mode) params.set("mode", mode);
+  if (rerank !== "") params.set("rerank", rerank);
   for (const f of filters) params.append("filter", f);
   return "/search?" + params;
 }
@@ -63,6 +67,13 @@ async function labelTiers() {
     for (const option of $("tier").options) if (labels[option.value]) option.textContent = labels[option.value];
     defaultMode = info.default_mode || "";
     if (defaultMode) $("mode").options[0].textContent = `default: ${defaultMode}`;
+    if (info.reranker) {  // a re-ranker to toggle: on by default where the index (or service) says so
+      defaultRerank = info.default_rerank || 0;
+      $("rerank-n").textContent = `(cross-encoder, top ${defaultRerank || ASKED_RERANK})`;
+      $("rerank-option").hidden = false;
+      const asked = readUrl().rerank;
+      $("rerank").checked = asked === "" ? defaultRerank > 0 : asked !== "0";
+    }
   } catch (e) { /* no token yet, or still loading: the generic labels stay */ }
 }
 
@@ -78,6 +89,7 @@ function readUrl() {
     q: params.get("q") || "",
     tier: params.get("tier") || "fast",
     mode: MODES.includes(params.get("mode")) ? params.get("mode") : "",
+    rerank: /^\d+$/.test(params.get("rerank") || "") ? params.get("rerank") : "",
     k: params.get("k") || "10",
     compare: params.get("compare") === "1",
     filters: params.getAll("filter"),
@@ -88,6 +100,7 @@ function readUrl() {
 function pageUrl(state) {
   const params = new URLSearchParams({ q: state.q, tier: state.tier, k: state.k });
   if (state.mode) params.set("mode", state.mode);
+  if (state.rerank) params.set("rerank", state.rerank);
   if (state.compare) params.set("compare", "1");
   for (const f of state.filters || []) params.append("filter", f);
   return "/?" + params;
@@ -177,7 +190,7 @@ async function runSearch(state) {
   try {
     if (state.compare) {
       const started = performance.now();
-      const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k, state.filters, state.mode)), api(searchUrl(state.q, "deep", state.k, state.filters, state.mode))]);
+      const [fast, deep] = await Promise.all([api(searchUrl(state.q, "fast", state.k, state.filters, state.mode, state.rerank)), api(searchUrl(state.q, "deep", state.k, state.filters, state.mode, state.rerank))]);
       if (mine !== latestSearch) return;
       const ms = performance.now() - started;
       const fastIds = new Set(fast.results.map((h) => h.id));
@@ -193,12 +206,14 @@ async function runSearch(state) {
       $("status").textContent = `Compared fast and deep: ${shared} of ${n} shared.`;
     } else {
       const started = performance.now();
-      const result = await api(searchUrl(state.q, state.tier, state.k, state.filters, state.mode));
+      const result = await api(searchUrl(state.q, state.tier, state.k, state.filters, state.mode, state.rerank));
       if (mine !== latestSearch) return;
       const ms = performance.now() - started;
       $("hits").replaceChildren(...result.results.map((h, i) => hitItem(h, i + 1, words)));
       const mode = state.mode || defaultMode;
-      const how = mode === "lexical" ? "lexical" : `${mode === "hybrid" ? "hybrid, " : ""}${state.tier} tier`;
+      const reranked = state.rerank === "" ? defaultRerank : Number(state.rerank);
+      const how = (mode === "lexical" ? "lexical" : `${mode === "hybrid" ? "hybrid, " : ""}${state.tier} tier`)
+        + (reranked ? `, top ${reranked} re-ranked` : "");
       $("timings").textContent = `${how} · ` + timingText(result, ms);
       showOnly("results");
       $("status").textContent = result.results.length
@@ -250,12 +265,19 @@ function handleError(err, retry) {
   }
 }
 
+// The toggle as the URL keeps it: "" where it says what the service does by default anyway
+function rerankChoice() {
+  if ($("rerank-option").hidden || $("rerank").checked === defaultRerank > 0) return "";
+  return $("rerank").checked ? String(ASKED_RERANK) : "0";
+}
+
 function render() {
   const state = readUrl();
   $("q").value = state.q;
   $("tier").value = ["fast", "light", "standard", "deep"].includes(state.tier) ? state.tier : "fast";
   $("k").value = state.k;
   $("mode").value = state.mode;
+  $("rerank").checked = state.rerank === "" ? defaultRerank > 0 : state.rerank !== "0";
   $("compare").checked = state.compare;
   $("filters").value = state.filters.join("; ");
   $("tier").disabled = state.compare;
@@ -274,7 +296,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const state = { q: $("q").value.trim(), tier: $("tier").value, mode: $("mode").value, k: $("k").value || "10", compare: $("compare").checked,
-                    filters: splitFilters($("filters").value) };
+                    filters: splitFilters($("filters").value), rerank: rerankChoice() };
     if (!state.q) { setError("Type something to search for."); $("q").focus(); return; }
     history.pushState({}, "", pageUrl(state));
     render();

@@ -1,0 +1,254 @@
+"""The re-ranking stage (rerank.py): a cross-encoder re-scores a query's top N; an index records
+its re-ranker and default N (`medsearch index --reranker`); `medsearch train-reranker` makes one;
+`medsearch eval --reranker` reports rows with and without it."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from medsearch.cli import cli
+from medsearch.errors import BadInputError
+from medsearch.options import SearchOptions
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, minilm):
+    from medsearch.index import build_index
+
+    from conftest import SMALL_DOCS, write_jsonl
+
+    corpus = write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", SMALL_DOCS)
+    path = tmp_path_factory.mktemp("index") / "index"
+    build_index(corpus, path, minilm)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory):
+    """A cross-encoder made here, offline: the default model's transformer with a new scoring head
+    (seeded). Its scores mean nothing; they only have to be the ones the stage orders by."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from medsearch.encoder import default_model_path
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross-encoder")
+    CrossEncoder(default_model_path(), num_labels=1, device="cpu").save(str(folder))
+    return str(folder)
+
+
+def _passage(index, doc_id: str, position: int) -> str:
+    """What the stage pairs with the query: the document's title and its best chunk."""
+    (record,) = [r for r in index.store.chunk_records() if r["id"] == doc_id and r["position"] == position]
+    return f"{record['title']}\n{record['text']}" if record["title"] else record["text"]
+
+
+def test_rerank_orders_the_top_n_by_the_cross_encoders_scores(small_index, minilm, cross_encoder):
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+    from medsearch.search import Searcher
+
+    plain = Searcher(open_index(small_index), minilm)
+    reranking = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
+    query = "what should I do about a high fever and a cough"
+    before = plain.search([query], k=8, mode="dense")[0].hits
+    after = reranking.search([query], k=3, rerank=8, mode="dense")[0]
+    scores = reranking.reranker.scores(query, [_passage(plain.index, h.id, h.chunk) for h in before])
+    direct = {h.id: float(s) for h, s in zip(before, scores)}
+    best = sorted(direct, key=lambda doc: -direct[doc])[:3]
+    assert [h.id for h in after.hits] == best, "the top 3 of the 8 by the cross-encoder's own scores"
+    assert [h.score for h in after.hits] == pytest.approx([direct[d] for d in best], abs=1e-5)
+    assert [h.found_by["cross_encoder"] for h in after.hits] == [1, 2, 3]
+    assert "cross_encoder" in after.timings_ms
+    off = reranking.search([query], k=3, rerank=0, mode="dense")[0]
+    assert [h.id for h in off.hits] == [h.id for h in before[:3]], "rerank 0: off"
+    default = reranking.search([query], k=3, mode="dense")[0]
+    assert "cross_encoder" in default.timings_ms, "a searcher with a re-ranker re-ranks by default"
+
+
+def test_rerank_without_a_cross_encoder_is_bad_input(small_index, minilm):
+    from medsearch.index import open_index
+    from medsearch.search import Searcher
+
+    with pytest.raises(BadInputError, match="re-ranking needs a cross-encoder"):
+        Searcher(open_index(small_index), minilm).search(["fever"], rerank=5)
+    with pytest.raises(BadInputError, match="rerank must be 0"):
+        SearchOptions(rerank=-1)
+
+
+def test_the_cli_query_reranks_with_a_given_cross_encoder(small_index, cross_encoder):
+
+    result = CliRunner().invoke(cli, ["query", "fever and cough", "--index", str(small_index), "--reranker", cross_encoder,
+                                      "--rerank", "5", "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [h["found_by"]["cross_encoder"] for h in out["results"]] == [1, 2]
+    missing = CliRunner().invoke(cli, ["query", "fever", "--index", str(small_index), "--reranker", "/nonexistent/ce"])
+    assert missing.exit_code == 1, missing.output
+    assert "cannot load the re-ranker" in missing.output
+
+
+# ---- an index's own re-ranker ----
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    from conftest import SMALL_DOCS, write_jsonl
+
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", SMALL_DOCS)
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _index(path, corpus, *flags):
+    return _run("index", corpus, "--index", path, "--runtime", "torch", "-q", *flags)
+
+
+def _query(path, text, *flags):
+    result = _run("query", text, "--index", path, "--json", *flags)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_an_index_records_its_reranker_and_queries_use_it_without_flags(tmp_path, corpus_file, cross_encoder):
+    from pathlib import Path
+
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+
+    path = tmp_path / "index"
+    result = _index(path, corpus_file, "--reranker", cross_encoder, "--rerank", "4")
+    assert result.exit_code == 0, result.output
+    assert "re-ranks the top 4 by default" in result.output
+    index = open_index(path)
+    assert index.manifest.reranker == {"model": str(Path(cross_encoder).resolve()), "rerank": 4}
+    query = "fever and cough in winter"
+    plain = _query(path, query, "--rerank", "0", "-k", "4")["results"]
+    assert all("cross_encoder" not in h["found_by"] for h in plain), "--rerank 0: off"
+    out = _query(path, query, "-k", "2")
+    assert "cross_encoder" in out["timings_ms"], "the index's re-ranker runs with no flag"
+    scores = load_reranker(cross_encoder, "cpu").scores(query, [_passage(index, h["id"], 0) for h in plain])
+    best = [plain[i]["id"] for i in sorted(range(4), key=lambda i: -scores[i])[:2]]
+    assert [h["id"] for h in out["results"]] == best, "the best 2 of the index's default top 4, by the cross-encoder"
+    info = _run("info", "--index", path)
+    assert "re-ranks the top 4 by default" in info.output
+
+
+def test_a_rerankers_own_dev_verdict_is_the_index_default(tmp_path, corpus_file, cross_encoder):
+    import shutil
+
+    from medsearch.index import open_index
+
+    lost = tmp_path / "lost-on-dev"
+    shutil.copytree(cross_encoder, lost)
+    (lost / "medsearch_reranker.json").write_text(json.dumps({"default_rerank": 0, "dev": {"hybrid": 0.8, "reranked": 0.7}}))
+    path = tmp_path / "index"
+    assert _index(path, corpus_file, "--reranker", lost).exit_code == 0
+    assert open_index(path).manifest.reranker["rerank"] == 0
+    assert "cross_encoder" not in _query(path, "fever")["timings_ms"], "a re-ranker that lost on dev is off by default"
+    asked = _query(path, "fever", "--rerank", "3", "-k", "3")
+    assert [h["found_by"].get("cross_encoder") for h in asked["results"]] == [1, 2, 3], "and there when asked"
+
+
+def test_the_reranker_survives_writes_and_compaction_until_removed(tmp_path, corpus_file, cross_encoder):
+    from medsearch.index import open_index
+
+    from conftest import write_jsonl
+
+    path = tmp_path / "index"
+    assert _index(path, corpus_file, "--reranker", cross_encoder).exit_code == 0
+    entry = open_index(path).manifest.reranker
+    assert entry["rerank"] == 20, "a cross-encoder without a dev verdict re-ranks 20 by default"
+    generation = open_index(path).generation
+    assert _index(path, corpus_file, "--reranker", cross_encoder).exit_code == 0
+    assert open_index(path).generation == generation, "the same settings again write nothing"
+    extra = write_jsonl(tmp_path / "more.jsonl", [{"id": "gout", "title": "Gout", "text": "Gout inflames a joint."}])
+    for args in (("add", extra), ("delete", "gout"), ("compact",)):
+        assert _run(*args, "--index", path, *(("--runtime", "torch") if args[0] == "add" else ())).exit_code == 0
+        assert open_index(path).manifest.reranker == entry, f"{args[0]} kept the re-ranker"
+    assert _index(path, corpus_file, "--reranker", "none").exit_code == 0
+    assert open_index(path).manifest.reranker is None
+    gone = _run("query", "fever", "--index", path, "--rerank", "2")
+    assert gone.exit_code == 1 and "re-ranking needs a cross-encoder" in gone.output
+
+
+def test_index_refuses_a_reranker_that_is_not_a_model_before_encoding(tmp_path, corpus_file):
+    path = tmp_path / "index"
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    result = _index(path, corpus_file, "--reranker", empty)
+    assert result.exit_code == 1 and "not a model folder" in result.output, result.output
+    assert not path.exists(), "nothing written"
+    alone = _index(path, corpus_file, "--rerank", "5")
+    assert alone.exit_code == 2 and "--rerank goes with --reranker" in alone.output
+
+
+# ---- evaluation and training ----
+
+@pytest.fixture(scope="module")
+def medquad_like(tmp_path_factory):
+    """A folder as `medsearch data medquad` writes one: corpus, queries with train and dev splits,
+    qrels, and a train pairs sample."""
+    from conftest import SMALL_DOCS, write_jsonl
+
+    folder = tmp_path_factory.mktemp("medquad")
+    docs = SMALL_DOCS + [
+        {"id": "gout", "title": "Gout", "text": "Gout is a painful arthritis of the big toe caused by uric acid crystals."},
+        {"id": "shingles", "title": "Shingles", "text": "Shingles is a painful blistering rash from the chickenpox virus."},
+        {"id": "eczema", "title": "Eczema", "text": "Eczema makes skin dry, itchy and red; moisturisers and steroid creams help."},
+    ]
+    write_jsonl(folder / "corpus.jsonl", docs)
+    questions = [(d["id"], f"What is {d['title']} ?", "train" if i % 2 else "dev") for i, d in enumerate(docs)]
+    write_jsonl(folder / "queries.jsonl", [{"_id": f"q-{doc}", "text": text, "split": split} for doc, text, split in questions])
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q-{doc}\t{doc}\t1\n" for doc, _, _ in questions))
+    by_id = {d["id"]: d for d in docs}
+    write_jsonl(folder / "train_pairs_4.jsonl", [{"anchor": text, "positive": by_id[doc]["text"]}
+                                                for doc, text, split in questions if split == "train"])
+    return folder
+
+
+def test_eval_reports_each_mode_with_and_without_reranking(medquad_like, cross_encoder, tmp_path):
+    from medsearch.evaluation import evaluate_models
+
+    report = evaluate_models(medquad_like, ["default"], split=None, cache=tmp_path, runtimes=("torch",),
+                             reranker=cross_encoder, rerank=3)
+    rows = {r["row"]: r for r in report.rows}
+    for name in ("fast", "lexical", "hybrid", "hybrid-fast"):
+        assert f"{name}+rerank" in rows, f"no re-ranked {name} row"
+        assert rows[f"{name}+rerank"]["recall@100"] == rows[name]["recall@100"], "re-ranking the top 3 keeps the top 100"
+    assert any(rows[f"{n}+rerank"]["ndcg@10"] != rows[n]["ndcg@10"] for n in ("fast", "lexical", "hybrid")), \
+        "a cross-encoder with its own (random) scores reorders some query's top 3"
+    assert "+rr" in report.to_text()
+    sampled = evaluate_models(medquad_like, ["default"], split=None, cache=tmp_path, runtimes=("torch",), modes=("lexical",),
+                              sample=3)
+    assert sampled.queries == 3
+
+
+def test_train_reranker_trains_evaluates_and_records_its_verdict(medquad_like, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    from medsearch.reranker_training import RerankerSettings, train_reranker
+
+    out = tmp_path / "rr"
+    settings = RerankerSettings(sample="4", negatives=2, max_steps=2, batch_size=4, rerank=3, dev_queries=0, runtime="torch")
+    lines = []
+    record = train_reranker(medquad_like, out, settings, progress=False, log=lines.append, cache=tmp_path / "cache")
+    assert json.loads((out / "medsearch_reranker.json").read_text()) == record
+    assert record["training"]["steps"] == 2 and record["training"]["rows"] > 0
+    dev = record["dev"]
+    dev_split = [q for q in map(json.loads, (medquad_like / "queries.jsonl").read_text().splitlines()) if q["split"] == "dev"]
+    assert dev["queries"] == len(dev_split) and dev["rerank"] == 3
+    assert record["default_rerank"] == (3 if dev["reranked"] > dev["hybrid"] else 0)
+    assert not out.with_name("rr.work").exists(), "the work folder is removed once the re-ranker is in place"
+    assert CrossEncoder(str(out)).predict([("fever", "Influenza causes fever")]).shape == (1,)
+    again = tmp_path / "again"
+    with pytest.raises(BadInputError, match="already exists"):
+        train_reranker(medquad_like, out, settings, progress=False, log=lines.append)
+    for bad, message in ((RerankerSettings(loss="pairwise"), "unknown loss"), (RerankerSettings(sample="99"), "not found"),
+                         (RerankerSettings(negatives=0), "at least 1")):
+        with pytest.raises(BadInputError, match=message):
+            train_reranker(medquad_like, again, bad, progress=False, log=lines.append)
+        assert not again.exists() and not again.with_name("again.work").exists(), "nothing written"
