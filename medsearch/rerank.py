@@ -6,22 +6,28 @@ default), or a searcher is given one (`Searcher.open(..., reranker=...)`, the CL
 service's `--reranker`). It runs on the encoder's runtime family (torch, or OpenVINO for both
 OpenVINO runtimes: int8 cross-encoders are not made here).
 
-One model, loaded once per process and spec; its calls take turns (a lock), so concurrent queries
-never share the tokenizer mid-call.
+One model, loaded once per process and spec. Concurrent queries share its forward passes: a
+query's pairs join a queue, and whichever caller takes the model next scores everything queued
+(up to MAX_PAIRS pairs) in one call, so under load the batches grow by themselves, as the
+encoder's micro-batcher does (server/batching.py) but on the callers' own threads. A pass that
+fails is run again per query, so one query's failure is never another's.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medsearch.errors import BadInputError, ModelLoadError
 
-# Pairs scored per forward pass
+# Pairs scored per forward pass, and at most per shared call (queries queued together)
 BATCH_SIZE = 32
+MAX_PAIRS = 256
 # The re-ranker reads the query and one chunk: 256 tokens hold a 250-word chunk (chunking.py) and a question
 MAX_LENGTH = 256
 RUNTIMES = {"torch": "torch", "openvino": "openvino", "onnx": "onnx"}  # medsearch runtime -> CrossEncoder backend
@@ -46,16 +52,59 @@ class Reranker:
             raise ModelLoadError(f"cannot load the re-ranker '{spec}': {err}", remote=not Path(spec).exists()) from None
         self.spec = spec
         self.runtime = runtime
-        self._turn = threading.Lock()
+        self._turn = threading.Lock()  # one call of the model at a time
+        self._queued: list[_Pairs] = []
+        self._queue = threading.Lock()  # guards _queued (held briefly)
+        self.calls = 0  # model calls made (each may serve several queries)
 
     def scores(self, query: str, passages: list[str]) -> np.ndarray:
-        """The cross-encoder's score of each passage for the query."""
+        """The cross-encoder's score of each passage for the query (in a call shared with the
+        queries of other threads queued meanwhile)."""
         if not passages:
             return np.empty(0, dtype=np.float32)
+        mine = _Pairs([(query, p) for p in passages])
+        with self._queue:
+            self._queued.append(mine)
         with self._turn:
-            out = self.model.predict([(query, p) for p in passages], batch_size=BATCH_SIZE, show_progress_bar=False,
-                                     convert_to_numpy=True)
-        return np.asarray(out, dtype=np.float32).reshape(len(passages), -1)[:, -1]
+            if mine.scores is None and mine.error is None:  # not yet scored by another caller's call
+                with self._queue:
+                    batch, size = [], 0
+                    while self._queued and (not batch or size + len(self._queued[0].pairs) <= MAX_PAIRS):
+                        batch.append(self._queued.pop(0))
+                        size += len(batch[-1].pairs)
+                self._score(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.scores
+
+    def _score(self, batch: list["_Pairs"]) -> None:
+        try:
+            out = self._predict([pair for item in batch for pair in item.pairs])
+        except Exception:
+            if len(batch) == 1:
+                batch[0].error = sys.exc_info()[1]
+                return
+            for item in batch:  # once more one by one: only the query that fails gets its error
+                self._score([item])
+            return
+        start = 0
+        for item in batch:
+            item.scores = out[start:start + len(item.pairs)]
+            start += len(item.pairs)
+
+    def _predict(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        self.calls += 1
+        out = self.model.predict(pairs, batch_size=BATCH_SIZE, show_progress_bar=False, convert_to_numpy=True)
+        return np.asarray(out, dtype=np.float32).reshape(len(pairs), -1)[:, -1]
+
+
+@dataclass
+class _Pairs:
+    """One query's (query, passage) pairs waiting for the model, then their scores or the error."""
+
+    pairs: list[tuple[str, str]]
+    scores: np.ndarray | None = None
+    error: BaseException | None = None
 
 
 def _openvino_export(folder: str) -> str:

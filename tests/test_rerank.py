@@ -252,3 +252,68 @@ def test_train_reranker_trains_evaluates_and_records_its_verdict(medquad_like, t
         with pytest.raises(BadInputError, match=message):
             train_reranker(medquad_like, again, bad, progress=False, log=lines.append)
         assert not again.exists() and not again.with_name("again.work").exists(), "nothing written"
+
+
+# ---- concurrent queries share the cross-encoder's passes ----
+
+def test_concurrent_queries_share_model_calls_and_keep_their_own_scores(cross_encoder):
+    import threading
+
+    import numpy as np
+
+    from medsearch.rerank import Reranker
+
+    reranker = Reranker(cross_encoder, "cpu")
+    queries = [f"question {i} about fever, cough and {word}" for i, word in enumerate(
+        ["rash", "sleep", "pain", "diet", "asthma", "insulin", "migraine", "gout"])]
+    passages = [f"{title} and what helps" for title in ("Influenza", "Asthma", "Migraine", "Gout", "Eczema")]
+    alone = [reranker.scores(q, passages[: 2 + i % 4]) for i, q in enumerate(queries)]
+    calls = reranker.calls
+    results, errors = {}, []
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = reranker.scores(queries[i], passages[: 2 + i % 4])
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    with reranker._turn:  # the model is busy: every query queues behind it
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+        for t in threads:
+            t.start()
+        while len(reranker._queued) < len(queries):
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join()
+    assert not errors
+    assert reranker.calls - calls == 1, "eight queued queries, one model call"
+    for i in range(len(queries)):
+        np.testing.assert_allclose(results[i], alone[i], atol=1e-5, err_msg=f"query {i} got another's scores")
+
+
+def test_a_query_that_breaks_the_model_fails_alone(cross_encoder):
+    import threading
+
+    from medsearch.rerank import Reranker
+
+    reranker = Reranker(cross_encoder, "cpu")
+    outcome = {}
+
+    def ask(name: str, passages) -> None:
+        try:
+            outcome[name] = reranker.scores("fever", passages)
+        except Exception as err:  # noqa: BLE001
+            outcome[name] = err
+
+    with reranker._turn:
+        threads = [threading.Thread(target=ask, args=("good", ["Influenza causes fever"])),
+                   threading.Thread(target=ask, args=("bad", [None])),  # not text: the tokenizer refuses it
+                   threading.Thread(target=ask, args=("also good", ["Gout inflames a joint", "Asthma"]))]
+        for t in threads:
+            t.start()
+        while len(reranker._queued) < 3:
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join()
+    assert isinstance(outcome["bad"], Exception)
+    assert outcome["good"].shape == (1,) and outcome["also good"].shape == (2,), "the others are answered"
