@@ -144,3 +144,18 @@ def bundled_qdrant_index(tmp_path_factory, memo_minilm) -> Path:
 def bundled_any(request) -> Path:
     """The bundled index on each backend in turn (read-only)."""
     return request.getfixturevalue("bundled_index" if request.param == "faiss" else "bundled_qdrant_index")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(tmp_path_factory):
+    """A cross-encoder made here, offline: the default model's transformer with a new scoring head
+    (seeded). Its scores mean nothing; they only have to be the ones the stage orders by."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from medsearch.encoder import default_model_path
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross-encoder")
+    CrossEncoder(default_model_path(), num_labels=1, device="cpu").save(str(folder))
+    return str(folder)

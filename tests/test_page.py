@@ -189,3 +189,32 @@ def test_the_tier_menu_says_what_each_tier_is_in_this_index(server, page):
     expect(page.locator("#tier option[value=light]")).to_have_text("light: 128-dim")
     expect(page.locator("#tier option[value=standard]")).to_have_text("standard: 384-dim")
     expect(page.locator("#tier option[value=deep]")).to_have_text("deep: 384-dim, exact")
+
+
+@pytest.fixture(scope="module")
+def reranking_server(bundled_index, minilm, cross_encoder):
+    from medsearch.rerank import load_reranker
+
+    searcher = Searcher(open_index(bundled_index), minilm, load_reranker(cross_encoder, "cpu"))
+    with uvicorn_thread(create_app(searcher)) as url:
+        yield url
+
+
+def test_the_rerank_toggle_is_there_only_with_a_reranker_and_turns_it_off(server, reranking_server, page):
+    page.goto(f"{server}/?q=chest+pain")
+    expect(page.locator("#hits .title").first).to_be_visible()
+    expect(page.locator("#rerank-option")).to_be_hidden()
+    page.goto(f"{reranking_server}/?q=chest+pain")
+    toggle = page.get_by_label("Re-rank")
+    expect(toggle).to_be_checked()  # the service re-ranks by default: the toggle says so
+    expect(page.locator("#timings")).to_contain_text("top 20 re-ranked")
+    expect(page.locator("#timings")).to_contain_text("cross_encoder")
+    toggle.uncheck()
+    page.get_by_label("Search medical documents").press("Enter")
+    expect(page.locator("#timings")).not_to_contain_text("cross_encoder")
+    assert "rerank=0" in page.url
+    port = int(reranking_server.rsplit(":", 1)[1])
+    _, body = get(port, "/search?" + urllib.parse.urlencode({"q": "chest pain", "rerank": 0}))
+    assert page.locator("#hits .title").all_inner_texts() == [h["title"] for h in body["results"]]
+    page.reload()  # the choice lives in the URL
+    expect(page.get_by_label("Re-rank")).not_to_be_checked()

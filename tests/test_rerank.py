@@ -24,21 +24,6 @@ def small_index(tmp_path_factory, minilm):
     return path
 
 
-@pytest.fixture(scope="module")
-def cross_encoder(tmp_path_factory):
-    """A cross-encoder made here, offline: the default model's transformer with a new scoring head
-    (seeded). Its scores mean nothing; they only have to be the ones the stage orders by."""
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    from medsearch.encoder import default_model_path
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("cross-encoder")
-    CrossEncoder(default_model_path(), num_labels=1, device="cpu").save(str(folder))
-    return str(folder)
-
-
 def _passage(index, doc_id: str, position: int) -> str:
     """What the stage pairs with the query: the document's title and its best chunk."""
     (record,) = [r for r in index.store.chunk_records() if r["id"] == doc_id and r["position"] == position]
@@ -317,3 +302,35 @@ def test_a_query_that_breaks_the_model_fails_alone(cross_encoder):
         t.join()
     assert isinstance(outcome["bad"], Exception)
     assert outcome["good"].shape == (1,) and outcome["also good"].shape == (2,), "the others are answered"
+
+
+def test_the_service_reranks_concurrent_requests_as_it_does_one_at_a_time(small_index, minilm, cross_encoder):
+    import urllib.parse
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+    from medsearch.search import Searcher
+    from medsearch.server.app import create_app
+
+    from servers import get, uvicorn_thread
+
+    searcher = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
+    queries = ["fever and cough", "wheeze at night", "sugar and thirst", "headache with light", "blood pressure pills",
+               "tired and pale", "burning when I pee", "swollen ankles and breathless"]
+    with uvicorn_thread(create_app(searcher)) as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        def ask(query: str):
+            status, body = get(port, "/search?" + urllib.parse.urlencode({"q": query, "k": 3, "rerank": 6}))
+            assert status == 200, body
+            return [(h["id"], h["score"]) for h in body["results"]]
+
+        one_by_one = [ask(q) for q in queries]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, queries * 3))
+        status, info = get(port, "/info")
+    for got, alone in zip(together, one_by_one * 3):  # scores shared passes may round apart in the last digits
+        assert [doc for doc, _ in got] == [doc for doc, _ in alone]
+        assert [score for _, score in got] == pytest.approx([score for _, score in alone], abs=1e-4)
+    assert info["reranker"]["rerank"] == 20 and info["default_rerank"] == 20
