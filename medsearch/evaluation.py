@@ -263,7 +263,7 @@ def evaluate_models(
     split: str | None = "test",
     cache: str | Path = Path("indexes") / "eval",
     modes: tuple[str, ...] = MODES,
-    fusion: Fusion = Fusion(),
+    fusion: Fusion | None = None,
     progress: bool = False,
     device: str | None = None,
     runtimes: tuple[str, ...] = ("torch",),
@@ -274,7 +274,8 @@ def evaluate_models(
     """Every judged query of `split` against the WHOLE corpus, for each model and runtime (corpus and
     queries encoded by it: the quality guard of a runtime), in each mode:
     dense per Matryoshka dim and the fast tier (rows "64", ..., "fast"), lexical ("lexical"),
-    hybrid at full dim and on the fast tier ("hybrid", "hybrid-fast"); with a `reranker` (a
+    hybrid at full dim and on the fast tier ("hybrid", "hybrid-fast"), fused by `fusion` (None: each
+    model's own defaults, from its tuning, else Fusion()); with a `reranker` (a
     cross-encoder), each of fast, lexical, hybrid and hybrid-fast again with its top `rerank`
     documents re-ranked ("fast+rerank", ...). `sample`: a seeded sample of that many queries.
 
@@ -287,7 +288,8 @@ def evaluate_models(
     check_comparison(models, runtimes)
     for mode in modes:
         check_mode(mode)
-    fusion.check()
+    if fusion is not None:
+        fusion.check()
     bench = load_benchmark(data_dir, split)
     if sample and sample < len(bench.queries):
         keep = sorted(np.random.default_rng(0).choice(len(bench.queries), size=sample, replace=False))
@@ -299,7 +301,7 @@ def evaluate_models(
     qids = list(bench.queries)
     texts = [bench.queries[q] for q in qids]
     report = EvalReport(data=str(data_dir), split=split, queries=len(qids), documents=len(documents), models=[],
-                        modes=list(modes), fusion=asdict(fusion))
+                        modes=list(modes), fusion=asdict(fusion) if fusion is not None else {})
     for spec, runtime in [(spec, runtime) for spec in models for runtime in runtimes]:
         encoder = Encoder(spec, device=device, runtime=runtime)
         key = spec if len(runtimes) == 1 else f"{spec} [{encoder.runtime}]"
@@ -312,7 +314,8 @@ def evaluate_models(
         index_dir = searcher.index.path
         doc_ids = searcher.index.store.doc_ids()
         vectors = encoder.encode_queries(texts, progress=progress) if set(modes) - {"lexical"} else None
-        report.models.append({"key": key, "spec": spec, "name": encoder.name, "runtime": encoder.runtime,
+        fused = fusion if fusion is not None else Fusion(**encoder.search_defaults.get("fusion", {}))
+        report.models.append({"key": key, "spec": spec, "name": encoder.name, "runtime": encoder.runtime, "fusion": asdict(fused),
                               "fingerprint": encoder.fingerprint, "index": str(index_dir),
                               "mean_cosine": mean_cosine(searcher.index.backend.vectors, dims)})
 
@@ -321,11 +324,11 @@ def evaluate_models(
             the fast tier and hybrid take more candidates for 100 hits, so they run once per depth.
             `reranks`: the row again with the re-ranker over each query's top `rerank` (at depth 10:
             a re-ranker does not change which documents the first 100 are)."""
-            run100, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 100, fusion=fusion, **kwargs)
-            run10 = run100 if exact else search_runs(searcher, vectors, texts, qids, doc_ids, 10, fusion=fusion, **kwargs)[0]
+            run100, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 100, fusion=fused, **kwargs)
+            run10 = run100 if exact else search_runs(searcher, vectors, texts, qids, doc_ids, 10, fusion=fused, **kwargs)[0]
             report.rows.append({"model": key, "row": name, **ir_metrics(run10, bench, run100)})
             if reranks and searcher.reranker is not None:
-                reranked, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 10, rerank=rerank, fusion=fusion, **kwargs)
+                reranked, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 10, rerank=rerank, fusion=fused, **kwargs)
                 report.rows.append({"model": key, "row": f"{name}+rerank", **ir_metrics(reranked, bench, run100)})
 
         if "dense" in modes:

@@ -75,6 +75,8 @@ def build_index(
         "metadata_fields": sorted({key for d in documents for key in d.metadata}),
         "encode_seconds": round(time.perf_counter() - started, 3),
     }
+    if getattr(encoder, "search_defaults", None):  # the model's own, from its tuning
+        manifest["search_defaults"] = encoder.search_defaults
     return write_index(
         index_dir, vectors, np.array([c.doc for c in chunks], dtype=np.int32), manifest,
         write_docs=lambda path: write_store(path, documents, chunks), vector_dtype=vector_dtype,

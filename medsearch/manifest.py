@@ -13,7 +13,7 @@ read, keys this version does not know included) with typed accessors for what th
   fast {stage, candidates, target_recall, measured_recall, ...}    the funnel's calibration
   backend {name, ...}                                              where the vectors live
   lexical {library, stemmer, ...}                                  the BM25 index, when built
-  search_defaults {mode}                                           a query's defaults, when set
+  search_defaults {mode, fusion}                                   a query's defaults (the fusion: its model's)
   reranker {model, rerank}                                         its cross-encoder and default N
 """
 
@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medsearch.errors import IndexFormatError
+
+if TYPE_CHECKING:
+    from medsearch.fusion import Fusion
 
 FORMAT_VERSION = 2  # 2: generations (CURRENT + gen-NNNNNN/), dead rows, faiss factory strings
 FILE = "manifest.json"
@@ -151,6 +155,14 @@ class Manifest(dict):
         return (self.get("search_defaults") or {}).get("mode") or ("hybrid" if self.has_lexical else "dense")
 
     @property
+    def fusion(self) -> "Fusion":
+        """How hybrid queries fuse when they name no fusion: the manifest's `search_defaults`
+        (from the model's tuning: encoder.Encoder.search_defaults), else fusion.Fusion's defaults."""
+        from medsearch.fusion import Fusion
+
+        return Fusion(**(self.get("search_defaults") or {}).get("fusion", {}))
+
+    @property
     def reranker(self) -> dict | None:
         """The index's re-ranker: {"model": a cross-encoder folder or id, "rerank": the documents a
         query re-ranks when it names no number (0: only when asked)}, or None."""
@@ -177,7 +189,10 @@ class Manifest(dict):
     def describe(self) -> dict:
         """The manifest and what is derived from it: live chunks, the fast tier's stage, candidate
         count and recall target (what `medsearch info --json` and the service's /info show)."""
+        from dataclasses import asdict
+
         return {**self, "live_chunks": self.live_chunks, "default_mode": self.default_mode,
+                "default_fusion": asdict(self.fusion),
                 "default_rerank": self.default_rerank,
                 "target_recall": self.fast.get("target_recall"),
                 "fast_candidates": self.fast.get("candidates"), "fast_stage": self.fast.get("stage")}

@@ -9,7 +9,7 @@ by `Searcher.check`. A new stage adds a field here and a row to OPTIONS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from medsearch.errors import BadInputError
@@ -58,13 +58,15 @@ OPTIONS = (
            choices=MODES),
     Option("rerank", int, None, "Re-score the top N documents with a cross-encoder and return the best k of "
            "them; 0: off [default: 20 when a re-ranker is given, else 0].", minimum=0, request_maximum=200),
-    Option("fusion", str, _FUSION.method, "hybrid: reciprocal rank fusion (rrf) or a convex combination of "
-           "normalised scores.", choices=METHODS),
-    Option("rrf_k", int, _FUSION.rrf_k, "hybrid rrf: each list adds 1 / (rrf_k + rank).", minimum=0, request_maximum=10_000),
-    Option("dense_weight", float, _FUSION.weight, "hybrid convex: the dense scores' weight (the lexical ones get "
-           "the rest).", minimum=0, maximum=1),
-    Option("fusion_depth", int, _FUSION.depth, "hybrid: documents taken from each list (at least k).", minimum=1,
-           request_maximum=1000),
+    Option("fusion", str, None, "hybrid: reciprocal rank fusion (rrf) or a convex combination of normalised scores "
+           f"[default: the index's, which its model's tuning chose, else {_FUSION.method}; giving any fusion option "
+           "replaces the index's fusion, the options not given taking these defaults].", choices=METHODS),
+    Option("rrf_k", int, None, f"hybrid rrf: each list adds 1 / (rrf_k + rank) [default: {_FUSION.rrf_k}].", minimum=0,
+           request_maximum=10_000),
+    Option("dense_weight", float, None, "hybrid convex: the dense scores' weight (the lexical ones get the rest) "
+           f"[default: the index's, else {_FUSION.weight}].", minimum=0, maximum=1),
+    Option("fusion_depth", int, None, f"hybrid: documents taken from each list (at least k) [default: {_FUSION.depth}].",
+           minimum=1, request_maximum=1000),
 )
 FUSION_OPTIONS = ("fusion", "rrf_k", "dense_weight", "fusion_depth")
 # The flat names of the Fusion fields
@@ -84,13 +86,14 @@ class SearchOptions:
     filters: tuple[str, ...] = ()
     mode: str | None = None  # None: the index's default (Searcher.resolve)
     rerank: int | None = None  # None: the searcher's default (DEFAULT_RERANK with a re-ranker, else 0)
-    fusion: Fusion = field(default_factory=Fusion)
+    fusion: Fusion | None = None  # None: the index's (its model's, else Fusion())
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(self.filters or ()))
         if self.mode is not None:
             check_mode(self.mode)
-        self.fusion.check()
+        if self.fusion is not None:
+            self.fusion.check()
         if self.dim is None and self.tier not in TIERS:
             raise BadInputError(f"unknown tier '{self.tier}' (choose from: {', '.join(TIERS)})")
         if self.k < 1:
@@ -106,9 +109,11 @@ class SearchOptions:
 
     @classmethod
     def flat(cls, **values) -> "SearchOptions":
-        """From OPTIONS' flat names (the CLI's flags, the API's fields); absent ones take their defaults."""
+        """From OPTIONS' flat names (the CLI's flags, the API's fields); absent ones (or None) take their
+        defaults. Any fusion option given makes a Fusion (the rest Fusion's defaults); none: the index's."""
         fusion = {_FUSION_FIELDS[name]: values.pop(name) for name in list(values) if name in _FUSION_FIELDS}
-        return cls(**values, fusion=Fusion(**fusion))
+        given = {key: value for key, value in fusion.items() if value is not None}
+        return cls(**values, fusion=Fusion(**given) if given else None)
 
     @classmethod
     def of(cls, options: "SearchOptions | None", fields: dict) -> "SearchOptions":
@@ -117,15 +122,16 @@ class SearchOptions:
             raise TypeError(f"give SearchOptions or keyword options, not both ({', '.join(fields)})")
         return options if options is not None else cls(**fields)
 
-    def for_index(self, default_mode: str, default_rerank: int = 0) -> "SearchOptions":
+    def for_index(self, default_mode: str, default_rerank: int = 0, default_fusion: Fusion | None = None) -> "SearchOptions":
         """These options with the defaults of the index (and its searcher) where they leave the choice
         (themselves when they leave none: resolving twice costs nothing)."""
-        if self.mode is not None and self.rerank is not None:
+        if self.mode is not None and self.rerank is not None and self.fusion is not None:
             return self
         return replace(self, mode=self.mode if self.mode is not None else default_mode,
-                       rerank=self.rerank if self.rerank is not None else default_rerank)
+                       rerank=self.rerank if self.rerank is not None else default_rerank,
+                       fusion=self.fusion if self.fusion is not None else default_fusion or Fusion())
 
     @property
     def depth(self) -> int:
         """Documents each list gives: k, or in hybrid mode the fusion's depth when that is more."""
-        return max(self.k, self.fusion.depth) if self.mode == "hybrid" else self.k
+        return max(self.k, (self.fusion or _FUSION).depth) if self.mode == "hybrid" else self.k

@@ -200,7 +200,8 @@ class Searcher:
         mode: hybrid where the index has a lexical index)."""
         manifest = (index or self.index).manifest
         return options.for_index(manifest.default_mode,
-                                 DEFAULT_RERANK if self.reranker is not None else manifest.default_rerank)
+                                 DEFAULT_RERANK if self.reranker is not None else manifest.default_rerank,
+                                 manifest.fusion)
 
     def check(self, options: SearchOptions, index: Index | None = None) -> None:
         """Raise BadInputError for options this index cannot serve (before any encoding): a dim it

@@ -8,7 +8,11 @@ From a MedQuAD folder written by `medsearch data medquad`:
   4. soup       the weight average of the two (each alone loses on the other's kind of question)
   5. final      the soup interpolated with the base model (`base_weight`; WiSE-FT, Wortsman et
                 al. 2022: keeps the base's robustness on questions unlike the training data)
-  6. eval       base vs tuned on the data's test split (and any other sets), into the model card
+  6. fusion     the tuned model's hybrid fusion weight, chosen on the dev split (hybrid, fast tier)
+                and kept in the model folder (encoder.SEARCH_DEFAULTS_FILE): its indexes fuse so
+  7. reranker   a cross-encoder trained from the tuned model (reranker_training.py) into
+                OUT/reranker, on by default only if it beats the tuned model's hybrid on dev
+  8. eval       base vs tuned on the data's test split (and any other sets), into the model card
 
 Every step writes into `OUT.work/` and is skipped when a rerun finds it complete; an interrupted
 training resumes from its last checkpoint. A rerun with other settings redoes only the steps
@@ -21,20 +25,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from medsearch.encoder import RERANKER_DIR, SEARCH_DEFAULTS_FILE
 from medsearch.errors import BadInputError
+from medsearch.reranker_training import RerankerSettings
 from medsearch.training import TrainSettings
 
-STEPS = ("pairs", "qa", "symptoms", "soup", "final", "eval")
+STEPS = ("pairs", "qa", "symptoms", "soup", "final", "fusion", "reranker", "eval")
 # The settings each step adds to those of the steps before it: a rerun with other settings redoes
 # the first step whose settings changed and everything after it, and keeps the steps before.
 STEP_SETTINGS = {"pairs": ("data", "sample", "symptom_pairs"), "qa": ("base", "train"), "symptoms": (),
-                 "soup": ("soup_weight",), "final": ("base_weight",), "eval": ("eval_split", "eval_data")}
+                 "soup": ("soup_weight",), "final": ("base_weight",), "fusion": ("fusion_split", "fusion_weights"),
+                 "reranker": ("reranker",), "eval": ("eval_split", "eval_data")}
 STEP_OUTPUTS = {"pairs": ("pairs-qa.jsonl", "pairs-qa-symptoms.jsonl"), "qa": ("qa",), "symptoms": ("symptoms",),
-                "soup": ("soup",), "final": ("final",), "eval": ("eval.json",)}
+                "soup": ("soup",), "final": ("final",), "fusion": ("fusion.json",), "reranker": ("reranker", "reranker.work"),
+                "eval": ("eval.json",)}
+# The dense weights the fusion step tries (convex fusion; the base model's default is 0.7)
+FUSION_WEIGHTS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
@@ -46,6 +56,9 @@ class TuneSettings:
     base_weight: float = 0.25  # share of the base model in the final one (chosen on dev: docs/guides/quality.md)
     eval_split: str = "test"
     eval_data: list[str] = field(default_factory=list)  # more BEIR folders, FOLDER or FOLDER:SPLIT
+    fusion_split: str = "dev"
+    fusion_weights: tuple[float, ...] = FUSION_WEIGHTS
+    reranker: RerankerSettings | None = field(default_factory=RerankerSettings)  # None: no re-ranker step
     train: TrainSettings = field(default_factory=lambda: TrainSettings(
         loss="cached-mnrl", batch_size=64, grad_accum=1, mini_batch_size=16, epochs=1.0, lr=2e-5))
 
@@ -120,6 +133,24 @@ def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = 
     step("final", work / "final" / "medsearch_merge.json",
          lambda: _fresh_merge(str(tuned), settings.base, work / "final", settings.base_weight))
 
+    def choose_fusion() -> None:
+        chosen = choose_fusion_weight(data, str(work / "final"), settings.fusion_split or None, settings.fusion_weights,
+                                      cache, progress, settings.train.device)
+        _atomic_write(work / "final" / SEARCH_DEFAULTS_FILE, json.dumps(chosen, indent=2) + "\n")
+        _atomic_write(work / "fusion.json", json.dumps(chosen, indent=2) + "\n")
+        log(f"[fusion] dense weight {chosen['fusion']['weight']} (NDCG@10 on {chosen['chosen_on']}: "
+            + ", ".join(f"{r['weight']}: {r['ndcg@10']:.4f}" for r in chosen["rows"]) + ")")
+
+    step("fusion", work / "fusion.json", choose_fusion)
+    if settings.reranker is not None:
+        from medsearch.reranker_training import train_reranker
+
+        reranker_settings = replace(settings.reranker, base=str(work / "final"), device=settings.train.device,
+                                    max_steps=settings.train.max_steps, sample=settings.sample, runtime="torch",
+                                    dev_split=settings.fusion_split)
+        step("reranker", work / "reranker" / "medsearch_reranker.json",
+             lambda: train_reranker(data, work / "reranker", reranker_settings, progress=progress, log=log, cache=cache))
+
     evaluations: list[dict] = []
 
     def evaluate() -> None:
@@ -137,12 +168,32 @@ def tune(data_dir: str | Path, out: str | Path, settings: TuneSettings | None = 
     step("eval", work / "eval.json", evaluate)
     if not evaluations:
         evaluations = json.loads((work / "eval.json").read_text())
+    if (work / "reranker").is_dir():  # the re-ranker goes with the model (not part of its weights' fingerprint)
+        os.replace(work / "reranker", work / "final" / RERANKER_DIR)
     if out.exists():
         out.rmdir()  # empty (checked above)
     os.replace(work / "final", out)
     shutil.rmtree(work)
     log(f"tuned model -> {out}")
     return TuneReport(output=str(out), steps=steps, evaluations=evaluations)
+
+
+def choose_fusion_weight(data: Path, model: str, split: str | None, weights: tuple[float, ...], cache, progress: bool,
+                         device: str | None) -> dict:
+    """The convex fusion's dense weight with the best NDCG@10 for `model`'s hybrid path (fast tier,
+    as queries run by default) on `split` of `data` (ties: the weight nearest the base default).
+    Torch encodes, as in the evaluation step, which then finds the same index in `cache`."""
+    from medsearch.evaluation import evaluate_models
+    from medsearch.fusion import Fusion
+
+    rows = []
+    for weight in weights:
+        report = evaluate_models(data, [model], split=split, cache=cache, modes=("hybrid",), fusion=Fusion(weight=weight),
+                                 progress=progress, device=device)
+        rows.append({"weight": weight, "ndcg@10": round(report.ndcg(model, "hybrid-fast"), 4)})
+    default = Fusion().weight
+    best = max(rows, key=lambda r: (r["ndcg@10"], -abs(r["weight"] - default)))
+    return {"fusion": asdict(Fusion(weight=best["weight"])), "chosen_on": f"{data.name}:{split or 'all'}", "rows": rows}
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -196,7 +247,22 @@ def _write_card(work: Path, settings: TuneSettings, data: Path, evaluation: str)
               + (", a second model on those plus `symptom_pairs.jsonl`, their weight average "
                  f"({settings.soup_weight} of the second)" if settings.symptom_pairs else "")
               + f", then {settings.base_weight} of the base model averaged back in.")
-    write_model_card(work / "final", trained[0], f"{recipe}\n\n{evaluation}")
+    extra = ""
+    if (work / "fusion.json").is_file():
+        chosen = json.loads((work / "fusion.json").read_text())
+        extra += (f"\n\nHybrid fusion for this model: convex, dense weight {chosen['fusion']['weight']} (its indexes use "
+                  f"it by default; {SEARCH_DEFAULTS_FILE}), chosen on {chosen['chosen_on']} by NDCG@10 of hybrid search, "
+                  "fast tier: " + ", ".join(f"{r['weight']}: {r['ndcg@10']:.4f}" for r in chosen["rows"]) + ".")
+    if (work / "reranker" / "medsearch_reranker.json").is_file():
+        record = json.loads((work / "reranker" / "medsearch_reranker.json").read_text())
+        dev = record.get("dev")
+        extra += (f"\n\nRe-ranker (`{RERANKER_DIR}/`, a cross-encoder from this model's weights, {record['settings']['loss']} "
+                  f"loss, {record['settings']['negatives']} mined negatives per question, {record['training']['seconds']} s): "
+                  + (f"NDCG@10 on {dev['queries']} {dev['split']} queries, hybrid {dev['hybrid']:.4f}, with the top "
+                     f"{dev['rerank']} re-ranked {dev['reranked']:.4f}; " if dev else "not evaluated; ")
+                  + (f"on by default (top {record['default_rerank']})" if record["default_rerank"] else "off by default")
+                  + f" in an index built with `--reranker {RERANKER_DIR}`.")
+    write_model_card(work / "final", trained[0], f"{recipe}{extra}\n\n{evaluation}")
     card = work / "final" / "README.md"
     if len(trained) > 1:
         s = trained[1]

@@ -147,7 +147,8 @@ def test_eval_cli_writes_json_and_markdown(tmp_path):
     assert report["queries"] == 99
     assert [r["row"] for r in report["rows"]] == ["lexical"]
     assert report["modes"] == ["lexical"]
-    assert report["fusion"] == {"method": "convex", "rrf_k": 60, "weight": 0.7, "depth": 50}
+    assert report["fusion"] == {}, "no fusion flag: each model's own"
+    assert report["models"][0]["fusion"] == {"method": "convex", "rrf_k": 60, "weight": 0.7, "depth": 50}
     assert (tmp_path / "r.md").read_text().startswith("NDCG@10 on 99 queries")
     for args, pattern in [
         (["eval", str(tmp_path / "nope")], "queries file not found"),

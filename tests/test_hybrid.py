@@ -183,3 +183,38 @@ def test_query_cli_modes(small_index):
         out = CliRunner().invoke(cli, ["query", "fever", "--index", str(small_index), *args])
         assert out.exit_code == 2, out.output
         assert pattern in out.output, out.output
+
+
+def test_an_index_fuses_as_its_models_tuning_chose_unless_a_query_says_otherwise(tmp_path):
+    """A model folder's medsearch_search.json (written by `medsearch tune`) sets its indexes' fusion."""
+    import os
+
+    from medsearch.encoder import Encoder, default_model_path
+    from medsearch.errors import ModelLoadError
+
+    from conftest import SMALL_DOCS, write_jsonl
+
+    model = tmp_path / "tuned"
+    shutil.copytree(default_model_path(), model, copy_function=os.symlink)
+    (model / "medsearch_search.json").write_text(json.dumps({"fusion": {"method": "rrf", "rrf_k": 5}}))
+    encoder = Encoder(str(model), device="cpu")
+    corpus = write_jsonl(tmp_path / "docs.jsonl", SMALL_DOCS)
+    build_index(corpus, tmp_path / "index", encoder)
+    index = open_index(tmp_path / "index")
+    assert index.manifest.fusion == Fusion(method="rrf", rrf_k=5)
+    searcher = Searcher(index, encoder)
+    query = "wheezing and short of breath at night"
+
+    def ranked(**options):
+        return [(h.id, round(h.score, 6)) for h in searcher.search([query], k=5, **options)[0].hits]
+
+    assert ranked() == ranked(mode="hybrid", fusion=Fusion(method="rrf", rrf_k=5)), "the model's fusion by default"
+    assert ranked() != ranked(mode="hybrid", fusion=Fusion()), "not the library's default"
+    flagged = CliRunner().invoke(cli, ["query", query, "--index", str(tmp_path / "index"), "--model", str(model),
+                                       "--runtime", "torch", "--dense-weight", "0.7", "-k", "5", "--json"])
+    assert flagged.exit_code == 0, flagged.output
+    assert [(h["id"], round(h["score"], 6)) for h in json.loads(flagged.output)["results"]] == ranked(
+        mode="hybrid", fusion=Fusion(weight=0.7)), "a fusion flag replaces the index's fusion"
+    (model / "medsearch_search.json").write_text(json.dumps({"fusion": {"method": "borda"}}))
+    with pytest.raises(ModelLoadError, match="not a fusion setting"):
+        _ = Encoder(str(model), device="cpu").search_defaults

@@ -63,6 +63,18 @@ def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
     tuned, base = Encoder(str(out), device="cpu"), Encoder(tiny1024_path, device="cpu")
     assert tuned.dim == base.dim == 1024
     assert tuned.fingerprint != base.fingerprint
+    # its fusion weight, chosen on dev, and its re-ranker go with it; indexes built with it fuse so
+    chosen = json.loads((out / "medsearch_search.json").read_text())
+    assert chosen["fusion"]["weight"] == max(chosen["rows"], key=lambda r: (r["ndcg@10"], -abs(r["weight"] - 0.7)))["weight"]
+    assert "Hybrid fusion for this model" in card and "Re-ranker (`reranker/`" in card
+    record = json.loads((out / "reranker" / "medsearch_reranker.json").read_text())
+    assert record["base"] == str(tmp_path / "tuned.work" / "final") and record["training"]["steps"] == 2
+    assert tuned.search_defaults == {"fusion": chosen["fusion"]}
+    import shutil
+
+    from medsearch.encoder import weights_fingerprint
+    shutil.copytree(out, tmp_path / "no-reranker", ignore=shutil.ignore_patterns("reranker"))
+    assert weights_fingerprint(out) == weights_fingerprint(tmp_path / "no-reranker"), "the re-ranker is not the model's weights"
     assert run_tune(medquad_dir, out, tiny1024_path).exit_code == 1  # OUT exists: refused
 
 
