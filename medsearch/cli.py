@@ -497,6 +497,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
 @click.option("--bf16", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True, help="auto: bf16 where the device supports it (CUDA with bf16).")
 @click.option("--loss", type=click.Choice(["mnrl", "cached-mnrl"]), default="mnrl", show_default=True, help="cached-mnrl (GradCache) gives large batches, and so many negatives, in small memory.")
 @click.option("--mini-batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="cached-mnrl: texts per forward pass.")
+@click.option("--hard-negatives", default=0, show_default=True, type=click.IntRange(min=0), help="Negatives per pair mined by the base model among the pairs' answers, beside the in-batch ones (0: in-batch only).")
 @click.option("--max-steps", default=-1, show_default=True, type=int, help="Stop after this many optimiser steps (-1: run the epochs).")
 @click.option("--eval-pairs", type=click.Path(dir_okay=False), default=None, help="Held-out pairs evaluated (NDCG@10 per dim) at the end of each epoch.")
 @click.option("--eval-data", type=click.Path(file_okay=False), default=None, help="BEIR folder: after training, compare base and tuned model (as `medsearch eval`) and put the table in the model card.")
@@ -507,8 +508,8 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
 @click.option("--seed", default=42, show_default=True, type=int)
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accum, lr, bf16, loss, mini_batch_size, max_steps,
-          eval_pairs, eval_data, eval_split, report_to, save_steps, resume, seed, device, quiet):
+def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accum, lr, bf16, loss, mini_batch_size,
+          hard_negatives, max_steps, eval_pairs, eval_data, eval_split, report_to, save_steps, resume, seed, device, quiet):
     """Fine-tune a model on PAIRS with MatryoshkaLoss over MultipleNegativesRankingLoss.
 
     PAIRS: a .jsonl or .csv file with anchor/positive (or question/answer) columns, or a folder
@@ -521,7 +522,7 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
     settings = TrainSettings(
         epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, bf16=bf16, loss=loss,
         mini_batch_size=mini_batch_size, dims=_parse_numbers(dims, int, "--dims"), dim_weights=_parse_numbers(dim_weights, float, "--dim-weights"), max_steps=max_steps, save_steps=save_steps, seed=seed,
-        report_to=report_to, device=None if device == "auto" else device,
+        report_to=report_to, device=None if device == "auto" else device, hard_negatives=hard_negatives,
     )
     result = train_model(pairs, out_dir, base=base, settings=settings, eval_pairs=eval_pairs, resume=resume, progress=not quiet)
     click.echo(
@@ -548,6 +549,7 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
 @click.option("--mini-batch-size", default=TuneSettings().train.mini_batch_size, show_default=True, type=click.IntRange(min=1), help="Texts per forward pass of the cached loss (memory).")
 @click.option("--epochs", default=TuneSettings().train.epochs, show_default=True, type=float)
 @click.option("--lr", default=TuneSettings().train.lr, show_default=True, type=float)
+@click.option("--hard-negatives", default=0, show_default=True, type=click.IntRange(min=0), help="Negatives per pair mined by the base model, beside the in-batch ones (0: in-batch only; docs/guides/quality.md has the measurement).")
 @click.option("--max-steps", default=-1, show_default=True, type=int, help="Stop each training after N optimiser steps (-1: the whole epochs).")
 @click.option("--eval-split", default="test", show_default=True, help="Split of DATA_DIR to evaluate base and tuned model on ('' for all).")
 @click.option("--eval-data", multiple=True, metavar="DIR[:SPLIT]", help="Another BEIR folder to evaluate on (repeat), e.g. data/nfcorpus:test.")
@@ -557,7 +559,7 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def tune(data_dir, out_dir, base, sample, no_symptom_pairs, soup_weight, base_weight, batch_size, mini_batch_size, epochs, lr,
-         max_steps, eval_split, eval_data, fusion_split, no_reranker, cache, device, quiet):
+         hard_negatives, max_steps, eval_split, eval_data, fusion_split, no_reranker, cache, device, quiet):
     """The shipped fine-tuning recipe in one command, from a folder written by `medsearch data medquad`.
 
     \b
@@ -577,7 +579,8 @@ def tune(data_dir, out_dir, base, sample, no_symptom_pairs, soup_weight, base_we
         eval_split=eval_split, eval_data=list(eval_data), fusion_split=fusion_split,
         reranker=None if no_reranker else RerankerSettings(),
         train=TrainSettings(loss="cached-mnrl", batch_size=batch_size, grad_accum=1, mini_batch_size=mini_batch_size,
-                            epochs=epochs, lr=lr, max_steps=max_steps, device=None if device == "auto" else device),
+                            epochs=epochs, lr=lr, max_steps=max_steps, device=None if device == "auto" else device,
+                            hard_negatives=hard_negatives),
     )
     report = run_tune(data_dir, out_dir, settings, progress=not quiet, log=click.echo, cache=cache)
     for evaluation in report.evaluations:

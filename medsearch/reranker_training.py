@@ -133,20 +133,13 @@ def reranker_record(spec: str | Path) -> dict:
 def _mine(settings: RerankerSettings, data: Path):
     """The train pairs with mined negatives, as the loss takes them: labeled pairs (bce), labeled
     lists (lambda) or (question, answer, negative 1, ...) rows (mnrl)."""
-    from sentence_transformers.util import mine_hard_negatives
-
     from medsearch.encoder import Encoder
-    from medsearch.training import load_pairs
+    from medsearch.training import load_pairs, mine_negatives
 
     pairs = load_pairs(settings.pairs_file(data))
     encoder = Encoder(settings.base, device=settings.device, runtime="torch")
     output = {"bce": "labeled-pair", "lambda": "labeled-list", "mnrl": "n-tuple"}[settings.loss]
-    return mine_hard_negatives(
-        pairs, encoder.model, anchor_column_name="anchor", positive_column_name="positive",
-        corpus=list(dict.fromkeys(pairs["positive"])), num_negatives=settings.negatives,
-        relative_margin=settings.margin or None, range_max=max(30, 4 * settings.negatives), sampling_strategy="top",
-        output_format=output, batch_size=64, use_faiss=True, verbose=False,
-        query_prompt=encoder.profile.query_prefix or None, corpus_prompt=encoder.profile.passage_prefix or None)
+    return mine_negatives(pairs, encoder, settings.negatives, settings.margin, output)
 
 
 def _train(settings: RerankerSettings, mined: Path, model_dir: Path, progress: bool) -> None:

@@ -93,6 +93,7 @@ class TrainSettings:
     seed: int = 42
     report_to: str = "none"
     device: str | None = None
+    hard_negatives: int = 0  # > 0: that many negatives per pair, mined by the base model, beside the in-batch ones
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -101,6 +102,8 @@ class TrainSettings:
             raise BadInputError(f"bf16 must be auto, yes or no; got '{self.bf16}'")
         if self.batch_size < 2:
             raise BadInputError("batch size must be at least 2: in-batch negatives need another pair")
+        if self.hard_negatives < 0:
+            raise BadInputError(f"hard negatives must be 0 or more; got {self.hard_negatives}")
         if self.report_to not in ("none", "wandb", "tensorboard"):
             raise BadInputError(f"report_to must be none, wandb or tensorboard; got '{self.report_to}'")
 
@@ -167,6 +170,8 @@ def train(
     if max(dims) > encoder.dim or min(dims) < 1:
         raise BadInputError(f"Matryoshka dims must be between 1 and the model's {encoder.dim}; got {dims}")
     bf16 = use_bf16(settings.bf16, device)
+    if settings.hard_negatives:
+        dataset = mine_negatives(dataset, encoder, settings.hard_negatives)
 
     if settings.loss == "cached-mnrl":
         inner = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size)
@@ -240,6 +245,20 @@ def train(
     )
     (out / "medsearch_training.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+def mine_negatives(dataset, encoder: Encoder, count: int, margin: float = 0.05, output_format: str = "n-tuple"):
+    """(anchor, positive, negative_1..count) rows (or `output_format`, as mine_hard_negatives takes
+    it: labeled pairs or lists for a cross-encoder's losses): for each pair, the answers the model ranks highest
+    among the pairs' own answers, skipping any that scores above (1 - margin) x the positive's score
+    (a likely unjudged positive: MedQuAD repeats answers across questions)."""
+    from sentence_transformers.util import mine_hard_negatives
+
+    return mine_hard_negatives(
+        dataset, encoder.model, anchor_column_name="anchor", positive_column_name="positive",
+        corpus=list(dict.fromkeys(dataset["positive"])), num_negatives=count, relative_margin=margin or None,
+        range_max=max(30, 4 * count), sampling_strategy="top", output_format=output_format, batch_size=64, use_faiss=True,
+        verbose=False, query_prompt=encoder.profile.query_prefix or None, corpus_prompt=encoder.profile.passage_prefix or None)
 
 
 def merge_models(first: str, second: str, output: str | Path, weight: float = 0.5) -> dict:

@@ -192,3 +192,22 @@ def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path
         assert len(lines) == 1, result.output
         assert pattern in lines[0], result.output
     assert not any((tmp_path / m).exists() for m in ("m2", "m3", "m4"))
+
+
+def test_mined_negatives_are_other_answers_the_model_ranks_close(minilm):
+    from datasets import Dataset
+
+    from medsearch.training import mine_negatives
+
+    from conftest import SMALL_DOCS
+
+    pairs = Dataset.from_dict({"anchor": [f"What is {d['title']}?" for d in SMALL_DOCS],
+                               "positive": [d["text"] for d in SMALL_DOCS]})
+    mined = mine_negatives(pairs, minilm, count=2)
+    assert mined.column_names == ["anchor", "positive", "negative_1", "negative_2"]
+    answers = set(pairs["positive"])
+    for row in mined:
+        assert row["negative_1"] in answers and row["negative_2"] in answers
+        assert row["positive"] not in (row["negative_1"], row["negative_2"]), "a pair's own answer is never its negative"
+        ranked = minilm.encode_passages([row["negative_1"], row["negative_2"]]) @ minilm.encode_queries([row["anchor"]])[0]
+        assert ranked[0] >= ranked[1] - 1e-5, "the closest negative first"
