@@ -24,6 +24,8 @@ from medsearch.errors import (
     MedsearchError,
     ModelLoadError,
     ModelMismatchError,
+    RerankerLoadError,
+    RerankerUnavailableError,
 )
 from medsearch.index import DEFAULT_INDEX, VECTOR_DTYPES, index_encoder, open_index
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
@@ -95,6 +97,11 @@ def hint_for(err: MedsearchError) -> str | None:
         return f"query without --model, or rebuild with: medsearch index CORPUS --index {err.path} --model {err.model}"
     if isinstance(err, DownloadError):
         return "offline? download it on a machine with internet access and give it with --from PATH (the .zip or its folder)"
+    if isinstance(err, RerankerLoadError):
+        return ("give a cross-encoder folder (medsearch train-reranker makes one) with --reranker; an index's own "
+                "is removed with: medsearch index CORPUS --index INDEX --reranker none")
+    if isinstance(err, RerankerUnavailableError):
+        return "--rerank 0 searches without it; medsearch index CORPUS --index INDEX --reranker MODEL|none replaces it"
     if isinstance(err, ModelLoadError) and err.remote:
         return "offline? pass a local model folder with --model"
     return None
@@ -145,7 +152,7 @@ def cli():
 @click.option("--reranker", default=None, metavar="MODEL",
               help="Record a cross-encoder (a folder, e.g. from medsearch train-reranker, or a model id) as the index's "
                    "re-ranker: queries and the service use it without flags ('none': remove it).")
-@click.option("--rerank", type=click.IntRange(min=0), default=None,
+@click.option("--rerank", type=click.IntRange(min=0, max=200), default=None,
               help="With --reranker: the documents a query re-ranks when it names no number [default: the one "
                    "train-reranker chose on dev data (0, off, when it did not beat hybrid there), else 20].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

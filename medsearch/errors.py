@@ -7,6 +7,7 @@ hints (`medsearch.cli.hint_for`), the HTTP API its status codes (`medsearch.serv
     NotFoundError  404   a path, model, index or document that does not exist
     MismatchError  409   an index built by another model or another index format
     BackendUnavailableError  503   the index's vector backend cannot be reached (a Qdrant server)
+    RerankerUnavailableError 503   the index's re-ranker cannot be loaded (its folder gone, say)
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ class ModelLoadError(NotFoundError):
     def __init__(self, message: str, remote: bool):
         super().__init__(message)
         self.remote = remote
+
+
+class RerankerLoadError(ModelLoadError):
+    """A cross-encoder could not be loaded, or what was named is not one."""
+
+
+class RerankerUnavailableError(MedsearchError):
+    """The re-ranker an index records cannot be loaded now: the index's queries that re-rank fail
+    (those that do not still run)."""
 
 
 class MissingExtraError(MedsearchError):

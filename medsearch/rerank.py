@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.errors import BadInputError, ModelLoadError
+from medsearch.errors import BadInputError, MedsearchError, RerankerLoadError, RerankerUnavailableError
 
 # Pairs scored per forward pass, and at most per shared call (queries queued together)
 BATCH_SIZE = 32
@@ -31,6 +31,10 @@ MAX_PAIRS = 256
 # The re-ranker reads the query and one chunk: 256 tokens hold a 250-word chunk (chunking.py) and a question
 MAX_LENGTH = 256
 RUNTIMES = {"torch": "torch", "openvino": "openvino", "onnx": "onnx"}  # medsearch runtime -> CrossEncoder backend
+# The most documents a query re-ranks by default (an index's `reranker.rerank`): the API's bound on `rerank`
+MAX_DEFAULT_RERANK = 200
+# A re-ranker that failed to load is not tried again for this long (each query would retry it)
+RETRY_LOAD_S = 30.0
 
 
 class Reranker:
@@ -44,12 +48,20 @@ class Reranker:
         from medsearch.encoder import quiet_libraries, select_device
 
         quiet_libraries()
+        local = Path(spec).expanduser().is_dir()
+        if local:
+            check_cross_encoder_folder(Path(spec).expanduser())
         try:
-            source = _openvino_export(spec) if runtime == "openvino" and Path(spec, "config.json").is_file() else spec
+            source = _openvino_export(spec) if runtime == "openvino" and local else spec
             self.model = CrossEncoder(source, device=select_device(device) if runtime == "torch" else "cpu",
                                       backend=RUNTIMES[runtime], max_length=MAX_LENGTH)
         except (OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot load the re-ranker '{spec}': {err}", remote=not Path(spec).exists()) from None
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise RerankerLoadError(f"cannot load the re-ranker '{spec}': {message}", remote=not local) from None
+        architectures = getattr(getattr(self.model.model, "config", None), "architectures", None) or []
+        if not local and not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise RerankerLoadError(f"'{spec}' is not a cross-encoder (a {', '.join(architectures) or 'model'} without a "
+                                    "scoring head)", remote=True)
         self.spec = spec
         self.runtime = runtime
         self._turn = threading.Lock()  # one call of the model at a time
@@ -66,12 +78,14 @@ class Reranker:
         with self._queue:
             self._queued.append(mine)
         with self._turn:
-            if mine.scores is None and mine.error is None:  # not yet scored by another caller's call
-                with self._queue:
-                    batch, size = [], 0
-                    while self._queued and (not batch or size + len(self._queued[0].pairs) <= MAX_PAIRS):
+            with self._queue:  # still queued: not scored by another caller's call; this call takes it first
+                batch, size = ([mine], len(mine.pairs)) if mine in self._queued else ([], 0)
+                if batch:
+                    self._queued.remove(mine)
+                    while self._queued and size + len(self._queued[0].pairs) <= MAX_PAIRS:
                         batch.append(self._queued.pop(0))
                         size += len(batch[-1].pairs)
+            if batch:
                 self._score(batch)
         if mine.error is not None:
             raise mine.error
@@ -107,9 +121,31 @@ class _Pairs:
     error: BaseException | None = None
 
 
+def check_cross_encoder_folder(folder: Path) -> None:
+    """RerankerLoadError unless `folder` holds a cross-encoder: a sequence-classification head in its
+    config.json, or sentence-transformers' CrossEncoder config (a bi-encoder's folder would load
+    with a random, unsaved head: its scores would change with every load)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        st_config = folder / "config_sentence_transformers.json"
+        st_type = json.loads(st_config.read_text()).get("model_type") if st_config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        raise RerankerLoadError(f"{folder} is not a model folder (no readable config.json)", remote=False) from None
+    architectures = config.get("architectures") or [] if isinstance(config, dict) else []
+    if st_type != "CrossEncoder" and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise RerankerLoadError(f"{folder} is not a cross-encoder (a {', '.join(map(str, architectures)) or 'model'} "
+                                "without a scoring head): give one trained as a cross-encoder, e.g. by medsearch "
+                                "train-reranker", remote=False)
+
+
 def _openvino_export(folder: str) -> str:
-    """A cross-encoder folder's OpenVINO export, made once per weights and kept in the encoder's
-    export cache (encoder.exported_model): a load then takes a fraction of a second, not an export."""
+    """A cross-encoder folder's OpenVINO export, made once per weights and settings (config, tokenizer,
+    activation) and kept in the encoder's export cache (encoder.exported_model): a load then takes a
+    fraction of a second, not an export."""
+    import hashlib
+
     from sentence_transformers import CrossEncoder
 
     from medsearch.encoder import exported_model, weights_fingerprint
@@ -117,7 +153,12 @@ def _openvino_export(folder: str) -> str:
     def make(source: Path, out: Path) -> None:
         CrossEncoder(str(source), device="cpu", backend="openvino", max_length=MAX_LENGTH).save(str(out))
 
-    return str(exported_model(Path(folder), weights_fingerprint(folder), "openvino", make=make, kind="cross-encoder-"))
+    settings = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*")):  # everything beside the weights that shapes the scores
+        if path.is_file() and path.suffix in (".json", ".txt", ".model") and not path.name.startswith("medsearch_"):
+            settings.update(path.name.encode() + path.read_bytes())
+    return str(exported_model(Path(folder), weights_fingerprint(folder), "openvino", make=make,
+                              kind=f"cross-encoder-{settings.hexdigest()[:8]}-"))
 
 
 def runtime_for(encoder_runtime: str | None) -> str:
@@ -135,28 +176,52 @@ def reranker_entry(spec: str, rerank: int | None = None) -> dict:
 
     if rerank is not None and rerank < 0:
         raise BadInputError(f"rerank must be 0 (off) or more; got {rerank}")
+    if rerank is not None and rerank > MAX_DEFAULT_RERANK:
+        raise BadInputError(f"rerank by default must be at most {MAX_DEFAULT_RERANK}; got {rerank}")
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
             raise BadInputError(f"{spec} is not a model folder (no config.json): give a cross-encoder folder, "
                                 "e.g. one written by medsearch train-reranker")
+        check_cross_encoder_folder(path)
         spec = str(path.resolve())
         if rerank is None:
             rerank = reranker_record(path).get("default_rerank")
+    else:  # a model id: it must load now (offline, from the cache), not fail every query later
+        Reranker(spec, "cpu")
     return {"model": spec, "rerank": DEFAULT_RERANK if rerank is None else int(rerank)}
 
 
 _loaded: dict[tuple[str, str | None, str], Reranker] = {}
+_failed: dict[tuple[str, str | None, str], tuple[float, MedsearchError]] = {}
 _loading = threading.Lock()
 
 
 def load_reranker(spec: str, device: str | None = None, runtime: str = "torch") -> Reranker:
-    """The process's re-ranker for `spec` (loaded on first use, then shared)."""
+    """The process's re-ranker for `spec` (loaded on first use, then shared; one that failed is not
+    tried again for RETRY_LOAD_S: its error is raised again at once)."""
     with _loading:
         key = (spec, device, runtime)
         if key not in _loaded:
-            _loaded[key] = Reranker(spec, device, runtime)
+            failed = _failed.get(key)
+            if failed is not None and time.monotonic() - failed[0] < RETRY_LOAD_S:
+                raise failed[1]
+            try:
+                _loaded[key] = Reranker(spec, device, runtime)
+            except MedsearchError as err:
+                _failed[key] = (time.monotonic(), err)
+                raise
+            _failed.pop(key, None)
         return _loaded[key]
+
+
+def load_index_reranker(entry: dict, device: str | None, runtime: str) -> Reranker:
+    """The re-ranker an index records (its manifest's `reranker`); RerankerUnavailableError when it
+    cannot be loaded now (its folder moved, say): the index's queries that re-rank fail, not the rest."""
+    try:
+        return load_reranker(entry["model"], device, runtime)
+    except MedsearchError as err:
+        raise RerankerUnavailableError(f"the index's re-ranker cannot be loaded ({err})") from None
 
 
 def rerank(reranker: Reranker, query: str, hits: list[tuple[int, float, dict[str, int]]], passages: list[str],

@@ -86,7 +86,7 @@ def train_reranker(data_dir: str | Path, out: str | Path, settings: RerankerSett
         raise MissingExtraError("training needs the 'train' extra: pip install 'medsearch[train]'", "train") from None
 
     settings = settings or RerankerSettings()
-    data, out = Path(data_dir), Path(out)
+    data, out = Path(data_dir), Path(out).resolve()
     settings.check(data)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInputError(f"{out} already exists and is not empty: choose another output folder")
@@ -125,9 +125,22 @@ def train_reranker(data_dir: str | Path, out: str | Path, settings: RerankerSett
 
 
 def reranker_record(spec: str | Path) -> dict:
-    """A re-ranker folder's record (RECORD), or {} for one trained elsewhere (a public model)."""
+    """A re-ranker folder's record (RECORD), or {} for one trained elsewhere (a public model);
+    BadInputError for one that is not a record this version wrote."""
+    from medsearch.rerank import MAX_DEFAULT_RERANK
+
     path = Path(spec) / RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"{path}: unreadable ({type(err).__name__}): train the re-ranker again, or remove "
+                            "the file to re-rank 20 by default") from None
+    default = record.get("default_rerank") if isinstance(record, dict) else None
+    if type(default) is not int or not 0 <= default <= MAX_DEFAULT_RERANK:
+        raise BadInputError(f"{path}: default_rerank must be a whole number from 0 to {MAX_DEFAULT_RERANK}; got {default!r}")
+    return record
 
 
 def _mine(settings: RerankerSettings, data: Path):
@@ -199,8 +212,15 @@ def _keep_matching_work(work: Path, recorded: dict, log: Callable[[str], None]) 
     """Resume from `work` when an earlier run had the same settings; start afresh otherwise."""
     recorded = json.loads(json.dumps(recorded))
     record = work / "settings.json"
-    if record.is_file() and json.loads(record.read_text()) != recorded:
-        log(f"settings changed since the run in {work}: starting again")
-        shutil.rmtree(work)
+    if work.is_dir():
+        try:
+            earlier = json.loads(record.read_text())
+        except (OSError, ValueError):
+            earlier = None  # no record, or one cut short: nothing in there can be trusted
+        if earlier != recorded:
+            log(f"settings changed since the run in {work} (or it left no readable record): starting again")
+            shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(recorded, indent=2) + "\n")
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(recorded, indent=2) + "\n")
+    os.replace(tmp, record)

@@ -12,6 +12,7 @@ hybrid (the dense and lexical top lists fused, fusion.py). Filters and dead rows
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -25,15 +26,16 @@ from medsearch.backends.base import collapse
 from medsearch.backends.funnel import candidates_for
 from medsearch.chunking import passage
 from medsearch.encoder import Encoder
-from medsearch.errors import BadInputError
+from medsearch.errors import BadInputError, RerankerUnavailableError
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.fusion import fuse
 from medsearch.index import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
 from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_RERANK, DEFAULT_TIER, SearchOptions
-from medsearch.rerank import Reranker, load_reranker, rerank, runtime_for
+from medsearch.rerank import Reranker, load_index_reranker, load_reranker, rerank, runtime_for
 
 __all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "SearchOptions", "Searcher"]
 SNIPPET_CHARS = 240
+log = logging.getLogger("medsearch")
 
 
 @dataclass
@@ -113,7 +115,10 @@ class Searcher:
             if reranker else None
         searcher = cls(index, encoder, given, device)
         if given is None and index.manifest.default_rerank and load_model:
-            searcher.reranker_for(index)  # queries will re-rank: load it now (a service before it listens)
+            try:  # queries will re-rank: load it now (a service before it listens)
+                searcher.reranker_for(index)
+            except RerankerUnavailableError as err:  # the queries that re-rank fail, the rest are served
+                log.warning("%s", err)
         return searcher
 
     def describe(self, index: Index) -> dict:
@@ -133,8 +138,8 @@ class Searcher:
         entry = index.manifest.reranker
         if entry is None:
             return None
-        return load_reranker(entry["model"], self.device,
-                             runtime_for(self.encoder.runtime if self.encoder else index.manifest.runtime))
+        return load_index_reranker(entry, self.device,
+                                   runtime_for(self.encoder.runtime if self.encoder else index.manifest.runtime))
 
     def current(self, wait: bool = True) -> Index:
         """The newest committed generation (loaded, and checked against the model, before use).
@@ -243,10 +248,12 @@ class Searcher:
         return self.search_encoded(queries, vectors, options, encode_ms=encode_ms, query_ids=query_ids)
 
     def search_encoded(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
-                       encode_ms: float = 0.0, query_ids: list[str] | None = None) -> list[QueryResult]:
+                       encode_ms: float = 0.0, query_ids: list[str] | None = None,
+                       deadline: float | None = None) -> list[QueryResult]:
         """Search and hydrate queries already encoded (`vectors`, one row per query, None in lexical
         mode; the service encodes concurrent requests together) with options already checked
-        (`check`). `encode_ms` is reported as each query's encoding time."""
+        (`check`). `encode_ms` is reported as each query's encoding time. `deadline` (time.monotonic):
+        past it, TimeoutError before the next query's re-ranking (a caller that stopped waiting)."""
         with self.pinned() as index:  # one generation for the whole request, kept open until hydrated
             options = self.resolve(options, index)
             k = options.k
@@ -259,6 +266,8 @@ class Searcher:
             for i, hits in enumerate(ranked):
                 found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
                 if reranker is not None:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError("the request's time ran out before its re-ranking")
                     hits, ms = self.reranked(index, reranker, queries[i], hits, options.rerank, found)
                     reranking += ms
                 hits = hits[:k]

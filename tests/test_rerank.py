@@ -334,3 +334,120 @@ def test_the_service_reranks_concurrent_requests_as_it_does_one_at_a_time(small_
         assert [doc for doc, _ in got] == [doc for doc, _ in alone]
         assert [score for _, score in got] == pytest.approx([score for _, score in alone], abs=1e-4)
     assert info["reranker"]["rerank"] == 20 and info["default_rerank"] == 20
+
+
+def test_every_caller_gets_its_own_scores_when_the_queue_outgrows_one_call(cross_encoder, monkeypatch):
+    import threading
+
+    import numpy as np
+
+    import medsearch.rerank as rerank_module
+    from medsearch.rerank import Reranker
+
+    monkeypatch.setattr(rerank_module, "MAX_PAIRS", 4)  # a shared call takes at most 4 pairs: 8 callers of 3 need 8 calls
+    reranker = Reranker(cross_encoder, "cpu")
+    queries = [f"question {i} about cough" for i in range(8)]
+    passages = ["Influenza causes fever", "Asthma narrows the airways", "Gout inflames a joint"]
+    alone = [reranker.scores(q, passages) for q in queries]
+    results = {}
+
+    def ask(i: int) -> None:
+        results[i] = reranker.scores(queries[i], passages)
+
+    with reranker._turn:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+        for t in threads:
+            t.start()
+        while len(reranker._queued) < len(queries):
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join()
+    for i in range(len(queries)):
+        assert results[i] is not None, f"caller {i} got no scores"
+        np.testing.assert_allclose(results[i], alone[i], atol=1e-5)
+    assert not reranker._queued, "nothing left behind in the queue"
+
+
+def test_what_is_not_a_cross_encoder_is_refused_before_anything_is_written(tmp_path, corpus_file, cross_encoder):
+    import shutil
+
+    from medsearch.encoder import default_model_path
+
+    path = tmp_path / "index"
+    bi_encoder = _index(path, corpus_file, "--reranker", default_model_path())
+    assert bi_encoder.exit_code == 1 and "is not a cross-encoder" in bi_encoder.output, bi_encoder.output
+    for content, message in (("{not json", "unreadable"), ("[1, 2]", "default_rerank must be"),
+                             ('{"default_rerank": -5}', "default_rerank must be"),
+                             ('{"default_rerank": 100000}', "default_rerank must be")):
+        folder = tmp_path / "bad-record"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(cross_encoder, folder)
+        (folder / "medsearch_reranker.json").write_text(content)
+        result = _index(path, corpus_file, "--reranker", folder)
+        assert result.exit_code == 1 and message in result.output, (content, result.output)
+        assert "Traceback" not in result.output
+    too_many = _index(path, corpus_file, "--reranker", cross_encoder, "--rerank", "5000")
+    assert too_many.exit_code == 2
+    assert not path.exists(), "nothing written"
+
+
+def test_an_index_whose_reranker_is_gone_still_answers_what_does_not_rerank(tmp_path, corpus_file, cross_encoder):
+    import shutil
+    import urllib.parse
+
+    from medsearch.search import Searcher
+    from medsearch.server.app import create_app
+
+    from servers import get, uvicorn_thread
+
+    moved = tmp_path / "will-move"
+    shutil.copytree(cross_encoder, moved)
+    path = tmp_path / "index"
+    assert _index(path, corpus_file, "--reranker", moved, "--rerank", "3").exit_code == 0
+    shutil.rmtree(moved)
+    assert _query(path, "fever", "--rerank", "0", "--runtime", "torch")["results"], "--rerank 0 needs no re-ranker"
+    failed = _run("query", "fever", "--index", path, "--runtime", "torch")
+    assert failed.exit_code == 1 and "the index's re-ranker cannot be loaded" in failed.output
+    assert "--reranker" in failed.output, "the hint names the flag that fixes it"
+    with uvicorn_thread(create_app(Searcher.open(path, runtime="torch"))) as url:  # the service starts
+        port = int(url.rsplit(":", 1)[1])
+        status, body = get(port, "/search?" + urllib.parse.urlencode({"q": "fever"}))
+        assert status == 503 and "re-ranker cannot be loaded" in body["error"]
+        status, body = get(port, "/search?" + urllib.parse.urlencode({"q": "fever", "rerank": 0}))
+        assert status == 200 and body["results"]
+
+
+def test_the_service_bounds_the_pairs_one_request_has_scored(small_index, minilm, cross_encoder):
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+    from medsearch.search import Searcher
+    from medsearch.server.app import create_app
+    from medsearch.server.settings import ServerSettings
+
+    from servers import post, uvicorn_thread
+
+    searcher = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
+    with uvicorn_thread(create_app(searcher, ServerSettings(max_rerank_pairs=50))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        status, body = post(port, "/search", {"queries": [{"text": "fever"}] * 3, "rerank": 20})
+        assert status == 400 and "the limit is 50" in body["error"]
+        status, body = post(port, "/search", {"queries": [{"text": "fever"}] * 2, "rerank": 20})
+        assert status == 200, body
+        status, body = post(port, "/search", {"queries": [{"text": "fever"}] * 3})  # 3 x the default 20: over the bound too
+        assert status == 400
+
+
+def test_an_interrupted_runs_unreadable_record_starts_the_work_again(tmp_path):
+    from medsearch.reranker_training import _keep_matching_work
+
+    work = tmp_path / "rr.work"
+    work.mkdir()
+    (work / "negatives").mkdir()
+    (work / "settings.json").write_text("{cut sho")
+    lines = []
+    _keep_matching_work(work, {"loss": "bce"}, lines.append)
+    assert not (work / "negatives").exists() and "starting again" in lines[0]
+    assert json.loads((work / "settings.json").read_text()) == {"loss": "bce"}
+    (work / "negatives").mkdir()
+    _keep_matching_work(work, {"loss": "bce"}, lines.append)
+    assert (work / "negatives").exists(), "the same settings keep the work"

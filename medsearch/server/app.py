@@ -39,7 +39,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MismatchError, NotFoundError
+from medsearch.errors import (
+    BackendUnavailableError,
+    BadInputError,
+    MedsearchError,
+    MismatchError,
+    NotFoundError,
+    RerankerUnavailableError,
+)
 from medsearch.generations import IndexLockedError
 from medsearch.search import Searcher
 from medsearch.server.models import ERRORS
@@ -56,7 +63,7 @@ PUBLIC_PATHS = ("/livez", "/readyz", "/", "/favicon.ico")  # and /static/: the p
 # ---- errors: one JSON shape for all of them (responses.py) ----
 
 def _status(err: MedsearchError) -> int:
-    if isinstance(err, (ServiceLoading, BackendUnavailableError, ServiceBusy)):
+    if isinstance(err, (ServiceLoading, BackendUnavailableError, RerankerUnavailableError, ServiceBusy)):
         return 503
     if isinstance(err, ClientGone):
         return 499  # nginx's "client closed request": nobody reads it

@@ -10,6 +10,7 @@ and faiss never ask for more threads than the machine has.
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Callable
@@ -17,7 +18,8 @@ from typing import Annotated, Callable
 from fastapi import Depends, Request
 
 from medsearch.backends.faiss import limit_threads
-from medsearch.errors import BadInputError, MedsearchError
+from medsearch.options import SearchOptions
+from medsearch.errors import BadInputError, MedsearchError, RerankerUnavailableError
 from medsearch.index import TIERS
 from medsearch.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
@@ -130,13 +132,19 @@ class Service:
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         self.check_request(texts, ids, request.filters, request.k, request.oversample)
         options = searcher.resolve(request.options())
+        if len(texts) * options.rerank > self.settings.max_rerank_pairs:
+            raise BadInputError(f"{len(texts)} queries x rerank={options.rerank} asks the cross-encoder to score "
+                                f"{len(texts) * options.rerank} pairs; the limit is {self.settings.max_rerank_pairs} a request")
         searcher.check_queries(texts, ids)
         searcher.check(options)  # before encoding anything
         vectors, encode_ms = (None, 0.0) if options.mode == "lexical" else await self._within(
             self.batcher.encode(texts), deadline, receive)
 
+        # the search thread stops at the deadline too (between queries' re-ranking), not only the answer
+        stop_at = time.monotonic() + max(0.0, deadline - asyncio.get_running_loop().time())
+
         def run() -> bytes:
-            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids)
+            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids, deadline=stop_at)
             answer = [result.to_json() for result in results]
             return json_bytes(answer[0] if one else answer)
 
@@ -218,9 +226,14 @@ async def _disconnected(receive) -> None:
 
 def _warm_up(searcher: Searcher) -> None:
     for tier in TIERS:
-        searcher.search(["warm-up query"], tier=tier, k=10)
+        searcher.search(["warm-up query"], tier=tier, k=10, rerank=0)
     if "lexical" in searcher.index.manifest:
-        searcher.search(["warm-up query"], mode="hybrid", k=10)
+        searcher.search(["warm-up query"], mode="hybrid", k=10, rerank=0)
+    if searcher.resolve(SearchOptions()).rerank:  # the cross-encoder's first pass, where queries re-rank by default
+        try:
+            searcher.search(["warm-up query"], k=10)
+        except RerankerUnavailableError:  # logged when the searcher opened: its queries get a 503, the rest are served
+            pass
 
 
 def get_service(request: Request) -> Service:

@@ -39,6 +39,9 @@ class ServerSettings:
     max_filter_chars: int = 500
     max_candidates: int = 100_000
     max_results: int = 10_000  # queries x k in one request (each hit is ~0.7 KB of JSON)
+    # (query, document) pairs one request may have a cross-encoder score (queries x rerank): ~50
+    # queries at the default 20; a MiniLM-L6 cross-encoder scores ~60 pairs/s a core on OpenVINO
+    max_rerank_pairs: int = 1000
     # Load: requests waiting for the encoder (503 + Retry-After past it), the longest a search may
     # wait and run, connections at once (uvicorn answers 503 past it), and how long a client may take
     # to send a whole request (headers and body) or keep an idle connection open.
@@ -53,7 +56,8 @@ class ServerSettings:
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
-                     "max_filter_chars", "max_candidates", "max_results", "max_pending", "max_connections"):
+                     "max_filter_chars", "max_candidates", "max_results", "max_rerank_pairs", "max_pending",
+                     "max_connections"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s"):
