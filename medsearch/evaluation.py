@@ -270,14 +270,15 @@ def evaluate_models(
     reranker: str | None = None,
     rerank: int = 20,
     sample: int = 0,
+    rerank_rows: tuple[str, ...] = ("fast", "lexical", "hybrid", "hybrid-fast"),
 ) -> EvalReport:
     """Every judged query of `split` against the WHOLE corpus, for each model and runtime (corpus and
     queries encoded by it: the quality guard of a runtime), in each mode:
     dense per Matryoshka dim and the fast tier (rows "64", ..., "fast"), lexical ("lexical"),
     hybrid at full dim and on the fast tier ("hybrid", "hybrid-fast"), fused by `fusion` (None: each
     model's own defaults, from its tuning, else Fusion()); with a `reranker` (a
-    cross-encoder), each of fast, lexical, hybrid and hybrid-fast again with its top `rerank`
-    documents re-ranked ("fast+rerank", ...). `sample`: a seeded sample of that many queries.
+    cross-encoder), each of `rerank_rows` (fast, lexical, hybrid, hybrid-fast) again with its top
+    `rerank` documents re-ranked ("fast+rerank", ...). `sample`: a seeded sample of that many queries.
 
     Each model encodes the corpus once at full dim into a cached index (keyed by model and corpus
     fingerprints) that stores every Matryoshka prefix; the lower dims are prefixes of those vectors.
@@ -327,7 +328,7 @@ def evaluate_models(
             run100, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 100, fusion=fused, **kwargs)
             run10 = run100 if exact else search_runs(searcher, vectors, texts, qids, doc_ids, 10, fusion=fused, **kwargs)[0]
             report.rows.append({"model": key, "row": name, **ir_metrics(run10, bench, run100)})
-            if reranks and searcher.reranker is not None:
+            if reranks and searcher.reranker is not None and name in rerank_rows:
                 reranked, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 10, rerank=rerank, fusion=fused, **kwargs)
                 report.rows.append({"model": key, "row": f"{name}+rerank", **ir_metrics(reranked, bench, run100)})
 

@@ -202,7 +202,8 @@ def _evaluate(settings: RerankerSettings, data: Path, model_dir: Path, cache: st
 
     report = evaluate_models(data, [settings.base], split=settings.dev_split, cache=cache, modes=("hybrid",),
                              progress=progress, device=settings.device, runtimes=(settings.runtime,),
-                             reranker=str(model_dir), rerank=settings.rerank, sample=settings.dev_queries)
+                             reranker=str(model_dir), rerank=settings.rerank, sample=settings.dev_queries,
+                             rerank_rows=("hybrid-fast",))
     return {"split": settings.dev_split, "queries": report.queries, "rerank": settings.rerank,
             "hybrid": report.ndcg(settings.base, "hybrid-fast"),
             "reranked": report.ndcg(settings.base, "hybrid-fast+rerank"), "rows": report.rows}
