@@ -269,3 +269,16 @@ def test_rerank_cost_bench(tmp_path, bundled_index):
     assert [(r["runtime"], r["N"]) for r in rows] == [("torch", 3), ("torch", 6)]
     assert all(r["queries"] == 4 for r in rows), "the first 4 bundled questions"
     assert rows[1]["p50_ms"] > 0
+
+
+def test_rerank_quality_bench(tmp_path, bundled_index, cross_encoder):
+    stdout = run_script("rerank_quality.py", "--reranker", cross_encoder, "--data", f"{BUNDLED}:",
+                        "--index", f"{BUNDLED}={bundled_index}", "--sample", "20", "--depths", "3,5", "--weights", "0.5",
+                        "--name", "smoke", "--out", tmp_path, cwd=tmp_path)
+    assert "re-ranked top 5" in stdout
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "rerank-quality-smoke.json").read_text())["rows"]}
+    assert set(rows) == {"dense deep", "default path (hybrid fast)", "re-ranked top 3", "fused top 3, convex w=0.5",
+                         "fused top 3, rrf", "re-ranked top 5", "fused top 5, convex w=0.5", "fused top 5, rrf"}
+    assert all(r["queries"] == 20 for r in rows.values()), "a seeded sample of 20"
+    assert rows["re-ranked top 5"]["ndcg@10"] != rows["default path (hybrid fast)"]["ndcg@10"], \
+        "a cross-encoder with its own (random) scores changes the order"
