@@ -241,8 +241,22 @@ def test_train_reranker_trains_evaluates_and_records_its_verdict(medquad_like, t
 
 # ---- concurrent queries share the cross-encoder's passes ----
 
-def test_concurrent_queries_share_model_calls_and_keep_their_own_scores(cross_encoder):
+def _queued_together(reranker, calls) -> None:
+    """Run each call on its own thread while the model is busy, so that all of them queue before
+    any is scored; return when all are done."""
     import threading
+
+    with reranker._turn:  # the model is busy: every call queues behind it
+        threads = [threading.Thread(target=call) for call in calls]
+        for t in threads:
+            t.start()
+        while len(reranker._queued) < len(calls):
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join()
+
+
+def test_concurrent_queries_share_model_calls_and_keep_their_own_scores(cross_encoder):
 
     import numpy as np
 
@@ -262,14 +276,7 @@ def test_concurrent_queries_share_model_calls_and_keep_their_own_scores(cross_en
         except Exception as err:  # noqa: BLE001 (reported below)
             errors.append(err)
 
-    with reranker._turn:  # the model is busy: every query queues behind it
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
-        for t in threads:
-            t.start()
-        while len(reranker._queued) < len(queries):
-            threading.Event().wait(0.01)
-    for t in threads:
-        t.join()
+    _queued_together(reranker, [lambda i=i: ask(i) for i in range(len(queries))])
     assert not errors
     assert reranker.calls - calls == 1, "eight queued queries, one model call"
     for i in range(len(queries)):
@@ -277,7 +284,6 @@ def test_concurrent_queries_share_model_calls_and_keep_their_own_scores(cross_en
 
 
 def test_a_query_that_breaks_the_model_fails_alone(cross_encoder):
-    import threading
 
     from medsearch.rerank import Reranker
 
@@ -290,16 +296,9 @@ def test_a_query_that_breaks_the_model_fails_alone(cross_encoder):
         except Exception as err:  # noqa: BLE001
             outcome[name] = err
 
-    with reranker._turn:
-        threads = [threading.Thread(target=ask, args=("good", ["Influenza causes fever"])),
-                   threading.Thread(target=ask, args=("bad", [None])),  # not text: the tokenizer refuses it
-                   threading.Thread(target=ask, args=("also good", ["Gout inflames a joint", "Asthma"]))]
-        for t in threads:
-            t.start()
-        while len(reranker._queued) < 3:
-            threading.Event().wait(0.01)
-    for t in threads:
-        t.join()
+    _queued_together(reranker, [lambda: ask("good", ["Influenza causes fever"]),
+                                lambda: ask("bad", [None]),  # not text: the tokenizer refuses it
+                                lambda: ask("also good", ["Gout inflames a joint", "Asthma"])])
     assert isinstance(outcome["bad"], Exception)
     assert outcome["good"].shape == (1,) and outcome["also good"].shape == (2,), "the others are answered"
 
@@ -337,7 +336,6 @@ def test_the_service_reranks_concurrent_requests_as_it_does_one_at_a_time(small_
 
 
 def test_every_caller_gets_its_own_scores_when_the_queue_outgrows_one_call(cross_encoder, monkeypatch):
-    import threading
 
     import numpy as np
 
@@ -354,14 +352,7 @@ def test_every_caller_gets_its_own_scores_when_the_queue_outgrows_one_call(cross
     def ask(i: int) -> None:
         results[i] = reranker.scores(queries[i], passages)
 
-    with reranker._turn:
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
-        for t in threads:
-            t.start()
-        while len(reranker._queued) < len(queries):
-            threading.Event().wait(0.01)
-    for t in threads:
-        t.join()
+    _queued_together(reranker, [lambda i=i: ask(i) for i in range(len(queries))])
     for i in range(len(queries)):
         assert results[i] is not None, f"caller {i} got no scores"
         np.testing.assert_allclose(results[i], alone[i], atol=1e-5)
