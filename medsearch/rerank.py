@@ -15,6 +15,7 @@ fails is run again per query, so one query's failure is never another's.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -33,6 +34,8 @@ MAX_LENGTH = 256
 RUNTIMES = {"torch": "torch", "openvino": "openvino", "onnx": "onnx"}  # medsearch runtime -> CrossEncoder backend
 # The most documents a query re-ranks by default (an index's `reranker.rerank`): the API's bound on `rerank`
 MAX_DEFAULT_RERANK = 200
+# A re-ranker's record, written by reranker_training.py: its recipe, dev figures and default N
+RECORD = "medsearch_reranker.json"
 # A re-ranker that failed to load is not tried again for this long (each query would retry it)
 RETRY_LOAD_S = 30.0
 
@@ -172,7 +175,6 @@ def reranker_entry(spec: str, rerank: int | None = None) -> dict:
     trained here chose on its dev data (reranker_training.py: 0 when it did not beat hybrid), else
     DEFAULT_RERANK."""
     from medsearch.options import DEFAULT_RERANK
-    from medsearch.reranker_training import reranker_record
 
     if rerank is not None and rerank < 0:
         raise BadInputError(f"rerank must be 0 (off) or more; got {rerank}")
@@ -190,6 +192,23 @@ def reranker_entry(spec: str, rerank: int | None = None) -> dict:
     else:  # a model id: it must load now (offline, from the cache), not fail every query later
         Reranker(spec, "cpu")
     return {"model": spec, "rerank": DEFAULT_RERANK if rerank is None else int(rerank)}
+
+
+def reranker_record(spec: str | Path) -> dict:
+    """A re-ranker folder's record (RECORD), or {} for one trained elsewhere (a public model);
+    BadInputError for one that is not a record this version wrote."""
+    path = Path(spec) / RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"{path}: unreadable ({type(err).__name__}): train the re-ranker again, or remove "
+                            "the file to re-rank 20 by default") from None
+    default = record.get("default_rerank") if isinstance(record, dict) else None
+    if type(default) is not int or not 0 <= default <= MAX_DEFAULT_RERANK:
+        raise BadInputError(f"{path}: default_rerank must be a whole number from 0 to {MAX_DEFAULT_RERANK}; got {default!r}")
+    return record
 
 
 _loaded: dict[tuple[str, str | None, str], Reranker] = {}

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from medsearch.errors import BadInputError, MissingExtraError
+from medsearch.rerank import RECORD
 
 LOSSES = ("bce", "lambda", "mnrl")
-RECORD = "medsearch_reranker.json"
 # The smallest dev gain over hybrid that turns the re-ranker on by default
 MIN_GAIN = 0.0
 
@@ -121,25 +121,6 @@ def train_reranker(data_dir: str | Path, out: str | Path, settings: RerankerSett
     os.replace(model_dir, out)
     shutil.rmtree(work)
     log(f"re-ranker -> {out}")
-    return record
-
-
-def reranker_record(spec: str | Path) -> dict:
-    """A re-ranker folder's record (RECORD), or {} for one trained elsewhere (a public model);
-    BadInputError for one that is not a record this version wrote."""
-    from medsearch.rerank import MAX_DEFAULT_RERANK
-
-    path = Path(spec) / RECORD
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise BadInputError(f"{path}: unreadable ({type(err).__name__}): train the re-ranker again, or remove "
-                            "the file to re-rank 20 by default") from None
-    default = record.get("default_rerank") if isinstance(record, dict) else None
-    if type(default) is not int or not 0 <= default <= MAX_DEFAULT_RERANK:
-        raise BadInputError(f"{path}: default_rerank must be a whole number from 0 to {MAX_DEFAULT_RERANK}; got {default!r}")
     return record
 
 
