@@ -182,15 +182,24 @@ def choose_fusion_weight(data: Path, model: str, split: str | None, weights: tup
                          device: str | None) -> dict:
     """The convex fusion's dense weight with the best NDCG@10 for `model`'s hybrid path (fast tier,
     as queries run by default) on `split` of `data` (ties: the weight nearest the base default).
-    Torch encodes, as in the evaluation step, which then finds the same index in `cache`."""
-    from medsearch.evaluation import evaluate_models
+    Torch encodes, as in the evaluation step, which then finds the same index in `cache`; the model
+    loads and the queries are encoded once for every weight."""
+    from medsearch.corpus import read_corpus
+    from medsearch.encoder import Encoder
+    from medsearch.evaluation import cached_searcher, ir_metrics, load_benchmark, search_runs
     from medsearch.fusion import Fusion
 
+    bench = load_benchmark(data, split)
+    searcher = cached_searcher(data, read_corpus(data), Encoder(model, device=device), cache, progress)
+    qids = list(bench.queries)
+    texts = [bench.queries[q] for q in qids]
+    vectors = searcher.encoder.encode_queries(texts, progress=progress)
+    doc_ids = searcher.index.store.doc_ids()
     rows = []
     for weight in weights:
-        report = evaluate_models(data, [model], split=split, cache=cache, modes=("hybrid",), fusion=Fusion(weight=weight),
-                                 progress=progress, device=device)
-        rows.append({"weight": weight, "ndcg@10": round(report.ndcg(model, "hybrid-fast"), 4)})
+        run, _ = search_runs(searcher, vectors, texts, qids, doc_ids, 10, mode="hybrid", tier="fast",
+                             fusion=Fusion(weight=weight))
+        rows.append({"weight": weight, "ndcg@10": round(ir_metrics(run, bench)["ndcg@10"], 4)})
     default = Fusion().weight
     best = max(rows, key=lambda r: (r["ndcg@10"], -abs(r["weight"] - default)))
     return {"fusion": asdict(Fusion(weight=best["weight"])), "chosen_on": f"{data.name}:{split or 'all'}", "rows": rows}
