@@ -24,18 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, print_table, write_results  # noqa: E402
 
-from medsearch.evaluation import Benchmark, ir_metrics, load_benchmark  # noqa: E402
+from medsearch.evaluation import ir_metrics, load_benchmark, sample_benchmark  # noqa: E402
 from medsearch.options import SearchOptions  # noqa: E402
 from medsearch.rerank import load_reranker, runtime_for  # noqa: E402
 from medsearch.search import Searcher  # noqa: E402
-
-
-def sampled(bench: Benchmark, size: int) -> Benchmark:
-    if not size or size >= len(bench.queries):
-        return bench
-    ids = list(bench.queries)
-    keep = [ids[i] for i in sorted(np.random.default_rng(0).choice(len(ids), size=size, replace=False))]
-    return Benchmark(queries={q: bench.queries[q] for q in keep}, qrels={q: bench.qrels[q] for q in keep})
 
 
 def normalised(x: np.ndarray) -> np.ndarray:
@@ -61,7 +53,7 @@ def main() -> None:
     rows = []
     for spec in args.data:
         folder, _, split = spec.rpartition(":")
-        bench = sampled(load_benchmark(folder, split or None), args.sample)
+        bench = sample_benchmark(load_benchmark(folder, split or None), args.sample)
         searcher = Searcher.open(indexes[folder])
         reranker = load_reranker(args.reranker, runtime=runtime_for(searcher.encoder.runtime))
         index = searcher.index

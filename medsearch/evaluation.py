@@ -77,6 +77,15 @@ def load_benchmark(data_dir: str | Path, split: str | None = None) -> Benchmark:
     return Benchmark(queries=queries, qrels={qid: qrels[qid] for qid in queries})
 
 
+def sample_benchmark(bench: Benchmark, size: int) -> Benchmark:
+    """A seeded random sample of `size` of the benchmark's queries (all of them when size is 0 or more)."""
+    if not size or size >= len(bench.queries):
+        return bench
+    ids = list(bench.queries)
+    keep = [ids[i] for i in sorted(np.random.default_rng(0).choice(len(ids), size=size, replace=False))]
+    return Benchmark(queries={q: bench.queries[q] for q in keep}, qrels={q: bench.qrels[q] for q in keep})
+
+
 def ir_metrics(runs: dict[str, list[tuple[str, float]]], benchmark: Benchmark,
                runs100: dict[str, list[tuple[str, float]]] | None = None) -> dict[str, float]:
     """NDCG@10 (graded), MRR@10, Recall@10 and Recall@100 of ranked (doc id, score) lists, one per
@@ -292,10 +301,7 @@ def evaluate_models(
     if fusion is not None:
         fusion.check()
     bench = load_benchmark(data_dir, split)
-    if sample and sample < len(bench.queries):
-        keep = sorted(np.random.default_rng(0).choice(len(bench.queries), size=sample, replace=False))
-        ids = [list(bench.queries)[i] for i in keep]
-        bench = Benchmark(queries={q: bench.queries[q] for q in ids}, qrels={q: bench.qrels[q] for q in ids})
+    bench = sample_benchmark(bench, sample)
     if reranker is not None and rerank < 1:
         raise BadInputError(f"rerank must be at least 1 with a re-ranker; got {rerank}")
     documents = read_corpus(data_dir)

@@ -128,8 +128,6 @@ def check_cross_encoder_folder(folder: Path) -> None:
     """RerankerLoadError unless `folder` holds a cross-encoder: a sequence-classification head in its
     config.json, or sentence-transformers' CrossEncoder config (a bi-encoder's folder would load
     with a random, unsaved head: its scores would change with every load)."""
-    import json
-
     try:
         config = json.loads((folder / "config.json").read_text())
         st_config = folder / "config_sentence_transformers.json"
@@ -182,9 +180,6 @@ def reranker_entry(spec: str, rerank: int | None = None) -> dict:
         raise BadInputError(f"rerank by default must be at most {MAX_DEFAULT_RERANK}; got {rerank}")
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")):
-        if not (path / "config.json").is_file():
-            raise BadInputError(f"{spec} is not a model folder (no config.json): give a cross-encoder folder, "
-                                "e.g. one written by medsearch train-reranker")
         check_cross_encoder_folder(path)
         spec = str(path.resolve())
         if rerank is None:

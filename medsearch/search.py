@@ -126,9 +126,14 @@ class Searcher:
         given one (it then re-ranks DEFAULT_RERANK documents by default)."""
         out = index.describe()
         if self.reranker is not None:
-            out["reranker"] = {"model": self.reranker.spec, "rerank": DEFAULT_RERANK}
-            out["default_rerank"] = DEFAULT_RERANK
+            out["reranker"] = {"model": self.reranker.spec, "rerank": self.default_rerank(index)}
+            out["default_rerank"] = self.default_rerank(index)
         return out
+
+    def default_rerank(self, index: Index) -> int:
+        """Documents a query re-ranks when it names no number: DEFAULT_RERANK with a re-ranker given
+        to this searcher, else the index's (0 without one)."""
+        return DEFAULT_RERANK if self.reranker is not None else index.manifest.default_rerank
 
     def reranker_for(self, index: Index) -> Reranker | None:
         """The cross-encoder that re-ranks this index's queries: the searcher's, else the index's
@@ -203,10 +208,8 @@ class Searcher:
     def resolve(self, options: SearchOptions, index: Index | None = None) -> SearchOptions:
         """The options with the index's defaults filled in where they leave the choice to it (the
         mode: hybrid where the index has a lexical index)."""
-        manifest = (index or self.index).manifest
-        return options.for_index(manifest.default_mode,
-                                 DEFAULT_RERANK if self.reranker is not None else manifest.default_rerank,
-                                 manifest.fusion)
+        index = index or self.index
+        return options.for_index(index.manifest.default_mode, self.default_rerank(index), index.manifest.fusion)
 
     def check(self, options: SearchOptions, index: Index | None = None) -> None:
         """Raise BadInputError for options this index cannot serve (before any encoding): a dim it
