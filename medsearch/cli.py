@@ -297,6 +297,73 @@ def compact(index_dir):
     click.echo(f"{index_dir}: {report.summary() if report.compacted else 'nothing to compact'}")
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="[INDEX] OUT")
+@index_option
+def snapshot(paths, index_dir):
+    """Write the index's current generation to OUT, one .tar.zst file, while searches and writes go on.
+
+    \b
+    medsearch snapshot indexes/default backups/default-2026-11-30.tar.zst
+    medsearch snapshot backups/today.tar.zst --index indexes/default
+
+    Generations never change once committed, so the snapshot pins one and copies it; a write that
+    commits meanwhile is in the next snapshot. Every file is checked against the checksums its commit
+    recorded as it is read: a damaged index is refused, never archived. `medsearch restore` checks
+    the archive again before anything opens it."""
+    from medsearch.snapshot import snapshot as take_snapshot
+
+    if len(paths) > 2:
+        raise click.UsageError("give at most two paths: [INDEX] OUT")
+    index_dir, out = (paths[0], paths[1]) if len(paths) == 2 else (index_dir, paths[0])
+    click.echo(take_snapshot(index_dir, out).summary())
+
+
+@cli.command()
+@click.argument("snapshot_file", metavar="SNAPSHOT", type=click.Path(dir_okay=False))
+@click.argument("target", metavar="[DIR]", required=False, type=click.Path(file_okay=False))
+@index_option
+@click.option("--replace", is_flag=True,
+              help="DIR already holds an index: make the snapshot its next generation (the current one stays "
+                   "readable for a few minutes, as after any write).")
+def restore(snapshot_file, target, index_dir, replace):
+    """Restore a snapshot into DIR (default: --index): a new index, or with --replace the next generation
+    of an existing one.
+
+    Every file is checked against the snapshot's checksums and the parts' row counts against the
+    manifest (as `medsearch verify` does) before the index folder changes at all; a damaged or
+    foreign archive is refused with one line."""
+    from medsearch.snapshot import restore as restore_snapshot
+
+    click.echo(restore_snapshot(snapshot_file, target or index_dir, replace=replace).summary())
+
+
+@cli.command()
+@click.argument("target", metavar="[INDEX]", required=False, type=click.Path(file_okay=False))
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(target, index_dir, as_json):
+    """Check that an index is whole: every file of its current generation against the checksums its
+    commit recorded, and the document store, vector map, vectors, tier indexes, binary codes and BM25
+    against the manifest's row counts.
+
+    Prints one line per problem and exits 1 when there is any; 0 and a summary when it is whole.
+    `compact` runs the same check first, and `restore` on the archive before it commits."""
+    from medsearch.snapshot import verify as verify_index
+
+    report = verify_index(target or index_dir)
+    if as_json:
+        click.echo(json.dumps({"index": str(report.index), "generation": report.generation, "ok": report.ok,
+                               "files_checked": report.files, "problems": report.problems}, indent=2))
+    elif report.ok:
+        click.echo(report.summary())
+    else:
+        for problem in report.problems:
+            click.echo(f"{report.index}: {problem}", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
 def _flag(option: Option):
     """The click option of one search option (options.OPTIONS): its flag, type, default and help."""
     flag = "--filter" if option.name == "filters" else "--" + option.name.replace("_", "-")

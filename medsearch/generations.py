@@ -5,6 +5,7 @@
       gen-000007/    a complete index: manifest.json, docs.db, vectors.npy, dim{N}.faiss ...
       gen-000006/    the one before (kept: a reader may still be on it)
       .lock          held (flock) by the one writer
+      .pin-<id>      names a generation a snapshot is copying (held by flock; prune keeps it)
 
 A generation stops being current when the next one commits: the commit stamps that moment on the
 retired folder (its modification time; a committed folder's contents never change), and a
@@ -12,7 +13,8 @@ generation is removed only once it has been retired for KEEP_SECONDS and is neit
 nor the one just before it. A folder that a failed switch left (numbered past CURRENT, never current,
 so never read) is removed at once and never counts among the kept.
 
-A write builds the next generation in a temporary folder beside the others, fsyncs it, renames
+A write builds the next generation in a temporary folder beside the others, records the checksums
+of its files (checksums.py), fsyncs it, renames
 it to `gen-NNNNNN`, then replaces CURRENT: until that last rename every reader, and every
 process that opens the index, sees the previous generation whole; after it, the new one.
 A writer killed at any moment leaves at most a temporary folder, which the next writer removes.
@@ -30,10 +32,12 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from medsearch import checksums
 from medsearch.errors import MismatchError
 
 POINTER = "CURRENT"
 LOCK = ".lock"
+PIN = ".pin-"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
 # Generations older than the current and the previous one are removed once they have not been
 # current for this long: a service that answered from one a moment ago may still be reading it (it
@@ -79,6 +83,8 @@ def commit(root: Path, tmp: Path) -> Path:
     _drop_failed_switches(root, previous)  # never read, and never to count as the one before this
     following = max([number(p) for p in root.glob("gen-*")] + [number(previous) if previous else 0]) + 1
     target = root / f"gen-{following:06d}"
+    if not (tmp / checksums.FILE).is_file():  # a restored generation brings its own, already checked
+        checksums.record(tmp, previous)
     _fsync_tree(tmp)
     os.replace(tmp, target)
     pointer = root / f".{POINTER}.tmp-{os.getpid()}"
@@ -122,11 +128,67 @@ def prune(root: Path) -> None:
     committed = current(root)
     newest = number(committed) if committed else 0
     retired = sorted((p for p in root.glob("gen-*") if p.is_dir() and number(p) < newest), key=number)
+    kept = _pinned(root)
     for path in root.iterdir():
         if path.name.startswith(".tmp-") or path.name.startswith(f".{POINTER}.tmp-"):
             _remove(path)
-        elif path in retired[:-1] and now - path.stat().st_mtime > KEEP_SECONDS:
+        elif path in retired[:-1] and now - path.stat().st_mtime > KEEP_SECONDS and path.name not in kept:
             _remove(path)
+
+
+def _pinned(root: Path) -> set[str]:
+    """The generations that live pins name. A pin whose holder has died (its flock free) is removed;
+    a live pin that names nothing yet (being written) keeps every generation."""
+    kept: set[str] = set()
+    for pin in root.glob(f"{PIN}*"):
+        try:
+            handle = open(pin, "r")
+        except OSError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: a live pin
+                name = handle.read().strip()
+                kept |= {name} if name else {p.name for p in root.glob("gen-*")}
+                continue
+            pin.unlink(missing_ok=True)  # its holder died
+    return kept
+
+
+@contextmanager
+def pinned(root: Path):
+    """The current generation's folder (None when there is none), kept from `prune` for the block
+    (a snapshot copying it) by a pin file held with flock: a holder killed at any moment leaves a
+    pin that the next prune removes. No lock that writers or readers take is held."""
+    while True:
+        folder = current(root)
+        if folder is None:
+            yield None
+            return
+        pin = root / f"{PIN}{uuid.uuid4().hex[:12]}"
+        with open(pin, "w") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            handle.write(folder.name)
+            handle.flush()
+            # a prune between the open and the lock may have taken the pin for a dead one, and the
+            # generation may have gone before the pin named it (it had been retired for minutes):
+            # then pin what is current now
+            held = _same_inode(pin, handle.fileno()) and folder.is_dir()
+            try:
+                if held:
+                    yield folder
+                    return
+            finally:
+                if _same_inode(pin, handle.fileno()):
+                    pin.unlink(missing_ok=True)
+
+
+def _same_inode(path: Path, descriptor: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(descriptor).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _remove(path: Path) -> None:

@@ -38,6 +38,7 @@ from medsearch.index import (
     write_index,
 )
 from medsearch.manifest import Manifest
+from medsearch.snapshot import check_whole
 from medsearch.store import corpus_fingerprint, write_change, write_store
 
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
@@ -126,6 +127,7 @@ def compact(index_dir: str | Path) -> WriteReport:
     started = time.perf_counter()
     root = Path(index_dir)
     with _locked_base(root) as base:
+        check_whole(base, "compacting")
         report = WriteReport(manifest=base.manifest)
         # What was due after the last switch runs again (Qdrant deletes the points of dead rows
         # then; a failed delete is retried here): a backend that keeps no dead rows has nothing to rewrite
@@ -170,6 +172,7 @@ def _locked_base(root: Path):
 def _compact_current(root: Path, report: WriteReport, **options) -> None:
     base = open_index(root)
     try:
+        check_whole(base, "compacting")
         _compact(root, base, report, **options)
     finally:
         base.close()

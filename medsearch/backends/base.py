@@ -11,6 +11,7 @@ about its vectors, from the build of a generation to its last search:
   replaced_by  after a rebuild replaced this generation: free what lives outside the folder
   abandon      a build that never became current: free what it made outside the folder
   load, close  everything in memory now (a service's new generation) / let go of the files
+  verify       whether its vectors agree with the manifest (row counts, dims): `medsearch verify`
   search       the dense top list of a tier among the rows a search may return
 
 The index (index.py) and the writes (updates.py) call these and nothing else of a backend. Shared
@@ -81,6 +82,10 @@ class VectorBackend(Protocol):
 
     def close(self) -> None:
         """Let go of files and memory maps."""
+
+    def verify(self, skip: set[str] = frozenset()) -> list[str]:
+        """One line per way this generation's vectors disagree with its manifest (rows, dims), or
+        cannot be read; [] when they agree. Files named in `skip` (known to be damaged) are not parsed."""
 
     def search(self, queries: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
                allowed: np.ndarray | None, filters: list["Filter"], chunk_doc: np.ndarray) -> tuple[Ranked, dict[str, float]]:

@@ -195,6 +195,29 @@ class FaissBackend:
         for name in ("vectors", "binary"):
             self.__dict__.pop(name, None)
 
+    def verify(self, skip: set[str] = frozenset()) -> list[str]:
+        """vectors.npy, every tier index and the binary codes hold one row per chunk row, at their dim
+        (files in `skip`, known to be damaged, are not parsed)."""
+        chunks, full_dim = self.manifest.chunks, self.manifest.full_dim
+        parts = [(VECTORS_FILE, lambda: self.vectors.shape, (chunks, full_dim))]
+        parts += [(tier_file(d), lambda d=d: (self.tier(d).index.ntotal, self.tier(d).index.d), (chunks, d))
+                  for d in self.manifest.dims]
+        if (self.folder / BINARY_FILE).is_file() or self.manifest.fast_stage == "binary":
+            parts.append((BINARY_FILE, lambda: (self.binary.index.ntotal, self.binary.index.d), (chunks, full_dim)))
+        problems = []
+        for name, shape, expected in parts:
+            if name in skip:
+                continue
+            try:
+                found = tuple(int(n) for n in shape())
+            except Exception as err:  # noqa: BLE001 (numpy and faiss raise many kinds for a damaged file)
+                problems.append(f"{name}: unreadable ({_first_line(err)})")
+                continue
+            if found != expected:
+                problems.append(f"{name}: {found[0]} rows of {found[1]} dims; the manifest says {expected[0]} of {expected[1]}")
+        self.close()
+        return problems
+
     # ---- writes ----
 
     @classmethod
@@ -352,6 +375,11 @@ class FaissBackend:
         ranked = rerank_rows(vectors, list(rows), self.vectors)
         timings["rerank"] += (time.perf_counter() - started) * 1000
         return ranked
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def tier_file(dim: int) -> str:

@@ -316,6 +316,21 @@ class QdrantBackend:
     def close(self) -> None:
         """Nothing: the client is shared by every generation of the location (`close_clients`)."""
 
+    def verify(self, skip: set[str] = frozenset()) -> list[str]:
+        """The collection holds one point per live chunk row of the generation (rows past it are a
+        writer's, not yet committed)."""
+        m = self.models
+        try:
+            found = self._call("count", self.collection, exact=True, count_filter=m.Filter(must=[
+                m.FieldCondition(key="row", range=m.Range(lt=self.manifest.chunks))])).count
+        except MedsearchError as err:
+            return [f"collection '{self.collection}': {err}"]
+        expected = self.manifest.live_chunks
+        if found != expected:
+            return [f"collection '{self.collection}': {found} points for the generation's rows; the manifest says "
+                    f"{expected} live chunks"]
+        return []
+
     # ---- writes ----
 
     def create(self) -> None:

@@ -1,0 +1,117 @@
+"""The checksums a generation's commit records of its files, and their check.
+
+Every committed generation holds `checksums.sha256`: one line per file of the folder (sub-folders
+included, the checksums file itself excepted), in the format of coreutils' `sha256sum`, so
+`cd gen-000007 && sha256sum -c checksums.sha256` checks a generation without medsearch:
+
+    3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b  docs.db
+    ...
+
+A write shares the files it does not change with the generation before (hard links: committed
+files never change); their sums are carried over from that generation's record, not read again, so
+a small write hashes only what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+FILE = "checksums.sha256"
+CHUNK = 1 << 20
+
+
+def files(folder: Path) -> Iterator[Path]:
+    """The generation's files (relative paths, sorted) that a record covers: all but the record."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != FILE:
+            yield path.relative_to(folder)
+
+
+def digest(path: Path) -> str:
+    value = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            value.update(block)
+    return value.hexdigest()
+
+
+def read(folder: Path) -> dict[str, str] | None:
+    """The recorded sums (relative path -> hex digest), or None when the folder has no record (a
+    generation committed before medsearch recorded them). ValueError for a record that is not one."""
+    try:
+        text = (folder / FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return parse(text)
+
+
+def parse(text: str) -> dict[str, str]:
+    sums = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        value, sep, name = line.partition("  ")
+        if not sep or len(value) != 64 or any(c not in "0123456789abcdef" for c in value) or not name:
+            raise ValueError(f"line {number} of {FILE} is not '<sha256>  <file>'")
+        sums[name] = value
+    return sums
+
+
+def render(sums: dict[str, str]) -> str:
+    return "".join(f"{value}  {name}\n" for name, value in sorted(sums.items()))
+
+
+def record(folder: Path, previous: Path | None = None) -> dict[str, str]:
+    """Write `folder`'s record; files that are the very files of `previous` (hard links) keep the
+    sums `previous` recorded."""
+    known = {}
+    if previous is not None:
+        try:
+            known = read(previous) or {}
+        except (OSError, ValueError):  # a damaged record: hash everything again
+            known = {}
+    sums = {}
+    for name in files(folder):
+        path = folder / name
+        if str(name) in known and _same_file(path, previous / name):
+            sums[str(name)] = known[str(name)]
+        else:
+            sums[str(name)] = digest(path)
+    (folder / FILE).write_text(render(sums), encoding="utf-8")
+    return sums
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def problems(folder: Path, sums: dict[str, str]) -> list[str]:
+    """What differs between `folder`'s files and `sums`: one line per missing, changed (a flipped
+    byte, a truncation) or unexpected file."""
+    found = []
+    present = {str(name) for name in files(folder)}
+    for name, value in sorted(sums.items()):
+        if name not in present:
+            found.append(f"{name}: missing")
+        elif digest(folder / name) != value:
+            found.append(f"{name}: content differs from its checksum (a changed or damaged file)")
+    found += [f"{name}: not in the generation's checksums (a file added after its commit)"
+              for name in sorted(present - set(sums))]
+    return found
+
+
+class HashingReader:
+    """A file read through, hashed as it goes (a snapshot hashes what it archives in one read)."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle = handle
+        self.hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.hash.update(data)
+        return data

@@ -1,0 +1,312 @@
+"""Operations on an index on disk: the checksums each commit records, `verify`, `snapshot` and
+`restore` (taken while a writer runs, refused when damaged), and the pins that keep a snapshot's
+generation from being pruned."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+import zstandard
+from click.testing import CliRunner
+
+from medsearch import checksums, generations
+from medsearch.cli import cli
+from medsearch.corpus import Document
+from medsearch.errors import BadInputError
+from medsearch.index import build_index, open_index
+from medsearch.search import Searcher
+from medsearch.snapshot import DamagedIndexError, DamagedSnapshotError, restore, snapshot, verify
+from medsearch.updates import compact, delete, upsert
+
+from conftest import BUNDLED, REPO, backend_settings, write_jsonl
+
+QUERIES = ["early signs of type 2 diabetes", "how is high blood pressure treated", "child with a fever and a rash",
+           "side effects of statins", "what causes migraine headaches"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, minilm):
+    path = tmp_path_factory.mktemp("snap") / "idx"
+    build_index(BUNDLED, path, minilm)
+    return path
+
+
+@pytest.fixture
+def index_dir(built, tmp_path):
+    """A copy of the bundled index for a test to damage or write to."""
+    shutil.copytree(built, tmp_path / "idx")
+    return tmp_path / "idx"
+
+
+def answers(index_dir, minilm) -> list:
+    """Every tier's and mode's ranked ids and scores for QUERIES: what 'answers as a generation did' means."""
+    searcher = Searcher.open(index_dir, load_model=False)
+    searcher.encoder = minilm
+    out = []
+    for tier in ("fast", "light", "deep"):
+        for mode in ("dense", "hybrid"):
+            for result in searcher.search(QUERIES, tier=tier, mode=mode, k=10):
+                out.append([(h.id, round(h.score, 5)) for h in result.hits])
+    searcher.index.close()
+    return out
+
+
+def flip_byte(path, offset=None):
+    """Flip one bit of a file in place, in a copy of its own (a hard link would damage the one before too)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0x01
+    path.unlink()
+    path.write_bytes(bytes(data))
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# ---- checksums and verify ----
+
+def test_each_commit_records_checksums_that_sha256sum_accepts(index_dir, minilm):
+    upsert(index_dir, [Document(id="new", title="New", text="A new leaflet on chickenpox in adults.")], minilm)
+    delete(index_dir, ["new"])
+    for folder in sorted(index_dir.glob("gen-*")):  # built, appended, carried over
+        listed = checksums.read(folder)
+        assert set(listed) == {str(p) for p in checksums.files(folder)}
+        done = subprocess.run(["sha256sum", "--check", "--quiet", checksums.FILE], cwd=folder, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_verify_passes_a_good_index_and_names_a_flipped_byte(index_dir):
+    good = run("verify", index_dir)
+    assert good.exit_code == 0 and "is whole" in good.output
+    flip_byte(generations.current(index_dir) / "vectors.npy")
+    bad = run("verify", index_dir)
+    assert bad.exit_code == 1
+    lines = bad.output.strip().splitlines()
+    assert len(lines) == 1 and "vectors.npy" in lines[0] and "checksum" in lines[0]
+    assert "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("damage", ["truncate dim64.faiss", "remove lexical/vocab.index.json", "add stray.bin",
+                                    "flip docs.db", "flip checksums"])
+def test_verify_catches_truncated_missing_added_and_changed_files(index_dir, damage):
+    folder = generations.current(index_dir)
+    action, name = damage.split()
+    if action == "truncate":
+        data = (folder / name).read_bytes()
+        (folder / name).unlink()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    elif action == "remove":
+        (folder / name).unlink()
+    elif action == "add":
+        (folder / name).write_bytes(b"x")
+    else:
+        flip_byte(folder / (checksums.FILE if name == "checksums" else name), offset=100)
+    report = verify(index_dir)
+    assert not report.ok
+    assert name.replace("checksums", checksums.FILE) in report.problems[0] or name == "checksums"
+
+
+def test_verify_catches_parts_that_disagree_on_row_counts(index_dir):
+    """Files consistent with their checksums, but a manifest whose counts the parts do not hold (what a
+    writer bug would leave): every part that disagrees is named."""
+    folder = generations.current(index_dir)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["chunks"] += 1
+    manifest["documents"] += 1
+    (folder / "manifest.json").unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / checksums.FILE).unlink()
+    checksums.record(folder)
+    problems = " | ".join(verify(index_dir).problems)
+    for part in ("chunk_doc.npy", "docs.db: 187 documents", "binary.faiss", "lexical/", "vectors.npy", "dim64.faiss", "dim384.faiss"):
+        assert part in problems
+
+
+def test_verify_on_qdrant_counts_the_collection(tmp_path, memo_minilm):
+    from medsearch.backends import qdrant
+
+    build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=backend_settings("qdrant", tmp_path))
+    assert verify(tmp_path / "idx").ok
+    index = open_index(tmp_path / "idx")
+    backend = index.backend
+    models = backend.models
+    backend._call("delete", backend.collection, wait=True, points_selector=models.FilterSelector(filter=models.Filter(
+        must=[models.FieldCondition(key="row", match=models.MatchValue(value=3))])))
+    problems = verify(tmp_path / "idx").problems
+    assert len(problems) == 1 and "points" in problems[0]
+    with pytest.raises(BadInputError, match="Qdrant's own snapshot API"):
+        snapshot(tmp_path / "idx", tmp_path / "s.tar.zst")
+    qdrant.close_clients()
+
+
+def test_compact_refuses_a_damaged_index(index_dir):
+    flip_byte(generations.current(index_dir) / "dim128.faiss")
+    before = generations.current(index_dir)
+    result = run("compact", "--index", index_dir)
+    assert result.exit_code == 1 and "dim128.faiss" in result.output and "not compacting" in result.output
+    assert generations.current(index_dir) == before
+
+
+# ---- snapshot and restore ----
+
+def test_snapshot_restores_to_the_same_answers(index_dir, tmp_path, minilm):
+    upsert(index_dir, [Document(id="new", title="Chickenpox in adults", text="Chickenpox in adults is often more severe.")],
+           minilm)
+    before = answers(index_dir, minilm)
+    taken = run("snapshot", index_dir, tmp_path / "s.tar.zst")
+    assert taken.exit_code == 0, taken.output
+    restored = run("restore", tmp_path / "s.tar.zst", tmp_path / "copy")
+    assert restored.exit_code == 0, restored.output
+    assert verify(tmp_path / "copy").ok
+    assert answers(tmp_path / "copy", minilm) == before
+    assert open_index(tmp_path / "copy").store.document("new")["title"] == "Chickenpox in adults"
+
+
+def test_restore_replaces_an_index_as_its_next_generation(index_dir, tmp_path, minilm):
+    snapshot(index_dir, tmp_path / "s.tar.zst")
+    before = answers(index_dir, minilm)
+    delete(index_dir, ["doc-001", "doc-002"])
+    assert answers(index_dir, minilm) != before
+    refused = run("restore", tmp_path / "s.tar.zst", index_dir)
+    assert refused.exit_code == 1 and "--replace" in refused.output
+    report = restore(tmp_path / "s.tar.zst", index_dir, replace=True)
+    assert report.generation == 3 and answers(index_dir, minilm) == before
+
+
+def _corrupt(source, target, how):
+    data = source.read_bytes()
+    if how == "flip":
+        data = bytearray(data)
+        data[len(data) // 2] ^= 0x10
+        data = bytes(data)
+    elif how == "truncate":
+        data = data[: len(data) * 2 // 3]
+    elif how == "junk":
+        data = b"not a snapshot at all"
+    target.write_bytes(data)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "junk"])
+def test_restore_refuses_a_corrupted_archive_with_one_line(index_dir, tmp_path, how):
+    snapshot(index_dir, tmp_path / "s.tar.zst")
+    _corrupt(tmp_path / "s.tar.zst", tmp_path / "bad.tar.zst", how)
+    result = run("restore", tmp_path / "bad.tar.zst", tmp_path / "copy")
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "nothing was restored" in result.output
+    assert not (tmp_path / "copy").exists()
+
+
+def _archive(path, members: dict[str, bytes], header: dict | None):
+    """A zstd tar of `members` and a snapshot.json `header`: a forged snapshot."""
+    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as stream, \
+            tarfile.open(fileobj=stream, mode="w|") as tar:
+        import io
+
+        for name, data in {**members, **({"snapshot.json": json.dumps(header).encode()} if header else {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_restore_refuses_forged_archives(index_dir, tmp_path):
+    import hashlib
+
+    evil = b"owned"
+    entry = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
+    header = {"format": "medsearch-snapshot/1", "generation": 1, "files": {"../escape": entry}}
+    _archive(tmp_path / "escape.tar.zst", {"generation/../escape": evil}, header)
+    with pytest.raises(DamagedSnapshotError, match="unexpected member"):
+        restore(tmp_path / "escape.tar.zst", tmp_path / "out")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()
+    _archive(tmp_path / "noheader.tar.zst", {"generation/manifest.json": b"{}"}, None)
+    with pytest.raises(DamagedSnapshotError, match="not a medsearch snapshot"):
+        restore(tmp_path / "noheader.tar.zst", tmp_path / "out")
+    # a header whose sums match files that are not an index: the row checks refuse it
+    header = {"format": "medsearch-snapshot/1", "generation": 1, "files": {"x": entry}}
+    _archive(tmp_path / "notindex.tar.zst", {"generation/x": evil}, header)
+    with pytest.raises(Exception, match="manifest"):
+        restore(tmp_path / "notindex.tar.zst", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_snapshot_refuses_a_damaged_index_and_writes_nothing(index_dir, tmp_path):
+    flip_byte(generations.current(index_dir) / "docs.db")
+    with pytest.raises(DamagedIndexError, match="docs.db"):
+        snapshot(index_dir, tmp_path / "s.tar.zst")
+    assert list(tmp_path.glob("*s.tar.zst*")) == []
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(BadInputError, match="exists"):
+        snapshot(index_dir, tmp_path / "taken")
+
+
+def test_a_snapshot_taken_during_an_add_restores_to_one_generation(index_dir, tmp_path, minilm):
+    """The issue's bar: a snapshot taken while `medsearch add` of 150 documents is writing restores to
+    an index whose answers equal those of the generation before the add or after it, exactly."""
+    docs = [{"id": f"new-{i}", "title": f"Leaflet {i} on chronic cough",
+             "text": f"Leaflet {i}: a cough that lasts more than eight weeks in adults has many causes, "
+                     f"including asthma, reflux and postnasal drip; number {i} of the series."} for i in range(150)]
+    write_jsonl(tmp_path / "new.jsonl", docs)
+    before = answers(index_dir, minilm)
+    writer = subprocess.Popen([sys.executable, "-m", "medsearch", "add", str(tmp_path / "new.jsonl"), "--index",
+                               str(index_dir), "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not _writing(index_dir):  # the writer has loaded its model and started the next generation
+        assert writer.poll() is None and time.monotonic() < deadline, "the add never started writing"
+        time.sleep(0.05)
+    snapshot(index_dir, tmp_path / "during.tar.zst")
+    assert writer.wait(timeout=300) == 0, writer.stdout.read().decode()
+    after = answers(index_dir, minilm)
+    assert after != before
+    restore(tmp_path / "during.tar.zst", tmp_path / "copy")
+    assert answers(tmp_path / "copy", minilm) in (before, after)
+
+
+def _writing(index_dir) -> bool:
+    """A writer is building the next generation (its temporary folder exists); probing the writer's
+    lock instead would make the writer fail when the probe holds it."""
+    return any(index_dir.glob(".tmp-*"))
+
+
+# ---- pins ----
+
+def test_a_pinned_generation_outlives_prune_until_released(index_dir, minilm, monkeypatch):
+    monkeypatch.setattr(generations, "KEEP_SECONDS", 0)
+    with generations.pinned(index_dir) as first:
+        for i in range(3):
+            upsert(index_dir, [Document(id=f"n{i}", title="t", text=f"text number {i} about gout")], minilm)
+        assert first.is_dir() and (first / "vectors.npy").is_file()
+        assert len(list(index_dir.glob(".pin-*"))) == 1
+    upsert(index_dir, [Document(id="last", title="t", text="one more about gout")], minilm)
+    assert not first.exists() and not list(index_dir.glob(".pin-*"))
+
+
+def test_a_pin_left_by_a_killed_process_is_removed(index_dir, minilm, monkeypatch):
+    monkeypatch.setattr(generations, "KEEP_SECONDS", 0)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom pathlib import Path\nfrom medsearch import generations\n"
+        f"with generations.pinned(Path({str(index_dir)!r})):\n    print('pinned', flush=True); time.sleep(600)\n")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "pinned"
+    first = generations.current(index_dir)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert list(index_dir.glob(".pin-*"))  # left behind
+    for i in range(3):
+        upsert(index_dir, [Document(id=f"n{i}", title="t", text=f"text number {i} about gout")], minilm)
+    assert not first.exists() and not list(index_dir.glob(".pin-*"))
+
+
+def test_a_damaged_index_is_repaired_by_restoring_a_snapshot(index_dir, tmp_path):
+    """The operator's way back: a snapshot from before the damage, restored over the index."""
+    snapshot(index_dir, tmp_path / "s.tar.zst")
+    flip_byte(generations.current(index_dir) / "vectors.npy")
+    assert not verify(index_dir).ok
+    restore(tmp_path / "s.tar.zst", index_dir, replace=True)
+    assert verify(index_dir).ok
+    compact(index_dir)  # whole again: the check passes
