@@ -523,13 +523,16 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--request-timeout", default=ServerSettings.request_timeout_s, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds a search may wait and run before it gets a 503.")
 @click.option("--read-timeout", default=ServerSettings.read_timeout_s, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds a client has to send a whole request (headers and body); slower connections are closed.")
 @click.option("--max-connections", default=ServerSettings.max_connections, show_default=True, type=click.IntRange(min=1), help="Connections at once; past it requests get a 503.")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="debug also logs every request.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True, help="info and debug log one line per request (route, status, ms, counts; no query text); warning and above do not.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=ServerSettings.log_format, show_default=True, help="Request lines as key=value pairs, or one JSON object per line.")
+@click.option("--log-queries", is_flag=True, help="Put the query text in the request lines (off by default: queries can be personal health information).")
+@click.option("--metrics-port", default=None, type=click.IntRange(1, 65535), help="Also serve the Prometheus metrics alone on 127.0.0.1:PORT, without a token (for a scraper on this host); /metrics on the API needs the token.")
 @reranker_option
 def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
           max_query_chars, max_queries, threads, search_threads, writable, allowed_hosts, request_timeout, read_timeout,
-          max_connections, log_level, reranker):
+          max_connections, log_level, log_format, log_queries, metrics_port, reranker):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
-    probes at /livez and /readyz, OpenAPI at /docs.
+    probes at /livez and /readyz, Prometheus metrics at /metrics, OpenAPI at /docs.
 
     The model and index load once, in the background: /readyz answers 503 until they are ready.
     SIGTERM or Ctrl-C lets in-flight requests finish, then exits.
@@ -551,6 +554,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
         max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries,
         search_threads=search_threads, writable=writable, allowed_hosts=tuple(allowed_hosts) or None,
         request_timeout_s=request_timeout, read_timeout_s=read_timeout, max_connections=max_connections,
+        log_format=log_format, log_queries=log_queries, metrics_port=metrics_port,
     )
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)

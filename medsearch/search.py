@@ -57,6 +57,7 @@ class QueryResult:
     hits: list[Hit]
     timings_ms: dict[str, float]
     query_id: str | None = None
+    generation: int | None = None  # the index generation that answered (not in the JSON: the service logs it)
 
     def to_json(self) -> dict:
         out = {"query_id": self.query_id} if self.query_id is not None else {}
@@ -264,15 +265,18 @@ class Searcher:
                 options = replace(options, k=max(k, options.rerank))
             ranked, timings = self.retrieve(queries, vectors, options, index=index)
             reranker = self.reranker_for(index) if options.rerank else None
-            results = []
-            reranking = 0.0
+            results, generation = [], index.generation
+            reranking = hydrating = 0.0
             for i, hits in enumerate(ranked):
+                started = time.perf_counter()
                 found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
+                hydrating += time.perf_counter() - started
                 if reranker is not None:
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError("the request's time ran out before its re-ranking")
                     hits, ms = self.reranked(index, reranker, queries[i], hits, options.rerank, found)
                     reranking += ms
+                started = time.perf_counter()
                 hits = hits[:k]
                 docs = []
                 for row, score, found_by in hits:
@@ -290,9 +294,11 @@ class Searcher:
                             found_by=found_by,
                         )
                     )
-                results.append(QueryResult(queries[i], docs, {}, query_ids[i] if query_ids else None))
+                hydrating += time.perf_counter() - started
+                results.append(QueryResult(queries[i], docs, {}, query_ids[i] if query_ids else None, generation))
             if options.rerank:
                 timings["cross_encoder"] = reranking
+            timings["hydrate"] = hydrating * 1000  # the hits' chunks read from SQLite, their snippets made
             per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
             for result in results:
                 result.timings_ms = dict(per_query)

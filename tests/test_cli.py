@@ -60,7 +60,7 @@ def test_query_json_for_every_tier(cli_index):
         assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
         assert out["results"][0]["source"] == "corpus.jsonl"
         assert "topic" in out["results"][0]["metadata"]
-        assert set(out["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse"}, "no mode named: hybrid"
+        assert set(out["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse", "hydrate"}, "no mode named: hybrid"
 
 
 def test_batch_queries_json(cli_index):

@@ -153,7 +153,7 @@ def test_an_index_without_lexical_says_rebuild(tmp_path, small_index):
     assert out.output.strip().count("\n") == 0
     out = CliRunner().invoke(cli, ["query", "fever", "--index", str(copy), "--json"])
     assert out.exit_code == 0, "without a lexical index a query that names no mode is dense"
-    assert json.loads(out.output)["timings_ms"].keys() == {"encode", "search", "rerank"}
+    assert json.loads(out.output)["timings_ms"].keys() == {"encode", "search", "rerank", "hydrate"}
 
 
 def test_a_query_that_names_no_mode_is_hybrid_where_there_is_a_lexical_index(small_index, minilm):

@@ -96,7 +96,7 @@ def test_batch_keeps_query_order_and_ids(small_searcher):
     out = results[0].to_json()
     assert list(out) == ["query_id", "query", "results", "timings_ms"]
     assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
-    assert set(out["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse"}, "the default mode is hybrid here"
+    assert set(out["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse", "hydrate"}, "the default mode is hybrid here"
 
 
 @pytest.mark.parametrize(

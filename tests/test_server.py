@@ -41,7 +41,7 @@ def test_get_search_is_the_cli_json(client, searcher):
     assert body["results"][0]["found_by"] == {"dense": 1, "lexical": 1}, "no mode named: hybrid, the index's default"
     assert body["results"][0]["metadata"] == {"topic": "condition"}
     assert body["results"][0]["source"] == "corpus.jsonl"
-    assert set(body["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse"}
+    assert set(body["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse", "hydrate"}
     assert body["timings_ms"]["encode"] > 0
 
 

@@ -5,9 +5,11 @@
                                              # /livez answers at once, /readyz once loaded
 
 This module wires the app: the service's state (service.py), the routers by domain (routes/:
-search, documents, info and probes, the page), the guard middleware (Host, token, body size), the
-exception handlers, and `serve` (uvicorn with the bounds its protocol lacks). The request and
-response models are in models.py, the error body and JSON rendering in responses.py.
+search, documents, info, probes and metrics, the page), the access-log middleware (access.py: one
+line and the metrics per request), the guard middleware (Host, token, body size), the exception
+handlers, and `serve` (uvicorn with the bounds its protocol lacks, its own access log off). The
+request and response models are in models.py, the error body and JSON rendering in responses.py,
+the metrics in metrics.py.
 
 Model and index load once. CPU work runs off the event loop (service.py): query encoding on one
 encoder thread, concurrent queries encoded together by the micro-batcher; search and hydration on
@@ -49,6 +51,8 @@ from medsearch.errors import (
 )
 from medsearch.generations import IndexLockedError
 from medsearch.search import Searcher
+from medsearch.server.access import AccessMiddleware, access_log
+from medsearch.server.metrics import start_metrics_server
 from medsearch.server.models import ERRORS
 from medsearch.server.responses import error, json_bytes
 from medsearch.server.routes import documents, info, page, search
@@ -121,6 +125,8 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
 
         app.add_middleware(CORSMiddleware, allow_origins=[settings.cors_origin], allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    # added last, so outermost: requests the guard refuses are timed, counted and logged too
+    app.add_middleware(AccessMiddleware, routes=app.router.routes, metrics=service.metrics)
 
     @app.exception_handler(MedsearchError)
     async def library_error(request: Request, err: MedsearchError):
@@ -371,7 +377,12 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
           log_level: str = "info", reranker: str | None = None) -> None:
     """Run the service until SIGINT/SIGTERM (in-flight requests finish first). Checks the settings
     and the index before listening; the model (and `reranker`, a cross-encoder for the re-ranking
-    stage) loads in the background (/readyz says when)."""
+    stage) loads in the background (/readyz says when).
+
+    One line per request goes to stderr (logger `medsearch.access`, `settings.log_format`; none above
+    `log_level` info), never uvicorn's access log: it writes the raw path with its query string, the
+    text of every GET /search. With `settings.metrics_port`, the metrics are served alone, without a
+    token, on 127.0.0.1 at that port too."""
     import dataclasses
 
     import uvicorn
@@ -384,6 +395,8 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
     settings = dataclasses.replace(settings, allowed_hosts=allowed_hosts(settings, host))
     if not settings.token and not is_loopback(host):
         log.warning("serving %s without a token: anyone who can reach it can search it (give a token file)", host)
+    if settings.metrics_port is not None and settings.metrics_port == port:
+        raise BadInputError(f"the metrics port {port} is the service's own port: give another one")
     configure_threads(torch_threads, settings.workers)
     failure: list[MedsearchError] = []
     server: uvicorn.Server | None = None
@@ -395,14 +408,25 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
     app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime, reranker=reranker),
                      settings, on_load_error=stop_on_error)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                            access_log=log_level == "debug",
+                            access_log=False,  # it logs GET /search?q=<the query>: access.py logs requests instead
                             http=read_timeout_protocol(settings.read_timeout_s, max_body_bytes=settings.max_body_bytes),
                             limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s)
     server = uvicorn.Server(config)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        try:
+            metrics_server = start_metrics_server(app.state.service.metrics.registry, settings.metrics_port)
+        except OSError:
+            raise BadInputError(f"cannot serve the metrics on 127.0.0.1:{settings.metrics_port} (port in use)") from None
     try:
-        server.run()
+        with access_log(settings.log_format, log_level):
+            server.run()
     except SystemExit:  # uvicorn exits when it cannot bind (it has logged why)
         raise BadInputError(f"cannot listen on {host}:{port} (port in use, or not an address of this machine)") from None
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     if failure:
         raise failure[0]
 

@@ -52,6 +52,7 @@ class MicroBatcher:
         max_batch: int = 64,
         workers: int = 1,
         max_pending: int = 0,
+        on_pass: Callable[[int], None] | None = None,
     ):
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be at least 0; got {max_wait_ms}")
@@ -66,6 +67,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.workers = workers  # encoder passes in flight at once (the executor needs as many threads)
         self.max_pending = max_pending  # requests waiting for a pass; 0: no bound
+        self.on_pass = on_pass  # called with the number of texts of each encoder pass (the service's metrics)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self.passes = 0  # encoder calls made, and texts encoded: passes < texts means batching happened
@@ -89,6 +91,12 @@ class MicroBatcher:
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the service is shutting down"))
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for an encoder pass now (0 with batching off: they wait on the executor).
+        The metrics server's thread reads it too: the length of the queue's deque, one atomic read."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def encode(self, texts: list[str]) -> tuple[np.ndarray, float]:
         if not self.enabled:
             return await self._call(texts)
@@ -106,6 +114,8 @@ class MicroBatcher:
         vectors = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts)
         self.passes += 1
         self.texts += len(texts)
+        if self.on_pass is not None:
+            self.on_pass(len(texts))
         return vectors, (time.perf_counter() - started) * 1000
 
     async def _gather(self) -> list[_Pending]:

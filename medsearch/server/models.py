@@ -92,7 +92,7 @@ class SearchResponse(BaseModel):
     query_id: str | None = Field(None, description="POST only: the request's id for this query.")
     query: str
     results: list[HitOut]
-    timings_ms: dict[str, float] = Field(..., description="encode (the shared encoder pass), search, rerank, lexical, fuse.")
+    timings_ms: dict[str, float] = Field(..., description="encode (the shared encoder pass), search, rerank, lexical, fuse, cross_encoder, hydrate.")
 
 
 class DocumentOut(BaseModel):

@@ -23,6 +23,7 @@ from medsearch.errors import BadInputError, MedsearchError, RerankerUnavailableE
 from medsearch.index import TIERS
 from medsearch.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
+from medsearch.server.metrics import Metrics
 from medsearch.server.models import RequestOptions
 from medsearch.server.responses import json_bytes
 from medsearch.server.settings import ServerSettings, available_cores
@@ -50,6 +51,8 @@ class Service:
                                              initializer=limit_threads, initargs=(1,))
         self.batcher: MicroBatcher | None = None
         self.ready = asyncio.Event()
+        self.metrics = Metrics(lambda: self.searcher if self.ready.is_set() else None,
+                               lambda: self.batcher.pending if self.batcher is not None else 0)
         self._write_lock = asyncio.Lock()
 
     async def start(self, on_load_error: Callable[[MedsearchError], None] | None) -> None:
@@ -77,6 +80,7 @@ class Service:
             searcher.encoder.encode_queries, self.encode_pool, enabled=self.settings.batching,
             max_wait_ms=self.settings.batch_wait_ms, max_batch=self.settings.max_batch,
             workers=self.settings.workers, max_pending=self.settings.max_pending,
+            on_pass=self.metrics.batch_texts.observe,
         )
         await self.batcher.start()
         self.ready.set()
@@ -122,15 +126,21 @@ class Service:
                                 f"{limits.max_results} a request")
 
     async def search(self, texts: list[str], ids: list[str] | None, request: "RequestOptions", *, receive=None,
-                     one: bool = False) -> bytes:
+                     one: bool = False, fields: dict | None = None) -> bytes:
         """Check, encode (in a shared pass), search and hydrate one request's queries with the search
         options of `request` (the API's model: bounded here before they are parsed); the JSON answer
         (a list of results, or the one result when `one`), encoded on the search thread: a large
         answer never holds the event loop. `receive`: the request's ASGI receive, watched so that a
-        client that leaves is dropped before its pass."""
+        client that leaves is dropped before its pass. `fields`: the request's access-log fields
+        (access.py), given its queries' count and lengths, then its hits, generation, mode and tier;
+        the text itself only with the setting `log_queries`."""
+        fields = {} if fields is None else fields
+        fields.update(queries=len(texts), query_chars=[len(text) for text in texts])
         searcher = self.loaded()
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         self.check_request(texts, ids, request.filters, request.k, request.oversample)
+        if self.settings.log_queries:  # once checked: text that encodes, within the length limit
+            fields["query"] = list(texts)
         options = searcher.resolve(request.options())
         if len(texts) * options.rerank > self.settings.max_rerank_pairs:
             raise BadInputError(f"{len(texts)} queries x rerank={options.rerank} asks the cross-encoder to score "
@@ -143,12 +153,20 @@ class Service:
         # the search thread stops at the deadline too (between queries' re-ranking), not only the answer
         stop_at = time.monotonic() + max(0.0, deadline - asyncio.get_running_loop().time())
 
-        def run() -> bytes:
-            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids, deadline=stop_at)
-            answer = [result.to_json() for result in results]
-            return json_bytes(answer[0] if one else answer)
+        tier = options.tier if options.dim is None else f"dim{options.dim}"  # a dim the index stores (checked)
 
-        return await self._within(asyncio.get_running_loop().run_in_executor(self.search_pool, run), deadline, receive)
+        def run() -> tuple[bytes, dict]:
+            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids, deadline=stop_at)
+            self.metrics.searched(options.mode, tier, results, encoded=vectors is not None)
+            answer = [result.to_json() for result in results]
+            facts = {"hits": sum(len(result.hits) for result in results), "generation": results[0].generation,
+                     "mode": options.mode, "tier": tier}
+            return json_bytes(answer[0] if one else answer), facts
+
+        answer, facts = await self._within(asyncio.get_running_loop().run_in_executor(self.search_pool, run),
+                                           deadline, receive)
+        fields.update(facts)  # here, on the event loop: the search thread never writes what the access log reads
+        return answer
 
     async def _within(self, work, deadline: float, receive=None):
         """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
@@ -186,14 +204,20 @@ class Service:
 
         return await asyncio.get_running_loop().run_in_executor(self.search_pool, read)
 
-    async def write(self, operation: Callable[[], "WriteReport"]) -> dict:
-        """Run one write (upsert or delete) on the write thread, one at a time, then load the new
-        generation there too (searches go on with the old one until it is loaded); the next query sees it."""
+    async def write(self, operation: Callable[[], "WriteReport"], kind: str = "other") -> dict:
+        """Run one write (`kind`: upsert or delete) on the write thread, one at a time, then load the new
+        generation there too (searches go on with the old one until it is loaded); the next query sees it.
+        Counted and timed in the metrics by kind and outcome."""
         searcher = self.loaded()
         loop = asyncio.get_running_loop()
         async with self._write_lock:
-            report = await loop.run_in_executor(self.write_pool, operation)
-            await loop.run_in_executor(self.write_pool, searcher.current)
+            started, ok = time.perf_counter(), False
+            try:
+                report = await loop.run_in_executor(self.write_pool, operation)
+                await loop.run_in_executor(self.write_pool, searcher.current)
+                ok = True
+            finally:
+                self.metrics.wrote(kind, ok, time.perf_counter() - started)
         return {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
                 "deleted": report.deleted, "compacted": report.compacted, "generation": report.generation,
                 "documents": report.manifest.get("documents", 0)}

@@ -16,6 +16,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+LOG_FORMATS = ("text", "json")
+
+
 @dataclass
 class ServerSettings:
     """What `medsearch serve` can set; the defaults are the measured ones (bench/serve_load.py)."""
@@ -53,6 +56,12 @@ class ServerSettings:
     # Host header allow-list (DNS rebinding: a page elsewhere resolving its name to this server);
     # None: loopback names when bound to loopback, any host otherwise. "*" allows any.
     allowed_hosts: tuple[str, ...] | None = None
+    # Request logs (logger medsearch.access, one line a request: access.py): `text` (key=value pairs) or
+    # `json`; the query text only with log_queries (queries can be personal health information).
+    log_format: str = "text"
+    log_queries: bool = False
+    # Metrics alone, without a token, on 127.0.0.1:metrics_port (`serve` only); None: /metrics only
+    metrics_port: int | None = None
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
@@ -70,6 +79,10 @@ class ServerSettings:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.token is not None and not self.token.strip():
             raise BadInputError("the token is empty")
+        if self.log_format not in LOG_FORMATS:
+            raise BadInputError(f"unknown log format '{self.log_format}' (use {' or '.join(LOG_FORMATS)})")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise BadInputError(f"metrics_port must be a port number from 1 to 65535; got {self.metrics_port}")
         if self.writable and not self.token:
             raise BadInputError("a writable service needs a token: anyone who can reach it could change the index")
 

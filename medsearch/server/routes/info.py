@@ -1,10 +1,13 @@
-"""The index's description (/info) and the probes: /livez (the process is up), /readyz (loaded)."""
+"""The index's description (/info), the probes: /livez (the process is up), /readyz (loaded), and the
+service's Prometheus metrics (/metrics, behind the token like /info: metrics.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from medsearch.server.models import ErrorOut
 from medsearch.server.responses import error, public_message, public_view
@@ -43,3 +46,12 @@ async def info(service: ServiceDep):
             return searcher.describe(index)
 
     return public_view(await asyncio.get_running_loop().run_in_executor(service.search_pool, read))
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(service: ServiceDep):
+    """The service's metrics in Prometheus' text format (docs/guides/operations.md): requests, search
+    stages, encoder passes, writes, the index's counts. Rendered off the event loop (the index's
+    gauges read its files' sizes)."""
+    body = await asyncio.to_thread(generate_latest, service.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
