@@ -118,6 +118,7 @@ def cli():
     medsearch query --queries questions.jsonl --json
     medsearch info                                what an index holds
     medsearch add new-docs/                       upsert documents; delete ID; compact
+    medsearch snapshot indexes/default backups/   a backup (restore SNAPSHOT DIR; verify INDEX)
     medsearch serve                               the search page and HTTP API on :8000
     medsearch query "metformin 500 mg" --mode hybrid   dense + BM25, fused
     medsearch data medquad data/medquad           fetch MedQuAD (or: data beir nfcorpus DIR)
@@ -527,10 +528,11 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=ServerSettings.log_format, show_default=True, help="Request lines as key=value pairs, or one JSON object per line.")
 @click.option("--log-queries", is_flag=True, help="Put the query text in the request lines (off by default: queries can be personal health information).")
 @click.option("--metrics-port", default=None, type=click.IntRange(1, 65535), help="Also serve the Prometheus metrics alone on 127.0.0.1:PORT, without a token (for a scraper on this host); /metrics on the API needs the token.")
+@click.option("--snapshot-dir", default=None, type=click.Path(file_okay=False), help="Folder where POST /snapshot writes snapshots of the index (needs --writable); off by default.")
 @reranker_option
 def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
           max_query_chars, max_queries, threads, search_threads, writable, allowed_hosts, request_timeout, read_timeout,
-          max_connections, log_level, log_format, log_queries, metrics_port, reranker):
+          max_connections, log_level, log_format, log_queries, metrics_port, snapshot_dir, reranker):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, Prometheus metrics at /metrics, OpenAPI at /docs.
 
@@ -549,12 +551,14 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
             raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
     if writable and not token:
         raise click.UsageError("--writable needs a token: give --token-file FILE or set MEDSEARCH_TOKEN")
+    if snapshot_dir and not writable:
+        raise click.UsageError("--snapshot-dir needs --writable (and so a token): POST /snapshot writes to this machine's disk")
     settings = ServerSettings(
         token=token, cors_origin=cors_origin, batching=not no_batching, batch_wait_ms=batch_wait_ms,
         max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries,
         search_threads=search_threads, writable=writable, allowed_hosts=tuple(allowed_hosts) or None,
         request_timeout_s=request_timeout, read_timeout_s=read_timeout, max_connections=max_connections,
-        log_format=log_format, log_queries=log_queries, metrics_port=metrics_port,
+        log_format=log_format, log_queries=log_queries, metrics_port=metrics_port, snapshot_dir=snapshot_dir,
     )
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)

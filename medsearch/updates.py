@@ -127,11 +127,11 @@ def compact(index_dir: str | Path) -> WriteReport:
     started = time.perf_counter()
     root = Path(index_dir)
     with _locked_base(root) as base:
-        check_whole(base, "compacting")
         report = WriteReport(manifest=base.manifest)
         # What was due after the last switch runs again (Qdrant deletes the points of dead rows
         # then; a failed delete is retried here): a backend that keeps no dead rows has nothing to rewrite
         base.backend.committed()
+        check_whole(base, "compacting")  # (after that cleanup: until it, a collection holds dead rows' points)
         live = len(base.store.chunk_rows()) if base.backend.keeps_dead_rows else 0
         if live and (base.manifest.dead_chunks or base.backend.outdated()):  # an index from before the funnel gains it here
             _compact(root, base, report)

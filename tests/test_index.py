@@ -40,7 +40,7 @@ def test_build_384(tmp_path, small_corpus, minilm):
     assert {p.name for p in (tmp_path / "idx").iterdir()} == {"CURRENT", ".lock", "gen-000001"}
     assert (tmp_path / "idx" / "CURRENT").read_text() == "gen-000001\n"
     files = {p.name for p in (tmp_path / "idx" / "gen-000001").iterdir()}
-    assert files == {"manifest.json", "docs.db", "vectors.npy", "chunk_doc.npy", "dim64.faiss", "dim128.faiss", "dim384.faiss", "binary.faiss", "lexical"}
+    assert files == {"manifest.json", "docs.db", "vectors.npy", "chunk_doc.npy", "dim64.faiss", "dim128.faiss", "dim384.faiss", "binary.faiss", "lexical", "checksums.sha256"}
     assert manifest["fast"]["binary_factory"] == "BFlat"
     assert manifest["fast"]["target_recall"] == 0.99
     assert manifest["documents"] == 8

@@ -310,3 +310,71 @@ def test_a_damaged_index_is_repaired_by_restoring_a_snapshot(index_dir, tmp_path
     restore(tmp_path / "s.tar.zst", index_dir, replace=True)
     assert verify(index_dir).ok
     compact(index_dir)  # whole again: the check passes
+
+
+# ---- POST /snapshot ----
+
+@pytest.fixture
+def service(index_dir, tmp_path, minilm):
+    """A writable service with a snapshot folder, on a real server on loopback."""
+    from medsearch.server.app import create_app
+    from medsearch.server.settings import ServerSettings
+    from servers import uvicorn_thread
+
+    (tmp_path / "backups").mkdir()
+    settings = ServerSettings(writable=True, warm_up=False, token="t", snapshot_dir=str(tmp_path / "backups"))
+    with uvicorn_thread(create_app(Searcher(open_index(index_dir), minilm), settings)) as url:
+        yield url, tmp_path / "backups"
+
+
+def test_post_snapshot_writes_a_restorable_archive_while_searches_go_on(service, index_dir, tmp_path, minilm, monkeypatch):
+    import threading
+
+    import httpx
+
+    import medsearch.snapshot as module
+
+    url, backups = service
+    auth = {"Authorization": "Bearer t"}
+    assert httpx.post(f"{url}/snapshot").status_code == 401
+    release, entered, real = threading.Event(), threading.Event(), module.snapshot
+
+    def held(*args):  # the real snapshot, once the test lets it go: searches and a second request meanwhile
+        entered.set()
+        release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(module, "snapshot", held)
+    with httpx.Client(base_url=url, headers=auth, timeout=60) as client:
+        results = []
+        first = threading.Thread(target=lambda: results.append(client.post("/snapshot")))
+        first.start()
+        assert entered.wait(30)
+        assert client.post("/snapshot").status_code == 409
+        searched = [client.get("/search", params={"q": q}).status_code for q in QUERIES]
+        release.set()
+        first.join(60)
+    assert searched == [200] * len(QUERIES)
+    answer = results[0].json()
+    assert results[0].status_code == 200 and answer["generation"] == 1
+    assert [p.name for p in backups.iterdir()] == [answer["snapshot"]]
+    restore(backups / answer["snapshot"], tmp_path / "copy")
+    assert answers(tmp_path / "copy", minilm) == answers(index_dir, minilm)
+
+
+def test_post_snapshot_needs_a_writable_service_with_a_folder(index_dir, tmp_path, minilm):
+    from fastapi.testclient import TestClient
+
+    from medsearch.server.app import create_app
+    from medsearch.server.settings import ServerSettings
+
+    for settings, message in ((ServerSettings(token="t", warm_up=False), "read-only"),
+                              (ServerSettings(token="t", writable=True, warm_up=False), "--snapshot-dir")):
+        with TestClient(create_app(Searcher(open_index(index_dir), minilm), settings),
+                        headers={"Authorization": "Bearer t"}) as client:
+            response = client.post("/snapshot")
+            assert response.status_code == 403 and message in response.json()["error"]
+    with pytest.raises(BadInputError, match="does not exist"):
+        ServerSettings(token="t", writable=True, snapshot_dir=str(tmp_path / "nowhere")).validate()
+    refused = run("serve", "--index", index_dir, "--snapshot-dir", tmp_path)
+    assert refused.exit_code != 0 and "--writable" in refused.output

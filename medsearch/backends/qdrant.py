@@ -327,8 +327,10 @@ class QdrantBackend:
             return [f"collection '{self.collection}': {err}"]
         expected = self.manifest.live_chunks
         if found != expected:
+            pending = " (a write's cleanup has not finished: medsearch compact runs it again)" \
+                if found > expected and self.manifest.get(PENDING_DELETE) else ""
             return [f"collection '{self.collection}': {found} points for the generation's rows; the manifest says "
-                    f"{expected} live chunks"]
+                    f"{expected} live chunks{pending}"]
         return []
 
     # ---- writes ----

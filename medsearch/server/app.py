@@ -55,7 +55,7 @@ from medsearch.server.access import AccessMiddleware, access_log
 from medsearch.server.metrics import start_metrics_server
 from medsearch.server.models import ERRORS
 from medsearch.server.responses import error, json_bytes
-from medsearch.server.routes import documents, info, page, search
+from medsearch.server.routes import documents, info, page, search, snapshots
 from medsearch.server.service import ClientGone, ReadOnly, Service, ServiceBusy, ServiceLoading
 from medsearch.server.settings import ServerSettings, allowed_hosts, available_cores, is_loopback
 from medsearch.version import __version__
@@ -154,6 +154,7 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
     app.include_router(info.router)
     app.include_router(search.router)
     app.include_router(documents.router)
+    app.include_router(snapshots.router)
     return app
 
 

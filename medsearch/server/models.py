@@ -77,6 +77,14 @@ class WriteOut(BaseModel):
     documents: int
 
 
+class SnapshotOut(BaseModel):
+    snapshot: str = Field(description="The archive's file name in the service's snapshot folder.")
+    generation: int = Field(description="The generation it holds.")
+    files: int
+    bytes: int = Field(description="The archive's size.")
+    seconds: float
+
+
 class HitOut(BaseModel):
     id: str
     score: float

@@ -19,7 +19,7 @@ from fastapi import Depends, Request
 
 from medsearch.backends.faiss import limit_threads
 from medsearch.options import SearchOptions
-from medsearch.errors import BadInputError, MedsearchError, RerankerUnavailableError
+from medsearch.errors import BadInputError, MedsearchError, MismatchError, RerankerUnavailableError
 from medsearch.index import TIERS
 from medsearch.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
@@ -54,6 +54,7 @@ class Service:
         self.metrics = Metrics(lambda: self.searcher if self.ready.is_set() else None,
                                lambda: self.batcher.pending if self.batcher is not None else 0)
         self._write_lock = asyncio.Lock()
+        self._snapshot_lock = asyncio.Lock()
 
     async def start(self, on_load_error: Callable[[MedsearchError], None] | None) -> None:
         if self.searcher is not None:
@@ -223,9 +224,37 @@ class Service:
                 "documents": report.manifest.get("documents", 0)}
 
 
+    async def snapshot(self) -> dict:
+        """Write a snapshot of the index's current generation into the snapshot folder (snapshot.py),
+        on a thread of its own: searches and writes go on (the generation is pinned, not locked).
+        One at a time: a second, while one runs, gets SnapshotRunning."""
+        from medsearch.snapshot import snapshot
+
+        searcher = self.loaded()
+        if not self.settings.writable:
+            raise ReadOnly()
+        if self.settings.snapshot_dir is None:
+            raise NoSnapshots()
+        if self._snapshot_lock.locked():
+            raise SnapshotRunning()
+        async with self._snapshot_lock:
+            report = await asyncio.to_thread(snapshot, searcher.index.path, self.settings.snapshot_dir)
+        return report.to_json()
+
+
 class ReadOnly(MedsearchError):
     def __init__(self):
         super().__init__("this service is read-only: start it with --writable to add or delete documents")
+
+
+class NoSnapshots(ReadOnly):
+    def __init__(self):
+        MedsearchError.__init__(self, "this service takes no snapshots: start it with --snapshot-dir DIR")
+
+
+class SnapshotRunning(MismatchError):
+    def __init__(self):
+        super().__init__("a snapshot is being taken; try again when it has finished")
 
 
 class ServiceLoading(MedsearchError):

@@ -62,6 +62,9 @@ class ServerSettings:
     log_queries: bool = False
     # Metrics alone, without a token, on 127.0.0.1:metrics_port (`serve` only); None: /metrics only
     metrics_port: int | None = None
+    # POST /snapshot writes snapshots into this folder (a writable service: token and --writable);
+    # None: the service takes none
+    snapshot_dir: str | None = None
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
@@ -79,6 +82,8 @@ class ServerSettings:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.token is not None and not self.token.strip():
             raise BadInputError("the token is empty")
+        if self.snapshot_dir is not None and not os.path.isdir(self.snapshot_dir):
+            raise BadInputError(f"snapshot folder {self.snapshot_dir} does not exist: create it first")
         if self.log_format not in LOG_FORMATS:
             raise BadInputError(f"unknown log format '{self.log_format}' (use {' or '.join(LOG_FORMATS)})")
         if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
