@@ -75,6 +75,8 @@ def server(searcher):
 def test_five_searches_move_the_search_counter_by_five(server):
     port, _ = server
     before = scrape(port)
+    assert {"mode": "lexical", "tier": "standard"} in [labels for n, labels, _ in before if n == "medsearch_search_queries_total"], \
+        "every mode and tier's series exists before its first query"
     for params in ("q=fever+and+cough", "q=chest+pain&tier=deep&mode=dense", "q=warfarin+INR&mode=lexical"):
         assert request(port, "GET", f"/search?{params}", headers=AUTH)[0] == 200
     batch = {"queries": [{"text": "early signs of diabetes"}, {"text": "asthma inhaler"}], "tier": "light"}

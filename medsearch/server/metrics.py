@@ -20,6 +20,8 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
+from medsearch.fusion import MODES
+from medsearch.manifest import TIERS
 from medsearch.search import QueryResult, Searcher
 from medsearch.server.responses import public_message
 from medsearch.version import __version__
@@ -45,6 +47,9 @@ class Metrics:
                                          ["route"], registry=registry)
         self.queries = Counter("medsearch_search_queries", "Queries searched (a POST /search counts each of its queries), "
                                "by mode and tier.", ["mode", "tier"], registry=registry)
+        for mode in MODES:  # every series exists from the first scrape, at 0: a rate sees the first query
+            for tier in TIERS:
+                self.queries.labels(mode, tier)
         self.stage_seconds = Histogram("medsearch_search_stage_duration_seconds",
                                        "Each search stage's time per query (timings_ms; amortised over a batch): "
                                        "encode, search, rerank, lexical, fuse, cross_encoder, hydrate.",
