@@ -22,6 +22,7 @@ snapshots cover FAISS indexes (for Qdrant, snapshot the collection with Qdrant's
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -250,7 +251,7 @@ def _write_archive(folder: Path, target: Path, recorded: dict[str, str] | None, 
                 "generation": generations.number(folder), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "files": entries,
             }, indent=2).encode()
-            tar.addfile(_member(HEADER, len(header)), _Bytes(header))
+            tar.addfile(_member(HEADER, len(header)), io.BytesIO(header))
     return len(entries), sum(e["bytes"] for e in entries.values())
 
 
@@ -258,16 +259,6 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, int(time.time())
     return info
-
-
-class _Bytes:
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self.data) if size < 0 else self.at + size
-        chunk, self.at = self.data[self.at:end], min(end, len(self.data))
-        return chunk
 
 
 # ---- restore ----
