@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from medsearch.errors import DamagedIndexError
+
 FILE = "checksums.sha256"
 CHUNK = 1 << 20
 
@@ -55,6 +57,8 @@ def parse(text: str) -> dict[str, str]:
         if not sep or len(value) != 64 or any(c not in "0123456789abcdef" for c in value) or not name:
             raise ValueError(f"line {number} of {FILE} is not '<sha256>  <file>'")
         sums[name] = value
+    if not sums:
+        raise ValueError(f"{FILE} is empty")
     return sums
 
 
@@ -64,22 +68,42 @@ def render(sums: dict[str, str]) -> str:
 
 def record(folder: Path, previous: Path | None = None) -> dict[str, str]:
     """Write `folder`'s record; files that are the very files of `previous` (hard links) keep the
-    sums `previous` recorded."""
+    sums `previous` recorded.
+
+    The files of `previous` that `folder` rewrote (a write's docs.db, its appended vectors and tiers)
+    are checked against their record first: a write must not carry damage into a generation whose
+    fresh checksums would call it good. DamagedIndexError names the first one that differs."""
     known = {}
     if previous is not None:
         try:
             known = read(previous) or {}
-        except (OSError, ValueError):  # a damaged record: hash everything again
-            known = {}
+        except (OSError, ValueError) as err:
+            raise DamagedIndexError(f"{previous.name}/{FILE} is unreadable ({err}): the index is damaged; "
+                                    "not writing to it (medsearch verify says more)") from None
     sums = {}
     for name in files(folder):
-        path = folder / name
-        if str(name) in known and _same_file(path, previous / name):
-            sums[str(name)] = known[str(name)]
-        else:
-            sums[str(name)] = digest(path)
+        path, key = folder / name, str(name)
+        if key in known and _same_file(path, previous / name):
+            sums[key] = known[key]
+            continue
+        if key in known and (previous / name).is_file():
+            check(previous, key)
+        sums[key] = digest(path)
     (folder / FILE).write_text(render(sums), encoding="utf-8")
     return sums
+
+
+def check(folder: Path, name: str) -> None:
+    """DamagedIndexError unless `folder`'s file `name` has the sum its commit recorded (nothing to
+    check in a generation committed before records). A write checks docs.db so before it reads it."""
+    try:
+        known = (read(folder) or {}).get(name)
+    except (OSError, ValueError) as err:
+        raise DamagedIndexError(f"{folder.name}/{FILE} is unreadable ({err}): the index is damaged; "
+                                "not writing to it (medsearch verify says more)") from None
+    if known is not None and digest(folder / name) != known:
+        raise DamagedIndexError(f"{folder.name}/{name} differs from the checksum its commit recorded: the index is "
+                                "damaged; not writing to it (medsearch verify says more)")
 
 
 def _same_file(path: Path, other: Path) -> bool:
@@ -90,14 +114,20 @@ def _same_file(path: Path, other: Path) -> bool:
 
 
 def problems(folder: Path, sums: dict[str, str]) -> list[str]:
-    """What differs between `folder`'s files and `sums`: one line per missing, changed (a flipped
-    byte, a truncation) or unexpected file."""
+    """What differs between `folder`'s files and `sums`: one line per missing, unreadable, changed
+    (a flipped byte, a truncation) or unexpected file."""
     found = []
     present = {str(name) for name in files(folder)}
     for name, value in sorted(sums.items()):
         if name not in present:
             found.append(f"{name}: missing")
-        elif digest(folder / name) != value:
+            continue
+        try:
+            same = digest(folder / name) == value
+        except OSError as err:
+            found.append(f"{name}: unreadable ({err.strerror or err})")
+            continue
+        if not same:
             found.append(f"{name}: content differs from its checksum (a changed or damaged file)")
     found += [f"{name}: not in the generation's checksums (a file added after its commit)"
               for name in sorted(present - set(sums))]

@@ -560,6 +560,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
         request_timeout_s=request_timeout, read_timeout_s=read_timeout, max_connections=max_connections,
         log_format=log_format, log_queries=log_queries, metrics_port=metrics_port, snapshot_dir=snapshot_dir,
     )
+    settings.validate()  # before the line that says it serves
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)
     run_server(index_dir, host=host, port=port, model=model, device=device, runtime=runtime, settings=settings,

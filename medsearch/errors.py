@@ -39,6 +39,11 @@ class IndexNotFoundError(NotFoundError):
         self.path = path
 
 
+class DamagedIndexError(MedsearchError):
+    """A generation's files differ from the checksums its commit recorded, or its parts disagree
+    (`medsearch verify` names every problem)."""
+
+
 class IndexFormatError(MismatchError):
     """The index at `path` was written in a format this version does not read."""
 

@@ -52,9 +52,9 @@ class IndexLockedError(MismatchError):
 def current(root: Path) -> Path | None:
     """The committed generation's folder, or None when the folder has none."""
     try:
-        name = (root / POINTER).read_text().strip()
-    except FileNotFoundError:
-        return None
+        name = (root / POINTER).read_bytes().decode("ascii").strip()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError):
+        return None  # (a CURRENT that is not one names no generation)
     return root / name if _GENERATION.match(name) else None
 
 

@@ -26,10 +26,11 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import tarfile
 import threading
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -37,9 +38,9 @@ import numpy as np
 
 from medsearch import checksums, generations, lexical
 from medsearch.backends import open_backend
-from medsearch.errors import BadInputError, IndexNotFoundError, MedsearchError
+from medsearch.errors import BadInputError, DamagedIndexError, IndexNotFoundError
 from medsearch.index import Index, index_exists, open_index
-from medsearch.manifest import Manifest
+from medsearch.manifest import FORMAT_VERSION, TIERS, Manifest
 from medsearch.store import DocStore
 from medsearch.version import __version__
 
@@ -47,10 +48,6 @@ FORMAT = "medsearch-snapshot/1"
 HEADER = "snapshot.json"
 MEMBERS = "generation/"
 ZSTD_LEVEL = 3
-
-
-class DamagedIndexError(MedsearchError):
-    """A generation's files differ from their checksums, or its parts disagree."""
 
 
 class DamagedSnapshotError(BadInputError):
@@ -111,72 +108,104 @@ class RestoreReport:
 # ---- verify ----
 
 def verify(index_dir: str | Path) -> VerifyReport:
-    """Check the index's current generation (IndexNotFoundError when there is none)."""
+    """Check the index's current generation (IndexNotFoundError when the folder holds no index; a
+    CURRENT that names no generation folder is a problem like any other)."""
     started = time.perf_counter()
-    index = open_index(index_dir)
-    problems, files = check_generation(index.folder, index.manifest)
-    return VerifyReport(index.path, index.generation, files, problems, time.perf_counter() - started)
+    root = Path(index_dir)
+    folder = generations.current(root)
+    if folder is None:
+        if (root / generations.POINTER).exists():
+            return VerifyReport(root, 0, 0, [f"{generations.POINTER}: names no generation (damaged)"],
+                                time.perf_counter() - started)
+        open_index(root)  # its own error: no index, or one of format 1
+    if not folder.is_dir():
+        return VerifyReport(root, generations.number(folder), 0,
+                            [f"{generations.POINTER}: names {folder.name}, which is missing"], time.perf_counter() - started)
+    problems, files = check_generation(folder, root)
+    return VerifyReport(root, generations.number(folder), files, problems, time.perf_counter() - started)
 
 
-def check_generation(folder: Path, manifest: Manifest) -> tuple[list[str], int]:
+def check_generation(folder: Path, index: Path | None = None) -> tuple[list[str], int]:
     """(one line per problem, files checked against their checksums) for a generation folder: its
-    files against its record, then the parts' row counts (parts whose files failed are not parsed)."""
+    files against its record first, then its manifest, then the parts' row counts (parts whose
+    files failed the first step are not parsed: a damaged file can raise anything)."""
     problems: list[str] = []
     try:
         sums = checksums.read(folder)
     except (OSError, ValueError) as err:
-        sums, problems = None, [f"{checksums.FILE}: {err}"]
+        sums, problems = None, [f"{checksums.FILE}: unreadable ({_reason(err)})"]
     damaged: set[str] = set()
     if sums is not None:
         for line in checksums.problems(folder, sums):
             problems.append(line)
             damaged.add(line.split(":", 1)[0])
+    if "manifest.json" in damaged:
+        return problems, len(sums or ())
+    try:
+        manifest = Manifest.read(folder, index)
+        tiers = {tier: manifest.tier_dims[tier] for tier in TIERS}
+        if not all(type(n) is int for n in (manifest.chunks, manifest.live_chunks, manifest.documents)):
+            raise ValueError("counts that are not numbers")
+        if not set(tiers.values()) <= set(manifest.dims):
+            raise ValueError(f"tier dims {tiers} that it does not store")
+    except Exception as err:  # noqa: BLE001 (a manifest written by no medsearch can fail in any way)
+        return problems + [f"manifest.json: unreadable ({_reason(err)})"], len(sums or ())
     problems += _row_problems(folder, manifest, damaged)
     return problems, len(sums or ())
 
 
+def _part(problems: list[str], name: str, check) -> None:
+    """Run one part's check; a part that cannot be read (whatever its parser raises) is a problem."""
+    try:
+        problems += check()
+    except Exception as err:  # noqa: BLE001 (numpy, sqlite, json and faiss raise many kinds for a damaged file)
+        problems.append(f"{name}: unreadable ({_reason(err)})")
+
+
 def _row_problems(folder: Path, manifest: Manifest, damaged: set[str]) -> list[str]:
     chunks, live = manifest.chunks, manifest.live_chunks
-    problems = []
-    if "chunk_doc.npy" not in damaged:
+    problems: list[str] = []
+
+    def vector_map() -> list[str]:
+        rows = len(np.load(folder / "chunk_doc.npy", mmap_mode="r"))
+        return [f"chunk_doc.npy: {rows} rows; the manifest says {chunks}"] if rows != chunks else []
+
+    def store() -> list[str]:
+        if not (folder / "docs.db").is_file():
+            return ["docs.db: missing"] if manifest.has_lexical or manifest.get("corpus_fingerprint") else []
+        docs = DocStore(folder / "docs.db")
         try:
-            rows = len(np.load(folder / "chunk_doc.npy", mmap_mode="r"))
-            if rows != chunks:
-                problems.append(f"chunk_doc.npy: {rows} rows; the manifest says {chunks}")
-        except (OSError, ValueError) as err:
-            problems.append(f"chunk_doc.npy: unreadable ({err})")
-    if "docs.db" not in damaged and (folder / "docs.db").is_file():
-        store = DocStore(folder / "docs.db")
-        try:
-            documents, stored = store.counts()
-            top = int(store.chunk_rows().max(initial=-1))
-            if documents != manifest.documents:
-                problems.append(f"docs.db: {documents} documents; the manifest says {manifest.documents}")
-            if stored != live:
-                problems.append(f"docs.db: {stored} live chunks; the manifest says {live}")
-            if top >= chunks:
-                problems.append(f"docs.db: a chunk at row {top}, past the manifest's {chunks} rows")
-        except sqlite3.DatabaseError as err:
-            problems.append(f"docs.db: unreadable ({err})")
+            documents, stored = docs.counts()
+            top = int(docs.chunk_rows().max(initial=-1))
         finally:
-            store.close()
-    if manifest.has_lexical:
-        params = f"{lexical.LEXICAL_DIR}/params.index.json"
-        if params not in damaged:
-            try:
-                rows = json.loads((folder / params).read_text())["num_docs"]
-                if rows != chunks:
-                    problems.append(f"{lexical.LEXICAL_DIR}/: BM25 over {rows} rows; the manifest says {chunks}")
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                problems.append(f"{params}: unreadable ({err})")
-    problems += open_backend(folder, manifest).verify(skip=damaged)
+            docs.close()
+        found = []
+        if documents != manifest.documents:
+            found.append(f"docs.db: {documents} documents; the manifest says {manifest.documents}")
+        if stored != live:
+            found.append(f"docs.db: {stored} live chunks; the manifest says {live}")
+        if top >= chunks:
+            found.append(f"docs.db: a chunk at row {top}, past the manifest's {chunks} rows")
+        return found
+
+    def bm25() -> list[str]:
+        rows = json.loads((folder / lexical.LEXICAL_DIR / "params.index.json").read_text())["num_docs"]
+        return [f"{lexical.LEXICAL_DIR}/: BM25 over {rows} rows; the manifest says {chunks}"] if rows != chunks else []
+
+    if "chunk_doc.npy" not in damaged:
+        _part(problems, "chunk_doc.npy", vector_map)
+    if "docs.db" not in damaged:
+        _part(problems, "docs.db", store)
+    if manifest.has_lexical and f"{lexical.LEXICAL_DIR}/params.index.json" not in damaged:
+        _part(problems, f"{lexical.LEXICAL_DIR}/params.index.json", bm25)
+    _part(problems, f"the {manifest.backend_name} vectors", lambda: open_backend(folder, manifest).verify(skip=damaged))
     return problems
 
 
 def check_whole(index: Index, doing: str) -> None:
     """DamagedIndexError, naming the first problem, unless the generation `index` is whole (`compact`
     runs it before rewriting: a rewrite would record damaged content under new, good checksums)."""
-    problems, _ = check_generation(index.folder, index.manifest)
+    problems, _ = check_generation(index.folder, index.path)
     if problems:
         raise DamagedIndexError(f"{index.path}: generation {index.generation} is damaged ({problems[0]}); not {doing} it: "
                                 "restore a snapshot (medsearch restore SNAPSHOT DIR --replace) or rebuild the index")
@@ -185,73 +214,119 @@ def check_whole(index: Index, doing: str) -> None:
 # ---- snapshot ----
 
 def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
-    """Write the index's current generation to `out`: a new file (written beside it, then renamed),
-    or, when `out` is a folder, a file in it named after the index, the generation and the time."""
+    """Write the index's current generation to `out`: a new file, or, when `out` is a folder (one
+    that exists, or a path that ends with '/'), a file in it named after the index, the generation
+    and the time. The archive is written beside its name and linked to it when complete: an
+    existing file is never replaced, not even one created meanwhile."""
     started = time.perf_counter()
-    root, out = Path(index_dir), Path(out)
+    root = Path(index_dir)
+    into_folder = Path(out).is_dir() or str(out).endswith(("/", os.sep))
+    out = Path(out)
     open_index(root)  # no index, or one of another format: its own error
-    if not out.is_dir():
+    if into_folder and not out.is_dir():
+        raise BadInputError(f"snapshot folder {out} does not exist: create it first")
+    if not into_folder:
         if out.exists() or out.is_symlink():
             raise BadInputError(f"{out} exists: a snapshot never replaces a file (choose another name)")
         if not out.parent.is_dir():
             raise BadInputError(f"{out.parent} is not a folder: create it first")
-    with generations.pinned(root) as folder:
-        if folder is None:  # removed since open_index saw it
-            raise IndexNotFoundError(f"no index at {root}", root)
+    where = (out if into_folder else out.parent).resolve()
+    if where == root.resolve() or root.resolve() in where.parents:
+        raise BadInputError(f"{out} is inside the index folder {root}: keep snapshots elsewhere")
+    _remove_stale_parts(where)
+    with _pinned(root) as folder:
         manifest = Manifest.read(folder, root)
         if manifest.backend_name != "faiss":
             raise BadInputError(f"{root} keeps its vectors in a {manifest.backend_name} collection, which a snapshot "
                                 "cannot copy: snapshot the collection with Qdrant's own snapshot API")
-        if out.is_dir():
+        if into_folder:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            out = out / f"{root.resolve().name}-{folder.name}-{stamp}.tar.zst"
-            if out.exists():
-                raise BadInputError(f"{out} exists: a snapshot of this generation was taken this second")
+            out = out / f"{root.resolve().name}-{folder.name}-{stamp}-{uuid.uuid4().hex[:6]}.tar.zst"
+        tmp = out.with_name(f".{out.name}{PART}{os.getpid()}-{threading.get_ident()}")
         try:
-            recorded = checksums.read(folder)
-        except ValueError as err:
-            raise DamagedIndexError(f"{root}: {err}: run medsearch verify") from None
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            files, size = _write_archive(folder, tmp, recorded, root)
+            files, size = _write_archive(folder, tmp, root)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.replace(tmp, out)
-        except BaseException:
+            try:
+                os.link(tmp, out)  # fails if `out` appeared meanwhile (os.replace would replace it)
+            except FileExistsError:
+                raise BadInputError(f"{out} exists: a snapshot never replaces a file (choose another name)") from None
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
     return SnapshotReport(out, generations.number(folder), files, out.stat().st_size, size,
                           time.perf_counter() - started)
 
 
-def _write_archive(folder: Path, target: Path, recorded: dict[str, str] | None, root: Path) -> tuple[int, int]:
+PART = ".tmp-"  # a snapshot being written: `.NAME.tmp-PID-THREAD` beside NAME
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Remove what snapshots killed mid-way left in `folder` (their process is gone)."""
+    for path in folder.glob(f".*{PART}*"):
+        pid = path.name.rpartition(PART)[2].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def _pinned(root: Path):
+    """generations.pinned, with its errors in a snapshot's words."""
+    try:
+        with generations.pinned(root) as folder:
+            if folder is None:  # removed since open_index saw it
+                raise IndexNotFoundError(f"no index at {root}", root)
+            yield folder
+    except PermissionError:
+        raise BadInputError(f"a snapshot needs to write a pin file in {root} (it keeps the generation it copies "
+                            "from being pruned): run it as a user who may write there") from None
+
+
+def _write_archive(folder: Path, target: Path, root: Path) -> tuple[int, int]:
+    """The archive: the header first (each file's size and sum: what its commit recorded, or, for a
+    generation committed before records, hashed now), then each file, hashed again as it is read: a
+    file that differs from its sum stops the snapshot."""
     import zstandard
 
+    try:
+        recorded = checksums.read(folder)
+    except ValueError as err:
+        raise DamagedIndexError(f"{root}: {err}: run medsearch verify") from None
     names = [str(name) for name in checksums.files(folder)]
     if recorded is not None and set(recorded) != set(names):
-        missing = sorted(set(recorded) - set(names)) or sorted(set(names) - set(recorded))
-        raise DamagedIndexError(f"{root}: generation {folder.name} does not hold the files its commit recorded "
-                                f"({missing[0]}): run medsearch verify")
-    entries = {}
+        odd = sorted(set(recorded) ^ set(names))[0]
+        why = "is missing" if odd in recorded else "is not among the files its commit recorded"
+        raise DamagedIndexError(f"{root}: {odd} of {folder.name} {why}: run medsearch verify")
+    if recorded is not None:
+        names.append(checksums.FILE)
+        recorded = {**recorded, checksums.FILE: checksums.digest(folder / checksums.FILE)}
+    sums = recorded or {name: checksums.digest(folder / name) for name in names}
+    entries = {name: {"sha256": sums[name], "bytes": (folder / name).stat().st_size} for name in names}
+    header = json.dumps({
+        "format": FORMAT, "medsearch_version": __version__, "index": root.resolve().name,
+        "generation": generations.number(folder), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": entries,
+    }, indent=2).encode()
     with open(target, "wb") as raw:
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
         with compressor.stream_writer(raw, closefd=False) as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
-            for name in names + ([checksums.FILE] if recorded is not None else []):
-                path = folder / name
-                with open(path, "rb") as handle:
+            tar.addfile(_member(HEADER, len(header)), io.BytesIO(header))
+            for name in names:
+                with open(folder / name, "rb") as handle:
                     reader = checksums.HashingReader(handle)
-                    tar.addfile(_member(MEMBERS + name, os.fstat(handle.fileno()).st_size), reader)
-                value = reader.hash.hexdigest()
-                if recorded is not None and name in recorded and recorded[name] != value:
+                    tar.addfile(_member(MEMBERS + name, entries[name]["bytes"]), reader)
+                if reader.hash.hexdigest() != sums[name]:
                     raise DamagedIndexError(f"{root}: {name} of {folder.name} differs from the checksum its commit "
                                             "recorded; no snapshot written (run medsearch verify)")
-                entries[name] = {"sha256": value, "bytes": path.stat().st_size}
-            header = json.dumps({
-                "format": FORMAT, "medsearch_version": __version__, "index": root.resolve().name,
-                "generation": generations.number(folder), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "files": entries,
-            }, indent=2).encode()
-            tar.addfile(_member(HEADER, len(header)), io.BytesIO(header))
     return len(entries), sum(e["bytes"] for e in entries.values())
 
 
@@ -263,68 +338,160 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 
 # ---- restore ----
 
+MAX_HEADER_BYTES = 16 << 20  # a header lists a generation's files: a few KB
+
+
 def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool = False) -> RestoreReport:
     """Check the snapshot and commit it as the next generation of `index_dir`: a new index, or with
-    `replace` an existing one (its current generation stays readable until pruned, as after any
-    write). Nothing is written to the index unless every check passes."""
+    `replace` an existing one of the same model (its current generation stays readable until pruned,
+    as after any write; a damaged one is replaced too: that is how it is repaired). Nothing is
+    written to the index unless every check passes, and a new folder is not left behind."""
     started = time.perf_counter()
     source, root = Path(snapshot_path), Path(index_dir)
     if not source.is_file():
         raise BadInputError(f"no snapshot at {source}")
-    if index_exists(root):
-        if not replace:
-            raise BadInputError(f"{root} already holds an index: give --replace to make the snapshot its next "
-                                "generation, or restore into a new folder")
-    elif root.is_file() or (root.exists() and any(not p.name.startswith((generations.LOCK, ".tmp-"))
-                                                  for p in root.iterdir())):
-        raise BadInputError(f"{root} exists and is not a medsearch index: restore into a new or empty folder")
-    created = not root.exists()
+    current = _existing_index(root)
+    if current is not None and not replace:
+        raise BadInputError(f"{root} already holds an index: give --replace to make the snapshot its next "
+                            "generation, or restore into a new folder")
+    made = _first_missing(root)  # what a failed restore removes again
     with generations.writer_lock(root):
         tmp = generations.new_folder(root)
         try:
-            header = _extract(source, tmp)
-            manifest = Manifest.read(tmp, root)
-            if manifest.backend_name != "faiss":
-                raise DamagedSnapshotError(f"{source}: a snapshot of a {manifest.backend_name} index")
-            problems, files = check_generation(tmp, manifest)
-            if problems:
-                raise DamagedSnapshotError(f"{source} is damaged: {problems[0]}; nothing was restored")
+            header, manifest, files = _unpack(source, tmp)
+            if current is not None:
+                _check_same_model(source, manifest, current, root)
             target = generations.commit(root, tmp)
         except BaseException:
             generations.discard(tmp)
-            if created:  # a new index's folder: nothing of it stays
-                shutil.rmtree(root, ignore_errors=True)
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
             raise
     return RestoreReport(root, generations.number(target), header["generation"], manifest.documents, files,
                          time.perf_counter() - started)
 
 
+def _existing_index(root: Path) -> Manifest | None:
+    """The manifest of the index at `root` (an empty one when its CURRENT is damaged: `--replace`
+    repairs it), None for a new or empty folder; BadInputError for anything else."""
+    if root.is_symlink() and not root.exists():
+        raise BadInputError(f"{root} is a symbolic link to nothing: restore into a new or empty folder")
+    if index_exists(root):
+        return Manifest.peek(generations.current(root)) or Manifest()
+    if (root / generations.POINTER).is_file():
+        return Manifest()
+    if root.is_file() or (root.exists() and any(not p.name.startswith((generations.LOCK, ".tmp-"))
+                                                for p in root.iterdir())):
+        raise BadInputError(f"{root} exists and is not a medsearch index: restore into a new or empty folder")
+    return None
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (None: it exists)."""
+    missing = None
+    for folder in (path.absolute(), *path.absolute().parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _check_same_model(source: Path, manifest: Manifest, current: Manifest, root: Path) -> None:
+    """A snapshot replaces an index only with vectors of its model: a service over it would refuse
+    another's (its model loaded at start-up). An index whose manifest is unreadable takes any."""
+    ours, theirs = (current.get("model") or {}).get("fingerprint"), (manifest.get("model") or {}).get("fingerprint")
+    if ours and ours != theirs:
+        raise BadInputError(f"{source} holds an index of another model ({manifest.model.get('name')}, fingerprint "
+                            f"{theirs}) than {root} ({current.model.get('name')}, fingerprint {ours}): restore it into a "
+                            "new folder (a service over this one would refuse its vectors)")
+
+
+def _unpack(source: Path, tmp: Path) -> tuple[dict, Manifest, int]:
+    """The snapshot unpacked into `tmp` and checked: every file against the header's sums, then the
+    generation as `verify` checks one. (header, manifest, files checked); DamagedSnapshotError."""
+    header = _extract(source, tmp)
+    try:
+        raw = json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise DamagedSnapshotError(f"{source}: its manifest.json is unreadable ({_reason(err)}); nothing was restored") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise DamagedSnapshotError(
+            f"{source} holds an index of format {version}, made by medsearch {header.get('medsearch_version')}; this "
+            f"medsearch ({__version__}) reads format {FORMAT_VERSION}: restore it with that version, then rebuild")
+    problems, _ = check_generation(tmp)
+    if problems:
+        raise DamagedSnapshotError(f"{source} is damaged: {problems[0]}; nothing was restored")
+    manifest = Manifest.read(tmp)
+    if manifest.backend_name != "faiss":
+        raise DamagedSnapshotError(f"{source}: a snapshot of a {manifest.backend_name} index; nothing was restored")
+    if not (tmp / checksums.FILE).is_file():  # a generation from before records: its commit records them now
+        checksums.record(tmp)
+    return header, manifest, len(header["files"])
+
+
 def _extract(source: Path, folder: Path) -> dict:
-    """Unpack the archive's generation into `folder`, checking each file against the header's sums;
-    the header. DamagedSnapshotError (one line) for anything else than an intact snapshot."""
+    """Unpack the archive's generation into `folder`: the header first (its size bounded), then only
+    the files it lists, each of its listed size and sum, each once; the header. DamagedSnapshotError
+    (one line) for anything else than an intact snapshot: nothing unlisted or oversized is written."""
     import zstandard
 
-    found: dict[str, str] = {}
-    header = None
+    found: set[str] = set()
     try:
         with open(source, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
                 tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if member.name == HEADER and member.isfile():
-                    header = json.loads(tar.extractfile(member).read())
-                    continue
+            first = tar.next()
+            if first is None or first.name != HEADER or not first.isfile() or first.size > MAX_HEADER_BYTES:
+                raise DamagedSnapshotError(f"{source} is not a medsearch snapshot (it does not begin with {HEADER}); "
+                                           "nothing was restored")
+            header = _header(source, tar.extractfile(first).read())
+            listed = header["files"]
+            free = shutil.disk_usage(folder).free
+            if sum(entry["bytes"] for entry in listed.values()) > free:
+                raise DamagedSnapshotError(f"{source} holds more bytes than {folder.parent} has free; nothing was restored")
+            while (member := tar.next()) is not None:  # (iterating the tar would yield the header again)
                 name = _member_path(member)
+                if name not in listed or name in found or member.size != listed[name]["bytes"]:
+                    why = "twice" if name in found else "unlisted" if name not in listed else "not of its listed size"
+                    raise DamagedSnapshotError(f"{source} is damaged: {name[:100]} is {why}; nothing was restored")
+                found.add(name)
                 target = folder / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(member) as data, open(target, "wb") as out:
                     reader = checksums.HashingReader(data)
                     shutil.copyfileobj(reader, out, checksums.CHUNK)
-                found[name] = reader.hash.hexdigest()
+                if reader.hash.hexdigest() != listed[name]["sha256"]:
+                    raise DamagedSnapshotError(f"{source} is damaged: {name} differs from its checksum; nothing was restored")
     except DamagedSnapshotError:
         raise
     except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, UnicodeDecodeError) as err:
         raise DamagedSnapshotError(f"{source} is not an intact medsearch snapshot ({_reason(err)}); nothing was restored") from None
-    return _check_header(source, header, found)
+    missing = sorted(set(listed) - found)
+    if missing:
+        raise DamagedSnapshotError(f"{source} is damaged: {missing[0]} is missing; nothing was restored")
+    return header
+
+
+def _header(source: Path, data: bytes) -> dict:
+    """The parsed header, its shape checked: format, a generation number, and per file a sha256 and a size."""
+    try:
+        header = json.loads(data)
+    except (ValueError, RecursionError):
+        header = None
+    files = header.get("files") if isinstance(header, dict) else None
+    if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(files, dict):
+        raise DamagedSnapshotError(f"{source} is not a medsearch snapshot ({HEADER} of format {FORMAT} unreadable); "
+                                   "nothing was restored")
+    generation = header.get("generation")
+    if type(generation) is not int or not 0 < generation < 10**9:
+        raise DamagedSnapshotError(f"{source}: {HEADER} names no generation number; nothing was restored")
+    for name, entry in files.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int \
+            and entry["bytes"] >= 0
+        if not ok:
+            raise DamagedSnapshotError(f"{source}: {HEADER} lists {str(name)[:100]} without a sha256 and a size; "
+                                       "nothing was restored")
+    return header
 
 
 def _member_path(member: tarfile.TarInfo) -> str:
@@ -337,21 +504,8 @@ def _member_path(member: tarfile.TarInfo) -> str:
     return str(relative)
 
 
-def _check_header(source: Path, header, found: dict[str, str]) -> dict:
-    if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("files"), dict):
-        raise DamagedSnapshotError(f"{source} is not a medsearch snapshot (no {HEADER} of format {FORMAT}); "
-                                   "nothing was restored")
-    listed = {name: entry.get("sha256") if isinstance(entry, dict) else None for name, entry in header["files"].items()}
-    for name in sorted(set(listed) | set(found)):
-        if name not in found:
-            raise DamagedSnapshotError(f"{source} is damaged: {name} is missing; nothing was restored")
-        if listed.get(name) != found[name]:
-            raise DamagedSnapshotError(f"{source} is damaged: {name} differs from its checksum; nothing was restored")
-    if not isinstance(header.get("generation"), int):
-        raise DamagedSnapshotError(f"{source}: {HEADER} names no generation; nothing was restored")
-    return header
-
-
-def _reason(err: Exception) -> str:
+def _reason(err: BaseException) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "missing"
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from medsearch import generations, lexical
+from medsearch import checksums, generations, lexical
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
@@ -231,6 +231,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     new chunk rows after the base's, appended to its backend's vectors; with new rows or a new
     `target_recall`, a backend that keeps dead rows measures the fast tier again on the live rows;
     `settings` replace manifest entries (configure)."""
+    checksums.check(base.folder, "docs.db")  # every write reads it whole: a damaged one stops here, not in SQLite
     vectors, chunks = None, []
     if write:
         encoder = encoder if isinstance(encoder, Encoder) else encoder()

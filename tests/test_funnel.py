@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SMALL_DOCS
+from medsearch import checksums
 from medsearch.cli import cli
 from medsearch.errors import BadInputError
 from medsearch.backends.funnel import calibrate, candidates_for, recall_at
@@ -92,6 +93,7 @@ def test_each_stage_equals_deep_when_candidates_cover_the_rows_and_keeps_filters
     build_index(small_corpus, path, minilm, vector_dtype="float32")
     index = open_index(path)
     Manifest({**index.manifest, "fast": {**index.manifest["fast"], "stage": stage}}).write(index.folder)
+    checksums.record(index.folder)  # as if committed with this stage (the write below checks the manifest it rewrites)
     searcher = Searcher(open_index(path), minilm)
     for text in ("burning pee", "wheeze", "tired and pale"):
         (deep,) = searcher.search([text], tier="deep", k=5)
@@ -161,6 +163,7 @@ def test_compact_gives_an_index_from_before_the_funnel_its_calibration(tmp_path,
     build_index(small_corpus, path, minilm)
     old = open_index(path)
     (old.folder / "binary.faiss").unlink()
+    (old.folder / "checksums.sha256").unlink()  # an older medsearch recorded none
     Manifest({k: v for k, v in old.manifest.items() if k != "fast"}).write(old.folder)  # as an older medsearch wrote it
     before = Searcher.open(path).search(["wheeze"], tier="deep")[0]
     assert Searcher.open(path).search(["wheeze"], tier="fast")[0].hits  # legacy: the prefix stage, 500 candidates
@@ -205,6 +208,7 @@ def test_compact_adds_the_binary_codes_an_upgraded_write_could_not(tmp_path, sma
     build_index(small_corpus, path, minilm)
     old = open_index(path)
     (old.folder / "binary.faiss").unlink()
+    (old.folder / "checksums.sha256").unlink()  # an older medsearch recorded none
     Manifest({k: v for k, v in old.manifest.items() if k != "fast"}).write(old.folder)
     upsert(path, [Document(id="gout", title="Gout", text="Sudden painful swelling of the big toe joint.")], minilm)
     assert set(open_index(path).manifest.fast["stages"]) == {"prefix"}  # a write measures what it has

@@ -189,7 +189,7 @@ def test_the_fuzzed_schema_is_the_served_one(fuzz_url):
         assert json.load(response) == OPENAPI
     assert {(method.upper(), path) for path, item in OPENAPI["paths"].items() for method in item} == {
         ("GET", "/livez"), ("GET", "/readyz"), ("GET", "/search"), ("POST", "/search"), ("GET", "/documents/{doc_id}"),
-        ("POST", "/documents"), ("DELETE", "/documents/{doc_id}"), ("GET", "/info"),
+        ("POST", "/documents"), ("DELETE", "/documents/{doc_id}"), ("GET", "/info"), ("POST", "/snapshot"),
     }  # each is fuzzed below (a new route would be too, by itself): this says which there are now
 
 

@@ -272,3 +272,22 @@ def test_serve_json_lines_with_queries(bundled_index, tmp_path):
     assert post["query"] == [SECRET, "fever"] and post["query_chars"] == [len(SECRET), 5]
     assert all(set(line) >= {"time", "method", "route", "status", "ms"} for line in lines)
     assert any(line["route"] == "/readyz" for line in lines)
+
+
+@pytest.mark.parametrize("formatter", ["text", "json"])
+def test_a_query_cannot_break_or_forge_a_log_line(formatter):
+    """With --log-queries, a query holding a newline, a carriage return, an escape sequence, a Unicode
+    line separator, NEL or a C1 control character stays on its one line, with nothing raw."""
+    import logging
+
+    from medsearch.server.access import JsonFormatter, TextFormatter
+
+    hostile = "fever\n time=x status=200\r\x1b[2J\u2028\u0085\x9b31m é"
+    record = logging.LogRecord("medsearch.access", logging.INFO, __file__, 1, "GET /search 200", None, None)
+    record.access = {"method": "GET", "route": "/search", "status": 200, "query": [hostile]}
+    line = (TextFormatter() if formatter == "text" else JsonFormatter()).format(record)
+    assert line.isascii() and line.isprintable(), repr(line)
+    if formatter == "json":
+        assert json.loads(line)["query"] == [hostile]
+    else:
+        assert json.loads(line.split(" query=", 1)[1]) == [hostile]

@@ -128,6 +128,60 @@ def test_verify_catches_parts_that_disagree_on_row_counts(index_dir):
         assert part in problems
 
 
+def test_a_write_refuses_to_carry_damage_into_fresh_checksums(index_dir, minilm):
+    """A write rewrites docs.db (and, for an add, the vectors and tiers) from the generation before:
+    were that damaged, the new generation's checksums would call the damage good."""
+    flip_byte(generations.current(index_dir) / "docs.db")
+    with pytest.raises(DamagedIndexError, match="docs.db differs from the checksum"):
+        delete(index_dir, ["doc-001"])
+    with pytest.raises(DamagedIndexError, match="docs.db"):
+        upsert(index_dir, [Document(id="new", title="t", text="a new leaflet on gout")], minilm)
+    assert generations.number(generations.current(index_dir)) == 1 and not verify(index_dir).ok
+
+
+def test_verify_reports_damage_anywhere_as_lines_not_tracebacks(index_dir):
+    folder = generations.current(index_dir)
+    manifest = folder / "manifest.json"
+    data = manifest.read_bytes()
+    manifest.unlink()
+    manifest.write_bytes(b"\xff" + data[1:])  # not UTF-8
+    result = run("verify", index_dir)
+    assert result.exit_code == 1 and "manifest.json" in result.output and "Traceback" not in result.output
+    manifest.unlink()
+    manifest.write_bytes(data)
+    (folder / checksums.FILE).unlink()  # as an index built before records: the row counts must catch it
+    (folder / "chunk_doc.npy").unlink()
+    (folder / "chunk_doc.npy").write_bytes(b"")
+    result = run("verify", index_dir)
+    assert result.exit_code == 1 and "chunk_doc.npy: unreadable" in result.output
+    (index_dir / "CURRENT").write_bytes(b"\xfe\xff junk")
+    result = run("verify", index_dir)
+    assert result.exit_code == 1 and "CURRENT" in result.output and "Traceback" not in result.output
+
+
+def test_restore_replace_repairs_an_index_whose_current_pointer_is_damaged(index_dir, tmp_path, minilm):
+    snapshot(index_dir, tmp_path / "s.tar.zst")
+    before = answers(index_dir, minilm)
+    (index_dir / "CURRENT").write_text("nonsense\n")
+    assert run("verify", index_dir).exit_code == 1
+    restore(tmp_path / "s.tar.zst", index_dir, replace=True)
+    assert verify(index_dir).ok and answers(index_dir, minilm) == before
+
+
+def test_snapshot_paths_folders_and_the_index_itself(index_dir, tmp_path):
+    missing = run("snapshot", index_dir, f"{tmp_path / 'nowhere'}/")
+    assert missing.exit_code == 1 and "does not exist" in missing.output and not (tmp_path / "nowhere").exists()
+    inside = run("snapshot", index_dir, generations.current(index_dir))
+    assert inside.exit_code == 1 and "inside the index folder" in inside.output
+    (tmp_path / "backups").mkdir()
+    first, second = snapshot(index_dir, tmp_path / "backups"), snapshot(index_dir, f"{tmp_path / 'backups'}/")
+    assert first.path != second.path and sorted(p.name for p in (tmp_path / "backups").iterdir()) == sorted(
+        [first.path.name, second.path.name])
+    (tmp_path / "backups" / ".x.tar.zst.tmp-999999999-1").write_bytes(b"left by a killed snapshot")
+    snapshot(index_dir, tmp_path / "backups")
+    assert not (tmp_path / "backups" / ".x.tar.zst.tmp-999999999-1").exists()
+
+
 def test_verify_on_qdrant_counts_the_collection(tmp_path, memo_minilm):
     from medsearch.backends import qdrant
 
@@ -202,13 +256,13 @@ def test_restore_refuses_a_corrupted_archive_with_one_line(index_dir, tmp_path, 
     assert not (tmp_path / "copy").exists()
 
 
-def _archive(path, members: dict[str, bytes], header: dict | None):
-    """A zstd tar of `members` and a snapshot.json `header`: a forged snapshot."""
+def _archive(path, members: list[tuple[str, bytes]], header: dict | None):
+    """A zstd tar of a snapshot.json `header` (first, as snapshots have it) and `members`: a forged snapshot."""
+    import io
+
     with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as stream, \
             tarfile.open(fileobj=stream, mode="w|") as tar:
-        import io
-
-        for name, data in {**members, **({"snapshot.json": json.dumps(header).encode()} if header else {})}.items():
+        for name, data in ([("snapshot.json", json.dumps(header).encode())] if header else []) + members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -219,20 +273,41 @@ def test_restore_refuses_forged_archives(index_dir, tmp_path):
 
     evil = b"owned"
     entry = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
+
+    def refused(members, header, match):
+        _archive(tmp_path / "forged.tar.zst", members, header)
+        with pytest.raises(DamagedSnapshotError, match=match):
+            restore(tmp_path / "forged.tar.zst", tmp_path / "out" / "nested")
+        assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
+
     header = {"format": "medsearch-snapshot/1", "generation": 1, "files": {"../escape": entry}}
-    _archive(tmp_path / "escape.tar.zst", {"generation/../escape": evil}, header)
-    with pytest.raises(DamagedSnapshotError, match="unexpected member"):
-        restore(tmp_path / "escape.tar.zst", tmp_path / "out")
-    assert not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()
-    _archive(tmp_path / "noheader.tar.zst", {"generation/manifest.json": b"{}"}, None)
-    with pytest.raises(DamagedSnapshotError, match="not a medsearch snapshot"):
-        restore(tmp_path / "noheader.tar.zst", tmp_path / "out")
-    # a header whose sums match files that are not an index: the row checks refuse it
+    refused([("generation/../escape", evil)], header, "unexpected member")
+    refused([("generation/manifest.json", b"{}")], None, "does not begin with snapshot.json")
     header = {"format": "medsearch-snapshot/1", "generation": 1, "files": {"x": entry}}
-    _archive(tmp_path / "notindex.tar.zst", {"generation/x": evil}, header)
-    with pytest.raises(Exception, match="manifest"):
-        restore(tmp_path / "notindex.tar.zst", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    refused([("generation/x", evil), ("generation/x", evil)], header, "x is twice")
+    refused([("generation/x", evil * 1000)], header, "not of its listed size")  # nothing past the listed size is written
+    refused([("generation/y", evil)], header, "unlisted")
+    refused([], header, "x is missing")
+    refused([("generation/x", evil)], {**header, "generation": True}, "names no generation")
+    refused([("generation/x", evil)], header, "manifest.json is unreadable")  # sums that match files that are no index
+    refused([("generation/x", b"ownes")], {**header, "files": {"x": {**entry, "bytes": 5}}}, "differs from its checksum")
+
+
+def test_restore_explains_an_archive_of_another_format_and_refuses_another_model(index_dir, tmp_path, tiny1024):
+    import hashlib
+
+    manifest = json.dumps({"format_version": 999}).encode()
+    entry = {"sha256": hashlib.sha256(manifest).hexdigest(), "bytes": len(manifest)}
+    _archive(tmp_path / "future.tar.zst", [("generation/manifest.json", manifest)],
+             {"format": "medsearch-snapshot/1", "generation": 3, "files": {"manifest.json": entry},
+              "medsearch_version": "9.0"})
+    with pytest.raises(DamagedSnapshotError, match="format 999, made by medsearch 9.0"):
+        restore(tmp_path / "future.tar.zst", tmp_path / "new")
+    build_index(BUNDLED, tmp_path / "other", tiny1024)
+    snapshot(tmp_path / "other", tmp_path / "other.tar.zst")
+    with pytest.raises(BadInputError, match="another model"):
+        restore(tmp_path / "other.tar.zst", index_dir, replace=True)
+    assert generations.number(generations.current(index_dir)) == 1
 
 
 def test_snapshot_refuses_a_damaged_index_and_writes_nothing(index_dir, tmp_path):
@@ -360,6 +435,13 @@ def test_post_snapshot_writes_a_restorable_archive_while_searches_go_on(service,
     assert [p.name for p in backups.iterdir()] == [answer["snapshot"]]
     restore(backups / answer["snapshot"], tmp_path / "copy")
     assert answers(tmp_path / "copy", minilm) == answers(index_dir, minilm)
+    monkeypatch.setattr(module, "snapshot", real)
+    again = [httpx.post(f"{url}/snapshot", headers=auth, timeout=60) for _ in range(2)]  # within a second: two names
+    assert [r.status_code for r in again] == [200, 200] and len(list(backups.iterdir())) == 3
+    shutil.rmtree(backups)  # the folder gone under the service: its failure, said, not a file named like it
+    gone = httpx.post(f"{url}/snapshot", headers=auth, timeout=60)
+    assert gone.status_code == 500 and "does not exist" in gone.json()["error"] and not backups.exists()
+    assert str(tmp_path) not in gone.json()["error"], "no absolute path in an answer"
 
 
 def test_post_snapshot_needs_a_writable_service_with_a_folder(index_dir, tmp_path, minilm):
@@ -368,8 +450,8 @@ def test_post_snapshot_needs_a_writable_service_with_a_folder(index_dir, tmp_pat
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
 
-    for settings, message in ((ServerSettings(token="t", warm_up=False), "read-only"),
-                              (ServerSettings(token="t", writable=True, warm_up=False), "--snapshot-dir")):
+    for settings in (ServerSettings(token="t", warm_up=False), ServerSettings(token="t", writable=True, warm_up=False)):
+        message = "start it with --writable and --snapshot-dir DIR"
         with TestClient(create_app(Searcher(open_index(index_dir), minilm), settings),
                         headers={"Authorization": "Bearer t"}) as client:
             response = client.post("/snapshot")

@@ -378,6 +378,8 @@ class FaissBackend:
 
 
 def _first_line(err: Exception) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "missing"
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
 

@@ -94,10 +94,11 @@ def _flatten(routes):
 
 class TextFormatter(logging.Formatter):
     """`time=... method=GET route=/search status=200 ms=12.5 queries=1 query_chars=[42] ...`: numbers
-    and lists as JSON; a string as it is, unless it is empty or holds a space, a quote, `=` or a
-    backslash (a query's text): then as a JSON string."""
+    and lists as JSON; a string as it is when it holds only ASCII letters, digits and `_./{}:@+-` (a
+    route, a mode), else as a JSON string with everything but printable ASCII escaped (a query's
+    text: no newline, control character or Unicode line separator can start a forged line)."""
 
-    PLAIN = re.compile(r'^[^\s"=\\]+$')
+    PLAIN = re.compile(r"^[A-Za-z0-9_./{}:@+-]+$")
 
     def format(self, record: logging.LogRecord) -> str:
         pairs = {"time": _time(record), **getattr(record, "access", {"message": record.getMessage()})}
@@ -106,7 +107,7 @@ class TextFormatter(logging.Formatter):
     def _value(self, value) -> str:
         if isinstance(value, str) and self.PLAIN.match(value):
             return value
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(value, separators=(",", ":"))
 
 
 class JsonFormatter(logging.Formatter):
@@ -114,7 +115,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         pairs = {"time": _time(record), **getattr(record, "access", {"message": record.getMessage()})}
-        return json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(pairs, separators=(",", ":"))
 
 
 def _time(record: logging.LogRecord) -> str:

@@ -56,7 +56,7 @@ from medsearch.server.metrics import start_metrics_server
 from medsearch.server.models import ERRORS
 from medsearch.server.responses import error, json_bytes
 from medsearch.server.routes import documents, info, page, search, snapshots
-from medsearch.server.service import ClientGone, ReadOnly, Service, ServiceBusy, ServiceLoading
+from medsearch.server.service import ClientGone, ReadOnly, Service, ServiceBusy, ServiceLoading, SnapshotFailed
 from medsearch.server.settings import ServerSettings, allowed_hosts, available_cores, is_loopback
 from medsearch.version import __version__
 
@@ -69,6 +69,8 @@ PUBLIC_PATHS = ("/livez", "/readyz", "/", "/favicon.ico")  # and /static/: the p
 def _status(err: MedsearchError) -> int:
     if isinstance(err, (ServiceLoading, BackendUnavailableError, RerankerUnavailableError, ServiceBusy)):
         return 503
+    if isinstance(err, SnapshotFailed):
+        return 500
     if isinstance(err, ClientGone):
         return 499  # nginx's "client closed request": nobody reads it
     if isinstance(err, ReadOnly):

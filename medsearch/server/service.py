@@ -10,6 +10,7 @@ and faiss never ask for more threads than the machine has.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from medsearch.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
 from medsearch.server.metrics import Metrics
 from medsearch.server.models import RequestOptions
-from medsearch.server.responses import json_bytes
+from medsearch.server.responses import json_bytes, public_message
 from medsearch.server.settings import ServerSettings, available_cores
 from medsearch.updates import WriteReport
 from medsearch.validation import check_text
@@ -227,18 +228,21 @@ class Service:
     async def snapshot(self) -> dict:
         """Write a snapshot of the index's current generation into the snapshot folder (snapshot.py),
         on a thread of its own: searches and writes go on (the generation is pinned, not locked).
-        One at a time: a second, while one runs, gets SnapshotRunning."""
+        One at a time: a second, while one runs, gets SnapshotRunning. What fails on the server's
+        side (a damaged index, the folder gone, no right to write) is SnapshotFailed, and logged."""
         from medsearch.snapshot import snapshot
 
         searcher = self.loaded()
-        if not self.settings.writable:
-            raise ReadOnly()
-        if self.settings.snapshot_dir is None:
+        if not self.settings.writable or self.settings.snapshot_dir is None:
             raise NoSnapshots()
         if self._snapshot_lock.locked():
             raise SnapshotRunning()
         async with self._snapshot_lock:
-            report = await asyncio.to_thread(snapshot, searcher.index.path, self.settings.snapshot_dir)
+            try:
+                report = await asyncio.to_thread(snapshot, searcher.index.path, os.path.join(self.settings.snapshot_dir, ""))
+            except (MedsearchError, OSError) as err:
+                log.error("snapshot failed: %s", err)
+                raise SnapshotFailed(f"the snapshot failed: {public_message(str(err))}") from None
         return report.to_json()
 
 
@@ -249,7 +253,11 @@ class ReadOnly(MedsearchError):
 
 class NoSnapshots(ReadOnly):
     def __init__(self):
-        MedsearchError.__init__(self, "this service takes no snapshots: start it with --snapshot-dir DIR")
+        MedsearchError.__init__(self, "this service takes no snapshots: start it with --writable and --snapshot-dir DIR")
+
+
+class SnapshotFailed(MedsearchError):
+    """The server could not write a snapshot (its log says why): 500."""
 
 
 class SnapshotRunning(MismatchError):
