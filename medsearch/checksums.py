@@ -28,7 +28,7 @@ CHUNK = 1 << 20
 def files(folder: Path) -> Iterator[Path]:
     """The generation's files (relative paths, sorted) that a record covers: all but the record."""
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != FILE:
+        if path.is_file() and path.relative_to(folder) != Path(FILE):
             yield path.relative_to(folder)
 
 
@@ -80,6 +80,9 @@ def record(folder: Path, previous: Path | None = None) -> dict[str, str]:
         except (OSError, ValueError) as err:
             raise DamagedIndexError(f"{previous.name}/{FILE} is unreadable ({err}): the index is damaged; "
                                     "not writing to it (medsearch verify says more)") from None
+        if known and set(known) != {str(name) for name in files(previous)}:  # a file without its sum, or gone
+            raise DamagedIndexError(f"{previous.name} does not hold the files its commit recorded: the index is "
+                                    "damaged; not writing to it (medsearch verify says more)")
     sums = {}
     for name in files(folder):
         path, key = folder / name, str(name)

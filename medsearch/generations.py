@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medsearch import checksums
-from medsearch.errors import MismatchError
+from medsearch.errors import BadInputError, MismatchError
 
 POINTER = "CURRENT"
 LOCK = ".lock"
@@ -77,14 +77,18 @@ def new_folder(root: Path) -> Path:
             continue
 
 
-def commit(root: Path, tmp: Path) -> Path:
-    """Make the finished folder `tmp` the current generation; return its final path."""
+def commit(root: Path, tmp: Path, derived: bool = True) -> Path:
+    """Make the finished folder `tmp` the current generation; return its final path. `derived`: tmp
+    was made from the current generation (a write), whose files it rewrote are checked against their
+    record first (checksums.record); a build from a corpus, or a compaction that checked the whole
+    generation before, passes False."""
     previous = current(root)
-    _drop_failed_switches(root, previous)  # never read, and never to count as the one before this
+    if previous is not None:  # (with no readable CURRENT, no folder can be told to be a failed switch)
+        _drop_failed_switches(root, previous)  # never read, and never to count as the one before this
     following = max([number(p) for p in root.glob("gen-*")] + [number(previous) if previous else 0]) + 1
     target = root / f"gen-{following:06d}"
     if not (tmp / checksums.FILE).is_file():  # a restored generation brings its own, already checked
-        checksums.record(tmp, previous)
+        checksums.record(tmp, previous if derived else None)
     _fsync_tree(tmp)
     os.replace(tmp, target)
     pointer = root / f".{POINTER}.tmp-{os.getpid()}"
@@ -167,7 +171,12 @@ def pinned(root: Path):
             yield None
             return
         pin = root / f"{PIN}{uuid.uuid4().hex[:12]}"
-        with open(pin, "w") as handle:
+        try:
+            handle = open(pin, "w")
+        except PermissionError:
+            raise BadInputError(f"a snapshot writes a pin file in {root} (it keeps the generation it copies from "
+                                "being pruned): run it as a user who may write there") from None
+        with handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             handle.write(folder.name)
             handle.flush()

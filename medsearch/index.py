@@ -161,7 +161,7 @@ def write_index(
                                          target_recall=target_recall, progress=progress, **build_options)
             manifest["build_seconds"] = round(time.perf_counter() - started, 3)
             manifest.write(tmp)
-            generations.commit(target, tmp)
+            generations.commit(target, tmp, derived=False)  # (a compaction checked its base whole first)
         except BaseException:
             generations.discard(tmp)
             if written is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import threading
@@ -247,10 +248,7 @@ def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
             files, size = _write_archive(folder, tmp, root)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
-            try:
-                os.link(tmp, out)  # fails if `out` appeared meanwhile (os.replace would replace it)
-            except FileExistsError:
-                raise BadInputError(f"{out} exists: a snapshot never replaces a file (choose another name)") from None
+            _publish(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
     return SnapshotReport(out, generations.number(folder), files, out.stat().st_size, size,
@@ -258,14 +256,42 @@ def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
 
 
 PART = ".tmp-"  # a snapshot being written: `.NAME.tmp-PID-THREAD` beside NAME
+_STALE_PART = re.compile(r"^\..+\.tar\.zst\.tmp-(\d{1,9})-\d{1,20}$")
+STALE_SECONDS = 3600  # a live snapshot writes its part continuously: one untouched this long is not live
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Give the finished archive its name, never replacing a file: a hard link fails if `out` appeared
+    meanwhile (a rename would replace it); where the file system has no hard links, a rename after a
+    last check. Then the folder is synced."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise BadInputError(f"{out} exists: a snapshot never replaces a file (choose another name)") from None
+    except OSError:  # no hard links on this file system (FAT, some network mounts)
+        if out.exists() or out.is_symlink():
+            raise BadInputError(f"{out} exists: a snapshot never replaces a file (choose another name)") from None
+        os.replace(tmp, out)
+    descriptor = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _remove_stale_parts(folder: Path) -> None:
-    """Remove what snapshots killed mid-way left in `folder` (their process is gone)."""
-    for path in folder.glob(f".*{PART}*"):
-        pid = path.name.rpartition(PART)[2].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
+    """Remove what snapshots killed mid-way left in `folder`: files named as parts are, untouched for
+    an hour, whose process is gone (another host's or container's live part is written to, so
+    touched; nothing else is ever matched)."""
+    now = time.time()
+    for path in folder.glob(".*.tar.zst.tmp-*"):
+        match = _STALE_PART.match(path.name)
+        try:
+            if match and path.is_file() and not path.is_symlink() and now - path.stat().st_mtime > STALE_SECONDS \
+                    and not _alive(int(match.group(1))):
+                path.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove: left as it is
+            continue
 
 
 def _alive(pid: int) -> bool:
@@ -280,15 +306,11 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def _pinned(root: Path):
-    """generations.pinned, with its errors in a snapshot's words."""
-    try:
-        with generations.pinned(root) as folder:
-            if folder is None:  # removed since open_index saw it
-                raise IndexNotFoundError(f"no index at {root}", root)
-            yield folder
-    except PermissionError:
-        raise BadInputError(f"a snapshot needs to write a pin file in {root} (it keeps the generation it copies "
-                            "from being pruned): run it as a user who may write there") from None
+    """generations.pinned, never None (IndexNotFoundError for an index removed meanwhile)."""
+    with generations.pinned(root) as folder:
+        if folder is None:
+            raise IndexNotFoundError(f"no index at {root}", root)
+        yield folder
 
 
 def _write_archive(folder: Path, target: Path, root: Path) -> tuple[int, int]:
@@ -338,7 +360,27 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 
 # ---- restore ----
 
-MAX_HEADER_BYTES = 16 << 20  # a header lists a generation's files: a few KB
+MAX_HEADER_BYTES = 1 << 20  # a header lists a generation's files: a few KB
+# Archive bytes a member may take beyond its data: its 512-byte header, an extended (pax) header
+# (a long name, a size past 8 GiB) and padding. The stream is cut past the data the header lists
+# plus this per member: an extended header cannot grow without bound before tarfile parses it.
+MEMBER_OVERHEAD = 64 << 10
+FREE_MARGIN = 1.05  # a restore needs the listed bytes plus 5% free: it never fills a disk
+
+
+class _Bounded:
+    """The decompressed archive, read through, cut at `limit` bytes (raised as the header is read)."""
+
+    def __init__(self, stream, limit: int, source: Path):
+        self.stream, self.limit, self.read_bytes, self.source = stream, limit, 0, source
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.limit - self.read_bytes + 1 if size < 0 else min(size, self.limit - self.read_bytes + 1)
+        data = self.stream.read(max(0, want))
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise DamagedSnapshotError(f"{self.source} holds more than its header lists; nothing was restored")
+        return data
 
 
 def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool = False) -> RestoreReport:
@@ -354,7 +396,7 @@ def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool =
     if current is not None and not replace:
         raise BadInputError(f"{root} already holds an index: give --replace to make the snapshot its next "
                             "generation, or restore into a new folder")
-    made = _first_missing(root)  # what a failed restore removes again
+    made = _missing_folders(root)  # what a failed restore removes again
     with generations.writer_lock(root):
         tmp = generations.new_folder(root)
         try:
@@ -364,8 +406,7 @@ def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool =
             target = generations.commit(root, tmp)
         except BaseException:
             generations.discard(tmp)
-            if made is not None:
-                shutil.rmtree(made, ignore_errors=True)
+            _remove_made(made)
             raise
     return RestoreReport(root, generations.number(target), header["generation"], manifest.documents, files,
                          time.perf_counter() - started)
@@ -386,14 +427,27 @@ def _existing_index(root: Path) -> Manifest | None:
     return None
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of `path` that does not exist yet (None: it exists)."""
-    missing = None
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and the folders above it that do not exist yet, innermost first."""
+    missing = []
     for folder in (path.absolute(), *path.absolute().parents):
         if folder.exists() or folder.is_symlink():
             break
-        missing = folder
+        missing.append(folder)
     return missing
+
+
+def _remove_made(folders: list[Path]) -> None:
+    """Remove what a failed restore created: the target (its lock file, nothing else: the temporary
+    generation is gone), then each folder above it while empty (another restore's stays)."""
+    if not folders:
+        return
+    (folders[0] / generations.LOCK).unlink(missing_ok=True)
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: someone else's now
+            return
 
 
 def _check_same_model(source: Path, manifest: Manifest, current: Manifest, root: Path) -> None:
@@ -432,43 +486,51 @@ def _unpack(source: Path, tmp: Path) -> tuple[dict, Manifest, int]:
 
 def _extract(source: Path, folder: Path) -> dict:
     """Unpack the archive's generation into `folder`: the header first (its size bounded), then only
-    the files it lists, each of its listed size and sum, each once; the header. DamagedSnapshotError
-    (one line) for anything else than an intact snapshot: nothing unlisted or oversized is written."""
+    the files it lists, each of its listed size and sum, each once, the stream cut past what the
+    header lists; the header. DamagedSnapshotError (one line) for anything else than an intact
+    snapshot: nothing unlisted or oversized is written."""
     import zstandard
 
-    found: set[str] = set()
     try:
-        with open(source, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
-                tarfile.open(fileobj=stream, mode="r|") as tar:
-            first = tar.next()
-            if first is None or first.name != HEADER or not first.isfile() or first.size > MAX_HEADER_BYTES:
-                raise DamagedSnapshotError(f"{source} is not a medsearch snapshot (it does not begin with {HEADER}); "
-                                           "nothing was restored")
-            header = _header(source, tar.extractfile(first).read())
-            listed = header["files"]
-            free = shutil.disk_usage(folder).free
-            if sum(entry["bytes"] for entry in listed.values()) > free:
-                raise DamagedSnapshotError(f"{source} holds more bytes than {folder.parent} has free; nothing was restored")
-            while (member := tar.next()) is not None:  # (iterating the tar would yield the header again)
-                name = _member_path(member)
-                if name not in listed or name in found or member.size != listed[name]["bytes"]:
-                    why = "twice" if name in found else "unlisted" if name not in listed else "not of its listed size"
-                    raise DamagedSnapshotError(f"{source} is damaged: {name[:100]} is {why}; nothing was restored")
-                found.add(name)
-                target = folder / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as data, open(target, "wb") as out:
-                    reader = checksums.HashingReader(data)
-                    shutil.copyfileobj(reader, out, checksums.CHUNK)
-                if reader.hash.hexdigest() != listed[name]["sha256"]:
-                    raise DamagedSnapshotError(f"{source} is damaged: {name} differs from its checksum; nothing was restored")
+        with open(source, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+            bounded = _Bounded(stream, MAX_HEADER_BYTES + MEMBER_OVERHEAD, source)
+            with tarfile.open(fileobj=bounded, mode="r|") as tar:
+                return _extract_members(source, tar, bounded, folder)
     except DamagedSnapshotError:
         raise
-    except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, UnicodeDecodeError) as err:
+    except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, MemoryError) as err:
         raise DamagedSnapshotError(f"{source} is not an intact medsearch snapshot ({_reason(err)}); nothing was restored") from None
+
+
+def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, folder: Path) -> dict:
+    first = tar.next()
+    if first is None or first.name != HEADER or not first.isfile() or first.size > MAX_HEADER_BYTES:
+        raise DamagedSnapshotError(f"{source} is not a medsearch snapshot (it does not begin with {HEADER}); "
+                                   "nothing was restored")
+    header = _header(source, tar.extractfile(first).read())
+    listed = header["files"]
+    total = sum(entry["bytes"] for entry in listed.values())
+    if total * FREE_MARGIN > shutil.disk_usage(folder).free:
+        raise DamagedSnapshotError(f"{source} lists {total / 1e6:.1f} MB, more than {folder.parent} has free "
+                                   "(with a 5% margin); nothing was restored")
+    bounded.limit = bounded.read_bytes + total + MEMBER_OVERHEAD * (len(listed) + 2)
+    found: set[str] = set()
+    while (member := tar.next()) is not None:  # (iterating the tar would yield the header again)
+        name = _member_path(member)
+        if name not in listed or name in found or member.size != listed[name]["bytes"]:
+            why = "twice" if name in found else "unlisted" if name not in listed else "not of its listed size"
+            raise DamagedSnapshotError(f"{source} is damaged: {ascii(name)[:100]} is {why}; nothing was restored")
+        found.add(name)
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tar.extractfile(member) as data, open(target, "wb") as out:
+            reader = checksums.HashingReader(data)
+            shutil.copyfileobj(reader, out, checksums.CHUNK)
+        if reader.hash.hexdigest() != listed[name]["sha256"]:
+            raise DamagedSnapshotError(f"{source} is damaged: {name} differs from its checksum; nothing was restored")
     missing = sorted(set(listed) - found)
     if missing:
-        raise DamagedSnapshotError(f"{source} is damaged: {missing[0]} is missing; nothing was restored")
+        raise DamagedSnapshotError(f"{source} is damaged: {ascii(missing[0])[:100]} is missing; nothing was restored")
     return header
 
 
@@ -486,11 +548,11 @@ def _header(source: Path, data: bytes) -> dict:
     if type(generation) is not int or not 0 < generation < 10**9:
         raise DamagedSnapshotError(f"{source}: {HEADER} names no generation number; nothing was restored")
     for name, entry in files.items():
-        ok = isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int \
+        ok = name.isascii() and name.isprintable() and isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int \
             and entry["bytes"] >= 0
         if not ok:
-            raise DamagedSnapshotError(f"{source}: {HEADER} lists {str(name)[:100]} without a sha256 and a size; "
-                                       "nothing was restored")
+            raise DamagedSnapshotError(f"{source}: {HEADER} lists {ascii(name)[:100]}, not a file name with a sha256 "
+                                       "and a size; nothing was restored")
     return header
 
 
@@ -499,8 +561,9 @@ def _member_path(member: tarfile.TarInfo) -> str:
     or empty part (a hostile archive writes nowhere else)."""
     relative = PurePosixPath(member.name[len(MEMBERS):]) if member.name.startswith(MEMBERS) else None
     if (not member.isfile() or relative is None or relative.is_absolute() or not relative.parts
-            or any(part in ("", ".", "..") for part in relative.parts)):
-        raise DamagedSnapshotError(f"unexpected member '{member.name[:100]}' in the archive: not a medsearch snapshot")
+            or any(part in ("", ".", "..") for part in relative.parts) or not member.name.isprintable()
+            or "\\" in member.name or not member.name.isascii()):
+        raise DamagedSnapshotError(f"unexpected member {ascii(member.name)[:100]} in the archive: not a medsearch snapshot")
     return str(relative)
 
 

@@ -177,9 +177,16 @@ def test_snapshot_paths_folders_and_the_index_itself(index_dir, tmp_path):
     first, second = snapshot(index_dir, tmp_path / "backups"), snapshot(index_dir, f"{tmp_path / 'backups'}/")
     assert first.path != second.path and sorted(p.name for p in (tmp_path / "backups").iterdir()) == sorted(
         [first.path.name, second.path.name])
-    (tmp_path / "backups" / ".x.tar.zst.tmp-999999999-1").write_bytes(b"left by a killed snapshot")
-    snapshot(index_dir, tmp_path / "backups")
-    assert not (tmp_path / "backups" / ".x.tar.zst.tmp-999999999-1").exists()
+    backups = tmp_path / "backups"
+    for name in (".x.tar.zst.tmp-999999999-1", ".y.tar.zst.tmp-999999999-1", ".notes.tmp-999999999"):
+        (backups / name).write_bytes(b"x")
+    old = time.time() - 7200
+    os.utime(backups / ".x.tar.zst.tmp-999999999-1", (old, old))  # a dead process's part, untouched for 2 h
+    os.utime(backups / ".notes.tmp-999999999", (old, old))  # someone's own file
+    snapshot(index_dir, backups)
+    assert not (backups / ".x.tar.zst.tmp-999999999-1").exists()
+    assert (backups / ".y.tar.zst.tmp-999999999-1").exists(), "recently written: maybe another host's live part"
+    assert (backups / ".notes.tmp-999999999").exists()
 
 
 def test_verify_on_qdrant_counts_the_collection(tmp_path, memo_minilm):
@@ -284,10 +291,10 @@ def test_restore_refuses_forged_archives(index_dir, tmp_path):
     refused([("generation/../escape", evil)], header, "unexpected member")
     refused([("generation/manifest.json", b"{}")], None, "does not begin with snapshot.json")
     header = {"format": "medsearch-snapshot/1", "generation": 1, "files": {"x": entry}}
-    refused([("generation/x", evil), ("generation/x", evil)], header, "x is twice")
-    refused([("generation/x", evil * 1000)], header, "not of its listed size")  # nothing past the listed size is written
-    refused([("generation/y", evil)], header, "unlisted")
-    refused([], header, "x is missing")
+    refused([("generation/x", evil), ("generation/x", evil)], header, "'x' is twice")
+    refused([("generation/x", evil * 1000)], header, "'x' is not of its listed size")  # nothing past the listed size is written
+    refused([("generation/y", evil)], header, "'y' is unlisted")
+    refused([], header, "'x' is missing")
     refused([("generation/x", evil)], {**header, "generation": True}, "names no generation")
     refused([("generation/x", evil)], header, "manifest.json is unreadable")  # sums that match files that are no index
     refused([("generation/x", b"ownes")], {**header, "files": {"x": {**entry, "bytes": 5}}}, "differs from its checksum")
@@ -460,3 +467,62 @@ def test_post_snapshot_needs_a_writable_service_with_a_folder(index_dir, tmp_pat
         ServerSettings(token="t", writable=True, snapshot_dir=str(tmp_path / "nowhere")).validate()
     refused = run("serve", "--index", index_dir, "--snapshot-dir", tmp_path)
     assert refused.exit_code != 0 and "--writable" in refused.output
+
+
+# ---- what a second hostile review found ----
+
+def test_a_rebuild_repairs_a_damaged_index(index_dir, minilm):
+    """A build reads nothing of the generation it replaces: its damage does not stop it (the way out
+    that the refusals name)."""
+    flip_byte(generations.current(index_dir) / "dim64.faiss")
+    assert not verify(index_dir).ok
+    build_index(BUNDLED, index_dir, minilm)
+    assert verify(index_dir).ok
+
+
+def test_a_record_missing_a_file_stops_a_write(index_dir, minilm):
+    """A file the record does not list would get a fresh sum from the write, damage and all."""
+    folder = generations.current(index_dir)
+    record = (folder / checksums.FILE).read_text().splitlines(keepends=True)
+    (folder / checksums.FILE).unlink()
+    (folder / checksums.FILE).write_text("".join(line for line in record if not line.endswith("  vectors.npy\n")))
+    flip_byte(folder / "vectors.npy")
+    with pytest.raises(DamagedIndexError, match="does not hold the files its commit recorded"):
+        upsert(index_dir, [Document(id="new", title="t", text="a new leaflet on gout")], minilm)
+
+
+def test_restore_over_a_damaged_pointer_keeps_the_generations_it_cannot_read(index_dir, tmp_path, minilm):
+    snapshot(index_dir, tmp_path / "s.tar.zst")
+    delete(index_dir, ["doc-001"])
+    (index_dir / "CURRENT").write_bytes(b"gen-00000\x03")
+    restore(tmp_path / "s.tar.zst", index_dir, replace=True)
+    assert sorted(p.name for p in index_dir.glob("gen-*")) == ["gen-000001", "gen-000002", "gen-000003"]
+    assert generations.current(index_dir).name == "gen-000003"
+
+
+def test_an_oversized_member_header_is_refused_before_it_is_read(tmp_path):
+    """A long-name header of megabytes (which tarfile would read whole, before any check) ahead of
+    the first member: the stream is cut at the header's bound."""
+    import io
+
+    with open(tmp_path / "bomb.tar.zst", "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as stream, \
+            tarfile.open(fileobj=stream, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("generation/" + "a" * (4 << 20))
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    assert (tmp_path / "bomb.tar.zst").stat().st_size < 10_000
+    started = time.monotonic()
+    with pytest.raises(DamagedSnapshotError, match="holds more than"):
+        restore(tmp_path / "bomb.tar.zst", tmp_path / "out")
+    assert time.monotonic() - started < 10 and not (tmp_path / "out").exists()
+
+
+def test_a_failed_restore_removes_only_what_it_made(tmp_path):
+    from medsearch.snapshot import _missing_folders, _remove_made
+
+    made = _missing_folders(tmp_path / "x" / "a")
+    (tmp_path / "x" / "a").mkdir(parents=True)
+    (tmp_path / "x" / "a" / generations.LOCK).write_text("pid 1")
+    (tmp_path / "x" / "b").mkdir()  # another restore's, made meanwhile
+    _remove_made(made)
+    assert not (tmp_path / "x" / "a").exists() and (tmp_path / "x" / "b").is_dir()

@@ -35,6 +35,7 @@ import secrets
 import sys
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -148,7 +149,7 @@ def create_app(source: Searcher | Callable[[], Searcher], settings: ServerSettin
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, err: Exception):
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("unexpected error on %s %s", request.method, ascii(request.url.path))  # (no raw control characters)
         return error(500, "internal error (the server log has the details)")
 
     app.include_router(page.router)
@@ -395,6 +396,10 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
     settings = settings or ServerSettings()
     settings.validate()  # a writable service without a token fails here
     open_index(index_dir)  # a missing or foreign index fails here, before the port opens
+    if settings.snapshot_dir is not None:
+        where, root = Path(settings.snapshot_dir).resolve(), Path(index_dir).resolve()
+        if where == root or root in where.parents:
+            raise BadInputError(f"the snapshot folder {settings.snapshot_dir} is inside the index folder: keep snapshots elsewhere")
     settings = dataclasses.replace(settings, allowed_hosts=allowed_hosts(settings, host))
     if not settings.token and not is_loopback(host):
         log.warning("serving %s without a token: anyone who can reach it can search it (give a token file)", host)
