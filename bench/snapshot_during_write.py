@@ -113,9 +113,8 @@ def main() -> None:
         rows = [trial(work / "base", work, docs, queries, args.delay, n) for n in range(1, args.trials + 1)]
     print_table(rows, ["trial", "add_running_at_snapshot_end", "restored_equals", "snapshot_s", "add_s", "restore_s",
                        "verify_s", "verify_restored", "verify_flipped"])
-    path = write_results(args.name, {"docs": args.docs, "delay_s": args.delay, "build_s": round(build_s, 2),
-                                     "queries": len(queries), "trials": rows}, args.out)
-    print(f"\nwrote {path}")
+    write_results(args.name, {"docs": args.docs, "delay_s": args.delay, "build_s": round(build_s, 2),
+                              "queries": len(queries), "trials": rows}, args.out)
 
 
 if __name__ == "__main__":
