@@ -471,12 +471,12 @@ def test_post_snapshot_needs_a_writable_service_with_a_folder(index_dir, tmp_pat
 
 # ---- what a second hostile review found ----
 
-def test_a_rebuild_repairs_a_damaged_index(index_dir, minilm):
+def test_a_rebuild_repairs_a_damaged_index(index_dir, memo_minilm):
     """A build reads nothing of the generation it replaces: its damage does not stop it (the way out
     that the refusals name)."""
     flip_byte(generations.current(index_dir) / "dim64.faiss")
     assert not verify(index_dir).ok
-    build_index(BUNDLED, index_dir, minilm)
+    build_index(BUNDLED, index_dir, memo_minilm)
     assert verify(index_dir).ok
 
 
