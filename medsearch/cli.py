@@ -305,8 +305,11 @@ def snapshot(paths, index_dir):
     """Write the index's current generation to OUT, one .tar.zst file, while searches and writes go on.
 
     \b
+    medsearch snapshot indexes/default backups/       a name of its own in backups/ (which must exist)
     medsearch snapshot indexes/default backups/default-2026-11-30.tar.zst
     medsearch snapshot backups/today.tar.zst --index indexes/default
+
+    OUT is never replaced, and never inside the index folder.
 
     Generations never change once committed, so the snapshot pins one and copies it; a write that
     commits meanwhile is in the next snapshot. Every file is checked against the checksums its commit
@@ -329,7 +332,7 @@ def snapshot(paths, index_dir):
                    "readable for a few minutes, as after any write).")
 def restore(snapshot_file, target, index_dir, replace):
     """Restore a snapshot into DIR (default: --index): a new index, or with --replace the next generation
-    of an existing one.
+    of an existing one of the same model (how a damaged index is repaired).
 
     Every file is checked against the snapshot's checksums and the parts' row counts against the
     manifest (as `medsearch verify` does) before the index folder changes at all; a damaged or
