@@ -66,13 +66,14 @@ def render(sums: dict[str, str]) -> str:
     return "".join(f"{value}  {name}\n" for name, value in sorted(sums.items()))
 
 
-def record(folder: Path, previous: Path | None = None) -> dict[str, str]:
+def record(folder: Path, previous: Path | None = None, checked: frozenset[str] = frozenset()) -> dict[str, str]:
     """Write `folder`'s record; files that are the very files of `previous` (hard links) keep the
     sums `previous` recorded.
 
     The files of `previous` that `folder` rewrote (a write's docs.db, its appended vectors and tiers)
-    are checked against their record first: a write must not carry damage into a generation whose
-    fresh checksums would call it good. DamagedIndexError names the first one that differs."""
+    are checked against their record first (but those in `checked`, which the write checked before
+    it read them): a write must not carry damage into a generation whose fresh checksums would call
+    it good. DamagedIndexError names the first one that differs."""
     known = {}
     if previous is not None:
         try:
@@ -89,7 +90,7 @@ def record(folder: Path, previous: Path | None = None) -> dict[str, str]:
         if key in known and _same_file(path, previous / name):
             sums[key] = known[key]
             continue
-        if key in known and (previous / name).is_file():
+        if key in known and key not in checked and (previous / name).is_file():
             check(previous, key)
         sums[key] = digest(path)
     (folder / FILE).write_text(render(sums), encoding="utf-8")

@@ -77,18 +77,18 @@ def new_folder(root: Path) -> Path:
             continue
 
 
-def commit(root: Path, tmp: Path, derived: bool = True) -> Path:
+def commit(root: Path, tmp: Path, derived: bool = True, checked: frozenset[str] = frozenset()) -> Path:
     """Make the finished folder `tmp` the current generation; return its final path. `derived`: tmp
     was made from the current generation (a write), whose files it rewrote are checked against their
-    record first (checksums.record); a build from a corpus, or a compaction that checked the whole
-    generation before, passes False."""
+    record first (checksums.record; `checked`: files the write checked already); a build from a
+    corpus, or a compaction that checked the whole generation before, passes False."""
     previous = current(root)
     if previous is not None:  # (with no readable CURRENT, no folder can be told to be a failed switch)
         _drop_failed_switches(root, previous)  # never read, and never to count as the one before this
     following = max([number(p) for p in root.glob("gen-*")] + [number(previous) if previous else 0]) + 1
     target = root / f"gen-{following:06d}"
     if not (tmp / checksums.FILE).is_file():  # a restored generation brings its own, already checked
-        checksums.record(tmp, previous if derived else None)
+        checksums.record(tmp, previous if derived else None, checked)
     _fsync_tree(tmp)
     os.replace(tmp, target)
     pointer = root / f".{POINTER}.tmp-{os.getpid()}"

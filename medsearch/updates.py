@@ -268,7 +268,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         if written.keeps_dead_rows and recalibrate and target_recall is not None:
             manifest["fast"] = written.calibrate(_live_rows(tmp, manifest), target_recall)
         manifest.write(tmp)
-        committed = generations.commit(root, tmp)
+        committed = generations.commit(root, tmp, checked=frozenset({"docs.db"}))  # (checked above, before it was read)
     except BaseException:
         generations.discard(tmp)
         raise

@@ -206,7 +206,7 @@ def test_a_write_that_died_before_its_switch_leaves_no_points_behind(tmp_path, m
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=qdrant.settings("t", path=tmp_path / "q"))
     crashed = Document(id="zorblax", title="Zorblax fever", text="Zorblax fever paints purple spots on both knees.")
-    monkeypatch.setattr(generations, "commit", lambda root, tmp: (_ for _ in ()).throw(RuntimeError("power cut")))
+    monkeypatch.setattr(generations, "commit", lambda root, tmp, **options: (_ for _ in ()).throw(RuntimeError("power cut")))
     with pytest.raises(RuntimeError, match="power cut"):
         upsert(tmp_path / "idx", [crashed], minilm)
     monkeypatch.undo()
@@ -239,7 +239,7 @@ def test_a_replace_or_delete_that_dies_before_its_switch_leaves_the_old_version_
     query = "what are the early signs of type 2 diabetes"
     before = Searcher(open_index(tmp_path / "idx"), minilm).search([query], tier="deep")[0].hits
     assert before[0].id == "doc-020"
-    monkeypatch.setattr(generations, "commit", lambda root, tmp: (_ for _ in ()).throw(RuntimeError("power cut")))
+    monkeypatch.setattr(generations, "commit", lambda root, tmp, **options: (_ for _ in ()).throw(RuntimeError("power cut")))
     changed = Document(id="doc-020", title="Knitting", text="Casting on stitches for a wool scarf.")
     with pytest.raises(RuntimeError, match="power cut"):
         upsert(tmp_path / "idx", [changed], minilm) if write == "replace" else delete(tmp_path / "idx", ["doc-020"])

@@ -242,7 +242,7 @@ def test_a_write_that_dies_before_the_switch_changes_nothing(live_index, minilm,
     searcher = Searcher(open_index(live_index), minilm)
     before = searcher.search([ZORBLAX_QUERY], tier="deep", k=10)[0].hits
 
-    def crash(root, tmp):
+    def crash(root, tmp, **options):
         raise RuntimeError("power cut")
 
     monkeypatch.setattr(generations, "commit", crash)
