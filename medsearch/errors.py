@@ -95,3 +95,12 @@ class DownloadError(MedsearchError):
 class BackendUnavailableError(MedsearchError):
     """The vector backend an index names cannot be used now (a Qdrant server down, a local-mode
     folder held by another process, a collection deleted behind medsearch's back)."""
+
+
+def reason(err: BaseException) -> str:
+    """An exception as a short clause for a one-line message: "missing" for a file not found, else
+    the first line of its text (200 characters at most), else its type's name."""
+    if isinstance(err, FileNotFoundError):
+        return "missing"
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__

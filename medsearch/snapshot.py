@@ -39,7 +39,7 @@ import numpy as np
 
 from medsearch import checksums, generations, lexical
 from medsearch.backends import open_backend
-from medsearch.errors import BadInputError, DamagedIndexError, IndexNotFoundError
+from medsearch.errors import BadInputError, DamagedIndexError, IndexNotFoundError, reason
 from medsearch.index import Index, index_exists, open_index
 from medsearch.manifest import FORMAT_VERSION, TIERS, Manifest
 from medsearch.store import DocStore
@@ -134,7 +134,7 @@ def check_generation(folder: Path, index: Path | None = None) -> tuple[list[str]
     try:
         sums = checksums.read(folder)
     except (OSError, ValueError) as err:
-        sums, problems = None, [f"{checksums.FILE}: unreadable ({_reason(err)})"]
+        sums, problems = None, [f"{checksums.FILE}: unreadable ({reason(err)})"]
     damaged: set[str] = set()
     if sums is not None:
         for line in checksums.problems(folder, sums):
@@ -150,7 +150,7 @@ def check_generation(folder: Path, index: Path | None = None) -> tuple[list[str]
         if not set(tiers.values()) <= set(manifest.dims):
             raise ValueError(f"tier dims {tiers} that it does not store")
     except Exception as err:  # noqa: BLE001 (a manifest written by no medsearch can fail in any way)
-        return problems + [f"manifest.json: unreadable ({_reason(err)})"], len(sums or ())
+        return problems + [f"manifest.json: unreadable ({reason(err)})"], len(sums or ())
     problems += _row_problems(folder, manifest, damaged)
     return problems, len(sums or ())
 
@@ -160,7 +160,7 @@ def _part(problems: list[str], name: str, check) -> None:
     try:
         problems += check()
     except Exception as err:  # noqa: BLE001 (numpy, sqlite, json and faiss raise many kinds for a damaged file)
-        problems.append(f"{name}: unreadable ({_reason(err)})")
+        problems.append(f"{name}: unreadable ({reason(err)})")
 
 
 def _row_problems(folder: Path, manifest: Manifest, damaged: set[str]) -> list[str]:
@@ -467,7 +467,7 @@ def _unpack(source: Path, tmp: Path) -> tuple[dict, Manifest, int]:
     try:
         raw = json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:
-        raise DamagedSnapshotError(f"{source}: its manifest.json is unreadable ({_reason(err)}); nothing was restored") from None
+        raise DamagedSnapshotError(f"{source}: its manifest.json is unreadable ({reason(err)}); nothing was restored") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
         raise DamagedSnapshotError(
@@ -499,7 +499,7 @@ def _extract(source: Path, folder: Path) -> dict:
     except DamagedSnapshotError:
         raise
     except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, MemoryError) as err:
-        raise DamagedSnapshotError(f"{source} is not an intact medsearch snapshot ({_reason(err)}); nothing was restored") from None
+        raise DamagedSnapshotError(f"{source} is not an intact medsearch snapshot ({reason(err)}); nothing was restored") from None
 
 
 def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, folder: Path) -> dict:
@@ -565,10 +565,3 @@ def _member_path(member: tarfile.TarInfo) -> str:
             or "\\" in member.name or not member.name.isascii()):
         raise DamagedSnapshotError(f"unexpected member {ascii(member.name)[:100]} in the archive: not a medsearch snapshot")
     return str(relative)
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, FileNotFoundError):
-        return "missing"
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__

@@ -26,7 +26,7 @@ import numpy as np
 from medsearch.backends.base import Ranked, collapse, prefix
 from medsearch.backends.funnel import calibrate
 from medsearch.backends.funnel import rerank as rerank_rows
-from medsearch.errors import BadInputError
+from medsearch.errors import BadInputError, reason
 from medsearch.generations import link_file
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class FaissBackend:
             try:
                 found = tuple(int(n) for n in shape())
             except Exception as err:  # noqa: BLE001 (numpy and faiss raise many kinds for a damaged file)
-                problems.append(f"{name}: unreadable ({_first_line(err)})")
+                problems.append(f"{name}: unreadable ({reason(err)})")
                 continue
             if found != expected:
                 problems.append(f"{name}: {found[0]} rows of {found[1]} dims; the manifest says {expected[0]} of {expected[1]}")
@@ -375,13 +375,6 @@ class FaissBackend:
         ranked = rerank_rows(vectors, list(rows), self.vectors)
         timings["rerank"] += (time.perf_counter() - started) * 1000
         return ranked
-
-
-def _first_line(err: Exception) -> str:
-    if isinstance(err, FileNotFoundError):
-        return "missing"
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def tier_file(dim: int) -> str:
