@@ -8,8 +8,9 @@ included, the checksums file itself excepted), in the format of coreutils' `sha2
     ...
 
 A write shares the files it does not change with the generation before (hard links: committed
-files never change); their sums are carried over from that generation's record, not read again, so
-a small write hashes only what it wrote.
+files never change); their sums are carried over from that generation's record, not read again. It
+hashes what it wrote, and the files of the generation before that it rewrote (checked first: a
+write must not record damaged content under fresh sums).
 """
 
 from __future__ import annotations
@@ -74,24 +75,17 @@ def record(folder: Path, previous: Path | None = None, checked: frozenset[str] =
     are checked against their record first (but those in `checked`, which the write checked before
     it read them): a write must not carry damage into a generation whose fresh checksums would call
     it good. DamagedIndexError names the first one that differs."""
-    known = {}
-    if previous is not None:
-        try:
-            known = read(previous) or {}
-        except (OSError, ValueError) as err:
-            raise DamagedIndexError(f"{previous.name}/{FILE} is unreadable ({err}): the index is damaged; "
-                                    "not writing to it (medsearch verify says more)") from None
-        if known and set(known) != {str(name) for name in files(previous)}:  # a file without its sum, or gone
-            raise DamagedIndexError(f"{previous.name} does not hold the files its commit recorded: the index is "
-                                    "damaged; not writing to it (medsearch verify says more)")
+    known = _recorded(previous) if previous is not None else {}
+    if known and set(known) != {str(name) for name in files(previous)}:  # a file without its sum, or gone
+        raise _damaged(f"{previous.name} does not hold the files its commit recorded")
     sums = {}
     for name in files(folder):
         path, key = folder / name, str(name)
         if key in known and _same_file(path, previous / name):
             sums[key] = known[key]
             continue
-        if key in known and key not in checked and (previous / name).is_file():
-            check(previous, key)
+        if key in known and key not in checked and (previous / name).is_file() and digest(previous / name) != known[key]:
+            raise _damaged(f"{previous.name}/{key} differs from the checksum its commit recorded")
         sums[key] = digest(path)
     (folder / FILE).write_text(render(sums), encoding="utf-8")
     return sums
@@ -100,14 +94,21 @@ def record(folder: Path, previous: Path | None = None, checked: frozenset[str] =
 def check(folder: Path, name: str) -> None:
     """DamagedIndexError unless `folder`'s file `name` has the sum its commit recorded (nothing to
     check in a generation committed before records). A write checks docs.db so before it reads it."""
-    try:
-        known = (read(folder) or {}).get(name)
-    except (OSError, ValueError) as err:
-        raise DamagedIndexError(f"{folder.name}/{FILE} is unreadable ({err}): the index is damaged; "
-                                "not writing to it (medsearch verify says more)") from None
+    known = _recorded(folder).get(name)
     if known is not None and digest(folder / name) != known:
-        raise DamagedIndexError(f"{folder.name}/{name} differs from the checksum its commit recorded: the index is "
-                                "damaged; not writing to it (medsearch verify says more)")
+        raise _damaged(f"{folder.name}/{name} differs from the checksum its commit recorded")
+
+
+def _recorded(folder: Path) -> dict[str, str]:
+    """A generation's record for a write to check against ({} when it has none)."""
+    try:
+        return read(folder) or {}
+    except (OSError, ValueError) as err:
+        raise _damaged(f"{folder.name}/{FILE} is unreadable ({err})") from None
+
+
+def _damaged(what: str) -> DamagedIndexError:
+    return DamagedIndexError(f"{what}: the index is damaged; not writing to it (medsearch verify says more)")
 
 
 def _same_file(path: Path, other: Path) -> bool:
@@ -117,9 +118,11 @@ def _same_file(path: Path, other: Path) -> bool:
         return False
 
 
-def problems(folder: Path, sums: dict[str, str]) -> list[str]:
+def problems(folder: Path, sums: dict[str, str], hashed: dict[str, str] | None = None) -> list[str]:
     """What differs between `folder`'s files and `sums`: one line per missing, unreadable, changed
-    (a flipped byte, a truncation) or unexpected file."""
+    (a flipped byte, a truncation) or unexpected file. `hashed`: sums of files already computed from
+    their content (a restore hashed each file as it wrote it), not read again."""
+    hashed = hashed or {}
     found = []
     present = {str(name) for name in files(folder)}
     for name, value in sorted(sums.items()):
@@ -127,7 +130,7 @@ def problems(folder: Path, sums: dict[str, str]) -> list[str]:
             found.append(f"{name}: missing")
             continue
         try:
-            same = digest(folder / name) == value
+            same = (hashed.get(name) or digest(folder / name)) == value
         except OSError as err:
             found.append(f"{name}: unreadable ({err.strerror or err})")
             continue

@@ -126,10 +126,12 @@ def verify(index_dir: str | Path) -> VerifyReport:
     return VerifyReport(root, generations.number(folder), files, problems, time.perf_counter() - started)
 
 
-def check_generation(folder: Path, index: Path | None = None) -> tuple[list[str], int]:
+def check_generation(folder: Path, index: Path | None = None,
+                     hashed: dict[str, str] | None = None) -> tuple[list[str], int]:
     """(one line per problem, files checked against their checksums) for a generation folder: its
     files against its record first, then its manifest, then the parts' row counts (parts whose
-    files failed the first step are not parsed: a damaged file can raise anything)."""
+    files failed the first step are not parsed: a damaged file can raise anything). `hashed`: sums
+    already computed from the files' content (checksums.problems)."""
     problems: list[str] = []
     try:
         sums = checksums.read(folder)
@@ -137,7 +139,7 @@ def check_generation(folder: Path, index: Path | None = None) -> tuple[list[str]
         sums, problems = None, [f"{checksums.FILE}: unreadable ({reason(err)})"]
     damaged: set[str] = set()
     if sums is not None:
-        for line in checksums.problems(folder, sums):
+        for line in checksums.problems(folder, sums, hashed):
             problems.append(line)
             damaged.add(line.split(":", 1)[0])
     if "manifest.json" in damaged:
@@ -473,7 +475,8 @@ def _unpack(source: Path, tmp: Path) -> tuple[dict, Manifest, int]:
         raise DamagedSnapshotError(
             f"{source} holds an index of format {version}, made by medsearch {header.get('medsearch_version')}; this "
             f"medsearch ({__version__}) reads format {FORMAT_VERSION}: restore it with that version, then rebuild")
-    problems, _ = check_generation(tmp)
+    hashed = {name: entry["sha256"] for name, entry in header["files"].items()}  # each file's content, as written
+    problems, _ = check_generation(tmp, hashed=hashed)
     if problems:
         raise DamagedSnapshotError(f"{source} is damaged: {problems[0]}; nothing was restored")
     manifest = Manifest.read(tmp)

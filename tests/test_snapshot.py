@@ -526,3 +526,24 @@ def test_a_failed_restore_removes_only_what_it_made(tmp_path):
     (tmp_path / "x" / "b").mkdir()  # another restore's, made meanwhile
     _remove_made(made)
     assert not (tmp_path / "x" / "a").exists() and (tmp_path / "x" / "b").is_dir()
+
+
+def test_restore_refuses_an_archive_whose_record_disagrees_with_its_files(index_dir, tmp_path):
+    """The header's sums match the files (each hashed as it is written), but the generation's own
+    record says docs.db should be something else: the record is checked against those same hashes."""
+    import hashlib
+
+    snapshot(index_dir, tmp_path / "s.tar.zst")
+    with open(tmp_path / "s.tar.zst", "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
+            tarfile.open(fileobj=stream, mode="r|") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    header = json.loads(members.pop("snapshot.json"))
+    record = members["generation/checksums.sha256"].decode()
+    members["generation/checksums.sha256"] = record.replace(
+        hashlib.sha256(members["generation/docs.db"]).hexdigest(), "0" * 64).encode()
+    header["files"] = {name.removeprefix("generation/"): {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                       for name, data in members.items()}
+    _archive(tmp_path / "forged.tar.zst", list(members.items()), header)
+    with pytest.raises(DamagedSnapshotError, match="docs.db: content differs from its checksum"):
+        restore(tmp_path / "forged.tar.zst", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
