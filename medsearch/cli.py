@@ -554,8 +554,6 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
             raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
     if writable and not token:
         raise click.UsageError("--writable needs a token: give --token-file FILE or set MEDSEARCH_TOKEN")
-    if snapshot_dir and not writable:
-        raise click.UsageError("--snapshot-dir needs --writable (and so a token): POST /snapshot writes to this machine's disk")
     settings = ServerSettings(
         token=token, cors_origin=cors_origin, batching=not no_batching, batch_wait_ms=batch_wait_ms,
         max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries,

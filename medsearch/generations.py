@@ -58,6 +58,13 @@ def current(root: Path) -> Path | None:
     return root / name if _GENERATION.match(name) else None
 
 
+def holds_other_files(root: Path) -> bool:
+    """Whether the folder holds anything but what an index's first build leaves before its commit (a
+    lock file, a killed writer's temporary folder): a folder a new index must not be written into
+    unless it is one already."""
+    return root.exists() and any(not p.name.startswith((LOCK, ".tmp-")) for p in root.iterdir())
+
+
 def number(folder: Path) -> int:
     match = _GENERATION.match(folder.name)
     return int(match.group(1)) if match else 0

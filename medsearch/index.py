@@ -91,8 +91,7 @@ def _check_target(target: Path, vector_dtype: str) -> None:
     if target.is_file():
         raise BadInputError(f"{target} is a file, not an index folder")
     ours = (target / generations.POINTER).is_file() or (target / "manifest.json").is_file()  # format 2, 1
-    leftovers = (generations.LOCK, ".tmp-")  # a lock file, and what a killed first build left
-    if target.exists() and not ours and any(not p.name.startswith(leftovers) for p in target.iterdir()):
+    if not ours and generations.holds_other_files(target):
         raise BadInputError(f"{target} exists and is not a medsearch index: choose another index folder")
 
 

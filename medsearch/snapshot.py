@@ -10,11 +10,12 @@
     restore(snapshot, index_dir)   the archive checked (every file against its checksum, then the
                                    row counts), then committed as a generation of `index_dir`
 
-A snapshot (`.tar.zst`, zstd with its frame checksum) holds `generation/<file>` for every file of
-the generation, its `checksums.sha256` included, and last `snapshot.json`: the format, the index's
-name, the generation number, the medsearch version and each file's sha256 and size as read. A file
-whose content differs from the checksum its commit recorded stops the snapshot: a damaged index is
-never archived as a good one.
+A snapshot (`.tar.zst`, zstd with its frame checksum) holds first `snapshot.json` (the format, the
+index's name, the generation number, the medsearch version, each file's sha256 and size), then
+`generation/<file>` for every file of the generation, its `checksums.sha256` included. Each file is
+hashed again as it is archived: one whose content differs from the checksum its commit recorded
+stops the snapshot, so a damaged index is never archived as a good one. A restore reads the header
+first, so it writes only what the header lists.
 
 The Qdrant backend keeps its vectors outside the folder; Qdrant's local mode has no snapshot API, so
 snapshots cover FAISS indexes (for Qdrant, snapshot the collection with Qdrant's own API).
@@ -234,8 +235,7 @@ def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
         if not out.parent.is_dir():
             raise BadInputError(f"{out.parent} is not a folder: create it first")
     where = (out if into_folder else out.parent).resolve()
-    if where == root.resolve() or root.resolve() in where.parents:
-        raise BadInputError(f"{out} is inside the index folder {root}: keep snapshots elsewhere")
+    check_outside(root, where, out)
     _remove_stale_parts(where)
     with _pinned(root) as folder:
         manifest = Manifest.read(folder, root)
@@ -255,6 +255,14 @@ def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
             tmp.unlink(missing_ok=True)
     return SnapshotReport(out, generations.number(folder), files, out.stat().st_size, size,
                           time.perf_counter() - started)
+
+
+def check_outside(index_dir: str | Path, folder: str | Path, named: str | Path | None = None) -> None:
+    """BadInputError when `folder` (where snapshots go; `named`: as the user named it) is the index
+    folder or inside it: a snapshot there would be a file of the generation it copies, or pruned."""
+    root, where = Path(index_dir).resolve(), Path(folder).resolve()
+    if where == root or root in where.parents:
+        raise BadInputError(f"{named or folder} is inside the index folder {index_dir}: keep snapshots elsewhere")
 
 
 PART = ".tmp-"  # a snapshot being written: `.NAME.tmp-PID-THREAD` beside NAME
@@ -423,8 +431,7 @@ def _existing_index(root: Path) -> Manifest | None:
         return Manifest.peek(generations.current(root)) or Manifest()
     if (root / generations.POINTER).is_file():
         return Manifest()
-    if root.is_file() or (root.exists() and any(not p.name.startswith((generations.LOCK, ".tmp-"))
-                                                for p in root.iterdir())):
+    if root.is_file() or generations.holds_other_files(root):
         raise BadInputError(f"{root} exists and is not a medsearch index: restore into a new or empty folder")
     return None
 
@@ -551,8 +558,8 @@ def _header(source: Path, data: bytes) -> dict:
     if type(generation) is not int or not 0 < generation < 10**9:
         raise DamagedSnapshotError(f"{source}: {HEADER} names no generation number; nothing was restored")
     for name, entry in files.items():
-        ok = name.isascii() and name.isprintable() and isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int \
-            and entry["bytes"] >= 0
+        ok = (name.isascii() and name.isprintable() and isinstance(entry, dict)
+              and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int and entry["bytes"] >= 0)
         if not ok:
             raise DamagedSnapshotError(f"{source}: {HEADER} lists {ascii(name)[:100]}, not a file name with a sha256 "
                                        "and a size; nothing was restored")

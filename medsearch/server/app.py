@@ -35,7 +35,6 @@ import secrets
 import sys
 from contextlib import asynccontextmanager
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -397,9 +396,9 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
     settings.validate()  # a writable service without a token fails here
     open_index(index_dir)  # a missing or foreign index fails here, before the port opens
     if settings.snapshot_dir is not None:
-        where, root = Path(settings.snapshot_dir).resolve(), Path(index_dir).resolve()
-        if where == root or root in where.parents:
-            raise BadInputError(f"the snapshot folder {settings.snapshot_dir} is inside the index folder: keep snapshots elsewhere")
+        from medsearch.snapshot import check_outside
+
+        check_outside(index_dir, settings.snapshot_dir, f"the snapshot folder {settings.snapshot_dir}")
     settings = dataclasses.replace(settings, allowed_hosts=allowed_hosts(settings, host))
     if not settings.token and not is_loopback(host):
         log.warning("serving %s without a token: anyone who can reach it can search it (give a token file)", host)

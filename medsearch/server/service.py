@@ -224,7 +224,6 @@ class Service:
                 "deleted": report.deleted, "compacted": report.compacted, "generation": report.generation,
                 "documents": report.manifest.get("documents", 0)}
 
-
     async def snapshot(self) -> dict:
         """Write a snapshot of the index's current generation into the snapshot folder (snapshot.py),
         on a thread of its own: searches and writes go on (the generation is pinned, not locked).
@@ -233,7 +232,7 @@ class Service:
         from medsearch.snapshot import snapshot
 
         searcher = self.loaded()
-        if not self.settings.writable or self.settings.snapshot_dir is None:
+        if self.settings.snapshot_dir is None:  # (validate: a snapshot folder comes with --writable)
             raise NoSnapshots()
         if self._snapshot_lock.locked():
             raise SnapshotRunning()

@@ -90,6 +90,9 @@ class ServerSettings:
             raise BadInputError(f"metrics_port must be a port number from 1 to 65535; got {self.metrics_port}")
         if self.writable and not self.token:
             raise BadInputError("a writable service needs a token: anyone who can reach it could change the index")
+        if self.snapshot_dir is not None and not self.writable:
+            raise BadInputError("a snapshot folder needs --writable (and so a token): POST /snapshot writes to this "
+                                "machine's disk")
 
     @property
     def workers(self) -> int:
