@@ -52,21 +52,16 @@ def token_spans(offsets: list[tuple[int, int]], window: int, overlap: int) -> li
 def chunk_documents(
     documents: list[Document], tokenizer, max_tokens: int, prefix: str = "", overlap: int | None = None
 ) -> list[Chunk]:
-    """Chunks for every document, in corpus order. `max_tokens` counts special tokens too."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise MedsearchError("chunking needs a fast (Rust) tokenizer: the model folder needs a tokenizer.json")
-    special = tokenizer.num_special_tokens_to_add(pair=False)
-    encoded = tokenizer(
-        [d.text for d in documents], add_special_tokens=False, return_offsets_mapping=True, verbose=False
-    )
+    """Chunks for every document, in corpus order. `tokenizer` is a `tokenizers.Tokenizer` without
+    truncation or padding (Encoder.chunk's); `max_tokens` counts special tokens too."""
+    special = tokenizer.num_special_tokens_to_add(is_pair=False)
+    offset_lists = [e.offsets for e in tokenizer.encode_batch([d.text for d in documents], add_special_tokens=False)]
     header_lengths = [
-        len(ids)
-        for ids in tokenizer(
-            [f"{prefix}{d.title}\n" if d.title else prefix for d in documents], add_special_tokens=False
-        )["input_ids"]
+        len(e.ids)
+        for e in tokenizer.encode_batch([f"{prefix}{d.title}\n" if d.title else prefix for d in documents], add_special_tokens=False)
     ]
     chunks: list[Chunk] = []
-    for ordinal, (doc, offsets, header) in enumerate(zip(documents, encoded["offset_mapping"], header_lengths)):
+    for ordinal, (doc, offsets, header) in enumerate(zip(documents, offset_lists, header_lengths)):
         window = max(MIN_WINDOW, max_tokens - special - header)
         doc_overlap = window // 8 if overlap is None else min(overlap, window - 1)
         for position, (i, j) in enumerate(token_spans(offsets, window, doc_overlap)):

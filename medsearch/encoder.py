@@ -123,24 +123,41 @@ def _tensor_digests(path: Path) -> list[bytes]:
     """One digest per floating-point tensor of a safetensors file: its shape and the first values of
     its first, middle and last rows (as float16; a fine-tune moves them all). Names are left out:
     re-saving a model may rename tensors (LayerNorm gamma/weight) and reorder them, without changing
-    a single value."""
-    import torch
+    a single value. Read with numpy (no torch import on a query's path); bfloat16, which numpy lacks,
+    with torch."""
     from safetensors import safe_open
 
     out = []
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:
         for name in f.keys():
             part = f.get_slice(name)
-            shape = part.get_shape()
-            if part.get_dtype() not in ("F16", "BF16", "F32", "F64") or not shape or not shape[0]:
+            shape, dtype = part.get_shape(), part.get_dtype()
+            if dtype not in ("F16", "BF16", "F32", "F64") or not shape or not shape[0]:
                 continue
-            if len(shape) > 1:
-                rows = torch.stack([part[i].flatten()[:32] for i in (0, shape[0] // 2, shape[0] - 1)])
-            else:
-                rows = part[:][:96]
-            values = rows.flatten().to(torch.float16).numpy()
+            values = _bfloat16_head(path, name, shape) if dtype == "BF16" else _head(part, shape, np.float16)
             out.append(hashlib.sha256(str(tuple(shape)).encode() + values.tobytes()).digest())
     return out
+
+
+def _head(part, shape, dtype) -> np.ndarray:
+    """The first values of a tensor's first, middle and last rows (of a 1-d tensor, its first 96)."""
+    if len(shape) > 1:
+        rows = [np.asarray(part[i]).reshape(-1)[:32] for i in (0, shape[0] // 2, shape[0] - 1)]
+        return np.stack(rows).reshape(-1).astype(dtype)
+    return np.asarray(part[:96]).reshape(-1).astype(dtype)
+
+
+def _bfloat16_head(path: Path, name: str, shape) -> np.ndarray:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        part = f.get_slice(name)
+        if len(shape) > 1:
+            rows = torch.stack([part[i].flatten()[:32] for i in (0, shape[0] // 2, shape[0] - 1)])
+        else:
+            rows = part[:][:96]
+        return rows.flatten().to(torch.float16).numpy()
 
 
 def weights_fingerprint(folder: str | Path) -> str:
@@ -310,15 +327,37 @@ def _quantize_int8(fp32_export: Path, out: Path) -> None:
                                                dataset_config_name="default", dataset_split="train", column_name="text")
 
 
+def lean_spec(export: Path, runtime: str) -> dict:
+    """What sentence-transformers decided about an export (openvino_model.SPEC_FILE), for the lean
+    runner: read from the export, or, for an export made before it was recorded, found once by
+    loading the export with sentence-transformers and written beside it."""
+    from medsearch import openvino_model
+
+    spec = openvino_model.read_spec(export)
+    if spec is None:
+        try:
+            spec = openvino_model.describe(load_export(export, runtime), OPENVINO_FILES[runtime])
+        except openvino_model.UnsupportedExport as err:
+            spec = {"version": openvino_model.SPEC_VERSION, "unsupported": str(err)}
+        openvino_model.write_spec(export, spec)
+    return spec
+
+
 class Encoder:
     """Encodes queries and passages once, at the model's full dimension, L2-normalised, with one
-    runtime (`auto`: the fastest installed). `model` passes an already loaded torch model."""
+    runtime (`auto`: the fastest installed). `model` passes an already loaded torch model.
+
+    The OpenVINO runtimes run the model's export with openvino_model.OpenVINOModel (no torch,
+    transformers or sentence-transformers in the process) unless its modules need sentence-transformers'
+    backend; `streams` asks OpenVINO for that many parallel inference streams (a service's encode
+    workers), None for one latency-bound stream."""
 
     def __init__(self, spec: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 64, model=None,
-                 runtime: str | None = "torch"):
+                 runtime: str | None = "torch", streams: int | None = None):
         self.spec = spec
         self.runtime = "torch" if model is not None else resolve_runtime(runtime)
         self._passed = model is not None
+        self.lean = False
         if model is not None:
             self.model = model
         elif self.runtime == "torch":
@@ -326,15 +365,25 @@ class Encoder:
         else:  # the export is found by the weights' fingerprint, which this encoder then keeps
             folder = model_folder(spec)
             self.weights = weights_fingerprint(folder)
-            self.model = load_export(exported_model(folder, self.weights, self.runtime), self.runtime)
-        self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", getattr(self.model, "prompts", None))
+            export = exported_model(folder, self.weights, self.runtime)
+            described = lean_spec(export, self.runtime)
+            if "unsupported" in described:
+                self.model = load_export(export, self.runtime)
+            else:
+                from medsearch.openvino_model import OpenVINOModel
+
+                self.model = OpenVINOModel(export, described, batch_size, streams=streams)
+                self.lean = True
+        prompts = self.model.prompts if self.lean else getattr(self.model, "prompts", None)
+        self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", prompts)
         self.batch_size = batch_size
-        # An OpenVINO model runs one inference request at a time (optimum keeps a single request per
-        # model), so concurrent callers (the service's encode workers) take turns. Torch forward
-        # passes may run at once; they share the tokenizer, which is safe while every call uses the
-        # same settings (its Rust core then only takes shared borrows): chunking, which tokenizes
-        # with other settings, has a tokenizer of its own (`chunk`).
-        self._turn = threading.Lock() if self.runtime != "torch" else contextlib.nullcontext()
+        # sentence-transformers' OpenVINO backend runs one inference request at a time (optimum keeps
+        # a single request per model), so concurrent callers (the service's encode workers) take
+        # turns; the lean runner keeps one request per stream and needs no turn. Torch forward passes
+        # may run at once; they share the tokenizer, which is safe while every call uses the same
+        # settings (its Rust core then only takes shared borrows): chunking, which tokenizes with
+        # other settings, has a tokenizer of its own (`chunk`).
+        self._turn = threading.Lock() if self.runtime != "torch" and not self.lean else contextlib.nullcontext()
         self._chunking = threading.Lock()
 
     @cached_property
@@ -368,16 +417,14 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_embedding_dimension())
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
+        return self.model.dim if self.lean else int(self.model.get_embedding_dimension())
 
     @property
     def max_tokens(self) -> int:
         """Tokens the encoder reads, special tokens included."""
-        limits = [self.model.max_seq_length, getattr(self.tokenizer, "model_max_length", None)]
+        if self.lean:
+            return self.model.max_tokens
+        limits = [self.model.max_seq_length, getattr(self.model.tokenizer, "model_max_length", None)]
         return int(min(x for x in limits if x))
 
     @cached_property
@@ -410,9 +457,20 @@ class Encoder:
 
     @cached_property
     def _chunk_tokenizer(self):
-        """A copy of the tokenizer for chunking: it tokenizes without truncation, and changing a
-        fast tokenizer's settings while another thread encodes with it fails ('Already borrowed')."""
-        return copy.deepcopy(self.tokenizer)
+        """The model's Rust tokenizer (`tokenizers.Tokenizer`) without truncation or padding, a copy
+        of its own: changing a tokenizer's settings while another thread encodes with it fails
+        ('Already borrowed')."""
+        if self.lean:
+            return self.model.chunk_tokenizer
+        backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise MedsearchError("chunking needs a fast (Rust) tokenizer: the model folder needs a tokenizer.json")
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(backend.to_str())
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer
 
     def chunk(self, documents: list, overlap: int | None = None) -> list:
         """Token-bounded chunks of `documents` for this encoder's window (chunking.py); safe to call
@@ -424,6 +482,10 @@ class Encoder:
 
     def _encode(self, texts: list[str], prefix: str, progress: bool) -> np.ndarray:
         texts = list(texts)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        if self.lean:
+            return self.model.encode(texts, prefix, progress)
         # One runtime turn per batch, not per call: a service's queries are encoded between the
         # batches of a large write instead of waiting for all of it.
         step = len(texts) if progress or isinstance(self._turn, contextlib.nullcontext) else self.batch_size
@@ -438,8 +500,6 @@ class Encoder:
                     convert_to_numpy=True,
                     normalize_embeddings=True,
                 ))
-        if not parts:
-            return np.empty((0, self.dim), dtype=np.float32)
         return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts), dtype=np.float32)
 
     def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:

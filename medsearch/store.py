@@ -10,14 +10,16 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
-import sqlite_utils
 
 from medsearch.chunking import Chunk, passage
 from medsearch.corpus import Document
 from medsearch.errors import NotFoundError
+
+if TYPE_CHECKING:  # writes use sqlite-utils; reads (a query's path) plain sqlite3, without its import
+    import sqlite_utils
 
 
 # Fields a filter can name besides metadata keys (filters.py); each has an SQLite index.
@@ -28,6 +30,8 @@ MAX_INDEXED_KEYS = 64  # metadata keys that get an expression index (filters on 
 def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> None:
     """A new docs.db: documents (ordinal = position in `documents`), chunks (row = position in
     `chunks`, `doc` = a document ordinal), FTS5 over chunk text kept in sync by triggers."""
+    import sqlite_utils
+
     db = sqlite_utils.Database(path)
     insert_documents(db, documents, first_ordinal=0)
     db["documents"].create_index(["id"], unique=True)
@@ -56,6 +60,8 @@ def write_change(path: Path, base: Path, remove: list[str], documents: list[Docu
     """The next generation's docs.db at `path`: a copy of `base` without the documents whose ids are
     in `remove` (and their chunks), with `documents` added after the last ordinal and their `chunks`
     (`doc` = position in `documents`) as rows first_row, first_row + 1, ..."""
+    import sqlite_utils
+
     shutil.copyfile(base, path)
     db = sqlite_utils.Database(path)
     try:
@@ -119,7 +125,7 @@ def insert_chunks(db: sqlite_utils.Database, chunks: list[Chunk], first_row: int
     )
 
 
-def counts(db: sqlite_utils.Database) -> tuple[int, int]:
+def counts(db: "sqlite_utils.Database | sqlite3.Connection") -> tuple[int, int]:
     """(documents, chunks) in a docs.db."""
     return (db.execute("SELECT count(*) FROM documents").fetchone()[0],
             db.execute("SELECT count(*) FROM chunks").fetchone()[0])
@@ -127,9 +133,7 @@ def counts(db: sqlite_utils.Database) -> tuple[int, int]:
 
 def metadata_keys(db: sqlite_utils.Database) -> list[str]:
     """Every key that some document's metadata has."""
-    return [r["key"] for r in db.query(
-        "SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j ORDER BY j.key"
-    )]
+    return [r[0] for r in db.execute("SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j ORDER BY j.key")]
 
 
 def index_metadata_keys(db: sqlite_utils.Database) -> None:
@@ -170,15 +174,21 @@ class DocStore:
         self._lock = threading.Lock()
 
     @property
-    def db(self) -> sqlite_utils.Database:
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection; rows read as sqlite3.Row (by name or position)."""
         db = getattr(self._local, "db", None)
         if db is None:
             # check_same_thread=False only so that close() may close it from another thread
-            connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            db.row_factory = sqlite3.Row
             with self._lock:
-                self._connections.append(connection)
-            db = self._local.db = sqlite_utils.Database(connection)
+                self._connections.append(db)
+            self._local.db = db
         return db
+
+    def query(self, sql: str, params: list | tuple = ()) -> Iterator[dict]:
+        """Rows of `sql` as dicts."""
+        return (dict(row) for row in self.db.execute(sql, params))
 
     def hydrate(self, rows: list[int], query: str | None = None) -> dict[int, dict]:
         """Document fields and chunk text for each chunk row; with `query`, also `highlight`: FTS5's
@@ -192,7 +202,7 @@ class DocStore:
             f"FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE c.row IN ({marks})"
         )
         found = {}
-        for r in self.db.query(sql, rows):
+        for r in self.query(sql, rows):
             r["metadata"] = json.loads(r["metadata"] or "{}")
             r["highlight"] = None
             found[r.pop("row")] = r
@@ -203,13 +213,13 @@ class DocStore:
                 "SELECT rowid, snippet(chunks_fts, 0, '', '', ' … ', 40) AS fragment FROM chunks_fts "
                 f"WHERE chunks_fts MATCH ? AND rowid IN ({marks})"
             )
-            for r in self.db.query(sql, [match, *rows]):
+            for r in self.query(sql, [match, *rows]):
                 found[r["rowid"]]["highlight"] = r["fragment"]
         return found
 
     def document(self, doc_id: str) -> dict:
         """The whole document: id, title, text, url, source, metadata."""
-        rows = list(self.db.query(
+        rows = list(self.query(
             "SELECT id, title, text, url, source, metadata FROM documents WHERE id = ?", [doc_id]
         ))
         if not rows:
@@ -241,14 +251,14 @@ class DocStore:
         doc (ordinal), id, title, source, url, metadata (a dict), content_hash. A vector backend's payloads."""
         sql = ("SELECT c.row, c.position, c.text, c.doc, d.id, d.title, d.source, d.url, d.metadata, d.content_hash "
                "FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE c.row >= ? ORDER BY c.row")
-        records = list(self.db.query(sql, [first_row]))
+        records = list(self.query(sql, [first_row]))
         for r in records:
             r["metadata"] = json.loads(r["metadata"] or "{}")
         return records
 
     def hashes(self) -> dict[str, str]:
         """Document id -> content hash, for every document."""
-        return dict(self.db.execute("SELECT id, content_hash FROM documents").fetchall())
+        return {doc_id: content_hash for doc_id, content_hash in self.db.execute("SELECT id, content_hash FROM documents")}
 
     def counts(self) -> tuple[int, int]:
         """(documents, live chunks)."""
@@ -256,13 +266,13 @@ class DocStore:
 
     def documents(self) -> Iterator[tuple[int, Document]]:
         """(ordinal, document) for every document, in ordinal order."""
-        for r in self.db.query("SELECT ordinal, id, title, text, source, url, metadata FROM documents ORDER BY ordinal"):
+        for r in self.query("SELECT ordinal, id, title, text, source, url, metadata FROM documents ORDER BY ordinal"):
             yield r["ordinal"], Document(id=r["id"], text=r["text"], title=r["title"], url=r["url"],
                                          source=r["source"], metadata=json.loads(r["metadata"] or "{}"))
 
     def chunks(self) -> Iterator[Chunk]:
         """Every live chunk in row order; `doc` is its document's ordinal."""
-        for r in self.db.query('SELECT doc, position, start, "end", text FROM chunks ORDER BY row'):
+        for r in self.query('SELECT doc, position, start, "end", text FROM chunks ORDER BY row'):
             yield Chunk(doc=r["doc"], position=r["position"], start=r["start"], end=r["end"], text=r["text"])
 
     def doc_ids(self) -> list[str]:

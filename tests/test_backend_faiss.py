@@ -5,7 +5,7 @@ import faiss
 import numpy as np
 import pytest
 
-from medsearch.backends.faiss import Allowed, FaissTier
+from medsearch.backends.faiss import Allowed, FaissTier, binary_codes
 from medsearch.errors import BadInputError
 
 
@@ -40,3 +40,13 @@ def test_search_only_returns_allowed_rows(tmp_path, kind, cls):
 def test_unknown_kind():
     with pytest.raises(BadInputError, match="unknown index type 'ivf'"):
         FaissTier.build(unit(4, 8, 0), "ivf")
+
+
+def test_binary_codes_are_sentence_transformers_ubinary():
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    rng = np.random.default_rng(3)
+    for dim in (64, 384, 1000):  # 1000: the last byte is padded
+        vectors = rng.standard_normal((7, dim)).astype(np.float32)
+        vectors[0, :5] = 0.0  # zero is not positive
+        assert np.array_equal(binary_codes(vectors), quantize_embeddings(vectors, precision="ubinary"))

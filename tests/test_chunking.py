@@ -1,7 +1,8 @@
 import pytest
 
-from medsearch.chunking import chunk_documents, token_spans
+from medsearch.chunking import token_spans
 from medsearch.corpus import Document
+from medsearch.encoder import Encoder
 from medsearch.errors import MedsearchError
 
 from conftest import LONG_TEXT
@@ -29,14 +30,14 @@ def test_token_spans_rejects_bad_overlap(overlap):
 
 def test_short_document_is_one_chunk(minilm):
     doc = Document(id="a", title="Gout", text="Uric acid crystals inflame a joint.")
-    (chunk,) = chunk_documents([doc], minilm.tokenizer, minilm.max_tokens)
+    (chunk,) = minilm.chunk([doc])
     assert (chunk.doc, chunk.position, chunk.start, chunk.end, chunk.text) == (0, 0, 0, len(doc.text), doc.text)
     assert chunk.passage("Gout") == "Gout\n" + doc.text
 
 
 def test_long_document_chunks_fit_the_window_overlap_and_cover_the_text(minilm):
     docs = [Document(id="s", text="short one"), Document(id="long", title="Heart failure", text=LONG_TEXT)]
-    chunks = chunk_documents(docs, minilm.tokenizer, minilm.max_tokens, overlap=20)
+    chunks = minilm.chunk(docs, overlap=20)
     long_chunks = [c for c in chunks if c.doc == 1]
     assert chunks[0].doc == 0
     assert len(long_chunks) >= 3
@@ -47,14 +48,14 @@ def test_long_document_chunks_fit_the_window_overlap_and_cover_the_text(minilm):
         assert after.start < before.end  # overlapping spans
     for c in long_chunks:
         assert c.text == LONG_TEXT[c.start : c.end]
-        tokens = minilm.tokenizer(c.passage("Heart failure"))["input_ids"]  # special tokens included
+        tokens = minilm.model.tokenizer(c.passage("Heart failure"))["input_ids"]  # transformers' tokenizer, special tokens included
         assert len(tokens) <= minilm.max_tokens
     assert "two kilograms in three days" in long_chunks[-1].text
 
 
-def test_slow_tokenizer_is_refused(minilm):
-    class Slow:
-        is_fast = False
+def test_slow_tokenizer_is_refused():
+    from types import SimpleNamespace
 
+    slow = SimpleNamespace(tokenizer=object(), prompts={}, max_seq_length=128)  # a tokenizer without a Rust backend
     with pytest.raises(MedsearchError, match="needs a fast"):
-        chunk_documents([Document(id="a", text="x")], Slow(), 128)
+        Encoder("slow", model=slow).chunk([Document(id="a", text="x")])
