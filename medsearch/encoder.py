@@ -12,7 +12,6 @@ the weights they were made from, so a retrained model never meets a stale export
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import importlib.util
 import logging

@@ -33,11 +33,11 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
     import sqlite_utils
 
     db = sqlite_utils.Database(path)
-    insert_documents(db, documents, first_ordinal=0)
+    db["documents"].insert_all(document_rows(documents, 0), pk="ordinal", batch_size=2000)
     db["documents"].create_index(["id"], unique=True)
     for column in ("source", "url"):
         db["documents"].create_index([column])
-    insert_chunks(db, chunks, first_row=0)
+    db["chunks"].insert_all(chunk_rows(chunks, 0), pk="row", foreign_keys=[("doc", "documents", "ordinal")], batch_size=2000)
     db["chunks"].create_index(["doc"])
     db["chunks"].enable_fts(["text"], tokenize="porter", create_triggers=True)
     index_metadata_keys(db)
@@ -59,22 +59,26 @@ def write_change(path: Path, base: Path, remove: list[str], documents: list[Docu
                  first_row: int) -> StoreChange:
     """The next generation's docs.db at `path`: a copy of `base` without the documents whose ids are
     in `remove` (and their chunks), with `documents` added after the last ordinal and their `chunks`
-    (`doc` = position in `documents`) as rows first_row, first_row + 1, ..."""
-    import sqlite_utils
-
+    (`doc` = position in `documents`) as rows first_row, first_row + 1, ... The tables, indexes and
+    FTS triggers come with the copy, so plain sqlite3 inserts the rows (sqlite-utils' import alone
+    would cost a small write a third of a second)."""
     shutil.copyfile(base, path)
-    db = sqlite_utils.Database(path)
+    db = sqlite3.connect(path)
     try:
-        with db.conn:
+        with db:
             first_ordinal = db.execute("SELECT coalesce(max(ordinal), -1) + 1 FROM documents").fetchone()[0]
             for start in range(0, len(remove), 500):
                 batch = remove[start:start + 500]
                 marks = ",".join("?" * len(batch))
                 db.execute(f"DELETE FROM chunks WHERE doc IN (SELECT ordinal FROM documents WHERE id IN ({marks}))", batch)
                 db.execute(f"DELETE FROM documents WHERE id IN ({marks})", batch)
-            if documents:
-                insert_documents(db, documents, first_ordinal)
-                insert_chunks(db, chunks, first_row=first_row, doc_offset=first_ordinal)
+            for table, rows in (("documents", document_rows(documents, first_ordinal)),
+                                ("chunks", chunk_rows(chunks, first_row, first_ordinal))):
+                rows = list(rows)
+                if rows:
+                    columns = ", ".join(f'"{c}"' for c in rows[0])
+                    db.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(rows[0]))})",
+                                   [tuple(r.values()) for r in rows])
         index_metadata_keys(db)
         document_count, live_chunks = counts(db)
         fingerprint = corpus_fingerprint(db.execute("SELECT id, content_hash FROM documents ORDER BY ordinal"))
@@ -91,52 +95,31 @@ def corpus_fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def insert_documents(db: sqlite_utils.Database, documents: list[Document], first_ordinal: int) -> None:
-    db["documents"].insert_all(
-        (
-            {
-                "ordinal": first_ordinal + i,
-                "id": d.id,
-                "title": d.title,
-                "text": d.text,
-                "source": d.source,
-                "url": d.url,
-                "metadata": json.dumps(d.metadata, ensure_ascii=False),
-                "content_hash": d.content_hash,
-            }
-            for i, d in enumerate(documents)
-        ),
-        pk="ordinal",
-        batch_size=2000,
-    )
+def document_rows(documents: list[Document], first_ordinal: int) -> Iterator[dict]:
+    for i, d in enumerate(documents):
+        yield {"ordinal": first_ordinal + i, "id": d.id, "title": d.title, "text": d.text, "source": d.source,
+               "url": d.url, "metadata": json.dumps(d.metadata, ensure_ascii=False), "content_hash": d.content_hash}
 
 
-def insert_chunks(db: sqlite_utils.Database, chunks: list[Chunk], first_row: int, doc_offset: int = 0) -> None:
+def chunk_rows(chunks: list[Chunk], first_row: int, doc_offset: int = 0) -> Iterator[dict]:
     """Chunk rows first_row, first_row + 1, ...; `doc_offset` is added to each chunk's `doc`."""
-    db["chunks"].insert_all(
-        (
-            {"row": first_row + i, "doc": doc_offset + c.doc, "position": c.position, "start": c.start,
-             "end": c.end, "text": c.text}
-            for i, c in enumerate(chunks)
-        ),
-        pk="row",
-        foreign_keys=[("doc", "documents", "ordinal")],
-        batch_size=2000,
-    )
+    for i, c in enumerate(chunks):
+        yield {"row": first_row + i, "doc": doc_offset + c.doc, "position": c.position, "start": c.start,
+               "end": c.end, "text": c.text}
 
 
-def counts(db: "sqlite_utils.Database | sqlite3.Connection") -> tuple[int, int]:
+def counts(db: sqlite3.Connection) -> tuple[int, int]:
     """(documents, chunks) in a docs.db."""
     return (db.execute("SELECT count(*) FROM documents").fetchone()[0],
             db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
 
-def metadata_keys(db: sqlite_utils.Database) -> list[str]:
+def metadata_keys(db: sqlite3.Connection) -> list[str]:
     """Every key that some document's metadata has."""
     return [r[0] for r in db.execute("SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j ORDER BY j.key")]
 
 
-def index_metadata_keys(db: sqlite_utils.Database) -> None:
+def index_metadata_keys(db: "sqlite3.Connection | sqlite_utils.Database") -> None:
     """An expression index per metadata key, so a filter on it is evaluated from the index."""
     for key in metadata_keys(db)[:MAX_INDEXED_KEYS]:
         name = "meta_" + re.sub(r"\W", "_", key)
@@ -237,11 +220,12 @@ class DocStore:
         sql = f"SELECT c.row FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE {where}"
         return np.fromiter((r[0] for r in self.db.execute(sql, params)), dtype=np.int64)
 
-    def passages(self, rows: int) -> list[str]:
-        """Title + text of each live chunk by row (what BM25 indexes), "" for the dead rows."""
+    def passages(self, rows: int, first_row: int = 0) -> list[str]:
+        """Title + text of each live chunk by row (what BM25 indexes), "" for the dead rows (and for
+        rows before `first_row`, which are not read)."""
         passages = [""] * rows
         for row, title, text in self.db.execute(
-            "SELECT c.row, d.title, c.text FROM chunks c JOIN documents d ON d.ordinal = c.doc"
+            "SELECT c.row, d.title, c.text FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE c.row >= ?", [first_row]
         ):
             passages[row] = passage(title, text)
         return passages

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from medsearch import checksums, generations, lexical
-from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
+from medsearch.backends.funnel import DEFAULT_TARGET_RECALL, needs_calibration
 from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, NotFoundError
@@ -62,6 +62,17 @@ class WriteReport:
     generation: int | None = None  # None: nothing to write, no new generation
     manifest: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # Seconds per phase of the write (model, chunk + encode, store, lexical, vectors, calibrate, commit):
+    # where a write's time goes (bench/startup.py)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
 
     def summary(self) -> str:
         m = self.manifest
@@ -234,13 +245,16 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     checksums.check(base.folder, "docs.db")  # every write reads it whole: a damaged one stops here, not in SQLite
     vectors, chunks = None, []
     if write:
-        encoder = encoder if isinstance(encoder, Encoder) else encoder()
-        check_model(base, encoder)
-        chunks = encoder.chunk(write, base.manifest.chunk_overlap)
-        vectors = encoder.encode_passages([c.passage(write[c.doc].title) for c in chunks], progress=progress)
+        with report.phase("model"):
+            encoder = encoder if isinstance(encoder, Encoder) else encoder()
+            check_model(base, encoder)
+        with report.phase("encode"):
+            chunks = encoder.chunk(write, base.manifest.chunk_overlap)
+            vectors = encoder.encode_passages([c.passage(write[c.doc].title) for c in chunks], progress=progress)
     tmp = generations.new_folder(root)
     try:
-        change = write_change(tmp / "docs.db", base.folder / "docs.db", remove, write, chunks, first_row=base.chunks)
+        with report.phase("store"):
+            change = write_change(tmp / "docs.db", base.folder / "docs.db", remove, write, chunks, first_row=base.chunks)
         total = base.chunks + len(chunks)
         manifest = Manifest({
             **base.manifest,
@@ -260,15 +274,19 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         else:
             np.save(tmp / "chunk_doc.npy", np.concatenate(
                 [base.chunk_doc, change.first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
-            lexical.write_from_store(tmp, total)
-            written = base.backend.append(tmp, vectors, manifest, removed=remove, progress=progress)
+            with report.phase("lexical"):
+                lexical.write_from_store(tmp, total, base=base.folder, first_new=base.chunks)
+            with report.phase("vectors"):
+                written = base.backend.append(tmp, vectors, manifest, removed=remove, progress=progress)
         if (tmp / lexical.LEXICAL_DIR).is_dir():
             manifest["lexical"] = lexical.settings()
-        recalibrate = vectors is not None or target_recall != base.manifest.target_recall
-        if written.keeps_dead_rows and recalibrate and target_recall is not None:
-            manifest["fast"] = written.calibrate(_live_rows(tmp, manifest), target_recall)
+        if (written.keeps_dead_rows and target_recall is not None and (vectors is not None or target_recall != base.manifest.target_recall)
+                and needs_calibration(manifest.fast, change.live_chunks, target_recall)):
+            with report.phase("calibrate"):
+                manifest["fast"] = written.calibrate(_live_rows(tmp, manifest), target_recall)
         manifest.write(tmp)
-        committed = generations.commit(root, tmp, checked=frozenset({"docs.db"}))  # (checked above, before it was read)
+        with report.phase("commit"):
+            committed = generations.commit(root, tmp, checked=frozenset({"docs.db"}))  # (checked above, before it was read)
     except BaseException:
         generations.discard(tmp)
         raise

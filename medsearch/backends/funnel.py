@@ -22,6 +22,10 @@ from medsearch.manifest import LEGACY_CANDIDATES
 
 DEFAULT_TARGET_RECALL = 0.99
 CALIBRATION_QUERIES = 200
+# A write measures the funnel again once the live rows differ by more than this fraction from those
+# it was last measured on: a small write costs what it changes, not a calibration of the whole index
+# (the needed candidate count grows slowly with the corpus; docs/guides/living-index.md).
+RECALIBRATE_FRACTION = 0.05
 RECALL_K = 10
 # Candidate counts tried, smallest first (a count past the live rows means "all of them": exact).
 CANDIDATE_GRID = (10, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000, 10000, 15000, 20000)
@@ -73,7 +77,7 @@ def calibrate(vectors: np.ndarray, deep: Search, stages: dict[str, Search], rera
     own = np.sort(np.random.default_rng(seed).choice(live, size=min(sample, len(live)), replace=False))
     queries = np.ascontiguousarray(vectors[own], dtype=np.float32)
     want = min(RECALL_K, len(live) - 1)
-    settings = {"target_recall": target, "sample": int(len(own)), "k": RECALL_K, "stages": {}}
+    settings = {"target_recall": target, "sample": int(len(own)), "k": RECALL_K, "live_rows": int(len(live)), "stages": {}}
     if want < 1:
         settings.update(stage="prefix", candidates=RECALL_K, measured_recall=1.0)
         return settings
@@ -93,6 +97,15 @@ def calibrate(vectors: np.ndarray, deep: Search, stages: dict[str, Search], rera
     settings.update(stage=best, candidates=settings["stages"][best]["candidates"],
                     measured_recall=settings["stages"][best]["measured_recall"])
     return settings
+
+
+def needs_calibration(fast: dict | None, live_rows: int, target: float) -> bool:
+    """Whether a write must measure the funnel again: another target, a calibration that did not
+    record its rows (made before they were), or live rows that moved by more than RECALIBRATE_FRACTION."""
+    fast = fast or {}
+    measured = fast.get("live_rows")
+    return (fast.get("target_recall") != target or not measured
+            or abs(live_rows - measured) > RECALIBRATE_FRACTION * measured)
 
 
 def candidates_for(fast: dict | None, k: int, oversample: int | None) -> int:
