@@ -516,11 +516,11 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--cors-origin", default=None, help="Let pages from this one origin (e.g. https://intranet.example) call the API; CORS is off by default.")
 @click.option("--batch-wait-ms", default=ServerSettings.batch_wait_ms, show_default=True, type=click.FloatRange(min=0), help="How long a query waits for others to share its encoder pass.")
 @click.option("--max-batch", default=ServerSettings.max_batch, show_default=True, type=click.IntRange(min=1), help="Most queries in one encoder pass.")
-@click.option("--encode-workers", default=None, type=click.IntRange(min=1), help="Encoder passes at once, each with cores / workers torch threads [default: 2, or 1 on one core].")
+@click.option("--encode-workers", default=None, type=click.IntRange(min=1), help="Encoder passes at once, each on cores / workers threads (torch threads, or one OpenVINO stream each) [default: 2, or 1 on one core].")
 @click.option("--no-batching", is_flag=True, help="One encoder call per request (for comparison).")
 @click.option("--max-query-chars", default=ServerSettings.max_query_chars, show_default=True, type=click.IntRange(min=1), help="Longer queries get a 400.")
 @click.option("--max-queries", default=ServerSettings.max_queries, show_default=True, type=click.IntRange(min=1), help="Most queries in one POST /search.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="Torch threads per encoder pass [default: cores / encode workers]; OpenVINO runtimes use every core per pass, and their passes take turns.")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Threads per encoder pass [default: cores / encode workers].")
 @click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
 @click.option("--writable", is_flag=True, help="Accept writes: POST /documents (add or replace) and DELETE /documents/ID; needs a token.")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME", help="A Host header name the service answers (repeat; '*': any) [default: localhost, 127.0.0.1 and ::1 on a loopback address, any otherwise].")
@@ -565,7 +565,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)
     run_server(index_dir, host=host, port=port, model=model, device=device, runtime=runtime, settings=settings,
-               torch_threads=threads, log_level=log_level, reranker=reranker)
+               threads=threads, log_level=log_level, reranker=reranker)
 
 
 @cli.command()

@@ -348,11 +348,12 @@ class Encoder:
 
     The OpenVINO runtimes run the model's export with openvino_model.OpenVINOModel (no torch,
     transformers or sentence-transformers in the process) unless its modules need sentence-transformers'
-    backend; `streams` asks OpenVINO for that many parallel inference streams (a service's encode
-    workers), None for one latency-bound stream."""
+    backend. `streams` asks OpenVINO for that many parallel inference streams (a service's encode
+    workers; None: one latency-bound stream), `threads` for that many threads per pass (torch's
+    intra-op threads, process-wide; an OpenVINO stream's threads)."""
 
     def __init__(self, spec: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 64, model=None,
-                 runtime: str | None = "torch", streams: int | None = None):
+                 runtime: str | None = "torch", streams: int | None = None, threads: int | None = None):
         self.spec = spec
         self.runtime = "torch" if model is not None else resolve_runtime(runtime)
         self._passed = model is not None
@@ -361,6 +362,10 @@ class Encoder:
             self.model = model
         elif self.runtime == "torch":
             self.model = load_sentence_transformer(spec, device)
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
         else:  # the export is found by the weights' fingerprint, which this encoder then keeps
             folder = model_folder(spec)
             self.weights = weights_fingerprint(folder)
@@ -371,7 +376,7 @@ class Encoder:
             else:
                 from medsearch.openvino_model import OpenVINOModel
 
-                self.model = OpenVINOModel(export, described, batch_size, streams=streams)
+                self.model = OpenVINOModel(export, described, batch_size, streams=streams, threads=threads)
                 self.lean = True
         prompts = self.model.prompts if self.lean else getattr(self.model, "prompts", None)
         self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", prompts)

@@ -344,11 +344,13 @@ def model_fields(encoder: Encoder) -> dict:
             "runtime": encoder.runtime, "precision": encoder.precision}
 
 
-def index_encoder(index: Index, model: str | None = None, device: str | None = None, runtime: str | None = None) -> Encoder:
+def index_encoder(index: Index, model: str | None = None, device: str | None = None, runtime: str | None = None,
+                  threads: int | None = None, streams: int | None = None) -> Encoder:
     """The encoder for queries and writes to an index: its model, and the runtime it was built with
-    (or an installed one of the same precision) unless `runtime` names one."""
+    (or an installed one of the same precision) unless `runtime` names one; `threads` and `streams`
+    as Encoder takes them."""
     return Encoder(model or index.manifest.model["spec"], device=device,
-                   runtime=runtime or runtime_for_index(index.manifest.model.get("runtime")))
+                   runtime=runtime or runtime_for_index(index.manifest.model.get("runtime")), threads=threads, streams=streams)
 
 
 def same_model(index: Index, encoder: Encoder) -> bool:

@@ -80,8 +80,8 @@ def read_spec(export: Path) -> dict | None:
 class OpenVINOModel:
     """Encodes texts with an export folder's compiled model: tokenize, infer, pool, normalise."""
 
-    def __init__(self, export: Path, spec: dict, batch_size: int = 64, hint: str = "LATENCY", streams: int | None = None,
-                 cache: bool = True):
+    def __init__(self, export: Path, spec: dict, batch_size: int = 64, streams: int | None = None,
+                 threads: int | None = None):
         import openvino as ov
         from tokenizers import Tokenizer
 
@@ -97,17 +97,18 @@ class OpenVINOModel:
         tokenizer.enable_truncation(self.max_tokens)
         tokenizer.enable_padding(pad_id=spec["pad_id"], pad_token=spec["pad_token"])
         self.tokenizer = tokenizer
-        core = ov.Core()
-        config = {"PERFORMANCE_HINT": hint}
+        # One stream answers a lone caller fastest (all cores on one pass); a service asks for one
+        # stream per encode worker, each on its share of the cores. The compiled model is cached in
+        # the export (OpenVINO's CACHE_DIR): a cold start reads it instead of compiling (0.37 -> 0.08 s).
+        config = {"PERFORMANCE_HINT": "THROUGHPUT" if (streams or 1) > 1 else "LATENCY"}
         if streams:
             config["NUM_STREAMS"] = str(streams)
-        if cache:
-            cache_dir = self.export / "openvino" / "cache"
-            if os.access(self.export, os.W_OK):
-                config["CACHE_DIR"] = str(cache_dir)
-        model = core.read_model(str(self.export / spec["file"]))
-        self.inputs = {i.get_any_name() for i in model.inputs}
-        self.compiled = core.compile_model(model, "CPU", config)
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads * (streams or 1))
+        if os.access(self.export / "openvino", os.W_OK):
+            config["CACHE_DIR"] = str(self.export / "openvino" / "cache")
+        self.compiled = ov.Core().compile_model(str(self.export / spec["file"]), "CPU", config)
+        self.inputs = {i.get_any_name() for i in self.compiled.inputs}
         self.parallel = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.parallel):

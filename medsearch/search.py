@@ -106,12 +106,14 @@ class Searcher:
 
     @classmethod
     def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None,
-             load_model: bool = True, runtime: str | None = None, reranker: str | None = None) -> "Searcher":
+             load_model: bool = True, runtime: str | None = None, reranker: str | None = None,
+             encoding: dict | None = None) -> "Searcher":
         """The index's current generation and its model (`load_model=False`: none, lexical search only),
         run by `runtime` (default: the one the index was built with, or one of the same precision);
-        `reranker`: a cross-encoder folder or model id for the re-ranking stage (default: the index's)."""
+        `reranker`: a cross-encoder folder or model id for the re-ranking stage (default: the index's);
+        `encoding`: the encoder's `threads` and `streams` (Encoder)."""
         index = open_index(index_dir)
-        encoder = index_encoder(index, model, device, runtime) if load_model else None
+        encoder = index_encoder(index, model, device, runtime, **(encoding or {})) if load_model else None
         given = load_reranker(reranker, device, runtime_for(encoder.runtime if encoder else index.manifest.runtime)) \
             if reranker else None
         searcher = cls(index, encoder, given, device)

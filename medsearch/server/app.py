@@ -247,16 +247,9 @@ def _host_name(value: bytes) -> str | None:
 SWITCH_INTERVAL_S = 0.0001
 
 
-def configure_threads(torch_threads: int | None = None, encode_workers: int = 1) -> int:
-    """Torch's intra-op threads for the encoder (default: the machine's cores); faiss gets one
-    OpenMP thread per search thread (set in each search thread); a short GIL switch interval.
-    Process-wide: `serve` calls it, tests and embedders of `create_app` need not. Returns torch's count."""
-    import torch
-
-    threads = torch_threads or max(1, available_cores() // encode_workers)
-    torch.set_num_threads(threads)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    return threads
+def encoder_threads(threads: int | None = None, encode_workers: int = 1) -> int:
+    """Threads per encoder pass: `threads`, or the machine's cores shared among the encode workers."""
+    return threads or max(1, available_cores() // encode_workers)
 
 
 MAX_HEAD_BYTES = 64 * 1024  # a request's line and headers together (431 past it)
@@ -376,7 +369,7 @@ def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BY
 
 
 def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
-          device: str | None = None, runtime: str | None = None, settings: ServerSettings | None = None, torch_threads: int | None = None,
+          device: str | None = None, runtime: str | None = None, settings: ServerSettings | None = None, threads: int | None = None,
           log_level: str = "info", reranker: str | None = None) -> None:
     """Run the service until SIGINT/SIGTERM (in-flight requests finish first). Checks the settings
     and the index before listening; the model (and `reranker`, a cross-encoder for the re-ranking
@@ -390,11 +383,17 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
 
     import uvicorn
 
+    from medsearch.encoder import resolve_runtime, runtime_for_index
     from medsearch.index import open_index
 
     settings = settings or ServerSettings()
     settings.validate()  # a writable service without a token fails here
-    open_index(index_dir)  # a missing or foreign index fails here, before the port opens
+    index = open_index(index_dir)  # a missing or foreign index fails here, before the port opens
+    if settings.encode_workers is None and (resolve_runtime(runtime) if runtime else runtime_for_index(index.manifest.runtime)) != "torch":
+        # OpenVINO: one stream on every core serves more queries than a stream per core (2 cores,
+        # 32 clients: 301 against 250 requests/s, bench/serve_load.py); torch: two single-threaded passes
+        settings = dataclasses.replace(settings, encode_workers=1)
+    index.close()
     if settings.snapshot_dir is not None:
         from medsearch.snapshot import check_outside
 
@@ -404,7 +403,7 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
         log.warning("serving %s without a token: anyone who can reach it can search it (give a token file)", host)
     if settings.metrics_port is not None and settings.metrics_port == port:
         raise BadInputError(f"the metrics port {port} is the service's own port: give another one")
-    configure_threads(torch_threads, settings.workers)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # a short GIL switch interval: the event loop answers between passes
     failure: list[MedsearchError] = []
     server: uvicorn.Server | None = None
 
@@ -412,7 +411,11 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
         failure.append(err)
         server.should_exit = True
 
-    app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime, reranker=reranker),
+    # Each encode worker runs its passes on a share of the cores: torch's intra-op threads, or one
+    # OpenVINO stream per worker (the lean runner keeps one inference request per stream).
+    encoding = {"threads": encoder_threads(threads, settings.workers), "streams": settings.workers}
+    app = create_app(partial(Searcher.open, index_dir, model=model, device=device, runtime=runtime, reranker=reranker,
+                             encoding=encoding),
                      settings, on_load_error=stop_on_error)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                             access_log=False,  # it logs GET /search?q=<the query>: access.py logs requests instead
@@ -438,4 +441,4 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
         raise failure[0]
 
 
-__all__ = ["ServerSettings", "configure_threads", "create_app", "serve"]
+__all__ = ["ServerSettings", "create_app", "encoder_threads", "serve"]
