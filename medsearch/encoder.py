@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -71,7 +72,15 @@ EXPORT_DIRS = ("onnx", "openvino")
 def runtime_installed(runtime: str) -> bool:
     if runtime == "torch":
         return True
-    return importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("optimum.intel") is not None
+    # the `openvino` extra: openvino runs exports, optimum-intel makes them (looked up by its
+    # distribution: finding the optimum.intel module would import optimum)
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    try:
+        importlib.metadata.distribution("optimum-intel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def resolve_runtime(runtime: str | None = AUTO_RUNTIME) -> str:
@@ -143,7 +152,7 @@ def _head(part, shape, dtype) -> np.ndarray:
     if len(shape) > 1:
         rows = [np.asarray(part[i]).reshape(-1)[:32] for i in (0, shape[0] // 2, shape[0] - 1)]
         return np.stack(rows).reshape(-1).astype(dtype)
-    return np.asarray(part[:96]).reshape(-1).astype(dtype)
+    return np.asarray(part[:]).reshape(-1)[:96].astype(dtype)
 
 
 def _bfloat16_head(path: Path, name: str, shape) -> np.ndarray:
@@ -315,7 +324,10 @@ def _quantize_int8(fp32_export: Path, out: Path) -> None:
     if positions < CALIBRATION_TOKENS:
         raise BadInputError(f"runtime openvino-int8 calibrates with {CALIBRATION_TOKENS}-token inputs (sentence-transformers' "
                             f"quantiser pads to that), and this model reads only {positions}: use runtime openvino")
-    shutil.copytree(fp32_export, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("openvino_model.*"))
+    from medsearch.openvino_model import CACHE_DIR, SPEC_FILE
+
+    # the fp32 files that are not the model: its config, tokenizer and modules (not its spec or compiled cache)
+    shutil.copytree(fp32_export, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("openvino_model.*", SPEC_FILE, CACHE_DIR))
     import datasets
 
     datasets.disable_progress_bars()
@@ -333,7 +345,7 @@ def lean_spec(export: Path, runtime: str) -> dict:
     from medsearch import openvino_model
 
     spec = openvino_model.read_spec(export)
-    if spec is None:
+    if spec is None or spec.get("file", OPENVINO_FILES[runtime]) != OPENVINO_FILES[runtime]:
         try:
             spec = openvino_model.describe(load_export(export, runtime), OPENVINO_FILES[runtime])
         except openvino_model.UnsupportedExport as err:

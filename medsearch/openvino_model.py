@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 SPEC_FILE = "medsearch_encoder.json"
+CACHE_DIR = "cache"  # in the export's openvino/ folder: OpenVINO's compiled models
 SPEC_VERSION = 1
 # Modules this runner reproduces; a model with any other (Dense, a custom module) runs through
 # sentence-transformers' backend instead.
@@ -106,7 +107,7 @@ class OpenVINOModel:
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads * (streams or 1))
         if os.access(self.export / "openvino", os.W_OK):
-            config["CACHE_DIR"] = str(self.export / "openvino" / "cache")
+            config["CACHE_DIR"] = str(self.export / "openvino" / CACHE_DIR)
         self.compiled = ov.Core().compile_model(str(self.export / spec["file"]), "CPU", config)
         self.inputs = {i.get_any_name() for i in self.compiled.inputs}
         self.parallel = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

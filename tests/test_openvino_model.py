@@ -1,0 +1,198 @@
+"""The lean OpenVINO runner (openvino_model.py): the same vectors as sentence-transformers' OpenVINO
+backend on every kind of model medsearch ships or makes, no torch/transformers/sentence-transformers
+in a query's, an add's or a service's process, concurrent callers, and the recorded spec."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BUNDLED, LONG_TEXT, SMALL_DOCS, write_jsonl
+from medsearch.corpus import Document
+from medsearch.encoder import OPENVINO_FILES, Encoder, exported_model, load_export, model_folder, weights_fingerprint
+from medsearch.openvino_model import SPEC_FILE
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+
+TEXTS = [
+    "chest pain when climbing stairs",
+    "  leading and trailing spaces  ",
+    "",
+    "Ünïcode façade naïve 日本語 — dashes",
+    "\tTabs\nand newlines\n",
+    LONG_TEXT,  # past the token window: truncated the same way
+    *[f"{d['title']}\n{d['text']}" for d in SMALL_DOCS],
+]
+
+
+def _saved(model, folder: Path) -> str:
+    model.save(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tuned_path(tmp_path_factory, minilm) -> str:
+    """A MiniLM whose weights moved and that sentence-transformers saved again, as `train` does."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(minilm.spec if minilm.spec != "default" else str(model_folder("default")), device="cpu")
+    with torch.no_grad():
+        for param in list(model.parameters())[5:9]:
+            param.add_(0.01 * torch.randn_like(param))
+    return _saved(model, tmp_path_factory.mktemp("tuned") / "model")
+
+
+@pytest.fixture(scope="module")
+def prompted1024_path(tmp_path_factory, tiny1024_path) -> str:
+    """The 1024-dim test model with e5-style prompts saved in its config (and no Normalize module)."""
+    folder = Path(shutil.copytree(tiny1024_path, tmp_path_factory.mktemp("prompted") / "model"))
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config["prompts"] = {"query": "query: ", "document": "passage: "}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def cls1024_path(tmp_path_factory, tiny1024_path) -> str:
+    """The 1024-dim test model with CLS pooling and a Normalize module (bge-style)."""
+    from sentence_transformers import SentenceTransformer, models
+
+    base = SentenceTransformer(tiny1024_path, device="cpu")
+    pooling = models.Pooling(base.get_embedding_dimension(), "cls")
+    model = SentenceTransformer(modules=[base[0], pooling, models.Normalize()], device="cpu")
+    return _saved(model, tmp_path_factory.mktemp("cls") / "model")
+
+
+def _reference(spec: str, runtime: str, encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
+    """Query and passage vectors from sentence-transformers' own OpenVINO backend, same export."""
+    folder = model_folder(spec)
+    model = load_export(exported_model(folder, weights_fingerprint(folder), runtime), runtime)
+    encode = lambda prefix: model.encode(TEXTS, prompt=prefix or None, batch_size=4, normalize_embeddings=True)  # noqa: E731
+    return encode(encoder.profile.query_prefix), encode(encoder.profile.passage_prefix)
+
+
+@pytest.mark.parametrize("kind, runtime", [
+    ("minilm", "openvino"), ("minilm", "openvino-int8"), ("tuned", "openvino"),
+    ("prompted1024", "openvino"), ("cls1024", "openvino"),
+])
+def test_lean_vectors_are_sentence_transformers_openvino_vectors(kind, runtime, request):
+    spec = "default" if kind == "minilm" else request.getfixturevalue(f"{kind}_path")
+    encoder = Encoder(spec, runtime=runtime, batch_size=4)  # 4: batches of different padded lengths
+    assert encoder.lean
+    queries, passages = _reference(spec, runtime, encoder)
+    for mine, theirs in ((encoder.encode_queries(TEXTS), queries), (encoder.encode_passages(TEXTS), passages)):
+        assert mine.shape == theirs.shape and mine.dtype == np.float32
+        assert np.min(np.sum(mine * theirs, axis=1)) >= 0.9999
+        assert np.allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-5)
+    if kind == "prompted1024":
+        assert encoder.profile.query_prefix == "query: "
+        assert not np.allclose(encoder.encode_queries(TEXTS[:1]), encoder.encode_passages(TEXTS[:1]))
+
+
+@pytest.mark.parametrize("kind", ["minilm", "prompted1024"])
+def test_lean_encoder_ties_indexes_as_sentence_transformers_does(kind, request, minilm, tiny1024):
+    """dim, window and fingerprint agree with the torch encoder's, so an index opens under either."""
+    spec = "default" if kind == "minilm" else request.getfixturevalue("prompted1024_path")
+    torch_encoder = minilm if kind == "minilm" else Encoder(spec, device="cpu")
+    lean = Encoder(spec, runtime="openvino")
+    assert (lean.dim, lean.max_tokens, lean.weights, lean.fingerprint, lean.profile) == (
+        torch_encoder.dim, torch_encoder.max_tokens, torch_encoder.weights, torch_encoder.fingerprint, torch_encoder.profile)
+    documents = [Document(id="a", title="Heart failure", text=LONG_TEXT), Document(id="b", text="short")]
+    assert lean.chunk(documents, overlap=20) == torch_encoder.chunk(documents, overlap=20)
+
+
+def test_minilm_fingerprint_is_stable():
+    """Indexes record this fingerprint; reading the weights with numpy instead of torch keeps it."""
+    assert weights_fingerprint(model_folder("default")) == "fb9eac8a83c574b8"
+
+
+def test_concurrent_callers_get_their_own_vectors():
+    encoder = Encoder("default", runtime="openvino-int8", streams=2, threads=1)
+    assert encoder.model.parallel >= 2
+    texts = [f"{d['title']}: {d['text']}" for d in SMALL_DOCS] * 3
+    expected = encoder.encode_passages(texts)
+    results, errors = {}, []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(5):
+                mine = texts[i:] + texts[:i]
+                results[i] = encoder.encode_passages(mine)
+                assert np.allclose(results[i], np.roll(expected, -i, axis=0), atol=1e-5)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 6
+
+
+def test_an_export_without_a_spec_gets_one_and_other_modules_run_through_sentence_transformers(tmp_path, tiny1024_path):
+    from sentence_transformers import SentenceTransformer, models
+
+    folder = model_folder("default")
+    export = exported_model(folder, weights_fingerprint(folder), "openvino")
+    (export / SPEC_FILE).unlink()  # an export made before the lean runner
+    assert Encoder("default", runtime="openvino").lean
+    assert json.loads((export / SPEC_FILE).read_text())["pooling"] == ["mean"]
+
+    base = SentenceTransformer(tiny1024_path, device="cpu")
+    dense = models.Dense(base.get_embedding_dimension(), 32)
+    path = _saved(SentenceTransformer(modules=[base[0], base[1], dense], device="cpu"), tmp_path / "dense")
+    encoder = Encoder(path, runtime="openvino")
+    assert not encoder.lean and encoder.dim == 32
+    reference = SentenceTransformer(path, device="cpu").encode(TEXTS, normalize_embeddings=True)
+    assert np.min(np.sum(encoder.encode_passages(TEXTS) * reference, axis=1)) > 0.9999
+
+
+def test_the_compiled_model_is_cached_in_the_export():
+    Encoder("default", runtime="openvino-int8")
+    folder = model_folder("default")
+    cache = exported_model(folder, weights_fingerprint(folder), "openvino-int8") / "openvino" / "cache"
+    assert any(cache.glob("*.blob"))
+    assert (cache.parent / Path(OPENVINO_FILES["openvino-int8"]).name).is_file()
+
+
+HEAVY = ("torch", "transformers", "sentence_transformers", "optimum", "sklearn", "sqlite_utils")
+PROBE = """
+import runpy, sys
+sys.argv = ["medsearch", *sys.argv[1:]]
+try:
+    runpy.run_module("medsearch", run_name="__main__")
+except SystemExit as done:
+    if done.code:
+        raise
+print("HEAVY", sorted(m for m in {heavy} if m in sys.modules), file=sys.stderr)
+"""
+
+
+def _heavy_modules(*args: str, cwd: Path) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stderr.strip().splitlines()[-1].split(" ", 1)[1].replace("'", '"'))
+
+
+def test_query_add_and_lexical_paths_import_no_torch(tmp_path):
+    """Once the export exists, a query, an add, info, a lexical query and a delete load none of the
+    heavy libraries (the build makes the export, and may)."""
+    index = tmp_path / "index"
+    subprocess.run([sys.executable, "-m", "medsearch", "index", str(BUNDLED / "corpus.jsonl"), "--index", str(index),
+                    "--runtime", "openvino-int8", "-q"], check=True, capture_output=True)
+    add = write_jsonl(tmp_path / "add.jsonl", [{"id": "new", "title": "Gout", "text": "Uric acid crystals inflame a joint."}])
+    for args in (["query", "chest pain on stairs", "--index", str(index), "--json"],
+                 ["query", "chest pain on stairs", "--index", str(index), "--mode", "lexical", "--json"],
+                 ["add", str(add), "--index", str(index), "-q"],
+                 ["info", "--index", str(index)],
+                 ["delete", "new", "--index", str(index)]):
+        assert _heavy_modules(*args, cwd=tmp_path) == [], args
