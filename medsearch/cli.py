@@ -133,7 +133,7 @@ def cli():
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="sentence-transformers model: 'default' (embedded all-MiniLM-L6-v2), a local folder or a hub name.")
 @device_option
 @click.option("--runtime", type=RUNTIME_CHOICE, default=AUTO_RUNTIME, show_default=True, envvar="MEDSEARCH_RUNTIME",
-              help="Encoder runtime: torch, openvino (fp32, same vectors as torch) or openvino-int8 (both need the openvino extra); auto: the fastest installed. Recorded in the index; queries use it. [env: MEDSEARCH_RUNTIME]")
+              help="Encoder runtime: torch, openvino (fp32, same vectors as torch) or openvino-int8 (both need the openvino extra); auto: the fastest on this CPU, timed once per CPU (see `medsearch info`). Recorded in the index; queries use it. [env: MEDSEARCH_RUNTIME]")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Passages per encoder batch.")
 @click.option("--vector-dtype", type=click.Choice(VECTOR_DTYPES), default="float16", show_default=True, help="Storage of the full-dim vectors used for re-ranking.")
 @click.option("--chunk-overlap", type=click.IntRange(min=0), default=None, help="Tokens shared by consecutive chunks of a long document [default: window/8].")
@@ -465,8 +465,11 @@ def info(index_dir, as_json):
     """Show what an index holds: model, dims, tiers, index types, counts and sizes."""
     idx = open_index(index_dir)
     files = idx.files()
+    from medsearch.runtime_choice import recorded
+
+    auto = recorded()
     if as_json:
-        click.echo(json.dumps(idx.describe(), indent=2, ensure_ascii=False))
+        click.echo(json.dumps({**idx.describe(), "auto_runtime": auto}, indent=2, ensure_ascii=False))
         return
     m = idx.manifest
     rows = [
@@ -483,6 +486,9 @@ def info(index_dir, as_json):
         ("backend", _backend_line(m.get("backend"))),
         ("reranker", _reranker_line(m.reranker) if m.reranker else "none (medsearch index --reranker MODEL records one)"),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
+        ("auto", f"{auto['runtime']} on this CPU ({auto['cpu']}; passages/s: "
+         + ", ".join(f"{r} {v}" for r, v in auto["passages_per_s"].items()) + ")"
+         if auto else "not measured on this CPU yet (the first --runtime auto times each installed runtime)"),
         ("vectors", m["vector_dtype"] if idx.backend_name == "faiss" else "float32, in the Qdrant collection"),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
         ("built", f"{m['created']} in {m['build_seconds']}s by medsearch {m['medsearch_version']}"),

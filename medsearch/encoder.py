@@ -61,7 +61,7 @@ RUNTIMES = ("torch", "openvino", "openvino-int8")
 # int8 vectors differ (cosine ~0.998), so they only meet int8 vectors.
 PRECISIONS = {"torch": "fp32", "openvino": "fp32", "openvino-int8": "int8"}
 RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}
-# `auto` takes the first installed runtime here: fastest first, by bench/runtimes.py (docs/guides/speed.md).
+# An index's runtime when its recorded one is not installed: the first installed one of the same precision.
 AUTO_ORDER = ("openvino-int8", "openvino", "torch")
 OPENVINO_FILES = {"openvino": "openvino/openvino_model.xml", "openvino-int8": "openvino/openvino_model_qint8_quantized.xml"}
 CALIBRATION_TEXTS = Path(__file__).with_name("calibration.jsonl")  # the bundled corpus's documents
@@ -83,11 +83,14 @@ def runtime_installed(runtime: str) -> bool:
     return True
 
 
-def resolve_runtime(runtime: str | None = AUTO_RUNTIME) -> str:
-    """A runtime name, or `auto` (None) for the fastest installed one; a missing extra is named."""
+def resolve_runtime(runtime: str | None = AUTO_RUNTIME, spec: str = DEFAULT_MODEL) -> str:
+    """A runtime name, or `auto` (None) for the fastest on this CPU (runtime_choice.py: measured on
+    `spec`'s model the first time on a CPU, then remembered); a missing extra is named."""
     runtime = runtime or AUTO_RUNTIME
     if runtime == AUTO_RUNTIME:
-        return next(r for r in AUTO_ORDER if runtime_installed(r))
+        from medsearch.runtime_choice import auto_runtime
+
+        return auto_runtime(spec)
     if runtime not in RUNTIMES:
         raise BadInputError(f"unknown runtime '{runtime}' (use {AUTO_RUNTIME}, {', '.join(RUNTIMES)})")
     if not runtime_installed(runtime):
@@ -367,7 +370,7 @@ class Encoder:
     def __init__(self, spec: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 64, model=None,
                  runtime: str | None = "torch", streams: int | None = None, threads: int | None = None):
         self.spec = spec
-        self.runtime = "torch" if model is not None else resolve_runtime(runtime)
+        self.runtime = "torch" if model is not None else resolve_runtime(runtime, spec)
         self._passed = model is not None
         self.lean = False
         if model is not None:

@@ -389,7 +389,8 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
     settings = settings or ServerSettings()
     settings.validate()  # a writable service without a token fails here
     index = open_index(index_dir)  # a missing or foreign index fails here, before the port opens
-    if settings.encode_workers is None and (resolve_runtime(runtime) if runtime else runtime_for_index(index.manifest.runtime)) != "torch":
+    if settings.encode_workers is None and (resolve_runtime(runtime, model or index.manifest.model["spec"]) if runtime
+                                            else runtime_for_index(index.manifest.runtime)) != "torch":
         # OpenVINO: one stream on every core serves more queries than a stream per core (2 cores,
         # 32 clients: 301 against 250 requests/s, bench/serve_load.py); torch: two single-threaded passes
         settings = dataclasses.replace(settings, encode_workers=1)
