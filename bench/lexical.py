@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, median_ms, p95_ms, print_table, write_results  # noqa: E402
 
-from medsearch.chunking import chunk_documents  # noqa: E402
 from medsearch.corpus import read_corpus  # noqa: E402
 from medsearch.encoder import Encoder  # noqa: E402
 from medsearch.evaluation import ir_metrics, load_benchmark  # noqa: E402
@@ -43,7 +42,7 @@ def main() -> None:
     docs = read_corpus(args.data)
     bench = load_benchmark(args.data, args.split or None)
     encoder = Encoder("default")
-    chunks = chunk_documents(docs, encoder.tokenizer, encoder.max_tokens, encoder.profile.passage_prefix)
+    chunks = encoder.chunk(docs)
     qids = list(bench.queries)
 
     def collapse(ranked) -> list[tuple[str, float]]:

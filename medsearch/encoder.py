@@ -151,11 +151,15 @@ def _tensor_digests(path: Path) -> list[bytes]:
 
 
 def _head(part, shape, dtype) -> np.ndarray:
-    """The first values of a tensor's first, middle and last rows (of a 1-d tensor, its first 96)."""
+    """The first values of a tensor's first, middle and last rows (of a 1-d tensor, its first 96), as
+    torch casts them: float64 through float32 (two roundings, as torch's .to(float16) does), values
+    past float16's range to inf without a warning."""
     if len(shape) > 1:
-        rows = [np.asarray(part[i]).reshape(-1)[:32] for i in (0, shape[0] // 2, shape[0] - 1)]
-        return np.stack(rows).reshape(-1).astype(dtype)
-    return np.asarray(part[:]).reshape(-1)[:96].astype(dtype)
+        values = np.stack([np.asarray(part[i]).reshape(-1)[:32] for i in (0, shape[0] // 2, shape[0] - 1)]).reshape(-1)
+    else:
+        values = np.asarray(part[:]).reshape(-1)[:96]
+    with np.errstate(over="ignore"):
+        return values.astype(np.float32).astype(dtype)
 
 
 def _bfloat16_head(path: Path, name: str, shape) -> np.ndarray:
@@ -391,7 +395,11 @@ class Encoder:
             else:
                 from medsearch.openvino_model import OpenVINOModel
 
-                self.model = OpenVINOModel(export, described, batch_size, streams=streams, threads=threads)
+                try:
+                    self.model = OpenVINOModel(export, described, batch_size, streams=streams, threads=threads)
+                except ValueError as err:  # a spec that disagrees with its model: not one sentence-transformers wrote
+                    raise ModelLoadError(f"the export {export} is damaged ({err}): delete that folder, and the next "
+                                         "use makes it again", remote=False) from None
                 self.lean = True
         prompts = self.model.prompts if self.lean else getattr(self.model, "prompts", None)
         self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", prompts)

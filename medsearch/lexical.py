@@ -64,7 +64,12 @@ def write_from_store(folder: Path, rows: int, base: Path | None = None, first_ne
     reuse its token ids, and only the new rows are tokenized."""
     from medsearch.store import DocStore
 
-    kept = _read_tokens(base / LEXICAL_DIR / TOKENS_FILE, first_new) if base is not None else None
+    kept = None
+    if base is not None and (base / LEXICAL_DIR / TOKENS_FILE).is_file():
+        from medsearch import checksums
+
+        checksums.check(base, f"{LEXICAL_DIR}/{TOKENS_FILE}")  # damage stops the write, as for docs.db
+        kept = _read_tokens(base / LEXICAL_DIR / TOKENS_FILE, first_new)
     store = DocStore(folder / "docs.db")
     try:
         if kept is None:
@@ -98,13 +103,17 @@ def _write(folder: Path, ids: list[list[int]], vocab: dict[str, int], passages: 
 
 def _read_tokens(path: Path, rows: int) -> tuple[list[list[int]], dict[str, int]] | None:
     """The token ids of rows 0..rows-1 and the vocabulary, as a generation saved them (None: it did
-    not, or not for that many rows: the caller tokenizes everything)."""
+    not, not for that many rows, or not readably (a generation from before checksums): the caller
+    tokenizes everything)."""
+    import zipfile
+
     try:
         with np.load(path, allow_pickle=False) as saved:
             flat, offsets, words = saved["ids"], saved["offsets"], saved["vocab"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    if len(offsets) != rows + 1:
+    if (len(offsets) != rows + 1 or offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(flat)
+            or np.any(np.diff(offsets) < 0) or (len(flat) and (flat.min() < 0 or flat.max() >= len(words)))):
         return None
     ids = [flat[offsets[i]:offsets[i + 1]].tolist() for i in range(rows)]
     return ids, {str(word): i for i, word in enumerate(words)}

@@ -66,16 +66,38 @@ def describe(model, runtime_file: str) -> dict:
 
 
 def write_spec(export: Path, spec: dict) -> None:
-    (export / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    """SPEC_FILE in the export, atomically; where the cache is read-only, the spec serves this process only."""
+    tmp = export / f".{SPEC_FILE}.{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, export / SPEC_FILE)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+SPEC_TYPES = {"file": str, "dim": int, "max_seq_length": int, "prompts": dict, "pooling": list, "normalize": bool,
+              "pad_id": int, "pad_token": str}
 
 
 def read_spec(export: Path) -> dict | None:
-    """The export's SPEC_FILE, or None when it has none (made before this runner, or unsupported)."""
+    """The export's SPEC_FILE, or None when it has none (made before this runner) or one that is not
+    a spec this runner can follow (then it is made again); an unsupported export's record as is."""
     try:
         spec = json.loads((export / SPEC_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return spec if isinstance(spec, dict) and spec.get("version") == SPEC_VERSION else None
+    if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
+        return None
+    if "unsupported" in spec:
+        return spec
+    well_formed = (
+        all(isinstance(spec.get(key), kind) and not (kind is int and isinstance(spec[key], bool)) for key, kind in SPEC_TYPES.items())
+        and spec["dim"] > 0 and spec["max_seq_length"] > 0 and 0 <= spec["pad_id"] < 2**31
+        and isinstance(spec.get("model_max_length"), (int, type(None))) and (spec.get("model_max_length") or 1) > 0
+        and spec["pooling"] and all(mode in POOLING_MODES for mode in spec["pooling"])
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in spec["prompts"].items())
+    )
+    return spec if well_formed else None
 
 
 class OpenVINOModel:
@@ -110,6 +132,9 @@ class OpenVINOModel:
             config["CACHE_DIR"] = str(self.export / "openvino" / CACHE_DIR)
         self.compiled = ov.Core().compile_model(str(self.export / spec["file"]), "CPU", config)
         self.inputs = {i.get_any_name() for i in self.compiled.inputs}
+        width = self.compiled.outputs[0].get_partial_shape()[-1]
+        if width.is_static and width.get_length() * len(spec["pooling"]) != self.dim:
+            raise ValueError(f"{SPEC_FILE} says {self.dim} dims; the model gives {width.get_length()} per pooling mode")
         self.parallel = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.parallel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -16,7 +17,7 @@ from medsearch.search import Searcher
 from medsearch.updates import compact, delete, upsert
 from medsearch.corpus import Document
 
-from conftest import SMALL_DOCS, write_jsonl
+from conftest import BUNDLED, SMALL_DOCS, write_jsonl
 
 
 # ---- fusion, by hand ----
@@ -218,3 +219,59 @@ def test_an_index_fuses_as_its_models_tuning_chose_unless_a_query_says_otherwise
     (model / "medsearch_search.json").write_text(json.dumps({"fusion": {"method": "borda"}}))
     with pytest.raises(ModelLoadError, match="not a fusion setting"):
         _ = Encoder(str(model), device="cpu").search_defaults
+
+
+def test_a_write_tokenizes_only_its_own_chunks_and_bm25_equals_a_fresh_build(tmp_path, minilm):
+    import zipfile
+
+    from medsearch import lexical
+    from medsearch.store import DocStore
+
+    path = tmp_path / "idx"
+    build_index(BUNDLED / "corpus.jsonl", path, minilm)
+    first = open_index(path).folder
+    changed = [{"id": "doc-001", "title": "Changed", "text": "Gout inflames the big toe joint."},
+               {"id": "new-1", "title": "Shingles", "text": "A painful blistering rash along one nerve."}]
+    upsert(path, [Document(**d) for d in changed], minilm)
+    delete(path, ["doc-002"])
+    upsert(path, [Document(id="new-2", title="Croup", text="A barking cough in young children.")], minilm)
+    index = open_index(path)
+    with zipfile.ZipFile(index.folder / lexical.LEXICAL_DIR / lexical.TOKENS_FILE) as saved:
+        assert {"ids.npy", "offsets.npy", "vocab.npy"} <= set(saved.namelist())
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    store = DocStore(index.folder / "docs.db")
+    lexical.write_lexical(fresh, store.passages(index.manifest.chunks))
+    kept, rebuilt = lexical.Lexical(index.folder), lexical.Lexical(fresh)
+    for query in ["gout toe", "barking cough", "rash nerve", "chest pain", "diabetes thirst", "the"]:
+        assert np.array_equal(kept.scores(query), rebuilt.scores(query)), query
+    assert first != index.folder
+
+
+def test_damaged_token_ids_stop_a_write_in_one_line(tmp_path, minilm, small_corpus):
+    from medsearch import lexical
+
+    path = tmp_path / "idx"
+    build_index(small_corpus, path, minilm)
+    tokens = open_index(path).folder / lexical.LEXICAL_DIR / lexical.TOKENS_FILE
+    data = bytearray(tokens.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    write_jsonl(tmp_path / "add.jsonl", [{"id": "gout", "text": "Uric acid crystals inflame a joint."}])
+    result = CliRunner().invoke(cli, ["add", str(tmp_path / "add.jsonl"), "--index", str(path), "-q"])
+    assert result.exit_code == 1
+    assert "lexical/tokens.npz differs from the checksum its commit recorded: the index is damaged" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreadable_token_ids_of_an_unrecorded_generation_are_tokenized_again(tmp_path, minilm, small_corpus):
+    from medsearch import checksums, lexical
+
+    path = tmp_path / "idx"
+    build_index(small_corpus, path, minilm)
+    folder = open_index(path).folder
+    (folder / checksums.FILE).unlink()  # a generation from before checksums
+    (folder / lexical.LEXICAL_DIR / lexical.TOKENS_FILE).write_bytes(b"PK\x03\x04 not a zip")
+    upsert(path, [Document(id="gout", text="Uric acid crystals inflame a joint.")], minilm)
+    hits = Searcher.open(path, load_model=False).search(["uric acid joint"], mode="lexical", k=1)[0].hits
+    assert hits[0].id == "gout"

@@ -143,7 +143,7 @@ def test_an_export_without_a_spec_gets_one_and_other_modules_run_through_sentenc
 
     folder = model_folder("default")
     export = exported_model(folder, weights_fingerprint(folder), "openvino")
-    (export / SPEC_FILE).unlink()  # an export made before the lean runner
+    (export / SPEC_FILE).unlink(missing_ok=True)  # an export made before the lean runner
     assert Encoder("default", runtime="openvino").lean
     assert json.loads((export / SPEC_FILE).read_text())["pooling"] == ["mean"]
 
@@ -196,3 +196,49 @@ def test_query_add_and_lexical_paths_import_no_torch(tmp_path):
                  ["info", "--index", str(index)],
                  ["delete", "new", "--index", str(index)]):
         assert _heavy_modules(*args, cwd=tmp_path) == [], args
+
+
+def _fresh_export(tmp_path: Path, runtime: str = "openvino") -> Path:
+    """A copy of MiniLM's export, with its spec, in a cache of its own (the test may damage it)."""
+    Encoder("default", runtime=runtime)
+    folder = model_folder("default")
+    export = exported_model(folder, weights_fingerprint(folder), runtime)
+    copy = tmp_path / "cache" / "exports" / export.name
+    shutil.copytree(export, copy, ignore=shutil.ignore_patterns("cache"))
+    return copy
+
+
+def test_an_export_cache_that_cannot_take_the_spec_still_runs(tmp_path, monkeypatch):
+    copy = _fresh_export(tmp_path)
+    (copy / SPEC_FILE).unlink()
+    (copy / SPEC_FILE).mkdir()  # neither readable nor replaceable, as in a read-only cache
+    monkeypatch.setenv("MEDSEARCH_CACHE", str(tmp_path / "cache"))
+    encoder = Encoder("default", runtime="openvino")
+    assert encoder.lean and encoder.encode_queries(["fever"]).shape == (1, 384)
+    assert not list(copy.glob(f".{SPEC_FILE}.*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage", [
+    lambda spec: spec.pop("dim"), lambda spec: spec.update(pooling=["sum"]), lambda spec: spec.update(dim="384"),
+    lambda spec: spec.update(pad_id=-1), lambda spec: spec.update(prompts=["query: "]), lambda spec: spec.update(pooling=[]),
+])
+def test_a_spec_that_is_not_one_is_made_again(tmp_path, monkeypatch, damage):
+    copy = _fresh_export(tmp_path)
+    spec = json.loads((copy / SPEC_FILE).read_text())
+    good = dict(spec)
+    damage(spec)
+    (copy / SPEC_FILE).write_text(json.dumps(spec))
+    monkeypatch.setenv("MEDSEARCH_CACHE", str(tmp_path / "cache"))
+    assert Encoder("default", runtime="openvino").lean
+    assert json.loads((copy / SPEC_FILE).read_text()) == good
+
+
+def test_a_spec_that_disagrees_with_its_model_is_a_damaged_export(tmp_path, monkeypatch):
+    from medsearch.errors import ModelLoadError
+
+    copy = _fresh_export(tmp_path)
+    spec = json.loads((copy / SPEC_FILE).read_text())
+    (copy / SPEC_FILE).write_text(json.dumps({**spec, "dim": 768}))
+    monkeypatch.setenv("MEDSEARCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelLoadError, match=r"is damaged \(medsearch_encoder.json says 768 dims; the model gives 384"):
+        Encoder("default", runtime="openvino")
