@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import importlib.metadata
 import importlib.util
 import logging
@@ -290,12 +291,44 @@ def load_export(export: Path, runtime: str):
     return load_sentence_transformer(str(export), "cpu", backend="openvino", model_kwargs={"file_name": OPENVINO_FILES[runtime]})
 
 
+# What, besides the weights, decides how a folder turns text into vectors: its modules and their
+# settings, its tokenizer, its prompts. Two folders with the same weights and other prompts (a copy
+# given e5 prompts) must not share an export: the export carries them.
+SETTINGS_FILES = ("modules.json", "sentence_bert_config.json", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model")
+PROMPT_KEYS = ("prompts", "default_prompt_name")
+
+
+def settings_fingerprint(folder: Path) -> str:
+    """Hash of a sentence-transformers folder's settings (SETTINGS_FILES, each module folder's
+    config.json, the prompts of config_sentence_transformers.json): part of an export's key."""
+    digest = hashlib.sha256()
+    paths = [folder / name for name in SETTINGS_FILES] + sorted(folder.glob("[0-9]_*/config.json"))
+    for path in paths:
+        if path.is_file():
+            digest.update(f"{path.relative_to(folder)}\0".encode() + path.read_bytes() + b"\0")
+    try:
+        config = json.loads((folder / "config_sentence_transformers.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    prompts = {key: config.get(key) for key in PROMPT_KEYS} if isinstance(config, dict) else {}
+    digest.update(json.dumps(prompts, sort_keys=True).encode())
+    return digest.hexdigest()[:8]
+
+
+def export_folder(source: Path, weights: str, runtime: str, kind: str | None = None) -> Path:
+    """Where the export of `source` for `runtime` is kept: by weights and settings (a cross-encoder's
+    export passes its own `kind`)."""
+    kind = f"{settings_fingerprint(Path(source))}-" if kind is None else kind
+    return exports_root() / f"{weights}-{kind}{runtime}"
+
+
 def exported_model(source: Path, weights: str, runtime: str, make: Callable[[Path, Path], None] | None = None,
-                   kind: str = "") -> Path:
+                   kind: str | None = None) -> Path:
     """The export of the model folder `source` for an OpenVINO runtime: a sentence-transformers
-    folder with its openvino/ files, written once (atomically) per weights fingerprint and reused.
-    `make(source, folder)` writes another kind of model's export (`kind`, e.g. a cross-encoder's)."""
-    target = exports_root() / f"{weights}-{kind}{runtime}"
+    folder with its openvino/ files, written once (atomically) per weights and settings fingerprint
+    and reused. `make(source, folder)` writes another kind of model's export (`kind`, e.g. a cross-encoder's)."""
+    target = export_folder(source, weights, runtime, kind)
     if (target / OPENVINO_FILES[runtime]).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,24 @@ def read_spec(export: Path) -> dict | None:
     return spec if well_formed else None
 
 
+@contextmanager
+def _cache_lock(cache: Path | None):
+    """Holds the compiled-model cache while OpenVINO reads or writes it: two processes that compile
+    at once would otherwise read each other's half-written blob (measured: a failed load)."""
+    if cache is None:
+        yield
+        return
+    import fcntl
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class OpenVINOModel:
     """Encodes texts with an export folder's compiled model: tokenize, infer, pool, normalise."""
 
@@ -128,9 +146,11 @@ class OpenVINOModel:
             config["NUM_STREAMS"] = str(streams)
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads * (streams or 1))
+        cache = self.export / "openvino" / CACHE_DIR
         if os.access(self.export / "openvino", os.W_OK):
-            config["CACHE_DIR"] = str(self.export / "openvino" / CACHE_DIR)
-        self.compiled = ov.Core().compile_model(str(self.export / spec["file"]), "CPU", config)
+            config["CACHE_DIR"] = str(cache)
+        with _cache_lock(cache if "CACHE_DIR" in config else None):
+            self.compiled = ov.Core().compile_model(str(self.export / spec["file"]), "CPU", config)
         self.inputs = {i.get_any_name() for i in self.compiled.inputs}
         width = self.compiled.outputs[0].get_partial_shape()[-1]
         if width.is_static and width.get_length() * len(spec["pooling"]) != self.dim:

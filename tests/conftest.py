@@ -3,8 +3,10 @@ an index of the bundled corpus. Everything is local: no test touches the network
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # (tests/test_runtimes.py), and keep OpenVINO exports in a folder of their own.
 os.environ["MEDSEARCH_RUNTIME"] = "torch"
 os.environ["MEDSEARCH_CACHE"] = tempfile.mkdtemp(prefix="medsearch-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MEDSEARCH_CACHE"], ignore_errors=True)  # exports and compiled models: GBs a run
 
 import numpy as np  # noqa: E402
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import BUNDLED, SMALL_DOCS
 from medsearch.cli import cli
-from medsearch.encoder import Encoder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
+from medsearch.encoder import Encoder, export_folder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
 from medsearch.errors import BadInputError, MissingExtraError, ModelMismatchError
 from medsearch.index import build_index, open_index
 from medsearch.manifest import Manifest
@@ -80,27 +80,27 @@ def test_int8_is_its_own_precision_and_close_to_torch(tiny1024, tiny1024_path):
     assert int8.fingerprint != tiny1024.fingerprint
     cosines = np.sum(int8.encode_passages(TEXTS) * tiny1024.encode_passages(TEXTS), axis=1)
     assert cosines.min() > 0.9, cosines  # a random one-layer model: int8 is close, not equal
-    export = exports_root() / f"{tiny1024.weights}-openvino-int8"
+    export = export_folder(Path(tiny1024_path), tiny1024.weights, "openvino-int8")
     assert (export / "openvino" / "openvino_model_qint8_quantized.xml").is_file()
 
 
 def test_exports_are_made_once_and_a_new_training_gets_a_new_one(tmp_path, tiny1024_path):
     copy = copy_model(tiny1024_path, tmp_path / "model")
     Encoder(str(copy), runtime="openvino")
-    export = exports_root() / f"{weights_fingerprint(copy)}-openvino"
+    export = export_folder(copy, weights_fingerprint(copy), "openvino")
     made = (export / "openvino" / "openvino_model.xml").stat().st_mtime_ns
     Encoder(str(copy), runtime="openvino")
     assert (export / "openvino" / "openvino_model.xml").stat().st_mtime_ns == made  # reused
     retrain(copy)
     retrained = Encoder(str(copy), runtime="openvino")
     assert retrained.weights != export.name.split("-")[0]
-    assert (exports_root() / f"{retrained.weights}-openvino").is_dir()  # a new export, not the stale one
+    assert export_folder(copy, retrained.weights, "openvino").is_dir()  # a new export, not the stale one
 
 
 def test_two_processes_exporting_at_once_both_load(tmp_path, tiny1024_path):
     copy = copy_model(tiny1024_path, tmp_path / "model")
     retrain(copy, 0.5)  # weights no other test exported
-    assert not (exports_root() / f"{weights_fingerprint(copy)}-openvino").exists()
+    assert not export_folder(copy, weights_fingerprint(copy), "openvino").exists()
     code = ("import sys; from medsearch.encoder import Encoder; "
             "e = Encoder(sys.argv[1], runtime='openvino'); print(e.encode_queries(['fever']).shape)")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(copy)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -108,7 +108,7 @@ def test_two_processes_exporting_at_once_both_load(tmp_path, tiny1024_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     assert all("(1, 1024)" in o[0] for o in outs)
-    assert (exports_root() / f"{weights_fingerprint(copy)}-openvino" / "openvino" / "openvino_model.xml").is_file()
+    assert (export_folder(copy, weights_fingerprint(copy), "openvino") / "openvino" / "openvino_model.xml").is_file()
     assert not [p.name for p in exports_root().iterdir() if p.name.startswith(".tmp-")]  # the loser's copy is gone
 
 
