@@ -465,7 +465,7 @@ def info(index_dir, as_json):
     """Show what an index holds: model, dims, tiers, index types, counts and sizes."""
     idx = open_index(index_dir)
     files = idx.files()
-    from medsearch.runtime_choice import recorded
+    from medsearch.runtimes import recorded
 
     auto = recorded()
     if as_json:

@@ -2,11 +2,12 @@
 the runtime that computes it, L2-normalised full-dimension encoding and a fingerprint that ties an
 index to its model.
 
-Runtimes are sentence-transformers backends: `torch`, `openvino` (the model exported to OpenVINO IR)
-and `openvino-int8` (that export with post-training static int8 quantisation, calibrated on medical
-passages that ship with medsearch). Exports are made once per model and kept in the cache
-(`$MEDSEARCH_CACHE/exports/<weights fingerprint>-<runtime>/`, default ~/.cache/medsearch), keyed by
-the weights they were made from, so a retrained model never meets a stale export.
+Runtimes: `torch` (sentence-transformers), `openvino` (the model exported to OpenVINO IR by
+sentence-transformers' backend) and `openvino-int8` (that export with post-training static int8
+quantisation, calibrated on medical passages that ship with medsearch). Exports are made once per
+model and kept in the cache (`$MEDSEARCH_CACHE/exports/<weights>-<settings>-<runtime>/`, default
+~/.cache/medsearch), keyed by the weights and settings they were made from, so a retrained model never
+meets a stale export; they are then run without torch by openvino_model.py (the lean runner).
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from typing import Callable
 import numpy as np
 
 from medsearch.errors import BadInputError, MedsearchError, MissingExtraError, ModelLoadError
+from medsearch.runtimes import (  # noqa: F401 - the runtimes' facts, where callers have always found them
+    AUTO_RUNTIME,
+    PRECISIONS,
+    RUNTIME_EXTRAS,
+    RUNTIMES,
+    auto_runtime,
+    cache_root,
+    runtime_installed,
+)
 
 DEFAULT_MODEL = "default"
 # A model folder's search defaults, as its tuning chose them on dev data (tune.py): {"fusion": {...}}
@@ -55,13 +65,6 @@ PROFILES: dict[str, ModelProfile] = {
 }
 
 
-AUTO_RUNTIME = "auto"
-RUNTIMES = ("torch", "openvino", "openvino-int8")
-# What each runtime computes in. Runtimes of one precision give the same vectors to float tolerance
-# (cosine > 0.9999, tests/test_runtimes.py), so an index built by one is searched with another;
-# int8 vectors differ (cosine ~0.998), so they only meet int8 vectors.
-PRECISIONS = {"torch": "fp32", "openvino": "fp32", "openvino-int8": "int8"}
-RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}
 # An index's runtime when its recorded one is not installed: the first installed one of the same precision.
 AUTO_ORDER = ("openvino-int8", "openvino", "torch")
 OPENVINO_FILES = {"openvino": "openvino/openvino_model.xml", "openvino-int8": "openvino/openvino_model_qint8_quantized.xml"}
@@ -70,28 +73,13 @@ CALIBRATION_TOKENS = 384  # export_static_quantized_openvino_model pads every ca
 EXPORT_DIRS = ("onnx", "openvino")
 
 
-def runtime_installed(runtime: str) -> bool:
-    if runtime == "torch":
-        return True
-    # the `openvino` extra: openvino runs exports, optimum-intel makes them (looked up by its
-    # distribution: finding the optimum.intel module would import optimum)
-    if importlib.util.find_spec("openvino") is None:
-        return False
-    try:
-        importlib.metadata.distribution("optimum-intel")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 def resolve_runtime(runtime: str | None = AUTO_RUNTIME, spec: str = DEFAULT_MODEL) -> str:
-    """A runtime name, or `auto` (None) for the fastest on this CPU (runtime_choice.py: measured on
-    `spec`'s model the first time on a CPU, then remembered); a missing extra is named."""
+    """A runtime name, or `auto` (None) for the fastest on this CPU (runtimes.py: measured on `spec`'s
+    model the first time on a CPU, then remembered); a missing extra is named."""
     runtime = runtime or AUTO_RUNTIME
     if runtime == AUTO_RUNTIME:
-        from medsearch.runtime_choice import auto_runtime
-
-        return auto_runtime(spec)
+        passages = [json.loads(line)["text"] for line in CALIBRATION_TEXTS.read_text(encoding="utf-8").splitlines()]
+        return auto_runtime(spec, lambda name: Encoder(spec, device="cpu", runtime=name, batch_size=8), passages)
     if runtime not in RUNTIMES:
         raise BadInputError(f"unknown runtime '{runtime}' (use {AUTO_RUNTIME}, {', '.join(RUNTIMES)})")
     if not runtime_installed(runtime):
@@ -113,7 +101,7 @@ def runtime_for_index(recorded: str | None) -> str:
 
 
 def exports_root() -> Path:
-    return Path(os.environ.get("MEDSEARCH_CACHE", Path.home() / ".cache" / "medsearch")) / "exports"
+    return cache_root() / "exports"
 
 
 def _file_digest(path: Path, block: int = 1 << 16, blocks: int = 64) -> bytes:

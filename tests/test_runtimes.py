@@ -244,7 +244,7 @@ def test_service_on_an_openvino_index_answers_concurrent_clients(tmp_path, small
 
 
 def test_auto_prefers_int8_only_where_it_pays():
-    from medsearch.runtime_choice import INT8_MARGIN, choose
+    from medsearch.runtimes import INT8_MARGIN, choose
 
     assert choose({"torch": 37.0, "openvino": 77.5, "openvino-int8": 99.4}) == "openvino-int8"  # this machine (VNNI)
     assert choose({"torch": 24.1, "openvino": 29.4, "openvino-int8": 23.5}) == "openvino"  # issue 22's machine (no VNNI)
@@ -254,17 +254,17 @@ def test_auto_prefers_int8_only_where_it_pays():
 
 
 def test_auto_is_measured_once_per_cpu_and_shown_by_info(tmp_path, monkeypatch, tiny1024_path):
-    from medsearch import runtime_choice
+    from medsearch import runtimes
 
     monkeypatch.setenv("MEDSEARCH_RUNTIME", "auto")
     first = resolve_runtime("auto", tiny1024_path)
-    record = json.loads(runtime_choice.choice_path().read_text())
-    assert record["cpu"] == runtime_choice.cpu_identity()
+    record = json.loads(runtimes.choice_path().read_text())
+    assert record["cpu"] == runtimes.cpu_identity()
     assert set(record["passages_per_s"]) == {"torch", "openvino", "openvino-int8"}
-    assert first == record["runtime"] == runtime_choice.choose(record["passages_per_s"])
-    stamp = runtime_choice.choice_path().stat().st_mtime_ns
+    assert first == record["runtime"] == runtimes.choose(record["passages_per_s"])
+    stamp = runtimes.choice_path().stat().st_mtime_ns
     assert resolve_runtime("auto", tiny1024_path) == first  # remembered, not measured again
-    assert runtime_choice.choice_path().stat().st_mtime_ns == stamp
+    assert runtimes.choice_path().stat().st_mtime_ns == stamp
 
     index = tmp_path / "idx"
     build_index(BUNDLED / "corpus.jsonl", index, Encoder(tiny1024_path, runtime=first))
@@ -274,6 +274,6 @@ def test_auto_is_measured_once_per_cpu_and_shown_by_info(tmp_path, monkeypatch, 
 
     record["cpu"] = "another CPU | 64 cores | amx_int8"  # the cache travelled to another machine: measured again
     record["runtime"] = "torch"
-    runtime_choice.choice_path().write_text(json.dumps(record))
-    assert runtime_choice.recorded() is None
-    assert resolve_runtime("auto", tiny1024_path) == runtime_choice.choose(json.loads(runtime_choice.choice_path().read_text())["passages_per_s"])
+    runtimes.choice_path().write_text(json.dumps(record))
+    assert runtimes.recorded() is None
+    assert resolve_runtime("auto", tiny1024_path) == runtimes.choose(json.loads(runtimes.choice_path().read_text())["passages_per_s"])

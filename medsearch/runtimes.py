@@ -1,4 +1,5 @@
-"""Which runtime `auto` means on this machine: measured once per CPU, then remembered.
+"""Encoder runtimes: their names, the precision each computes in, whether one is installed, and
+which one `auto` means on this machine: measured once per CPU, then remembered.
 
 int8 pays only where the CPU has int8 instructions (VNNI, AMX): measured at 3.3x torch on one
 machine and 1.0x on another without them (issue 22). So the first `auto` on a CPU times a short
@@ -11,19 +12,49 @@ from the model's own; NDCG@10 within 0.002 on the dev sets), so it is never a ru
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
+
+AUTO_RUNTIME = "auto"
+RUNTIMES = ("torch", "openvino", "openvino-int8")
+# What each runtime computes in. Runtimes of one precision give the same vectors to float tolerance
+# (cosine > 0.9999, tests/test_runtimes.py), so an index built by one is searched with another;
+# int8 vectors differ (cosine ~0.998), so they only meet int8 vectors.
+PRECISIONS = {"torch": "fp32", "openvino": "fp32", "openvino-int8": "int8"}
+RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}
 
 CHOICE_FILE = "runtime-choice.json"
 SAMPLE_PASSAGES = 32  # calibration passages timed per runtime, after one unmeasured batch
 INT8_MARGIN = 1.15  # int8 is chosen only this much faster than the best fp32 runtime
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def runtime_installed(runtime: str) -> bool:
+    if runtime == "torch":
+        return True
+    # the `openvino` extra: openvino runs exports, optimum-intel makes them (looked up by its
+    # distribution: finding the optimum.intel module would import optimum)
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    try:
+        importlib.metadata.distribution("optimum-intel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def cache_root() -> Path:
+    """medsearch's cache: exports, compiled models, the runtime choice ($MEDSEARCH_CACHE)."""
+    return Path(os.environ.get("MEDSEARCH_CACHE", Path.home() / ".cache" / "medsearch"))
 
 
 def cpu_identity() -> str:
@@ -43,9 +74,7 @@ def cpu_identity() -> str:
 
 
 def choice_path() -> Path:
-    from medsearch.encoder import exports_root
-
-    return exports_root().parent / CHOICE_FILE
+    return cache_root() / CHOICE_FILE
 
 
 def recorded() -> dict | None:
@@ -56,16 +85,12 @@ def recorded() -> dict | None:
         return None
     if not isinstance(record, dict) or record.get("cpu") != cpu_identity() or "runtime" not in record:
         return None
-    from medsearch.encoder import RUNTIMES, runtime_installed
-
     installed = [r for r in RUNTIMES if runtime_installed(r)]
     return record if record["runtime"] in installed and record.get("installed") == installed else None
 
 
 def choose(rates: dict[str, float]) -> str:
     """The runtime to use given passages/s per runtime: the fastest, int8 only past INT8_MARGIN."""
-    from medsearch.encoder import PRECISIONS
-
     fp32 = max((r for r in rates if PRECISIONS[r] == "fp32"), key=rates.get)
     int8 = [r for r in rates if PRECISIONS[r] == "int8"]
     if int8 and rates[int8[0]] >= INT8_MARGIN * rates[fp32]:
@@ -73,18 +98,17 @@ def choose(rates: dict[str, float]) -> str:
     return fp32
 
 
-def measure(spec: str) -> dict:
-    """Time each installed runtime on `spec`'s model (exports are made as needed) and record the choice."""
-    from medsearch.encoder import CALIBRATION_TEXTS, RUNTIMES, Encoder, runtime_installed
-
-    texts = [json.loads(line)["text"] for line in CALIBRATION_TEXTS.read_text(encoding="utf-8").splitlines()[:SAMPLE_PASSAGES + 8]]
+def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> dict:
+    """Time each installed runtime on `spec`'s model (`load(runtime)` gives its encoder; exports are
+    made as needed) on `passages`, and record the choice."""
     from medsearch.errors import MedsearchError
 
+    texts = passages[:SAMPLE_PASSAGES + 8]
     installed, rates = [r for r in RUNTIMES if runtime_installed(r)], {}
     for runtime in installed:
         log.warning("auto runtime: timing %s on this CPU (once per CPU; %s)", runtime, choice_path())
         try:
-            encoder = Encoder(spec, device="cpu", runtime=runtime, batch_size=8)
+            encoder = load(runtime)
         except MedsearchError as err:  # e.g. int8 on a model too short for its calibration: not a candidate
             log.warning("auto runtime: %s left out (%s)", runtime, err)
             continue
@@ -104,11 +128,10 @@ def measure(spec: str) -> dict:
     return record
 
 
-def auto_runtime(spec: str) -> str:
-    """`auto` on this machine: the recorded choice for this CPU, measured on `spec`'s model the first time."""
-    from medsearch.encoder import runtime_installed
-
+def auto_runtime(spec: str, load: Callable[[str], object], passages: list[str]) -> str:
+    """`auto` on this machine: the recorded choice for this CPU, measured on `spec`'s model the first
+    time (`load` and `passages` as measure takes them)."""
     if not runtime_installed("openvino"):
         return "torch"  # nothing to choose from
-    record = recorded() or measure(spec)
+    record = recorded() or measure(spec, load, passages)
     return record["runtime"]
