@@ -335,7 +335,8 @@ class Searcher:
         started = time.perf_counter()
         fused = []
         for dense, lexical in zip(lists["dense"], lists["lexical"]):
-            per_list = {name: [(int(index.chunk_doc[row]), row, score) for row, score in hits]
+            per_list = {name: [(doc, row, score) for doc, (row, score) in
+                               zip(np.asarray(index.chunk_doc[[row for row, _ in hits]]).tolist(), hits)]
                         for name, hits in (("dense", dense), ("lexical", lexical))}
             fused.append(fuse(per_list, options.fusion, options.k))
         timings["fuse"] = (time.perf_counter() - started) * 1000

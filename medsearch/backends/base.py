@@ -107,10 +107,10 @@ def collapse(rows: np.ndarray, scores: np.ndarray, chunk_doc: np.ndarray, k: int
     """First (best) chunk of each document, in rank order, until k documents."""
     seen: set[int] = set()
     hits = []
-    for row, score in zip(rows.tolist(), scores.tolist()):
-        if row < 0:
-            continue
-        doc = int(chunk_doc[row])
+    keep = np.asarray(rows) >= 0
+    rows, scores = np.asarray(rows)[keep], np.asarray(scores)[keep]
+    docs = np.asarray(chunk_doc[rows]).tolist()  # one read of the memory map, not one per row
+    for row, score, doc in zip(rows.tolist(), scores.tolist(), docs):
         if doc not in seen:
             seen.add(doc)
             hits.append((row, score))
