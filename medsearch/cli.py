@@ -467,7 +467,7 @@ def info(index_dir, as_json):
     files = idx.files()
     from medsearch.runtimes import recorded
 
-    auto = recorded()
+    auto = recorded(idx.manifest.model.get("spec"))
     if as_json:
         click.echo(json.dumps({**idx.describe(), "auto_runtime": auto}, indent=2, ensure_ascii=False))
         return
@@ -486,9 +486,9 @@ def info(index_dir, as_json):
         ("backend", _backend_line(m.get("backend"))),
         ("reranker", _reranker_line(m.reranker) if m.reranker else "none (medsearch index --reranker MODEL records one)"),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
-        ("auto", f"{auto['runtime']} on this CPU ({auto['cpu']}; passages/s: "
+        ("auto", f"{auto['runtime']} for this model on this CPU ({auto['cpu']}; passages/s: "
          + ", ".join(f"{r} {v}" for r, v in auto["passages_per_s"].items()) + ")"
-         if auto else "not measured on this CPU yet (the first --runtime auto times each installed runtime)"),
+         if auto else "not measured for this model on this CPU (the first --runtime auto times each installed runtime)"),
         ("vectors", m["vector_dtype"] if idx.backend_name == "faiss" else "float32, in the Qdrant collection"),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
         ("built", f"{m['created']} in {m['build_seconds']}s by medsearch {m['medsearch_version']}"),
@@ -522,7 +522,7 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--cors-origin", default=None, help="Let pages from this one origin (e.g. https://intranet.example) call the API; CORS is off by default.")
 @click.option("--batch-wait-ms", default=ServerSettings.batch_wait_ms, show_default=True, type=click.FloatRange(min=0), help="How long a query waits for others to share its encoder pass.")
 @click.option("--max-batch", default=ServerSettings.max_batch, show_default=True, type=click.IntRange(min=1), help="Most queries in one encoder pass.")
-@click.option("--encode-workers", default=None, type=click.IntRange(min=1), help="Encoder passes at once, each on cores / workers threads (torch threads, or one OpenVINO stream each) [default: 2, or 1 on one core].")
+@click.option("--encode-workers", default=None, type=click.IntRange(min=1), help="Encoder passes at once, each on cores / workers threads (torch threads, or one OpenVINO stream each) [default: 1 on the OpenVINO runtimes; 2 on torch, 1 on one core].")
 @click.option("--no-batching", is_flag=True, help="One encoder call per request (for comparison).")
 @click.option("--max-query-chars", default=ServerSettings.max_query_chars, show_default=True, type=click.IntRange(min=1), help="Longer queries get a 400.")
 @click.option("--max-queries", default=ServerSettings.max_queries, show_default=True, type=click.IntRange(min=1), help="Most queries in one POST /search.")

@@ -92,6 +92,9 @@ def runtime_for_index(recorded: str | None) -> str:
     """The runtime to encode queries for an index: the one it was built with, or, when that one's
     extra is missing here, an installed runtime of the same precision (same vectors)."""
     recorded = recorded or "torch"  # indexes built before runtimes were recorded
+    if recorded not in RUNTIMES:
+        raise BadInputError(f"the index records runtime '{recorded}', which this version does not know "
+                            f"({', '.join(RUNTIMES)}): rebuild it, or query with --runtime")
     if runtime_installed(recorded):
         return recorded
     for runtime in AUTO_ORDER:

@@ -109,8 +109,13 @@ def _cache_lock(cache: Path | None):
         return
     import fcntl
 
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "a") as lock:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = open(cache / ".lock", "a")
+    except OSError:  # a cache folder this process cannot write: OpenVINO reads what it can
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

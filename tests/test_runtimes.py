@@ -165,6 +165,8 @@ def test_an_index_from_before_runtimes_still_opens_with_torch(tmp_path, minilm, 
 def test_missing_extra_and_unknown_runtime(monkeypatch):
     with pytest.raises(BadInputError, match="unknown runtime 'onnx'"):
         resolve_runtime("onnx")
+    with pytest.raises(BadInputError, match="the index records runtime 'auto', which this version does not know"):
+        runtime_for_index("auto")  # a manifest never names auto: a query must not start a measurement
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
     assert resolve_runtime("auto") == "torch"
     with pytest.raises(MissingExtraError, match=r"runtime openvino-int8 needs the 'openvino' extra: pip install 'medsearch\[openvino\]'"):
@@ -253,13 +255,13 @@ def test_auto_prefers_int8_only_where_it_pays():
     assert choose({"torch": 10.0}) == "torch"
 
 
-def test_auto_is_measured_once_per_cpu_and_shown_by_info(tmp_path, monkeypatch, tiny1024_path):
+def test_auto_is_measured_once_per_cpu_and_model_and_shown_by_info(tmp_path, monkeypatch, tiny1024_path):
     from medsearch import runtimes
 
-    monkeypatch.setenv("MEDSEARCH_RUNTIME", "auto")
     first = resolve_runtime("auto", tiny1024_path)
-    record = json.loads(runtimes.choice_path().read_text())
-    assert record["cpu"] == runtimes.cpu_identity()
+    saved = json.loads(runtimes.choice_path().read_text())
+    assert saved["cpu"] == runtimes.cpu_identity()
+    record = saved["models"][tiny1024_path]
     assert set(record["passages_per_s"]) == {"torch", "openvino", "openvino-int8"}
     assert first == record["runtime"] == runtimes.choose(record["passages_per_s"])
     stamp = runtimes.choice_path().stat().st_mtime_ns
@@ -269,11 +271,31 @@ def test_auto_is_measured_once_per_cpu_and_shown_by_info(tmp_path, monkeypatch, 
     index = tmp_path / "idx"
     build_index(BUNDLED / "corpus.jsonl", index, Encoder(tiny1024_path, runtime=first))
     shown = CliRunner().invoke(cli, ["info", "--index", str(index)])
-    assert f"auto  {first} on this CPU" in shown.output
+    assert f"auto  {first} for this model on this CPU" in shown.output
     assert json.loads(CliRunner().invoke(cli, ["info", "--index", str(index), "--json"]).output)["auto_runtime"]["runtime"] == first
 
-    record["cpu"] = "another CPU | 64 cores | amx_int8"  # the cache travelled to another machine: measured again
-    record["runtime"] = "torch"
-    runtimes.choice_path().write_text(json.dumps(record))
-    assert runtimes.recorded() is None
-    assert resolve_runtime("auto", tiny1024_path) == runtimes.choose(json.loads(runtimes.choice_path().read_text())["passages_per_s"])
+    saved["cpu"] = "another CPU | 64 cores | amx_int8"  # the cache travelled to another machine: measured again
+    runtimes.choice_path().write_text(json.dumps(saved))
+    assert runtimes.recorded(tiny1024_path) is None
+    assert resolve_runtime("auto", tiny1024_path) in ("openvino", "openvino-int8", "torch")
+    assert json.loads(runtimes.choice_path().read_text())["cpu"] == runtimes.cpu_identity()
+
+    saved = json.loads(runtimes.choice_path().read_text())
+    saved["models"][tiny1024_path]["passages_per_s"] = None  # a damaged record: nothing recorded, no crash
+    runtimes.choice_path().write_text(json.dumps(saved))
+    assert runtimes.recorded(tiny1024_path) is None
+    assert CliRunner().invoke(cli, ["info", "--index", str(index)]).exit_code == 0
+
+
+def test_auto_on_a_model_that_cannot_load_or_a_cache_that_cannot_be_written(tmp_path, monkeypatch, tiny1024_path):
+    from medsearch import runtimes
+
+    result = CliRunner().invoke(cli, ["index", str(BUNDLED / "corpus.jsonl"), "--index", str(tmp_path / "i"),
+                                      "--model", str(tmp_path / "nope"), "--runtime", "auto"])
+    assert result.exit_code == 1 and "model folder not found" in result.output and "Traceback" not in result.output
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("MEDSEARCH_CACHE", str(blocked / "cache"))  # nothing can be written under a file
+    monkeypatch.setattr(runtimes, "_UNWRITTEN", {})
+    assert resolve_runtime("auto", tiny1024_path) == "torch"  # no export can be made: the OpenVINO runtimes are left out
+    assert runtimes.recorded(tiny1024_path)["passages_per_s"].keys() == {"torch"}  # kept for this process

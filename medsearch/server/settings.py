@@ -28,7 +28,7 @@ class ServerSettings:
     batching: bool = True  # encode concurrent queries together
     batch_wait_ms: float = 1.0  # how long a query waits for others to share its encoder pass
     max_batch: int = 16  # texts per encoder pass (small enough that two workers share a load evenly)
-    encode_workers: int | None = None  # encoder passes at once, each on cores // workers torch threads; None: 2 (1 on one core)
+    encode_workers: int | None = None  # encoder passes at once, each on cores // workers threads; None: 2 (1 on one core; serve() gives OpenVINO runtimes 1)
     max_query_chars: int = 1000  # longer queries get a 400 (MiniLM reads 256 tokens, ~1,000 chars)
     max_queries: int = 64  # queries in one POST /search
     max_body_bytes: int = 1_000_000  # larger request bodies get a 413
