@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,14 +244,17 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     `target_recall`, a backend that keeps dead rows measures the fast tier again on the live rows;
     `settings` replace manifest entries (configure)."""
     checksums.check(base.folder, "docs.db")  # every write reads it whole: a damaged one stops here, not in SQLite
-    vectors, chunks = None, []
+    encoding, chunks = None, []
+    pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
     if write:
         with report.phase("model"):
             encoder = encoder if isinstance(encoder, Encoder) else encoder()
             check_model(base, encoder)
-        with report.phase("encode"):
+        with report.phase("chunk"):
             chunks = encoder.chunk(write, base.manifest.chunk_overlap)
-            vectors = encoder.encode_passages([c.passage(write[c.doc].title) for c in chunks], progress=progress)
+        # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
+        # encoder's native code and SQLite release the GIL): a small write's two largest steps overlap.
+        encoding = pool.submit(encoder.encode_passages, [c.passage(write[c.doc].title) for c in chunks], progress)
     tmp = generations.new_folder(root)
     try:
         with report.phase("store"):
@@ -267,7 +271,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         })
         for key, value in (settings or {}).items():
             manifest.pop(key, None) if value is None else manifest.update({key: value})
-        if vectors is None:  # a delete: the rows stay, so chunk_doc and BM25 do too (dead rows masked out)
+        if encoding is None:  # a delete: the rows stay, so chunk_doc and BM25 do too (dead rows masked out)
             generations.link_file(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
             lexical.carry_over(base.folder, tmp)
             written = base.backend.carry_over(tmp, manifest, removed=remove)
@@ -276,11 +280,13 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
                 [base.chunk_doc, change.first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
             with report.phase("lexical"):
                 lexical.write_from_store(tmp, total, base=base.folder, first_new=base.chunks)
+            with report.phase("encode"):  # what is left of it once the lexical index is written
+                vectors = encoding.result()
             with report.phase("vectors"):
                 written = base.backend.append(tmp, vectors, manifest, removed=remove, progress=progress)
         if (tmp / lexical.LEXICAL_DIR).is_dir():
             manifest["lexical"] = lexical.settings()
-        if (written.keeps_dead_rows and target_recall is not None and (vectors is not None or target_recall != base.manifest.target_recall)
+        if (written.keeps_dead_rows and target_recall is not None and (encoding is not None or target_recall != base.manifest.target_recall)
                 and needs_calibration(manifest.fast, change.live_chunks, target_recall)):
             with report.phase("calibrate"):
                 manifest["fast"] = written.calibrate(_live_rows(tmp, manifest), target_recall)
@@ -288,8 +294,12 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         with report.phase("commit"):
             committed = generations.commit(root, tmp, checked=frozenset({"docs.db"}))  # (checked above, before it was read)
     except BaseException:
+        if encoding is not None:
+            encoding.cancel()
+        pool.shutdown(wait=True)  # an encode still running finishes before its generation's folder goes
         generations.discard(tmp)
         raise
+    pool.shutdown()
     report.generation, report.manifest = generations.number(committed), manifest
     try:
         written.committed()
