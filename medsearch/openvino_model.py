@@ -31,7 +31,6 @@ TRANSFORMER = "Transformer"
 POOLING = "Pooling"
 NORMALIZE = "Normalize"
 POOLING_MODES = ("mean", "cls", "max")
-# ST sorts a call's texts by length so that a batch pads little; so does this runner.
 
 
 class UnsupportedExport(Exception):
@@ -134,7 +133,7 @@ class OpenVINOModel:
         self.export, self.spec, self.batch_size = Path(export), spec, batch_size
         self.prompts = spec["prompts"]
         self.max_seq_length = spec["max_seq_length"]
-        self.model_max_length = spec["model_max_length"]
+        self.model_max_length = spec.get("model_max_length")
         self.dim = spec["dim"]
         tokenizer = Tokenizer.from_file(str(self.export / "tokenizer.json"))
         tokenizer.no_padding()
@@ -205,6 +204,7 @@ class OpenVINOModel:
         """L2-normalised vectors of `texts` (with `prompt` in front), in order; a progress bar of
         batches on stderr when asked."""
         texts = [prompt + text for text in texts]
+        # sorted by length, as sentence-transformers does, so that a batch pads little
         order = np.argsort([-len(text) for text in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), self.batch_size)
