@@ -107,7 +107,7 @@ def collapse(rows: np.ndarray, scores: np.ndarray, chunk_doc: np.ndarray, k: int
     """First (best) chunk of each document, in rank order, until k documents."""
     seen: set[int] = set()
     hits = []
-    rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+    rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores)  # scores keep their type
     keep = rows >= 0
     rows, scores = rows[keep], scores[keep]
     docs = np.asarray(chunk_doc[rows]).tolist()  # one read of the memory map, not one per row
