@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import queue
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
+
+from medsearch.runtimes import cache_lock
 
 SPEC_FILE = "medsearch_encoder.json"
 CACHE_DIR = "cache"  # in the export's openvino/ folder: OpenVINO's compiled models
@@ -99,29 +101,6 @@ def read_spec(export: Path) -> dict | None:
     return spec if well_formed else None
 
 
-@contextmanager
-def _cache_lock(cache: Path | None):
-    """Holds the compiled-model cache while OpenVINO reads or writes it: two processes that compile
-    at once would otherwise read each other's half-written blob (measured: a failed load)."""
-    if cache is None:
-        yield
-        return
-    import fcntl
-
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        lock = open(cache / ".lock", "a")
-    except OSError:  # a cache folder this process cannot write: OpenVINO reads what it can
-        yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 class OpenVINOModel:
     """Encodes texts with an export folder's compiled model: tokenize, infer, pool, normalise."""
 
@@ -153,7 +132,9 @@ class OpenVINOModel:
         cache = self.export / "openvino" / CACHE_DIR
         if os.access(self.export / "openvino", os.W_OK):
             config["CACHE_DIR"] = str(cache)
-        with _cache_lock(cache if "CACHE_DIR" in config else None):
+        # held while OpenVINO reads or writes the cache: two processes compiling at once would read
+        # each other's half-written blob (measured: a failed load)
+        with cache_lock(cache / ".lock") if "CACHE_DIR" in config else nullcontext():
             self.compiled = ov.Core().compile_model(str(self.export / spec["file"]), "CPU", config)
         self.inputs = {i.get_any_name() for i in self.compiled.inputs}
         width = self.compiled.outputs[0].get_partial_shape()[-1]

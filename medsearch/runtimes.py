@@ -140,14 +140,15 @@ def _timed(encoder, texts: list[str]) -> float:
 
 
 @contextmanager
-def _measuring():
-    """One process measures at a time (two at once would time each other's exports)."""
+def cache_lock(path: Path):
+    """Holds the lock file `path` in medsearch's cache (flock, waiting for another holder) for the
+    block; where the folder cannot be written, the block runs without it."""
     import fcntl
 
     try:
-        cache_root().mkdir(parents=True, exist_ok=True)
-        lock = open(cache_root() / f".{CHOICE_FILE}.lock", "a")
-    except OSError:  # a cache that cannot be written: measure without the lock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a")
+    except OSError:
         yield
         return
     with lock:
@@ -195,6 +196,6 @@ def auto_runtime(spec: str, load: Callable[[str], object], passages: list[str]) 
         return "torch"  # nothing to choose from
     record = recorded(spec)
     if record is None:
-        with _measuring():
+        with cache_lock(cache_root() / f".{CHOICE_FILE}.lock"):  # one process measures at a time: two would time each other's exports
             record = recorded(spec) or measure(spec, load, passages)  # another process may have measured meanwhile
     return record["runtime"]
