@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -127,7 +126,7 @@ def _tensor_digests(path: Path) -> list[bytes]:
     its first, middle and last rows (as float16; a fine-tune moves them all). Names are left out:
     re-saving a model may rename tensors (LayerNorm gamma/weight) and reorder them, without changing
     a single value. Read with numpy (no torch import on a query's path); bfloat16, which numpy lacks,
-    with torch."""
+    through torch."""
     from safetensors import safe_open
 
     out = []
@@ -137,34 +136,26 @@ def _tensor_digests(path: Path) -> list[bytes]:
             shape, dtype = part.get_shape(), part.get_dtype()
             if dtype not in ("F16", "BF16", "F32", "F64") or not shape or not shape[0]:
                 continue
-            values = _bfloat16_head(path, name, shape) if dtype == "BF16" else _head(part, shape, np.float16)
+            if dtype == "BF16":
+                with safe_open(str(path), framework="pt") as torch_file:
+                    values = _head(torch_file.get_slice(name), shape, lambda rows: rows.float().numpy())
+            else:
+                values = _head(part, shape, np.asarray)
             out.append(hashlib.sha256(str(tuple(shape)).encode() + values.tobytes()).digest())
     return out
 
 
-def _head(part, shape, dtype) -> np.ndarray:
-    """The first values of a tensor's first, middle and last rows (of a 1-d tensor, its first 96), as
-    torch casts them: float64 through float32 (two roundings, as torch's .to(float16) does), values
-    past float16's range to inf without a warning."""
+def _head(part, shape, to_numpy) -> np.ndarray:
+    """The first values of a tensor's first, middle and last rows (of a 1-d tensor, its first 96) as
+    float16, cast as torch casts them: through float32 (float64 rounds twice, as torch's .to(float16)
+    does; bfloat16 widens exactly), values past float16's range to inf without a warning. `to_numpy`
+    turns a slice into a numpy array."""
     if len(shape) > 1:
-        values = np.stack([np.asarray(part[i]).reshape(-1)[:32] for i in (0, shape[0] // 2, shape[0] - 1)]).reshape(-1)
+        values = np.stack([to_numpy(part[i]).reshape(-1)[:32] for i in (0, shape[0] // 2, shape[0] - 1)]).reshape(-1)
     else:
-        values = np.asarray(part[:]).reshape(-1)[:96]
+        values = to_numpy(part[:]).reshape(-1)[:96]
     with np.errstate(over="ignore"):
-        return values.astype(np.float32).astype(dtype)
-
-
-def _bfloat16_head(path: Path, name: str, shape) -> np.ndarray:
-    import torch
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        part = f.get_slice(name)
-        if len(shape) > 1:
-            rows = torch.stack([part[i].flatten()[:32] for i in (0, shape[0] // 2, shape[0] - 1)])
-        else:
-            rows = part[:][:96]
-        return rows.flatten().to(torch.float16).numpy()
+        return values.astype(np.float32).astype(np.float16)
 
 
 def weights_fingerprint(folder: str | Path) -> str:
@@ -511,9 +502,7 @@ class Encoder:
         """The model's Rust tokenizer (`tokenizers.Tokenizer`) without truncation or padding, a copy
         of its own: changing a tokenizer's settings while another thread encodes with it fails
         ('Already borrowed')."""
-        if self.lean:
-            return self.model.chunk_tokenizer
-        backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
+        backend = self.model.tokenizer if self.lean else getattr(self.model.tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise MedsearchError("chunking needs a fast (Rust) tokenizer: the model folder needs a tokenizer.json")
         from tokenizers import Tokenizer

@@ -115,9 +115,6 @@ class OpenVINOModel:
         self.model_max_length = spec.get("model_max_length")
         self.dim = spec["dim"]
         tokenizer = Tokenizer.from_file(str(self.export / "tokenizer.json"))
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        self.chunk_tokenizer = Tokenizer.from_str(tokenizer.to_str())  # untruncated, for chunking
         tokenizer.enable_truncation(self.max_tokens)
         tokenizer.enable_padding(pad_id=spec["pad_id"], pad_token=spec["pad_token"])
         self.tokenizer = tokenizer
