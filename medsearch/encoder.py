@@ -77,8 +77,8 @@ def resolve_runtime(runtime: str | None = AUTO_RUNTIME, spec: str = DEFAULT_MODE
     model the first time on a CPU, then remembered); a missing extra is named."""
     runtime = runtime or AUTO_RUNTIME
     if runtime == AUTO_RUNTIME:
-        passages = [json.loads(line)["text"] for line in CALIBRATION_TEXTS.read_text(encoding="utf-8").splitlines()]
-        return auto_runtime(spec, lambda name: Encoder(spec, device="cpu", runtime=name, batch_size=8), passages)
+        return auto_runtime(spec, lambda name: Encoder(spec, device="cpu", runtime=name, batch_size=8),
+                            lambda: [json.loads(line)["text"] for line in CALIBRATION_TEXTS.read_text(encoding="utf-8").splitlines()])
     if runtime not in RUNTIMES:
         raise BadInputError(f"unknown runtime '{runtime}' (use {AUTO_RUNTIME}, {', '.join(RUNTIMES)})")
     if not runtime_installed(runtime):

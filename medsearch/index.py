@@ -28,7 +28,7 @@ from medsearch.backends import backend_class, open_backend
 from medsearch.backends.base import VectorBackend
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
 from medsearch.corpus import read_corpus
-from medsearch.encoder import Encoder, runtime_for_index
+from medsearch.encoder import Encoder, resolve_runtime, runtime_for_index
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.manifest import FORMAT_VERSION, TIERS, Manifest, format_error, tier_dims
@@ -344,13 +344,20 @@ def model_fields(encoder: Encoder) -> dict:
             "runtime": encoder.runtime, "precision": encoder.precision}
 
 
+def index_runtime(index: Index, runtime: str | None = None, model: str | None = None) -> str:
+    """The runtime that encodes for an index: the one it was built with (or an installed one of the
+    same precision) unless `runtime` names one (`auto`: this CPU's choice for the model)."""
+    if runtime:
+        return resolve_runtime(runtime, model or index.manifest.model["spec"])
+    return runtime_for_index(index.manifest.model.get("runtime"))
+
+
 def index_encoder(index: Index, model: str | None = None, device: str | None = None, runtime: str | None = None,
                   threads: int | None = None, streams: int | None = None) -> Encoder:
-    """The encoder for queries and writes to an index: its model, and the runtime it was built with
-    (or an installed one of the same precision) unless `runtime` names one; `threads` and `streams`
-    as Encoder takes them."""
-    return Encoder(model or index.manifest.model["spec"], device=device,
-                   runtime=runtime or runtime_for_index(index.manifest.model.get("runtime")), threads=threads, streams=streams)
+    """The encoder for queries and writes to an index: its model, run by index_runtime's runtime;
+    `threads` and `streams` as Encoder takes them."""
+    return Encoder(model or index.manifest.model["spec"], device=device, runtime=index_runtime(index, runtime, model),
+                   threads=threads, streams=streams)
 
 
 def same_model(index: Index, encoder: Encoder) -> bool:

@@ -189,13 +189,13 @@ def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> di
     return record
 
 
-def auto_runtime(spec: str, load: Callable[[str], object], passages: list[str]) -> str:
+def auto_runtime(spec: str, load: Callable[[str], object], passages: Callable[[], list[str]]) -> str:
     """`auto` on this machine: the recorded choice for this CPU and `spec`'s model, measured the first
-    time (`load` and `passages` as measure takes them)."""
+    time (`load` as measure takes it; `passages()` gives its passages, read only when it measures)."""
     if not runtime_installed("openvino"):
         return "torch"  # nothing to choose from
     record = recorded(spec)
     if record is None:
         with cache_lock(cache_root() / f".{CHOICE_FILE}.lock"):  # one process measures at a time: two would time each other's exports
-            record = recorded(spec) or measure(spec, load, passages)  # another process may have measured meanwhile
+            record = recorded(spec) or measure(spec, load, passages())  # another process may have measured meanwhile
     return record["runtime"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medsearch import generations
-from medsearch.backends.base import collapse
+from medsearch.backends.base import collapse, documents_of
 from medsearch.backends.funnel import candidates_for
 from medsearch.chunking import passage
 from medsearch.encoder import Encoder
@@ -336,7 +336,7 @@ class Searcher:
         fused = []
         for dense, lexical in zip(lists["dense"], lists["lexical"]):
             per_list = {name: [(doc, row, score) for doc, (row, score) in
-                               zip(np.asarray(index.chunk_doc[[row for row, _ in hits]]).tolist(), hits)]
+                               zip(documents_of(index.chunk_doc, [row for row, _ in hits]), hits)]
                         for name, hits in (("dense", dense), ("lexical", lexical))}
             fused.append(fuse(per_list, options.fusion, options.k))
         timings["fuse"] = (time.perf_counter() - started) * 1000

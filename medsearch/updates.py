@@ -245,18 +245,19 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     `settings` replace manifest entries (configure)."""
     checksums.check(base.folder, "docs.db")  # every write reads it whole: a damaged one stops here, not in SQLite
     encoding, chunks = None, []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
     if write:
         with report.phase("model"):
             encoder = encoder if isinstance(encoder, Encoder) else encoder()
             check_model(base, encoder)
         with report.phase("chunk"):
             chunks = encoder.chunk(write, base.manifest.chunk_overlap)
-        # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
-        # encoder's native code and SQLite release the GIL): a small write's two largest steps overlap.
-        encoding = pool.submit(encoder.encode_passages, [c.passage(write[c.doc].title) for c in chunks], progress)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
     tmp = generations.new_folder(root)
     try:
+        if write:
+            # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
+            # encoder's native code and SQLite release the GIL): a small write's two largest steps overlap.
+            encoding = pool.submit(encoder.encode_passages, [c.passage(write[c.doc].title) for c in chunks], progress)
         with report.phase("store"):
             change = write_change(tmp / "docs.db", base.folder / "docs.db", remove, write, chunks, first_row=base.chunks)
         total = base.chunks + len(chunks)

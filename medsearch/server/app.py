@@ -383,14 +383,12 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
 
     import uvicorn
 
-    from medsearch.encoder import resolve_runtime, runtime_for_index
-    from medsearch.index import open_index
+    from medsearch.index import index_runtime, open_index
 
     settings = settings or ServerSettings()
     settings.validate()  # a writable service without a token fails here
     index = open_index(index_dir)  # a missing or foreign index fails here, before the port opens
-    if settings.encode_workers is None and (resolve_runtime(runtime, model or index.manifest.model["spec"]) if runtime
-                                            else runtime_for_index(index.manifest.runtime)) != "torch":
+    if settings.encode_workers is None and index_runtime(index, runtime, model) != "torch":
         # OpenVINO: one stream on every core serves more queries than a stream per core (2 cores,
         # 32 clients: 301 against 250 requests/s, bench/serve_load.py); torch: two single-threaded passes
         settings = dataclasses.replace(settings, encode_workers=1)
