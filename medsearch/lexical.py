@@ -21,44 +21,116 @@ add or compaction (as in Lucene).
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medsearch import language
 from medsearch.generations import link_file
 
 LEXICAL_DIR = "lexical"
 TOKENS_FILE = "tokens.npz"  # each chunk row's token ids (ids, offsets) and the vocabulary they index
-STOPWORDS = "en"
-STEMMER = "english"  # Snowball (PyStemmer)
+FOLD_ACCENTS = True  # stems lose their diacritics (measured in bench/language.py)
 
 
-def _stemmer():
-    import Stemmer
+class _Folding:
+    """A stemmer whose stems lose their diacritics (or, without a stemmer, words that do): a query
+    typed without accents meets the documents' words."""
 
-    return Stemmer.Stemmer(STEMMER)
+    def __init__(self, stemmer):
+        self.stemmer = stemmer
+
+    def stemWords(self, words):  # noqa: N802 - the PyStemmer method name bm25s calls
+        return [language.fold(w) for w in (self.stemmer.stemWords(words) if self.stemmer else words)]
 
 
-def _tokenize(texts: list[str], stemmer, return_ids: bool):
-    import bm25s
+@dataclass(frozen=True)
+class Analysis:
+    """How an index's text becomes BM25 terms: its languages (each with its Snowball stemmer and stop
+    words, language.ANALYSES; none: language-neutral) and whether stems lose their accents. With
+    several languages, each chunk and each query is analysed in its own (detected among them)."""
 
-    return bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=stemmer, return_ids=return_ids, show_progress=False)
+    languages: tuple[str, ...] = ("en",)
+    fold_accents: bool = False
+
+    @classmethod
+    def from_manifest(cls, entry: dict | None) -> "Analysis":
+        """The analysis a manifest's `lexical` entry records (one from before languages: English)."""
+        entry = entry or {}
+        if "languages" not in entry:
+            return cls(("en",), False)
+        return cls(tuple(entry["languages"]), bool(entry.get("fold_accents", False)))
+
+    def describe(self) -> dict:
+        return {"languages": list(self.languages), "fold_accents": self.fold_accents,
+                "stemmers": {code: language.ANALYSES[code][0] for code in self.languages},
+                "stopwords": {code: language.ANALYSES[code][1] for code in self.languages}}
+
+    def language_of(self, text: str) -> str | None:
+        """The language `text` is analysed in: the index's only one, or the likeliest of its languages."""
+        if len(self.languages) < 2:
+            return self.languages[0] if self.languages else None
+        return language.detect(text, among=self.languages)
+
+    def stemmer(self, code: str | None):
+        """A new stemmer for `code` (None: language-neutral), folding when the analysis does."""
+        name = language.ANALYSES[code][0] if code else None
+        stemmer = None
+        if name:
+            import Stemmer
+
+            stemmer = Stemmer.Stemmer(name)
+        return _Folding(stemmer) if self.fold_accents else stemmer
+
+    def tokenize(self, texts: list[str], stemmers: dict | None = None) -> list[list[str]]:
+        """The terms of each text, each analysed in its language; `stemmers` (language -> stemmer)
+        keeps a caller's own stemmers (PyStemmer's are not documented as thread-safe)."""
+        import bm25s
+
+        stemmers = {} if stemmers is None else stemmers
+        groups: dict[str | None, list[int]] = {}
+        for i, text in enumerate(texts):
+            groups.setdefault(self.language_of(text), []).append(i)
+        out: list[list[str]] = [[] for _ in texts]
+        for code, rows in groups.items():
+            if code not in stemmers:
+                stemmers[code] = self.stemmer(code)
+            stopwords = language.ANALYSES[code][1] if code else None
+            tokens = bm25s.tokenize([texts[i] for i in rows], stopwords=stopwords, stemmer=stemmers[code],
+                                    return_ids=False, show_progress=False)
+            for i, terms in zip(rows, tokens):
+                out[i] = terms
+        return out
 
 
-def settings() -> dict:
+def choose_analysis(choice: str, texts: list[str]) -> Analysis:
+    """The analysis for a corpus whose documents read `texts`: `choice` is a language code, `none`
+    (language-neutral) or `auto` (the corpus's languages, language.corpus_languages; neutral when
+    none could be told or none has an analysis)."""
+    choice = language.check(choice)
+    if choice == language.NEUTRAL:
+        codes = []
+    elif choice == language.AUTO:
+        codes = [code for code in language.corpus_languages(texts)[0] if code in language.ANALYSES]
+    else:
+        codes = [choice]
+    return Analysis(tuple(codes), FOLD_ACCENTS)
+
+
+def settings(analysis: Analysis) -> dict:
     """What the manifest records about the lexical index."""
     import bm25s
 
-    return {"library": f"bm25s {bm25s.__version__}", "stopwords": STOPWORDS, "stemmer": STEMMER,
-            "text": "title + chunk", "dir": LEXICAL_DIR}
+    return {"library": f"bm25s {bm25s.__version__}", **analysis.describe(), "text": "title + chunk", "dir": LEXICAL_DIR}
 
 
-def write_lexical(folder: Path, passages: list[str]) -> None:
+def write_lexical(folder: Path, passages: list[str], analysis: Analysis = Analysis()) -> None:
     """BM25 over `passages` (one per chunk row; "" for a dead row) saved in `folder/lexical/`."""
-    _write(folder, [], {}, passages, 0)
+    _write(folder, [], {}, passages, 0, analysis)
 
 
-def write_from_store(folder: Path, rows: int, base: Path | None = None, first_new: int = 0) -> None:
+def write_from_store(folder: Path, rows: int, analysis: Analysis, base: Path | None = None, first_new: int = 0) -> None:
     """The lexical index of a generation folder, from its docs.db (dead rows: empty passages). With
     `base`, the generation this one appends to (rows from `first_new` on are new): the rows it keeps
     reuse its token ids, and only the new rows are tokenized."""
@@ -73,23 +145,24 @@ def write_from_store(folder: Path, rows: int, base: Path | None = None, first_ne
     store = DocStore(folder / "docs.db")
     try:
         if kept is None:
-            _write(folder, [], {}, store.passages(rows), 0)
+            _write(folder, [], {}, store.passages(rows), 0, analysis)
             return
         ids, vocab = kept
         live = np.zeros(rows, dtype=bool)
         live[store.chunk_rows()] = True
         ids = [row if live[i] else [] for i, row in enumerate(ids)]  # rows deleted since: no words
-        _write(folder, ids, vocab, store.passages(rows, first_row=first_new), first_new)
+        _write(folder, ids, vocab, store.passages(rows, first_row=first_new), first_new, analysis)
     finally:
         store.close()
 
 
-def _write(folder: Path, ids: list[list[int]], vocab: dict[str, int], passages: list[str], first: int) -> None:
+def _write(folder: Path, ids: list[list[int]], vocab: dict[str, int], passages: list[str], first: int,
+           analysis: Analysis) -> None:
     """BM25 over rows whose token ids are `ids` (rows < `first`) followed by `passages[first:]`,
     tokenized here into the same vocabulary; saved with the token ids in `folder/lexical/`."""
     import bm25s
 
-    for tokens in _tokenize(passages[first:], _stemmer(), return_ids=False):
+    for tokens in analysis.tokenize(passages[first:]):
         ids.append([vocab.setdefault(token, len(vocab)) for token in tokens])
     out = folder / LEXICAL_DIR
     retriever = bm25s.BM25()
@@ -131,27 +204,28 @@ def carry_over(base: Path, folder: Path) -> None:
 class Lexical:
     """A loaded lexical index: BM25 scores of every chunk row for a query."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, analysis: Analysis = Analysis()):
         import bm25s
 
         path = Path(folder) / LEXICAL_DIR
         self.retriever = bm25s.BM25.load(path, mmap=True, show_progress=False)
         self.rows = self.retriever.scores["num_docs"]  # one per chunk row, dead rows included
         self.vocab = self.retriever.vocab_dict
+        self.analysis = analysis
         self._local = threading.local()
 
     @property
-    def stemmer(self):
-        """This thread's Snowball stemmer: PyStemmer's objects are not documented as thread-safe (a
-        service's search threads each get their own; the BM25 arrays are only read)."""
-        stemmer = getattr(self._local, "stemmer", None)
-        if stemmer is None:
-            stemmer = self._local.stemmer = _stemmer()
-        return stemmer
+    def stemmers(self) -> dict:
+        """This thread's stemmers: PyStemmer's objects are not documented as thread-safe (a service's
+        search threads each get their own; the BM25 arrays are only read)."""
+        stemmers = getattr(self._local, "stemmers", None)
+        if stemmers is None:
+            stemmers = self._local.stemmers = {}
+        return stemmers
 
     def scores(self, query: str) -> np.ndarray:
-        """BM25 score of each chunk row (0 where no query word occurs)."""
-        tokens = [t for t in _tokenize([query], self.stemmer, return_ids=False)[0] if t in self.vocab]
+        """BM25 score of each chunk row (0 where no query word occurs), the query analysed in its language."""
+        tokens = [t for t in self.analysis.tokenize([query], self.stemmers)[0] if t in self.vocab]
         if not tokens:
             return np.zeros(self.rows, dtype=np.float32)
         return self.retriever.get_scores(tokens)

@@ -190,6 +190,30 @@ def _compact_current(root: Path, report: WriteReport, **options) -> None:
         base.close()
 
 
+AUTO_MODEL = "auto"
+
+
+def choose_model(model: str, corpus: str | Path, index_dir: str | Path, language: str = "auto") -> str:
+    """The model `medsearch index` uses: `model` when it names one; for `auto`, the existing index's
+    own, or for a new index multilingual-e5-small when the corpus (or `language`) is not English,
+    else the default (all-MiniLM-L6-v2, better on English: docs/guides/languages.md)."""
+    from medsearch import language as languages
+    from medsearch.models import DEFAULT_MODEL, MULTILINGUAL_E5
+
+    if model != AUTO_MODEL:
+        return model
+    try:
+        return open_index(index_dir).manifest.model["spec"]
+    except (IndexNotFoundError, IndexFormatError):
+        pass
+    code = languages.check(language)
+    if code == languages.AUTO:
+        codes = languages.corpus_languages([f"{d.title}\n{d.text}" for d in read_corpus(corpus)])[0]
+    else:
+        codes = [] if code == languages.NEUTRAL else [code]
+    return DEFAULT_MODEL if set(codes) <= {"en"} else MULTILINGUAL_E5
+
+
 def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild: bool = False,
          progress: bool = False, **build_options) -> WriteReport:
     """`medsearch index`: make the index mirror the corpus. An existing index of the same model
@@ -202,6 +226,9 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
         base = None
     backend = build_options.get("backend")
     same = not rebuild and base is not None and _same_vectors(base, encoder, build_options)
+    language = build_options.get("language", "auto")
+    if same and language != "auto":  # another analysis asked for: BM25 is made again with the rest
+        same = lexical.choose_analysis(language, []).languages == lexical.Analysis.from_manifest(base.manifest.get("lexical")).languages
     if same and backend is not None and not same_backend(base.manifest.backend, backend):
         same = base.backend.keeps_dead_rows  # a backend that can give its stored vectors back
         if same:  # the stored vectors move to the other backend (a new generation): nothing is encoded
@@ -253,6 +280,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             chunks = encoder.chunk(write, base.manifest.chunk_overlap)
     pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
     tmp = generations.new_folder(root)
+    analysis = lexical.Analysis.from_manifest(base.manifest.get("lexical"))  # the index's, as it was built
     try:
         if write:
             # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
@@ -280,13 +308,13 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             np.save(tmp / "chunk_doc.npy", np.concatenate(
                 [base.chunk_doc, change.first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
             with report.phase("lexical"):
-                lexical.write_from_store(tmp, total, base=base.folder, first_new=base.chunks)
+                lexical.write_from_store(tmp, total, analysis, base=base.folder, first_new=base.chunks)
             with report.phase("encode"):  # what is left of it once the lexical index is written
                 vectors = encoding.result()
             with report.phase("vectors"):
                 written = base.backend.append(tmp, vectors, manifest, removed=remove, progress=progress)
         if (tmp / lexical.LEXICAL_DIR).is_dir():
-            manifest["lexical"] = lexical.settings()
+            manifest["lexical"] = lexical.settings(analysis)
         if (written.keeps_dead_rows and target_recall is not None and (encoding is not None or target_recall != base.manifest.target_recall)
                 and needs_calibration(manifest.fast, change.live_chunks, target_recall)):
             with report.phase("calibrate"):
