@@ -145,3 +145,21 @@ def test_dequantisation_follows_the_block_layout():
     values = models.dequantize_q4(block, 0, 32)
     assert values[:16].tolist() == [(n - 8) * 0.5 for n in range(16)]
     assert values[16:].tolist() == [(15 - n - 8) * 0.5 for n in range(16)]
+
+
+@pytest.mark.slow
+def test_a_french_index_on_int8_answers_without_torch(tmp_path):
+    """The bar's command: `index CORPUS --model multilingual-e5-small --runtime openvino-int8`, then a
+    query that imports no torch, transformers or sentence-transformers (as MiniLM's does)."""
+    from test_openvino_model import _heavy_modules
+
+    corpus = Path(__file__).resolve().parents[1] / "devsets" / "fr" / "corpus.jsonl"
+    index = tmp_path / "index"
+    subprocess.run([sys.executable, "-m", "medsearch", "index", str(corpus), "--index", str(index), "--model",
+                    models.MULTILINGUAL_E5, "--runtime", "openvino-int8", "-q"], check=True, capture_output=True)
+    manifest = json.loads(next(index.glob("gen-*/manifest.json")).read_text())
+    assert manifest["model"]["runtime"] == "openvino-int8" and manifest["lexical"]["languages"] == ["fr"]
+    assert _heavy_modules("query", "diabete type 2 premiers signes", "--index", str(index), "--json", cwd=tmp_path) == []
+    out = subprocess.run([sys.executable, "-m", "medsearch", "query", "je suis enceinte, combien de cafe par jour",
+                          "--index", str(index), "--json", "--k", "3"], capture_output=True, text=True, check=True)
+    assert "doc-long-3" in [hit["id"] for hit in json.loads(out.stdout)["results"]]
