@@ -136,8 +136,9 @@ def cli():
                    "the index's own, or for a new index multilingual-e5-small when the corpus is not English, else default.")
 @click.option("--language", default="auto", show_default=True, metavar="auto|none|CODE",
               help="The BM25 analysis (stemmer, stop words): a language code (en, fr, es, de, it, pt, nl, ...), none "
-                   "(language-neutral), or auto: the corpus's languages, detected (each document and query of a "
-                   "mixed-language corpus is analysed in its own). Recorded in the index.")
+                   "(language-neutral), or auto: an existing index's own, else the corpus's languages, detected (each "
+                   "chunk of a mixed-language corpus is analysed in its own, each query in all of them). Recorded in "
+                   "the index; another language on an existing index rebuilds BM25 only.")
 @device_option
 @click.option("--runtime", type=RUNTIME_CHOICE, default=AUTO_RUNTIME, show_default=True, envvar="MEDSEARCH_RUNTIME",
               help="Encoder runtime: torch, openvino (fp32, same vectors as torch) or openvino-int8 (both need the openvino extra); auto: the fastest on this CPU, timed once per CPU (see `medsearch info`). Recorded in the index; queries use it. [env: MEDSEARCH_RUNTIME]")

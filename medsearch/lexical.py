@@ -11,8 +11,8 @@ FTS5's bm25 over chunk text 0.541 at 8.6 ms (its OR query scores every chunk tha
 On the bundled questions bm25s 0.897, FTS5 0.887; stemming lifts bm25s there from 0.809.
 
 Languages (language.py): each chunk is analysed in its index's language (Snowball stemmer and stop
-words), or with several languages in its own, detected among them, as is each query; stems lose their
-diacritics. The analysis is recorded in the manifest (`Analysis`), so queries and later writes
+words), or with several languages in its own, detected among them; a query in each of the index's
+languages, the terms joined; text is NFKC-normalised and stems lose their diacritics. The analysis is recorded in the manifest (`Analysis`), so queries and later writes
 analyse as the build did.
 
 Living index: a write that adds text rebuilds the BM25 matrix, whose term statistics every chunk
@@ -58,7 +58,7 @@ class _Folding:
 class Analysis:
     """How an index's text becomes BM25 terms: its languages (each with its Snowball stemmer and stop
     words, language.ANALYSES; none: language-neutral) and whether stems lose their accents. With
-    several languages, each chunk and each query is analysed in its own (detected among them)."""
+    several languages, each chunk is analysed in its own (detected among them), a query in each."""
 
     languages: tuple[str, ...] = ("en",)
     fold_accents: bool = False
