@@ -34,9 +34,10 @@ import json, resource, sys, time
 rows = json.loads(sys.stdin.read())
 started = time.perf_counter()
 if sys.argv[1] == "py3langid":
-    from medsearch.language import detect
-    detect("warm up the model with a sentence")
-    name = lambda text: detect(text) if text.strip() else None
+    from medsearch.language import _ranker  # the classifier itself, without medsearch's too-short rule
+    ranker = _ranker()
+    ranker.rank("warm up the model with a sentence")
+    name = lambda text: ranker.rank(text)[0][0]
 else:
     from lingua import LanguageDetectorBuilder
     builder = LanguageDetectorBuilder.from_all_languages().with_preloaded_language_models()

@@ -2,8 +2,8 @@
 Snowball stemmer from PyStemmer, bm25s's stop words, accent folding).
 
 Why py3langid and not lingua (measured on the 8,509 English, French and Spanish TICO-19 sentences,
-2 cores; bench/language.py): py3langid 0.9953 correct at 0.19 ms a text, 138 MB resident, ready in
-0.8 s; lingua (high accuracy) 0.9919 at 3.3 ms, 1.3 GB, 9.9 s; lingua's low-accuracy mode 0.9739.
+2 cores; bench/language.py): py3langid 0.9953 correct at 0.16 ms a text, 165 MB resident, ready in
+0.8 s; lingua (high accuracy) 0.9919 at 3.0 ms, 1.3 GB, 11 s; lingua's low-accuracy mode 0.9739.
 On each sentence's first four words py3langid 0.889, lingua 0.902: short texts are the hard case,
 which is why no query's language is detected (lexical.Analysis.query_terms): an index with one
 language analyses queries in it, one with several in each of them.
