@@ -12,8 +12,8 @@ On the bundled questions bm25s 0.897, FTS5 0.887; stemming lifts bm25s there fro
 
 Languages (language.py): each chunk is analysed in its index's language (Snowball stemmer and stop
 words), or with several languages in its own, detected among them; a query in each of the index's
-languages, the terms joined; text is NFKC-normalised and stems lose their diacritics. The analysis is recorded in the manifest (`Analysis`), so queries and later writes
-analyse as the build did.
+languages, the terms joined; text is NFKC-normalised and stems lose their diacritics. The analysis
+is recorded in the manifest (`Analysis`), so queries and later writes analyse as the build did.
 
 Living index: a write that adds text rebuilds the BM25 matrix, whose term statistics every chunk
 shares, but tokenizes only its own chunks: each generation keeps its chunks' token ids
