@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import print_table, write_results  # noqa: E402
 
 from medsearch import language  # noqa: E402
+from medsearch.chunking import passage  # noqa: E402
 from medsearch.corpus import read_corpus  # noqa: E402
 from medsearch.evaluation import ir_metrics, load_benchmark  # noqa: E402
 from medsearch.lexical import Analysis  # noqa: E402
@@ -83,7 +84,7 @@ def bm25_ndcg(folder: Path, analysis: Analysis) -> float:
     documents = read_corpus(folder / "corpus.jsonl")
     bench = load_benchmark(folder, split=None)
     retriever = bm25s.BM25()
-    retriever.index(analysis.tokenize([f"{d.title}\n{d.text}" for d in documents]), show_progress=False)
+    retriever.index(analysis.tokenize([passage(d.title, d.text) for d in documents]), show_progress=False)
     vocab = retriever.vocab_dict
     runs = {}
     for qid, text in bench.queries.items():
@@ -100,8 +101,8 @@ def bm25_ndcg(folder: Path, analysis: Analysis) -> float:
 def analyses(devsets: list[Path]) -> list[dict]:
     rows = []
     for folder in devsets:
-        texts = [f"{d.title}\n{d.text}" for d in read_corpus(folder / "corpus.jsonl")]
-        code = language.corpus_languages(texts)[0][0]
+        texts = [passage(d.title, d.text) for d in read_corpus(folder / "corpus.jsonl")]
+        code = language.corpus_languages(texts)[0]
         variants = {"English analysis (before)": Analysis(("en",), False), "its language": Analysis((code,), False),
                     "its language + folding": Analysis((code,), True), "neutral + folding": Analysis((), True)}
         rows.append({"set": str(folder), "language": code,

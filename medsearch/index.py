@@ -27,6 +27,7 @@ from medsearch import generations, lexical
 from medsearch.backends import backend_class, open_backend
 from medsearch.backends.base import VectorBackend
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
+from medsearch.chunking import passage
 from medsearch.corpus import read_corpus
 from medsearch.encoder import Encoder, resolve_runtime, runtime_for_index
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
@@ -62,7 +63,7 @@ def build_index(
     _check_target(Path(index_dir), vector_dtype)
     started = time.perf_counter()
     documents = read_corpus(corpus)
-    analysis = lexical.choose_analysis(language, [f"{d.title}\n{d.text}" for d in documents])
+    analysis = lexical.choose_analysis(language, [passage(d.title, d.text) for d in documents])
     chunks = encoder.chunk(documents, chunk_overlap)
     passages = [c.passage(documents[c.doc].title) for c in chunks]
     vectors = encoder.encode_passages(passages, progress=progress)
@@ -250,10 +251,16 @@ class Index:
         return DocStore(self.folder / "docs.db")
 
     @cached_property
+    def analysis(self) -> lexical.Analysis:
+        """How the index's text becomes BM25 terms, as its manifest records it (queries and writes
+        analyse the same way)."""
+        return lexical.Analysis.from_manifest(self.manifest.get("lexical"), self.path)
+
+    @cached_property
     def lexical(self) -> lexical.Lexical:
         if not self.manifest.has_lexical:
             raise IndexFormatError(f"{self.path} has no lexical index (it was built by an older medsearch)", self.path)
-        return lexical.Lexical(self.folder, lexical.Analysis.from_manifest(self.manifest["lexical"], self.path))
+        return lexical.Lexical(self.folder, self.analysis)
 
     @cached_property
     def live(self) -> np.ndarray | None:

@@ -70,14 +70,13 @@ def detect(text: str, among: tuple[str, ...] | None = None) -> str | None:
     return ranked[0][0]
 
 
-def corpus_languages(texts: list[str]) -> tuple[list[str], Counter]:
+def corpus_languages(texts: list[str]) -> list[str]:
     """The languages of a corpus (each at least MIN_SHARE of the documents whose language could be
-    told, most frequent first), read from up to SAMPLE documents spread over it, and the counts."""
+    told, most frequent first), read from up to SAMPLE documents spread over it."""
     step = max(1, len(texts) // SAMPLE)
     counts = Counter(detect(text) for text in texts[::step])
     told = sum(n for code, n in counts.items() if code is not None)
-    chosen = [code for code, n in counts.most_common() if code is not None and n >= MIN_SHARE * told]
-    return chosen, counts
+    return [code for code, n in counts.most_common() if code is not None and n >= MIN_SHARE * told]
 
 
 def fold(word: str) -> str:

@@ -142,7 +142,7 @@ def choose_analysis(choice: "str | Analysis", texts: list[str]) -> Analysis:
     if choice == language.NEUTRAL:
         codes = []
     elif choice == language.AUTO:
-        codes = [code for code in language.corpus_languages(texts)[0] if code in language.ANALYSES]
+        codes = [code for code in language.corpus_languages(texts) if code in language.ANALYSES]
     else:
         codes = [choice]
     return Analysis(tuple(codes), FOLD_ACCENTS, detected=choice == language.AUTO)

@@ -208,7 +208,9 @@ def choose_model(model: str, corpus: str | Path, index_dir: str | Path, language
         pass
     code = languages.check(language)
     if code == languages.AUTO:
-        codes = languages.corpus_languages([f"{d.title}\n{d.text}" for d in read_corpus(corpus)])[0]
+        from medsearch.chunking import passage
+
+        codes = languages.corpus_languages([passage(d.title, d.text) for d in read_corpus(corpus)])
     else:
         codes = [] if code == languages.NEUTRAL else [code]
     return DEFAULT_MODEL if set(codes) <= {"en"} else MULTILINGUAL_E5
@@ -228,15 +230,15 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
     same = not rebuild and base is not None and _same_vectors(base, encoder, build_options)
     language = build_options.get("language", "auto")
     try:
-        kept = lexical.Analysis.from_manifest(base.manifest["lexical"]) if base is not None and base.manifest.has_lexical else None
+        kept = base.analysis if base is not None and base.manifest.has_lexical else None
     except IndexFormatError:  # an analysis this version lacks: the build below makes a new one
         kept, same = None, False
     if language == "auto" and kept is not None:  # auto: the index's own analysis, as --model auto keeps its model
         build_options["language"] = kept
-    elif kept is not None and same and lexical.choose_analysis(language, []) != kept:
+    elif kept is not None and same and (wanted := lexical.choose_analysis(language, [])) != kept:
         # another analysis asked for, same vectors: BM25 is made again from the stored rows, nothing encoded
         with generations.writer_lock(Path(index_dir)):
-            _compact_current(Path(index_dir), WriteReport(), analysis=lexical.choose_analysis(language, []), progress=progress)
+            _compact_current(Path(index_dir), WriteReport(), analysis=wanted, progress=progress)
     if same and backend is not None and not same_backend(base.manifest.backend, backend):
         same = base.backend.keeps_dead_rows  # a backend that can give its stored vectors back
         if same:  # the stored vectors move to the other backend (a new generation): nothing is encoded
@@ -288,7 +290,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
             chunks = encoder.chunk(write, base.manifest.chunk_overlap)
     pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
     tmp = generations.new_folder(root)
-    analysis = lexical.Analysis.from_manifest(base.manifest.get("lexical"), base.path)  # the index's, as it was built
+    analysis = base.analysis  # the index's, as it was built
     try:
         if write:
             # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
@@ -384,5 +386,5 @@ def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None 
                           # an HNSW fast tier stays HNSW, whatever the row count now
                           hnsw_min_chunks=0 if "hnsw" in map(base.manifest.index_type, base.dims) else None,
                           target_recall=base.manifest.target_recall or DEFAULT_TARGET_RECALL, backend=backend,
-                          analysis=analysis or lexical.Analysis.from_manifest(base.manifest.get("lexical"), base.path), progress=progress)
+                          analysis=analysis or base.analysis, progress=progress)
     report.compacted, report.manifest, report.generation = True, written, open_index(root).generation

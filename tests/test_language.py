@@ -49,9 +49,9 @@ def test_detection_tells_the_languages_and_declines_short_text():
 
 def test_corpus_languages_keep_those_with_a_share():
     texts = [d["text"] for d in FRENCH] * 10 + [ENGLISH[0]["text"]]  # one English document in 41: under 5%
-    assert language.corpus_languages(texts)[0] == ["fr"]
-    assert language.corpus_languages(texts + [ENGLISH[1]["text"]] * 3)[0] == ["fr", "en"]
-    assert language.corpus_languages(["12/80", "3 mg", ""])[0] == []
+    assert language.corpus_languages(texts) == ["fr"]
+    assert language.corpus_languages(texts + [ENGLISH[1]["text"]] * 3) == ["fr", "en"]
+    assert language.corpus_languages(["12/80", "3 mg", ""]) == []
 
 
 def test_unknown_language_is_one_line_and_writes_nothing(tmp_path):
