@@ -21,19 +21,29 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from medsearch.errors import BadInputError, MedsearchError, RerankerLoadError, RerankerUnavailableError
+from medsearch.manifest import MAX_DEFAULT_RERANK  # the most a query re-ranks by default: the API's bound on rerank
 
-# Pairs scored per forward pass, and at most per shared call (queries queued together)
+class RerankStopped(Exception):
+    """A query's re-ranking stopped between forward passes: its client has gone or its deadline passed."""
+
+    def __init__(self):
+        super().__init__("the request's re-ranking was stopped (its client left, or its time ran out)")
+
+
+# How far below the last re-ranked hit's score the first hit past the re-ranked ones is put
+TAIL_GAP = 1e-3
+# Pairs scored per forward pass (a query's `stop` is asked between passes), and at most per shared
+# call (queries queued together)
 BATCH_SIZE = 32
 MAX_PAIRS = 256
 # The re-ranker reads the query and one chunk: 256 tokens hold a 250-word chunk (chunking.py) and a question
 MAX_LENGTH = 256
 RUNTIMES = {"torch": "torch", "openvino": "openvino", "onnx": "onnx"}  # medsearch runtime -> CrossEncoder backend
-# The most documents a query re-ranks by default (an index's `reranker.rerank`): the API's bound on `rerank`
-MAX_DEFAULT_RERANK = 200
 # A re-ranker's record, written by reranker_training.py: its recipe, dev figures and default N
 RECORD = "medsearch_reranker.json"
 # A re-ranker that failed to load is not tried again for this long (each query would retry it)
@@ -72,12 +82,14 @@ class Reranker:
         self._queue = threading.Lock()  # guards _queued (held briefly)
         self.calls = 0  # model calls made (each may serve several queries)
 
-    def scores(self, query: str, passages: list[str]) -> np.ndarray:
+    def scores(self, query: str, passages: list[str], stop: Callable[[], bool] | None = None) -> np.ndarray:
         """The cross-encoder's score of each passage for the query (in a call shared with the
-        queries of other threads queued meanwhile)."""
+        queries of other threads queued meanwhile). `stop`: asked before each forward pass of
+        BATCH_SIZE pairs; once it answers True, this query's remaining pairs are dropped and
+        RerankStopped is raised (its client has gone, or its deadline has passed)."""
         if not passages:
             return np.empty(0, dtype=np.float32)
-        mine = _Pairs([(query, p) for p in passages])
+        mine = _Pairs([(query, p) for p in passages], stop)
         with self._queue:
             self._queued.append(mine)
         with self._turn:
@@ -95,19 +107,37 @@ class Reranker:
         return mine.scores
 
     def _score(self, batch: list["_Pairs"]) -> None:
-        try:
-            out = self._predict([pair for item in batch for pair in item.pairs])
-        except Exception:
-            if len(batch) == 1:
-                batch[0].error = sys.exc_info()[1]
-                return
-            for item in batch:  # once more one by one: only the query that fails gets its error
-                self._score([item])
-            return
-        start = 0
+        """Score the queued queries' pairs in forward passes of BATCH_SIZE, asking each query's `stop`
+        before every pass that holds its pairs. A pass that fails is run again query by query: only
+        the query that fails gets its error."""
         for item in batch:
-            item.scores = out[start:start + len(item.pairs)]
-            start += len(item.pairs)
+            item.scores = np.empty(len(item.pairs), dtype=np.float32)
+        flat = [(item, i) for item in batch for i in range(len(item.pairs))]
+        for start in range(0, len(flat), BATCH_SIZE):
+            part = [(item, i) for item, i in flat[start:start + BATCH_SIZE] if item.error is None]
+            for item in {id(item): item for item, _ in part}.values():
+                if item.stop is not None and item.stop():
+                    item.error = RerankStopped()
+            part = [(item, i) for item, i in part if item.error is None]
+            if not part:
+                continue
+            try:
+                out = self._predict([item.pairs[i] for item, i in part])
+            except Exception:
+                error = sys.exc_info()[1]
+                owners = {id(item): item for item, _ in part}
+                if len(owners) == 1:
+                    next(iter(owners.values())).error = error
+                    continue
+                for item in owners.values():  # once more one by one
+                    rows = [i for owner, i in part if owner is item]
+                    try:
+                        item.scores[rows] = self._predict([item.pairs[i] for i in rows])
+                    except Exception:
+                        item.error = sys.exc_info()[1]
+                continue
+            for (item, i), score in zip(part, out):
+                item.scores[i] = score
 
     def _predict(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         self.calls += 1
@@ -120,6 +150,7 @@ class _Pairs:
     """One query's (query, passage) pairs waiting for the model, then their scores or the error."""
 
     pairs: list[tuple[str, str]]
+    stop: Callable[[], bool] | None = None
     scores: np.ndarray | None = None
     error: BaseException | None = None
 
@@ -239,13 +270,19 @@ def load_index_reranker(entry: dict, device: str | None, runtime: str) -> Rerank
 
 
 def rerank(reranker: Reranker, query: str, hits: list[tuple[int, float, dict[str, int]]], passages: list[str],
-           n: int) -> tuple[list[tuple[int, float, dict[str, int]]], float]:
+           n: int, stop: Callable[[], bool] | None = None) -> tuple[list[tuple[int, float, dict[str, int]]], float]:
     """Ranked (chunk row, score, {list: rank}) hits, each with its passage, with the first `n` in
     the re-ranker's order (its score as theirs, their rank as found_by's `cross_encoder`), then the
-    rest as they were; and the time taken in ms."""
+    rest in their order, their first-stage scores shifted by one constant to sit below the last
+    re-ranked one (as Vespa does for hits outside its rerank-count): the list is in the order of its
+    scores; and the time taken in ms. `stop`: as in Reranker.scores."""
     started = time.perf_counter()
     head = min(n, len(hits))
-    scores = reranker.scores(query, passages[:head])
+    scores = reranker.scores(query, passages[:head], stop)
     order = sorted(range(head), key=lambda i: (-float(scores[i]), i))
     ranked = [(hits[i][0], float(scores[i]), {**hits[i][2], "cross_encoder": rank}) for rank, i in enumerate(order, 1)]
-    return ranked + list(hits[head:]), (time.perf_counter() - started) * 1000
+    rest = list(hits[head:])
+    if ranked and rest:
+        shift = rest[0][1] - ranked[-1][1] + TAIL_GAP
+        rest = [(row, score - shift, found_by) for row, score, found_by in rest]
+    return ranked + rest, (time.perf_counter() - started) * 1000

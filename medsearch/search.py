@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -26,12 +27,12 @@ from medsearch.backends.base import collapse, documents_of
 from medsearch.backends.funnel import candidates_for
 from medsearch.chunking import passage
 from medsearch.encoder import Encoder
-from medsearch.errors import BadInputError, RerankerUnavailableError
+from medsearch.errors import BadInputError, IndexFormatError, RerankerUnavailableError
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.fusion import fuse
 from medsearch.index import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
 from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_RERANK, DEFAULT_TIER, SearchOptions
-from medsearch.rerank import Reranker, load_index_reranker, load_reranker, rerank, runtime_for
+from medsearch.rerank import Reranker, RerankStopped, load_index_reranker, load_reranker, rerank, runtime_for
 
 __all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "SearchOptions", "Searcher"]
 SNIPPET_CHARS = 240
@@ -49,6 +50,11 @@ class Hit:
     chunk: int = 0
     metadata: dict = field(default_factory=dict)
     found_by: dict = field(default_factory=dict)  # list name ("dense", "lexical") -> rank there
+    # `score` orders the list. Re-ranked: the cross-encoder's score for the hits it scored (also in
+    # rerank_score), the first stage's shifted below them for the rest (rerank.rerank); first_stage_score
+    # is the first stage's own (the dense similarity, BM25 score or fused score)
+    first_stage_score: float | None = None
+    rerank_score: float | None = None
 
 
 @dataclass
@@ -64,11 +70,16 @@ class QueryResult:
         out["query"] = self.query
         out["results"] = [
             {"id": h.id, "score": round(h.score, 6), "title": h.title, "snippet": h.snippet,
-             "url": h.url, "source": h.source, "metadata": h.metadata, "found_by": h.found_by}
+             "url": h.url, "source": h.source, "metadata": h.metadata, "found_by": h.found_by,
+             "first_stage_score": _rounded(h.first_stage_score), "rerank_score": _rounded(h.rerank_score)}
             for h in self.hits
         ]
         out["timings_ms"] = {key: round(value, 3) for key, value in self.timings_ms.items()}
         return out
+
+
+def _rounded(score: float | None) -> float | None:
+    return None if score is None else round(score, 6)
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -103,6 +114,7 @@ class Searcher:
         self._loading = threading.Lock()  # one thread loads a new generation at a time
         self._readers: dict[int, int] = {}  # id(generation) -> queries reading it now
         self._left: list[Index] = []  # generations left while queries still read them
+        self._refused: Path | None = None  # a newer generation that could not be read (logged once)
 
     @classmethod
     def open(cls, index_dir: str | Path = DEFAULT_INDEX, model: str | None = None, device: str | None = None,
@@ -154,13 +166,19 @@ class Searcher:
         Loading a new one takes no lock that queries need: they go on with the one before until it
         is loaded. `wait=False`: while another thread loads it, return the one before at once."""
         folder = generations.current(self.index.path)
-        if folder is None or folder == self.index.folder:
+        if folder is None or folder == self.index.folder or folder == self._refused:
             return self.index
         if not self._loading.acquire(blocking=wait):
             return self.index
         try:
             if self.index.folder != folder:
-                newer = open_index(self.index.path)
+                try:
+                    newer = open_index(self.index.path)
+                except IndexFormatError as err:  # (a manifest edited by hand, say): answer from the one loaded
+                    self._refused = folder
+                    log.error("the index's newest generation %s cannot be read, queries go on with %s: %s",
+                              folder.name, self.index.folder.name, err)
+                    return self.index
                 if self.encoder is not None:
                     check_model(newer, self.encoder)
                 newer.load()
@@ -255,11 +273,12 @@ class Searcher:
 
     def search_encoded(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
                        encode_ms: float = 0.0, query_ids: list[str] | None = None,
-                       deadline: float | None = None) -> list[QueryResult]:
+                       stop: Callable[[], bool] | None = None) -> list[QueryResult]:
         """Search and hydrate queries already encoded (`vectors`, one row per query, None in lexical
         mode; the service encodes concurrent requests together) with options already checked
-        (`check`). `encode_ms` is reported as each query's encoding time. `deadline` (time.monotonic):
-        past it, TimeoutError before the next query's re-ranking (a caller that stopped waiting)."""
+        (`check`). `encode_ms` is reported as each query's encoding time. `stop`: asked before each
+        query and between the cross-encoder's forward passes; once it answers True the request ends
+        with RerankStopped (its caller stopped waiting: a client gone, a deadline passed)."""
         with self.pinned() as index:  # one generation for the whole request, kept open until hydrated
             options = self.resolve(options, index)
             k = options.k
@@ -270,13 +289,14 @@ class Searcher:
             results, generation = [], index.generation
             reranking = hydrating = 0.0
             for i, hits in enumerate(ranked):
+                if stop is not None and stop():
+                    raise RerankStopped()
                 started = time.perf_counter()
+                first_stage = {row: score for row, score, _ in hits}
                 found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
                 hydrating += time.perf_counter() - started
                 if reranker is not None:
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError("the request's time ran out before its re-ranking")
-                    hits, ms = self.reranked(index, reranker, queries[i], hits, options.rerank, found)
+                    hits, ms = self.reranked(index, reranker, queries[i], hits, options.rerank, found, stop)
                     reranking += ms
                 started = time.perf_counter()
                 hits = hits[:k]
@@ -294,6 +314,8 @@ class Searcher:
                             chunk=info["position"],
                             metadata=info["metadata"],
                             found_by=found_by,
+                            first_stage_score=float(first_stage[row]),
+                            rerank_score=float(score) if "cross_encoder" in found_by else None,
                         )
                     )
                 hydrating += time.perf_counter() - started
@@ -308,12 +330,13 @@ class Searcher:
 
     @staticmethod
     def reranked(index: Index, reranker: Reranker, query: str, hits: list[tuple[int, float, dict[str, int]]], n: int,
-                 found: dict[int, dict] | None = None) -> tuple[list[tuple[int, float, dict[str, int]]], float]:
+                 found: dict[int, dict] | None = None,
+                 stop: Callable[[], bool] | None = None) -> tuple[list[tuple[int, float, dict[str, int]]], float]:
         """`hits` (as `retrieve` ranks them) with the first `n` in the cross-encoder's order, and the
         ms it took; `found`: the hits' hydrated chunks, when the caller has them."""
         found = found or index.store.hydrate([row for row, _, _ in hits[:n]])
         passages = [passage(found[row]["title"], found[row]["chunk"]) for row, _, _ in hits[:n]]
-        return rerank(reranker, query, hits, passages, n)
+        return rerank(reranker, query, hits, passages, n, stop)
 
     def retrieve(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
                  index: Index | None = None) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:

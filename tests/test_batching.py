@@ -135,6 +135,62 @@ def test_a_full_queue_refuses_at_once_and_the_queued_are_still_answered():
     assert len(answered) >= 2, results
 
 
+def test_the_queue_is_bounded_in_queries_not_requests():
+    """Issue 30: max_pending counted requests, so 512 requests of 64 queries each could wait. Now
+    it counts queries: with 4 allowed and 3 waiting, a request of 2 is refused at once and one of 1
+    gets in; every request that got in is answered."""
+    from medsearch.server.batching import Overloaded
+
+    async def scenario(batcher):
+        await batcher.start()
+        try:
+            busy = asyncio.create_task(batcher.encode(["busy"]))
+            await asyncio.sleep(0.05)  # in the only worker's pass: nothing waits
+            three = asyncio.create_task(batcher.encode(["a", "b", "c"]))
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded, match="waiting for the encoder: 3, and 2 more would pass the limit of 4"):
+                await batcher.encode(["d", "e"])
+            one = asyncio.create_task(batcher.encode(["f"]))
+            return await asyncio.gather(busy, three, one)
+        finally:
+            await batcher.stop()
+
+    encoder = SlowEncoder(seconds=0.2)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(encoder, pool, max_wait_ms=0, max_batch=64, max_pending=4)
+        answers = run(scenario(batcher))
+    assert [len(vectors) for vectors, _ in answers] == [1, 3, 1]
+    assert encoder.calls == [["busy"], ["a", "b", "c", "f"]]
+    assert batcher.pending_texts == 0
+
+
+def test_a_request_larger_than_the_bound_is_taken_when_none_wait():
+    """max_pending 2: a request of 5 queries is encoded when nothing waits (else it could never be
+    served), and refused while another query waits."""
+    from medsearch.server.batching import Overloaded
+
+    async def scenario(batcher):
+        await batcher.start()
+        try:
+            alone = await batcher.encode(list("abcde"))
+            busy = asyncio.create_task(batcher.encode(["busy"]))
+            await asyncio.sleep(0.05)
+            waiting = asyncio.create_task(batcher.encode(["w"]))
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded, match="waiting for the encoder: 1, and 5 more"):
+                await batcher.encode(list("abcde"))
+            await asyncio.gather(busy, waiting)
+            return alone
+        finally:
+            await batcher.stop()
+
+    encoder = SlowEncoder(seconds=0.1)
+    with ThreadPoolExecutor(1) as pool:
+        vectors, _ = run(scenario(MicroBatcher(encoder, pool, max_wait_ms=0, max_pending=2)))
+    assert vectors[:, 0].tolist() == [1.0] * 5
+    assert encoder.calls == [list("abcde"), ["busy"], ["w"]]
+
+
 def test_a_caller_that_leaves_does_not_break_the_pass():
     encoder = SlowEncoder(seconds=0.05)
 

@@ -442,3 +442,97 @@ def test_an_interrupted_runs_unreadable_record_starts_the_work_again(tmp_path):
     (work / "negatives").mkdir()
     _keep_matching_work(work, {"loss": "bce"}, lines.append)
     assert (work / "negatives").exists(), "the same settings keep the work"
+
+
+def test_a_rerank_flood_neither_starves_plain_searches_nor_outlives_its_clients(bundled_index, minilm, cross_encoder):
+    """Issue 30: clients that ask for the most re-ranking a request may (5 queries x rerank 200) and
+    hang up after 0.5 s. Before, each such request held a search thread for ~25 s of cross-encoder
+    time, unstoppable, and a plain search waited behind them (29.99 s, then 503s)."""
+    import http.client
+    import socket
+    import threading
+    import time
+
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+    from medsearch.search import Searcher
+    from medsearch.server.app import create_app
+
+    from servers import get, post, uvicorn_thread
+
+    searcher = Searcher(open_index(bundled_index), minilm, load_reranker(cross_encoder, "cpu"))
+    heavy = json.dumps({"queries": [{"text": f"fever and cough {i}"} for i in range(5)], "rerank": 200})
+    with uvicorn_thread(create_app(searcher)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        stop_at = time.monotonic() + 6
+        outcomes = []
+
+        def flood() -> None:
+            while time.monotonic() < stop_at:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+                try:
+                    connection.request("POST", "/search", body=heavy, headers={"Content-Type": "application/json"})
+                    outcomes.append(connection.getresponse().status)
+                except (TimeoutError, socket.timeout):
+                    outcomes.append("hung up")
+                finally:
+                    connection.close()
+
+        flooders = [threading.Thread(target=flood) for _ in range(3)]
+        for thread in flooders:
+            thread.start()
+        plain = []
+        time.sleep(0.5)
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            status, _ = get(port, "/search?q=fever&rerank=0", timeout=30)
+            plain.append((status, time.monotonic() - started))
+            time.sleep(0.3)
+        for thread in flooders:
+            thread.join()
+        time.sleep(1.0)  # abandoned re-ranking stops between the cross-encoder's passes (~0.2 s each here)
+        started = time.monotonic()
+        status, body = post(port, "/search", {"queries": [{"text": "fever"}], "rerank": 5}, timeout=30)
+        after = time.monotonic() - started
+    assert plain and all(status == 200 for status, _ in plain), plain
+    assert max(seconds for _, seconds in plain) < 3.0, plain
+    assert "hung up" in outcomes and 503 in outcomes, "the lane admits a few and refuses the rest at once"
+    assert status == 200 and after < 5.0, (status, after, "the lane is free once its clients have gone")
+
+
+def test_a_stopped_query_leaves_the_cross_encoders_queue_between_passes(cross_encoder):
+    from medsearch.rerank import BATCH_SIZE, Reranker, RerankStopped
+
+    reranker = Reranker(cross_encoder, "cpu")
+    passages = [f"passage {i} about fevers and coughs" for i in range(5 * BATCH_SIZE)]
+    asked = []
+
+    def stop() -> bool:
+        asked.append(reranker.calls)
+        return len(asked) > 2  # two passes, then the client has gone
+
+    with pytest.raises(RerankStopped):
+        reranker.scores("fever", passages, stop)
+    assert reranker.calls == 2, "no pass after the stop"
+    assert len(reranker.scores("fever", passages[:3])) == 3 and not reranker._queued, "the model serves the next query"
+
+
+def test_a_partly_reranked_list_is_in_the_order_of_its_scores(small_index, minilm, cross_encoder):
+    """Issue 30: rerank < k put the cross-encoder's scores (one scale) above first-stage scores (another):
+    a client that sorted or merged by score reordered the list."""
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+    from medsearch.search import Searcher
+
+    searcher = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
+    first = searcher.search(["fever and cough"], k=6, rerank=0, mode="dense")[0].to_json()["results"]
+    result = searcher.search(["fever and cough"], k=6, rerank=2, mode="dense")[0].to_json()["results"]
+    scores = [hit["score"] for hit in result]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores), scores
+    assert [hit["rerank_score"] is not None for hit in result] == [True, True, False, False, False, False]
+    assert all(hit["score"] == hit["rerank_score"] for hit in result[:2])
+    by_id = {hit["id"]: hit["score"] for hit in first}
+    assert all(hit["first_stage_score"] == pytest.approx(by_id[hit["id"]], abs=1e-6) for hit in result)
+    assert [hit["id"] for hit in result[2:]] == [hit["id"] for hit in first if hit["id"] not in
+                                                  {h["id"] for h in result[:2]}], "the rest keep the first stage's order"
+    assert all(hit["rerank_score"] is None and hit["first_stage_score"] == hit["score"] for hit in first)

@@ -56,7 +56,7 @@ from medsearch.server.metrics import start_metrics_server
 from medsearch.server.models import ERRORS
 from medsearch.server.responses import error, json_bytes
 from medsearch.server.routes import documents, info, page, search, snapshots
-from medsearch.server.service import ClientGone, ReadOnly, Service, ServiceBusy, ServiceLoading, SnapshotFailed
+from medsearch.server.service import ClientGone, LoadFailed, ReadOnly, Service, ServiceBusy, ServiceLoading, SnapshotFailed
 from medsearch.server.settings import ServerSettings, allowed_hosts, available_cores, is_loopback
 from medsearch.version import __version__
 
@@ -67,7 +67,7 @@ PUBLIC_PATHS = ("/livez", "/readyz", "/", "/favicon.ico")  # and /static/: the p
 # ---- errors: one JSON shape for all of them (responses.py) ----
 
 def _status(err: MedsearchError) -> int:
-    if isinstance(err, (ServiceLoading, BackendUnavailableError, RerankerUnavailableError, ServiceBusy)):
+    if isinstance(err, (ServiceLoading, LoadFailed, BackendUnavailableError, RerankerUnavailableError, ServiceBusy)):
         return 503
     if isinstance(err, SnapshotFailed):
         return 500
@@ -268,13 +268,26 @@ def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BY
       long header value in quadratic time): past it the answer is 431 and the connection closes;
     - no trailers after a chunked body (they would be headers past the cap), and at most
       8 x `max_body_bytes` raw bytes a request (a 1-byte-chunked body at the limit takes ~6x):
-      past either the connection is dropped.
-    uvicorn closes idle keep-alive connections itself."""
+      past either the connection is dropped;
+    - its own answers in JSON `{"error": "..."}` like the app's, where uvicorn's are plain text: 400
+      for a request httptools cannot parse, and 503 with Retry-After past uvicorn's
+      `limit_concurrency` (`--max-connections`), checked here as uvicorn checks it (a request is
+      refused once the open connections, its own included, or the requests running reach the limit).
+    uvicorn closes idle keep-alive connections itself. What stays uvicorn's: its h11 protocol (never
+    used by `serve`) answers both in plain text, and a connection dropped by a bound above gets no
+    answer at all."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    too_large = json_bytes({"error": f"request line and headers over {max_head_bytes} bytes"})
-    head_431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                b"connection: close\r\ncontent-length: " + str(len(too_large)).encode() + b"\r\n\r\n" + too_large)
+    def closing_answer(status: str, message: str) -> bytes:
+        """A whole JSON error answer, written to the socket as it is before the connection closes."""
+        body = json_bytes({"error": message})
+        return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+    head_431 = closing_answer("431 Request Header Fields Too Large",
+                              f"request line and headers over {max_head_bytes} bytes")
+    malformed_400 = closing_answer("400 Bad Request",
+                                   "malformed HTTP request: its request line or headers cannot be parsed")
 
     max_request_bytes = max_head_bytes + 8 * max_body_bytes
 
@@ -284,6 +297,11 @@ def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BY
         _unsent = 0  # bytes waiting to be sent when the write deadline was armed
         _head = 0  # bytes of the request head received so far; None once the headers are complete
         _raw = 0  # bytes of the request received so far, head and body
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            # the connection limit is checked here (on_headers_complete), not by uvicorn: its answer is plain text
+            self._app, self._limit, self.limit_concurrency = self.app, self.limit_concurrency, None
 
         def _arm(self) -> None:
             if self._deadline is not None:
@@ -326,7 +344,20 @@ def read_timeout_protocol(read_timeout: float, max_head_bytes: int = MAX_HEAD_BY
 
         def on_headers_complete(self) -> None:
             self._head = None
+            limit = self._limit
+            full = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+            if full:
+                self.logger.warning("Exceeded concurrency limit.")
+            self.app = self._at_capacity if full else self._app  # the app uvicorn runs for this request
             super().on_headers_complete()
+
+        async def _at_capacity(self, scope, receive, send) -> None:
+            message = f"the service is at its limit of {self._limit} connections; try again in a moment"
+            await error(503, message, {"Retry-After": "2", "Connection": "close"})(scope, receive, send)
+
+        def send_400_response(self, msg: str) -> None:  # httptools cannot parse the request
+            self.transport.write(malformed_400)
+            self.transport.close()
 
         def on_message_complete(self) -> None:
             self._raw = 0

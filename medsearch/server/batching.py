@@ -10,8 +10,10 @@ With batching off, every request makes its own encoder call on the same single t
 baseline that `bench/serve_load.py` compares against.
 
 One request never fails another: when an encoder pass fails, each request in it is encoded again
-alone, so only the one the encoder cannot take gets the error. The queue is bounded (`max_pending`
-requests; past it `encode` raises `Overloaded` at once), and a caller that has gone (its await
+alone, so only the one the encoder cannot take gets the error. The queue is bounded in texts, not
+requests (`max_pending` texts waiting for a pass, all requests together: a request that would take
+it past the bound makes `encode` raise `Overloaded` at once; one larger than the whole bound is
+taken when nothing waits, so every request can be served), and a caller that has gone (its await
 cancelled: a client that disconnected, a deadline that passed) is dropped before its pass.
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 
 
 class Overloaded(Exception):
-    """The queue of requests waiting for the encoder is full."""
+    """The texts waiting for the encoder, with a request's, would be more than `max_pending`."""
 
 
 @dataclass
@@ -66,16 +68,17 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000
         self.max_batch = max_batch
         self.workers = workers  # encoder passes in flight at once (the executor needs as many threads)
-        self.max_pending = max_pending  # requests waiting for a pass; 0: no bound
+        self.max_pending = max_pending  # texts waiting for a pass, all requests together; 0: no bound
         self.on_pass = on_pass  # called with the number of texts of each encoder pass (the service's metrics)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self.passes = 0  # encoder calls made, and texts encoded: passes < texts means batching happened
         self.texts = 0
+        self.pending_texts = 0  # texts in the queue (callers that left included, until their pass drops them)
 
     async def start(self) -> None:
         if self.enabled and self._task is None:
-            self._queue = asyncio.Queue(self.max_pending)
+            self._queue = asyncio.Queue()  # bounded in texts by encode()
             self._task = asyncio.create_task(self._run(), name="medsearch-batcher")
 
     async def stop(self) -> None:
@@ -90,6 +93,7 @@ class MicroBatcher:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the service is shutting down"))
+        self.pending_texts = 0
 
     @property
     def pending(self) -> int:
@@ -102,11 +106,13 @@ class MicroBatcher:
             return await self._call(texts)
         if self._task is None:
             raise RuntimeError("the batcher is not running (call start() first)")
+        waiting = self.pending_texts
+        if self.max_pending and waiting and waiting + len(texts) > self.max_pending:
+            raise Overloaded(f"queries waiting for the encoder: {waiting}, and {len(texts)} more would pass "
+                             f"the limit of {self.max_pending}")
         future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Pending(list(texts), future))
-        except asyncio.QueueFull:
-            raise Overloaded(f"{self._queue.qsize()} requests are waiting for the encoder") from None
+        self._queue.put_nowait(_Pending(list(texts), future))
+        self.pending_texts += len(texts)
         return await future
 
     async def _call(self, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -120,7 +126,7 @@ class MicroBatcher:
 
     async def _gather(self) -> list[_Pending]:
         """The first waiting request and whatever joins it within max_wait (up to max_batch texts)."""
-        batch = [await self._queue.get()]
+        batch = [self._take(await self._queue.get())]
         size = len(batch[0].texts)
         deadline = asyncio.get_running_loop().time() + self.max_wait
         while size < self.max_batch:
@@ -134,9 +140,14 @@ class MicroBatcher:
                     pending = await asyncio.wait_for(self._queue.get(), left)
                 except asyncio.TimeoutError:  # the builtin TimeoutError only from 3.11
                     break
-            batch.append(pending)
+            batch.append(self._take(pending))
             size += len(pending.texts)
         return batch
+
+    def _take(self, pending: _Pending) -> _Pending:
+        """A request out of the queue: its texts no longer wait."""
+        self.pending_texts -= len(pending.texts)
+        return pending
 
     async def _run(self) -> None:
         free = asyncio.Semaphore(self.workers)

@@ -87,13 +87,16 @@ class SnapshotOut(BaseModel):
 
 class HitOut(BaseModel):
     id: str
-    score: float
+    score: float = Field(..., description="What the list is ordered by (descending). Re-ranked: the cross-encoder's score for "
+                         "the hits it scored; the first stage's, shifted below the last re-ranked one, for the rest.")
     title: str
     snippet: str
     url: str
     source: str
     metadata: dict
     found_by: dict[str, int] = Field(..., description="Each list that found the hit (dense, lexical) and its rank there.")
+    first_stage_score: float = Field(..., description="The first stage's own score: dense similarity, BM25, or the fused score.")
+    rerank_score: float | None = Field(None, description="The cross-encoder's score; null for a hit it did not score.")
 
 
 class SearchResponse(BaseModel):

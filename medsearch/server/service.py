@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from medsearch.backends.faiss import limit_threads
 from medsearch.options import SearchOptions
 from medsearch.errors import BadInputError, MedsearchError, MismatchError, RerankerUnavailableError
 from medsearch.index import TIERS
+from medsearch.rerank import RerankStopped
 from medsearch.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
 from medsearch.server.metrics import Metrics
@@ -46,6 +48,13 @@ class Service:
         self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
         self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
                                               initializer=limit_threads, initargs=(1,))
+        # Requests whose cost they choose (re-ranking, many results) run in a lane of their own, so
+        # that searches and document reads never queue behind them: a few threads, and a bounded
+        # number admitted (running or waiting); past it, 503 at once.
+        self.costly_pool = ThreadPoolExecutor(settings.costly_workers, thread_name_prefix="medsearch-costly",
+                                              initializer=limit_threads, initargs=(1,))
+        self._costly = 0  # costly requests admitted and not yet finished on their thread
+        self._costly_lock = threading.Lock()
         # Writes (chunking, encoding, building a generation) and loading the generation they commit
         # run here: never on the event loop, never taking a search thread.
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write",
@@ -66,7 +75,11 @@ class Service:
             try:
                 self.searcher = await asyncio.get_running_loop().run_in_executor(self.encode_pool, self._load)
                 await self._finish_loading()
-            except MedsearchError as err:
+            except Exception as err:  # noqa: BLE001 (whatever stops the load is said, and answered, not swallowed)
+                if not isinstance(err, MedsearchError):
+                    log.error("cannot serve: loading failed", exc_info=err)
+                    err = LoadFailed(f"the index could not be loaded ({type(err).__name__}: "
+                                     f"{public_message(str(err).splitlines()[0] if str(err) else '')})")
                 self.load_error = err
                 log.error("cannot serve: %s", err)
                 if on_load_error:
@@ -94,12 +107,13 @@ class Service:
             loading.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
-        for pool in (self.encode_pool, self.search_pool, self.write_pool):
+        for pool in (self.encode_pool, self.search_pool, self.costly_pool, self.write_pool):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def loaded(self) -> Searcher:
-        if self.load_error is not None:
-            raise self.load_error
+        if self.load_error is not None:  # 503 with its reason, whatever kind of error it was
+            raise self.load_error if isinstance(self.load_error, LoadFailed) else LoadFailed(
+                f"the service could not load its index: {self.load_error}")
         if not self.ready.is_set():
             raise ServiceLoading()
         return self.searcher
@@ -152,23 +166,50 @@ class Service:
         vectors, encode_ms = (None, 0.0) if options.mode == "lexical" else await self._within(
             self.batcher.encode(texts), deadline, receive)
 
-        # the search thread stops at the deadline too (between queries' re-ranking), not only the answer
+        # the search thread stops at the deadline, or when the client has gone, not only the answer
         stop_at = time.monotonic() + max(0.0, deadline - asyncio.get_running_loop().time())
+        left = threading.Event()  # set when nobody waits for the answer any more
+
+        def stop() -> bool:
+            return left.is_set() or time.monotonic() > stop_at
 
         tier = options.tier if options.dim is None else f"dim{options.dim}"  # a dim the index stores (checked)
 
         def run() -> tuple[bytes, dict]:
-            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids, deadline=stop_at)
+            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids, stop=stop)
             self.metrics.searched(options.mode, tier, results, encoded=vectors is not None)
             answer = [result.to_json() for result in results]
             facts = {"hits": sum(len(result.hits) for result in results), "generation": results[0].generation,
                      "mode": options.mode, "tier": tier}
             return json_bytes(answer[0] if one else answer), facts
 
-        answer, facts = await self._within(asyncio.get_running_loop().run_in_executor(self.search_pool, run),
-                                           deadline, receive)
+        costly = options.rerank > 0 or len(texts) * options.k > self.settings.costly_results
+        try:
+            work = self._costly_run(run) if costly else asyncio.get_running_loop().run_in_executor(self.search_pool, run)
+            answer, facts = await self._within(work, deadline, receive)
+        finally:
+            left.set()
         fields.update(facts)  # here, on the event loop: the search thread never writes what the access log reads
         return answer
+
+    def _costly_run(self, run: Callable):
+        """`run` on the costly lane: admitted while fewer than costly_workers + max_costly_pending
+        such requests are running or waiting (ServiceBusy otherwise), counted until its thread is
+        done with it (or it is taken from the queue unrun), not until its client stops waiting."""
+        limit = self.settings.costly_workers + self.settings.max_costly_pending
+        with self._costly_lock:
+            if self._costly >= limit:
+                raise ServiceBusy(f"the service is re-ranking or answering as many costly requests as it takes ({limit}); "
+                                  "try again in a moment, or ask for fewer results or rerank=0")
+            self._costly += 1
+
+        def done(_) -> None:
+            with self._costly_lock:
+                self._costly -= 1
+
+        future = self.costly_pool.submit(run)
+        future.add_done_callback(done)
+        return asyncio.wrap_future(future)
 
     async def _within(self, work, deadline: float, receive=None):
         """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
@@ -191,6 +232,9 @@ class Service:
                 return task.result()
             except Overloaded as err:
                 raise ServiceBusy(f"the service is at capacity ({err}); try again in a moment") from None
+            except RerankStopped:  # its deadline passed between two of the cross-encoder's passes
+                raise ServiceBusy(f"the search took longer than the service's limit of "
+                                  f"{self.settings.request_timeout_s:g} s; try again in a moment") from None
         if gone is not None and gone in done:
             raise ClientGone()
         raise ServiceBusy(f"the search took longer than the service's limit of {self.settings.request_timeout_s:g} s; "
@@ -238,7 +282,8 @@ class Service:
             raise SnapshotRunning()
         async with self._snapshot_lock:
             try:
-                report = await asyncio.to_thread(snapshot, searcher.index.path, os.path.join(self.settings.snapshot_dir, ""))
+                report = await asyncio.to_thread(snapshot, searcher.index.path, os.path.join(self.settings.snapshot_dir, ""),
+                                                 keep=self.settings.snapshot_keep, max_bytes=self.settings.snapshot_max_bytes)
             except (MedsearchError, OSError) as err:
                 log.error("snapshot failed: %s", err)
                 raise SnapshotFailed(f"the snapshot failed: {public_message(str(err))}") from None
@@ -262,6 +307,10 @@ class SnapshotFailed(MedsearchError):
 class SnapshotRunning(MismatchError):
     def __init__(self):
         super().__init__("a snapshot is being taken; try again when it has finished")
+
+
+class LoadFailed(MedsearchError):
+    """Loading the model or index failed with an error that is not medsearch's own: 503, with its reason."""
 
 
 class ServiceLoading(MedsearchError):

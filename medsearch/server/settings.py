@@ -45,10 +45,18 @@ class ServerSettings:
     # (query, document) pairs one request may have a cross-encoder score (queries x rerank): ~50
     # queries at the default 20; a MiniLM-L6 cross-encoder scores ~60 pairs/s a core on OpenVINO
     max_rerank_pairs: int = 1000
-    # Load: requests waiting for the encoder (503 + Retry-After past it), the longest a search may
-    # wait and run, connections at once (uvicorn answers 503 past it), and how long a client may take
-    # to send a whole request (headers and body) or keep an idle connection open.
-    max_pending: int = 512
+    # The costly lane: requests that re-rank, or ask for more than costly_results results (queries x
+    # k), run on costly_workers threads of their own, with at most max_costly_pending more admitted
+    # waiting (503 + Retry-After past them): plain searches and document reads never wait behind them.
+    # One worker: the cross-encoder scores one batch at a time anyway (rerank.py).
+    costly_workers: int = 1
+    max_costly_pending: int = 2
+    costly_results: int = 1000
+    # Load: queries waiting for the encoder, all requests together (a request that would take them
+    # past it gets a 503 + Retry-After; one of more queries than that is taken when none wait), the
+    # longest a search may wait and run, connections at once (a JSON 503 past it), and how long a
+    # client may take to send a whole request (headers and body) or keep an idle connection open.
+    max_pending: int = 512  # as when it counted requests: one-query requests (bench/serve_load.py) see no change
     request_timeout_s: float = 30.0
     max_connections: int = 1000
     read_timeout_s: float = 20.0
@@ -65,16 +73,23 @@ class ServerSettings:
     # POST /snapshot writes snapshots into this folder (a writable service: token and --writable);
     # None: the service takes none
     snapshot_dir: str | None = None
+    # ... keeping the newest snapshot_keep of the index's snapshots there, refused (500, logged) past
+    # snapshot_max_bytes of them: a client cannot fill the disk
+    snapshot_keep: int = 5
+    snapshot_max_bytes: int = 10_000_000_000
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
                      "max_filter_chars", "max_candidates", "max_results", "max_rerank_pairs", "max_pending",
+                     "costly_workers", "costly_results", "snapshot_keep", "snapshot_max_bytes",
                      "max_connections"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s"):
             if not getattr(self, name) > 0:
                 raise BadInputError(f"{name} must be above 0; got {getattr(self, name)}")
+        if self.max_costly_pending < 0:
+            raise BadInputError(f"max_costly_pending must be at least 0; got {self.max_costly_pending}")
         if self.batch_wait_ms < 0:
             raise BadInputError(f"batch_wait_ms must be at least 0; got {self.batch_wait_ms}")
         for name in ("search_threads", "encode_workers"):
