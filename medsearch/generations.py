@@ -7,11 +7,13 @@
       .lock          held (flock) by the one writer
       .pin-<id>      names a generation a snapshot is copying (held by flock; prune keeps it)
 
-A generation stops being current when the next one commits: the commit stamps that moment on the
-retired folder (its modification time; a committed folder's contents never change), and a
-generation is removed only once it has been retired for KEEP_SECONDS and is neither the current one
-nor the one just before it. A folder that a failed switch left (numbered past CURRENT, never current,
-so never read) is removed at once and never counts among the kept.
+A generation is kept while something reads it and removed once nothing does: every process that
+opens one holds a shared lease on it (an flock on its manifest, `lease`, let go when the index is
+closed or the process dies, even by kill -9), a snapshot copying one pins it, and `prune` removes
+every generation but the current one that neither holds. A folder that a failed switch left
+(numbered past CURRENT, never current, so never read) is removed at once. So a folder under
+sustained writes holds the current generation, the ones still being read (a service moves to the
+newest on its next query) and the one being written.
 
 A write builds the next generation in a temporary folder beside the others, records the checksums
 of its files (checksums.py), fsyncs it, renames
@@ -27,7 +29,6 @@ import fcntl
 import os
 import re
 import shutil
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,10 +40,8 @@ POINTER = "CURRENT"
 LOCK = ".lock"
 PIN = ".pin-"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
-# Generations older than the current and the previous one are removed once they have not been
-# current for this long: a service that answered from one a moment ago may still be reading it (it
-# moves to the newest one on its next query).
-KEEP_SECONDS = 300
+LEASED = "manifest.json"  # the file of a generation whose flock is its readers' lease
+REMOVING = ".del-"  # a generation being removed: renamed first, so that no reader finds it by name
 
 
 class IndexLockedError(MismatchError):
@@ -105,8 +104,6 @@ def commit(root: Path, tmp: Path, derived: bool = True, checked: frozenset[str] 
         os.fsync(handle.fileno())
     os.replace(pointer, root / POINTER)
     _fsync_dir(root)
-    if previous is not None and previous.is_dir():
-        os.utime(previous)  # the moment it stopped being current: prune counts its grace from here
     prune(root)
     return target
 
@@ -132,19 +129,57 @@ def _drop_failed_switches(root: Path, committed: Path | None) -> None:
 
 
 def prune(root: Path) -> None:
-    """Remove temporary folders of killed writers and generations no reader should still need: not
-    current, not the one before it, and retired over KEEP_SECONDS ago. `commit` calls it, with the
-    writer lock held, after it has dropped the folders of failed switches."""
-    now = time.time()
+    """Remove temporary folders of killed writers, and every generation but the current one that no
+    reader leases and no snapshot pins. `commit` calls it, with the writer lock held, after it has
+    dropped the folders of failed switches."""
     committed = current(root)
     newest = number(committed) if committed else 0
-    retired = sorted((p for p in root.glob("gen-*") if p.is_dir() and number(p) < newest), key=number)
     kept = _pinned(root)
     for path in root.iterdir():
-        if path.name.startswith(".tmp-") or path.name.startswith(f".{POINTER}.tmp-"):
+        if path.name.startswith((".tmp-", f".{POINTER}.tmp-", REMOVING)):
             _remove(path)
-        elif path in retired[:-1] and now - path.stat().st_mtime > KEEP_SECONDS and path.name not in kept:
-            _remove(path)
+        elif path.is_dir() and _GENERATION.match(path.name) and number(path) < newest and path.name not in kept:
+            _remove_unread(root, path)
+
+
+def _remove_unread(root: Path, folder: Path) -> None:
+    """Remove a retired generation unless a reader leases it: with its lease taken exclusively (so
+    no reader holds it), the folder is renamed out of readers' sight, then removed."""
+    try:
+        handle = open(folder / LEASED, "rb")
+    except FileNotFoundError:  # not a whole generation (a manifest lost): nobody can open it
+        _remove(folder)
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # leased: a reader has it open
+            return
+        gone = root / f"{REMOVING}{folder.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, gone)
+    _remove(gone)
+
+
+def lease(root: Path) -> tuple[Path, object] | None:
+    """The current generation's folder and a shared lease on it (an open file holding a shared
+    flock; closing it lets go), or None when the folder has no committed generation. A generation
+    removed between the read of CURRENT and the lease is noticed (its manifest is no longer at its
+    name) and the new current one is leased instead."""
+    for _ in range(100):
+        folder = current(root)
+        if folder is None:
+            return None
+        try:
+            handle = open(folder / LEASED, "rb")
+        except FileNotFoundError:
+            if current(root) == folder:  # not removed under us: a current generation without a manifest
+                return folder, None
+            continue
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        if _same_inode(folder / LEASED, handle.fileno()):
+            return folder, handle
+        handle.close()  # pruned meanwhile: the next one
+    raise MismatchError(f"{root}: its generations changed 100 times while one was being opened; try again")
 
 
 def _pinned(root: Path) -> set[str]:

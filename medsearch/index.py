@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -200,6 +200,7 @@ class Index:
     path: Path
     manifest: Manifest
     folder: Path | None = None
+    lease: object = field(default=None, repr=False, compare=False)  # generations.lease: kept from prune while open
 
     def __post_init__(self):
         self.folder = self.folder or self.path
@@ -316,6 +317,9 @@ class Index:
             backend.close()
         for name in ("chunk_doc", "lexical", "live"):
             self.__dict__.pop(name, None)
+        if self.lease is not None:  # the generation may be pruned from now on
+            self.lease.close()
+            self.lease = None
 
     def files(self) -> dict[str, int]:
         """Size in bytes of each file of the generation."""
@@ -346,8 +350,17 @@ def open_index(index_dir: str | Path) -> Index:
         if path.exists():
             raise IndexNotFoundError(f"{path} is not a medsearch index (no {generations.POINTER} file)", path)
         raise IndexNotFoundError(f"no index at {path}", path)
-    manifest = Manifest.read(folder, path)
-    return Index(path=path, manifest=manifest, folder=folder)
+    leased = generations.lease(path)
+    if leased is None:
+        raise IndexNotFoundError(f"{path} is not a medsearch index (no {generations.POINTER} file)", path)
+    folder, handle = leased
+    try:
+        manifest = Manifest.read(folder, path)
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        raise
+    return Index(path=path, manifest=manifest, folder=folder, lease=handle)
 
 
 def model_fields(encoder: Encoder) -> dict:

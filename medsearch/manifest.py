@@ -20,10 +20,15 @@ read, keys this version does not know included) with typed accessors for what th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medsearch.errors import IndexFormatError
+from medsearch.fusion import METHODS, MODES
+from medsearch.runtimes import RUNTIMES
 
 if TYPE_CHECKING:
     from medsearch.fusion import Fusion
@@ -33,6 +38,8 @@ FILE = "manifest.json"
 TIERS = ("fast", "light", "standard", "deep")
 TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
 LEGACY_CANDIDATES = 500  # fast-tier candidates of an index built before the calibration: k x 50 at k = 10
+MAX_DEFAULT_RERANK = 200  # the most documents a query re-ranks by default: the API's bound on rerank (rerank.py)
+MAX_CANDIDATES = 100_000  # the most fast-tier candidates a query may ask for (the service's k x oversample bound)
 
 
 def tier_dims(full_dim: int) -> dict[str, int]:
@@ -57,8 +64,10 @@ class Manifest(dict):
             raise IndexFormatError(f"{index}: {folder.name} has no {FILE}", index) from None
         except json.JSONDecodeError as err:
             raise IndexFormatError(f"{path}: unreadable manifest ({err.msg})", index) from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexFormatError(format_error(index, manifest.get("format_version")), index)
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexFormatError(format_error(index, manifest.get("format_version") if isinstance(manifest, dict)
+                                                else None), index)
+        check(manifest, index)
         return manifest
 
     @classmethod
@@ -196,6 +205,115 @@ class Manifest(dict):
                 "default_rerank": self.default_rerank,
                 "target_recall": self.fast.get("target_recall"),
                 "fast_candidates": self.fast.get("candidates"), "fast_stage": self.fast.get("stage")}
+
+
+# ---- the schema: every field the code reads, checked wherever a manifest is read from disk ----
+
+class _Fields(BaseModel):
+    """Known fields typed and bounded; fields this version does not read are kept, not refused (a
+    record such as build_seconds or a newer release's addition changes no behaviour)."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Closed(BaseModel):
+    """An object that steers queries: every key known."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Fusion(_Closed):  # the API's bounds on the same settings (options.OPTIONS)
+    method: Literal[METHODS] = "convex"
+    rrf_k: int = Field(60, ge=0, le=10_000)
+    weight: float = Field(0.7, ge=0, le=1)
+    depth: int = Field(50, ge=1, le=1000)
+
+
+class _SearchDefaults(_Closed):
+    mode: Optional[Literal[MODES]] = None
+    fusion: Optional[_Fusion] = None
+
+
+class _Reranker(_Closed):
+    model: str = Field(min_length=1)
+    rerank: int = Field(ge=0, le=MAX_DEFAULT_RERANK)
+
+
+class _Model(_Fields):
+    spec: str = Field(min_length=1)
+    runtime: Literal[RUNTIMES] = "torch"
+    precision: Literal["fp32", "int8"] = "fp32"
+
+
+class _Fast(_Fields):
+    stage: Literal["prefix", "binary"] = "prefix"
+    candidates: Optional[int] = Field(None, ge=1, le=MAX_CANDIDATES)
+    target_recall: Optional[float] = Field(None, gt=0, le=1)
+
+
+class _Lexical(_Fields):
+    languages: list[str] = []
+    fold_accents: bool = False
+
+
+class _Backend(_Fields):
+    name: Literal["faiss", "qdrant"]
+
+
+class _Manifest(_Fields):
+    format_version: Literal[FORMAT_VERSION]
+    model: _Model
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_tokens: Optional[int] = Field(None, ge=1)
+    chunk_overlap: Optional[int] = Field(None, ge=0)
+    documents: int = Field(ge=0)
+    chunks: int = Field(ge=0)
+    dead_chunks: int = Field(0, ge=0)
+    metadata_fields: list[str] = []
+    full_dim: int = Field(ge=1)
+    tier_dims: dict[Literal[TIERS], int]
+    index_types: dict[str, Optional[str]]
+    vector_dtype: Literal["float16", "float32"]
+    fast: Optional[_Fast] = None
+    backend: Optional[_Backend] = None
+    lexical: Optional[_Lexical] = None
+    search_defaults: Optional[_SearchDefaults] = None
+    reranker: Optional[_Reranker] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "_Manifest":
+        if self.dead_chunks > self.chunks:
+            raise ValueError(f"dead_chunks ({self.dead_chunks}) is more than chunks ({self.chunks})")
+        dims = []
+        for key in self.index_types:
+            if not key.isdigit() or not 1 <= int(key) <= self.full_dim:
+                raise ValueError(f"index_types: '{key}' is not a dim from 1 to full_dim ({self.full_dim})")
+            dims.append(int(key))
+        if set(self.tier_dims) != set(TIERS):
+            raise ValueError(f"tier_dims must name the tiers {', '.join(TIERS)}")
+        for tier, dim in self.tier_dims.items():
+            if dim not in dims:
+                raise ValueError(f"tier_dims.{tier}: {dim} is not a stored dim ({', '.join(map(str, sorted(dims)))})")
+        return self
+
+
+def check(manifest: dict, index: Path) -> None:
+    """IndexFormatError naming the first field of `manifest` that is missing, of the wrong type or out
+    of its range (one line): what `open`, `restore`, `verify` and the service's load all read."""
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        got = "" if first["type"] == "missing" else f" (got {_shown(first.get('input'))})"
+        message = re.sub(r" or instance of \w+", "", first["msg"].removeprefix("Value error, "))
+        got = "" if not where else got
+        raise IndexFormatError(f"{index}: its manifest is not one this medsearch wrote: "
+                               f"{where + ': ' if where else ''}{message}{got}", index) from None
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def format_error(index: Path, version) -> str:

@@ -83,14 +83,16 @@ class SnapshotReport:
     bytes: int  # the archive's size
     source_bytes: int  # the generation's files' size
     seconds: float
+    removed: list[str] = field(default_factory=list)  # older snapshots removed to keep the newest N
 
     def summary(self) -> str:
         return (f"snapshot of generation {self.generation} written to {self.path}: {self.files} files, "
-                f"{self.source_bytes / 1e6:.1f} MB -> {self.bytes / 1e6:.1f} MB ({self.seconds:.1f} s)")
+                f"{self.source_bytes / 1e6:.1f} MB -> {self.bytes / 1e6:.1f} MB ({self.seconds:.1f} s)"
+                + (f"; {len(self.removed)} older removed (keeping the newest)" if self.removed else ""))
 
     def to_json(self) -> dict:
         return {"snapshot": self.path.name, "generation": self.generation, "files": self.files, "bytes": self.bytes,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "removed": self.removed}
 
 
 @dataclass
@@ -217,16 +219,25 @@ def check_whole(index: Index, doing: str) -> None:
 
 # ---- snapshot ----
 
-def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
+def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
+             max_bytes: int | None = None) -> SnapshotReport:
     """Write the index's current generation to `out`: a new file, or, when `out` is a folder (one
     that exists, or a path that ends with '/'), a file in it named after the index, the generation
     and the time. The archive is written beside its name and linked to it when complete: an
-    existing file is never replaced, not even one created meanwhile."""
+    existing file is never replaced, not even one created meanwhile.
+
+    Into a folder, `keep`: once written, only the newest `keep` of this index's snapshots there are
+    kept (those named as this function names them; nothing else is touched); `max_bytes`: refused,
+    before anything is written, when the snapshots kept plus this one (counted at the generation's
+    size, which the archive does not exceed) would pass that many bytes."""
     started = time.perf_counter()
     root = Path(index_dir)
     into_folder = Path(out).is_dir() or str(out).endswith(("/", os.sep))
     out = Path(out)
     open_index(root)  # no index, or one of another format: its own error
+    for name, value in (("keep", keep), ("max_bytes", max_bytes)):
+        if value is not None and value < 1:
+            raise BadInputError(f"{name} must be at least 1; got {value}")
     if into_folder and not out.is_dir():
         raise BadInputError(f"snapshot folder {out} does not exist: create it first")
     if not into_folder:
@@ -243,6 +254,8 @@ def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
             raise BadInputError(f"{root} keeps its vectors in a {manifest.backend_name} collection, which a snapshot "
                                 "cannot copy: snapshot the collection with Qdrant's own snapshot API")
         if into_folder:
+            if max_bytes is not None:
+                _check_budget(root, where, folder, keep, max_bytes)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             out = out / f"{root.resolve().name}-{folder.name}-{stamp}-{uuid.uuid4().hex[:6]}.tar.zst"
         tmp = out.with_name(f".{out.name}{PART}{os.getpid()}-{threading.get_ident()}")
@@ -253,8 +266,34 @@ def snapshot(index_dir: str | Path, out: str | Path) -> SnapshotReport:
             _publish(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
-    return SnapshotReport(out, generations.number(folder), files, out.stat().st_size, size,
-                          time.perf_counter() - started)
+    report = SnapshotReport(out, generations.number(folder), files, out.stat().st_size, size,
+                            time.perf_counter() - started)
+    if into_folder and keep is not None:
+        for old in snapshots_of(root, where)[:-keep]:
+            old.unlink(missing_ok=True)
+            report.removed.append(old.name)
+    return report
+
+
+def snapshots_of(index_dir: str | Path, folder: str | Path) -> list[Path]:
+    """The snapshots of the index in `folder` that `snapshot` named (index name, generation, time),
+    oldest first."""
+    pattern = re.compile(rf"^{re.escape(Path(index_dir).resolve().name)}-gen-\d{{6,}}-(\d{{8}}T\d{{6}}Z)-[0-9a-f]{{6}}\.tar\.zst$")
+    found = [(match.group(1), path.stat().st_mtime, path) for path in Path(folder).iterdir()
+             if (match := pattern.match(path.name)) and path.is_file()]
+    return [path for *_, path in sorted(found)]
+
+
+def _check_budget(root: Path, where: Path, folder: Path, keep: int | None, max_bytes: int) -> None:
+    kept = snapshots_of(root, where)
+    if keep is not None:  # those left beside this one once it is written
+        kept = kept[max(0, len(kept) - (keep - 1)):]
+    held = sum(path.stat().st_size for path in kept)
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    if held + size > max_bytes:
+        raise BadInputError(f"the snapshot folder would hold {(held + size) / 1e6:.1f} MB of this index's snapshots "
+                            f"({len(kept)} kept, {size / 1e6:.1f} MB for this one), over its budget of "
+                            f"{max_bytes / 1e6:.1f} MB: keep fewer (--keep), remove some, or raise the budget")
 
 
 def check_outside(index_dir: str | Path, folder: str | Path, named: str | Path | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from medsearch import generations
 from medsearch.cli import cli
 from medsearch.corpus import Document
-from medsearch.errors import BadInputError
+from medsearch.errors import BadInputError, NotFoundError
 from medsearch.index import build_index, open_index
 from medsearch.search import Searcher
 from medsearch.updates import compact, upsert
@@ -128,26 +129,63 @@ def test_chunking_while_queries_encode_never_collides(minilm):
 
 # ---- 4. generations in use are deleted ----
 
-def _age(folder, seconds):
-    then = time.time() - seconds
-    os.utime(folder, (then, then))
-
-
-def test_the_generation_current_before_two_quick_writes_stays_and_old_retired_ones_go(tmp_path, small_corpus, minilm):
+def test_a_generation_is_kept_while_a_reader_has_it_open_and_removed_once_none_does(tmp_path, small_corpus, minilm):
+    """Issue 30: a generation was kept for 5 minutes after it was retired, read or not (60 writes in a
+    row grew a 1.7 MB folder to 92 MB); it is now kept exactly while a reader leases it."""
     build_index(small_corpus, tmp_path / "idx", minilm)
     root = tmp_path / "idx"
+    reader = open_index(root)  # a process that has the first generation open
+    first = reader.folder
+    for i in range(3):
+        upsert(root, [Document(id=f"n{i}", text=f"New document {i} about ankle sprains.")], minilm)
+    assert first.is_dir() and (first / "vectors.npy").is_file(), "read: kept"
+    # gen 2 went at once; gen 3 is the last write's base, leased by that writer while it committed
+    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000001", "gen-000003", "gen-000004"]
+    with pytest.raises(NotFoundError):  # the reader's own generation answers, as it was
+        reader.store.document("n0")
+    reader.close()
+    upsert(root, [Document(id="n9", text="One more document about wrist fractures.")], minilm)
+    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000004", "gen-000005"], "closed: removed at the next write"
+    assert not list(root.glob(".del-*"))
+
+
+def test_a_reader_killed_holding_a_generation_lets_it_go(tmp_path, small_corpus, minilm):
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    root = tmp_path / "idx"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom medsearch.index import open_index\n"
+        f"index = open_index({str(root)!r})\nprint('open', flush=True); time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
     first = generations.current(root)
-    _age(first, 3600)  # current for an hour: its age says nothing about when readers left it
-    upsert(root, [Document(id="n1", text="First new document about ankle sprains.")], minilm)
-    upsert(root, [Document(id="n2", text="Second new document about wrist fractures.")], minilm)
-    assert first.is_dir(), "the generation that was current a moment ago was deleted"
-    assert generations.number(generations.current(root)) == 3
-    second = root / "gen-000002"
-    _age(first, generations.KEEP_SECONDS + 60)  # now retired long ago
-    upsert(root, [Document(id="n3", text="Third new document about shin splints.")], minilm)
-    assert not first.exists(), "a generation retired past the grace period should go"
-    assert second.is_dir(), "the one before current and the recently retired stay"
-    assert (root / "gen-000003").is_dir(), "the one before current and the recently retired stay"
+    upsert(root, [Document(id="n1", text="A new document about ankle sprains.")], minilm)
+    assert first.is_dir(), "another process reads it"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    upsert(root, [Document(id="n2", text="Another document about wrist fractures.")], minilm)
+    assert not first.exists(), "its reader died (kill -9): the kernel let go of its lease"
+
+
+def test_sixty_writes_in_a_row_keep_the_folder_within_a_few_generations(tmp_path, small_corpus, minilm):
+    """Issue 30's bar, in the library: a searcher that answers between writes (as the service does)
+    and 60 single-document writes leave the folder under 4x one generation."""
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    root = tmp_path / "idx"
+    searcher = Searcher.open(root, load_model=False)
+    for i in range(60):
+        upsert(root, [Document(id=f"w{i}", text=f"Write number {i} about a sprained ankle and its care.")], minilm)
+        searcher.search(["ankle"], mode="lexical", k=3)
+
+    def size(folder) -> int:
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+    one = size(generations.current(root))
+    seen, total = set(), 0  # hard-linked files count once, as on disk
+    for path in root.rglob("*"):
+        if path.is_file() and (path.stat().st_ino not in seen):
+            seen.add(path.stat().st_ino)
+            total += path.stat().st_size
+    assert total < 4 * one, (total, one, sorted(p.name for p in root.iterdir()))
 
 
 def test_a_folder_left_by_a_failed_switch_is_never_kept(tmp_path, small_corpus, minilm):
@@ -156,14 +194,13 @@ def test_a_folder_left_by_a_failed_switch_is_never_kept(tmp_path, small_corpus, 
     upsert(root, [Document(id="n1", text="A new document about ankle sprains.")], minilm)  # gen 2 current
     orphan = root / "gen-000003"  # renamed into place, then the CURRENT switch failed: never read
     shutil.copytree(root / "gen-000002", orphan)
-    before = root / "gen-000002"
     upsert(root, [Document(id="n2", text="Another document about wrist fractures.")], minilm)
     current = generations.current(root)
     assert current.name == "gen-000003"
     assert (current / "manifest.json").is_file()
     assert json.loads((current / "manifest.json").read_text())["documents"] == len(SMALL_DOCS) + 2
-    assert before.is_dir(), "the real previous generation must be the one kept"
-    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000001", "gen-000002", "gen-000003"]
+    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000002", "gen-000003"], \
+        "the orphan went; the real previous one (the write's base) is what stays"
 
 
 def test_a_searcher_closes_the_generation_it_left_once_no_query_reads_it(tmp_path, small_corpus, minilm):
@@ -506,7 +543,7 @@ def test_a_json_query_writes_nothing_to_stderr(bundled_index):
 
 def test_a_full_queue_and_a_passed_deadline_answer_503_with_retry_after(bundled_index, minilm):
     """Finding 5: the batcher's queue had no bound and requests no deadline. Past the bound (here 2
-    requests waiting) and past the deadline the answer is 503 + Retry-After, never a 500, and the
+    queries waiting) and past the deadline the answer is 503 + Retry-After, never a 500, and the
     requests that got in are answered."""
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
@@ -680,3 +717,58 @@ def test_trailers_are_refused_and_a_pipelined_body_is_not_a_head(service):
                  f"Content-Type: application/json\r\nContent-Length: {len(padded)}\r\nConnection: close\r\n\r\n")
     answer = exchange(port, pipelined, [padded])
     assert answer.count(b"HTTP/1.1 200 OK") == 2, answer[:300]
+
+
+# ---- issue 30: uvicorn's own answers, in JSON like every other error ----
+
+def split_answer(answer: bytes) -> tuple[str, dict, bytes]:
+    """(status line, headers by lower-case name, body) of an answer read off the socket."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}, body
+
+
+@pytest.mark.parametrize("head", [
+    "GARBAGE\r\n\r\n",  # no method, path or version
+    "GET /search?q=chest pain HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # a space in the target
+    "GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n",
+])
+def test_a_request_httptools_cannot_parse_gets_a_json_400(service, head):
+    """uvicorn answered it in plain text: 'Invalid HTTP request received.'"""
+    status, headers, body = split_answer(exchange(service["port"], head))
+    assert status == "HTTP/1.1 400 Bad Request", (status, body)
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert json.loads(body) == {"error": "malformed HTTP request: its request line or headers cannot be parsed"}
+
+
+def test_past_max_connections_the_answer_is_a_json_503_with_retry_after(bundled_index):
+    """uvicorn answered past --max-connections in plain text: 'Service Unavailable'. With
+    --max-connections 2 and one connection held open, a request on another connection is refused
+    (the connection asking counts too, as uvicorn counts it); once the first closes, it is served."""
+    import http.client
+
+    port = free_port()
+    process = start_serve("--index", str(bundled_index), "--port", str(port), "--max-connections", "2",
+                          "--log-level", "warning")
+    try:
+        wait_ready(port, process)
+        held = socket.create_connection(("127.0.0.1", port), timeout=10)
+        time.sleep(0.3)  # accepted by the server
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/search?q=chest+pain")
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert response.status == 503, body
+        assert response.getheader("Content-Type") == "application/json"
+        assert response.getheader("Retry-After") == "2"
+        assert json.loads(body) == {"error": "the service is at its limit of 2 connections; try again in a moment"}
+        held.close()
+        deadline = time.monotonic() + 10
+        while (status := get(port, "/search?q=chest+pain&k=1")[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the server has seen the held connection close
+        assert status == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

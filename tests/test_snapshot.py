@@ -358,7 +358,6 @@ def _writing(index_dir) -> bool:
 # ---- pins ----
 
 def test_a_pinned_generation_outlives_prune_until_released(index_dir, minilm, monkeypatch):
-    monkeypatch.setattr(generations, "KEEP_SECONDS", 0)
     with generations.pinned(index_dir) as first:
         for i in range(3):
             upsert(index_dir, [Document(id=f"n{i}", title="t", text=f"text number {i} about gout")], minilm)
@@ -369,7 +368,6 @@ def test_a_pinned_generation_outlives_prune_until_released(index_dir, minilm, mo
 
 
 def test_a_pin_left_by_a_killed_process_is_removed(index_dir, minilm, monkeypatch):
-    monkeypatch.setattr(generations, "KEEP_SECONDS", 0)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\nfrom pathlib import Path\nfrom medsearch import generations\n"
         f"with generations.pinned(Path({str(index_dir)!r})):\n    print('pinned', flush=True); time.sleep(600)\n")],
@@ -421,10 +419,10 @@ def test_post_snapshot_writes_a_restorable_archive_while_searches_go_on(service,
     assert httpx.post(f"{url}/snapshot").status_code == 401
     release, entered, real = threading.Event(), threading.Event(), module.snapshot
 
-    def held(*args):  # the real snapshot, once the test lets it go: searches and a second request meanwhile
+    def held(*args, **kwargs):  # the real snapshot, once the test lets it go: searches and a second request meanwhile
         entered.set()
         release.wait(30)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(module, "snapshot", held)
     with httpx.Client(base_url=url, headers=auth, timeout=60) as client:
@@ -547,3 +545,139 @@ def test_restore_refuses_an_archive_whose_record_disagrees_with_its_files(index_
     with pytest.raises(DamagedSnapshotError, match="docs.db: content differs from its checksum"):
         restore(tmp_path / "forged.tar.zst", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ---- issue 30: forged but consistent archives, and disk that cannot run away ----
+
+def _forge(source, target, edit) -> None:
+    """A copy of the snapshot `source` whose manifest `edit` changed, every checksum recomputed to
+    match (the generation's record and the archive's header): what anyone can write without a key."""
+    import hashlib
+    import io
+
+    with open(source, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
+            tarfile.open(fileobj=stream, mode="r|") as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    files = dict(members)
+    manifest = json.loads(files["generation/manifest.json"])
+    edit(manifest)
+    files["generation/manifest.json"] = json.dumps(manifest).encode()
+    sums = {name.removeprefix("generation/"): hashlib.sha256(data).hexdigest()
+            for name, data in files.items() if name.startswith("generation/") and name != "generation/checksums.sha256"}
+    files["generation/checksums.sha256"] = "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())).encode()
+    header = json.loads(files["snapshot.json"])
+    header["files"] = {name.removeprefix("generation/"): {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                       for name, data in files.items() if name.startswith("generation/")}
+    files["snapshot.json"] = json.dumps(header).encode()
+    with open(target, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as stream, \
+            tarfile.open(fileobj=stream, mode="w|") as tar:
+        for name, _ in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            tar.addfile(info, io.BytesIO(files[name]))
+
+
+def _set(path: str, value):
+    def edit(manifest: dict) -> None:
+        *parents, last = path.split(".")
+        node = manifest
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is _DROP:
+            node.pop(last)
+        else:
+            node[last] = value
+    return edit
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_set("reranker", {"model": "/somewhere", "rerank": "many"}), "reranker.rerank"),
+    (_set("reranker", {"model": "/somewhere"}), "reranker.rerank"),
+    (_set("reranker", {"model": ["x"], "rerank": 5}), "reranker.model"),
+    (_set("reranker", {"model": "/somewhere", "rerank": 100000}), "reranker.rerank"),
+    (_set("fast.candidates", -3), "fast.candidates"),
+    (_set("search_defaults", {"fusion": "x"}), "search_defaults.fusion"),
+    (_set("tier_dims.deep", 999), "tier_dims.deep"),
+    (_set("documents", _DROP), "documents"),
+])
+def test_restore_refuses_a_forged_archive_with_consistent_checksums(index_dir, tmp_path, edit, field):
+    """Issue 30: checksums are written by whoever made the archive, so a forged one that recomputed them
+    restored cleanly, then broke every query. The manifest is now checked field by field."""
+    snapshot(index_dir, tmp_path / "good.tar.zst")
+    _forge(tmp_path / "good.tar.zst", tmp_path / "forged.tar.zst", edit)
+    result = run("restore", tmp_path / "forged.tar.zst", tmp_path / "copy")
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1 and field in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "copy").exists(), "nothing left behind"
+    before = generations.current(index_dir)
+    assert run("restore", tmp_path / "forged.tar.zst", "--index", index_dir, "--replace").exit_code == 1
+    assert generations.current(index_dir) == before and verify(index_dir).ok, "the index it would replace is untouched"
+
+
+def test_a_manifest_edited_by_hand_is_named_by_every_reader_in_one_line(index_dir):
+    folder = generations.current(index_dir)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["search_defaults"] = {"fusion": {"method": "rrf", "rrf_k": -1}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    checksums.record(folder)  # consistent: the checksums vouch for it, so only the schema can refuse it
+    for args in (["query", "fever", "--index", index_dir], ["info", "--index", index_dir], ["verify", index_dir]):
+        result = run(*args)
+        assert result.exit_code == 1 and "search_defaults.fusion.rrf_k" in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_a_service_whose_index_cannot_load_answers_503_with_the_reason(tmp_path):
+    """Before, an exception that was not medsearch's own left the service 'still loading' forever."""
+    import httpx
+
+    from medsearch.server.app import create_app
+    from servers import uvicorn_thread
+
+    def broken():
+        raise RuntimeError("the disk said no")
+
+    with uvicorn_thread(create_app(broken)) as url:
+        for _ in range(50):
+            answer = httpx.get(f"{url}/search", params={"q": "fever"})
+            if "still loading" not in answer.text:
+                break
+            time.sleep(0.1)
+    assert answer.status_code == 503 and "RuntimeError: the disk said no" in answer.json()["error"], answer.text
+
+
+def test_post_snapshot_keeps_the_newest_few(index_dir, tmp_path, minilm):
+    """Issue 30's bar, scaled: 150 POST /snapshot wrote 151 archives (126 MB); now at most snapshot_keep."""
+    import httpx
+
+    from medsearch.server.app import create_app
+    from medsearch.server.settings import ServerSettings
+    from servers import uvicorn_thread
+
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    (backups / "notes.txt").write_text("not a snapshot: never removed")
+    settings = ServerSettings(writable=True, warm_up=False, token="t", snapshot_dir=str(backups))
+    with uvicorn_thread(create_app(Searcher(open_index(index_dir), minilm), settings)) as url:
+        answers = [httpx.post(f"{url}/snapshot", headers={"Authorization": "Bearer t"}, timeout=60) for _ in range(12)]
+    assert [a.status_code for a in answers] == [200] * 12
+    kept = sorted(p.name for p in backups.iterdir() if p.name.endswith(".tar.zst"))
+    assert len(kept) == settings.snapshot_keep <= 10
+    assert answers[-1].json()["snapshot"] in kept and (backups / "notes.txt").is_file()
+    restore(backups / kept[0], tmp_path / "copy")  # what is kept is whole
+
+
+def test_snapshot_keep_and_byte_budget_in_the_cli(index_dir, tmp_path):
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for _ in range(4):
+        assert run("snapshot", index_dir, str(backups) + "/", "--keep", "2").exit_code == 0
+    assert len(list(backups.iterdir())) == 2
+    size = sum(p.stat().st_size for p in generations.current(index_dir).rglob("*") if p.is_file())
+    result = run("snapshot", index_dir, str(backups) + "/", "--keep", "3", "--max-bytes", str(size))
+    assert result.exit_code == 1 and "budget" in result.output and len(list(backups.iterdir())) == 2
+    assert run("snapshot", index_dir, str(backups) + "/", "--keep", "1", "--max-bytes", str(size)).exit_code == 0
+    assert len(list(backups.iterdir())) == 1
