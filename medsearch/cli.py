@@ -29,6 +29,7 @@ from medsearch.errors import (
 )
 from medsearch.index import DEFAULT_INDEX, VECTOR_DTYPES, index_encoder, open_index
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
+from medsearch.cache import UNUSED_DAYS
 from medsearch.manifest import LEGACY_CANDIDATES
 from medsearch.options import FUSION_OPTIONS, OPTIONS, Option, SearchOptions
 from medsearch.reranker_training import LOSSES, RerankerSettings
@@ -316,7 +317,16 @@ def compact(index_dir):
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, metavar="[INDEX] OUT")
 @index_option
-def snapshot(paths, index_dir):
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              help="Into a folder: keep only the newest N snapshots of this index there, removing older ones that "
+                   "medsearch named (nothing else) [default: keep all].")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None,
+              help="Into a folder: refuse, before writing, when this index's snapshots there (those --keep leaves) and "
+                   "this one would pass this many bytes [default: no budget].")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="Sign the snapshot with the key in this file (HMAC-SHA256; at least 16 bytes, e.g. "
+                   "`openssl rand -hex 32 > FILE`): `restore --key-file` then refuses any archive the key did not sign.")
+def snapshot(paths, index_dir, keep, max_bytes, key_file):
     """Write the index's current generation to OUT, one .tar.zst file, while searches and writes go on.
 
     \b
@@ -335,7 +345,10 @@ def snapshot(paths, index_dir):
     if len(paths) > 2:
         raise click.UsageError("give at most two paths: [INDEX] OUT")
     index_dir, out = (paths[0], paths[1]) if len(paths) == 2 else (index_dir, paths[0])
-    click.echo(take_snapshot(index_dir, out).summary())
+    from medsearch.snapshot import read_key
+
+    key = read_key(key_file) if key_file else None
+    click.echo(take_snapshot(index_dir, out, keep=keep, max_bytes=max_bytes, key=key).summary())
 
 
 @cli.command()
@@ -344,17 +357,22 @@ def snapshot(paths, index_dir):
 @index_option
 @click.option("--replace", is_flag=True,
               help="DIR already holds an index: make the snapshot its next generation (the current one stays "
-                   "readable for a few minutes, as after any write).")
-def restore(snapshot_file, target, index_dir, replace):
+                   "readable while something reads it, as after any write).")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="Restore only an archive signed with the key in this file (snapshot --key-file), checked before "
+                   "anything is written.")
+def restore(snapshot_file, target, index_dir, replace, key_file):
     """Restore a snapshot into DIR (default: --index): a new index, or with --replace the next generation
     of an existing one of the same model (how a damaged index is repaired).
 
     Every file is checked against the snapshot's checksums and the parts' row counts against the
-    manifest (as `medsearch verify` does) before the index folder changes at all; a damaged or
-    foreign archive is refused with one line."""
-    from medsearch.snapshot import restore as restore_snapshot
+    manifest (as `medsearch verify` does), and the manifest field by field, before the index folder
+    changes at all; a damaged, foreign or inconsistent archive is refused with one line. Checksums
+    prove an archive whole, not who made it: with --key-file, only archives signed with that key."""
+    from medsearch.snapshot import read_key, restore as restore_snapshot
 
-    click.echo(restore_snapshot(snapshot_file, target or index_dir, replace=replace).summary())
+    key = read_key(key_file) if key_file else None
+    click.echo(restore_snapshot(snapshot_file, target or index_dir, replace=replace, key=key).summary())
 
 
 @cli.command()
@@ -380,6 +398,60 @@ def verify(target, index_dir, as_json):
         for problem in report.problems:
             click.echo(f"{report.index}: {problem}", err=True)
     if not report.ok:
+        sys.exit(1)
+
+
+@cli.group(name="cache", invoke_without_command=True, short_help="List and prune the cache of exports and models.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+def cache_group(ctx, as_json):
+    """What medsearch keeps in its cache ($MEDSEARCH_CACHE, default ~/.cache/medsearch), and freeing it.
+
+    \b
+    medsearch cache                          each entry: size, last use, kind (or: medsearch cache list)
+    medsearch cache prune --dry-run          what prune would remove
+    medsearch cache prune                    remove what was not used for 30 days
+    medsearch cache prune --unused-days 0    remove everything not in use now
+
+    The cache holds OpenVINO exports of encoders and re-rankers (made on a model's first use with an
+    OpenVINO runtime, tens to hundreds of MB each) and built-in model folders (multilingual-e5-small).
+    An entry removed is made again when next used (an export: seconds to minutes)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(cache_list, as_json=as_json)
+
+
+@cache_group.command(name="list", short_help="Each entry: size, last use, kind, in use.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the cache's folder, its size and each entry (name, path, kind, bytes, last_used, unused_days, in_use) as JSON.")
+def cache_list(as_json):
+    """List the cache's entries: size, last use (set each time an entry is loaded), kind (an export
+    and its runtime, a model, or a temporary folder: one being written, or left by a process killed
+    while writing it) and whether a process holds it now (in use). An empty or missing cache is not an error."""
+    from medsearch.cache import listing
+
+    found = listing()
+    click.echo(json.dumps(found.to_json(), indent=2) if as_json else "\n".join(found.lines()))
+
+
+@cache_group.command(name="prune", short_help="Free disk: leftovers and entries unused for days.")
+@click.option("--unused-days", default=UNUSED_DAYS, show_default=True, type=click.IntRange(min=0),
+              help="Remove exports and model folders not used for this many days (0: every one not in use now).")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed, and remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (freed_bytes, removed, in_use, errors) as JSON.")
+def cache_prune(unused_days, dry_run, as_json):
+    """Free disk: remove the temporary folders that killed processes left (always), and the exports
+    and model folders not used for --unused-days days; print each one and the space freed.
+
+    An entry in use is kept: an export being written or looked up (its lock in exports/.locks/ is
+    held), or one whose compiled model OpenVINO is caching. A service that loaded an export before
+    keeps running; its next start makes the export again. Exits 1 when a folder cannot be removed."""
+    from medsearch.cache import prune
+
+    report = prune(unused_days, dry_run=dry_run)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else "\n".join(report.lines()))
+    for error in report.errors:
+        click.echo(f"Error: {error}", err=True)
+    if report.errors:
         sys.exit(1)
 
 
@@ -561,6 +633,7 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--search-threads", default=None, type=click.IntRange(min=1), help="Threads for search and hydration, one faiss thread each [default: the machine's cores].")
 @click.option("--writable", is_flag=True, help="Accept writes: POST /documents (add or replace) and DELETE /documents/ID; needs a token.")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME", help="A Host header name the service answers (repeat; '*': any) [default: localhost, 127.0.0.1 and ::1 on a loopback address, any otherwise].")
+@click.option("--max-pending", default=ServerSettings.max_pending, show_default=True, type=click.IntRange(min=1), help="Most queries waiting for the encoder, all requests together; a request that would go past it gets a 503 (one with more queries than that is taken when none wait).")
 @click.option("--request-timeout", default=ServerSettings.request_timeout_s, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds a search may wait and run before it gets a 503.")
 @click.option("--read-timeout", default=ServerSettings.read_timeout_s, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds a client has to send a whole request (headers and body); slower connections are closed.")
 @click.option("--max-connections", default=ServerSettings.max_connections, show_default=True, type=click.IntRange(min=1), help="Connections at once; past it requests get a 503.")
@@ -569,10 +642,17 @@ def _backend_line(backend: dict | None) -> str:
 @click.option("--log-queries", is_flag=True, help="Put the query text in the request lines (off by default: queries can be personal health information).")
 @click.option("--metrics-port", default=None, type=click.IntRange(1, 65535), help="Also serve the Prometheus metrics alone on 127.0.0.1:PORT, without a token (for a scraper on this host); /metrics on the API needs the token.")
 @click.option("--snapshot-dir", default=None, type=click.Path(file_okay=False), help="Folder where POST /snapshot writes snapshots of the index (needs --writable); off by default.")
+@click.option("--snapshot-keep", type=click.IntRange(min=1), default=ServerSettings.snapshot_keep, show_default=True,
+              help="POST /snapshot keeps only the newest N snapshots of the index in --snapshot-dir.")
+@click.option("--snapshot-key-file", type=click.Path(dir_okay=False), default=None,
+              help="POST /snapshot signs its snapshots with the key in this file (see snapshot --key-file).")
+@click.option("--snapshot-max-bytes", type=click.IntRange(min=1), default=ServerSettings.snapshot_max_bytes, show_default=True,
+              help="POST /snapshot refuses once the index's snapshots in --snapshot-dir would pass this many bytes.")
 @reranker_option
 def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
-          max_query_chars, max_queries, threads, search_threads, writable, allowed_hosts, request_timeout, read_timeout,
-          max_connections, log_level, log_format, log_queries, metrics_port, snapshot_dir, reranker):
+          max_query_chars, max_queries, threads, search_threads, writable, allowed_hosts, max_pending, request_timeout,
+          read_timeout, max_connections, log_level, log_format, log_queries, metrics_port, snapshot_dir, snapshot_keep,
+          snapshot_max_bytes, snapshot_key_file, reranker):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, Prometheus metrics at /metrics, OpenAPI at /docs.
 
@@ -580,6 +660,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
     SIGTERM or Ctrl-C lets in-flight requests finish, then exits.
     """
     from medsearch.server.app import serve as run_server
+    from medsearch.snapshot import read_key
 
     token = os.environ.get("MEDSEARCH_TOKEN") or None
     if token_file:
@@ -595,8 +676,10 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
         token=token, cors_origin=cors_origin, batching=not no_batching, batch_wait_ms=batch_wait_ms,
         max_batch=max_batch, encode_workers=encode_workers, max_query_chars=max_query_chars, max_queries=max_queries,
         search_threads=search_threads, writable=writable, allowed_hosts=tuple(allowed_hosts) or None,
-        request_timeout_s=request_timeout, read_timeout_s=read_timeout, max_connections=max_connections,
-        log_format=log_format, log_queries=log_queries, metrics_port=metrics_port, snapshot_dir=snapshot_dir,
+        max_pending=max_pending, request_timeout_s=request_timeout, read_timeout_s=read_timeout,
+        max_connections=max_connections, log_format=log_format, log_queries=log_queries, metrics_port=metrics_port,
+        snapshot_dir=snapshot_dir, snapshot_keep=snapshot_keep, snapshot_max_bytes=snapshot_max_bytes,
+        snapshot_key=read_key(snapshot_key_file) if snapshot_key_file else None,
     )
     settings.validate()  # before the line that says it serves
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"

@@ -7,7 +7,8 @@ sentence-transformers' backend) and `openvino-int8` (that export with post-train
 quantisation, calibrated on medical passages that ship with medsearch). Exports are made once per
 model and kept in the cache (`$MEDSEARCH_CACHE/exports/<weights>-<settings>-<runtime>/`, default
 ~/.cache/medsearch), keyed by the weights and settings they were made from, so a retrained model never
-meets a stale export; they are then run without torch by openvino_model.py (the lean runner).
+meets a stale export; they are then run without torch by openvino_model.py (the lean runner). One
+process at a time makes an export, and each load records its use (cache.py, which lists and prunes the cache).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from medsearch.cache import exports_root, locked, mark_used, remove_partial
 from medsearch.errors import BadInputError, MedsearchError, MissingExtraError, ModelLoadError
 from medsearch.models import DEFAULT_MODEL, builtin_folder, display_name, is_builtin
 from medsearch.runtimes import (  # noqa: F401 - the runtimes' facts, where callers have always found them
@@ -100,10 +102,6 @@ def runtime_for_index(recorded: str | None) -> str:
         if PRECISIONS[runtime] == PRECISIONS[recorded] and runtime_installed(runtime):
             return runtime
     return resolve_runtime(recorded)  # raises MissingExtraError
-
-
-def exports_root() -> Path:
-    return cache_root() / "exports"
 
 
 def _file_digest(path: Path, block: int = 1 << 16, blocks: int = 64) -> bytes:
@@ -185,7 +183,11 @@ def default_model_path() -> str:
 def resolve_model(spec: str) -> str:
     """A model spec is a built-in name (models.py: `default`, `multilingual-e5-small`), a local
     folder, or a hub name; return what to load."""
-    return str(builtin_folder(spec)) if is_builtin(spec) else spec
+    if not is_builtin(spec):
+        return spec
+    folder = builtin_folder(spec)
+    mark_used(folder)  # a built-in model made in the cache (multilingual-e5-small): its last use, for prune
+    return str(folder)
 
 
 def select_device(device: str | None = None) -> str:
@@ -308,10 +310,21 @@ def exported_model(source: Path, weights: str, runtime: str, make: Callable[[Pat
                    kind: str | None = None) -> Path:
     """The export of the model folder `source` for an OpenVINO runtime: a sentence-transformers
     folder with its openvino/ files, written once (atomically) per weights and settings fingerprint
-    and reused. `make(source, folder)` writes another kind of model's export (`kind`, e.g. a cross-encoder's)."""
+    and reused; its use is recorded (cache.mark_used, for `medsearch cache prune`). One process at a
+    time looks it up or makes it (cache.locked): a second one waits, then reuses the first's.
+    `make(source, folder)` writes another kind of model's export (`kind`, e.g. a cross-encoder's)."""
     target = export_folder(source, weights, runtime, kind)
-    if (target / OPENVINO_FILES[runtime]).is_file():
-        return target
+    with locked(target):
+        if not (target / OPENVINO_FILES[runtime]).is_file():
+            _export(source, weights, runtime, make, target)
+        mark_used(target)
+    return target
+
+
+def _export(source: Path, weights: str, runtime: str, make: Callable[[Path, Path], None] | None, target: Path) -> None:
+    """Write the export `target` through a temporary folder beside it, renamed into place when whole.
+    The caller holds its lock, so any temporary folder of `target` already there is a killed writer's: removed first."""
+    remove_partial(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     # The exporters print progress on stdout; it goes to stderr so that `--json` output stays JSON.
@@ -326,12 +339,11 @@ def exported_model(source: Path, weights: str, runtime: str, make: Callable[[Pat
                 _quantize_int8(exported_model(source, weights, "openvino"), tmp)
         try:
             tmp.rename(target)
-        except OSError:  # another process finished the same export first: keep its copy
+        except OSError:  # another process finished the same export first (a cache without locks): keep its copy
             if not (target / OPENVINO_FILES[runtime]).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _quantize_int8(fp32_export: Path, out: Path) -> None:

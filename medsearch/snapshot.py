@@ -220,7 +220,7 @@ def check_whole(index: Index, doing: str) -> None:
 # ---- snapshot ----
 
 def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
-             max_bytes: int | None = None) -> SnapshotReport:
+             max_bytes: int | None = None, key: bytes | None = None) -> SnapshotReport:
     """Write the index's current generation to `out`: a new file, or, when `out` is a folder (one
     that exists, or a path that ends with '/'), a file in it named after the index, the generation
     and the time. The archive is written beside its name and linked to it when complete: an
@@ -229,7 +229,9 @@ def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
     Into a folder, `keep`: once written, only the newest `keep` of this index's snapshots there are
     kept (those named as this function names them; nothing else is touched); `max_bytes`: refused,
     before anything is written, when the snapshots kept plus this one (counted at the generation's
-    size, which the archive does not exceed) would pass that many bytes."""
+    size, which the archive does not exceed) would pass that many bytes. `key` (read_key): the header
+    is signed with it (HMAC-SHA256), so that `restore` given the same key refuses any archive that
+    was not written by a holder of the key."""
     started = time.perf_counter()
     root = Path(index_dir)
     into_folder = Path(out).is_dir() or str(out).endswith(("/", os.sep))
@@ -260,7 +262,7 @@ def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
             out = out / f"{root.resolve().name}-{folder.name}-{stamp}-{uuid.uuid4().hex[:6]}.tar.zst"
         tmp = out.with_name(f".{out.name}{PART}{os.getpid()}-{threading.get_ident()}")
         try:
-            files, size = _write_archive(folder, tmp, root)
+            files, size = _write_archive(folder, tmp, root, key)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             _publish(tmp, out)
@@ -362,7 +364,7 @@ def _pinned(root: Path):
         yield folder
 
 
-def _write_archive(folder: Path, target: Path, root: Path) -> tuple[int, int]:
+def _write_archive(folder: Path, target: Path, root: Path, key: bytes | None = None) -> tuple[int, int]:
     """The archive: the header first (each file's size and sum: what its commit recorded, or, for a
     generation committed before records, hashed now), then each file, hashed again as it is read: a
     file that differs from its sum stops the snapshot."""
@@ -382,11 +384,14 @@ def _write_archive(folder: Path, target: Path, root: Path) -> tuple[int, int]:
         recorded = {**recorded, checksums.FILE: checksums.digest(folder / checksums.FILE)}
     sums = recorded or {name: checksums.digest(folder / name) for name in names}
     entries = {name: {"sha256": sums[name], "bytes": (folder / name).stat().st_size} for name in names}
-    header = json.dumps({
+    header = {
         "format": FORMAT, "medsearch_version": __version__, "index": root.resolve().name,
         "generation": generations.number(folder), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": entries,
-    }, indent=2).encode()
+    }
+    if key is not None:
+        header[SIGNATURE] = {"hmac-sha256": signature(header, key)}
+    header = json.dumps(header, indent=2).encode()
     with open(target, "wb") as raw:
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
         with compressor.stream_writer(raw, closefd=False) as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
@@ -432,11 +437,13 @@ class _Bounded:
         return data
 
 
-def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool = False) -> RestoreReport:
+def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool = False,
+            key: bytes | None = None) -> RestoreReport:
     """Check the snapshot and commit it as the next generation of `index_dir`: a new index, or with
     `replace` an existing one of the same model (its current generation stays readable until pruned,
     as after any write; a damaged one is replaced too: that is how it is repaired). Nothing is
-    written to the index unless every check passes, and a new folder is not left behind."""
+    written to the index unless every check passes, and a new folder is not left behind. `key`: the
+    archive must be signed with it (snapshot's `key`), checked before any file is written."""
     started = time.perf_counter()
     source, root = Path(snapshot_path), Path(index_dir)
     if not source.is_file():
@@ -449,7 +456,7 @@ def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool =
     with generations.writer_lock(root):
         tmp = generations.new_folder(root)
         try:
-            header, manifest, files = _unpack(source, tmp)
+            header, manifest, files = _unpack(source, tmp, key)
             if current is not None:
                 _check_same_model(source, manifest, current, root)
             target = generations.commit(root, tmp)
@@ -508,10 +515,10 @@ def _check_same_model(source: Path, manifest: Manifest, current: Manifest, root:
                             "new folder (a service over this one would refuse its vectors)")
 
 
-def _unpack(source: Path, tmp: Path) -> tuple[dict, Manifest, int]:
+def _unpack(source: Path, tmp: Path, key: bytes | None = None) -> tuple[dict, Manifest, int]:
     """The snapshot unpacked into `tmp` and checked: every file against the header's sums, then the
     generation as `verify` checks one. (header, manifest, files checked); DamagedSnapshotError."""
-    header = _extract(source, tmp)
+    header = _extract(source, tmp, key)
     try:
         raw = json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:
@@ -533,7 +540,7 @@ def _unpack(source: Path, tmp: Path) -> tuple[dict, Manifest, int]:
     return header, manifest, len(header["files"])
 
 
-def _extract(source: Path, folder: Path) -> dict:
+def _extract(source: Path, folder: Path, key: bytes | None = None) -> dict:
     """Unpack the archive's generation into `folder`: the header first (its size bounded), then only
     the files it lists, each of its listed size and sum, each once, the stream cut past what the
     header lists; the header. DamagedSnapshotError (one line) for anything else than an intact
@@ -544,19 +551,21 @@ def _extract(source: Path, folder: Path) -> dict:
         with open(source, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
             bounded = _Bounded(stream, MAX_HEADER_BYTES + MEMBER_OVERHEAD, source)
             with tarfile.open(fileobj=bounded, mode="r|") as tar:
-                return _extract_members(source, tar, bounded, folder)
+                return _extract_members(source, tar, bounded, folder, key)
     except DamagedSnapshotError:
         raise
     except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, MemoryError) as err:
         raise DamagedSnapshotError(f"{source} is not an intact medsearch snapshot ({reason(err)}); nothing was restored") from None
 
 
-def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, folder: Path) -> dict:
+def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, folder: Path, key: bytes | None) -> dict:
     first = tar.next()
     if first is None or first.name != HEADER or not first.isfile() or first.size > MAX_HEADER_BYTES:
         raise DamagedSnapshotError(f"{source} is not a medsearch snapshot (it does not begin with {HEADER}); "
                                    "nothing was restored")
     header = _header(source, tar.extractfile(first).read())
+    if key is not None:
+        _check_signature(source, header, key)
     listed = header["files"]
     total = sum(entry["bytes"] for entry in listed.values())
     if total * FREE_MARGIN > shutil.disk_usage(folder).free:
@@ -581,6 +590,50 @@ def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, fold
     if missing:
         raise DamagedSnapshotError(f"{source} is damaged: {ascii(missing[0])[:100]} is missing; nothing was restored")
     return header
+
+
+# ---- signed snapshots ----
+# Checksums prove an archive whole, not who wrote it: anyone can forge one with sums that agree. A
+# key shared by whoever takes and restores snapshots proves that: the header, which lists every
+# file's sha256, is signed with HMAC-SHA256, so no byte of the archive can change without the key.
+
+SIGNATURE = "signature"
+MIN_KEY_BYTES = 16
+
+
+def read_key(path: str | Path) -> bytes:
+    """A signing key from a file (its bytes, surrounding whitespace stripped): at least MIN_KEY_BYTES,
+    e.g. `openssl rand -hex 32 > snapshot.key`."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as err:
+        raise BadInputError(f"cannot read the key file {path}: {reason(err)}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise BadInputError(f"the key file {path} holds {len(key)} bytes; a key has at least {MIN_KEY_BYTES} "
+                            "(make one with: openssl rand -hex 32 > FILE)")
+    return key
+
+
+def signature(header: dict, key: bytes) -> str:
+    """HMAC-SHA256 of the header (without its signature) as canonical JSON."""
+    import hashlib
+    import hmac
+
+    body = {name: value for name, value in header.items() if name != SIGNATURE}
+    return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), hashlib.sha256).hexdigest()
+
+
+def _check_signature(source: Path, header: dict, key: bytes) -> None:
+    import hmac
+
+    given = header.get(SIGNATURE)
+    given = given.get("hmac-sha256") if isinstance(given, dict) else None
+    if not isinstance(given, str):
+        raise DamagedSnapshotError(f"{source} is not signed, and a key was given: restore it without --key-file only "
+                                   "if you trust where it came from; nothing was restored")
+    if not hmac.compare_digest(given, signature(header, key)):
+        raise DamagedSnapshotError(f"{source} is not signed with this key (forged, changed, or signed with another "
+                                   "key); nothing was restored")
 
 
 def _header(source: Path, data: bytes) -> dict:

@@ -681,3 +681,25 @@ def test_snapshot_keep_and_byte_budget_in_the_cli(index_dir, tmp_path):
     assert result.exit_code == 1 and "budget" in result.output and len(list(backups.iterdir())) == 2
     assert run("snapshot", index_dir, str(backups) + "/", "--keep", "1", "--max-bytes", str(size)).exit_code == 0
     assert len(list(backups.iterdir())) == 1
+
+
+def test_a_signed_snapshot_restores_with_its_key_and_nothing_else_does(index_dir, tmp_path):
+    key_file, other = tmp_path / "snapshot.key", tmp_path / "other.key"
+    key_file.write_text("0123456789abcdef0123456789abcdef\n")
+    other.write_text("fedcba9876543210fedcba9876543210")
+    assert run("snapshot", index_dir, tmp_path / "signed.tar.zst", "--key-file", key_file).exit_code == 0
+    snapshot(index_dir, tmp_path / "unsigned.tar.zst")
+    # a forger without the key: a consistent manifest change, every sum recomputed, the old signature kept
+    _forge(tmp_path / "signed.tar.zst", tmp_path / "forged.tar.zst", _set("reranker", {"model": "/evil", "rerank": 20}))
+    for archive, key, why in (("forged", key_file, "not signed with this key"), ("signed", other, "not signed with this key"),
+                              ("unsigned", key_file, "is not signed")):
+        result = run("restore", tmp_path / f"{archive}.tar.zst", tmp_path / "copy", "--key-file", key)
+        assert result.exit_code == 1 and why in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert not (tmp_path / "copy").exists()
+    assert run("restore", tmp_path / "signed.tar.zst", tmp_path / "copy", "--key-file", key_file).exit_code == 0
+    assert verify(tmp_path / "copy").ok
+    assert run("restore", tmp_path / "forged.tar.zst", tmp_path / "copy2").exit_code == 0, \
+        "without a key, a consistent archive is restored: checksums prove it whole, not who made it"
+    (tmp_path / "short.key").write_text("short")
+    result = run("snapshot", index_dir, tmp_path / "x.tar.zst", "--key-file", tmp_path / "short.key")
+    assert result.exit_code == 1 and "at least 16" in result.output and not (tmp_path / "x.tar.zst").exists()

@@ -283,7 +283,8 @@ class Service:
         async with self._snapshot_lock:
             try:
                 report = await asyncio.to_thread(snapshot, searcher.index.path, os.path.join(self.settings.snapshot_dir, ""),
-                                                 keep=self.settings.snapshot_keep, max_bytes=self.settings.snapshot_max_bytes)
+                                                 keep=self.settings.snapshot_keep, max_bytes=self.settings.snapshot_max_bytes,
+                                                 key=self.settings.snapshot_key)
             except (MedsearchError, OSError) as err:
                 log.error("snapshot failed: %s", err)
                 raise SnapshotFailed(f"the snapshot failed: {public_message(str(err))}") from None

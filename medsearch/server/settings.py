@@ -77,6 +77,7 @@ class ServerSettings:
     # snapshot_max_bytes of them: a client cannot fill the disk
     snapshot_keep: int = 5
     snapshot_max_bytes: int = 10_000_000_000
+    snapshot_key: bytes | None = None  # signs them (snapshot.read_key); None: unsigned
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
