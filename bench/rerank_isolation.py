@@ -31,6 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, write_results  # noqa: E402
 
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the cross-encoder made here: no load report
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = ["fever in children", "what causes asthma", "high blood pressure treatment", "diabetes symptoms",
            "how is measles spread"]
