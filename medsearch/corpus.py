@@ -8,23 +8,32 @@ Accepted inputs (a file or a folder):
 - `.txt` / `.md`: one document per file; id = path relative to the corpus folder; title = the
   first `# heading` of a Markdown file, else the file name.
 A folder without `corpus.jsonl` is walked recursively (hidden files skipped, sorted order).
+
+Ids are taken exactly (never stripped): one with whitespace at either end or a control character
+is refused; one not in Unicode NFC form is normalised to it, with one warning for the whole run
+(validation.check_id), so the NFC and NFD spellings of an id are one document.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from medsearch.errors import BadInputError, NotFoundError
-from medsearch.validation import check_text, check_value
+from medsearch.validation import check_id, check_text, check_value
 
 SUFFIXES = (".jsonl", ".csv", ".txt", ".md")
 _KNOWN_FIELDS = {"id", "_id", "title", "text", "url", "source"}
+log = logging.getLogger("medsearch")
+# The corpora whose normalised ids this process has told of (`medsearch index` may read one twice)
+_told: set[tuple[str, int]] = set()
 
 
 @dataclass
@@ -58,17 +67,33 @@ def read_corpus(path: str | Path) -> list[Document]:
             raise BadInputError(f"{root}: unsupported file type '{root.suffix}' (use {', '.join(SUFFIXES)})")
         files, base = [root], root.parent
 
-    documents: list[Document] = []
+    documents = normalised_ids([doc for file in files for doc in _read_file(file, base)], str(root), once=True)
     seen: dict[str, str] = {}
-    for file in files:
-        for doc in _read_file(file, base):
-            if doc.id in seen:
-                raise BadInputError(f"{doc.origin}: duplicate document id '{doc.id}' (first seen at {seen[doc.id]})")
-            seen[doc.id] = doc.origin
-            documents.append(doc)
+    for doc in documents:
+        if doc.id in seen:
+            raise BadInputError(f"{doc.origin}: duplicate document id '{doc.id}' (first seen at {seen[doc.id]})")
+        seen[doc.id] = doc.origin
     if not documents:
         raise BadInputError(f"no documents found in {root}: the corpus is empty")
     return documents
+
+
+def normalised_ids(documents: list[Document], where: str, once: bool = False) -> list[Document]:
+    """`documents` with their ids as stored (validation.check_id: refused with one line naming the
+    record, or NFC-normalised); one warning for all the ids that changed, naming how many, not which
+    (ids can be personal); with `once`, only the first time this process reads `where`."""
+    out, changed = [], 0
+    for number, doc in enumerate(documents, start=1):
+        doc_id = check_id(doc.id, doc.origin or f"{where}: document {number}")
+        if doc_id != doc.id:
+            doc, changed = dataclasses.replace(doc, id=doc_id), changed + 1
+        out.append(doc)
+    if changed and not (once and (where, changed) in _told):
+        if once:
+            _told.add((where, changed))
+        log.warning("%s: %d document id%s not in Unicode NFC form: normalised to it (the NFC and NFD spellings "
+                    "of an id are one document)", where, changed, " was" if changed == 1 else "s were")
+    return out
 
 
 def _corpus_files(root: Path) -> list[Path]:
@@ -111,7 +136,8 @@ def _record_to_document(record: dict, origin: str, source: str, default_id: str)
         if isinstance(record.get(name), (dict, list, bool)):
             raise BadInputError(f"{origin}: '{name}' must be text, not {type(record[name]).__name__}")
     raw_id = record.get("_id", record.get("id"))
-    doc_id = default_id if raw_id is None or str(raw_id).strip() == "" else str(raw_id).strip()
+    doc_id = default_id if raw_id is None or raw_id == "" else str(raw_id)
+    check_id(doc_id, origin)  # taken exactly: whitespace at either end or a control character is refused
     text = record.get("text")
     if not isinstance(text, str) or not text.strip():
         raise BadInputError(f"{origin}: missing or empty 'text' field")
@@ -174,27 +200,28 @@ def _read_plain(content: str, name: str, markdown: bool) -> Document:
         heading = next((ln for ln in text.splitlines() if ln.startswith("# ")), None)
         if heading:
             title = heading[2:].strip()
+    check_id(name, name)  # the file's path is its id: the same rules as an id in a record
     return Document(id=name, text=text, title=title, source=name, origin=name)
 
 
 def documents_from_records(records: list, where: str = "document") -> list[Document]:
     """Documents from JSON objects (an HTTP request body): each needs an `id` and a `text`; the
     other fields as in a .jsonl corpus."""
-    documents, seen = [], set()
+    documents = []
     for number, record in enumerate(records, start=1):
         origin = f"{where} {number}"
         if not isinstance(record, dict):
             raise BadInputError(f"{origin}: expected a JSON object, got {type(record).__name__}")
-        raw_id = record.get("_id", record.get("id"))
-        if raw_id is None or str(raw_id).strip() == "":
+        if record.get("_id", record.get("id")) in (None, ""):
             raise BadInputError(f"{origin}: missing or empty 'id'")
-        doc = _record_to_document(record, origin, source="", default_id="")
-        if doc.id in seen:
-            raise BadInputError(f"{origin}: duplicate document id '{doc.id}'")
-        seen.add(doc.id)
-        documents.append(doc)
+        documents.append(_record_to_document(record, origin, source="", default_id=""))
     if not documents:
         raise BadInputError("no documents given")
+    documents, seen = normalised_ids(documents, f"{where}s"), set()
+    for doc in documents:
+        if doc.id in seen:
+            raise BadInputError(f"{doc.origin}: duplicate document id '{doc.id}'")
+        seen.add(doc.id)
     return documents
 
 

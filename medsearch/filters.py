@@ -1,9 +1,19 @@
 """Metadata filters: `field=value`, `field!=value`, `field>=number`, `field<=number` (ANDed).
 
-A field is a document column (id, title, source, url) or a top-level metadata key. Filters
-become one SQL condition, evaluated in SQLite (expression indexes on metadata keys, store.py);
-the chunk rows it keeps go into the vector search as a faiss IDSelector (search.py), so a filter
-that keeps few documents still gets k of them when k exist.
+A field is a document column (id, title, source, url) or a top-level metadata key. What matches,
+on every backend (the FAISS backend through this SQL, Qdrant through backends/qdrant.query_filter):
+
+- `=`: a text value equal to the filter's text (columns are text: `id=5` is the text "5"); a JSON
+  number equal to the filter's number (`year=2020` matches 2020 and 2020.0, not "2020.0"); a JSON
+  boolean only for `=true` / `=false`, never for a number (`flag=1` does not match true); a list
+  when any of its elements matches by these rules (`tags=a` matches ["a", "b"]). An object or null
+  never matches. `!=` matches exactly what `=` does not, documents without the field included.
+- `>=`, `<=`: a JSON number, or text that reads as one (a CSV column's "2019"), never a boolean
+  nor a list.
+
+Filters become one SQL condition, evaluated in SQLite (expression indexes on metadata keys' values
+and JSON types, store.py); the chunk rows it keeps go into the vector search as a faiss IDSelector
+(search.py), so a filter that keeps few documents still gets k of them when k exist.
 """
 
 from __future__ import annotations
@@ -14,9 +24,10 @@ from dataclasses import dataclass
 
 from medsearch.errors import BadInputError
 from medsearch.store import COLUMNS, metadata_expression
-from medsearch.validation import check_text
+from medsearch.validation import check_text, normal_id
 
 OPERATORS = ("!=", ">=", "<=", "=")
+BOOLEANS = ("true", "false")  # the values that match a JSON boolean (JSON's spelling)
 _OPERATOR_START = re.compile(r"[=!<>]")
 
 
@@ -48,6 +59,8 @@ def parse_filter(text: str) -> Filter:
             raise BadInputError(f"filter '{text}': '{op}' needs a number, not '{value}'") from None
         if not math.isfinite(number):
             raise BadInputError(f"filter '{text}': '{op}' needs a finite number")
+    if field == "id":
+        value = normal_id(value)  # ids are stored in NFC: an NFD spelling finds the document
     return Filter(field, op, value)
 
 
@@ -79,25 +92,46 @@ def filter_number(value: str) -> float | None:
 
 
 def filter_sql(filters: list[Filter], metadata_fields: list[str]) -> tuple[str, list]:
-    """One SQL condition over documents `d` (and its parameters) for all filters together."""
+    """One SQL condition over documents `d` (and its parameters) for all filters together, matching
+    as the module's docstring says."""
     known = set(metadata_fields)
     conditions, params = [], []
     for f in filters:
-        if f.field in COLUMNS:
-            expr = f"d.{f.field}"
-        elif f.field in known:
-            expr = metadata_expression(f.field)
-        else:
+        if f.field not in COLUMNS and f.field not in known:
             fields = ", ".join([*COLUMNS, *sorted(known)])
             raise BadInputError(f"unknown filter field '{f.field}' (fields of this index: {fields})")
-        number = filter_number(f.value)
+        column = f.field in COLUMNS
+        expr = f"d.{f.field}" if column else metadata_expression(f.field)
+        kind = "'text'" if column else metadata_expression(f.field, function="json_type")  # JSON type
         if f.op in ("=", "!="):
-            equal = f"({expr} = ? OR {expr} = ?)" if number is not None else f"{expr} = ?"
-            values = [f.value, number] if number is not None else [f.value]
-            conditions.append(equal if f.op == "=" else f"({expr} IS NULL OR NOT {equal})")
+            if column:
+                equal, values = f"{expr} = ?", [f.value]
+            else:  # the value itself, or (a list) any of its elements
+                value, value_params = _equal(expr, kind, f, guard="+")  # '+': SQLite looks the value up in its index
+                element, element_params = _equal("j.value", "j.type", f)
+                each = metadata_expression(f.field, function="json_each")
+                equal = f"({value} OR ({kind} = 'array' AND EXISTS (SELECT 1 FROM {each} j WHERE {element})))"
+                values = value_params + element_params
+            conditions.append(equal if f.op == "=" else f"NOT coalesce({equal}, 0)")
             params += values
         else:  # >= and <= compare numbers: JSON numbers, or text that is a number (CSV columns)
-            numeric = f"(typeof({expr}) IN ('integer', 'real') OR ({expr} <> '' AND NOT {expr} GLOB '*[^0-9.eE+-]*'))"
+            numeric = f"({kind} IN ('integer', 'real') OR ({kind} = 'text' AND {expr} <> '' AND NOT {expr} GLOB '*[^0-9.eE+-]*'))"
             conditions.append(f"({numeric} AND CAST({expr} AS REAL) {f.op} ?)")
-            params.append(number)
+            params.append(filter_number(f.value))
     return " AND ".join(conditions) or "1", params
+
+
+def _equal(value: str, kind: str, f: Filter, guard: str = "") -> tuple[str, list]:
+    """SQL for `=`: the JSON value `value` (of JSON type `kind`) equals the filter's text, its number,
+    or (`true` / `false`) is that boolean. The type checks cost a JSON parse per row, so they are
+    written only where a wrong type could be equal (`guard` prefixes them): an array's or object's
+    JSON text ('[...]', '{...}') and a boolean's 0 or 1."""
+    text = f"{value} = ?" + (f" AND {guard}{kind} = 'text'" if f.value[:1] in ("[", "{") else "")
+    terms, params = [f"({text})"], [f.value]
+    number = filter_number(f.value)
+    if number is not None:
+        terms.append(f"({value} = ?" + (f" AND {guard}{kind} IN ('integer', 'real'))" if number in (0, 1) else ")"))
+        params.append(number)
+    if f.value in BOOLEANS:
+        terms.append(f"{kind} = '{f.value}'")
+    return "(" + " OR ".join(terms) + ")", params

@@ -17,6 +17,7 @@ import numpy as np
 from medsearch.chunking import Chunk, passage
 from medsearch.corpus import Document
 from medsearch.errors import NotFoundError
+from medsearch.validation import normal_id
 
 if TYPE_CHECKING:  # writes use sqlite-utils; reads (a query's path) plain sqlite3, without its import
     import sqlite_utils
@@ -120,17 +121,20 @@ def metadata_keys(db: sqlite3.Connection) -> list[str]:
 
 
 def index_metadata_keys(db: "sqlite3.Connection | sqlite_utils.Database") -> None:
-    """An expression index per metadata key, so a filter on it is evaluated from the index."""
+    """Expression indexes per metadata key, on its value and on its JSON type, so a filter on it is
+    evaluated from the indexes (filters.filter_sql: `flag=true` and a list's elements need the type)."""
     for key in metadata_keys(db)[:MAX_INDEXED_KEYS]:
-        name = "meta_" + re.sub(r"\W", "_", key)
-        db.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON documents ({metadata_expression(key, "")})')
+        name = re.sub(r"\W", "_", key)
+        db.execute(f'CREATE INDEX IF NOT EXISTS "meta_{name}" ON documents ({metadata_expression(key, "")})')
+        db.execute(f'CREATE INDEX IF NOT EXISTS "metatype_{name}" ON documents ({metadata_expression(key, "", "json_type")})')
 
 
-def metadata_expression(key: str, table: str = "d.") -> str:
-    """SQL for a top-level metadata key's value; the same text in the index and in filters, so
-    SQLite uses the index. The key is quoted as a JSON path and as an SQL literal: any key is safe."""
+def metadata_expression(key: str, table: str = "d.", function: str = "json_extract") -> str:
+    """SQL for a top-level metadata key's value (or, with `function`, its `json_type` or its
+    `json_each` rows); the same text in the index and in filters, so SQLite uses the index. The key
+    is quoted as a JSON path and as an SQL literal: any key is safe."""
     path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"json_extract({table}metadata, '{path.replace(chr(39), chr(39) * 2)}')"
+    return f"{function}({table}metadata, '{path.replace(chr(39), chr(39) * 2)}')"
 
 
 # Words left out of the snippet's FTS5 match: they are in nearly every chunk, so matching them costs
@@ -201,7 +205,9 @@ class DocStore:
         return found
 
     def document(self, doc_id: str) -> dict:
-        """The whole document: id, title, text, url, source, metadata."""
+        """The whole document: id, title, text, url, source, metadata. `doc_id` in any Unicode
+        normalisation form: ids are stored in NFC (validation.normal_id)."""
+        doc_id = normal_id(doc_id)
         rows = list(self.query(
             "SELECT id, title, text, url, source, metadata FROM documents WHERE id = ?", [doc_id]
         ))

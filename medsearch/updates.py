@@ -26,7 +26,7 @@ import numpy as np
 
 from medsearch import checksums, generations, lexical
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL, needs_calibration
-from medsearch.corpus import Document, read_corpus
+from medsearch.corpus import Document, normalised_ids, read_corpus
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, NotFoundError
 from medsearch.index import (
@@ -41,6 +41,7 @@ from medsearch.index import (
 from medsearch.manifest import Manifest
 from medsearch.snapshot import check_whole
 from medsearch.store import corpus_fingerprint, write_change, write_store
+from medsearch.validation import normal_id
 
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
 # selector skips them inside faiss, but flat indexes still scan them; bench/living.py measures it).
@@ -94,7 +95,7 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
     adds rows measures the fast tier's candidate count again (for `target_recall`, default the
     index's own), as does a new `target_recall` alone."""
     started = time.perf_counter()
-    docs = read_corpus(documents) if isinstance(documents, (str, Path)) else list(documents)
+    docs = read_corpus(documents) if isinstance(documents, (str, Path)) else normalised_ids(list(documents), "upsert")
     root = Path(index_dir)
     with _locked_base(root) as base:
         hashes = base.store.hashes()
@@ -117,7 +118,7 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
 def delete(index_dir: str | Path, ids: Iterable[str]) -> WriteReport:
     """Delete documents by id from every tier at once; unknown ids are an error (nothing is written)."""
     started = time.perf_counter()
-    ids = list(dict.fromkeys(str(i) for i in ids))
+    ids = list(dict.fromkeys(normal_id(str(i)) for i in ids))  # as stored: NFC (an NFD spelling finds it)
     if not ids:
         raise BadInputError("no document ids given")
     root = Path(index_dir)

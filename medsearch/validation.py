@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 from medsearch.errors import BadInputError
 
@@ -38,6 +39,28 @@ def check_text(text: str, where: str) -> str:
     if problem:
         raise BadInputError(f"{where}: {problem}")
     return text
+
+
+def normal_id(doc_id: str) -> str:
+    """A document id as it is stored and looked up: Unicode NFC, so that the NFC and NFD spellings
+    of an id ("café" as one character or as 'e' + a combining accent; macOS names files in NFD) are
+    one document, and a lookup by either finds it."""
+    return unicodedata.normalize("NFC", doc_id)
+
+
+def check_id(doc_id: str, where: str) -> str:
+    """A document id as it is stored (`normal_id`), or BadInputError naming `where` when it has
+    whitespace at either end or a control character: ids are taken exactly, so 'pad ' and 'pad'
+    would be two documents that print alike. Every way in (corpus records, file names, the API's
+    writes) goes through here."""
+    check_text(doc_id, f"{where}: the document id")
+    if doc_id != doc_id.strip():
+        raise BadInputError(f"{where}: document id {doc_id!r} has whitespace at its start or end; ids are "
+                            "taken exactly: remove it")
+    control = next((c for c in doc_id if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise BadInputError(f"{where}: document id {doc_id!r} contains a control character (U+{ord(control):04X})")
+    return normal_id(doc_id)
 
 
 MAX_DEPTH = 32  # nested objects and lists in one value (a deeper one fails JSON encoding on answer)

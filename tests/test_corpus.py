@@ -2,7 +2,7 @@
 import pytest
 
 from medsearch.corpus import read_corpus, read_queries
-from medsearch.errors import MedsearchError
+from medsearch.errors import BadInputError, MedsearchError
 
 from conftest import write_jsonl
 
@@ -122,3 +122,79 @@ def test_read_queries_errors(tmp_path, content, message):
         read_queries(tmp_path / "q.jsonl")
     with pytest.raises(MedsearchError, match="queries file not found"):
         read_queries(tmp_path / "nope.jsonl")
+
+
+# Issue 30: ids are taken exactly; the NFC and NFD spellings of an id are one document
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+@pytest.mark.parametrize("raw_id, message", [
+    ("pad ", r"c\.jsonl:2: document id 'pad ' has whitespace at its start or end; ids are taken exactly"),
+    (" pad", r"c\.jsonl:2: document id ' pad' has whitespace at its start or end"),
+    ("pad\n", r"c\.jsonl:2: document id 'pad\\n' has whitespace at its start or end"),
+    ("   ", r"c\.jsonl:2: document id '   ' has whitespace"),
+    ("a\tb", r"c\.jsonl:2: document id 'a\\tb' contains a control character \(U\+0009\)"),
+    ("bell\x07", r"c\.jsonl:2: document id 'bell\\x07' contains a control character \(U\+0007\)"),
+])
+def test_ids_are_taken_exactly_and_bad_ones_refused(tmp_path, raw_id, message):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "pad", "text": "one"}, {"id": raw_id, "text": "two"}])
+    with pytest.raises(BadInputError, match=message):
+        read_corpus(path)
+
+
+def test_ids_keep_inner_spaces_and_csv_ids_are_not_stripped(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a b", "text": "one"}, {"_id": "", "text": "no id: the line"}])
+    assert [d.id for d in read_corpus(path)] == ["a b", "c.jsonl:2"]
+    (tmp_path / "d.csv").write_text("id,text\npad ,body\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"d\.csv:2: document id 'pad ' has whitespace at its start or end"):
+        read_corpus(tmp_path / "d.csv")
+
+
+def test_a_bad_id_is_one_line_from_the_cli(tmp_path):
+    from test_cli import assert_one_line_error, run
+
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "pad ", "text": "one"}])
+    assert_one_line_error(run("index", path, "--index", tmp_path / "idx"), "c.jsonl:1: document id 'pad ' has whitespace")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_nfd_ids_are_normalised_with_one_warning(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": NFD, "text": "one"}, {"id": "ok", "text": "two"},
+                                              {"id": NFD + "-2", "text": "three"}])
+    with caplog.at_level("WARNING", logger="medsearch"):
+        assert [d.id for d in read_corpus(path)] == [NFC, "ok", NFC + "-2"]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "medsearch"]
+    assert warning == (f"{path}: 2 document ids were not in Unicode NFC form: normalised to it "
+                       "(the NFC and NFD spellings of an id are one document)")
+    assert NFD not in warning, "the notice counts ids, it does not print them"
+
+
+def test_nfc_and_nfd_spellings_of_an_id_are_one_document(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": NFC, "text": "one"}, {"id": NFD, "text": "two"}])
+    with pytest.raises(BadInputError, match=rf"c\.jsonl:2: duplicate document id '{NFC}' \(first seen at c\.jsonl:1\)"):
+        read_corpus(path)
+
+
+def test_file_name_ids_follow_the_same_rules(tmp_path, caplog):
+    (tmp_path / f"{NFD}.txt").write_text("Coffee and the heart.\n", encoding="utf-8")  # macOS names files in NFD
+    (tmp_path / "tea.md").write_text("# Tea\nTea and sleep.\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="medsearch"):
+        assert sorted(d.id for d in read_corpus(tmp_path)) == [f"{NFC}.txt", "tea.md"]
+    assert [r.getMessage() for r in caplog.records if r.name == "medsearch"][0].startswith(f"{tmp_path}: 1 document id was")
+    (tmp_path / " lead.txt").write_text("x\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match=r" lead\.txt: document id ' lead\.txt' has whitespace at its start or end"):
+        read_corpus(tmp_path)
+
+
+def test_documents_from_records_apply_the_same_rules(caplog):
+    from medsearch.corpus import documents_from_records
+
+    with pytest.raises(BadInputError, match=r"document 2: document id 'x ' has whitespace at its start or end"):
+        documents_from_records([{"id": "ok", "text": "t"}, {"id": "x ", "text": "t"}])
+    with pytest.raises(BadInputError, match=r"document 1: document id '\\r' has whitespace"):
+        documents_from_records([{"id": "\r", "text": "t"}])
+    with caplog.at_level("WARNING", logger="medsearch"):
+        assert [d.id for d in documents_from_records([{"id": NFD, "text": "t"}])] == [NFC]
+    assert "documents: 1 document id was not in Unicode NFC form" in caplog.text
+    with pytest.raises(BadInputError, match=rf"document 2: duplicate document id '{NFC}'"):
+        documents_from_records([{"id": NFC, "text": "t"}, {"id": NFD, "text": "u"}])

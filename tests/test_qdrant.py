@@ -147,8 +147,9 @@ def test_payload_numbers_read_numbers_as_the_sql_filter_does():
     [p] = qdrant.payloads([{"row": 0, "position": 0, "text": "t", "doc": 0, "id": "7", "title": "T", "source": "",
                             "url": "", "metadata": {"year": "2019", "dose": 2.5, "flag": True, "name": "n1",
                                                     "date": "2019-05-01", "huge": "1e999", "list": [1]}}])
-    # SQLite's CAST reads the longest numeric prefix ("2019-05-01" -> 2019); JSON holds no infinity
-    assert p["numbers"] == {"year": 2019.0, "dose": 2.5, "flag": 1.0, "date": 2019.0, "id": 7.0}
+    # SQLite's CAST reads the longest numeric prefix ("2019-05-01" -> 2019); JSON holds no infinity;
+    # a boolean is no number (`flag<=1` never matches true)
+    assert p["numbers"] == {"year": 2019.0, "dose": 2.5, "date": 2019.0, "id": 7.0}
 
 
 def test_service_over_a_qdrant_index_answers_concurrent_clients(bundled_qdrant_index, minilm):

@@ -7,10 +7,12 @@ position (uuid5). Named vectors: `d64`, `d128`, ... for every stored prefix dim 
 the FAISS tiers hold them) and `full`, which has no HNSW graph: it is only scanned to re-score
 candidates or for the exact deep tier. The payload is the chunk (row, position, text), its document
 (ordinal `doc`, id, title, source, url, metadata, content hash) and `numbers`: every value among
-those that reads as a number, so `field>=N` compares numbers as SQLite does for the FAISS backend.
-Filters become Qdrant payload filters inside the search, chunk hits collapse to documents as in the
-FAISS backend (the best chunk of each; the search widens until k documents), and the fast tier is
-one Query API call: a prefetch of the candidates on `d64`, re-scored on `full`.
+those that reads as a number (booleans do not), so `field>=N` compares numbers as SQLite does for
+the FAISS backend. Filters become Qdrant payload filters inside the search, matching what the SQL
+filters match (filters.py's docstring: a list by any element, a boolean only for `true` / `false`);
+chunk hits collapse to documents as in the FAISS backend (the best chunk of each; the search widens
+until k documents), and the fast tier is one Query API call: a prefetch of the candidates on `d64`,
+re-scored on `full`.
 
 A generation of the index folder answers only with its own live rows: a writer adds points before
 it commits, with rows past the generation's, and deletes the points of replaced and deleted
@@ -36,7 +38,7 @@ import numpy as np
 from medsearch.backends.base import Ranked, collapse, prefix
 from medsearch.backends.funnel import calibrate
 from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MissingExtraError
-from medsearch.filters import Filter, filter_number
+from medsearch.filters import BOOLEANS, Filter, filter_number
 from medsearch.manifest import Manifest
 from medsearch.store import COLUMNS, DocStore
 
@@ -172,9 +174,9 @@ def payloads(rows: Iterable[dict]) -> list[dict]:
 
 def _as_number(value) -> float | None:
     """The number a filter's >= / <= compares, as filters.filter_sql reads a value: a JSON number, or
-    text of digits, '.', 'e', '+' and '-' that parses as one."""
+    text of digits, '.', 'e', '+' and '-' that parses as one; never a boolean."""
     if isinstance(value, bool):
-        return float(value)
+        return None
     if isinstance(value, (int, float)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, str) and _NUMERIC_TEXT.match(value):  # CAST(... AS REAL): the longest numeric prefix
@@ -413,7 +415,8 @@ class QdrantBackend:
 
     def query_filter(self, filters: list[Filter], columns: tuple[str, ...]):
         """The Qdrant filter for parsed `filters` (fields already checked by filters.filter_sql): the
-        same matches as the SQL one; None for no filters."""
+        same matches as the SQL one; None for no filters. Qdrant matches a list when any element
+        does, and keeps booleans apart from numbers (a Range or an integer match never matches one)."""
         if not filters:
             return None
         m = self.models
@@ -422,9 +425,11 @@ class QdrantBackend:
             key = f.field if f.field in columns else f"metadata.{f.field}"
             number = filter_number(f.value)
             if f.op in ("=", "!="):
-                equal = [m.FieldCondition(key=key, match=m.MatchValue(value=f.value))]
-                if number is not None:  # a JSON number equal to it
+                equal = [m.FieldCondition(key=key, match=m.MatchValue(value=f.value))]  # text
+                if number is not None and f.field not in columns:  # a JSON number equal to it
                     equal.append(m.FieldCondition(key=key, range=m.Range(gte=number, lte=number)))
+                if f.value in BOOLEANS and f.field not in columns:  # a JSON boolean
+                    equal.append(m.FieldCondition(key=key, match=m.MatchValue(value=f.value == "true")))
                 (must if f.op == "=" else must_not).append(m.Filter(should=equal))
             else:
                 bound = m.Range(gte=number) if f.op == ">=" else m.Range(lte=number)
