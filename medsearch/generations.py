@@ -104,7 +104,7 @@ def commit(root: Path, tmp: Path, derived: bool = True, checked: frozenset[str] 
         os.fsync(handle.fileno())
     os.replace(pointer, root / POINTER)
     _fsync_dir(root)
-    prune(root)
+    prune(root, retired=previous is not None)
     return target
 
 
@@ -128,17 +128,19 @@ def _drop_failed_switches(root: Path, committed: Path | None) -> None:
             _remove(path)
 
 
-def prune(root: Path) -> None:
+def prune(root: Path, retired: bool = True) -> None:
     """Remove temporary folders of killed writers, and every generation but the current one that no
     reader leases and no snapshot pins. `commit` calls it, with the writer lock held, after it has
-    dropped the folders of failed switches."""
+    dropped the folders of failed switches; with `retired` False (a commit over a damaged
+    CURRENT, which cannot tell which of them was current) the generations stay."""
     committed = current(root)
     newest = number(committed) if committed else 0
     kept = _pinned(root)
     for path in root.iterdir():
         if path.name.startswith((".tmp-", f".{POINTER}.tmp-", REMOVING)):
             _remove(path)
-        elif path.is_dir() and _GENERATION.match(path.name) and number(path) < newest and path.name not in kept:
+        elif (retired and path.is_dir() and _GENERATION.match(path.name) and number(path) < newest
+              and path.name not in kept):
             _remove_unread(root, path)
 
 

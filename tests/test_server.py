@@ -37,7 +37,7 @@ def test_get_search_is_the_cli_json(client, searcher):
     assert [h["id"] for h in body["results"]] == [h["id"] for h in expected["results"]]
     assert body["results"][0]["title"] == "Type 2 diabetes: early signs"
     assert [h["score"] for h in body["results"]] == pytest.approx([h["score"] for h in expected["results"]], abs=1e-5)
-    assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by"]
+    assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by", "first_stage_score", "rerank_score"]
     assert body["results"][0]["found_by"] == {"dense": 1, "lexical": 1}, "no mode named: hybrid, the index's default"
     assert body["results"][0]["metadata"] == {"topic": "condition"}
     assert body["results"][0]["source"] == "corpus.jsonl"
@@ -244,7 +244,25 @@ def test_a_failed_load_is_reported_and_stops_the_server(tmp_path):
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["error"] == "cannot serve: index built with another model"
-        assert client.get("/search?q=fever").status_code == 409
+        answer = client.get("/search?q=fever")  # 503 with the reason, whatever the kind of error
+        assert answer.status_code == 503 and "index built with another model" in answer.json()["error"]
+
+
+def test_a_load_that_fails_unexpectedly_is_logged_and_answered_503_with_its_reason(caplog):
+    """Before, an exception that was not medsearch's own left the service 'still loading' forever, unlogged."""
+    failures = []
+
+    def broken():
+        raise OSError("Input/output error reading dim64.faiss")
+
+    with TestClient(create_app(broken, on_load_error=failures.append)) as client:
+        for _ in range(200):
+            if failures:
+                break
+            threading.Event().wait(0.05)
+        answer = client.get("/search?q=fever")
+    assert answer.status_code == 503 and "OSError: Input/output error" in answer.json()["error"]
+    assert failures and any("loading failed" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("bad, message", [
