@@ -703,3 +703,20 @@ def test_a_signed_snapshot_restores_with_its_key_and_nothing_else_does(index_dir
     (tmp_path / "short.key").write_text("short")
     result = run("snapshot", index_dir, tmp_path / "x.tar.zst", "--key-file", tmp_path / "short.key")
     assert result.exit_code == 1 and "at least 16" in result.output and not (tmp_path / "x.tar.zst").exists()
+
+
+def test_a_searcher_skips_a_newer_generation_it_cannot_read_and_says_so_once(index_dir, minilm, caplog):
+    """Before, `restore --replace` of a forged archive onto a served index turned every request into a
+    500; such an archive is refused now, and a generation damaged by other means is skipped."""
+    searcher = Searcher(open_index(index_dir), minilm)
+    before = [h.id for h in searcher.search(["gout"], k=3)[0].hits]
+    upsert(index_dir, [Document(id="new", title="t", text="a new text about gout and its flares")], minilm)
+    folder = generations.current(index_dir)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["fast"]["candidates"] = -3
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    checksums.record(folder)
+    with caplog.at_level("ERROR", logger="medsearch"):
+        answers = [[h.id for h in searcher.search(["gout"], k=3)[0].hits] for _ in range(3)]
+    assert answers == [before] * 3, "the generation it had loaded answers"
+    assert sum("cannot be read" in r.getMessage() for r in caplog.records) == 1, "logged once, not per query"
