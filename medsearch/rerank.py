@@ -7,10 +7,11 @@ service's `--reranker`). It runs on the encoder's runtime family (torch, or Open
 OpenVINO runtimes: int8 cross-encoders are not made here).
 
 One model, loaded once per process and spec. Concurrent queries share its forward passes: a
-query's pairs join a queue, and whichever caller takes the model next scores everything queued
-(up to MAX_PAIRS pairs) in one call, so under load the batches grow by themselves, as the
-encoder's micro-batcher does (server/batching.py) but on the callers' own threads. A pass that
-fails is run again per query, so one query's failure is never another's.
+query's pairs join a queue, a pass's worth (BATCH_SIZE) at a time, and whichever caller takes the
+model next scores everything queued (up to MAX_PAIRS pairs) in one call, so under load the batches
+grow by themselves, as the encoder's micro-batcher does (server/batching.py) but on the callers'
+own threads, and a query of many pairs takes turns with the others instead of holding the model.
+A pass that fails is run again per query, so one query's failure is never another's.
 """
 
 from __future__ import annotations
@@ -83,12 +84,22 @@ class Reranker:
         self.calls = 0  # model calls made (each may serve several queries)
 
     def scores(self, query: str, passages: list[str], stop: Callable[[], bool] | None = None) -> np.ndarray:
-        """The cross-encoder's score of each passage for the query (in a call shared with the
-        queries of other threads queued meanwhile). `stop`: asked before each forward pass of
-        BATCH_SIZE pairs; once it answers True, this query's remaining pairs are dropped and
-        RerankStopped is raised (its client has gone, or its deadline has passed)."""
-        if not passages:
-            return np.empty(0, dtype=np.float32)
+        """The cross-encoder's score of each passage for the query. The passages take turns with
+        other threads' queries BATCH_SIZE at a time (each turn's call scores everything queued by
+        then, up to MAX_PAIRS pairs), so a query of many pairs never holds the model for all of them
+        while others wait. `stop`: asked before each turn and each forward pass; once it answers
+        True, this query's remaining pairs are dropped and RerankStopped is raised (its client has
+        gone, or its deadline has passed)."""
+        out = np.empty(len(passages), dtype=np.float32)
+        for start in range(0, len(passages), BATCH_SIZE):  # one pass's worth a turn: others get theirs between
+            if stop is not None and stop():
+                raise RerankStopped()
+            out[start:start + BATCH_SIZE] = self._turn_scores(query, passages[start:start + BATCH_SIZE], stop)
+        return out
+
+    def _turn_scores(self, query: str, passages: list[str], stop: Callable[[], bool] | None) -> np.ndarray:
+        """The scores of at most BATCH_SIZE passages, in the next call of the model (shared with the
+        other callers queued by then, up to MAX_PAIRS pairs)."""
         mine = _Pairs([(query, p) for p in passages], stop)
         with self._queue:
             self._queued.append(mine)

@@ -57,7 +57,7 @@ def runtime_installed(runtime: str) -> bool:
 
 def cache_root() -> Path:
     """medsearch's cache: exports, compiled models, the runtime choice ($MEDSEARCH_CACHE)."""
-    return Path(os.environ.get("MEDSEARCH_CACHE", Path.home() / ".cache" / "medsearch"))
+    return Path(os.environ.get("MEDSEARCH_CACHE") or Path.home() / ".cache" / "medsearch")  # (set but empty: unset)
 
 
 def cpu_identity() -> str:

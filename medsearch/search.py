@@ -27,7 +27,7 @@ from medsearch.backends.base import collapse, documents_of
 from medsearch.backends.funnel import candidates_for
 from medsearch.chunking import passage
 from medsearch.encoder import Encoder
-from medsearch.errors import BadInputError, IndexFormatError, RerankerUnavailableError
+from medsearch.errors import BadInputError, RerankerUnavailableError, reason
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.fusion import fuse
 from medsearch.index import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
@@ -172,16 +172,19 @@ class Searcher:
             return self.index
         try:
             if self.index.folder != folder:
+                newer = None
                 try:
                     newer = open_index(self.index.path)
-                except IndexFormatError as err:  # (a manifest edited by hand, say): answer from the one loaded
-                    self._refused = folder
-                    log.error("the index's newest generation %s cannot be read, queries go on with %s: %s",
-                              folder.name, self.index.folder.name, err)
+                    if self.encoder is not None:
+                        check_model(newer, self.encoder)
+                    newer.load()
+                except Exception as err:  # noqa: BLE001 (a generation damaged, edited by hand, of another model)
+                    self._refused = newer.folder if newer is not None else folder
+                    if newer is not None:
+                        newer.close()
+                    log.error("the index's newest generation %s cannot be used, queries go on with %s (restart to "
+                              "retry): %s", self._refused.name, self.index.folder.name, reason(err))
                     return self.index
-                if self.encoder is not None:
-                    check_model(newer, self.encoder)
-                newer.load()
                 with self._reload:
                     left, self.index = self.index, newer
                     self._left.append(left)

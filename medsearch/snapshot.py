@@ -40,7 +40,7 @@ import numpy as np
 
 from medsearch import checksums, generations, lexical
 from medsearch.backends import open_backend
-from medsearch.errors import BadInputError, DamagedIndexError, IndexNotFoundError, reason
+from medsearch.errors import BadInputError, DamagedIndexError, IndexFormatError, IndexNotFoundError, reason
 from medsearch.index import Index, index_exists, open_index
 from medsearch.manifest import FORMAT_VERSION, TIERS, Manifest
 from medsearch.store import DocStore
@@ -278,12 +278,31 @@ def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
 
 
 def snapshots_of(index_dir: str | Path, folder: str | Path) -> list[Path]:
-    """The snapshots of the index in `folder` that `snapshot` named (index name, generation, time),
-    oldest first."""
-    pattern = re.compile(rf"^{re.escape(Path(index_dir).resolve().name)}-gen-\d{{6,}}-(\d{{8}}T\d{{6}}Z)-[0-9a-f]{{6}}\.tar\.zst$")
+    """The snapshots of the index in `folder` that `snapshot` wrote, oldest first: named as it names
+    them (index name, generation, time) and whose header records this index folder's path (another
+    index of the same name, or an archive from elsewhere, is never counted)."""
+    root = Path(index_dir).resolve()
+    pattern = re.compile(rf"^{re.escape(root.name)}-gen-\d{{6,}}-(\d{{8}}T\d{{6}}Z)-[0-9a-f]{{6}}\.tar\.zst$")
     found = [(match.group(1), path.stat().st_mtime, path) for path in Path(folder).iterdir()
-             if (match := pattern.match(path.name)) and path.is_file()]
-    return [path for *_, path in sorted(found)]
+             if (match := pattern.match(path.name)) and path.is_file() and not path.is_symlink()]
+    return [path for *_, path in sorted(found) if (read_header(path) or {}).get("index_path") == str(root)]
+
+
+def read_header(path: Path) -> dict | None:
+    """An archive's header (its first member), or None when it has no readable one."""
+    import zstandard
+
+    try:
+        with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+            bounded = _Bounded(stream, MAX_HEADER_BYTES + MEMBER_OVERHEAD, path)
+            with tarfile.open(fileobj=bounded, mode="r|") as tar:
+                first = tar.next()
+                if first is None or first.name != HEADER or not first.isfile() or first.size > MAX_HEADER_BYTES:
+                    return None
+                header = json.loads(tar.extractfile(first).read())
+    except (DamagedSnapshotError, zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def _check_budget(root: Path, where: Path, folder: Path, keep: int | None, max_bytes: int) -> None:
@@ -386,6 +405,7 @@ def _write_archive(folder: Path, target: Path, root: Path, key: bytes | None = N
     entries = {name: {"sha256": sums[name], "bytes": (folder / name).stat().st_size} for name in names}
     header = {
         "format": FORMAT, "medsearch_version": __version__, "index": root.resolve().name,
+        "index_path": str(root.resolve()),  # whose snapshot it is, for `keep` (snapshots_of)
         "generation": generations.number(folder), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": entries,
     }
@@ -528,13 +548,16 @@ def _unpack(source: Path, tmp: Path, key: bytes | None = None) -> tuple[dict, Ma
         raise DamagedSnapshotError(
             f"{source} holds an index of format {version}, made by medsearch {header.get('medsearch_version')}; this "
             f"medsearch ({__version__}) reads format {FORMAT_VERSION}: restore it with that version, then rebuild")
+    try:  # the manifest first, field by field: nothing it names (a backend's server, a path) is opened before
+        manifest = Manifest.read(tmp, source)
+    except IndexFormatError as err:
+        raise DamagedSnapshotError(f"{err}; nothing was restored") from None
+    if manifest.backend_name != "faiss":
+        raise DamagedSnapshotError(f"{source}: a snapshot of a {manifest.backend_name} index; nothing was restored")
     hashed = {name: entry["sha256"] for name, entry in header["files"].items()}  # each file's content, as written
     problems, _ = check_generation(tmp, hashed=hashed)
     if problems:
         raise DamagedSnapshotError(f"{source} is damaged: {problems[0]}; nothing was restored")
-    manifest = Manifest.read(tmp)
-    if manifest.backend_name != "faiss":
-        raise DamagedSnapshotError(f"{source}: a snapshot of a {manifest.backend_name} index; nothing was restored")
     if not (tmp / checksums.FILE).is_file():  # a generation from before records: its commit records them now
         checksums.record(tmp)
     return header, manifest, len(header["files"])

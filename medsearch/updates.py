@@ -172,14 +172,17 @@ def configure(index_dir: str | Path, **settings) -> WriteReport:
 @contextmanager
 def _locked_base(root: Path):
     """The current generation, under the writer lock (another writer may have committed before the
-    lock was taken), closed after the write: its SQLite connection is not left to the collector."""
-    open_index(root)  # no index: fail before the lock file is created
+    lock was taken), closed after the write: its SQLite connection is not left to the collector, and
+    its lease is let go, so that it is pruned now if nothing else reads it (the commit could not:
+    this writer still read it)."""
+    open_index(root).close()  # no index: fail before the lock file is created
     with generations.writer_lock(root):
         base = open_index(root)
         try:
             yield base
         finally:
             base.close()
+            generations.prune(root)
 
 
 def _compact_current(root: Path, report: WriteReport, **options) -> None:

@@ -48,18 +48,28 @@ def normal_id(doc_id: str) -> str:
     return unicodedata.normalize("NFC", doc_id)
 
 
+JOINERS = ("\u200c", "\u200d")  # zero-width (non-)joiners: part of how some scripts (Persian, Hindi) are written
+
+
+def _invisible(char: str) -> bool:
+    """A control character, a format character (zero-width space, byte-order mark, bidi override:
+    one that prints as nothing) other than the joiners, or a line or paragraph separator."""
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") and char not in JOINERS
+
+
 def check_id(doc_id: str, where: str) -> str:
     """A document id as it is stored (`normal_id`), or BadInputError naming `where` when it has
-    whitespace at either end or a control character: ids are taken exactly, so 'pad ' and 'pad'
-    would be two documents that print alike. Every way in (corpus records, file names, the API's
+    whitespace at either end or an invisible or control character (_invisible): ids are taken exactly,
+    so 'pad ' and 'pad' would be two documents that print alike. Every way in (corpus records, file names, the API's
     writes) goes through here."""
     check_text(doc_id, f"{where}: the document id")
     if doc_id != doc_id.strip():
         raise BadInputError(f"{where}: document id {doc_id!r} has whitespace at its start or end; ids are "
                             "taken exactly: remove it")
-    control = next((c for c in doc_id if unicodedata.category(c) == "Cc"), None)
+    control = next((c for c in doc_id if _invisible(c)), None)
     if control is not None:
-        raise BadInputError(f"{where}: document id {doc_id!r} contains a control character (U+{ord(control):04X})")
+        raise BadInputError(f"{where}: document id {doc_id!r} contains an invisible or control character "
+                            f"(U+{ord(control):04X}): ids that print alike must not be two documents")
     return normal_id(doc_id)
 
 

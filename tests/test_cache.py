@@ -368,3 +368,16 @@ def test_cli_bad_input_is_one_line(cache_dir, tmp_path, monkeypatch):
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
         assert result.output.strip().splitlines() == [
             f"Error: the cache {not_a_folder} is not a folder (MEDSEARCH_CACHE must name a folder)"]
+
+
+def test_prune_touches_only_what_medsearch_names(cache_dir, monkeypatch, tmp_path):
+    """A hostile review: with MEDSEARCH_CACHE set but empty the cache was the working folder, and prune
+    removed the user's own ./models/tuned (where `medsearch tune --out models/tuned` writes)."""
+    theirs = [make_folder(cache_dir / "models" / "tuned", days_ago=90),
+              make_folder(cache_dir / "exports" / "my-notes", days_ago=90)]
+    ours = make_folder(cache_dir / "exports" / "fb9eac8a83c574b8-1974e7b7-openvino", days_ago=90)
+    result = CliRunner().invoke(cli, ["cache", "prune", "--unused-days", "1"])
+    assert result.exit_code == 0, result.output
+    assert not ours.exists() and all(path.is_dir() for path in theirs)
+    monkeypatch.setenv("MEDSEARCH_CACHE", "")
+    assert cache.cache_root() == Path.home() / ".cache" / "medsearch", "set but empty: the default, not the working folder"

@@ -1,7 +1,7 @@
 
 import pytest
 
-from medsearch.corpus import read_corpus, read_queries
+from medsearch.corpus import Document, read_corpus, read_queries
 from medsearch.errors import BadInputError, MedsearchError
 
 from conftest import write_jsonl
@@ -198,3 +198,23 @@ def test_documents_from_records_apply_the_same_rules(caplog):
     assert "documents: 1 document id was not in Unicode NFC form" in caplog.text
     with pytest.raises(BadInputError, match=rf"document 2: duplicate document id '{NFC}'"):
         documents_from_records([{"id": NFC, "text": "t"}, {"id": NFD, "text": "u"}])
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\ufeff", "\u202e", "\u2028"])
+def test_an_id_with_an_invisible_character_is_refused(invisible):
+    """A hostile review: '\\ufeffd1', '\\u200bd1' and 'd1' were three documents that print alike."""
+    from medsearch.validation import check_id
+
+    with pytest.raises(BadInputError, match="invisible or control character"):
+        check_id(f"d{invisible}1", "docs.jsonl:3")
+    assert check_id("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "docs.jsonl:4"), "a Persian joiner is writing, not a trick"
+
+
+def test_one_id_spelled_twice_in_one_library_upsert_is_a_duplicate(tmp_path, small_corpus, minilm):
+    from medsearch.index import build_index
+    from medsearch.updates import upsert
+
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    twice = [Document(id="caf\u00e9", text="one spelling"), Document(id="cafe\u0301", text="the other spelling")]
+    with pytest.raises(BadInputError, match="duplicate document id"):
+        upsert(tmp_path / "idx", twice, minilm)

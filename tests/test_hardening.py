@@ -139,13 +139,12 @@ def test_a_generation_is_kept_while_a_reader_has_it_open_and_removed_once_none_d
     for i in range(3):
         upsert(root, [Document(id=f"n{i}", text=f"New document {i} about ankle sprains.")], minilm)
     assert first.is_dir() and (first / "vectors.npy").is_file(), "read: kept"
-    # gen 2 went at once; gen 3 is the last write's base, leased by that writer while it committed
-    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000001", "gen-000003", "gen-000004"]
+    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000001", "gen-000004"], "unread: removed at once"
     with pytest.raises(NotFoundError):  # the reader's own generation answers, as it was
         reader.store.document("n0")
     reader.close()
     upsert(root, [Document(id="n9", text="One more document about wrist fractures.")], minilm)
-    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000004", "gen-000005"], "closed: removed at the next write"
+    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000005"], "closed: removed at the next write"
     assert not list(root.glob(".del-*"))
 
 
@@ -199,8 +198,7 @@ def test_a_folder_left_by_a_failed_switch_is_never_kept(tmp_path, small_corpus, 
     assert current.name == "gen-000003"
     assert (current / "manifest.json").is_file()
     assert json.loads((current / "manifest.json").read_text())["documents"] == len(SMALL_DOCS) + 2
-    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000002", "gen-000003"], \
-        "the orphan went; the real previous one (the write's base) is what stays"
+    assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000003"], "the orphan went, and nobody reads the rest"
 
 
 def test_a_searcher_closes_the_generation_it_left_once_no_query_reads_it(tmp_path, small_corpus, minilm):

@@ -505,11 +505,9 @@ def test_a_stopped_query_leaves_the_cross_encoders_queue_between_passes(cross_en
 
     reranker = Reranker(cross_encoder, "cpu")
     passages = [f"passage {i} about fevers and coughs" for i in range(5 * BATCH_SIZE)]
-    asked = []
 
     def stop() -> bool:
-        asked.append(reranker.calls)
-        return len(asked) > 2  # two passes, then the client has gone
+        return reranker.calls >= 2  # two passes, then the client has gone
 
     with pytest.raises(RerankStopped):
         reranker.scores("fever", passages, stop)
@@ -536,3 +534,46 @@ def test_a_partly_reranked_list_is_in_the_order_of_its_scores(small_index, minil
     assert [hit["id"] for hit in result[2:]] == [hit["id"] for hit in first if hit["id"] not in
                                                   {h["id"] for h in result[:2]}], "the rest keep the first stage's order"
     assert all(hit["rerank_score"] is None and hit["first_stage_score"] == hit["score"] for hit in first)
+
+
+def test_ordinary_reranking_goes_on_beside_costly_requests_that_stay_connected(bundled_index, minilm, cross_encoder):
+    """A hostile review of the first lane: three clients asking rerank=200 and waiting for it held the
+    one lane every re-ranked search used, so every default (rerank=20) search got a 503. Costly requests
+    have their own lane now, and the cross-encoder takes turns in passes of 32 pairs."""
+    import threading
+    import time
+    import urllib.parse
+
+    from medsearch.index import open_index
+    from medsearch.rerank import load_reranker
+    from medsearch.search import Searcher
+    from medsearch.server.app import create_app
+
+    from servers import get, uvicorn_thread
+
+    searcher = Searcher(open_index(bundled_index), minilm, load_reranker(cross_encoder, "cpu"))
+    with uvicorn_thread(create_app(searcher)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        stop_at = time.monotonic() + 8
+        costly = []
+
+        def flood() -> None:
+            while time.monotonic() < stop_at:
+                costly.append(get(port, "/search?" + urllib.parse.urlencode({"q": "fever", "rerank": 200}), timeout=60)[0])
+
+        flooders = [threading.Thread(target=flood) for _ in range(3)]
+        for thread in flooders:
+            thread.start()
+        time.sleep(1.0)
+        ordinary = []
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            status, body = get(port, "/search?q=asthma", timeout=60)  # the searcher's default: rerank 20
+            ordinary.append((status, time.monotonic() - started, body["results"][0]["rerank_score"] if status == 200 else None))
+            time.sleep(0.3)
+        for thread in flooders:
+            thread.join()
+    assert ordinary and all(status == 200 for status, _, _ in ordinary), ordinary
+    assert all(score is not None for _, _, score in ordinary), "they were re-ranked"
+    assert max(seconds for _, seconds, _ in ordinary) < 8.0, ordinary
+    assert 503 in costly or 200 in costly

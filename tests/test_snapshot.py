@@ -602,6 +602,10 @@ _DROP = object()
     (_set("search_defaults", {"fusion": "x"}), "search_defaults.fusion"),
     (_set("tier_dims.deep", 999), "tier_dims.deep"),
     (_set("documents", _DROP), "documents"),
+    (_set("lexical.languages", ["xx"]), "lexical.languages.0"),
+    (_set("model.fingerprint", _DROP), "model.fingerprint"),
+    (_set("model.precision", "int8"), "model"),
+    (_set("backend", {"name": "qdrant", "url": "http://127.0.0.1:9", "collection_name": "c"}), "qdrant"),
 ])
 def test_restore_refuses_a_forged_archive_with_consistent_checksums(index_dir, tmp_path, edit, field):
     """Issue 30: checksums are written by whoever made the archive, so a forged one that recomputed them
@@ -719,4 +723,53 @@ def test_a_searcher_skips_a_newer_generation_it_cannot_read_and_says_so_once(ind
     with caplog.at_level("ERROR", logger="medsearch"):
         answers = [[h.id for h in searcher.search(["gout"], k=3)[0].hits] for _ in range(3)]
     assert answers == [before] * 3, "the generation it had loaded answers"
-    assert sum("cannot be read" in r.getMessage() for r in caplog.records) == 1, "logged once, not per query"
+    assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 1, "logged once, not per query"
+
+
+def test_restore_opens_nothing_a_forged_manifest_names(index_dir, tmp_path, monkeypatch):
+    """A hostile review: an archive naming a Qdrant server made restore connect to it (sending
+    QDRANT_API_KEY) before it refused the archive. The manifest is read and refused first now."""
+    import socket
+
+    monkeypatch.setenv("QDRANT_API_KEY", "s3cret")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        snapshot(index_dir, tmp_path / "good.tar.zst")
+        _forge(tmp_path / "good.tar.zst", tmp_path / "forged.tar.zst",
+               _set("backend", {"name": "qdrant", "url": f"http://127.0.0.1:{port}", "collection_name": "c"}))
+        result = run("restore", tmp_path / "forged.tar.zst", tmp_path / "copy")
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nobody connected
+    assert not (tmp_path / "copy").exists()
+
+
+def test_keep_counts_only_this_indexs_snapshots(tmp_path, built):
+    """A hostile review: two indexes named alike ('default' in two folders) sharing a snapshot folder:
+    --keep 1 on one removed the other's snapshots."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    first, second = tmp_path / "a" / "default", tmp_path / "b" / "default"
+    shutil.copytree(built, first)
+    shutil.copytree(built, second)
+    for _ in range(2):
+        snapshot(first, backups)
+    snapshot(second, backups, keep=1)
+    assert len(list(backups.iterdir())) == 3, "the other index's two are not this one's to remove"
+    report = snapshot(first, backups, keep=1)
+    assert len(report.removed) == 2 and len(list(backups.iterdir())) == 2
+
+
+def test_a_searcher_keeps_answering_when_a_newer_generation_fails_to_load(index_dir, minilm, caplog):
+    searcher = Searcher(open_index(index_dir), minilm)
+    before = [h.id for h in searcher.search(["gout"], k=3, mode="dense")[0].hits]
+    upsert(index_dir, [Document(id="new", title="t", text="a new text about gout and its flares")], minilm)
+    for path in generations.current(index_dir).glob("*.faiss"):
+        path.write_bytes(b"junk")  # damaged on disk: the manifest reads, the load fails
+    with caplog.at_level("ERROR", logger="medsearch"):
+        answers = [[h.id for h in searcher.search(["gout"], k=3, mode="dense")[0].hits] for _ in range(3)]
+    assert answers == [before] * 3
+    assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 1

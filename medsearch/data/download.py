@@ -21,7 +21,7 @@ SOURCES = {
     "medquad": "https://github.com/abachaa/MedQuAD/archive/refs/heads/master.zip",
     "beir": "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip",
 }
-DEFAULT_CACHE = Path(os.environ.get("MEDSEARCH_CACHE", Path.home() / ".cache" / "medsearch"))
+DEFAULT_CACHE = Path(os.environ.get("MEDSEARCH_CACHE") or Path.home() / ".cache" / "medsearch")
 
 
 def fetch(url: str, cache: str | Path = DEFAULT_CACHE, progress: bool = False, timeout: float = 60) -> Path:

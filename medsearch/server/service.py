@@ -48,13 +48,13 @@ class Service:
         self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
         self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
                                               initializer=limit_threads, initargs=(1,))
-        # Requests whose cost they choose (re-ranking, many results) run in a lane of their own, so
-        # that searches and document reads never queue behind them: a few threads, and a bounded
-        # number admitted (running or waiting); past it, 503 at once.
-        self.costly_pool = ThreadPoolExecutor(settings.costly_workers, thread_name_prefix="medsearch-costly",
-                                              initializer=limit_threads, initargs=(1,))
-        self._costly = 0  # costly requests admitted and not yet finished on their thread
-        self._costly_lock = threading.Lock()
+        # Requests that re-rank, and those whose cost they choose past the ordinary (many pairs, many
+        # results), run in lanes of their own, so that plain searches and document reads never queue
+        # behind them, and ordinary re-ranking never behind a costly request (the cross-encoder takes
+        # turns in passes of 32 pairs: rerank.py). Each lane admits a bounded number (running or
+        # waiting), before anything is encoded; past it, 503 at once.
+        self.rerank_lane = Lane("rerank", settings.rerank_workers, settings.max_rerank_pending)
+        self.costly_lane = Lane("costly", settings.costly_workers, settings.max_costly_pending)
         # Writes (chunking, encoding, building a generation) and loading the generation they commit
         # run here: never on the event loop, never taking a search thread.
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write",
@@ -107,7 +107,7 @@ class Service:
             loading.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
-        for pool in (self.encode_pool, self.search_pool, self.costly_pool, self.write_pool):
+        for pool in (self.encode_pool, self.search_pool, self.rerank_lane.pool, self.costly_lane.pool, self.write_pool):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def loaded(self) -> Searcher:
@@ -147,13 +147,14 @@ class Service:
         options of `request` (the API's model: bounded here before they are parsed); the JSON answer
         (a list of results, or the one result when `one`), encoded on the search thread: a large
         answer never holds the event loop. `receive`: the request's ASGI receive, watched so that a
-        client that leaves is dropped before its pass. `fields`: the request's access-log fields
-        (access.py), given its queries' count and lengths, then its hits, generation, mode and tier;
-        the text itself only with the setting `log_queries`."""
+        client that leaves is dropped before its pass, and its re-ranking stopped between passes.
+        `fields`: the request's access-log fields (access.py), given its queries' count and lengths,
+        then its hits, generation, mode and tier; the text itself only with the setting `log_queries`."""
         fields = {} if fields is None else fields
         fields.update(queries=len(texts), query_chars=[len(text) for text in texts])
         searcher = self.loaded()
-        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_s
         self.check_request(texts, ids, request.filters, request.k, request.oversample)
         if self.settings.log_queries:  # once checked: text that encodes, within the length limit
             fields["query"] = list(texts)
@@ -163,53 +164,44 @@ class Service:
                                 f"{len(texts) * options.rerank} pairs; the limit is {self.settings.max_rerank_pairs} a request")
         searcher.check_queries(texts, ids)
         searcher.check(options)  # before encoding anything
-        vectors, encode_ms = (None, 0.0) if options.mode == "lexical" else await self._within(
-            self.batcher.encode(texts), deadline, receive)
-
+        lane = self.lane(len(texts), options)
+        if lane is not None:
+            lane.admit()  # before encoding: a request the lane cannot take costs nothing
         # the search thread stops at the deadline, or when the client has gone, not only the answer
-        stop_at = time.monotonic() + max(0.0, deadline - asyncio.get_running_loop().time())
+        stop_at = time.monotonic() + self.settings.request_timeout_s
         left = threading.Event()  # set when nobody waits for the answer any more
-
-        def stop() -> bool:
-            return left.is_set() or time.monotonic() > stop_at
-
         tier = options.tier if options.dim is None else f"dim{options.dim}"  # a dim the index stores (checked)
-
-        def run() -> tuple[bytes, dict]:
-            results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids, stop=stop)
-            self.metrics.searched(options.mode, tier, results, encoded=vectors is not None)
-            answer = [result.to_json() for result in results]
-            facts = {"hits": sum(len(result.hits) for result in results), "generation": results[0].generation,
-                     "mode": options.mode, "tier": tier}
-            return json_bytes(answer[0] if one else answer), facts
-
-        costly = options.rerank > 0 or len(texts) * options.k > self.settings.costly_results
+        submitted = False
         try:
-            work = self._costly_run(run) if costly else asyncio.get_running_loop().run_in_executor(self.search_pool, run)
+            vectors, encode_ms = (None, 0.0) if options.mode == "lexical" else await self._within(
+                self.batcher.encode(texts), deadline, receive)
+
+            def run() -> tuple[bytes, dict]:
+                results = searcher.search_encoded(texts, vectors, options, encode_ms=encode_ms, query_ids=ids,
+                                                  stop=lambda: left.is_set() or time.monotonic() > stop_at)
+                self.metrics.searched(options.mode, tier, results, encoded=vectors is not None)
+                answer = [result.to_json() for result in results]
+                facts = {"hits": sum(len(result.hits) for result in results), "generation": results[0].generation,
+                         "mode": options.mode, "tier": tier}
+                return json_bytes(answer[0] if one else answer), facts
+
+            work = lane.run(run) if lane is not None else loop.run_in_executor(self.search_pool, run)
+            submitted = True
             answer, facts = await self._within(work, deadline, receive)
         finally:
             left.set()
+            if lane is not None and not submitted:
+                lane.release()
         fields.update(facts)  # here, on the event loop: the search thread never writes what the access log reads
         return answer
 
-    def _costly_run(self, run: Callable):
-        """`run` on the costly lane: admitted while fewer than costly_workers + max_costly_pending
-        such requests are running or waiting (ServiceBusy otherwise), counted until its thread is
-        done with it (or it is taken from the queue unrun), not until its client stops waiting."""
-        limit = self.settings.costly_workers + self.settings.max_costly_pending
-        with self._costly_lock:
-            if self._costly >= limit:
-                raise ServiceBusy(f"the service is re-ranking or answering as many costly requests as it takes ({limit}); "
-                                  "try again in a moment, or ask for fewer results or rerank=0")
-            self._costly += 1
-
-        def done(_) -> None:
-            with self._costly_lock:
-                self._costly -= 1
-
-        future = self.costly_pool.submit(run)
-        future.add_done_callback(done)
-        return asyncio.wrap_future(future)
+    def lane(self, queries: int, options: SearchOptions) -> "Lane | None":
+        """Where a request runs: the costly lane past costly_pairs cross-encoder pairs or costly_results
+        results, the re-rank lane when it re-ranks, else the search threads (None)."""
+        pairs, results = queries * options.rerank, queries * options.k
+        if pairs > self.settings.costly_pairs or results > self.settings.costly_results:
+            return self.costly_lane
+        return self.rerank_lane if pairs else None
 
     async def _within(self, work, deadline: float, receive=None):
         """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
@@ -289,6 +281,37 @@ class Service:
                 log.error("snapshot failed: %s", err)
                 raise SnapshotFailed(f"the snapshot failed: {public_message(str(err))}") from None
         return report.to_json()
+
+
+class Lane:
+    """Threads for one kind of request, and how many may be admitted (running or waiting) at once:
+    past that, ServiceBusy at once. A request is counted from `admit` until its thread is done with
+    it (or it leaves the queue unrun): not until its client stops waiting."""
+
+    def __init__(self, name: str, workers: int, pending: int):
+        self.name, self.limit = name, workers + pending
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"medsearch-{name}",
+                                       initializer=limit_threads, initargs=(1,))
+        self.admitted = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> None:
+        with self._lock:
+            if self.admitted >= self.limit:
+                raise ServiceBusy(f"the service is answering as many {self.name} requests as it takes ({self.limit}); "
+                                  "try again in a moment" + (", or ask for fewer results or pairs" if self.name == "costly"
+                                                              else ", or with rerank=0"))
+            self.admitted += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.admitted -= 1
+
+    def run(self, work: Callable):
+        """`work` on the lane's threads (admitted before): an awaitable of its result."""
+        future = self.pool.submit(work)
+        future.add_done_callback(lambda _: self.release())
+        return asyncio.wrap_future(future)
 
 
 class ReadOnly(MedsearchError):

@@ -45,12 +45,18 @@ class ServerSettings:
     # (query, document) pairs one request may have a cross-encoder score (queries x rerank): ~50
     # queries at the default 20; a MiniLM-L6 cross-encoder scores ~60 pairs/s a core on OpenVINO
     max_rerank_pairs: int = 1000
-    # The costly lane: requests that re-rank, or ask for more than costly_results results (queries x
-    # k), run on costly_workers threads of their own, with at most max_costly_pending more admitted
-    # waiting (503 + Retry-After past them): plain searches and document reads never wait behind them.
-    # One worker: the cross-encoder scores one batch at a time anyway (rerank.py).
+    # Lanes (service.Lane): a request that re-ranks runs on rerank_workers threads of its own (they
+    # mostly wait for the cross-encoder's turn), with at most max_rerank_pending more admitted
+    # waiting; one past costly_pairs pairs (queries x rerank) or costly_results results (queries x
+    # k) runs on costly_workers threads, with max_costly_pending waiting. Past either bound: 503 +
+    # Retry-After, before anything is encoded. Plain searches and document reads never wait behind
+    # them, and the cross-encoder takes turns in passes of 32 pairs, so ordinary re-ranking never
+    # waits behind a costly request's whole pass.
+    rerank_workers: int = 4
+    max_rerank_pending: int = 16
     costly_workers: int = 1
     max_costly_pending: int = 2
+    costly_pairs: int = 100
     costly_results: int = 1000
     # Load: queries waiting for the encoder, all requests together (a request that would take them
     # past it gets a 503 + Retry-After; one of more queries than that is taken when none wait), the
@@ -82,15 +88,17 @@ class ServerSettings:
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
                      "max_filter_chars", "max_candidates", "max_results", "max_rerank_pairs", "max_pending",
-                     "costly_workers", "costly_results", "snapshot_keep", "snapshot_max_bytes",
+                     "rerank_workers", "costly_workers", "costly_pairs", "costly_results", "snapshot_keep",
+                     "snapshot_max_bytes",
                      "max_connections"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("request_timeout_s", "read_timeout_s", "keep_alive_s"):
             if not getattr(self, name) > 0:
                 raise BadInputError(f"{name} must be above 0; got {getattr(self, name)}")
-        if self.max_costly_pending < 0:
-            raise BadInputError(f"max_costly_pending must be at least 0; got {self.max_costly_pending}")
+        for name in ("max_rerank_pending", "max_costly_pending"):
+            if getattr(self, name) < 0:
+                raise BadInputError(f"{name} must be at least 0; got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise BadInputError(f"batch_wait_ms must be at least 0; got {self.batch_wait_ms}")
         for name in ("search_threads", "encode_workers"):
