@@ -349,3 +349,10 @@ def test_read_only_by_default_and_filters_over_http(client):
     bad = client.get("/search", params=[("q", "chest pain"), ("filter", "colour=red")])
     assert bad.status_code == 400
     assert "unknown filter field 'colour'" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("field", ["k", "rerank", "dense_weight"])
+def test_json_true_is_not_a_number_in_a_search_body(client, field):
+    """A hostile review: {"rerank": true} was taken as rerank 1 (pydantic's lax mode)."""
+    answer = client.post("/search", json={"queries": [{"text": "fever"}], field: True})
+    assert answer.status_code == 400 and field in answer.json()["error"] and "not true or false" in answer.json()["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from medsearch.options import OPTIONS, Option, SearchOptions
 
@@ -47,6 +47,13 @@ class RequestOptions(BaseModel):
 # POST /search's body: the queries and every search option by its name
 class _StrictOptions(RequestOptions):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator(*(o.name for o in OPTIONS if o.kind in (int, float)), mode="before", check_fields=False)
+    @classmethod
+    def _no_booleans(cls, value):  # JSON's true is not 1 (pydantic's lax mode would take it as 1)
+        if isinstance(value, bool):
+            raise ValueError("a number, not true or false")
+        return value
 
 
 SearchRequest = create_model(
