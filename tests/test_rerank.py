@@ -494,6 +494,12 @@ def test_a_rerank_flood_neither_starves_plain_searches_nor_outlives_its_clients(
         started = time.monotonic()
         status, body = post(port, "/search", {"queries": [{"text": "fever"}], "rerank": 5}, timeout=30)
         after = time.monotonic() - started
+        import httpx
+
+        metrics = httpx.get(f"{url}/metrics").text
+    refused = [line for line in metrics.splitlines() if line.startswith('medsearch_lane_refused_total{lane="costly"}')]
+    assert refused and float(refused[0].split()[-1]) >= 1, "the refusals are counted"
+    assert 'medsearch_lane_requests{lane="costly"} 0.0' in metrics, "every admitted request was let go"
     assert plain and all(status == 200 for status, _ in plain), plain
     assert max(seconds for _, seconds in plain) < 3.0, plain
     assert "hung up" in outcomes and 503 in outcomes, "the lane admits a few and refuses the rest at once"

@@ -4,7 +4,8 @@ and, with `medsearch serve --metrics-port N`, alone on 127.0.0.1:N without one.
 Each app has its own `CollectorRegistry` (tests build many apps in one process). What is counted:
 requests by route template, method and status, and their latency; queries searched by mode and
 tier; each search stage's time per query (the keys of `timings_ms`: encode, search, rerank, lexical,
-fuse, cross_encoder, hydrate); texts per encoder pass and requests waiting for one; writes by kind
+fuse, cross_encoder, hydrate); texts per encoder pass and requests waiting for one; requests in
+each lane (re-rank, costly) and those a full lane refused; writes by kind
 and outcome, and their time. Read at scrape time: the index's generation, counts and bytes on disk,
 and the model, runtime, precision and backend that serve it.
 
@@ -59,6 +60,10 @@ class Metrics:
         self.queue_depth = Gauge("medsearch_encoder_queue_depth", "Requests waiting for an encoder pass.",
                                  registry=registry)
         self.queue_depth.set_function(pending)
+        self.lane_admitted = Gauge("medsearch_lane_requests", "Requests admitted to a lane (service.Lane: rerank, costly), "
+                                   "running or waiting.", ["lane"], registry=registry)
+        self.lane_refused = Counter("medsearch_lane_refused", "Requests a full lane refused with a 503, by lane.",
+                                    ["lane"], registry=registry)
         self.writes = Counter("medsearch_writes", "Writes (POST /documents: upsert, DELETE /documents/ID: delete), "
                               "by kind and outcome (ok, error).", ["kind", "outcome"], registry=registry)
         self.write_seconds = Histogram("medsearch_write_duration_seconds",

@@ -53,8 +53,6 @@ class Service:
         # behind them, and ordinary re-ranking never behind a costly request (the cross-encoder takes
         # turns in passes of 32 pairs: rerank.py). Each lane admits a bounded number (running or
         # waiting), before anything is encoded; past it, 503 at once.
-        self.rerank_lane = Lane("rerank", settings.rerank_workers, settings.max_rerank_pending)
-        self.costly_lane = Lane("costly", settings.costly_workers, settings.max_costly_pending)
         # Writes (chunking, encoding, building a generation) and loading the generation they commit
         # run here: never on the event loop, never taking a search thread.
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write",
@@ -63,6 +61,8 @@ class Service:
         self.ready = asyncio.Event()
         self.metrics = Metrics(lambda: self.searcher if self.ready.is_set() else None,
                                lambda: self.batcher.pending if self.batcher is not None else 0)
+        self.rerank_lane = Lane("rerank", settings.rerank_workers, settings.max_rerank_pending, self.metrics)
+        self.costly_lane = Lane("costly", settings.costly_workers, settings.max_costly_pending, self.metrics)
         self._write_lock = asyncio.Lock()
         self._snapshot_lock = asyncio.Lock()
 
@@ -288,16 +288,19 @@ class Lane:
     past that, ServiceBusy at once. A request is counted from `admit` until its thread is done with
     it (or it leaves the queue unrun): not until its client stops waiting."""
 
-    def __init__(self, name: str, workers: int, pending: int):
+    def __init__(self, name: str, workers: int, pending: int, metrics: Metrics):
         self.name, self.limit = name, workers + pending
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"medsearch-{name}",
                                        initializer=limit_threads, initargs=(1,))
         self.admitted = 0
         self._lock = threading.Lock()
+        metrics.lane_admitted.labels(name).set_function(lambda: self.admitted)
+        self._refused = metrics.lane_refused.labels(name)
 
     def admit(self) -> None:
         with self._lock:
             if self.admitted >= self.limit:
+                self._refused.inc()
                 raise ServiceBusy(f"the service is answering as many {self.name} requests as it takes ({self.limit}); "
                                   "try again in a moment" + (", or ask for fewer results or pairs" if self.name == "costly"
                                                               else ", or with rerank=0"))
