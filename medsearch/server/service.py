@@ -206,7 +206,8 @@ class Service:
     async def _within(self, work, deadline: float, receive=None):
         """`work`'s result, unless the deadline passes first (ServiceBusy) or the client disconnects
         (ClientGone); either way `work` is cancelled (a query still waiting for the encoder leaves the
-        queue; a search already running on its thread finishes there, unanswered)."""
+        queue; a search already running on its thread stops at its next query or cross-encoder pass,
+        once `search` has told it so)."""
         task = asyncio.ensure_future(work)
         watch = {task}
         gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
