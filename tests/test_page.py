@@ -1,6 +1,7 @@
 """The search page in a real headless Chromium (Debian's `chromium`, driven by Playwright)."""
 
 import os
+import re
 import shutil
 import urllib.parse
 
@@ -209,6 +210,7 @@ def test_the_rerank_toggle_is_there_only_with_a_reranker_and_turns_it_off(server
     expect(toggle).to_be_checked()  # the service re-ranks by default: the toggle says so
     expect(page.locator("#timings")).to_contain_text("top 20 re-ranked")
     expect(page.locator("#timings")).to_contain_text("cross_encoder")
+    expect(page.locator("#hits .score").first).to_have_attribute("title", re.compile(r"^cross-encoder score \(first stage -?\d"))
     toggle.uncheck()
     page.get_by_label("Search medical documents").press("Enter")
     expect(page.locator("#timings")).not_to_contain_text("cross_encoder")

@@ -174,6 +174,10 @@ function hitItem(hit, rank, words, mark) {
 
 function scoreTitle(hit) {
   const lists = Object.keys(hit.found_by || {});
+  if (hit.rerank_score != null) return `cross-encoder score (first stage ${hit.first_stage_score.toFixed(4)})`;
+  if (hit.first_stage_score != null && hit.first_stage_score !== hit.score) {
+    return `first stage ${hit.first_stage_score.toFixed(4)}, placed below the re-ranked hits`;
+  }
   if (lists.includes("dense") && lists.includes("lexical")) return "fused score (found by both lists)";
   return lists.includes("lexical") && lists.length === 1 ? "BM25 score (or fused)" : "cosine similarity (or fused)";
 }
