@@ -276,6 +276,7 @@ def add(path, index_dir, device, runtime, quiet):
     from medsearch.updates import upsert
 
     base = open_index(index_dir)
+    base.close()  # its manifest names the model; its generation is not held while the write prunes
     report = upsert(index_dir, path, lambda: index_encoder(base, device=device, runtime=runtime), progress=not quiet)
     click.echo(f"{index_dir}: {report.summary()}")
 

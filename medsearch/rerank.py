@@ -82,6 +82,7 @@ class Reranker:
         self._queued: list[_Pairs] = []
         self._queue = threading.Lock()  # guards _queued (held briefly)
         self.calls = 0  # model calls made (each may serve several queries)
+        self.seconds_per_pair: float | None = None  # measured, once the model has been called
 
     def scores(self, query: str, passages: list[str], stop: Callable[[], bool] | None = None) -> np.ndarray:
         """The cross-encoder's score of each passage for the query. The passages take turns with
@@ -152,7 +153,11 @@ class Reranker:
 
     def _predict(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         self.calls += 1
+        started = time.perf_counter()
         out = self.model.predict(pairs, batch_size=BATCH_SIZE, show_progress_bar=False, convert_to_numpy=True)
+        per_pair = (time.perf_counter() - started) / len(pairs)
+        # what a pair costs on this machine now (a moving average): the service admits re-ranking by it
+        self.seconds_per_pair = per_pair if self.seconds_per_pair is None else 0.8 * self.seconds_per_pair + 0.2 * per_pair
         return np.asarray(out, dtype=np.float32).reshape(len(pairs), -1)[:, -1]
 
 

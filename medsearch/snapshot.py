@@ -125,7 +125,13 @@ def verify(index_dir: str | Path) -> VerifyReport:
     if not folder.is_dir():
         return VerifyReport(root, generations.number(folder), 0,
                             [f"{generations.POINTER}: names {folder.name}, which is missing"], time.perf_counter() - started)
-    problems, files = check_generation(folder, root)
+    leased = generations.lease(root)  # a write that commits meanwhile does not prune it under the check
+    folder, handle = leased if leased is not None else (folder, None)
+    try:
+        problems, files = check_generation(folder, root)
+    finally:
+        if handle is not None:
+            handle.close()
     return VerifyReport(root, generations.number(folder), files, problems, time.perf_counter() - started)
 
 
@@ -257,7 +263,7 @@ def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
                                 "cannot copy: snapshot the collection with Qdrant's own snapshot API")
         if into_folder:
             if max_bytes is not None:
-                _check_budget(root, where, folder, keep, max_bytes)
+                _check_budget(root, where, folder, keep, max_bytes, key)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             out = out / f"{root.resolve().name}-{folder.name}-{stamp}-{uuid.uuid4().hex[:6]}.tar.zst"
         tmp = out.with_name(f".{out.name}{PART}{os.getpid()}-{threading.get_ident()}")
@@ -271,21 +277,37 @@ def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
     report = SnapshotReport(out, generations.number(folder), files, out.stat().st_size, size,
                             time.perf_counter() - started)
     if into_folder and keep is not None:
-        for old in snapshots_of(root, where)[:-keep]:
+        older = [path for path in snapshots_of(root, where, key) if path.name != out.name]
+        for old in older[:max(0, len(older) - (keep - 1))]:
             old.unlink(missing_ok=True)
             report.removed.append(old.name)
     return report
 
 
-def snapshots_of(index_dir: str | Path, folder: str | Path) -> list[Path]:
-    """The snapshots of the index in `folder` that `snapshot` wrote, oldest first: named as it names
-    them (index name, generation, time) and whose header records this index folder's path (another
-    index of the same name, or an archive from elsewhere, is never counted)."""
+def snapshots_of(index_dir: str | Path, folder: str | Path, key: bytes | None = None) -> list[Path]:
+    """The snapshots of the index in `folder` that `snapshot` wrote, oldest first (by the time their
+    header records): named as it names them (index name, generation, time), and whose header records
+    this index folder itself (its device and inode: the folder moved is still itself, another index
+    at the same path in another container is not); with `key`, only those it signed."""
     root = Path(index_dir).resolve()
-    pattern = re.compile(rf"^{re.escape(root.name)}-gen-\d{{6,}}-(\d{{8}}T\d{{6}}Z)-[0-9a-f]{{6}}\.tar\.zst$")
-    found = [(match.group(1), path.stat().st_mtime, path) for path in Path(folder).iterdir()
-             if (match := pattern.match(path.name)) and path.is_file() and not path.is_symlink()]
-    return [path for *_, path in sorted(found) if (read_header(path) or {}).get("index_path") == str(root)]
+    pattern = re.compile(rf"^{re.escape(root.name)}-gen-\d{{6,}}-\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}\.tar\.zst$")
+    found = []
+    for path in Path(folder).iterdir():
+        if not pattern.match(path.name) or path.is_symlink() or not path.is_file():
+            continue
+        header = read_header(path) or {}
+        if header.get("index_folder") != _identity(root):
+            continue
+        if key is not None and not _signed(header, key):
+            continue
+        found.append((str(header.get("created", "")), path.name, path))
+    return [path for *_, path in sorted(found)]
+
+
+def _identity(root: Path) -> str:
+    """An index folder as itself: its file system's device and its inode."""
+    stat = root.stat()
+    return f"{stat.st_dev}:{stat.st_ino}"
 
 
 def read_header(path: Path) -> dict | None:
@@ -305,10 +327,10 @@ def read_header(path: Path) -> dict | None:
     return header if isinstance(header, dict) else None
 
 
-def _check_budget(root: Path, where: Path, folder: Path, keep: int | None, max_bytes: int) -> None:
-    kept = snapshots_of(root, where)
-    if keep is not None:  # those left beside this one once it is written
-        kept = kept[max(0, len(kept) - (keep - 1)):]
+def _check_budget(root: Path, where: Path, folder: Path, keep: int | None, max_bytes: int, key: bytes | None) -> None:
+    removed = snapshots_of(root, where, key) if keep is not None else []  # what --keep removes once this one is written
+    removed = removed[:max(0, len(removed) - (keep - 1))] if keep is not None else []
+    kept = [path for path in snapshots_of(root, where) if path not in removed]  # this index's, signed or not
     held = sum(path.stat().st_size for path in kept)
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     if held + size > max_bytes:
@@ -405,7 +427,7 @@ def _write_archive(folder: Path, target: Path, root: Path, key: bytes | None = N
     entries = {name: {"sha256": sums[name], "bytes": (folder / name).stat().st_size} for name in names}
     header = {
         "format": FORMAT, "medsearch_version": __version__, "index": root.resolve().name,
-        "index_path": str(root.resolve()),  # whose snapshot it is, for `keep` (snapshots_of)
+        "index_folder": _identity(root.resolve()),  # whose snapshot it is, for `keep` (snapshots_of)
         "generation": generations.number(folder), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": entries,
     }
@@ -646,15 +668,21 @@ def signature(header: dict, key: bytes) -> str:
     return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), hashlib.sha256).hexdigest()
 
 
-def _check_signature(source: Path, header: dict, key: bytes) -> None:
+def _signed(header: dict, key: bytes) -> bool:
     import hmac
 
+    given = header.get(SIGNATURE)
+    given = given.get("hmac-sha256") if isinstance(given, dict) else None
+    return isinstance(given, str) and hmac.compare_digest(given, signature(header, key))
+
+
+def _check_signature(source: Path, header: dict, key: bytes) -> None:
     given = header.get(SIGNATURE)
     given = given.get("hmac-sha256") if isinstance(given, dict) else None
     if not isinstance(given, str):
         raise DamagedSnapshotError(f"{source} is not signed, and a key was given: restore it without --key-file only "
                                    "if you trust where it came from; nothing was restored")
-    if not hmac.compare_digest(given, signature(header, key)):
+    if not _signed(header, key):
         raise DamagedSnapshotError(f"{source} is not signed with this key (forged, changed, or signed with another "
                                    "key); nothing was restored")
 

@@ -31,7 +31,7 @@ from medsearch.search import Searcher
 from medsearch.updates import compact, upsert
 from medsearch.validation import check_value
 
-from conftest import BUNDLED, REPO, SMALL_DOCS, backend_settings
+from conftest import BUNDLED, REPO, SMALL_DOCS, backend_settings, write_jsonl
 from servers import free_port, get, start_serve, wait_ready
 
 TOKEN = "hardening-token"
@@ -770,3 +770,12 @@ def test_past_max_connections_the_answer_is_a_json_503_with_retry_after(bundled_
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_medsearch_add_leaves_only_the_generation_it_committed(tmp_path, small_corpus, minilm):
+    """A second hostile review: the add command held its base open through the write's prune."""
+    build_index(small_corpus, tmp_path / "idx", minilm)
+    write_jsonl(tmp_path / "new.jsonl", [{"id": "n1", "text": "A new document about ankle sprains."}])
+    result = CliRunner().invoke(cli, ["add", str(tmp_path / "new.jsonl"), "--index", str(tmp_path / "idx"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "idx").glob("gen-*")) == ["gen-000002"]

@@ -583,3 +583,22 @@ def test_ordinary_reranking_goes_on_beside_costly_requests_that_stay_connected(b
     assert all(score is not None for _, _, score in ordinary), "they were re-ranked"
     assert max(seconds for _, seconds, _ in ordinary) < 8.0, ordinary
     assert 503 in costly or 200 in costly
+
+
+def test_a_lane_admits_only_the_reranking_it_can_get_through_in_its_budget():
+    """A second hostile review: 12 clients re-ranking 100 pairs each filled the lane's 20 places with
+    more cross-encoder work than the request timeout allowed; admitted requests waited, then timed out."""
+    from medsearch.server.metrics import Metrics
+    from medsearch.server.service import Lane, ServiceBusy
+
+    lane = Lane("rerank", 4, 16, 10.0, Metrics(lambda: None, lambda: 0))
+    lane.admit(5000, 0.02)  # an empty lane takes any request (100 s of work: it is alone)
+    lane.release(5000)
+    lane.admit(100, 0.02)  # 2 s queued
+    lane.admit(300, 0.02)  # 8 s
+    with pytest.raises(ServiceBusy, match="over its 10 s budget"):
+        lane.admit(200, 0.02)  # 12 s
+    lane.admit(200, None)  # no measure yet: only the count bounds it
+    lane.release(300)
+    lane.admit(100, 0.02)  # room again once a request is done
+    assert lane.admitted == 3 and lane.pairs == 400

@@ -494,7 +494,8 @@ def test_restore_over_a_damaged_pointer_keeps_the_generations_it_cannot_read(ind
     delete(index_dir, ["doc-001"])
     (index_dir / "CURRENT").write_bytes(b"gen-00000\x03")
     restore(tmp_path / "s.tar.zst", index_dir, replace=True)
-    assert sorted(p.name for p in index_dir.glob("gen-*")) == ["gen-000001", "gen-000002", "gen-000003"]
+    # gen 1 went when the delete committed (nobody read it); gen 2 may have been current: it stays
+    assert sorted(p.name for p in index_dir.glob("gen-*")) == ["gen-000002", "gen-000003"]
     assert generations.current(index_dir).name == "gen-000003"
 
 
@@ -773,3 +774,40 @@ def test_a_searcher_keeps_answering_when_a_newer_generation_fails_to_load(index_
         answers = [[h.id for h in searcher.search(["gout"], k=3, mode="dense")[0].hits] for _ in range(3)]
     assert answers == [before] * 3
     assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_keep_never_removes_the_snapshot_it_wrote_nor_another_index_at_the_same_path(tmp_path, built):
+    """A second hostile review: an archive copied in under a later name made --keep 1 remove the one
+    just written; and two indexes served in turn from one path removed each other's snapshots."""
+    backups, place = tmp_path / "backups", tmp_path / "data" / "index"
+    backups.mkdir()
+    shutil.copytree(built, place)
+    first = snapshot(place, backups).path
+    shutil.move(place, tmp_path / "elsewhere")  # index A moves away; index B is served from its path
+    shutil.copytree(built, place)
+    written = snapshot(place, backups, keep=1)
+    assert first.is_file() and written.path.is_file() and written.removed == [], "A's snapshot is not B's"
+    later = backups / f"index-gen-000001-20991231T235959Z-abcdef.tar.zst"
+    shutil.copy(written.path, later)  # a copy whose name says it is newer
+    again = snapshot(place, backups, keep=1)
+    assert again.path.is_file(), "the snapshot just written stays"
+    assert len(list(backups.iterdir())) == 2 and first.is_file()
+    key = tmp_path / "k.key"
+    key.write_text("0123456789abcdef0123456789abcdef")
+    assert run("snapshot", place, str(backups) + "/", "--keep", "1", "--key-file", key).exit_code == 0
+    assert again.path.is_file(), "with a key, --keep counts only the snapshots that key signed"
+
+
+def test_verify_holds_the_generation_it_checks(index_dir, minilm, monkeypatch):
+    """A second hostile review: a write that committed while verify hashed the files pruned them under it."""
+    import medsearch.snapshot as module
+
+    real = module.check_generation
+
+    def with_a_write_meanwhile(folder, *args, **kwargs):
+        upsert(index_dir, [Document(id="meanwhile", title="t", text="a text about gout written meanwhile")], minilm)
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(module, "check_generation", with_a_write_meanwhile)
+    report = verify(index_dir)
+    assert report.ok, report.problems

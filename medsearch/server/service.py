@@ -61,8 +61,9 @@ class Service:
         self.ready = asyncio.Event()
         self.metrics = Metrics(lambda: self.searcher if self.ready.is_set() else None,
                                lambda: self.batcher.pending if self.batcher is not None else 0)
-        self.rerank_lane = Lane("rerank", settings.rerank_workers, settings.max_rerank_pending, self.metrics)
-        self.costly_lane = Lane("costly", settings.costly_workers, settings.max_costly_pending, self.metrics)
+        budget = settings.request_timeout_s / 2  # re-ranking queued in a lane: what it may take, measured
+        self.rerank_lane = Lane("rerank", settings.rerank_workers, settings.max_rerank_pending, budget, self.metrics)
+        self.costly_lane = Lane("costly", settings.costly_workers, settings.max_costly_pending, budget, self.metrics)
         self._write_lock = asyncio.Lock()
         self._snapshot_lock = asyncio.Lock()
 
@@ -164,9 +165,9 @@ class Service:
                                 f"{len(texts) * options.rerank} pairs; the limit is {self.settings.max_rerank_pairs} a request")
         searcher.check_queries(texts, ids)
         searcher.check(options)  # before encoding anything
-        lane = self.lane(len(texts), options)
-        if lane is not None:
-            lane.admit()  # before encoding: a request the lane cannot take costs nothing
+        lane, pairs = self.lane(len(texts), options), len(texts) * options.rerank
+        if lane is not None:  # before encoding: a request the lane cannot take costs nothing
+            lane.admit(pairs, self._seconds_per_pair(searcher) if pairs else None)
         # the search thread stops at the deadline, or when the client has gone, not only the answer
         stop_at = time.monotonic() + self.settings.request_timeout_s
         left = threading.Event()  # set when nobody waits for the answer any more
@@ -185,15 +186,24 @@ class Service:
                          "mode": options.mode, "tier": tier}
                 return json_bytes(answer[0] if one else answer), facts
 
-            work = lane.run(run) if lane is not None else loop.run_in_executor(self.search_pool, run)
+            work = lane.run(run, pairs) if lane is not None else loop.run_in_executor(self.search_pool, run)
             submitted = True
             answer, facts = await self._within(work, deadline, receive)
         finally:
             left.set()
             if lane is not None and not submitted:
-                lane.release()
+                lane.release(pairs)
         fields.update(facts)  # here, on the event loop: the search thread never writes what the access log reads
         return answer
+
+    @staticmethod
+    def _seconds_per_pair(searcher: Searcher) -> float | None:
+        """What a cross-encoder pair has cost lately (rerank.Reranker), None before it has run."""
+        try:
+            reranker = searcher.reranker_for(searcher.index)
+        except MedsearchError:
+            return None
+        return getattr(reranker, "seconds_per_pair", None)
 
     def lane(self, queries: int, options: SearchOptions) -> "Lane | None":
         """Where a request runs: the costly lane past costly_pairs cross-encoder pairs or costly_results
@@ -285,36 +295,47 @@ class Service:
 
 
 class Lane:
-    """Threads for one kind of request, and how many may be admitted (running or waiting) at once:
-    past that, ServiceBusy at once. A request is counted from `admit` until its thread is done with
-    it (or it leaves the queue unrun): not until its client stops waiting."""
+    """Threads for one kind of request, and what it admits at once: at most `workers + pending`
+    requests (running or waiting), and cross-encoder pairs whose measured cost stays within
+    `budget_s` (so that an admitted request is answered, not left to time out in the queue); past
+    either, ServiceBusy at once (an empty lane takes any request). A request is counted from
+    `admit` until its thread is done with it (or it leaves the queue unrun): not until its client
+    stops waiting."""
 
-    def __init__(self, name: str, workers: int, pending: int, metrics: Metrics):
-        self.name, self.limit = name, workers + pending
+    def __init__(self, name: str, workers: int, pending: int, budget_s: float, metrics: Metrics):
+        self.name, self.limit, self.budget_s = name, workers + pending, budget_s
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"medsearch-{name}",
                                        initializer=limit_threads, initargs=(1,))
         self.admitted = 0
+        self.pairs = 0  # cross-encoder pairs of the requests admitted
         self._lock = threading.Lock()
         metrics.lane_admitted.labels(name).set_function(lambda: self.admitted)
         self._refused = metrics.lane_refused.labels(name)
 
-    def admit(self) -> None:
+    def admit(self, pairs: int = 0, seconds_per_pair: float | None = None) -> None:
         with self._lock:
-            if self.admitted >= self.limit:
+            full = self.admitted >= self.limit
+            slow = (self.admitted and seconds_per_pair is not None
+                    and (self.pairs + pairs) * seconds_per_pair > self.budget_s)
+            if full or slow:
                 self._refused.inc()
-                raise ServiceBusy(f"the service is answering as many {self.name} requests as it takes ({self.limit}); "
-                                  "try again in a moment" + (", or ask for fewer results or pairs" if self.name == "costly"
-                                                              else ", or with rerank=0"))
+                why = (f"as many {self.name} requests as it takes ({self.limit})" if full else
+                       f"~{(self.pairs + pairs) * seconds_per_pair:.0f} s of re-ranking queued, over its "
+                       f"{self.budget_s:.0f} s budget")
+                raise ServiceBusy(f"the service has {why}; try again in a moment"
+                                  + (", or with rerank=0" if pairs else ", or ask for fewer results"))
             self.admitted += 1
+            self.pairs += pairs
 
-    def release(self) -> None:
+    def release(self, pairs: int = 0) -> None:
         with self._lock:
             self.admitted -= 1
+            self.pairs -= pairs
 
-    def run(self, work: Callable):
-        """`work` on the lane's threads (admitted before): an awaitable of its result."""
+    def run(self, work: Callable, pairs: int = 0):
+        """`work` on the lane's threads (admitted before, with its `pairs`): an awaitable of its result."""
         future = self.pool.submit(work)
-        future.add_done_callback(lambda _: self.release())
+        future.add_done_callback(lambda _: self.release(pairs))
         return asyncio.wrap_future(future)
 
 

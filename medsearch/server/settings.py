@@ -48,16 +48,17 @@ class ServerSettings:
     # Lanes (service.Lane): a request that re-ranks runs on rerank_workers threads of its own (they
     # mostly wait for the cross-encoder's turn), with at most max_rerank_pending more admitted
     # waiting; one past costly_pairs pairs (queries x rerank) or costly_results results (queries x
-    # k) runs on costly_workers threads, with max_costly_pending waiting. Past either bound: 503 +
-    # Retry-After, before anything is encoded. Plain searches and document reads never wait behind
-    # them, and the cross-encoder takes turns in passes of 32 pairs, so ordinary re-ranking never
-    # waits behind a costly request's whole pass.
+    # k) runs on costly_workers threads, with max_costly_pending waiting. Each lane also admits no
+    # more re-ranking than the cross-encoder, at its measured speed, gets through in half the
+    # request timeout. Past any bound: 503 + Retry-After, before anything is encoded. Plain searches
+    # and document reads never wait behind them, and the cross-encoder takes turns in passes of 32
+    # pairs, so ordinary re-ranking never waits behind a costly request's whole pass.
     rerank_workers: int = 4
     max_rerank_pending: int = 16
     costly_workers: int = 1
     max_costly_pending: int = 2
     costly_pairs: int = 100
-    costly_results: int = 1000
+    costly_results: int = 200
     # Load: queries waiting for the encoder, all requests together (a request that would take them
     # past it gets a 503 + Retry-After; one of more queries than that is taken when none wait), the
     # longest a search may wait and run, connections at once (a JSON 503 past it), and how long a
