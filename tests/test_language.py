@@ -230,4 +230,5 @@ def test_a_manifest_naming_an_unknown_language_is_one_line(french_index, tmp_pat
     manifest["lexical"]["languages"] = ["fr", "ja"]
     manifest_path.write_text(json.dumps(manifest))
     result = run("query", "diabete", "--index", path, "--mode", "lexical")
-    assert_one_line_error(result, "languages this medsearch has no analysis for")
+    assert_one_line_error(result, "lexical.languages.1: Input should be")
+    assert "(got \"ja\")" in result.output
