@@ -82,12 +82,13 @@ def normalised_ids(documents: list[Document], where: str, once: bool = False) ->
     """`documents` with their ids as stored (validation.check_id: refused with one line naming the
     record, or NFC-normalised); one warning for all the ids that changed, naming how many, not which
     (ids can be personal); with `once`, only the first time this process reads `where`."""
-    out, changed, seen = [], 0, set()
+    out, changed, seen = [], 0, {}
     for number, doc in enumerate(documents, start=1):
-        doc_id = check_id(doc.id, doc.origin or f"{where}: document {number}")
+        origin = doc.origin or f"{where}: document {number}"
+        doc_id = check_id(doc.id, origin)
         if doc_id in seen:  # (two spellings of one id, NFC and NFD, are one id)
-            raise BadInputError(f"{doc.origin or f'{where}: document {number}'}: duplicate document id '{doc_id}'")
-        seen.add(doc_id)
+            raise BadInputError(f"{origin}: duplicate document id '{doc_id}' (first seen at {seen[doc_id]})")
+        seen[doc_id] = origin
         if doc_id != doc.id:
             doc, changed = dataclasses.replace(doc, id=doc_id), changed + 1
         out.append(doc)

@@ -133,8 +133,8 @@ NFC, NFD = "caf\u00e9", "cafe\u0301"
     (" pad", r"c\.jsonl:2: document id ' pad' has whitespace at its start or end"),
     ("pad\n", r"c\.jsonl:2: document id 'pad\\n' has whitespace at its start or end"),
     ("   ", r"c\.jsonl:2: document id '   ' has whitespace"),
-    ("a\tb", r"c\.jsonl:2: document id 'a\\tb' contains a control character \(U\+0009\)"),
-    ("bell\x07", r"c\.jsonl:2: document id 'bell\\x07' contains a control character \(U\+0007\)"),
+    ("a\tb", r"c\.jsonl:2: document id 'a\\tb' contains an invisible or control character \(U\+0009\)"),
+    ("bell\x07", r"c\.jsonl:2: document id 'bell\\x07' contains an invisible or control character \(U\+0007\)"),
 ])
 def test_ids_are_taken_exactly_and_bad_ones_refused(tmp_path, raw_id, message):
     path = write_jsonl(tmp_path / "c.jsonl", [{"id": "pad", "text": "one"}, {"id": raw_id, "text": "two"}])
