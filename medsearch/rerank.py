@@ -258,11 +258,14 @@ _failed: dict[tuple[str, str | None, str], tuple[float, MedsearchError]] = {}
 _loading = threading.Lock()
 
 
-def load_reranker(spec: str, device: str | None = None, runtime: str = "torch") -> Reranker:
+def load_reranker(spec: str, device: str | None = None, runtime: str = "torch", load: bool = True) -> Reranker | None:
     """The process's re-ranker for `spec` (loaded on first use, then shared; one that failed is not
-    tried again for RETRY_LOAD_S: its error is raised again at once)."""
+    tried again for RETRY_LOAD_S: its error is raised again at once). `load=False`: the one loaded
+    already, else None (without waiting for a load in progress)."""
+    key = (spec, device, runtime)
+    if not load:
+        return _loaded.get(key)
     with _loading:
-        key = (spec, device, runtime)
         if key not in _loaded:
             failed = _failed.get(key)
             if failed is not None and time.monotonic() - failed[0] < RETRY_LOAD_S:
@@ -276,11 +279,12 @@ def load_reranker(spec: str, device: str | None = None, runtime: str = "torch") 
         return _loaded[key]
 
 
-def load_index_reranker(entry: dict, device: str | None, runtime: str) -> Reranker:
+def load_index_reranker(entry: dict, device: str | None, runtime: str, load: bool = True) -> Reranker | None:
     """The re-ranker an index records (its manifest's `reranker`); RerankerUnavailableError when it
-    cannot be loaded now (its folder moved, say): the index's queries that re-rank fail, not the rest."""
+    cannot be loaded now (its folder moved, say): the index's queries that re-rank fail, not the rest.
+    `load=False`: as load_reranker's."""
     try:
-        return load_reranker(entry["model"], device, runtime)
+        return load_reranker(entry["model"], device, runtime, load)
     except MedsearchError as err:
         raise RerankerUnavailableError(f"the index's re-ranker cannot be loaded ({err})") from None
 

@@ -150,16 +150,17 @@ class Searcher:
         to this searcher, else the index's (0 without one)."""
         return DEFAULT_RERANK if self.reranker is not None else index.manifest.default_rerank
 
-    def reranker_for(self, index: Index) -> Reranker | None:
+    def reranker_for(self, index: Index, load: bool = True) -> Reranker | None:
         """The cross-encoder that re-ranks this index's queries: the searcher's, else the index's
-        (loaded on first use, then shared: rerank.load_reranker), else None."""
+        (loaded on first use, then shared: rerank.load_reranker), else None. `load=False`: only one
+        loaded already (None otherwise: nothing is loaded, nothing raised)."""
         if self.reranker is not None:
             return self.reranker
         entry = index.manifest.reranker
         if entry is None:
             return None
         return load_index_reranker(entry, self.device,
-                                   runtime_for(self.encoder.runtime if self.encoder else index.manifest.runtime))
+                                   runtime_for(self.encoder.runtime if self.encoder else index.manifest.runtime), load)
 
     def current(self, wait: bool = True) -> Index:
         """The newest committed generation (loaded, and checked against the model, before use).

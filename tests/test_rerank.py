@@ -602,3 +602,14 @@ def test_a_lane_admits_only_the_reranking_it_can_get_through_in_its_budget():
     lane.release(300)
     lane.admit(100, 0.02)  # room again once a request is done
     assert lane.admitted == 3 and lane.pairs == 400
+
+
+def test_a_lookup_without_load_neither_loads_nor_raises(tmp_path):
+    """The service reads the cross-encoder's measured speed on its event loop: that read must never
+    start a model load (seconds) nor raise for a re-ranker that cannot load."""
+    from medsearch.rerank import load_index_reranker, load_reranker
+
+    assert load_reranker(str(tmp_path / "not-a-model"), "cpu", "torch", load=False) is None
+    assert load_index_reranker({"model": str(tmp_path / "gone"), "rerank": 20}, "cpu", "torch", load=False) is None
+    with pytest.raises(Exception):
+        load_reranker(str(tmp_path / "not-a-model"), "cpu", "torch")

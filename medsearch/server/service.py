@@ -48,11 +48,6 @@ class Service:
         self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
         self.search_pool = ThreadPoolExecutor(threads, thread_name_prefix="medsearch-search",
                                               initializer=limit_threads, initargs=(1,))
-        # Requests that re-rank, and those whose cost they choose past the ordinary (many pairs, many
-        # results), run in lanes of their own, so that plain searches and document reads never queue
-        # behind them, and ordinary re-ranking never behind a costly request (the cross-encoder takes
-        # turns in passes of 32 pairs: rerank.py). Each lane admits a bounded number (running or
-        # waiting), before anything is encoded; past it, 503 at once.
         # Writes (chunking, encoding, building a generation) and loading the generation they commit
         # run here: never on the event loop, never taking a search thread.
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write",
@@ -61,6 +56,11 @@ class Service:
         self.ready = asyncio.Event()
         self.metrics = Metrics(lambda: self.searcher if self.ready.is_set() else None,
                                lambda: self.batcher.pending if self.batcher is not None else 0)
+        # Requests that re-rank, and those whose cost they choose past the ordinary (many pairs, many
+        # results), run in lanes of their own, so that plain searches and document reads never queue
+        # behind them, and ordinary re-ranking never behind a costly request (the cross-encoder takes
+        # turns in passes of 32 pairs: rerank.py). Each lane admits a bounded number (running or
+        # waiting), before anything is encoded; past it, 503 at once.
         budget = settings.request_timeout_s / 2  # re-ranking queued in a lane: what it may take, measured
         self.rerank_lane = Lane("rerank", settings.rerank_workers, settings.max_rerank_pending, budget, self.metrics)
         self.costly_lane = Lane("costly", settings.costly_workers, settings.max_costly_pending, budget, self.metrics)
@@ -199,11 +199,8 @@ class Service:
     @staticmethod
     def _seconds_per_pair(searcher: Searcher) -> float | None:
         """What a cross-encoder pair has cost lately (rerank.Reranker), None before it has run."""
-        try:
-            reranker = searcher.reranker_for(searcher.index)
-        except MedsearchError:
-            return None
-        return getattr(reranker, "seconds_per_pair", None)
+        reranker = searcher.reranker_for(searcher.index, load=False)  # (never a model load on the event loop)
+        return reranker.seconds_per_pair if reranker is not None else None
 
     def lane(self, queries: int, options: SearchOptions) -> "Lane | None":
         """Where a request runs: the costly lane past costly_pairs cross-encoder pairs or costly_results
@@ -236,9 +233,8 @@ class Service:
             except Overloaded as err:
                 raise ServiceBusy(f"the service is at capacity ({err}); try again in a moment") from None
             except RerankStopped:  # its deadline passed between two of the cross-encoder's passes
-                raise ServiceBusy(f"the search took longer than the service's limit of "
-                                  f"{self.settings.request_timeout_s:g} s; try again in a moment") from None
-        if gone is not None and gone in done:
+                pass
+        elif gone is not None and gone in done:
             raise ClientGone()
         raise ServiceBusy(f"the search took longer than the service's limit of {self.settings.request_timeout_s:g} s; "
                           "try again in a moment")
