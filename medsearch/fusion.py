@@ -15,6 +15,7 @@ from medsearch.errors import BadInputError
 MODES = ("dense", "lexical", "hybrid")
 DEFAULT_MODE = "dense"
 METHODS = ("rrf", "convex")
+MAX_RRF_K, MAX_DEPTH = 10_000, 1000  # the most a request (or an index's defaults) may ask of rrf_k and depth
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medsearch.errors import IndexFormatError
-from medsearch.fusion import METHODS, MODES
+from medsearch.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES
 from medsearch.language import ANALYSES
 from medsearch.runtimes import RUNTIMES
 
@@ -223,9 +223,9 @@ class _Closed(BaseModel):
 
 class _Fusion(_Closed):  # the API's bounds on the same settings (options.OPTIONS)
     method: Literal[METHODS] = "convex"
-    rrf_k: int = Field(60, ge=0, le=10_000)
+    rrf_k: int = Field(60, ge=0, le=MAX_RRF_K)
     weight: float = Field(0.7, ge=0, le=1)
-    depth: int = Field(50, ge=1, le=1000)
+    depth: int = Field(50, ge=1, le=MAX_DEPTH)
 
 
 class _SearchDefaults(_Closed):
@@ -313,9 +313,9 @@ def check(manifest: dict, index: Path) -> None:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        got = "" if first["type"] in ("missing", "value_error") else f" (got {_shown(first.get('input'))})"
+        shows_input = where and first["type"] not in ("missing", "value_error")  # (not a whole object's)
+        got = f" (got {_shown(first.get('input'))})" if shows_input else ""
         message = re.sub(r" or instance of \w+", "", first["msg"].removeprefix("Value error, "))
-        got = "" if not where else got
         raise IndexFormatError(f"{index}: its manifest is not one this medsearch wrote: "
                                f"{where + ': ' if where else ''}{message}{got}", index) from None
 

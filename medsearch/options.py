@@ -14,8 +14,8 @@ from typing import Any
 
 from medsearch.errors import BadInputError
 from medsearch.filters import parse_filters
-from medsearch.fusion import METHODS, MODES, Fusion, check_mode
-from medsearch.manifest import TIERS
+from medsearch.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES, Fusion, check_mode
+from medsearch.manifest import MAX_DEFAULT_RERANK, TIERS
 from medsearch.validation import check_text
 
 DEFAULT_TIER = "fast"
@@ -57,16 +57,17 @@ OPTIONS = (
            "hybrid: both lists fused [default: the index's: hybrid where it has a lexical index, else dense].",
            choices=MODES),
     Option("rerank", int, None, "Re-score the top N documents with a cross-encoder and return the best k of "
-           "them; 0: off [default: 20 when a re-ranker is given, else 0].", minimum=0, request_maximum=200),
+           "them; 0: off [default: 20 when a re-ranker is given, else 0].", minimum=0,
+           request_maximum=MAX_DEFAULT_RERANK),
     Option("fusion", str, None, "hybrid: reciprocal rank fusion (rrf) or a convex combination of normalised scores "
            f"[default: the index's, which its model's tuning chose, else {_FUSION.method}; giving any fusion option "
            "replaces the index's fusion, the options not given taking these defaults].", choices=METHODS),
     Option("rrf_k", int, None, f"hybrid rrf: each list adds 1 / (rrf_k + rank) [default: {_FUSION.rrf_k}].", minimum=0,
-           request_maximum=10_000),
+           request_maximum=MAX_RRF_K),
     Option("dense_weight", float, None, "hybrid convex: the dense scores' weight (the lexical ones get the rest) "
            f"[default: the index's, else {_FUSION.weight}].", minimum=0, maximum=1),
     Option("fusion_depth", int, None, f"hybrid: documents taken from each list (at least k) [default: {_FUSION.depth}].",
-           minimum=1, request_maximum=1000),
+           minimum=1, request_maximum=MAX_DEPTH),
 )
 FUSION_OPTIONS = ("fusion", "rrf_k", "dense_weight", "fusion_depth")
 # The flat names of the Fusion fields

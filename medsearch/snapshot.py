@@ -233,7 +233,8 @@ def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
     existing file is never replaced, not even one created meanwhile.
 
     Into a folder, `keep`: once written, only the newest `keep` of this index's snapshots there are
-    kept (those named as this function names them; nothing else is touched); `max_bytes`: refused,
+    kept (snapshots_of: those it wrote of this index folder, with `key` those it signed; never the
+    one just written; nothing else is touched); `max_bytes`: refused,
     before anything is written, when the snapshots kept plus this one (counted at the generation's
     size, which the archive does not exceed) would pass that many bytes. `key` (read_key): the header
     is signed with it (HMAC-SHA256), so that `restore` given the same key refuses any archive that
@@ -289,6 +290,11 @@ def snapshots_of(index_dir: str | Path, folder: str | Path, key: bytes | None = 
     header records): named as it names them (index name, generation, time), and whose header records
     this index folder itself (its device and inode: the folder moved is still itself, another index
     at the same path in another container is not); with `key`, only those it signed."""
+    return [path for path, header in _snapshots(index_dir, folder) if key is None or _signed(header, key)]
+
+
+def _snapshots(index_dir: str | Path, folder: str | Path) -> list[tuple[Path, dict]]:
+    """snapshots_of's, signed or not, each with its header."""
     root = Path(index_dir).resolve()
     pattern = re.compile(rf"^{re.escape(root.name)}-gen-\d{{6,}}-\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}\.tar\.zst$")
     found = []
@@ -296,12 +302,9 @@ def snapshots_of(index_dir: str | Path, folder: str | Path, key: bytes | None = 
         if not pattern.match(path.name) or path.is_symlink() or not path.is_file():
             continue
         header = read_header(path) or {}
-        if header.get("index_folder") != _identity(root):
-            continue
-        if key is not None and not _signed(header, key):
-            continue
-        found.append((str(header.get("created", "")), path.name, path))
-    return [path for *_, path in sorted(found)]
+        if header.get("index_folder") == _identity(root):
+            found.append((str(header.get("created", "")), path.name, path, header))
+    return [(path, header) for *_, path, header in sorted(found, key=lambda item: item[:2])]
 
 
 def _identity(root: Path) -> str:
@@ -319,7 +322,7 @@ def read_header(path: Path) -> dict | None:
             bounded = _Bounded(stream, MAX_HEADER_BYTES + MEMBER_OVERHEAD, path)
             with tarfile.open(fileobj=bounded, mode="r|") as tar:
                 first = tar.next()
-                if first is None or first.name != HEADER or not first.isfile() or first.size > MAX_HEADER_BYTES:
+                if not _is_header(first):
                     return None
                 header = json.loads(tar.extractfile(first).read())
     except (DamagedSnapshotError, zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, RecursionError):
@@ -328,9 +331,12 @@ def read_header(path: Path) -> dict | None:
 
 
 def _check_budget(root: Path, where: Path, folder: Path, keep: int | None, max_bytes: int, key: bytes | None) -> None:
-    removed = snapshots_of(root, where, key) if keep is not None else []  # what --keep removes once this one is written
-    removed = removed[:max(0, len(removed) - (keep - 1))] if keep is not None else []
-    kept = [path for path in snapshots_of(root, where) if path not in removed]  # this index's, signed or not
+    mine = _snapshots(root, where)  # this index's, signed or not: all take disk
+    removed = []  # what --keep removes once this one is written
+    if keep is not None:
+        removed = [path for path, header in mine if key is None or _signed(header, key)]
+        removed = removed[:max(0, len(removed) - (keep - 1))]
+    kept = [path for path, _ in mine if path not in removed]
     held = sum(path.stat().st_size for path in kept)
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     if held + size > max_bytes:
@@ -605,7 +611,7 @@ def _extract(source: Path, folder: Path, key: bytes | None = None) -> dict:
 
 def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, folder: Path, key: bytes | None) -> dict:
     first = tar.next()
-    if first is None or first.name != HEADER or not first.isfile() or first.size > MAX_HEADER_BYTES:
+    if not _is_header(first):
         raise DamagedSnapshotError(f"{source} is not a medsearch snapshot (it does not begin with {HEADER}); "
                                    "nothing was restored")
     header = _header(source, tar.extractfile(first).read())
@@ -685,6 +691,11 @@ def _check_signature(source: Path, header: dict, key: bytes) -> None:
     if not _signed(header, key):
         raise DamagedSnapshotError(f"{source} is not signed with this key (forged, changed, or signed with another "
                                    "key); nothing was restored")
+
+
+def _is_header(member: tarfile.TarInfo | None) -> bool:
+    """Whether an archive's first member is a header: snapshot.json, a file within its bound."""
+    return member is not None and member.name == HEADER and member.isfile() and member.size <= MAX_HEADER_BYTES
 
 
 def _header(source: Path, data: bytes) -> dict:

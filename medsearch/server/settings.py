@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from medsearch.errors import BadInputError
+from medsearch.manifest import MAX_CANDIDATES
 
 
 def available_cores() -> int:
@@ -40,7 +41,7 @@ class ServerSettings:
     # fails past ~1,000 ANDed conditions) and fast-tier candidates (k x oversample).
     max_filters: int = 64
     max_filter_chars: int = 500
-    max_candidates: int = 100_000
+    max_candidates: int = MAX_CANDIDATES
     max_results: int = 10_000  # queries x k in one request (each hit is ~0.7 KB of JSON)
     # (query, document) pairs one request may have a cross-encoder score (queries x rerank): ~50
     # queries at the default 20; a MiniLM-L6 cross-encoder scores ~60 pairs/s a core on OpenVINO
