@@ -88,3 +88,33 @@ def p95_ms(samples: list[float]) -> float:
 def recall_against(ranked: list[list[tuple]], truth: list[list[tuple]], k: int = 10) -> float:
     """Mean share of each reference top-k (lists of (id, score)) that the ranked list also has in its top k."""
     return float(np.mean([len({x for x, _ in r[:k]} & {x for x, _ in t[:k]}) / k for r, t in zip(ranked, truth)]))
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port: int, process, limit: float = 300) -> None:
+    """Return once the `medsearch serve` `process` on `port` answers /readyz with 200; SystemExit when
+    it exits or `limit` seconds pass first."""
+    import http.client
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"serve exited with {process.returncode}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("serve did not get ready")

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +22,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import free_port, machine, print_table, wait_ready, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "disk-growth-bench-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(port: int, method: str, path: str, body=None) -> tuple[int, dict]:
@@ -78,16 +70,7 @@ def main() -> int:
                                    "--writable", "--token-file", str(token), "--snapshot-dir", str(backups),
                                    "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if call(port, "GET", "/readyz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("serve did not get ready")
-                time.sleep(0.3)
+            wait_ready(port, server)
             started = time.monotonic()
             statuses = [call(port, "POST", "/snapshot")[0] for _ in range(args.snapshots)]
             snapshot_seconds = time.monotonic() - started

@@ -29,7 +29,7 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_results  # noqa: E402
+from common import free_port, machine, print_table, wait_ready, write_results  # noqa: E402
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the cross-encoder made here: no load report
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -37,12 +37,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = ["fever in children", "what causes asthma", "high blood pressure treatment", "diabetes symptoms",
            "how is measles spread"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_cross_encoder(folder: Path) -> str:
@@ -54,22 +48,6 @@ def make_cross_encoder(folder: Path) -> str:
     torch.manual_seed(0)
     CrossEncoder(default_model_path(), num_labels=1, device="cpu").save(str(folder))
     return str(folder)
-
-
-def wait_ready(port: int, process: subprocess.Popen, limit: float = 300) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"serve exited with {process.returncode}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("serve did not get ready")
 
 
 def flood(port: int, stop_at: float, hang_up: float, outcomes: list) -> None:
