@@ -1,17 +1,22 @@
 """Split documents longer than the encoder's window into overlapping, token-bounded chunks.
 
 A chunk is a character span of the document text; the text the encoder sees is the document
-title, a newline and the span, so the title's tokens come out of each chunk's budget.
+title, a newline and the span, so the title's tokens come out of each chunk's budget. A document
+with sections (its layout: Markdown, PDF, web page and Word headings) is chunked section by
+section, so a chunk holds one section (a section too short to stand alone, e.g. a heading
+followed by its first subsection, joins the next one).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from medsearch.corpus import Document
 from medsearch.errors import MedsearchError
 
 MIN_WINDOW = 16
+MIN_SECTION_TOKENS = 32  # a shorter section joins the next one
 
 
 @dataclass
@@ -64,7 +69,27 @@ def chunk_documents(
     for ordinal, (doc, offsets, header) in enumerate(zip(documents, offset_lists, header_lengths)):
         window = max(MIN_WINDOW, max_tokens - special - header)
         doc_overlap = window // 8 if overlap is None else min(overlap, window - 1)
-        for position, (i, j) in enumerate(token_spans(offsets, window, doc_overlap)):
+        spans = [(a + i, a + j) for a, b in section_groups(offsets, doc.layout, min(MIN_SECTION_TOKENS, window // 4))
+                 for i, j in token_spans(offsets[a:b], window, doc_overlap)]
+        for position, (i, j) in enumerate(spans):
             start, end = (offsets[i][0], offsets[j - 1][1]) if offsets else (0, len(doc.text))
             chunks.append(Chunk(ordinal, position, start, end, doc.text[start:end]))
     return chunks
+
+
+def section_groups(offsets: list[tuple[int, int]], layout: dict | None, min_tokens: int) -> list[tuple[int, int]]:
+    """Token ranges [a, b) of the document's sections (one range for a document without sections);
+    a range shorter than `min_tokens` joins the next."""
+    starts = sorted({s[0] for s in (layout or {}).get("sections") or []} - {0})
+    if not starts or not offsets:
+        return [(0, len(offsets))]
+    cuts = [bisect.bisect_left(offsets, (start, -1)) for start in starts]
+    bounds = [0] + [c for c in cuts if 0 < c < len(offsets)] + [len(offsets)]
+    groups, begin = [], 0
+    for end in bounds[1:]:
+        if end > begin and (end - begin >= min_tokens or end == len(offsets)):
+            groups.append((begin, end))
+            begin = end
+    if begin < len(offsets):
+        groups.append((begin, len(offsets)))
+    return groups

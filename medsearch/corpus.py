@@ -1,13 +1,22 @@
 """Read a corpus from disk into Document records, with errors that name the file and line.
 
 Accepted inputs (a file or a folder):
-- BEIR folder: a folder holding `corpus.jsonl` (only that file is read).
+- BEIR folder: a folder holding `corpus.jsonl`: that file is read, and the PDF, web pages and Word
+  files beside it or below it, not BEIR's queries, qrels or README.
 - `.jsonl`: one JSON object a line: `id` or `_id`, `text` (required), `title`, `url`, `source`;
   every other field is kept as metadata.
 - `.csv`: a header row with a `text` column; the same optional columns as JSONL.
 - `.txt` / `.md`: one document per file; id = path relative to the corpus folder; title = the
-  first `# heading` of a Markdown file, else the file name.
+  first `# heading` of a Markdown file, else the file name; a Markdown file's headings are its sections.
+- `.pdf`, `.html` / `.htm`, `.docx` (the `documents` extra; documents/): one document per file, id =
+  path relative to the corpus folder; title from the file's metadata or first heading; its layout
+  (pages, heading path of each section) kept for citations.
 A folder without `corpus.jsonl` is walked recursively (hidden files skipped, sorted order).
+
+A record file that is malformed (JSONL, CSV, bad UTF-8) is an error, as is an empty corpus. A
+document file that yields nothing (damaged, encrypted, no text layer, unsupported type, past a
+size limit) is skipped with one warning line naming it and why, and counted in `Corpus.skipped`;
+with `strict`, the first one is an error instead.
 
 Ids are taken exactly (never stripped): one with whitespace at either end or a control character
 is refused; one not in Unicode NFC form is normalised to it, with one warning for the whole run
@@ -22,14 +31,19 @@ import hashlib
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from medsearch.documents.base import DEFAULT_LIMITS, FORMATS, Layout, Limits, Unreadable, extract
 from medsearch.errors import BadInputError, NotFoundError
 from medsearch.validation import check_id, check_text, check_value
 
-SUFFIXES = (".jsonl", ".csv", ".txt", ".md")
+RECORD_SUFFIXES = (".jsonl", ".csv", ".txt", ".md")
+SUFFIXES = RECORD_SUFFIXES + tuple(FORMATS)
+_MARKDOWN_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 _KNOWN_FIELDS = {"id", "_id", "title", "text", "url", "source"}
 log = logging.getLogger("medsearch")
 # The corpora whose normalised ids this process has told of (`medsearch index` may read one twice)
@@ -45,37 +59,83 @@ class Document:
     source: str = ""
     metadata: dict = field(default_factory=dict)
     origin: str = ""  # "file:line", for error messages only
+    # where pages and sections start in `text` (documents.Layout.to_json()); None: none known
+    layout: dict | None = None
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha256(f"{self.title}\n{self.text}".encode()).hexdigest()[:16]
+        layout = f"\n{json.dumps(self.layout, sort_keys=True)}" if self.layout else ""
+        return hashlib.sha256(f"{self.title}\n{self.text}{layout}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class Corpus:
+    documents: list[Document]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of each file that gave nothing
+
+    def skipped_summary(self) -> str:
+        """"Skipped 3 files (see the lines above)", or "" when none was."""
+        n = len(self.skipped)
+        return f"Skipped {n} file{'s' if n != 1 else ''} that gave no document (see the lines above)" if n else ""
 
 
 def read_corpus(path: str | Path) -> list[Document]:
-    """Read every document under `path`; raise BadInputError on any bad record or an empty corpus."""
+    """Read every document under `path`; raise BadInputError on any bad record or an empty corpus
+    (files that give no document are skipped with a warning: load_corpus)."""
+    return load_corpus(path).documents
+
+
+def load_corpus(path: str | Path, *, strict: bool = False, limits: Limits = DEFAULT_LIMITS,
+                progress: bool = False) -> Corpus:
+    """Every document under `path`, and the document files skipped (each logged as one warning:
+    'skipped FILE: reason'); with `strict`, the first such file is a BadInputError. Malformed record
+    files and an empty corpus are errors either way."""
     root = Path(path)
     if not root.exists():
         raise NotFoundError(f"corpus path not found: {root}")
     if root.is_dir():
-        beir = root / "corpus.jsonl"
-        files = [beir] if beir.is_file() else _corpus_files(root)
-        base = root
+        files, base = _corpus_files(root), root
         if not files:
             raise BadInputError(f"no corpus files ({', '.join(SUFFIXES)}) in {root}")
     else:
         if root.suffix.lower() not in SUFFIXES:
             raise BadInputError(f"{root}: unsupported file type '{root.suffix}' (use {', '.join(SUFFIXES)})")
         files, base = [root], root.parent
+    documents, skipped = [], []
+    bar = None
+    if progress and sum(f.suffix.lower() in FORMATS for f in files) > 20:
+        from tqdm.auto import tqdm
 
-    documents = normalised_ids([doc for file in files for doc in _read_file(file, base)], str(root), once=True)
+        bar = tqdm(total=len(files), desc="Reading", unit="file")
+    for file in files:
+        try:
+            if file.suffix.lower() not in SUFFIXES:
+                raise Unreadable(f"unsupported file type '{file.suffix or file.name}' (medsearch reads {', '.join(SUFFIXES)})")
+            documents.extend(_read_file(file, base, limits))
+        except Unreadable as err:
+            name = file.relative_to(base).as_posix()
+            skipped.append((name, err.reason))
+            _skip(name, err.reason, strict)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    documents = normalised_ids(documents, str(root), once=True)
     seen: dict[str, str] = {}
     for doc in documents:
         if doc.id in seen:
             raise BadInputError(f"{doc.origin}: duplicate document id '{doc.id}' (first seen at {seen[doc.id]})")
         seen[doc.id] = doc.origin
     if not documents:
-        raise BadInputError(f"no documents found in {root}: the corpus is empty")
-    return documents
+        raise BadInputError(f"no documents found in {root}: the corpus is empty"
+                            + (f" ({len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped)" if skipped else ""))
+    return Corpus(documents, skipped)
+
+
+def _skip(name: str, reason: str, strict: bool) -> None:
+    if strict:
+        raise BadInputError(f"{name}: {reason} (--strict stops at the first file that gives no document)")
+    log.warning("skipped %s: %s", name, reason)
 
 
 def normalised_ids(documents: list[Document], where: str, once: bool = False) -> list[Document]:
@@ -101,19 +161,22 @@ def normalised_ids(documents: list[Document], where: str, once: bool = False) ->
 
 
 def _corpus_files(root: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    """The files under `root` (hidden ones aside), in sorted order; those of an unsupported type are
+    there to be reported. In a BEIR folder (one holding corpus.jsonl) and below it, every file but
+    corpus.jsonl and the documents is BEIR's own (queries, qrels, README): left out, unreported."""
+    paths = sorted(p for p in root.rglob("*") if not any(part.startswith(".") for part in p.relative_to(root).parts))
+    beir = [p.parent for p in paths if p.name == "corpus.jsonl" and p.is_file()]
+    return [p for p in paths if p.is_file() and (p.suffix.lower() in FORMATS or p.name == "corpus.jsonl"
+                                                 or not any(folder == p.parent or folder in p.parents for folder in beir))]
 
 
-def _read_file(file: Path, base: Path) -> Iterator[Document]:
+def _read_file(file: Path, base: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[Document]:
     name = file.relative_to(base).as_posix()
-    content = read_text(file)
     suffix = file.suffix.lower()
+    if suffix in FORMATS:
+        yield _read_document(file, name, limits)
+        return
+    content = read_text(file)
     if suffix == ".jsonl":
         yield from _read_jsonl(content, name)
     elif suffix == ".csv":
@@ -199,13 +262,34 @@ def _read_plain(content: str, name: str, markdown: bool) -> Document:
     text = check_text(content.strip(), name)
     if not text:
         raise BadInputError(f"{name}: empty file")
-    title = Path(name).stem
+    title, layout = Path(name).stem, None
     if markdown:
         heading = next((ln for ln in text.splitlines() if ln.startswith("# ")), None)
         if heading:
             title = heading[2:].strip()
+        layout = markdown_layout(text)
     check_id(name, name)  # the file's path is its id: the same rules as an id in a record
-    return Document(id=name, text=text, title=title, source=name, origin=name)
+    return Document(id=name, text=text, title=title, source=name, origin=name, layout=layout)
+
+
+def markdown_layout(text: str) -> dict | None:
+    """A Markdown text's sections: its ATX headings (`## Dosage`) outside code fences."""
+    fenced = [(m.start(), m.end()) for m in _FENCE.finditer(text)]
+    sections = [(m.start(), len(m.group(1)), m.group(2).strip()) for m in _MARKDOWN_HEADING.finditer(text)
+                if not any(a <= m.start() < b for a, b in fenced)]
+    return Layout(sections=sections).to_json() if sections else None
+
+
+def _read_document(file: Path, name: str, limits: Limits) -> Document:
+    """A PDF, web page or Word file as one document (documents/); Unreadable when it gives none."""
+    check_id(name, name)
+    try:
+        extracted = extract(file, limits)
+    except OSError as err:
+        raise Unreadable(f"cannot be read ({err.strerror or err})") from None
+    return Document(id=name, text=extracted.text, title=extracted.title or file.stem, url=extracted.url,
+                    source=name, metadata=extracted.metadata, origin=name,
+                    layout=extracted.layout.to_json() if extracted.layout else None)
 
 
 def documents_from_records(records: list, where: str = "document") -> list[Document]:

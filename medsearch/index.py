@@ -28,7 +28,7 @@ from medsearch.backends import backend_class, open_backend
 from medsearch.backends.base import VectorBackend
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
 from medsearch.chunking import passage
-from medsearch.corpus import read_corpus
+from medsearch.corpus import Document, read_corpus
 from medsearch.encoder import Encoder, resolve_runtime, runtime_for_index
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
 from medsearch.filters import filter_sql, parse_filters
@@ -56,13 +56,15 @@ def build_index(
     backend: dict | None = None,
     language: "str | lexical.Analysis" = "auto",
     progress: bool = False,
+    documents: list[Document] | None = None,
 ) -> dict:
     """Read, chunk, encode once at full dim, and write every tier's index (and one for each of
     `extra_dims`, e.g. every Matryoshka dim for an evaluation) as a new generation; return the manifest.
-    `language`: the lexical analysis (lexical.choose_analysis: auto, a language code, none, or an Analysis)."""
+    `language`: the lexical analysis (lexical.choose_analysis: auto, a language code, none, or an Analysis).
+    `documents`: the corpus already read (corpus.load_corpus), so that its files are not read twice."""
     _check_target(Path(index_dir), vector_dtype)
     started = time.perf_counter()
-    documents = read_corpus(corpus)
+    documents = read_corpus(corpus) if documents is None else documents
     analysis = lexical.choose_analysis(language, [passage(d.title, d.text) for d in documents])
     chunks = encoder.chunk(documents, chunk_overlap)
     passages = [c.passage(documents[c.doc].title) for c in chunks]

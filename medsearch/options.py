@@ -24,6 +24,8 @@ DEFAULT_TIER = "fast"
 DEFAULT_OVERSAMPLE = None
 DEFAULT_K = 10
 DEFAULT_RERANK = 20  # documents a re-ranker re-scores when a query names no number
+DEFAULT_QUOTE_SENTENCES = 16  # sentences encoded per query to quote the hits that share no term with it
+MAX_QUOTE_SENTENCES = 64
 _FUSION = Fusion()
 
 
@@ -59,6 +61,11 @@ OPTIONS = (
     Option("rerank", int, None, "Re-score the top N documents with a cross-encoder and return the best k of "
            "them; 0: off [default: 20 when a re-ranker is given, else 0].", minimum=0,
            request_maximum=MAX_DEFAULT_RERANK),
+    Option("quote_sentences", int, None, "Each hit quotes its sentence that best answers the query: the one with the "
+           "most query terms; for hits that share no term with it (found by meaning), up to this many of their "
+           "sentences, in rank order, are encoded and the closest to the query is quoted (each costs about one "
+           f"query's encoding; 0: quote their first sentence) [default: {DEFAULT_QUOTE_SENTENCES}; a service's "
+           "--quote-sentences, 0 unless set].", minimum=0, maximum=MAX_QUOTE_SENTENCES),
     Option("fusion", str, None, "hybrid: reciprocal rank fusion (rrf) or a convex combination of normalised scores "
            f"[default: the index's, which its model's tuning chose, else {_FUSION.method}; giving any fusion option "
            "replaces the index's fusion, the options not given taking these defaults].", choices=METHODS),
@@ -88,6 +95,7 @@ class SearchOptions:
     mode: str | None = None  # None: the index's default (Searcher.resolve)
     rerank: int | None = None  # None: the searcher's default (DEFAULT_RERANK with a re-ranker, else 0)
     fusion: Fusion | None = None  # None: the index's (its model's, else Fusion())
+    quote_sentences: int | None = None  # citations.cite's budget for quotes by meaning (None: the searcher's)
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(self.filters or ()))
@@ -101,6 +109,8 @@ class SearchOptions:
             raise BadInputError(f"k must be at least 1; got {self.k}")
         if self.oversample is not None and self.oversample < 1:
             raise BadInputError(f"oversample must be at least 1; got {self.oversample}")
+        if self.quote_sentences is not None and not 0 <= self.quote_sentences <= MAX_QUOTE_SENTENCES:
+            raise BadInputError(f"quote_sentences must be between 0 and {MAX_QUOTE_SENTENCES}; got {self.quote_sentences}")
         if self.rerank is not None and self.rerank < 0:
             raise BadInputError(f"rerank must be 0 (off) or more; got {self.rerank}")
         for i, text in enumerate(self.filters, start=1):

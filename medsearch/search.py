@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from medsearch import generations
+from medsearch import citations, generations
 from medsearch.backends.base import collapse, documents_of
 from medsearch.backends.funnel import candidates_for
 from medsearch.chunking import passage
@@ -31,7 +31,7 @@ from medsearch.errors import BadInputError, RerankerUnavailableError, reason
 from medsearch.filters import filter_sql, parse_filters
 from medsearch.fusion import fuse
 from medsearch.index import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
-from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_RERANK, DEFAULT_TIER, SearchOptions
+from medsearch.options import DEFAULT_OVERSAMPLE, DEFAULT_QUOTE_SENTENCES, DEFAULT_RERANK, DEFAULT_TIER, SearchOptions
 from medsearch.rerank import Reranker, RerankStopped, load_index_reranker, load_reranker, rerank, runtime_for
 
 __all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "SearchOptions", "Searcher"]
@@ -55,6 +55,12 @@ class Hit:
     # is the first stage's own (the dense similarity, BM25 score or fused score)
     first_stage_score: float | None = None
     rerank_score: float | None = None
+    # where it comes from and what in it answers (citations.cite): citation {source, url, page,
+    # section}; span, highlights and quote as offsets in the document's text
+    citation: dict = field(default_factory=dict)
+    span: list[int] = field(default_factory=list)
+    highlights: list[list[int]] = field(default_factory=list)
+    quote: dict | None = None
 
 
 @dataclass
@@ -71,7 +77,8 @@ class QueryResult:
         out["results"] = [
             {"id": h.id, "score": round(h.score, 6), "title": h.title, "snippet": h.snippet,
              "url": h.url, "source": h.source, "metadata": h.metadata, "found_by": h.found_by,
-             "first_stage_score": _rounded(h.first_stage_score), "rerank_score": _rounded(h.rerank_score)}
+             "first_stage_score": _rounded(h.first_stage_score), "rerank_score": _rounded(h.rerank_score),
+             "citation": h.citation, "span": h.span, "highlights": h.highlights, "quote": h.quote}
             for h in self.hits
         ]
         out["timings_ms"] = {key: round(value, 3) for key, value in self.timings_ms.items()}
@@ -110,6 +117,9 @@ class Searcher:
         # loaded when a query first re-ranks
         self.reranker = reranker
         self.device = device
+        # sentences a query may encode to quote hits that share no term with it (options.quote_sentences'
+        # default here; a service sets its own: they cost encoder time that all its requests share)
+        self.quote_sentences = DEFAULT_QUOTE_SENTENCES
         self._reload = threading.Lock()  # guards index, _readers, _left (held briefly)
         self._loading = threading.Lock()  # one thread loads a new generation at a time
         self._readers: dict[int, int] = {}  # id(generation) -> queries reading it now
@@ -305,14 +315,18 @@ class Searcher:
                 started = time.perf_counter()
                 hits = hits[:k]
                 docs = []
-                for row, score, found_by in hits:
+                cites = citations.cite([found[row] for row, _, _ in hits], citations.query_terms(index.analysis, queries[i]),
+                                       index.analysis, self.encoder, None if vectors is None else vectors[i],
+                                       self.quote_sentences if options.quote_sentences is None else options.quote_sentences)
+                for (row, score, found_by), cited in zip(hits, cites):
                     info = found[row]
+                    quoted = cited["quote"]["start"] - info["start"] if cited["quote"] else 0
                     docs.append(
                         Hit(
                             id=info["id"],
                             score=float(score),
                             title=info["title"],
-                            snippet=snippet(info["highlight"] or info["chunk"]),
+                            snippet=snippet(info["highlight"] or info["chunk"][quoted:]),
                             url=info["url"],
                             source=info["source"],
                             chunk=info["position"],
@@ -320,13 +334,14 @@ class Searcher:
                             found_by=found_by,
                             first_stage_score=float(first_stage[row]),
                             rerank_score=float(score) if "cross_encoder" in found_by else None,
+                            **cited,
                         )
                     )
                 hydrating += time.perf_counter() - started
                 results.append(QueryResult(queries[i], docs, {}, query_ids[i] if query_ids else None, generation))
             if options.rerank:
                 timings["cross_encoder"] = reranking
-            timings["hydrate"] = hydrating * 1000  # the hits' chunks read from SQLite, their snippets made
+            timings["hydrate"] = hydrating * 1000  # the hits' chunks read from SQLite, their snippets and citations made
             per_query = {"encode": encode_ms, **{key: v / len(queries) for key, v in timings.items()}}
             for result in results:
                 result.timings_ms = dict(per_query)

@@ -34,7 +34,7 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
     import sqlite_utils
 
     db = sqlite_utils.Database(path)
-    db["documents"].insert_all(document_rows(documents, 0), pk="ordinal", batch_size=2000)
+    db["documents"].insert_all(document_rows(documents, 0), pk="ordinal", batch_size=2000, columns={"layout": str})
     db["documents"].create_index(["id"], unique=True)
     for column in ("source", "url"):
         db["documents"].create_index([column])
@@ -68,6 +68,8 @@ def write_change(path: Path, base: Path, remove: list[str], documents: list[Docu
     try:
         with db:
             first_ordinal = db.execute("SELECT coalesce(max(ordinal), -1) + 1 FROM documents").fetchone()[0]
+            if not has_layout(db):  # a docs.db from before layouts: the column joins it
+                db.execute("ALTER TABLE documents ADD COLUMN layout TEXT")
             for start in range(0, len(remove), 500):
                 batch = remove[start:start + 500]
                 marks = ",".join("?" * len(batch))
@@ -99,7 +101,13 @@ def corpus_fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
 def document_rows(documents: list[Document], first_ordinal: int) -> Iterator[dict]:
     for i, d in enumerate(documents):
         yield {"ordinal": first_ordinal + i, "id": d.id, "title": d.title, "text": d.text, "source": d.source,
-               "url": d.url, "metadata": json.dumps(d.metadata, ensure_ascii=False), "content_hash": d.content_hash}
+               "url": d.url, "metadata": json.dumps(d.metadata, ensure_ascii=False), "content_hash": d.content_hash,
+               "layout": json.dumps(d.layout) if d.layout else None}
+
+
+def has_layout(db: sqlite3.Connection) -> bool:
+    """Whether a docs.db's documents have a `layout` column (pages and sections; from medsearch 0.1 with documents)."""
+    return any(row[1] == "layout" for row in db.execute("PRAGMA table_info(documents)"))
 
 
 def chunk_rows(chunks: list[Chunk], first_row: int, doc_offset: int = 0) -> Iterator[dict]:
@@ -173,6 +181,13 @@ class DocStore:
             self._local.db = db
         return db
 
+    @property
+    def _layout(self) -> str:
+        """The SQL for a document's layout: its column, or NULL in a docs.db from before layouts."""
+        if not hasattr(self, "_layout_sql"):
+            self._layout_sql = "d.layout" if has_layout(self.db) else "NULL"
+        return self._layout_sql
+
     def query(self, sql: str, params: list | tuple = ()) -> Iterator[dict]:
         """Rows of `sql` as dicts."""
         return (dict(row) for row in self.db.execute(sql, params))
@@ -185,12 +200,13 @@ class DocStore:
         rows = [int(x) for x in rows]
         marks = ",".join("?" * len(rows))
         sql = (
-            "SELECT c.row, c.text AS chunk, c.position, d.id, d.title, d.url, d.source, d.metadata "
-            f"FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE c.row IN ({marks})"
+            f'SELECT c.row, c.text AS chunk, c.position, c.start, c."end", d.id, d.title, d.url, d.source, d.metadata, '
+            f"{self._layout} AS layout FROM chunks c JOIN documents d ON d.ordinal = c.doc WHERE c.row IN ({marks})"
         )
         found = {}
         for r in self.query(sql, rows):
             r["metadata"] = json.loads(r["metadata"] or "{}")
+            r["layout"] = json.loads(r["layout"]) if r["layout"] else None
             r["highlight"] = None
             found[r.pop("row")] = r
         words = [w for w in re.findall(r"\w+", query or "") if w.lower() not in STOPWORDS]
@@ -209,12 +225,13 @@ class DocStore:
         normalisation form: ids are stored in NFC (validation.normal_id)."""
         doc_id = normal_id(doc_id)
         rows = list(self.query(
-            "SELECT id, title, text, url, source, metadata FROM documents WHERE id = ?", [doc_id]
+            f"SELECT id, title, text, url, source, metadata, {self._layout} AS layout FROM documents d WHERE id = ?", [doc_id]
         ))
         if not rows:
             raise NotFoundError(f"no document with id '{doc_id}'")
         document = rows[0]
         document["metadata"] = json.loads(document["metadata"] or "{}")
+        document["layout"] = json.loads(document["layout"]) if document["layout"] else None
         return document
 
     def chunk_rows(self) -> np.ndarray:
@@ -256,9 +273,11 @@ class DocStore:
 
     def documents(self) -> Iterator[tuple[int, Document]]:
         """(ordinal, document) for every document, in ordinal order."""
-        for r in self.query("SELECT ordinal, id, title, text, source, url, metadata FROM documents ORDER BY ordinal"):
+        for r in self.query(f"SELECT ordinal, id, title, text, source, url, metadata, {self._layout} AS layout "
+                            "FROM documents d ORDER BY ordinal"):
             yield r["ordinal"], Document(id=r["id"], text=r["text"], title=r["title"], url=r["url"],
-                                         source=r["source"], metadata=json.loads(r["metadata"] or "{}"))
+                                         source=r["source"], metadata=json.loads(r["metadata"] or "{}"),
+                                         layout=json.loads(r["layout"]) if r["layout"] else None)
 
     def chunks(self) -> Iterator[Chunk]:
         """Every live chunk in row order; `doc` is its document's ordinal."""

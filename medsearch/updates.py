@@ -26,7 +26,7 @@ import numpy as np
 
 from medsearch import checksums, generations, lexical
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL, needs_calibration
-from medsearch.corpus import Document, normalised_ids, read_corpus
+from medsearch.corpus import Corpus, Document, load_corpus, normalised_ids, read_corpus
 from medsearch.encoder import Encoder
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, NotFoundError
 from medsearch.index import (
@@ -87,13 +87,15 @@ class WriteReport:
 
 
 def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, encoder: EncoderSource, *,
-           delete_missing: bool = False, progress: bool = False, target_recall: float | None = None) -> WriteReport:
+           delete_missing: bool = False, progress: bool = False, target_recall: float | None = None,
+           keep: Iterable[str] = ()) -> WriteReport:
     """Add new documents and replace changed ones (by id and content hash); with `delete_missing`,
     also delete the documents that `documents` does not have (the index then mirrors a corpus).
     `documents`: Document records, or a corpus path as `medsearch index` reads it. `encoder`: an
     Encoder, or a function that loads one (called only when there is text to encode). A write that
     adds rows measures the fast tier's candidate count again (for `target_recall`, default the
-    index's own), as does a new `target_recall` alone."""
+    index's own), as does a new `target_recall` alone. `keep`: ids that `delete_missing` leaves in
+    place (the files of a corpus that could not be read this time: skipped, not gone)."""
     started = time.perf_counter()
     docs = read_corpus(documents) if isinstance(documents, (str, Path)) else normalised_ids(list(documents), "upsert")
     root = Path(index_dir)
@@ -101,7 +103,7 @@ def upsert(index_dir: str | Path, documents: Iterable[Document] | str | Path, en
         hashes = base.store.hashes()
         new = [d for d in docs if d.id not in hashes]
         changed = [d for d in docs if d.id in hashes and hashes[d.id] != d.content_hash]
-        gone = set(hashes) - {d.id for d in docs} if delete_missing else set()
+        gone = set(hashes) - {d.id for d in docs} - set(keep) if delete_missing else set()
         report = WriteReport(added=len(new), updated=len(changed), unchanged=len(docs) - len(new) - len(changed),
                              deleted=len(gone), manifest=base.manifest)
         if target_recall is not None:
@@ -197,7 +199,8 @@ def _compact_current(root: Path, report: WriteReport, **options) -> None:
 AUTO_MODEL = "auto"
 
 
-def choose_model(model: str, corpus: str | Path, index_dir: str | Path, language: str = "auto") -> str:
+def choose_model(model: str, corpus: str | Path, index_dir: str | Path, language: str = "auto",
+                 documents: list[Document] | None = None) -> str:
     """The model `medsearch index` uses: `model` when it names one; for `auto`, the existing index's
     own, or for a new index multilingual-e5-small when the corpus (or `language`) is not English,
     else the default (all-MiniLM-L6-v2, better on English: docs/guides/languages.md)."""
@@ -214,17 +217,20 @@ def choose_model(model: str, corpus: str | Path, index_dir: str | Path, language
     if code == languages.AUTO:
         from medsearch.chunking import passage
 
-        codes = languages.corpus_languages([passage(d.title, d.text) for d in read_corpus(corpus)])
+        documents = read_corpus(corpus) if documents is None else documents
+        codes = languages.corpus_languages([passage(d.title, d.text) for d in documents])
     else:
         codes = [] if code == languages.NEUTRAL else [code]
     return DEFAULT_MODEL if set(codes) <= {"en"} else MULTILINGUAL_E5
 
 
 def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild: bool = False,
-         progress: bool = False, **build_options) -> WriteReport:
+         progress: bool = False, documents: "Corpus | None" = None, **build_options) -> WriteReport:
     """`medsearch index`: make the index mirror the corpus. An existing index of the same model
     (and chunking) is updated in place, encoding only new and changed documents; otherwise, or
-    with `rebuild`, the corpus is encoded whole into a new generation."""
+    with `rebuild`, the corpus is encoded whole into a new generation. `documents`: the corpus
+    already read (load_corpus); the documents of its skipped files stay in the index."""
+    documents = load_corpus(corpus) if documents is None else documents
     started = time.perf_counter()
     try:
         base = open_index(index_dir)
@@ -252,11 +258,11 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
         if backend is None and base is not None:  # a rebuild keeps the index's backend
             backend = base.manifest.backend
         options = {**build_options, "backend": backend}
-        manifest = build_index(corpus, index_dir, encoder, progress=progress, **options)
+        manifest = build_index(corpus, index_dir, encoder, progress=progress, documents=documents.documents, **options)
         return WriteReport(added=manifest["documents"], generation=open_index(index_dir).generation,
                            manifest=manifest, seconds=time.perf_counter() - started)
-    report = upsert(index_dir, corpus, encoder, delete_missing=True, progress=progress,
-                    target_recall=build_options.get("target_recall"))
+    report = upsert(index_dir, documents.documents, encoder, delete_missing=True, progress=progress,
+                    target_recall=build_options.get("target_recall"), keep=[name for name, _ in documents.skipped])
     if backend is not None and base.backend_name != backend["name"]:
         moved = open_index(index_dir)
         report.moved_to, report.manifest = backend["name"], moved.manifest

@@ -89,8 +89,10 @@ def test_duplicate_ids_across_files(tmp_path):
     "setup, message",
     [
         (lambda p: p / "missing", r"corpus path not found"),
-        (lambda p: p, r"no corpus files \(\.jsonl, \.csv, \.txt, \.md\) in"),
-        (lambda p: (p / "x.pdf").write_bytes(b"%PDF") and p / "x.pdf", r"unsupported file type '\.pdf'"),
+        (lambda p: p, r"no corpus files \(\.jsonl, \.csv, \.txt, \.md, \.pdf, \.html, \.htm, \.docx\) in"),
+        (lambda p: (p / "x.xlsx").write_bytes(b"PK") and p / "x.xlsx", r"unsupported file type '\.xlsx'"),
+        # a document file alone that gives no document: skipped, and then the corpus is empty
+        (lambda p: (p / "x.pdf").write_bytes(b"%PDF") and p / "x.pdf", r"the corpus is empty \(1 file skipped\)"),
         (lambda p: (p / "x.csv").write_text("id,body\n1,hi\n") and p / "x.csv", r"x\.csv:1: CSV header needs a 'text' column"),
         (lambda p: (p / "x.csv").write_text("id,text\n1,hi,extra\n") and p / "x.csv", r"x\.csv:2: more fields than the header"),
         (lambda p: (p / "e.txt").write_text("  \n") and p / "e.txt", r"e\.txt: empty file"),

@@ -95,7 +95,8 @@ def test_batch_keeps_query_order_and_ids(small_searcher):
     assert [(r.query_id, r.hits[0].id) for r in results] == [("a", "uti"), ("b", "migraine")]
     out = results[0].to_json()
     assert list(out) == ["query_id", "query", "results", "timings_ms"]
-    assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by", "first_stage_score", "rerank_score"]
+    assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by", "first_stage_score", "rerank_score",
+                                     "citation", "span", "highlights", "quote"]
     assert set(out["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse", "hydrate"}, "the default mode is hybrid here"
 
 

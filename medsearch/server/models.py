@@ -92,6 +92,19 @@ class SnapshotOut(BaseModel):
     seconds: float
 
 
+class CitationOut(BaseModel):
+    source: str = Field(description="The file the document came from (its path in the corpus folder), or a record file's name.")
+    url: str = Field(description="The document's URL (a web page's canonical address, a record's url), or empty.")
+    page: int | None = Field(None, description="PDF: the page (from 1) holding the quote.")
+    section: str | None = Field(None, description="The heading path of the section holding the quote: 'Dosage > Children'.")
+
+
+class QuoteOut(BaseModel):
+    start: int = Field(description="Offset of the quote's first character in the document's text (GET /documents/{id}).")
+    end: int = Field(description="Offset just past its last character.")
+    text: str = Field(description="The quoted sentence: the document's text from start to end.")
+
+
 class HitOut(BaseModel):
     id: str
     score: float = Field(..., description="What the list is ordered by (descending). Re-ranked: the cross-encoder's score for "
@@ -104,6 +117,12 @@ class HitOut(BaseModel):
     found_by: dict[str, int] = Field(..., description="Each list that found the hit (dense, lexical) and its rank there.")
     first_stage_score: float = Field(..., description="The first stage's own score: dense similarity, BM25, or the fused score.")
     rerank_score: float | None = Field(None, description="The cross-encoder's score; null for a hit it did not score.")
+    citation: CitationOut = Field(description="Where the hit comes from: file or URL, page, section.")
+    span: list[int] = Field(description="[start, end): the matching chunk's characters in the document's text.")
+    highlights: list[list[int]] = Field(description="[start, end) of each query term found in the chunk (as BM25 matches "
+                                        "them: stemmed, in the index's language), offsets in the document's text.")
+    quote: QuoteOut | None = Field(None, description="The chunk's sentence that best answers the query: the one with "
+                                   "the most query terms, else the closest by meaning (quote_sentences), else the first.")
 
 
 class SearchResponse(BaseModel):

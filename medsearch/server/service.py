@@ -43,6 +43,8 @@ class Service:
         self.settings = settings
         self.searcher: Searcher | None = source if isinstance(source, Searcher) else None
         self._load = None if isinstance(source, Searcher) else source
+        if self.searcher is not None:
+            self.searcher.quote_sentences = settings.quote_sentences
         self.load_error: MedsearchError | None = None
         threads = settings.search_threads or available_cores()
         self.encode_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="medsearch-encode")
@@ -74,7 +76,9 @@ class Service:
 
         async def load() -> None:
             try:
-                self.searcher = await asyncio.get_running_loop().run_in_executor(self.encode_pool, self._load)
+                searcher = await asyncio.get_running_loop().run_in_executor(self.encode_pool, self._load)
+                searcher.quote_sentences = self.settings.quote_sentences
+                self.searcher = searcher
                 await self._finish_loading()
             except Exception as err:  # noqa: BLE001 (whatever stops the load is said, and answered, not swallowed)
                 if not isinstance(err, MedsearchError):

@@ -86,6 +86,9 @@ class ServerSettings:
     snapshot_keep: int = 5
     snapshot_max_bytes: int = 10_000_000_000
     snapshot_key: bytes | None = None  # signs them (snapshot.read_key); None: unsigned
+    # sentences a search may encode to quote hits that share no term with the query, when it names
+    # no quote_sentences (citations.py): encoder time all requests share, so off unless set
+    quote_sentences: int = 0
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",

@@ -41,8 +41,12 @@ const ASKED_RERANK = 20;  // what the toggle asks for where re-ranking is off by
 
 // mode "": the index's default (hybrid where it has a lexical index), chosen by the service;
 // rerank "": the service's default, "0": off, N: the top N re-scored by the cross-encoder
+// Sentences a search may encode to quote hits that share no word with the query: a person reads
+// the quotes, so the page asks for them (a service's own default is 0: API clients ask when they want).
+const QUOTE_SENTENCES = 16;
+
 function searchUrl(q, tier, k, filters = [], mode = "", rerank = "") {
-  const params = new URLSearchParams({ q, tier, k: String(k) });
+  const params = new URLSearchParams({ q, tier, k: String(k), quote_sentences: String(QUOTE_SENTENCES) });
   if (mode) params.set("mode", mode);
   if (rerank !== "") params.set("rerank", rerank);
   for (const f of filters) params.append("filter", f);
@@ -94,6 +98,7 @@ function readUrl() {
     compare: params.get("compare") === "1",
     filters: params.getAll("filter"),
     doc: params.get("doc"),
+    at: /^\d+-\d+$/.test(params.get("at") || "") ? params.get("at").split("-").map(Number) : null,
   };
 }
 
@@ -148,8 +153,14 @@ function highlighted(text, words) {
   return span;
 }
 
+// "p. 3 · Dosage > Children": where in its document a hit's quote is
+function citationText(citation) {
+  return [citation && citation.page ? `p. ${citation.page}` : "", (citation && citation.section) || ""].filter(Boolean).join(" · ");
+}
+
 function hitItem(hit, rank, words, mark) {
-  const link = el("a", { href: "/?doc=" + encodeURIComponent(hit.id), class: "title" }, hit.title || hit.id);
+  const at = hit.quote ? `&at=${hit.quote.start}-${hit.quote.end}` : "";
+  const link = el("a", { href: "/?doc=" + encodeURIComponent(hit.id) + at, class: "title" }, hit.title || hit.id);
   const head = el("div", { class: "hit-head" },
     el("span", { class: "rank", "aria-label": `rank ${rank}` }, String(rank) + "."), " ", link,
     " ", el("span", { class: "score", title: scoreTitle(hit) }, "score " + hit.score.toFixed(4)));
@@ -159,10 +170,13 @@ function hitItem(hit, rank, words, mark) {
   }
   const item = el("li", { class: "hit", "data-id": hit.id }, head, highlighted(hit.snippet, words));
   const fields = Object.entries(hit.metadata || {}).map(([key, value]) => `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`);
-  const meta = [hit.source, hit.id, ...fields].filter(Boolean).join(" · ");
+  const cited = citationText(hit.citation);
+  const meta = [hit.source, cited, hit.id, ...fields].filter(Boolean).join(" · ");
   const foot = el("div", { class: "meta" }, meta);
   if (hit.url && /^https?:\/\//i.test(hit.url)) {
-    foot.append(" · ", el("a", { href: hit.url, rel: "noopener noreferrer" }, "source page"));
+    // a PDF's page opens where the quote is (browsers' PDF viewers read #page=N)
+    const page = hit.citation && hit.citation.page && /\.pdf($|[?#])/i.test(hit.url) ? `#page=${hit.citation.page}` : "";
+    foot.append(" · ", el("a", { href: hit.url.split("#")[0] + page, rel: "noopener noreferrer" }, "source page"));
   }
   item.append(foot);
   if (mark) {
@@ -244,7 +258,20 @@ async function runSearch(state) {
   }
 }
 
-async function showDocument(id) {
+// The document's text, with the characters [start, end) marked (a hit's quote) and scrolled to.
+// Offsets count characters (code points, as Python does), not JavaScript's UTF-16 units.
+function documentText(text, at) {
+  const box = $("doc-text");
+  const chars = /[\uD800-\uDFFF]/.test(text) ? Array.from(text) : text;
+  const slice = (a, b) => (typeof chars === "string" ? chars.slice(a, b) : chars.slice(a, b).join(""));
+  if (!at || !(at[0] < at[1]) || at[1] > chars.length) { box.textContent = text; return false; }
+  const quote = el("mark", { id: "quote" }, slice(at[0], at[1]));
+  box.replaceChildren(slice(0, at[0]), quote, slice(at[1]));
+  quote.scrollIntoView({ block: "center" });
+  return true;
+}
+
+async function showDocument(id, at) {
   setError("");
   try {
     const doc = await api("/documents/" + encodeURIComponent(id));
@@ -253,15 +280,15 @@ async function showDocument(id) {
     meta.replaceChildren([doc.source, doc.id].filter(Boolean).join(" · "));
     if (doc.url && /^https?:\/\//i.test(doc.url)) meta.append(" · ", el("a", { href: doc.url, rel: "noopener noreferrer" }, doc.url));
     for (const [key, value] of Object.entries(doc.metadata || {})) meta.append(" · ", `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`);
-    $("doc-text").textContent = doc.text;
-    $("back").href = history.state && history.state.from ? history.state.from : "/";
     showOnly("document");
+    const quoted = documentText(doc.text, at);
+    $("back").href = history.state && history.state.from ? history.state.from : "/";
     document.title = (doc.title || doc.id) + " · medsearch";
     $("status").textContent = "Showing document " + (doc.title || doc.id);
     $("doc-title").setAttribute("tabindex", "-1");
-    $("doc-title").focus();
+    $("doc-title").focus({ preventScroll: quoted });
   } catch (err) {
-    handleError(err, () => showDocument(id));
+    handleError(err, () => showDocument(id, at));
   }
 }
 
@@ -301,7 +328,7 @@ function render() {
   $("filters").value = state.filters.join("; ");
   $("tier").disabled = state.compare;
   if (state.doc) {
-    showDocument(state.doc);
+    showDocument(state.doc, state.at);
   } else if (state.q.trim()) {
     document.title = state.q + " · medsearch";
     runSearch(state);

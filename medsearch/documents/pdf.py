@@ -1,0 +1,195 @@
+"""PDF files through pdfminer.six (chosen by bench/extractors.py): the text of each page in reading
+order, headings told by their font (larger than the body text, or a short line all in bold), and
+the running headers, footers and page numbers that repeat in the margins left out."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdfminer.layout import LAParams, LTChar, LTTextContainer, LTTextLine
+from pdfminer.pdfdocument import PDFDocument, PDFPasswordIncorrect
+from pdfminer.pdfpage import PDFPage
+from pdfminer.pdfparser import PDFParser
+from pdfminer.psparser import PSLiteral
+from pdfminer.utils import decode_text
+
+from medsearch.documents.base import Extracted, Limits, TextBuilder, Unreadable
+
+MARGIN = 0.09  # the top and bottom share of a page where running headers and footers sit
+HEADING_RATIO = 1.15  # a line this much larger than the body text is a heading
+MAX_HEADING_CHARS = 150
+_PAGE_NUMBER = re.compile(r"^(page|p\.|seite|página|pagina)?\s*\d+\s*((of|/|de|sur|von)\s*\d+)?$", re.I)
+_BOLD = re.compile(r"bold|black|heavy|semibold|demi", re.I)
+_UNMAPPED = re.compile(r"\(cid:\d+\)")  # a glyph the font maps to no character (bullets, dingbats)
+_MACHINE_TITLE = re.compile(r"^(untitled|microsoft word - .*|document\d*|.*\.(docx?|pdf|odt|rtf))$", re.I)
+
+
+@dataclass
+class _Line:
+    page: int
+    top: float  # share of the page height from the top, 0..1
+    text: str
+    size: float
+    bold: bool
+    box: int  # the text box it belongs to (a paragraph)
+
+
+def extract(path: Path, limits: Limits) -> Extracted:
+    from pdfminer.converter import PDFPageAggregator
+    from pdfminer.pdfinterp import PDFPageInterpreter, PDFResourceManager
+
+    with open(path, "rb") as file:
+        try:
+            document = PDFDocument(PDFParser(file), password="")
+        except PDFPasswordIncorrect:
+            raise Unreadable("encrypted: it needs a password (save a copy without one)") from None
+        except Exception as err:  # pdfminer raises many kinds for a broken file
+            raise Unreadable(f"damaged or not a PDF ({_what(err)})") from None
+        try:
+            pages = list(PDFPage.create_pages(document))
+        except Exception as err:
+            raise Unreadable(f"damaged: its pages cannot be read ({_what(err)})") from None
+        if len(pages) > limits.max_pages:
+            raise Unreadable(f"{len(pages)} pages, over the {limits.max_pages}-page limit (--max-pages)")
+        manager = PDFResourceManager()
+        device = PDFPageAggregator(manager, laparams=LAParams())
+        interpreter = PDFPageInterpreter(manager, device)
+        lines: list[_Line] = []
+        box = 0
+        for number, page in enumerate(pages, start=1):
+            try:
+                interpreter.process_page(page)
+            except Exception as err:
+                raise Unreadable(f"damaged: page {number} cannot be read ({_what(err)})") from None
+            layout = device.get_result()
+            height = (layout.y1 - layout.y0) or 1.0
+            for element in layout:
+                if not isinstance(element, LTTextContainer):
+                    continue
+                box += 1
+                for line in element:
+                    if isinstance(line, LTTextLine) and (text := " ".join(_UNMAPPED.sub("", line.get_text()).split())):
+                        sizes = [c.size for c in line if isinstance(c, LTChar)]
+                        fonts = [c.fontname for c in line if isinstance(c, LTChar) and c.get_text().strip()]
+                        lines.append(_Line(number, (layout.y1 - line.y1) / height, text,
+                                           round(_median(sizes), 1) if sizes else 0.0,
+                                           bool(fonts) and all(_BOLD.search(f) for f in fonts), box))
+    if not lines:
+        raise Unreadable("no text layer: a scanned or image-only PDF (run OCR on it first, e.g. ocrmypdf)")
+    lines = _without_running_lines(lines, len(pages))
+    builder, headings = _assemble(lines, len(pages))
+    return builder.result(title=_title(document, headings) or "")
+
+
+def _what(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"[:160] if str(err) else type(err).__name__
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def _without_running_lines(lines: list[_Line], pages: int) -> list[_Line]:
+    """`lines` without page numbers and without the lines that repeat, digits aside, in the top or
+    bottom margin of at least half the pages (running headers and footers)."""
+    def in_margin(line: _Line) -> bool:
+        return line.top < MARGIN or line.top > 1 - MARGIN
+
+    def key(line: _Line) -> str:
+        return re.sub(r"\d+", "#", line.text.lower())
+
+    pages_with = Counter(k for _, k in {(line.page, key(line)) for line in lines if in_margin(line)})
+    repeated = {k for k, n in pages_with.items() if pages >= 2 and n >= max(2, pages / 2)}
+    return [line for line in lines
+            if not (in_margin(line) and (_PAGE_NUMBER.match(line.text) or key(line) in repeated))]
+
+
+def _assemble(lines: list[_Line], pages: int) -> tuple[TextBuilder, list[tuple[int, str]]]:
+    """The text, page by page: each text box a paragraph (hyphenated line ends joined), each heading
+    line (or run of them) a heading at its font's level; also the headings as (level, text)."""
+    weights = Counter()
+    for line in lines:
+        weights[line.size] += len(line.text)
+    body = weights.most_common(1)[0][0]
+    sizes = sorted({line.size for line in lines if _is_large(line, body)}, reverse=True)
+    levels = {size: i + 1 for i, size in enumerate(sizes)}
+    bold_level = len(sizes) + 1
+    box_lines = Counter(line.box for line in lines)
+
+    def level_of(line: _Line) -> int | None:
+        if _is_large(line, body):
+            return levels[line.size]
+        if line.bold and box_lines[line.box] <= 2 and len(line.text) <= 80 and not line.text.endswith((".", ":", ";", ",")):
+            return bold_level
+        return None
+
+    builder, headings = TextBuilder(), []
+    page, paragraph, heading = 0, [], None  # heading: (level, box, [texts])
+
+    def flush():
+        nonlocal paragraph, heading
+        if heading:
+            text = " ".join(heading[2])
+            builder.heading(text, heading[0])
+            headings.append((heading[0], text))
+            heading = None
+        if paragraph:
+            builder.paragraph(_join_lines(paragraph))
+            paragraph = []
+
+    last_box = None
+    for line in lines:
+        while page < line.page:
+            flush()
+            builder.page()
+            page += 1
+        level = level_of(line)
+        if level is not None:
+            if heading and heading[0] == level and heading[1] == line.box:
+                heading[2].append(line.text)
+            else:
+                flush()
+                heading = (level, line.box, [line.text])
+        else:
+            if heading or line.box != last_box:
+                flush()
+            paragraph.append(line.text)
+        last_box = line.box
+    flush()
+    while page < pages:  # trailing pages with no text keep their numbers
+        builder.page()
+        page += 1
+    return builder, headings
+
+
+def _is_large(line: _Line, body: float) -> bool:
+    return line.size >= body * HEADING_RATIO and len(line.text) <= MAX_HEADING_CHARS
+
+
+def _join_lines(lines: list[str]) -> str:
+    """A paragraph's lines as one: a word hyphenated across a line end ("treat-" + "ment") is joined."""
+    out = lines[0]
+    for line in lines[1:]:
+        if re.search(r"[^\W\d_]-$", out) and line[:1].islower():
+            out = out[:-1] + line
+        else:
+            out = out.rstrip("\u00ad") + ("" if out.endswith("\u00ad") else " ") + line
+    return out
+
+
+def _title(document: PDFDocument, headings: list[tuple[int, str]]) -> str | None:
+    """The title in the file's metadata, unless a program's placeholder; else the first top-level heading."""
+    for info in document.info or []:
+        value = info.get("Title")
+        if isinstance(value, PSLiteral):
+            value = value.name
+        if isinstance(value, bytes):
+            value = decode_text(value)
+        if isinstance(value, str) and value.strip() and not _MACHINE_TITLE.match(value.strip()):
+            return value.strip()
+    top = min((level for level, _ in headings), default=None)
+    return next((text for level, text in headings if level == top), None)
