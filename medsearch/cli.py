@@ -13,6 +13,7 @@ import click
 
 from medsearch.version import __version__
 from medsearch.corpus import read_queries
+from medsearch.documents import DEFAULT_LIMITS
 from medsearch.encoder import AUTO_RUNTIME, DEFAULT_MODEL, RUNTIMES, Encoder
 from medsearch.data.beir import MEDICAL_SETS
 from medsearch.fusion import MODES
@@ -31,7 +32,7 @@ from medsearch.index import DEFAULT_INDEX, VECTOR_DTYPES, index_encoder, open_in
 from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
 from medsearch.cache import UNUSED_DAYS
 from medsearch.manifest import LEGACY_CANDIDATES
-from medsearch.options import FUSION_OPTIONS, OPTIONS, Option, SearchOptions
+from medsearch.options import FUSION_OPTIONS, MAX_QUOTE_SENTENCES, OPTIONS, Option, SearchOptions
 from medsearch.reranker_training import LOSSES, RerankerSettings
 from medsearch.search import QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
@@ -58,6 +59,26 @@ reranker_option = click.option(
 index_runtime_option = click.option(
     "--runtime", type=RUNTIME_CHOICE, default=None,
     help="Encoder runtime for queries [default: the one the index was built with, or an installed one of the same precision].")
+
+
+def documents_options(command):
+    """--strict, --max-file-mb and --max-pages: how `index` and `add` treat files that give no document."""
+    command = click.option("--max-pages", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_pages, show_default=True,
+                           help="A longer PDF is skipped (with a line saying so).")(command)
+    command = click.option("--max-file-mb", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_bytes // 2**20,
+                           show_default=True, help="A larger file is skipped (with a line saying so).")(command)
+    return click.option("--strict", is_flag=True,
+                        help="Stop at the first file that gives no document (damaged, encrypted, no text, unsupported, "
+                             "too large) instead of skipping it with a line.")(command)
+
+
+def read_documents(path, strict: bool, max_file_mb: int, max_pages: int, quiet: bool):
+    """The corpus at `path` as `index` and `add` read it (each skipped file logged as one line)."""
+    from medsearch.corpus import load_corpus
+    from medsearch.documents import Limits
+
+    limits = Limits(max_bytes=max_file_mb * 2**20, max_pages=max_pages)
+    return load_corpus(path, strict=strict, limits=limits, progress=not quiet)
 
 
 class OneLineErrors(click.Group):
@@ -165,11 +186,17 @@ def cli():
 @click.option("--rerank", type=click.IntRange(min=0, max=200), default=None,
               help="With --reranker: the documents a query re-ranks when it names no number [default: the one "
                    "train-reranker chose on dev data (0, off, when it did not beat hybrid there), else 20].")
+@documents_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index(path, index_dir, model, language, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall,
           rebuild, backend, qdrant_url, qdrant_path, collection, shards, replicas, use_ray, ray_address, ray_actors,
-          reranker, rerank, quiet):
-    """Index the corpus at PATH (a folder, a BEIR folder or a .jsonl/.csv/.txt/.md file).
+          reranker, rerank, strict, max_file_mb, max_pages, quiet):
+    """Index the corpus at PATH: a folder, a BEIR folder, or a .jsonl/.csv/.txt/.md file; a folder's
+    PDF, web pages (.html/.htm) and Word files (.docx) too, with the documents extra.
+
+    A file that gives no document (damaged, encrypted, a scanned PDF without text, an unsupported
+    type, too large) is skipped with a line naming it and why, and the run ends with their count
+    (--strict stops at the first instead). Malformed JSONL and CSV records are errors.
 
     A new index encodes every document once at the model's full dimension and writes one FAISS
     index per tier dimension (or, with --backend qdrant, one Qdrant collection with a named vector
@@ -196,14 +223,16 @@ def index(path, index_dir, model, language, device, runtime, batch_size, vector_
         from medsearch.rerank import reranker_entry
 
         entry = reranker_entry(reranker, rerank)
-    model = choose_model(model, path, index_dir, language)
+    corpus = read_documents(path, strict, max_file_mb, max_pages, quiet)
+    model = choose_model(model, path, index_dir, language, corpus.documents)
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
     if use_ray:
         from medsearch.distributed import RayEncoder
 
         encoder = RayEncoder(encoder, address=ray_address, actors=ray_actors)
     report = sync(path, index_dir, encoder, rebuild=rebuild, progress=not quiet, vector_dtype=vector_dtype,
-                  chunk_overlap=chunk_overlap, target_recall=target_recall, backend=backend_settings, language=language)
+                  chunk_overlap=chunk_overlap, target_recall=target_recall, backend=backend_settings, language=language,
+                  documents=corpus)
     if reranker is not None:
         from medsearch.updates import configure
 
@@ -227,6 +256,8 @@ def index(path, index_dir, model, language, device, runtime, batch_size, vector_
         click.echo(f"Fast tier: {_fast_line(manifest['fast'])}")
     if manifest.get("reranker"):
         click.echo(f"Re-ranker: {_reranker_line(manifest['reranker'])}")
+    if corpus.skipped:
+        click.echo(corpus.skipped_summary())
 
 
 def _backend_settings(index_dir, backend, url, path, collection, shards, replicas) -> dict | None:
@@ -265,20 +296,27 @@ def _current_backend(index_dir) -> dict | None:
 @index_option
 @device_option
 @index_runtime_option
+@documents_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def add(path, index_dir, device, runtime, quiet):
-    """Add or update the documents at PATH (any corpus format) in an existing index.
+def add(path, index_dir, device, runtime, strict, max_file_mb, max_pages, quiet):
+    """Add or update the documents at PATH (any corpus format, PDF, web pages and Word files
+    included) in an existing index.
 
     Upsert by id: new documents are added, changed ones re-encoded (their old chunks die),
     unchanged ones cost nothing; documents not in PATH stay. The index's own model encodes them,
-    and loads only if something needs encoding.
+    and loads only if something needs encoding. Files that give no document are skipped with a
+    line each (--strict: an error), as `index` does.
     """
     from medsearch.updates import upsert
 
     base = open_index(index_dir)
     base.close()  # its manifest names the model; its generation is not held while the write prunes
-    report = upsert(index_dir, path, lambda: index_encoder(base, device=device, runtime=runtime), progress=not quiet)
+    corpus = read_documents(path, strict, max_file_mb, max_pages, quiet)
+    report = upsert(index_dir, corpus.documents, lambda: index_encoder(base, device=device, runtime=runtime),
+                    progress=not quiet)
     click.echo(f"{index_dir}: {report.summary()}")
+    if corpus.skipped:
+        click.echo(corpus.skipped_summary())
 
 
 @cli.command()
@@ -527,6 +565,15 @@ def query(text, queries_file, index_dir, options, as_json, model, device, runtim
             _print_result(result)
 
 
+def citation_line(citation: dict) -> str:
+    """'leaflets/x.pdf, p. 3, Dosage > Children' (or the URL for a web page), "" when nothing is known."""
+    place = [f"p. {citation['page']}"] if citation.get("page") else []
+    if citation.get("section"):
+        place.append(citation["section"])
+    where = citation.get("url") or citation.get("source") or ""
+    return ", ".join([where, *place] if where else place)
+
+
 def _fast_line(fast: dict) -> str:
     stages = "; ".join(f"{name} {s['candidates']} -> {s['measured_recall']:.3f}" for name, s in fast["stages"].items())
     return (f"{fast['candidates']} candidates from the {fast['stage']} stage for recall@10 vs deep >= {fast['target_recall']} "
@@ -542,6 +589,8 @@ def _print_result(result: QueryResult) -> None:
         lists = ", ".join(f"{name} #{place}" for name, place in hit.found_by.items()) if len(hit.found_by) > 1 or "dense" not in hit.found_by else ""
         click.echo(f"{rank:>3}. {hit.score:.4f}  {hit.title or '(untitled)'}  [{hit.id}]" + (f"  ({lists})" if lists else ""))
         click.echo(textwrap.fill(hit.snippet, width=100, initial_indent="       ", subsequent_indent="       "))
+        if cited := citation_line(hit.citation):
+            click.echo(f"       -- {cited}")
     timings = ", ".join(f"{key} {value:.1f} ms" for key, value in result.timings_ms.items())
     click.echo(f"     ({timings})\n")
 
@@ -649,11 +698,15 @@ def _backend_line(backend: dict | None) -> str:
               help="POST /snapshot signs its snapshots with the key in this file (see snapshot --key-file).")
 @click.option("--snapshot-max-bytes", type=click.IntRange(min=1), default=ServerSettings.snapshot_max_bytes, show_default=True,
               help="POST /snapshot refuses once the index's snapshots in --snapshot-dir would pass this many bytes.")
+@click.option("--quote-sentences", type=click.IntRange(0, MAX_QUOTE_SENTENCES), default=ServerSettings.quote_sentences,
+              show_default=True, help="Sentences a search that names no quote_sentences may encode to quote the hits "
+                                      "that share no term with the query (they cost encoder time all requests share; "
+                                      "the search page asks for its own).")
 @reranker_option
 def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin, batch_wait_ms, max_batch, encode_workers, no_batching,
           max_query_chars, max_queries, threads, search_threads, writable, allowed_hosts, max_pending, request_timeout,
           read_timeout, max_connections, log_level, log_format, log_queries, metrics_port, snapshot_dir, snapshot_keep,
-          snapshot_max_bytes, snapshot_key_file, reranker):
+          snapshot_max_bytes, snapshot_key_file, quote_sentences, reranker):
     """Serve the index over HTTP: the search page at /, the API at /search, /documents/ID, /info,
     probes at /livez and /readyz, Prometheus metrics at /metrics, OpenAPI at /docs.
 
@@ -663,14 +716,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
     from medsearch.server.app import serve as run_server
     from medsearch.snapshot import read_key
 
-    token = os.environ.get("MEDSEARCH_TOKEN") or None
-    if token_file:
-        path = Path(token_file)
-        if not path.is_file():
-            raise click.BadParameter(f"file not found: {path}", param_hint="'--token-file'")
-        token = path.read_text(encoding="utf-8").strip()
-        if not token:
-            raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
+    token = read_token(token_file)
     if writable and not token:
         raise click.UsageError("--writable needs a token: give --token-file FILE or set MEDSEARCH_TOKEN")
     settings = ServerSettings(
@@ -680,13 +726,75 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
         max_pending=max_pending, request_timeout_s=request_timeout, read_timeout_s=read_timeout,
         max_connections=max_connections, log_format=log_format, log_queries=log_queries, metrics_port=metrics_port,
         snapshot_dir=snapshot_dir, snapshot_keep=snapshot_keep, snapshot_max_bytes=snapshot_max_bytes,
-        snapshot_key=read_key(snapshot_key_file) if snapshot_key_file else None,
+        snapshot_key=read_key(snapshot_key_file) if snapshot_key_file else None, quote_sentences=quote_sentences,
     )
     settings.validate()  # before the line that says it serves
     click.echo(f"medsearch {__version__}: serving {index_dir} on http://{host}:{port}"
                f" ({'token required' if token else 'no token'}; /readyz once the model is loaded)", err=True)
     run_server(index_dir, host=host, port=port, model=model, device=device, runtime=runtime, settings=settings,
                threads=threads, log_level=log_level, reranker=reranker)
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The bearer token of `serve` and `mcp --transport http`: the file's (stripped; an empty or
+    missing file is a usage error), else MEDSEARCH_TOKEN, else None."""
+    if not token_file:
+        return os.environ.get("MEDSEARCH_TOKEN") or None
+    path = Path(token_file)
+    if not path.is_file():
+        raise click.BadParameter(f"file not found: {path}", param_hint="'--token-file'")
+    token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
+    return token
+
+
+@cli.command()
+@index_option
+@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True,
+              help="stdio: the client starts this command and speaks MCP on its stdin and stdout; http: streamable "
+                   "HTTP on 127.0.0.1:PORT/mcp, every request needing the bearer token.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="http: the port on 127.0.0.1.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="http: file holding the bearer token every request needs (or set MEDSEARCH_TOKEN).")
+@click.option("--model", default=None, help="Model to encode queries with [default: the index's own].")
+@device_option
+@index_runtime_option
+@reranker_option
+@click.option("--log-level", type=click.Choice(["error", "warning", "info", "debug"]), default="info", show_default=True,
+              help="Log lines on stderr: info gives one a call (tool, hits, milliseconds; never the query or a document's text).")
+def mcp(index_dir, transport, port, token_file, model, device, runtime, reranker, log_level):
+    """Serve the index to LLM clients (Claude Desktop, IDEs, agents) over the Model Context Protocol:
+    the tools `search` (a query and the search options of `medsearch query`; the hits as `query --json`
+    gives them) and `get_document` (a document's whole text by id). Needs the mcp extra:
+    pip install 'medsearch[mcp]'.
+
+    \b
+    medsearch mcp --index indexes/default                         stdio (the client starts it)
+    medsearch mcp --transport http --token-file token.txt         http://127.0.0.1:8765/mcp
+
+    To plug it into Claude Desktop (claude_desktop_config.json) or another MCP client, give the client
+    a server whose command is `medsearch` (its full path when it is in a virtual environment) and whose
+    args are ["mcp", "--index", "/path/to/index"]:
+
+    \b
+    {"mcpServers": {"medsearch": {"command": "medsearch", "args": ["mcp", "--index", "/path/to/index"]}}}
+
+    The model and index load once, before the server answers; each search reads the index's newest
+    generation, so writes (medsearch add, a writable service) show without a restart. Stdout carries
+    the protocol alone; logs go to stderr.
+    """
+    from medsearch.mcp_server import run as run_mcp
+
+    token = None
+    if transport == "http":
+        token = read_token(token_file)
+        if not token:
+            raise click.UsageError("--transport http needs a token: give --token-file FILE or set MEDSEARCH_TOKEN")
+    elif token_file:
+        raise click.UsageError("--token-file goes with --transport http")
+    run_mcp(index_dir, transport, model=model, device=device, runtime=runtime, reranker=reranker, port=port,
+            token=token, log_level=log_level)
 
 
 @cli.command()

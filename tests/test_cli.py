@@ -57,7 +57,8 @@ def test_query_json_for_every_tier(cli_index):
         assert out["query"] == "inhaler for wheezing"
         assert "query_id" not in out
         assert len(out["results"]) == 5
-        assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by", "first_stage_score", "rerank_score"]
+        assert list(out["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by", "first_stage_score", "rerank_score",
+                                             "citation", "span", "highlights", "quote"]
         assert out["results"][0]["source"] == "corpus.jsonl"
         assert "topic" in out["results"][0]["metadata"]
         assert set(out["timings_ms"]) == {"encode", "search", "rerank", "lexical", "fuse", "hydrate"}, "no mode named: hybrid"

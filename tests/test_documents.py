@@ -339,3 +339,28 @@ def test_questions_find_their_document_with_its_citation(documents_index, query,
 def test_boilerplate_words_find_nothing_in_lexical_mode(documents_index):
     for word in NAV + COOKIES + FOOTER:
         assert all(hit["id"] != "measles.html" for hit in top(documents_index[1], word, "--mode", "lexical")), word
+
+
+def test_an_index_from_before_layouts_answers_and_takes_documents(tmp_path, minilm, files):
+    """A docs.db without the `layout` column (medsearch before documents): queries hydrate without
+    it, and a write adds the column and a PDF's layout."""
+    import sqlite3
+
+    from medsearch import checksums
+    from medsearch.index import build_index, open_index
+    from medsearch.search import Searcher
+    from medsearch.updates import upsert
+
+    from conftest import SMALL_DOCS, write_jsonl
+
+    path = tmp_path / "idx"
+    build_index(write_jsonl(tmp_path / "c" / "docs.jsonl", SMALL_DOCS), path, minilm)
+    folder = open_index(path).folder
+    with sqlite3.connect(folder / "docs.db") as db:
+        db.execute("ALTER TABLE documents DROP COLUMN layout")
+    checksums.record(folder)
+    hit = Searcher(open_index(path), minilm).search(["burning when passing urine"], k=1)[0].hits[0]
+    assert hit.id == "uti" and hit.citation["page"] is None and hit.quote is not None
+    upsert(path, load_corpus(files["pdf"]).documents, minilm)
+    hit = Searcher(open_index(path), minilm).search(["antidote for a paracetamol overdose"], k=1)[0].hits[0]
+    assert hit.id == "leaflet.pdf" and hit.citation["page"] == 3

@@ -37,7 +37,9 @@ def test_get_search_is_the_cli_json(client, searcher):
     assert [h["id"] for h in body["results"]] == [h["id"] for h in expected["results"]]
     assert body["results"][0]["title"] == "Type 2 diabetes: early signs"
     assert [h["score"] for h in body["results"]] == pytest.approx([h["score"] for h in expected["results"]], abs=1e-5)
-    assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by", "first_stage_score", "rerank_score"]
+    assert list(body["results"][0]) == ["id", "score", "title", "snippet", "url", "source", "metadata", "found_by", "first_stage_score", "rerank_score",
+                                        "citation", "span", "highlights", "quote"]
+    assert [(h["span"], h["highlights"]) for h in body["results"]] == [(h["span"], h["highlights"]) for h in expected["results"]]
     assert body["results"][0]["found_by"] == {"dense": 1, "lexical": 1}, "no mode named: hybrid, the index's default"
     assert body["results"][0]["metadata"] == {"topic": "condition"}
     assert body["results"][0]["source"] == "corpus.jsonl"
@@ -89,7 +91,8 @@ def test_documents_info_and_probes(client):
     doc = client.get("/documents/doc-020").json()
     assert doc["title"] == "Type 2 diabetes: early signs"
     assert len(doc["text"]) > 200
-    assert set(doc) == {"id", "title", "text", "url", "source", "metadata"}
+    assert set(doc) == {"id", "title", "text", "url", "source", "metadata", "layout"}
+    assert doc["layout"] is None  # a JSONL record: no pages or sections
     info = client.get("/info").json()
     assert info["documents"] == 187
     assert info["tier_dims"]["fast"] == 64
