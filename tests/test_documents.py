@@ -364,3 +364,11 @@ def test_an_index_from_before_layouts_answers_and_takes_documents(tmp_path, mini
     upsert(path, load_corpus(files["pdf"]).documents, minilm)
     hit = Searcher(open_index(path), minilm).search(["antidote for a paracetamol overdose"], k=1)[0].hits[0]
     assert hit.id == "leaflet.pdf" and hit.citation["page"] == 3
+
+
+def test_a_pdf_outline_gives_the_sections(files, tmp_path):
+    pdf = extract(factory.make_pdf(tmp_path / "bookmarked.pdf", factory.SAMPLE_PAGES, title=factory.SAMPLE_TITLE, outline=True))
+    fonts = extract(files["pdf"])
+    assert [s[1:] for s in pdf.layout.sections] == [s[1:] for s in fonts.layout.sections]  # the same headings, both ways
+    at = pdf.text.index("acetylcysteine")
+    assert pdf.layout.page_at(at) == 3 and pdf.layout.section_at(at) == fonts.layout.section_at(fonts.text.index("acetylcysteine"))

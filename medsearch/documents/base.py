@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import importlib
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 
 # suffix -> the module under medsearch.documents that reads it
 FORMATS = {".pdf": "pdf", ".html": "html", ".htm": "html", ".docx": "docx"}
+log = logging.getLogger("medsearch")
 EXTRA_HINT = "pip install 'medsearch[documents]'"
 # characters a PDF or a Word file can carry that are not text: C0/C1 controls but tab and newline,
 # lone surrogates, and the private-use area fonts map symbols to
@@ -154,7 +156,13 @@ def extract(path: Path, limits: Limits = DEFAULT_LIMITS) -> Extracted:
         module = importlib.import_module(f"medsearch.documents.{FORMATS[suffix]}")
     except ImportError as err:
         raise Unreadable(f"reading {suffix} files needs the documents extra ({err.name} is missing): {EXTRA_HINT}") from None
-    extracted = module.extract(path, limits)
+    try:
+        extracted = module.extract(path, limits)
+    except (Unreadable, OSError, MemoryError):
+        raise
+    except Exception as err:  # a file the format's library fails on in a way it does not name: skipped, said why
+        log.debug("%s: %s failed", path, FORMATS[suffix], exc_info=True)
+        raise Unreadable(f"could not be read ({type(err).__name__}: {err})"[:200]) from None
     if len(extracted.text) > limits.max_chars:
         raise Unreadable(f"{len(extracted.text):,} characters of text, over the {limits.max_chars:,} limit")
     if not extracted.text.strip():

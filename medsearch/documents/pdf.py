@@ -1,6 +1,7 @@
 """PDF files through pdfminer.six (chosen by bench/extractors.py): the text of each page in reading
-order, headings told by their font (larger than the body text, or a short line all in bold), and
-the running headers, footers and page numbers that repeat in the margins left out."""
+order, the running headers, footers and page numbers that repeat in the margins left out, and the
+sections: the file's outline (bookmarks) where it has one, else headings told by their font (larger
+than the body text, or a short bold line followed by body text)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pdfminer.layout import LAParams, LTChar, LTTextContainer, LTTextLine
 from pdfminer.pdfdocument import PDFDocument, PDFPasswordIncorrect
 from pdfminer.pdfpage import PDFPage
 from pdfminer.pdfparser import PDFParser
+from pdfminer.pdftypes import resolve1
 from pdfminer.psparser import PSLiteral
 from pdfminer.utils import decode_text
 
@@ -24,7 +26,7 @@ MAX_HEADING_CHARS = 150
 _PAGE_NUMBER = re.compile(r"^(page|p\.|seite|página|pagina)?\s*\d+\s*((of|/|de|sur|von)\s*\d+)?$", re.I)
 _BOLD = re.compile(r"bold|black|heavy|semibold|demi", re.I)
 _UNMAPPED = re.compile(r"\(cid:\d+\)")  # a glyph the font maps to no character (bullets, dingbats)
-_MACHINE_TITLE = re.compile(r"^(untitled|microsoft word - .*|document\d*|.*\.(docx?|pdf|odt|rtf))$", re.I)
+_MACHINE_TITLE = re.compile(r"^(untitled( document)?|microsoft word - .*|document\d*|.*\.(docx?|pdf|odt|rtf))$", re.I)
 
 
 @dataclass
@@ -77,11 +79,16 @@ def extract(path: Path, limits: Limits) -> Extracted:
                         lines.append(_Line(number, (layout.y1 - line.y1) / height, text,
                                            round(_median(sizes), 1) if sizes else 0.0,
                                            bool(fonts) and all(_BOLD.search(f) for f in fonts), box))
+        outline = _outline(document, {page.pageid: number for number, page in enumerate(pages, start=1)})
+        title = _info_title(document)
     if not lines:
         raise Unreadable("no text layer: a scanned or image-only PDF (run OCR on it first, e.g. ocrmypdf)")
-    lines = _without_running_lines(lines, len(pages))
-    builder, headings = _assemble(lines, len(pages))
-    return builder.result(title=_title(document, headings) or "")
+    lines = _without_running_lines(lines, len(pages)) or lines  # (a text that is all margin lines stays)
+    builder, headings = _assemble(lines, len(pages), fonts=len(outline) < 2)
+    if len(outline) >= 2:
+        builder.layout.sections = _place(outline, "".join(builder.parts), builder.layout.pages)
+        headings = [(level, title) for _, level, title in builder.layout.sections]
+    return builder.result(title=title or _font_title(lines) or "")
 
 
 def _what(err: Exception) -> str:
@@ -108,9 +115,50 @@ def _without_running_lines(lines: list[_Line], pages: int) -> list[_Line]:
             if not (in_margin(line) and (_PAGE_NUMBER.match(line.text) or key(line) in repeated))]
 
 
-def _assemble(lines: list[_Line], pages: int) -> tuple[TextBuilder, list[tuple[int, str]]]:
-    """The text, page by page: each text box a paragraph (hyphenated line ends joined), each heading
-    line (or run of them) a heading at its font's level; also the headings as (level, text)."""
+def _outline(document: PDFDocument, page_numbers: dict) -> list[tuple[int, str, int]]:
+    """The file's outline as (level, title, page); entries whose page cannot be told are left out."""
+    try:
+        entries = list(document.get_outlines())
+    except Exception:  # PDFNoOutlines, or an outline too broken to walk: none
+        return []
+    out = []
+    for level, title, dest, action, _ in entries:
+        try:
+            if dest is None and action is not None:
+                action = resolve1(action)
+                dest = action.get("D") if isinstance(action, dict) else None
+            dest = resolve1(dest)
+            if isinstance(dest, (str, bytes, PSLiteral)):  # a named destination
+                dest = resolve1(document.get_dest(dest.name if isinstance(dest, PSLiteral) else dest))
+            if isinstance(dest, dict):
+                dest = resolve1(dest.get("D"))
+            page = page_numbers.get(getattr(dest[0], "objid", None)) if isinstance(dest, list) and dest else None
+        except Exception:  # a destination that does not resolve: that entry only
+            page = None
+        title = " ".join(str(title or "").split())
+        if page and title:
+            out.append((int(level), title, page))
+    return out
+
+
+def _place(outline: list[tuple[int, str, int]], text: str, pages: list[int]) -> list[tuple[int, int, str]]:
+    """Sections at the outline's entries: each where its title first appears on its page (after the
+    previous entry), else where its page starts."""
+    sections, last = [], 0
+    folded = text.casefold()
+    for level, title, page in outline:
+        start = pages[page - 1] if page <= len(pages) else len(text)
+        end = pages[page] if page < len(pages) else len(text)
+        at = folded.find(title.casefold(), max(start, last), end)
+        at = at if at >= 0 else max(start, last)
+        sections.append((at, level, title))
+        last = at
+    return sections
+
+
+def _assemble(lines: list[_Line], pages: int, fonts: bool = True) -> tuple[TextBuilder, list[tuple[int, str]]]:
+    """The text, page by page: each text box a paragraph (hyphenated line ends joined); with `fonts`,
+    each heading line (or run of them) a heading at its font's level; also the headings as (level, text)."""
     weights = Counter()
     for line in lines:
         weights[line.size] += len(line.text)
@@ -120,10 +168,14 @@ def _assemble(lines: list[_Line], pages: int) -> tuple[TextBuilder, list[tuple[i
     bold_level = len(sizes) + 1
     box_lines = Counter(line.box for line in lines)
 
-    def level_of(line: _Line) -> int | None:
+    def level_of(i: int) -> int | None:
+        line = lines[i]
+        if not fonts:
+            return None
         if _is_large(line, body):
             return levels[line.size]
-        if line.bold and box_lines[line.box] <= 2 and len(line.text) <= 80 and not line.text.endswith((".", ":", ";", ",")):
+        if (line.bold and box_lines[line.box] <= 2 and len(line.text) <= 80 and not line.text.endswith((".", ":", ";", ","))
+                and _body_follows(lines, i, body)):
             return bold_level
         return None
 
@@ -142,12 +194,12 @@ def _assemble(lines: list[_Line], pages: int) -> tuple[TextBuilder, list[tuple[i
             paragraph = []
 
     last_box = None
-    for line in lines:
+    for i, line in enumerate(lines):
         while page < line.page:
             flush()
             builder.page()
             page += 1
-        level = level_of(line)
+        level = level_of(i)
         if level is not None:
             if heading and heading[0] == level and heading[1] == line.box:
                 heading[2].append(line.text)
@@ -166,6 +218,14 @@ def _assemble(lines: list[_Line], pages: int) -> tuple[TextBuilder, list[tuple[i
     return builder, headings
 
 
+def _body_follows(lines: list[_Line], i: int, body: float) -> bool:
+    """Whether the first line after line i's box is body text (neither bold nor large): a bold line
+    over a paragraph is a heading, one of a list of bold lines (names, labels) is not."""
+    box = lines[i].box
+    following = next((line for line in lines[i + 1:] if line.box != box), None)
+    return following is not None and not following.bold and not _is_large(following, body)
+
+
 def _is_large(line: _Line, body: float) -> bool:
     return line.size >= body * HEADING_RATIO and len(line.text) <= MAX_HEADING_CHARS
 
@@ -181,8 +241,23 @@ def _join_lines(lines: list[str]) -> str:
     return out
 
 
-def _title(document: PDFDocument, headings: list[tuple[int, str]]) -> str | None:
-    """The title in the file's metadata, unless a program's placeholder; else the first top-level heading."""
+def _font_title(lines: list[_Line]) -> str | None:
+    """The largest text on the first page with text, when it is larger than the body text (a title)."""
+    weights = Counter()
+    for line in lines:
+        weights[line.size] += len(line.text)
+    body = weights.most_common(1)[0][0]
+    first = [line for line in lines if line.page == lines[0].page]
+    size = max(line.size for line in first)
+    largest = [line for line in first if line.size == size]
+    if not _is_large(largest[0], body):
+        return None
+    return " ".join(line.text for line in largest if line.box == largest[0].box)[:MAX_HEADING_CHARS]
+
+
+def _info_title(document: PDFDocument) -> str | None:
+    """The title in the file's metadata, unless a program's placeholder (the caller falls back on the
+    first top-level heading)."""
     for info in document.info or []:
         value = info.get("Title")
         if isinstance(value, PSLiteral):
@@ -191,5 +266,4 @@ def _title(document: PDFDocument, headings: list[tuple[int, str]]) -> str | None
             value = decode_text(value)
         if isinstance(value, str) and value.strip() and not _MACHINE_TITLE.match(value.strip()):
             return value.strip()
-    top = min((level for level, _ in headings), default=None)
-    return next((text for level, text in headings if level == top), None)
+    return None
