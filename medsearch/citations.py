@@ -11,6 +11,7 @@ dense hit found by meaning), the sentence closest to the query in the encoder's 
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 import unicodedata
@@ -21,26 +22,39 @@ from medsearch.documents.base import Layout
 from medsearch.lexical import TOKEN_PATTERN, Analysis
 from medsearch.options import DEFAULT_QUOTE_SENTENCES
 
-# A sentence: text up to a sentence end (. ! ? and their CJK forms, with closing quotes or brackets)
-# followed by a space, or up to a line end. Written here rather than taken from a sentence splitter
-# package: a quote only needs a span the reader sees as one sentence, and this one costs microseconds.
-_SENTENCE = re.compile(r"\S(?:.*?)(?:[.!?。！？]+[\"'”’)\]]*(?=\s)|(?=\n)|$)", re.S)
+# A sentence ends at . ! ? (or their CJK forms, with closing quotes or brackets) followed by a
+# space, or at a line end. Written here rather than taken from a sentence splitter package: a quote
+# only needs a span the reader sees as one sentence, and this costs microseconds a chunk.
+_SENTENCE_END = re.compile(r"[.!?。！？]+[\"'”’)\]]*(?=\s)|\n")
 _TOKEN = re.compile(TOKEN_PATTERN)
+_WORD_REST = r"[\w\u0900-\u0DFF]*"
+PREFIX = 3  # a word is analysed when it starts like a query term (its first letters, accents aside)
+# One letter for one letter, accents dropped (Latin-1 and Latin Extended-A/B): lengths, and so
+# offsets, are kept, unlike NFD folding
+_FOLD = {c: unicodedata.normalize("NFD", chr(c))[0] for c in range(0xC0, 0x250)
+         if unicodedata.normalize("NFD", chr(c))[0] != chr(c) and unicodedata.normalize("NFD", chr(c))[0].isascii()}
 SENTENCES_PER_HIT = 8  # sentences of one hit the encoder compares with the query (hits without shared terms)
 MAX_SENTENCE_CHARS = 400
+MAX_CACHED_WORDS = 200_000  # a thread's analysed words, forgotten past it
 _local = threading.local()
 
 
 def sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Spans (document offsets) of the sentences of text[start:end], whitespace trimmed."""
-    spans = []
-    for match in _SENTENCE.finditer(text, start, end):
-        a, b = match.start(), match.end()
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a and _TOKEN.search(text, a, b):
-            spans.append((a, b))
+    spans, a = [], start
+    for match in _SENTENCE_END.finditer(text, start, end):
+        _add_sentence(spans, text, a, match.end())
+        a = match.end()
+    _add_sentence(spans, text, a, end)
     return spans
+
+
+def _add_sentence(spans: list, text: str, a: int, b: int) -> None:
+    piece = text[a:b]
+    stripped = piece.strip()
+    if stripped and _TOKEN.search(stripped):
+        first = a + len(piece) - len(piece.lstrip())
+        spans.append((first, first + len(stripped)))
 
 
 def _stemmers(analysis: Analysis) -> dict:
@@ -56,33 +70,52 @@ def query_terms(analysis: Analysis, query: str) -> set[str]:
 
 
 def term_spans(analysis: Analysis, terms: set[str], text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Spans of the words of text[start:end] whose analysed form is one of `terms`."""
+    """Spans of the words of text[start:end] whose analysed form is one of `terms`. Only the words
+    that begin like a term (its first PREFIX letters, case and accents aside) are analysed: a stem
+    begins as its words do."""
     if not terms:
         return []
-    matches = list(_TOKEN.finditer(text, start, end))
-    if not matches:
+    prefixes = sorted({re.escape(term[:PREFIX]) for term in terms}, key=len, reverse=True)
+    pattern = re.compile(rf"(?i)(?<![\w\u0900-\u0DFF])(?:{'|'.join(prefixes)}){_WORD_REST}")
+    candidates = list(pattern.finditer(text.translate(_FOLD), start, end))
+    if not candidates:
         return []
-    words = [unicodedata.normalize("NFKC", m.group()).lower() for m in matches]
     code = analysis.language_of(text[start:end])
-    stemmers = _stemmers(analysis)
-    if code not in stemmers:
-        stemmers[code] = analysis.stemmer(code)
-    stemmer = stemmers[code]
-    stems = stemmer.stemWords(words) if stemmer is not None else words
-    return [(m.start(), m.end()) for m, stem in zip(matches, stems) if stem in terms]
+    stems = _stems(analysis, code)
+    words = [text[m.start():m.end()].lower() for m in candidates]
+    unknown = [w for w in dict.fromkeys(words) if w not in stems]
+    if unknown:  # each distinct word analysed once per thread
+        stemmers = _stemmers(analysis)
+        if code not in stemmers:
+            stemmers[code] = analysis.stemmer(code)
+        normal = [unicodedata.normalize("NFKC", w) for w in unknown]
+        if len(stems) > MAX_CACHED_WORDS:
+            stems.clear()
+        stems.update(zip(unknown, stemmers[code].stemWords(normal) if stemmers[code] is not None else normal))
+    return [(m.start(), m.end()) for m, word in zip(candidates, words) if stems[word] in terms]
+
+
+def _stems(analysis: Analysis, code: str | None) -> dict:
+    """This thread's word -> analysed form, for `analysis` in language `code`."""
+    cache = getattr(_local, "stems", None)
+    if cache is None:
+        cache = _local.stems = {}
+    return cache.setdefault((analysis, code), {})
 
 
 def best_sentence(spans: list[tuple[int, int]], highlights: list[tuple[int, int]], text: str) -> tuple[int, int] | None:
-    """The sentence with the most distinct query terms (ties: the earlier); None when none has one."""
-    if not spans or not highlights:
+    """The sentence with the most distinct query terms, then the most terms (ties: the earlier);
+    None when no sentence holds one."""
+    starts = [a for a, _ in spans]
+    found: dict[int, list[str]] = {}
+    for a, b in highlights:
+        i = bisect.bisect_right(starts, a) - 1
+        if i >= 0 and a < spans[i][1]:
+            found.setdefault(i, []).append(text[a:b].lower())
+    if not found:
         return None
-
-    def score(span):
-        inside = [text[a:b].lower() for a, b in highlights if span[0] <= a < span[1]]
-        return len(set(inside)), len(inside)
-
-    best = max(range(len(spans)), key=lambda i: (score(spans[i]), -i))
-    return spans[best] if score(spans[best])[0] else None
+    best = max(found, key=lambda i: (len(set(found[i])), len(found[i]), -i))
+    return spans[best]
 
 
 def cite(hits: list[dict], terms: set[str], analysis: Analysis, encoder=None,
