@@ -239,3 +239,33 @@ def test_words_typed_without_accents_are_marked_in_accented_snippets(tmp_path, b
             assert "diabète" in snippet and "médecin" in snippet  # the text itself is left as written
         finally:
             page.close()
+
+
+def test_hits_cite_page_and_section_and_the_document_view_marks_the_quote(tmp_path, minilm, browser):
+    import documents_factory as factory
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    factory.make_pdf(folder / "leaflet.pdf", factory.SAMPLE_PAGES, title=factory.SAMPLE_TITLE)
+    write_jsonl(folder / "more.jsonl", [{"id": "cold", "title": "Common cold", "text": "A runny nose and sneezing."}])
+    build_index(folder, tmp_path / "idx", minilm)
+    page = browser.new_page()
+    try:
+        with uvicorn_thread(create_app(Searcher(open_index(tmp_path / "idx"), minilm))) as url:
+            port = int(url.rsplit(":", 1)[1])
+            question = "what is the antidote for a paracetamol overdose"
+            _, body = get(port, "/search?" + urllib.parse.urlencode({"q": question, "k": 2}))
+            quote = body["results"][0]["quote"]
+            page.goto(f"{url}/?q={urllib.parse.quote(question)}&k=2")
+            expect(page.locator("#hits .meta").first).to_contain_text("leaflet.pdf · p. 3 · When to see a doctor")
+            page.locator("#hits .title").first.click()
+            assert f"at={quote['start']}-{quote['end']}" in page.url
+            expect(page.locator("#doc-text mark#quote")).to_have_text(quote["text"])
+            assert "acetylcysteine" in quote["text"]
+            for at in ("999999-1000000", "50-10", "-1-5"):  # out of range, reversed, negative: the text, unmarked
+                page.goto(f"{url}/?doc=leaflet.pdf&at={at}")
+                expect(page.locator("#doc-title")).to_have_text(factory.SAMPLE_TITLE)
+                assert page.locator("#doc-text mark").count() == 0
+                assert "Paracetamol is a pain reliever" in page.locator("#doc-text").inner_text()
+    finally:
+        page.close()
