@@ -372,3 +372,49 @@ def test_a_pdf_outline_gives_the_sections(files, tmp_path):
     assert [s[1:] for s in pdf.layout.sections] == [s[1:] for s in fonts.layout.sections]  # the same headings, both ways
     at = pdf.text.index("acetylcysteine")
     assert pdf.layout.page_at(at) == 3 and pdf.layout.section_at(at) == fonts.layout.section_at(fonts.text.index("acetylcysteine"))
+
+
+def test_a_file_skipped_on_a_later_run_keeps_its_document_and_a_removed_one_goes(tmp_path, minilm, files):
+    from medsearch.index import open_index
+    from medsearch.updates import sync
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "leaflet.pdf").write_bytes(files["pdf"].read_bytes())
+    (folder / "inhalers.docx").write_bytes(files["docx"].read_bytes())
+    index = tmp_path / "idx"
+    sync(folder, index, minilm)
+    (folder / "leaflet.pdf").write_bytes(files["broken"].read_bytes())  # damaged since: skipped, not gone
+    report = sync(folder, index, minilm, documents=load_corpus(folder))
+    assert set(open_index(index).store.hashes()) == {"leaflet.pdf", "inhalers.docx"}
+    assert report.deleted == 0
+    (folder / "leaflet.pdf").unlink()
+    sync(folder, index, minilm)
+    assert set(open_index(index).store.hashes()) == {"inhalers.docx"}
+
+
+def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
+    import urllib.parse
+
+    from medsearch.index import build_index, open_index
+    from medsearch.search import Searcher
+    from medsearch.server.app import create_app
+
+    from conftest import write_jsonl
+    from servers import get, uvicorn_thread
+
+    text = ("The clinic opens at nine on weekdays. Jabs can cause a mild fever for a day or two. "
+            "Parking is free behind the building.")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "clinic", "title": "Clinic", "text": text},
+                                                {"id": "other", "title": "Other", "text": "Eat more vegetables."}])
+    build_index(corpus, tmp_path / "idx", minilm)
+    with uvicorn_thread(create_app(Searcher(open_index(tmp_path / "idx"), minilm))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        query = {"q": "temperature after immunisation", "k": 1, "mode": "dense"}
+        _, plain = get(port, "/search?" + urllib.parse.urlencode(query))
+        _, asked = get(port, "/search?" + urllib.parse.urlencode({**query, "quote_sentences": 16}))
+        status, refused = get(port, "/search?" + urllib.parse.urlencode({**query, "quote_sentences": 65}))
+    assert plain["results"][0]["highlights"] == []
+    assert plain["results"][0]["quote"]["text"] == "The clinic opens at nine on weekdays."  # the service's default: 0
+    assert asked["results"][0]["quote"]["text"] == "Jabs can cause a mild fever for a day or two."
+    assert status in (400, 422) and "quote_sentences" in refused["error"]
