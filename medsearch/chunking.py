@@ -69,27 +69,34 @@ def chunk_documents(
     for ordinal, (doc, offsets, header) in enumerate(zip(documents, offset_lists, header_lengths)):
         window = max(MIN_WINDOW, max_tokens - special - header)
         doc_overlap = window // 8 if overlap is None else min(overlap, window - 1)
-        spans = [(a + i, a + j) for a, b in section_groups(offsets, doc.layout, min(MIN_SECTION_TOKENS, window // 4))
+        spans = [(a + i, a + j, first) for a, b, first in section_groups(offsets, doc.layout, min(MIN_SECTION_TOKENS, window // 4))
                  for i, j in token_spans(offsets[a:b], window, doc_overlap)]
-        for position, (i, j) in enumerate(spans):
-            start, end = (offsets[i][0], offsets[j - 1][1]) if offsets else (0, len(doc.text))
+        for position, (i, j, first) in enumerate(spans):
+            # (a section's first token may start on the whitespace before it: SentencePiece's offsets do)
+            start, end = (max(offsets[i][0], first), offsets[j - 1][1]) if offsets else (0, len(doc.text))
             chunks.append(Chunk(ordinal, position, start, end, doc.text[start:end]))
     return chunks
 
 
-def section_groups(offsets: list[tuple[int, int]], layout: dict | None, min_tokens: int) -> list[tuple[int, int]]:
-    """Token ranges [a, b) of the document's sections (one range for a document without sections);
-    a range shorter than `min_tokens` joins the next."""
+def section_groups(offsets: list[tuple[int, int]], layout: dict | None, min_tokens: int) -> list[tuple[int, int, int]]:
+    """Token ranges [a, b) of the document's sections, each with the character where it may start
+    (one range for a document without sections); a range shorter than `min_tokens` joins the next.
+    A section's first token is the first that ends past its start."""
     starts = sorted({s[0] for s in (layout or {}).get("sections") or []} - {0})
     if not starts or not offsets:
-        return [(0, len(offsets))]
-    cuts = [bisect.bisect_left(offsets, (start, -1)) for start in starts]
-    bounds = [0] + [c for c in cuts if 0 < c < len(offsets)] + [len(offsets)]
+        return [(0, len(offsets), 0)]
+    ends = [end for _, end in offsets]
+    cuts = {}
+    for start in starts:
+        cut = bisect.bisect_right(ends, start)
+        if 0 < cut < len(offsets):
+            cuts.setdefault(cut, start)
+    bounds = [0, *sorted(cuts), len(offsets)]
     groups, begin = [], 0
     for end in bounds[1:]:
         if end > begin and (end - begin >= min_tokens or end == len(offsets)):
-            groups.append((begin, end))
+            groups.append((begin, end, cuts.get(begin, 0)))
             begin = end
     if begin < len(offsets):
-        groups.append((begin, len(offsets)))
+        groups.append((begin, len(offsets), cuts.get(begin, 0)))
     return groups

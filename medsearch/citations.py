@@ -137,7 +137,10 @@ def cite(hits: list[dict], terms: set[str], analysis: Analysis, encoder=None,
         out.append([found, highlights, quote or (spans[0] if spans else None)])
     if by_meaning:
         texts = [out[i][0]["chunk"][a:b][:MAX_SENTENCE_CHARS] for i, spans in by_meaning for a, b in spans]
-        similarity = encoder.encode_passages(texts)[:, : len(query_vector)] @ query_vector
+        # in passes of SENTENCES_PER_HIT: the encoder is shared, and a query waiting for it gets a turn between them
+        vectors = np.concatenate([encoder.encode_passages(texts[i:i + SENTENCES_PER_HIT])
+                                  for i in range(0, len(texts), SENTENCES_PER_HIT)])
+        similarity = vectors[:, : len(query_vector)] @ query_vector
         first = 0
         for i, spans in by_meaning:
             out[i][2] = spans[int(np.argmax(similarity[first:first + len(spans)]))]

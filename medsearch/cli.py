@@ -65,6 +65,9 @@ def documents_options(command):
     """--strict, --max-file-mb and --max-pages: how `index` and `add` treat files that give no document."""
     command = click.option("--max-pages", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_pages, show_default=True,
                            help="A longer PDF is skipped (with a line saying so).")(command)
+    command = click.option("--max-file-seconds", type=click.FloatRange(min=0, min_open=True),
+                           default=DEFAULT_LIMITS.max_seconds, show_default=True,
+                           help="A PDF, web page or Word file that takes longer to read is skipped (with a line saying so).")(command)
     command = click.option("--max-file-mb", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_bytes // 2**20,
                            show_default=True, help="A larger file is skipped (with a line saying so).")(command)
     return click.option("--strict", is_flag=True,
@@ -72,12 +75,12 @@ def documents_options(command):
                              "too large) instead of skipping it with a line.")(command)
 
 
-def read_documents(path, strict: bool, max_file_mb: int, max_pages: int, quiet: bool):
+def read_documents(path, strict: bool, max_file_mb: int, max_pages: int, max_file_seconds: float, quiet: bool):
     """The corpus at `path` as `index` and `add` read it (each skipped file logged as one line)."""
     from medsearch.corpus import load_corpus
     from medsearch.documents import Limits
 
-    limits = Limits(max_bytes=max_file_mb * 2**20, max_pages=max_pages)
+    limits = Limits(max_bytes=max_file_mb * 2**20, max_pages=max_pages, max_seconds=max_file_seconds)
     return load_corpus(path, strict=strict, limits=limits, progress=not quiet)
 
 
@@ -190,7 +193,7 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index(path, index_dir, model, language, device, runtime, batch_size, vector_dtype, chunk_overlap, target_recall,
           rebuild, backend, qdrant_url, qdrant_path, collection, shards, replicas, use_ray, ray_address, ray_actors,
-          reranker, rerank, strict, max_file_mb, max_pages, quiet):
+          reranker, rerank, strict, max_file_mb, max_file_seconds, max_pages, quiet):
     """Index the corpus at PATH: a folder, a BEIR folder, or a .jsonl/.csv/.txt/.md file; a folder's
     PDF, web pages (.html/.htm) and Word files (.docx) too, with the documents extra.
 
@@ -223,7 +226,7 @@ def index(path, index_dir, model, language, device, runtime, batch_size, vector_
         from medsearch.rerank import reranker_entry
 
         entry = reranker_entry(reranker, rerank)
-    corpus = read_documents(path, strict, max_file_mb, max_pages, quiet)
+    corpus = read_documents(path, strict, max_file_mb, max_pages, max_file_seconds, quiet)
     model = choose_model(model, path, index_dir, language, corpus.documents)
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
     if use_ray:
@@ -298,7 +301,7 @@ def _current_backend(index_dir) -> dict | None:
 @index_runtime_option
 @documents_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def add(path, index_dir, device, runtime, strict, max_file_mb, max_pages, quiet):
+def add(path, index_dir, device, runtime, strict, max_file_mb, max_file_seconds, max_pages, quiet):
     """Add or update the documents at PATH (any corpus format, PDF, web pages and Word files
     included) in an existing index.
 
@@ -311,7 +314,7 @@ def add(path, index_dir, device, runtime, strict, max_file_mb, max_pages, quiet)
 
     base = open_index(index_dir)
     base.close()  # its manifest names the model; its generation is not held while the write prunes
-    corpus = read_documents(path, strict, max_file_mb, max_pages, quiet)
+    corpus = read_documents(path, strict, max_file_mb, max_pages, max_file_seconds, quiet)
     report = upsert(index_dir, corpus.documents, lambda: index_encoder(base, device=device, runtime=runtime),
                     progress=not quiet)
     click.echo(f"{index_dir}: {report.summary()}")

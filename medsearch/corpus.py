@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Iterator
 
 from medsearch.documents.base import DEFAULT_LIMITS, FORMATS, Layout, Limits, Unreadable, extract
+from medsearch.documents.worker import Reader
 from medsearch.errors import BadInputError, NotFoundError
 from medsearch.validation import check_id, check_text, check_value
 
 RECORD_SUFFIXES = (".jsonl", ".csv", ".txt", ".md")
 SUFFIXES = RECORD_SUFFIXES + tuple(FORMATS)
 _MARKDOWN_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 _KNOWN_FIELDS = {"id", "_id", "title", "text", "url", "source"}
 log = logging.getLogger("medsearch")
@@ -102,24 +104,30 @@ def load_corpus(path: str | Path, *, strict: bool = False, limits: Limits = DEFA
             raise BadInputError(f"{root}: unsupported file type '{root.suffix}' (use {', '.join(SUFFIXES)})")
         files, base = [root], root.parent
     documents, skipped = [], []
+    reader = Reader(limits)  # document files are read in a process of their own, each within the limits
     bar = None
     if progress and sum(f.suffix.lower() in FORMATS for f in files) > 20:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc="Reading", unit="file")
-    for file in files:
-        try:
-            if file.suffix.lower() not in SUFFIXES:
-                raise Unreadable(f"unsupported file type '{file.suffix or file.name}' (medsearch reads {', '.join(SUFFIXES)})")
-            documents.extend(_read_file(file, base, limits))
-        except Unreadable as err:
-            name = file.relative_to(base).as_posix()
-            skipped.append((name, err.reason))
-            _skip(name, err.reason, strict)
+    try:
+        for file in files:
+            try:
+                if file.suffix.lower() not in SUFFIXES:
+                    raise Unreadable(f"unsupported file type '{file.suffix or file.name}' (medsearch reads {', '.join(SUFFIXES)})")
+                if file.is_symlink() and root.resolve() not in file.resolve().parents:
+                    raise Unreadable("a link to a file outside the corpus folder (copy the file in to index it)")
+                documents.extend(_read_file(file, base, reader))
+            except Unreadable as err:
+                name = file.relative_to(base).as_posix()
+                skipped.append((name, err.reason))
+                _skip(name, err.reason, strict)
+            if bar is not None:
+                bar.update()
+    finally:
+        reader.close()
         if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+            bar.close()
     documents = normalised_ids(documents, str(root), once=True)
     seen: dict[str, str] = {}
     for doc in documents:
@@ -133,9 +141,16 @@ def load_corpus(path: str | Path, *, strict: bool = False, limits: Limits = DEFA
 
 
 def _skip(name: str, reason: str, strict: bool) -> None:
+    name = printable(name)
     if strict:
         raise BadInputError(f"{name}: {reason} (--strict stops at the first file that gives no document)")
     log.warning("skipped %s: %s", name, reason)
+
+
+def printable(name: str) -> str:
+    """A file name as one line can show it: control characters, lone surrogates (bytes that were not
+    UTF-8) and the bidirectional controls escaped, so a name cannot forge a line or move the cursor."""
+    return "".join(char.encode("unicode_escape").decode("ascii") if _HIDDEN.match(char) else char for char in name)
 
 
 def normalised_ids(documents: list[Document], where: str, once: bool = False) -> list[Document]:
@@ -170,11 +185,11 @@ def _corpus_files(root: Path) -> list[Path]:
                                                  or not any(folder == p.parent or folder in p.parents for folder in beir))]
 
 
-def _read_file(file: Path, base: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[Document]:
+def _read_file(file: Path, base: Path, reader: "Reader | None" = None) -> Iterator[Document]:
     name = file.relative_to(base).as_posix()
     suffix = file.suffix.lower()
     if suffix in FORMATS:
-        yield _read_document(file, name, limits)
+        yield _read_document(file, name, reader)
         return
     content = read_text(file)
     if suffix == ".jsonl":
@@ -280,11 +295,15 @@ def markdown_layout(text: str) -> dict | None:
     return Layout(sections=sections).to_json() if sections else None
 
 
-def _read_document(file: Path, name: str, limits: Limits) -> Document:
-    """A PDF, web page or Word file as one document (documents/); Unreadable when it gives none."""
-    check_id(name, name)
+def _read_document(file: Path, name: str, reader: "Reader | None") -> Document:
+    """A PDF, web page or Word file as one document (documents/; in `reader`'s process when given);
+    Unreadable when it gives none, or when its name cannot be an id."""
     try:
-        extracted = extract(file, limits)
+        check_id(name, printable(name))
+    except BadInputError as err:
+        raise Unreadable(f"its name cannot be a document id ({str(err).split(': ', 1)[-1]}); rename the file") from None
+    try:
+        extracted = reader.read(file) if reader is not None else extract(file)
     except OSError as err:
         raise Unreadable(f"cannot be read ({err.strerror or err})") from None
     return Document(id=name, text=extracted.text, title=extracted.title or file.stem, url=extracted.url,

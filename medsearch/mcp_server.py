@@ -38,6 +38,7 @@ from medsearch.options import OPTIONS, SearchOptions
 from medsearch.search import Searcher
 from medsearch.server.models import option_field
 from medsearch.server.responses import public_message
+from medsearch.server.settings import ServerSettings
 from medsearch.validation import check_text
 from medsearch.version import __version__
 
@@ -114,6 +115,8 @@ def build_server(index_dir: str | Path = DEFAULT_INDEX, *, model: str | None = N
     def search(query: str, **values) -> dict[str, Any]:
         started = time.perf_counter()
         check_text(query, "the query")
+        if len(query) > ServerSettings.max_query_chars:  # the service's bound: a query's cost grows with its words
+            raise BadInputError(f"the query has {len(query)} characters; the limit is {ServerSettings.max_query_chars}")
         options = SearchOptions.flat(**values)
         if options.oversample is not None and options.k * options.oversample > MAX_CANDIDATES:  # the service's bound
             raise BadInputError(f"k x oversample asks for {options.k * options.oversample} candidates; the limit is "

@@ -262,7 +262,8 @@ def sync(corpus: str | Path, index_dir: str | Path, encoder: Encoder, *, rebuild
         return WriteReport(added=manifest["documents"], generation=open_index(index_dir).generation,
                            manifest=manifest, seconds=time.perf_counter() - started)
     report = upsert(index_dir, documents.documents, encoder, delete_missing=True, progress=progress,
-                    target_recall=build_options.get("target_recall"), keep=[name for name, _ in documents.skipped])
+                    target_recall=build_options.get("target_recall"),
+                    keep=[normal_id(name) for name, _ in documents.skipped])  # ids are stored in NFC
     if backend is not None and base.backend_name != backend["name"]:
         moved = open_index(index_dir)
         report.moved_to, report.manifest = backend["name"], moved.manifest

@@ -524,3 +524,30 @@ def make_docx(path, title: str, sections: Sequence[Block]) -> Path:
             dst.writestr(entry, src.read(info.filename))
     path.write_bytes(fixed.getvalue())
     return path
+
+
+def make_text_bomb_pdf(path, chars: int) -> Path:
+    """A PDF of a few kilobytes whose one page shows `chars` characters (a compressed content stream
+    of repeated text): cheap to store, slow and large to lay out."""
+    import zlib
+
+    line = b"(" + b"abcdefghij " * 10 + b") Tj T* "
+    content = zlib.compress(b"BT /F1 2 Tf 3 TL 0 780 Td " + line * (chars // 110 + 1) + b"ET", 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        f"<< /Length {len(content)} /Filter /FlateDecode >>\nstream\n".encode() + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = bytearray(b"%PDF-1.7\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path = Path(path)
+    path.write_bytes(bytes(out))
+    return path

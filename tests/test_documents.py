@@ -418,3 +418,75 @@ def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
     assert plain["results"][0]["quote"]["text"] == "The clinic opens at nine on weekdays."  # the service's default: 0
     assert asked["results"][0]["quote"]["text"] == "Jabs can cause a mild fever for a day or two."
     assert status in (400, 422) and "quote_sentences" in refused["error"]
+
+
+def test_sections_cut_at_their_first_word_with_sentencepiece_offsets():
+    """multilingual-e5's tokenizer gives a word's token the whitespace before it: the cut is still at
+    the heading's first letter (a French index once cut 'Dos|age', the chunk starting 'age')."""
+    from medsearch.encoder import Encoder
+
+    e5 = Encoder("multilingual-e5-small")
+    intro = "Le paracétamol soulage la douleur et fait baisser la fièvre chez l'adulte comme chez l'enfant. " * 3
+    text = intro + "\n\nPosologie\n\n" + "Les adultes prennent un ou deux comprimés toutes les six heures. " * 3
+    layout = Layout(sections=[(0, 1, "Présentation"), (text.index("Posologie"), 1, "Posologie")]).to_json()
+    chunks = chunk_documents([Document("d", text, layout=layout)], e5._chunk_tokenizer, e5.max_tokens, e5.profile.passage_prefix)
+    assert [c.text[:9] for c in chunks] == ["Le paracé", "Posologie"]
+    assert chunks[1].start == text.index("Posologie")
+
+
+def test_a_small_file_that_takes_too_long_or_too_much_memory_is_skipped_and_the_run_goes_on(tmp_path, files, caplog):
+    from medsearch.documents.worker import Reader
+
+    bomb = factory.make_text_bomb_pdf(tmp_path / "bomb.pdf", 400_000)
+    assert bomb.stat().st_size < 10_000
+    with Reader(Limits(max_seconds=1.5)) as reader:
+        with pytest.raises(Unreadable, match=r"took longer than 1.5 s to read \(--max-file-seconds\)"):
+            reader.read(bomb)
+        assert reader.read(files["pdf"]).title == factory.SAMPLE_TITLE  # a new reader process, the same object
+    with Reader(Limits(max_memory=64 * 2**20)) as reader:
+        with pytest.raises(Unreadable, match=r"needs more than 0.0625 GB of memory|stopped before the end"):
+            reader.read(bomb)
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "bomb.pdf").write_bytes(bomb.read_bytes())
+    (folder / "leaflet.pdf").write_bytes(files["pdf"].read_bytes())
+    with caplog.at_level(logging.WARNING, logger="medsearch"):
+        corpus = load_corpus(folder, limits=Limits(max_seconds=1.5))
+    assert [d.id for d in corpus.documents] == ["leaflet.pdf"] and [n for n, _ in corpus.skipped] == ["bomb.pdf"]
+
+
+def test_file_names_that_cannot_be_ids_or_lines_are_skipped_and_escaped(tmp_path, files, caplog):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "ok.pdf").write_bytes(files["pdf"].read_bytes())
+    (folder / " lead.pdf").write_bytes(files["pdf"].read_bytes())
+    (folder / "new\nline.pdf").write_bytes(files["pdf"].read_bytes())
+    (folder / "evil\nskipped fake.pdf: fine.xyz").write_bytes(b"x")
+    (folder / "link.pdf").symlink_to(files["pdf"])  # outside the folder
+    with caplog.at_level(logging.WARNING, logger="medsearch"):
+        corpus = load_corpus(folder)
+    assert [d.id for d in corpus.documents] == ["ok.pdf"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4 and all("\n" not in line for line in lines), lines
+    assert any(line.startswith("skipped evil\\nskipped fake.pdf: fine.xyz: unsupported") for line in lines)
+    assert any("link.pdf: a link to a file outside the corpus folder" in line for line in lines)
+    assert any(line.startswith("skipped  lead.pdf: its name cannot be a document id") for line in lines)
+
+
+def test_requests_that_encode_many_sentences_for_quotes_run_in_the_costly_lane(bundled_index, minilm):
+    from medsearch.index import open_index
+    from medsearch.options import SearchOptions
+    from medsearch.search import Searcher
+    from medsearch.server.service import Service
+    from medsearch.server.settings import ServerSettings
+
+    service = Service(Searcher(open_index(bundled_index), minilm), ServerSettings())
+    try:
+        assert service.lane(8, SearchOptions(rerank=0)) is None  # the service's default: no quotes by meaning
+        assert service.lane(4, SearchOptions(rerank=0, quote_sentences=16)) is None  # 64 sentences: still ordinary
+        assert service.lane(5, SearchOptions(rerank=0, quote_sentences=16)) is service.costly_lane
+        assert service.lane(1, SearchOptions(rerank=0, quote_sentences=64)) is None
+        assert service.lane(2, SearchOptions(rerank=0, quote_sentences=64)) is service.costly_lane
+    finally:
+        for pool in (service.encode_pool, service.search_pool, service.rerank_lane.pool, service.costly_lane.pool, service.write_pool):
+            pool.shutdown()

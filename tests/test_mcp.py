@@ -143,6 +143,7 @@ def test_get_document_returns_the_whole_document(client, mcp_index):
     ("search", {"query": "fever", "dim": 100}, "dim 100"),
     ("search", {"query": "fever", "rerank": 5}, "re-ranking needs a cross-encoder"),
     ("search", {"query": "fever\x00"}, "the query: "),
+    ("search", {"query": "fever " * 400}, "the query has 2400 characters; the limit is 1000"),
     ("search", {}, "query: Field required"),
     ("get_document", {"id": "no-such-document"}, "no document with id 'no-such-document'"),
     ("get_document", {"id": ""}, "no document with id ''"),

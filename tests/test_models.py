@@ -198,5 +198,7 @@ def test_an_unwritable_cache_is_one_clear_error(tmp_path, monkeypatch):
         models.multilingual_e5_folder()
     from test_cli import assert_one_line_error, run
 
-    assert_one_line_error(run("index", tmp_path, "--index", tmp_path / "index", "--model", models.MULTILINGUAL_E5),
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("Une fièvre passagère après un vaccin.")  # read before the model loads
+    assert_one_line_error(run("index", tmp_path / "corpus", "--index", tmp_path / "index", "--model", models.MULTILINGUAL_E5),
                           "cannot write the model into")

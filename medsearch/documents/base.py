@@ -17,7 +17,10 @@ log = logging.getLogger("medsearch")
 EXTRA_HINT = "pip install 'medsearch[documents]'"
 # characters a PDF or a Word file can carry that are not text: C0/C1 controls but tab and newline,
 # lone surrogates, and the private-use area fonts map symbols to
-_NOT_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff]")
+# and the bidirectional overrides and isolates, and the byte-order mark, that let a text display
+# as other than it is
+_NOT_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\u202a-\u202e\u2066-\u2069\ufeff]")
+MAX_TITLE_CHARS = 300  # a title or heading longer is cut: it is passed with every chunk and every hit
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Limits:
     max_bytes: int = 100 * 1024 * 1024
     max_pages: int = 2000  # PDF pages
     max_chars: int = 20_000_000  # extracted text (a compressed file can hold far more than its bytes)
+    max_seconds: float = 120.0  # to read one file (documents.worker)
+    max_memory: int = 4 * 1024**3  # to read one file, above what the reading process holds (Linux)
 
 
 DEFAULT_LIMITS = Limits()
@@ -109,9 +114,9 @@ class TextBuilder:
             self._add(text)
 
     def heading(self, text: str, level: int) -> None:
-        text = " ".join(clean(text).split())
+        text = " ".join(clean(text).split())[:MAX_TITLE_CHARS]
         if text:
-            self.layout.sections.append((self._add(text), max(1, level), text))
+            self.layout.sections.append((self._add(text), max(0, level), text))
 
     def page(self) -> None:
         """The next block starts a new page."""
@@ -121,7 +126,7 @@ class TextBuilder:
         """The document; a lone top heading that repeats the title (a page's <h1>, a Word file's
         Title paragraph) stays in the text but is not a section: paths start below it."""
         text = "".join(self.parts)
-        title = " ".join(clean(title).split())
+        title = " ".join(clean(title).split())[:MAX_TITLE_CHARS]
         pages = [min(p, len(text)) for p in self.layout.pages]
         sections = self.layout.sections
         if sections and title and sections[0][2].casefold() == title.casefold():

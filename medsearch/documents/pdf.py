@@ -5,6 +5,7 @@ than the body text, or a short bold line followed by body text)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -50,12 +51,13 @@ def extract(path: Path, limits: Limits) -> Extracted:
             raise Unreadable("encrypted: it needs a password (save a copy without one)") from None
         except Exception as err:  # pdfminer raises many kinds for a broken file
             raise Unreadable(f"damaged or not a PDF ({_what(err)})") from None
+        _check_page_count(document, limits)
         try:
-            pages = list(PDFPage.create_pages(document))
+            pages = list(itertools.islice(PDFPage.create_pages(document), limits.max_pages + 1))
         except Exception as err:
             raise Unreadable(f"damaged: its pages cannot be read ({_what(err)})") from None
         if len(pages) > limits.max_pages:
-            raise Unreadable(f"{len(pages)} pages, over the {limits.max_pages}-page limit (--max-pages)")
+            raise Unreadable(f"over the {limits.max_pages}-page limit (--max-pages)")
         manager = PDFResourceManager()
         device = PDFPageAggregator(manager, laparams=LAParams())
         interpreter = PDFPageInterpreter(manager, device)
@@ -82,13 +84,23 @@ def extract(path: Path, limits: Limits) -> Extracted:
         outline = _outline(document, {page.pageid: number for number, page in enumerate(pages, start=1)})
         title = _info_title(document)
     if not lines:
-        raise Unreadable("no text layer: a scanned or image-only PDF (run OCR on it first, e.g. ocrmypdf)")
+        raise Unreadable("no text found: a scanned or image-only PDF has no text layer (run OCR on it first, e.g. ocrmypdf)")
     lines = _without_running_lines(lines, len(pages)) or lines  # (a text that is all margin lines stays)
     builder, headings = _assemble(lines, len(pages), fonts=len(outline) < 2)
     if len(outline) >= 2:
         builder.layout.sections = _place(outline, "".join(builder.parts), builder.layout.pages)
         headings = [(level, title) for _, level, title in builder.layout.sections]
     return builder.result(title=title or _font_title(lines) or "")
+
+
+def _check_page_count(document: PDFDocument, limits: Limits) -> None:
+    """Unreadable when the page tree says it holds more pages than the limit (before any is read)."""
+    try:
+        count = resolve1(resolve1(document.catalog.get("Pages")).get("Count"))
+    except Exception:  # no usable count: the pages are counted as they are read
+        return
+    if isinstance(count, int) and count > limits.max_pages:
+        raise Unreadable(f"{count} pages, over the {limits.max_pages}-page limit (--max-pages)")
 
 
 def _what(err: Exception) -> str:

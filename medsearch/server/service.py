@@ -207,10 +207,13 @@ class Service:
         return reranker.seconds_per_pair if reranker is not None else None
 
     def lane(self, queries: int, options: SearchOptions) -> "Lane | None":
-        """Where a request runs: the costly lane past costly_pairs cross-encoder pairs or costly_results
-        results, the re-rank lane when it re-ranks, else the search threads (None)."""
+        """Where a request runs: the costly lane past costly_pairs cross-encoder pairs, costly_results
+        results or costly_quotes sentences encoded for quotes, the re-rank lane when it re-ranks, else
+        the search threads (None)."""
         pairs, results = queries * options.rerank, queries * options.k
-        if pairs > self.settings.costly_pairs or results > self.settings.costly_results:
+        quotes = queries * (self.settings.quote_sentences if options.quote_sentences is None else options.quote_sentences)
+        if (pairs > self.settings.costly_pairs or results > self.settings.costly_results
+                or quotes > self.settings.costly_quotes):
             return self.costly_lane
         return self.rerank_lane if pairs else None
 

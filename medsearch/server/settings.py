@@ -60,6 +60,7 @@ class ServerSettings:
     max_costly_pending: int = 2
     costly_pairs: int = 100
     costly_results: int = 200
+    costly_quotes: int = 64  # ... or past this many sentences encoded for quotes (queries x quote_sentences)
     # Load: queries waiting for the encoder, all requests together (a request that would take them
     # past it gets a 503 + Retry-After; one of more queries than that is taken when none wait), the
     # longest a search may wait and run, connections at once (a JSON 503 past it), and how long a
@@ -93,7 +94,7 @@ class ServerSettings:
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
                      "max_filter_chars", "max_candidates", "max_results", "max_rerank_pairs", "max_pending",
-                     "rerank_workers", "costly_workers", "costly_pairs", "costly_results", "snapshot_keep",
+                     "rerank_workers", "costly_workers", "costly_pairs", "costly_results", "costly_quotes", "snapshot_keep",
                      "snapshot_max_bytes",
                      "max_connections"):
             if getattr(self, name) < 1:
