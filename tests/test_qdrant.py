@@ -185,6 +185,7 @@ def test_a_faiss_index_moves_to_qdrant_without_encoding(bundled_index, tmp_path,
     faiss_hits = Searcher(open_index(tmp_path / "idx"), minilm).search([QUERIES[0]["text"]], tier="deep")[0].hits
     monkeypatch.setattr(minilm, "encode_passages", lambda *a, **k: pytest.fail("nothing should be encoded"))
     report = sync(BUNDLED, tmp_path / "idx", minilm, backend=qdrant.settings("moved", path=tmp_path / "q"))
+    monkeypatch.undo()  # (a search may encode sentences for its quotes)
     assert report.moved_to == "qdrant"
     assert report.unchanged == 187
     assert "vectors moved to qdrant" in report.summary()
