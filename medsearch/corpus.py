@@ -115,8 +115,6 @@ def load_corpus(path: str | Path, *, strict: bool = False, limits: Limits = DEFA
             try:
                 if file.suffix.lower() not in SUFFIXES:
                     raise Unreadable(f"unsupported file type '{file.suffix or file.name}' (medsearch reads {', '.join(SUFFIXES)})")
-                if file.is_symlink() and root.resolve() not in file.resolve().parents:
-                    raise Unreadable("a link to a file outside the corpus folder (copy the file in to index it)")
                 documents.extend(_read_file(file, base, reader))
             except Unreadable as err:
                 name = file.relative_to(base).as_posix()
@@ -191,6 +189,9 @@ def _read_file(file: Path, base: Path, reader: "Reader | None" = None) -> Iterat
     if suffix in FORMATS:
         yield _read_document(file, name, reader)
         return
+    if suffix in (".txt", ".md"):  # the file's name is its id
+        _check_name(name)
+    name = printable(name)  # (record files: the name is in messages only)
     content = read_text(file)
     if suffix == ".jsonl":
         yield from _read_jsonl(content, name)
@@ -206,7 +207,7 @@ def read_text(file: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise BadInputError(f"{file}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from None
+        raise BadInputError(f"{printable(str(file))}:{line}: not valid UTF-8 (byte {err.start}); re-save the file as UTF-8") from None
 
 
 def _record_to_document(record: dict, origin: str, source: str, default_id: str) -> Document:
@@ -295,13 +296,18 @@ def markdown_layout(text: str) -> dict | None:
     return Layout(sections=sections).to_json() if sections else None
 
 
-def _read_document(file: Path, name: str, reader: "Reader | None") -> Document:
-    """A PDF, web page or Word file as one document (documents/; in `reader`'s process when given);
-    Unreadable when it gives none, or when its name cannot be an id."""
+def _check_name(name: str) -> None:
+    """Unreadable when a file's name cannot be its document's id (validation.check_id)."""
     try:
         check_id(name, printable(name))
     except BadInputError as err:
         raise Unreadable(f"its name cannot be a document id ({str(err).split(': ', 1)[-1]}); rename the file") from None
+
+
+def _read_document(file: Path, name: str, reader: "Reader | None") -> Document:
+    """A PDF, web page or Word file as one document (documents/; in `reader`'s process when given);
+    Unreadable when it gives none, or when its name cannot be an id."""
+    _check_name(name)
     try:
         extracted = reader.read(file) if reader is not None else extract(file)
     except OSError as err:

@@ -1,7 +1,7 @@
 
 import pytest
 
-from medsearch.corpus import Document, read_corpus, read_queries
+from medsearch.corpus import Document, load_corpus, read_corpus, read_queries
 from medsearch.errors import BadInputError, MedsearchError
 
 from conftest import write_jsonl
@@ -183,9 +183,11 @@ def test_file_name_ids_follow_the_same_rules(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="medsearch"):
         assert sorted(d.id for d in read_corpus(tmp_path)) == [f"{NFC}.txt", "tea.md"]
     assert [r.getMessage() for r in caplog.records if r.name == "medsearch"][0].startswith(f"{tmp_path}: 1 document id was")
-    (tmp_path / " lead.txt").write_text("x\n", encoding="utf-8")
-    with pytest.raises(BadInputError, match=r" lead\.txt: document id ' lead\.txt' has whitespace at its start or end"):
-        read_corpus(tmp_path)
+    (tmp_path / " lead.txt").write_text("x\n", encoding="utf-8")  # a file, not a record: skipped with its reason
+    with pytest.raises(BadInputError, match=r" lead\.txt: its name cannot be a document id \(document id ' lead\.txt' has "
+                                            r"whitespace at its start or end.*--strict"):
+        load_corpus(tmp_path, strict=True)
+    assert sorted(d.id for d in read_corpus(tmp_path)) == [f"{NFC}.txt", "tea.md"]
 
 
 def test_documents_from_records_apply_the_same_rules(caplog):

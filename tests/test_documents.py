@@ -401,7 +401,7 @@ def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
     from medsearch.server.app import create_app
 
     from conftest import write_jsonl
-    from servers import get, uvicorn_thread
+    from servers import get, post, uvicorn_thread
 
     text = ("The clinic opens at nine on weekdays. Jabs can cause a mild fever for a day or two. "
             "Parking is free behind the building.")
@@ -414,10 +414,13 @@ def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
         _, plain = get(port, "/search?" + urllib.parse.urlencode(query))
         _, asked = get(port, "/search?" + urllib.parse.urlencode({**query, "quote_sentences": 16}))
         status, refused = get(port, "/search?" + urllib.parse.urlencode({**query, "quote_sentences": 65}))
+        too_many = post(port, "/search", {"queries": [{"text": "fever"}] * 5, "quote_sentences": 64})
     assert plain["results"][0]["highlights"] == []
     assert plain["results"][0]["quote"]["text"] == "The clinic opens at nine on weekdays."  # the service's default: 0
     assert asked["results"][0]["quote"]["text"] == "Jabs can cause a mild fever for a day or two."
     assert status in (400, 422) and "quote_sentences" in refused["error"]
+    status, body = too_many
+    assert status == 400 and "asks the encoder for up to 320 sentences; the limit is 256 a request" in body["error"]
 
 
 def test_sections_cut_at_their_first_word_with_sentencepiece_offsets():
@@ -462,14 +465,14 @@ def test_file_names_that_cannot_be_ids_or_lines_are_skipped_and_escaped(tmp_path
     (folder / " lead.pdf").write_bytes(files["pdf"].read_bytes())
     (folder / "new\nline.pdf").write_bytes(files["pdf"].read_bytes())
     (folder / "evil\nskipped fake.pdf: fine.xyz").write_bytes(b"x")
-    (folder / "link.pdf").symlink_to(files["pdf"])  # outside the folder
+    (folder / "tab\there.md").write_text("# A note\n\nText.")  # a text file's name is its id too
     with caplog.at_level(logging.WARNING, logger="medsearch"):
         corpus = load_corpus(folder)
     assert [d.id for d in corpus.documents] == ["ok.pdf"]
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 4 and all("\n" not in line for line in lines), lines
+    assert len(lines) == 4 and all("\n" not in line and "\t" not in line for line in lines), lines
+    assert any(line.startswith("skipped tab\\there.md: its name cannot be a document id") for line in lines)
     assert any(line.startswith("skipped evil\\nskipped fake.pdf: fine.xyz: unsupported") for line in lines)
-    assert any("link.pdf: a link to a file outside the corpus folder" in line for line in lines)
     assert any(line.startswith("skipped  lead.pdf: its name cannot be a document id") for line in lines)
 
 
@@ -490,3 +493,23 @@ def test_requests_that_encode_many_sentences_for_quotes_run_in_the_costly_lane(b
     finally:
         for pool in (service.encode_pool, service.search_pool, service.rerank_lane.pool, service.costly_lane.pool, service.write_pool):
             pool.shutdown()
+
+
+def test_a_long_heading_keeps_its_words_in_the_text(tmp_path):
+    long = "Warning " * 60 + "call poison control immediately"
+    doc = extract(factory.make_docx(tmp_path / "long.docx", "Long", [("h1", long), ("p", "Body.")]))
+    assert "call poison control immediately" in doc.text
+    assert len(doc.layout.sections[-1][2]) == 300  # the section's name is cut, not the text
+
+
+def test_a_script_without_a_main_guard_reads_its_documents(tmp_path, files):
+    """The worker is a fresh interpreter: a caller's script is not run again in it (multiprocessing's
+    spawn did, and a script without `if __name__ == "__main__"` lost its PDFs)."""
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "leaflet.pdf").write_bytes(files["pdf"].read_bytes())
+    script = tmp_path / "script.py"
+    script.write_text("from medsearch.corpus import load_corpus\n"
+                      f"print([d.id for d in load_corpus({str(tmp_path / 'c')!r}).documents])\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "['leaflet.pdf']", result.stderr
+    assert result.stderr == ""

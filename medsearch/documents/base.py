@@ -114,9 +114,10 @@ class TextBuilder:
             self._add(text)
 
     def heading(self, text: str, level: int) -> None:
-        text = " ".join(clean(text).split())[:MAX_TITLE_CHARS]
+        """A heading: all of it in the text, its first MAX_TITLE_CHARS characters as the section's name."""
+        text = " ".join(clean(text).split())
         if text:
-            self.layout.sections.append((self._add(text), max(0, level), text))
+            self.layout.sections.append((self._add(text), max(0, level), text[:MAX_TITLE_CHARS]))
 
     def page(self) -> None:
         """The next block starts a new page."""

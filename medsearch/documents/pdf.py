@@ -66,6 +66,8 @@ def extract(path: Path, limits: Limits) -> Extracted:
         for number, page in enumerate(pages, start=1):
             try:
                 interpreter.process_page(page)
+            except MemoryError:
+                raise
             except Exception as err:
                 raise Unreadable(f"damaged: page {number} cannot be read ({_what(err)})") from None
             layout = device.get_result()

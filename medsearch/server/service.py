@@ -167,6 +167,10 @@ class Service:
         if len(texts) * options.rerank > self.settings.max_rerank_pairs:
             raise BadInputError(f"{len(texts)} queries x rerank={options.rerank} asks the cross-encoder to score "
                                 f"{len(texts) * options.rerank} pairs; the limit is {self.settings.max_rerank_pairs} a request")
+        quotes = len(texts) * (self.settings.quote_sentences if options.quote_sentences is None else options.quote_sentences)
+        if quotes > self.settings.max_quote_sentences:
+            raise BadInputError(f"{len(texts)} queries x quote_sentences asks the encoder for up to {quotes} sentences; "
+                                f"the limit is {self.settings.max_quote_sentences} a request")
         searcher.check_queries(texts, ids)
         searcher.check(options)  # before encoding anything
         lane, pairs = self.lane(len(texts), options), len(texts) * options.rerank

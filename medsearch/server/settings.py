@@ -46,6 +46,9 @@ class ServerSettings:
     # (query, document) pairs one request may have a cross-encoder score (queries x rerank): ~50
     # queries at the default 20; a MiniLM-L6 cross-encoder scores ~60 pairs/s a core on OpenVINO
     max_rerank_pairs: int = 1000
+    # sentences one request may have the encoder read for quotes (queries x quote_sentences): a few
+    # seconds of a 2-core machine's encoder, so that a costly lane's queue ends within the timeout
+    max_quote_sentences: int = 256
     # Lanes (service.Lane): a request that re-ranks runs on rerank_workers threads of its own (they
     # mostly wait for the cross-encoder's turn), with at most max_rerank_pending more admitted
     # waiting; one past costly_pairs pairs (queries x rerank) or costly_results results (queries x
@@ -93,7 +96,7 @@ class ServerSettings:
 
     def validate(self) -> None:
         for name in ("max_batch", "max_documents", "max_query_chars", "max_queries", "max_body_bytes", "max_filters",
-                     "max_filter_chars", "max_candidates", "max_results", "max_rerank_pairs", "max_pending",
+                     "max_filter_chars", "max_candidates", "max_results", "max_rerank_pairs", "max_quote_sentences", "max_pending",
                      "rerank_workers", "costly_workers", "costly_pairs", "costly_results", "costly_quotes", "snapshot_keep",
                      "snapshot_max_bytes",
                      "max_connections"):
