@@ -231,6 +231,10 @@ class Searcher:
                 old.close()
         self._left = still
 
+    def quote_sentences_for(self, options: SearchOptions) -> int:
+        """The sentences a query may encode for quotes: its options', else this searcher's default."""
+        return self.quote_sentences if options.quote_sentences is None else options.quote_sentences
+
     @staticmethod
     def resolve_dim(index: Index, tier: str, dim: int | None) -> tuple[int, bool]:
         """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
@@ -317,7 +321,7 @@ class Searcher:
                 docs = []
                 cites = citations.cite([found[row] for row, _, _ in hits], citations.query_terms(index.analysis, queries[i]),
                                        index.analysis, self.encoder, None if vectors is None else vectors[i],
-                                       self.quote_sentences if options.quote_sentences is None else options.quote_sentences)
+                                       self.quote_sentences_for(options))
                 for (row, score, found_by), cited in zip(hits, cites):
                     info = found[row]
                     quoted = cited["quote"]["start"] - info["start"] if cited["quote"] else 0

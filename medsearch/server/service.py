@@ -167,7 +167,7 @@ class Service:
         if len(texts) * options.rerank > self.settings.max_rerank_pairs:
             raise BadInputError(f"{len(texts)} queries x rerank={options.rerank} asks the cross-encoder to score "
                                 f"{len(texts) * options.rerank} pairs; the limit is {self.settings.max_rerank_pairs} a request")
-        quotes = len(texts) * (self.settings.quote_sentences if options.quote_sentences is None else options.quote_sentences)
+        quotes = len(texts) * searcher.quote_sentences_for(options)
         if quotes > self.settings.max_quote_sentences:
             raise BadInputError(f"{len(texts)} queries x quote_sentences asks the encoder for up to {quotes} sentences; "
                                 f"the limit is {self.settings.max_quote_sentences} a request")
@@ -215,7 +215,7 @@ class Service:
         results or costly_quotes sentences encoded for quotes, the re-rank lane when it re-ranks, else
         the search threads (None)."""
         pairs, results = queries * options.rerank, queries * options.k
-        quotes = queries * (self.settings.quote_sentences if options.quote_sentences is None else options.quote_sentences)
+        quotes = queries * self.searcher.quote_sentences_for(options)
         if (pairs > self.settings.costly_pairs or results > self.settings.costly_results
                 or quotes > self.settings.costly_quotes):
             return self.costly_lane
