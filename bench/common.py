@@ -108,7 +108,8 @@ def wait_ready(port: int, process, limit: float = 300) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"serve exited with {process.returncode}")
+            said = f": {process.stderr.read()}" if process.stderr is not None else ""  # (when the caller keeps it)
+            raise SystemExit(f"serve exited with {process.returncode}{said}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/readyz")

@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,18 +25,12 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from common import RESULTS, print_table, write_results
+from common import RESULTS, free_port, print_table, wait_ready, write_results
 from medsearch.corpus import read_queries
 from medsearch.encoder import Encoder
 from medsearch.index import build_index, index_exists
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -48,20 +41,12 @@ class Server:
         command = [sys.executable, "-m", "medsearch", "serve", "--index", index, "--port", str(self.port),
                    "--log-level", "warning", *extra]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"server exited: {self.process.stderr.read()}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/readyz")
-                if connection.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise SystemExit("server not ready in time")
+        try:
+            wait_ready(self.port, self.process, ready_timeout)
+        except SystemExit:
+            if self.process.poll() is None:
+                self.stop()
+            raise
 
     def stop(self) -> float:
         """SIGTERM; seconds until the process exited."""

@@ -57,12 +57,17 @@ def _add_sentence(spans: list, text: str, a: int, b: int) -> None:
         spans.append((first, first + len(stripped)))
 
 
+def _thread_cache(*key) -> dict:
+    """This thread's dict for `key`: stemmers (PyStemmer's are not documented as thread-safe) and
+    analysed words, per analysis and language."""
+    caches = getattr(_local, "caches", None)
+    if caches is None:
+        caches = _local.caches = {}
+    return caches.setdefault(key, {})
+
+
 def _stemmers(analysis: Analysis) -> dict:
-    """This thread's stemmers for `analysis` (PyStemmer's are not documented as thread-safe)."""
-    cache = getattr(_local, "stemmers", None)
-    if cache is None:
-        cache = _local.stemmers = {}
-    return cache.setdefault(analysis, {})
+    return _thread_cache("stemmers", analysis)
 
 
 def query_terms(analysis: Analysis, query: str) -> set[str]:
@@ -97,10 +102,7 @@ def term_spans(analysis: Analysis, terms: set[str], text: str, start: int, end: 
 
 def _stems(analysis: Analysis, code: str | None) -> dict:
     """This thread's word -> analysed form, for `analysis` in language `code`."""
-    cache = getattr(_local, "stems", None)
-    if cache is None:
-        cache = _local.stems = {}
-    return cache.setdefault((analysis, code), {})
+    return _thread_cache("stems", analysis, code)
 
 
 def best_sentence(spans: list[tuple[int, int]], highlights: list[tuple[int, int]], text: str) -> tuple[int, int] | None:

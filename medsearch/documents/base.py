@@ -77,9 +77,6 @@ class Layout:
             path = [(lvl, text) for lvl, text in path if lvl < level] + [(level, heading)]
         return " > ".join(text for _, text in path) or None
 
-    def section_starts(self) -> list[int]:
-        return [start for start, _, _ in self.sections]
-
 
 @dataclass
 class Extracted:
@@ -141,11 +138,6 @@ def clean(text: str) -> str:
     """Text as an index keeps it: NFC, no control or private-use characters, no trailing spaces."""
     text = _NOT_TEXT.sub("", unicodedata.normalize("NFC", text or ""))
     return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")).strip()
-
-
-def needs_extra(suffix: str) -> bool:
-    """Whether a file with `suffix` is read by an extractor of the `documents` extra."""
-    return suffix.lower() in FORMATS
 
 
 def extract(path: Path, limits: Limits = DEFAULT_LIMITS) -> Extracted:
