@@ -626,8 +626,8 @@ def info(index_dir, as_json):
         ("backend", _backend_line(m.get("backend"))),
         ("reranker", _reranker_line(m.reranker) if m.reranker else "none (medsearch index --reranker MODEL records one)"),
         ("runtime", f"{m['model'].get('runtime', 'torch')} ({m['model'].get('precision', 'fp32')})"),
-        ("auto", f"{auto['runtime']} for this model on this CPU ({auto['cpu']}; passages/s: "
-         + ", ".join(f"{r} {v}" for r, v in auto["passages_per_s"].items()) + ")"
+        ("auto", f"{auto['runtime']} for this model on this CPU, {'sure' if auto['sure'] else 'not sure'}: {auto['basis']} "
+         f"({auto['cpu']}; passages/s: " + ", ".join(f"{r} {v}" for r, v in auto["passages_per_s"].items()) + ")"
          if auto else "not measured for this model on this CPU (the first --runtime auto times each installed runtime)"),
         ("vectors", m["vector_dtype"] if idx.backend_name == "faiss" else "float32, in the Qdrant collection"),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),

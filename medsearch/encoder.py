@@ -38,6 +38,7 @@ from medsearch.runtimes import (  # noqa: F401 - the runtimes' facts, where call
     AUTO_RUNTIME,
     PRECISIONS,
     RUNTIME_EXTRAS,
+    RUNTIME_PACKAGES,
     RUNTIMES,
     auto_runtime,
     cache_root,
@@ -70,7 +71,6 @@ PROFILES: dict[str, ModelProfile] = {
 AUTO_ORDER = ("openvino-int8", "openvino", "torch")
 OPENVINO_FILES = {"openvino": "openvino/openvino_model.xml", "openvino-int8": "openvino/openvino_model_qint8_quantized.xml"}
 CALIBRATION_TEXTS = Path(__file__).with_name("calibration.jsonl")  # the bundled corpus's documents
-CALIBRATION_TOKENS = 384  # export_static_quantized_openvino_model pads every calibration text to this
 EXPORT_DIRS = ("onnx", "openvino")
 
 
@@ -79,13 +79,14 @@ def resolve_runtime(runtime: str | None = AUTO_RUNTIME, spec: str = DEFAULT_MODE
     model the first time on a CPU, then remembered); a missing extra is named."""
     runtime = runtime or AUTO_RUNTIME
     if runtime == AUTO_RUNTIME:
-        return auto_runtime(spec, lambda name: Encoder(spec, device="cpu", runtime=name, batch_size=8),
+        return auto_runtime(spec, lambda name: Encoder(spec, device="cpu", runtime=name),
                             lambda: [json.loads(line)["text"] for line in CALIBRATION_TEXTS.read_text(encoding="utf-8").splitlines()])
     if runtime not in RUNTIMES:
         raise BadInputError(f"unknown runtime '{runtime}' (use {AUTO_RUNTIME}, {', '.join(RUNTIMES)})")
     if not runtime_installed(runtime):
-        extra = RUNTIME_EXTRAS[runtime]
-        raise MissingExtraError(f"runtime {runtime} needs the '{extra}' extra: pip install 'medsearch[{extra}]'", extra)
+        packages = " ".join(RUNTIME_PACKAGES[runtime])
+        raise MissingExtraError(f"runtime {runtime} needs {packages} (part of medsearch's install): pip install {packages}",
+                                RUNTIME_EXTRAS[runtime])
     return runtime
 
 
@@ -269,11 +270,6 @@ def model_folder(spec: str) -> Path:
         raise ModelLoadError(f"cannot load model '{spec}': {type(err).__name__}: {err}".splitlines()[0], remote=True) from None
 
 
-def load_export(export: Path, runtime: str):
-    """A sentence-transformers model from an export folder, run by OpenVINO (`runtime`'s file)."""
-    return load_sentence_transformer(str(export), "cpu", backend="openvino", model_kwargs={"file_name": OPENVINO_FILES[runtime]})
-
-
 # What, besides the weights, decides how a folder turns text into vectors: its modules and their
 # settings, its tokenizer, its prompts. Two folders with the same weights and other prompts (a copy
 # given e5 prompts) must not share an export: the export carries them.
@@ -313,9 +309,13 @@ def exported_model(source: Path, weights: str, runtime: str, make: Callable[[Pat
     and reused; its use is recorded (cache.mark_used, for `medsearch cache prune`). One process at a
     time looks it up or makes it (cache.locked): a second one waits, then reuses the first's.
     `make(source, folder)` writes another kind of model's export (`kind`, e.g. a cross-encoder's)."""
+    from medsearch.openvino_model import read_spec
+
     target = export_folder(source, weights, runtime, kind)
     with locked(target):
-        if not (target / OPENVINO_FILES[runtime]).is_file():
+        whole = (target / OPENVINO_FILES[runtime]).is_file() and (make is not None or read_spec(target) is not None)
+        if not whole:  # none yet, or one made before exports carried their runner's spec: made (again)
+            shutil.rmtree(target, ignore_errors=True)
             _export(source, weights, runtime, make, target)
         mark_used(target)
     return target
@@ -324,19 +324,23 @@ def exported_model(source: Path, weights: str, runtime: str, make: Callable[[Pat
 def _export(source: Path, weights: str, runtime: str, make: Callable[[Path, Path], None] | None, target: Path) -> None:
     """Write the export `target` through a temporary folder beside it, renamed into place when whole.
     The caller holds its lock, so any temporary folder of `target` already there is a killed writer's: removed first."""
+    from medsearch import openvino_export
+
     remove_partial(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
-    # The exporters print progress on stdout; it goes to stderr so that `--json` output stays JSON.
+    # Converters and quantisers print progress on stdout; it goes to stderr so that `--json` output stays JSON.
     try:
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings while exporting: nothing a user can act on
             if make is not None:
                 make(source, tmp)
-            elif runtime == "openvino":  # sentence-transformers exports from the torch weights
-                load_sentence_transformer(str(source), "cpu", backend="openvino").save_pretrained(str(tmp))
+            elif runtime == "openvino":  # converted from the torch weights
+                openvino_export.export_fp32(source, tmp, OPENVINO_FILES[runtime], lambda folder: load_sentence_transformer(str(folder), "cpu"))
             else:
-                _quantize_int8(exported_model(source, weights, "openvino"), tmp)
+                quiet_libraries()
+                openvino_export.quantize_int8(exported_model(source, weights, "openvino"), tmp, OPENVINO_FILES[runtime],
+                                              openvino_export.calibration_texts(CALIBRATION_TEXTS))
         try:
             tmp.rename(target)
         except OSError:  # another process finished the same export first (a cache without locks): keep its copy
@@ -346,44 +350,15 @@ def _export(source: Path, weights: str, runtime: str, make: Callable[[Path, Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _quantize_int8(fp32_export: Path, out: Path) -> None:
-    """Post-training static int8 quantisation of an OpenVINO export (sentence-transformers' own
-    `export_static_quantized_openvino_model`), calibrated on CALIBRATION_TEXTS; writes `out`."""
-    from optimum.intel import OVQuantizationConfig
-    from sentence_transformers import export_static_quantized_openvino_model
-
-    model = load_export(fp32_export, "openvino")
-    positions = getattr(model.transformers_model.config, "max_position_embeddings", CALIBRATION_TOKENS)
-    if positions < CALIBRATION_TOKENS:
-        raise BadInputError(f"runtime openvino-int8 calibrates with {CALIBRATION_TOKENS}-token inputs (sentence-transformers' "
-                            f"quantiser pads to that), and this model reads only {positions}: use runtime openvino")
-    from medsearch.openvino_model import CACHE_DIR, SPEC_FILE
-
-    # the fp32 files that are not the model: its config, tokenizer and modules (not its spec or compiled cache)
-    shutil.copytree(fp32_export, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("openvino_model.*", SPEC_FILE, CACHE_DIR))
-    import datasets
-
-    datasets.disable_progress_bars()
-    samples = len(CALIBRATION_TEXTS.read_text(encoding="utf-8").splitlines())
-    with tempfile.TemporaryDirectory() as data:  # a local dataset folder: datasets reads train.jsonl
-        shutil.copy(CALIBRATION_TEXTS, Path(data) / "train.jsonl")
-        export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=samples), str(out), dataset_name=data,
-                                               dataset_config_name="default", dataset_split="train", column_name="text")
-
-
 def lean_spec(export: Path, runtime: str) -> dict:
     """What sentence-transformers decided about an export (openvino_model.SPEC_FILE), for the lean
-    runner: read from the export, or, for an export made before it was recorded, found once by
-    loading the export with sentence-transformers and written beside it."""
+    runner, as the export recorded it."""
     from medsearch import openvino_model
 
     spec = openvino_model.read_spec(export)
-    if spec is None or spec.get("file", OPENVINO_FILES[runtime]) != OPENVINO_FILES[runtime]:
-        try:
-            spec = openvino_model.describe(load_export(export, runtime), OPENVINO_FILES[runtime])
-        except openvino_model.UnsupportedExport as err:
-            spec = {"version": openvino_model.SPEC_VERSION, "unsupported": str(err)}
-        openvino_model.write_spec(export, spec)
+    if spec is None or spec.get("file") != OPENVINO_FILES[runtime]:
+        raise ModelLoadError(f"the export {export} is damaged (its {openvino_model.SPEC_FILE} is missing or unreadable): "
+                             "delete that folder, and the next use makes it again", remote=False)
     return spec
 
 
@@ -414,29 +389,26 @@ class Encoder:
         else:  # the export is found by the weights' fingerprint, which this encoder then keeps
             folder = model_folder(spec)
             self.weights = weights_fingerprint(folder)
-            export = exported_model(folder, self.weights, self.runtime)
-            described = lean_spec(export, self.runtime)
-            if "unsupported" in described:
-                self.model = load_export(export, self.runtime)
-            else:
-                from medsearch.openvino_model import OpenVINOModel
+            from medsearch.openvino_model import OpenVINOModel, UnsupportedExport
 
-                try:
-                    self.model = OpenVINOModel(export, described, batch_size, streams=streams, threads=threads)
-                except ValueError as err:  # a spec that disagrees with its model: not one sentence-transformers wrote
-                    raise ModelLoadError(f"the export {export} is damaged ({err}): delete that folder, and the next "
-                                         "use makes it again", remote=False) from None
-                self.lean = True
+            try:
+                export = exported_model(folder, self.weights, self.runtime)
+            except UnsupportedExport as err:
+                raise BadInputError(f"runtime {self.runtime} runs a transformer with mean, CLS or max pooling; model "
+                                    f"'{display_name(spec)}' has {err}: use --runtime torch") from None
+            try:
+                self.model = OpenVINOModel(export, lean_spec(export, self.runtime), batch_size, streams=streams, threads=threads)
+            except ValueError as err:  # a spec that disagrees with its model: not one medsearch wrote
+                raise ModelLoadError(f"the export {export} is damaged ({err}): delete that folder, and the next "
+                                     "use makes it again", remote=False) from None
+            self.lean = True
         prompts = self.model.prompts if self.lean else getattr(self.model, "prompts", None)
         self.profile = profile_for(spec if spec != DEFAULT_MODEL else "", prompts)
         self.batch_size = batch_size
-        # sentence-transformers' OpenVINO backend runs one inference request at a time (optimum keeps
-        # a single request per model), so concurrent callers (the service's encode workers) take
-        # turns; the lean runner keeps one request per stream and needs no turn. Torch forward passes
-        # may run at once; they share the tokenizer, which is safe while every call uses the same
-        # settings (its Rust core then only takes shared borrows): chunking, which tokenizes with
-        # other settings, has a tokenizer of its own (`chunk`).
-        self._turn = threading.Lock() if self.runtime != "torch" and not self.lean else contextlib.nullcontext()
+        # Concurrent callers (the service's encode workers) encode at once: the lean runner keeps one
+        # inference request per stream, and torch forward passes may run together. They share the
+        # tokenizer, which is safe while every call uses the same settings (its Rust core then only
+        # takes shared borrows): chunking, which tokenizes with other settings, has a tokenizer of its own (`chunk`).
         self._chunking = threading.Lock()
 
     @cached_property
@@ -537,21 +509,9 @@ class Encoder:
             return np.empty((0, self.dim), dtype=np.float32)
         if self.lean:
             return self.model.encode(texts, prefix, progress)
-        # One runtime turn per batch, not per call: a service's queries are encoded between the
-        # batches of a large write instead of waiting for all of it.
-        step = len(texts) if progress or isinstance(self._turn, contextlib.nullcontext) else self.batch_size
-        parts = []
-        for start in range(0, len(texts), max(step, 1)):
-            with self._turn:
-                parts.append(self.model.encode(
-                    texts[start:start + step],
-                    prompt=prefix or None,
-                    batch_size=self.batch_size,
-                    show_progress_bar=progress,
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                ))
-        return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts), dtype=np.float32)
+        vectors = self.model.encode(texts, prompt=prefix or None, batch_size=self.batch_size, show_progress_bar=progress,
+                                    convert_to_numpy=True, normalize_embeddings=True)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
         return self._encode(texts, self.profile.query_prefix, progress)

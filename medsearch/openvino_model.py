@@ -2,11 +2,12 @@
 the compiled model from `openvino`, the folder's tokenizer.json through Hugging Face `tokenizers`,
 and the pooling and normalisation its modules.json names, in numpy.
 
-Sentence-transformers makes the export (encoder.exported_model) and, beside it, writes what it
-decided about the model (SPEC_FILE: dimension, token window, prompts, pooling), so this runner never
-guesses a setting that sentence-transformers would have chosen differently. Hand-written on purpose:
-sentence-transformers' own OpenVINO backend runs through optimum and transformers, whose import is
-what a cold query was paying (issue 22); the vectors are the same (tests/test_openvino_model.py).
+openvino_export.py makes the export from the loaded sentence-transformers model and, beside it,
+writes what sentence-transformers decided about the model (SPEC_FILE: dimension, token window,
+prompts, pooling), so this runner never guesses a setting that sentence-transformers would have
+chosen differently. Hand-written on purpose: sentence-transformers' own OpenVINO backend runs
+through optimum and transformers, whose import is what a cold query was paying (issue 22); the
+vectors are the same (tests/test_openvino_model.py).
 
 Thread-safe: each concurrent call takes its own OpenVINO infer request from a pool, so the service's
 encode workers run at once on the compiled model's streams.
@@ -36,7 +37,7 @@ POOLING_MODES = ("mean", "cls", "max")
 
 
 class UnsupportedExport(Exception):
-    """The export needs a module or setting this runner does not reproduce."""
+    """The model has a module or setting this runner does not reproduce (its OpenVINO runtimes are unavailable)."""
 
 
 def describe(model, runtime_file: str) -> dict:
@@ -82,15 +83,13 @@ SPEC_TYPES = {"file": str, "dim": int, "max_seq_length": int, "prompts": dict, "
 
 def read_spec(export: Path) -> dict | None:
     """The export's SPEC_FILE, or None when it has none (made before this runner) or one that is not
-    a spec this runner can follow (then it is made again); an unsupported export's record as is."""
+    a spec this runner can follow (then it is made again)."""
     try:
         spec = json.loads((export / SPEC_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
         return None
-    if "unsupported" in spec:
-        return spec
     well_formed = (
         all(isinstance(spec.get(key), kind) and not (kind is int and isinstance(spec[key], bool)) for key, kind in SPEC_TYPES.items())
         and spec["dim"] > 0 and spec["max_seq_length"] > 0 and 0 <= spec["pad_id"] < 2**31

@@ -4,7 +4,8 @@ the answer. Any cross-encoder folder or model id works: an index records one (`m
 --reranker`, the manifest's `reranker`: the model and how many documents a query re-ranks by
 default), or a searcher is given one (`Searcher.open(..., reranker=...)`, the CLI's and the
 service's `--reranker`). It runs on the encoder's runtime family (torch, or OpenVINO for both
-OpenVINO runtimes: int8 cross-encoders are not made here).
+OpenVINO runtimes where the `openvino` extra brings sentence-transformers' OpenVINO backend: int8
+cross-encoders are not made here).
 
 One model, loaded once per process and spec. Concurrent queries share its forward passes: a
 query's pairs join a queue, a pass's worth (BATCH_SIZE) at a time, and whichever caller takes the
@@ -210,8 +211,21 @@ def _openvino_export(folder: str) -> str:
 
 
 def runtime_for(encoder_runtime: str | None) -> str:
-    """The cross-encoder's runtime for an encoder's: OpenVINO for openvino and openvino-int8, else torch."""
-    return "openvino" if (encoder_runtime or "").startswith("openvino") else "torch"
+    """The cross-encoder's runtime for an encoder's: OpenVINO for openvino and openvino-int8 where
+    sentence-transformers' OpenVINO backend is installed (the `openvino` extra: optimum-intel), else torch."""
+    return "openvino" if (encoder_runtime or "").startswith("openvino") and openvino_backend_installed() else "torch"
+
+
+def openvino_backend_installed() -> bool:
+    """Whether optimum-intel is installed (looked up by its distribution: finding the optimum.intel
+    module would import optimum)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("optimum-intel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def reranker_entry(spec: str, rerank: int | None = None) -> dict:

@@ -2,17 +2,20 @@
 which one `auto` means on this machine: measured once per CPU, then remembered.
 
 int8 pays only where the CPU has int8 instructions (VNNI, AMX): measured at 3.3x torch on one
-machine and 1.0x on another without them (issue 22). So the first `auto` on a CPU times a short
-encode of the bundled calibration passages with each installed runtime, on the model at hand, and
-keeps the result in $MEDSEARCH_CACHE/runtime-choice.json under the CPU's identity (model name and
-the instruction sets that matter) and the model's name. `medsearch info` shows it. The choice is the fastest runtime,
-except that int8 must beat the fastest fp32 runtime by INT8_MARGIN (its vectors differ slightly
-from the model's own; NDCG@10 within 0.002 on the dev sets), so it is never a runtime slower than torch.
+machine and 1.0x on another without them (issue 22). So the first `auto` on a CPU times each
+installed runtime on the model at hand, encoding a build's batch of the bundled calibration
+passages in interleaved rounds (3 to 9: more while the leader's wins are not unanimous; a shared
+machine's busy moments fall on every runtime alike), and keeps the result in
+$MEDSEARCH_CACHE/runtime-choice.json under the CPU's identity (model name and the instruction sets
+that matter) and the model's name. The choice is the runtime with the lowest median time where it
+clearly leads (faster in 3 of 4 rounds, by 3%); within noise the CPU's prior decides (int8 where the
+CPU has int8 instructions, else OpenVINO fp32; torch last). `medsearch info` shows the choice, its
+timings and how sure it is. A short timing of 24 passages at batch 8 once chose fp32 on a machine
+where whole builds ran int8 1.2x faster (issue 32).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -23,6 +26,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 AUTO_RUNTIME = "auto"
@@ -31,28 +36,24 @@ RUNTIMES = ("torch", "openvino", "openvino-int8")
 # (cosine > 0.9999, tests/test_runtimes.py), so an index built by one is searched with another;
 # int8 vectors differ (cosine ~0.998), so they only meet int8 vectors.
 PRECISIONS = {"torch": "fp32", "openvino": "fp32", "openvino-int8": "int8"}
-RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}
+RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}  # where the base install lacks them
+RUNTIME_PACKAGES = {"torch": ("torch",), "openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
 
 CHOICE_FILE = "runtime-choice.json"
-SAMPLE_PASSAGES = 32  # calibration passages timed per runtime, after one unmeasured batch
-INT8_MARGIN = 1.15  # int8 is chosen only this much faster than the best fp32 runtime
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+SAMPLE_PASSAGES = 64  # calibration passages timed per runtime and round: one batch, as a build encodes them
+MIN_ROUNDS, MAX_ROUNDS = 3, 9  # interleaved rounds: more while the leader's wins are not unanimous
+CLEAR_WINS, CLEAR_MARGIN = 0.75, 1.03  # a clear leader: faster in 3 of 4 rounds, by 3% at the median
+DROP = 1.5  # a runtime this much slower than the best after a round is timed no more
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+FLAGS = ("avx2", "avx512f", *INT8_FLAGS, "amx_bf16")
 
 
 def runtime_installed(runtime: str) -> bool:
+    """Whether `runtime` can run here: openvino runs the OpenVINO exports, and NNCF makes int8 ones
+    (both in the base install; looked up without importing them)."""
     if runtime not in RUNTIMES:
         return False
-    if runtime == "torch":
-        return True
-    # the `openvino` extra: openvino runs exports, optimum-intel makes them (looked up by its
-    # distribution: finding the optimum.intel module would import optimum)
-    if importlib.util.find_spec("openvino") is None:
-        return False
-    try:
-        importlib.metadata.distribution("optimum-intel")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    return all(importlib.util.find_spec(package) is not None for package in RUNTIME_PACKAGES[runtime])
 
 
 def cache_root() -> Path:
@@ -102,6 +103,7 @@ def _read_choices() -> dict:
 def _valid(record, installed: list[str]) -> bool:
     rates = record.get("passages_per_s") if isinstance(record, dict) else None
     return (isinstance(rates, dict) and record.get("runtime") in installed and record["runtime"] in rates
+            and isinstance(record.get("basis"), str)  # (a choice from before issue 32's longer timing has none: measured again)
             and all(r in installed and isinstance(v, (int, float)) and v > 0 for r, v in rates.items()))
 
 
@@ -116,21 +118,59 @@ def recorded(spec: str | None = None) -> dict | None:
     return {**record, "model": spec, "cpu": choices["cpu"]} if record else None
 
 
-def choose(rates: dict[str, float]) -> str:
-    """The runtime to use given passages/s per runtime: the fastest fp32 one, or int8 where it beats
-    that by INT8_MARGIN."""
-    fp32 = max((r for r in rates if PRECISIONS[r] == "fp32"), key=rates.get)
-    int8 = [r for r in rates if PRECISIONS[r] == "int8"]
-    if int8 and rates[int8[0]] >= INT8_MARGIN * rates[fp32]:
-        return int8[0]
-    return fp32
+def prior(cpu: str) -> list[str]:
+    """The runtimes in the order a timing within noise falls back to: int8 first on a CPU with int8
+    instructions (VNNI, AMX: whole builds measured int8 1.2x fp32 there), else OpenVINO fp32 (the
+    model's own vectors); torch last (same vectors as OpenVINO fp32, and torch in the query process)."""
+    flags = set(cpu.rpartition("|")[2].split())
+    if flags & set(INT8_FLAGS):
+        return ["openvino-int8", "openvino", "torch"]
+    return ["openvino", "openvino-int8", "torch"]
 
 
-def _rate(encoder, texts: list[str], repeats: int = 3) -> float:
-    """Passages a second, the best of `repeats` timed encodes after one unmeasured batch."""
-    encoder.encode_passages(texts[:8])  # warm-up: first-pass allocations
-    best = min(_timed(encoder, texts[8:]) for _ in range(repeats))
-    return round(len(texts[8:]) / best, 2)
+def decide(times: dict[str, list[float]], cpu: str) -> dict:
+    """The choice from each runtime's seconds per round (rounds interleaved, so a busy moment of a
+    shared machine falls on every runtime alike): the runtime with the lowest median time, where it
+    beat the runner-up in at least CLEAR_WINS of their rounds by CLEAR_MARGIN at the median; else
+    the two are within noise and the CPU's prior decides between them."""
+    median = {r: float(np.median(t)) for r, t in times.items() if t}
+    ranked = sorted(median, key=median.get)
+    leader, record = ranked[0], {"rounds": max(len(t) for t in times.values())}
+    if len(ranked) == 1:
+        return {**record, "runtime": leader, "sure": True, "basis": "the only runtime that ran"}
+    second = ranked[1]
+    paired = list(zip(times[leader], times[second]))
+    wins = sum(a < b for a, b in paired)
+    margin = float(np.median([b / a for a, b in paired]))
+    record.update(margin=round(margin, 3), wins=f"{wins} of {len(paired)}", runner_up=second)
+    if wins >= CLEAR_WINS * len(paired) and margin >= CLEAR_MARGIN:
+        return {**record, "runtime": leader, "sure": True,
+                "basis": f"{margin:.2f}x {second}, faster in {wins} of {len(paired)} rounds"}
+    order = prior(cpu)
+    chosen = min((leader, second), key=order.index)
+    return {**record, "runtime": chosen, "sure": False,
+            "basis": f"{leader} and {second} within noise ({margin:.2f}x, faster in {wins} of {len(paired)} rounds): "
+                     f"{chosen} by this CPU's prior ({' > '.join(order)})"}
+
+
+def _timings(encoders: dict[str, object], texts: list[str]) -> dict[str, list[float]]:
+    """Seconds per encode of `texts` for each encoder, in interleaved rounds (the order turning each
+    round) after one unmeasured pass: MIN_ROUNDS, then more up to MAX_ROUNDS while the leader's wins
+    are not unanimous. A runtime DROP times slower than the best, and not the runner-up, is timed no
+    more (the two fastest always have every round)."""
+    for encoder in encoders.values():
+        encoder.encode_passages(texts[:8])  # warm-up: first-pass allocations
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    live = list(encoders)
+    for round_ in range(MAX_ROUNDS):
+        turn = round_ % len(live)
+        for name in live[turn:] + live[:turn]:
+            times[name].append(_timed(encoders[name], texts))
+        ranked = sorted(live, key=lambda n: np.median(times[n]))
+        live = [n for n in live if n in ranked[:2] or np.median(times[n]) <= DROP * np.median(times[ranked[0]])]
+        if round_ + 1 >= MIN_ROUNDS and (len(live) == 1 or all(a < b for a, b in zip(times[ranked[0]], times[ranked[1]]))):
+            break
+    return times
 
 
 def _timed(encoder, texts: list[str]) -> float:
@@ -158,20 +198,22 @@ def cache_lock(path: Path):
 
 def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> dict:
     """Time each installed runtime on `spec`'s model (`load(runtime)` gives its encoder; exports are
-    made as needed) on `passages`, and record the choice. An OpenVINO runtime that cannot run this
-    model (int8 on a model with a short window, an export that fails) is left out; torch's failure
-    (the model itself cannot load) is the caller's error."""
-    texts = passages[:SAMPLE_PASSAGES + 8]
-    installed, rates = [r for r in RUNTIMES if runtime_installed(r)], {}
+    made as needed) on `passages` (decide, _timings), and record the choice. An OpenVINO runtime that
+    cannot run this model (an export that fails) is left out; torch's failure (the model itself
+    cannot load) is the caller's error."""
+    texts = passages[:SAMPLE_PASSAGES]
+    installed, encoders = [r for r in RUNTIMES if runtime_installed(r)], {}
+    log.warning("auto runtime: timing %s on this CPU (once per CPU and model; %s)", ", ".join(installed), choice_path())
     for runtime in installed:
-        log.warning("auto runtime: timing %s on this CPU (once per CPU and model; %s)", runtime, choice_path())
         try:
-            rates[runtime] = _rate(load(runtime), texts)
+            encoders[runtime] = load(runtime)
         except Exception as err:  # noqa: BLE001 - any failure of an optional runtime leaves it out
             if runtime == "torch":
                 raise
             log.warning("auto runtime: %s left out (%s)", runtime, str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
-    record = {"runtime": choose(rates), "passages_per_s": rates,
+    times = _timings(encoders, texts)
+    record = {**decide(times, cpu_identity()),
+              "passages_per_s": {r: round(len(texts) / float(np.median(t)), 2) for r, t in times.items()},
               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     choices = _read_choices()
     choices["models"][spec] = record
@@ -184,8 +226,8 @@ def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> di
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
         log.warning("auto runtime: cannot keep the choice in %s (%s): this process uses it", path, err)
-    log.warning("auto runtime on this CPU for %s: %s (passages/s: %s)", spec, record["runtime"],
-                ", ".join(f"{r} {v}" for r, v in rates.items()))
+    log.warning("auto runtime on this CPU for %s: %s (%s; passages/s: %s)", spec, record["runtime"], record["basis"],
+                ", ".join(f"{r} {v}" for r, v in record["passages_per_s"].items()))
     return record
 
 
