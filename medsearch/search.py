@@ -97,6 +97,28 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     return text[: cut if cut > limit // 2 else limit] + " …"
 
 
+def _load_alongside(index: Index, model: str | None, device: str | None, runtime: str | None,
+                    encoding: dict | None) -> Encoder:
+    """The index's encoder, loaded and run once (its first pass allocates: 50-120 ms on OpenVINO) on a
+    thread while this one loads the index's files: a cold query pays the longer of the two, not both
+    (native code on both sides releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load() -> Encoder:
+        encoder = index_encoder(index, model, device, runtime, **(encoding or {}))
+        encoder.encode_queries(["warm-up"])
+        return encoder
+
+    with ThreadPoolExecutor(1, thread_name_prefix="medsearch-model") as pool:
+        loading = pool.submit(load)
+        try:
+            index.load()
+        except BaseException:
+            loading.cancel()
+            raise
+        return loading.result()
+
+
 class Searcher:
     """Search one index with the model it was built with (`encoder=None`: vectors only, e.g. benchmarks).
 
@@ -135,7 +157,7 @@ class Searcher:
         `reranker`: a cross-encoder folder or model id for the re-ranking stage (default: the index's);
         `encoding`: the encoder's `threads` and `streams` (Encoder)."""
         index = open_index(index_dir)
-        encoder = index_encoder(index, model, device, runtime, **(encoding or {})) if load_model else None
+        encoder = _load_alongside(index, model, device, runtime, encoding) if load_model else None
         given = load_reranker(reranker, device, runtime_for(encoder.runtime if encoder else index.manifest.runtime)) \
             if reranker else None
         searcher = cls(index, encoder, given, device)

@@ -121,3 +121,27 @@ def test_empty_queries_are_refused(small_searcher):
         small_searcher.search(["fever", ""], query_ids=["q1", "q2"])
     with pytest.raises(MedsearchError, match="no queries given"):
         small_searcher.search([])
+
+
+@pytest.mark.parametrize("damaged", ["dim64.faiss", "vectors.npy"])
+def test_a_damaged_file_fails_the_open_in_one_line_while_the_model_loads_beside_it(tmp_path, small_corpus, memo_minilm,
+                                                                                    damaged):
+    """Searcher.open loads the model on a thread while it reads the index: an unreadable file is one
+    DamagedIndexError naming it (it was a faiss traceback), and the model's thread is gone after."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from medsearch.cli import cli
+    from medsearch.errors import DamagedIndexError
+
+    build_index(small_corpus, tmp_path / "idx", memo_minilm)
+    (open_index(tmp_path / "idx").folder / damaged).write_bytes(b"junk")
+    with pytest.raises(DamagedIndexError, match=rf"{damaged} is unreadable \(.+\): run medsearch verify"):
+        Searcher.open(tmp_path / "idx")
+    assert not [t for t in threading.enumerate() if t.name.startswith("medsearch-model")]
+    result = CliRunner().invoke(cli, ["query", "wheeze", "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{damaged} is unreadable" in result.output.strip().splitlines()[-1]
+    lexical = CliRunner().invoke(cli, ["query", "wheeze", "--index", str(tmp_path / "idx"), "--mode", "lexical"])
+    assert lexical.exit_code == 0, lexical.output  # BM25 reads neither file

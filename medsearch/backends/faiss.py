@@ -26,7 +26,7 @@ import numpy as np
 from medsearch.backends.base import Ranked, collapse, prefix
 from medsearch.backends.funnel import calibrate
 from medsearch.backends.funnel import rerank as rerank_rows
-from medsearch.errors import BadInputError, reason
+from medsearch.errors import BadInputError, DamagedIndexError, reason
 from medsearch.generations import link_file
 
 if TYPE_CHECKING:
@@ -182,11 +182,17 @@ class FaissBackend:
         return np.load(self.folder / VECTORS_FILE, mmap_mode="r")
 
     def load(self) -> None:
-        for dim in self.manifest.dims:
-            self.tier(dim)
-        self.vectors  # noqa: B018 (cached on first use)
+        """Every part a search reads, now; a part that cannot be read is a DamagedIndexError (one line)."""
+        parts = [(tier_file(dim), lambda dim=dim: self.tier(dim)) for dim in self.manifest.dims]
+        parts.append((VECTORS_FILE, lambda: self.vectors))
         if self.manifest.fast_stage == "binary":
-            self.binary  # noqa: B018
+            parts.append((BINARY_FILE, lambda: self.binary))
+        for name, read in parts:
+            try:
+                read()
+            except Exception as err:  # noqa: BLE001 (numpy and faiss raise many kinds for a damaged file)
+                raise DamagedIndexError(f"{self.folder}: {name} is unreadable ({reason(err)}): run medsearch verify; "
+                                        "restore a snapshot or rebuild to repair it") from None
 
     def close(self) -> None:
         self._tiers.clear()
