@@ -12,6 +12,7 @@ dense hit found by meaning), the sentence closest to the query in the encoder's 
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 import threading
 import unicodedata
@@ -80,9 +81,11 @@ def term_spans(analysis: Analysis, terms: set[str], text: str, start: int, end: 
     begins as its words do."""
     if not terms:
         return []
-    prefixes = sorted({re.escape(term[:PREFIX]) for term in terms}, key=len, reverse=True)
-    pattern = re.compile(rf"(?i)(?<![\w\u0900-\u0DFF])(?:{'|'.join(prefixes)}){_WORD_REST}")
-    candidates = list(pattern.finditer(text.translate(_FOLD), start, end))
+    # ASCII text is lower-cased for a case-sensitive search (35% faster than (?i); same length, so
+    # the same offsets); other text is folded letter for letter and searched ignoring case
+    plain = text.isascii()
+    folded = text.lower() if plain else text.translate(_FOLD)
+    candidates = list(_prefix_pattern(frozenset(terms), not plain).finditer(folded, start, end))
     if not candidates:
         return []
     code = analysis.language_of(text[start:end])
@@ -98,6 +101,14 @@ def term_spans(analysis: Analysis, terms: set[str], text: str, start: int, end: 
             stems.clear()
         stems.update(zip(unknown, stemmers[code].stemWords(normal) if stemmers[code] is not None else normal))
     return [(m.start(), m.end()) for m, word in zip(candidates, words) if stems[word] in terms]
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix_pattern(terms: frozenset[str], ignore_case: bool) -> re.Pattern:
+    """The words that begin like one of `terms` (their first PREFIX letters, lower case, or any case
+    with `ignore_case`): made once per query, not once per hit."""
+    prefixes = sorted({re.escape(term[:PREFIX].lower()) for term in terms}, key=len, reverse=True)
+    return re.compile(rf"{'(?i)' if ignore_case else ''}(?<![\w\u0900-\u0DFF])(?:{'|'.join(prefixes)}){_WORD_REST}")
 
 
 def _stems(analysis: Analysis, code: str | None) -> dict:

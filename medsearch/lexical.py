@@ -43,6 +43,9 @@ FOLD_ACCENTS = True  # stems lose their diacritics (measured in bench/language.p
 TOKEN_PATTERN = r"(?u)[\w\u0900-\u0DFF]{2,}"
 
 
+_last_query = threading.local()  # Analysis.query_terms's last (analysis, query) and terms, per thread
+
+
 class _Folding:
     """A stemmer whose stems lose their diacritics (or, without a stemmer, words that do): a query
     typed without accents meets the documents' words."""
@@ -92,13 +95,19 @@ class Analysis:
 
     def query_terms(self, query: str, stemmers: dict | None = None) -> list[str]:
         """A query's terms: analysed in the index's language, or with several in each of them, the
-        terms joined (a short query's language cannot be told: bench/language.py)."""
+        terms joined (a short query's language cannot be told: bench/language.py). The thread's last
+        query is remembered: its BM25 search and its hits' citations ask for the same terms."""
+        if getattr(_last_query, "key", None) == (self, query):
+            return list(_last_query.terms)
         if len(self.languages) < 2:
-            return self.tokenize([query], stemmers)[0]
-        terms = {}
-        for code in self.languages:
-            terms.update(dict.fromkeys(Analysis((code,), self.fold_accents).tokenize([query], stemmers)[0]))
-        return list(terms)
+            terms = self.tokenize([query], stemmers)[0]
+        else:
+            joined = {}
+            for code in self.languages:
+                joined.update(dict.fromkeys(Analysis((code,), self.fold_accents).tokenize([query], stemmers)[0]))
+            terms = list(joined)
+        _last_query.key, _last_query.terms = (self, query), tuple(terms)
+        return terms
 
     def stemmer(self, code: str | None):
         """A new stemmer for `code` (None: language-neutral), folding when the analysis does."""

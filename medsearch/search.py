@@ -333,7 +333,7 @@ class Searcher:
                     raise RerankStopped()
                 started = time.perf_counter()
                 first_stage = {row: score for row, score, _ in hits}
-                found = index.store.hydrate([row for row, _, _ in hits], query=queries[i])
+                found = index.store.hydrate([row for row, _, _ in hits])
                 hydrating += time.perf_counter() - started
                 if reranker is not None:
                     hits, ms = self.reranked(index, reranker, queries[i], hits, options.rerank, found, stop)
@@ -352,7 +352,7 @@ class Searcher:
                             id=info["id"],
                             score=float(score),
                             title=info["title"],
-                            snippet=snippet(info["highlight"] or info["chunk"][quoted:]),
+                            snippet=snippet(info["chunk"][quoted:]),  # from the quote: the sentence that answers
                             url=info["url"],
                             source=info["source"],
                             chunk=info["position"],

@@ -145,15 +145,6 @@ def metadata_expression(key: str, table: str = "d.", function: str = "json_extra
     return f"{function}({table}metadata, '{path.replace(chr(39), chr(39) * 2)}')"
 
 
-# Words left out of the snippet's FTS5 match: they are in nearly every chunk, so matching them costs
-# time (half of hydration's, measured on the bundled questions) and pulls the fragment off the subject.
-STOPWORDS = frozenset(
-    "a an and are as at be but by can could do does for from had has have how i i'm if in into is it its me my "
-    "no not of on or our should so than that the their them then there these they this to was we were what when "
-    "where which who why will with would you your".split()
-)
-
-
 class DocStore:
     """Read side: turn chunk rows (FAISS ids) into documents with the matching chunk.
 
@@ -192,9 +183,8 @@ class DocStore:
         """Rows of `sql` as dicts."""
         return (dict(row) for row in self.db.execute(sql, params))
 
-    def hydrate(self, rows: list[int], query: str | None = None) -> dict[int, dict]:
-        """Document fields and chunk text for each chunk row; with `query`, also `highlight`: FTS5's
-        best fragment of the chunk for the query's words (None where no word matches)."""
+    def hydrate(self, rows: list[int]) -> dict[int, dict]:
+        """Document fields and chunk text for each chunk row."""
         if not rows:
             return {}
         rows = [int(x) for x in rows]
@@ -207,17 +197,7 @@ class DocStore:
         for r in self.query(sql, rows):
             r["metadata"] = json.loads(r["metadata"] or "{}")
             r["layout"] = json.loads(r["layout"]) if r["layout"] else None
-            r["highlight"] = None
             found[r.pop("row")] = r
-        words = [w for w in re.findall(r"\w+", query or "") if w.lower() not in STOPWORDS]
-        if words:
-            match = " OR ".join(f'"{w}"' for w in words)
-            sql = (
-                "SELECT rowid, snippet(chunks_fts, 0, '', '', ' … ', 40) AS fragment FROM chunks_fts "
-                f"WHERE chunks_fts MATCH ? AND rowid IN ({marks})"
-            )
-            for r in self.query(sql, [match, *rows]):
-                found[r["rowid"]]["highlight"] = r["fragment"]
         return found
 
     def document(self, doc_id: str) -> dict:

@@ -17,7 +17,7 @@ def test_read_only_and_usable_from_many_threads(bundled_index):
 
     def hydrate(offset):
         chosen = rows[offset::8]
-        return {row: info["id"] for row, info in store.hydrate(chosen, query="chest pain").items()}
+        return {row: info["id"] for row, info in store.hydrate(chosen).items()}
 
     with ThreadPoolExecutor(8) as pool:
         for _ in range(3):
@@ -41,11 +41,3 @@ def test_document_lookup(bundled_index, tmp_path):
         store.document("nope")
     with pytest.raises(NotFoundError, match="document store not found"):
         DocStore(tmp_path / "missing.db")
-
-
-def test_snippet_match_ignores_stopwords(bundled_index):
-    store = DocStore(open_index(bundled_index).folder / "docs.db")
-    row = next(r for r, info in store.hydrate(list(range(50))).items() if info["id"] == "doc-020")
-    only_stopwords = store.hydrate([row], query="what are the signs of it")[row]["highlight"]
-    assert only_stopwords is None or "signs" in only_stopwords  # 'signs' is the only content word
-    assert store.hydrate([row], query="what are the")[row]["highlight"] is None
