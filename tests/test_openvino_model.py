@@ -228,18 +228,24 @@ def test_an_export_whose_spec_is_not_a_file_is_made_again(tmp_path, monkeypatch)
     assert (copy / SPEC_FILE).is_file() and not list(copy.glob(f".{SPEC_FILE}.*"))  # no temporary file left behind
 
 
-@pytest.mark.parametrize("damage", [
+DAMAGES = [
     lambda spec: spec.pop("dim"), lambda spec: spec.update(pooling=["sum"]), lambda spec: spec.update(dim="384"),
     lambda spec: spec.update(pad_id=-1), lambda spec: spec.update(prompts=["query: "]), lambda spec: spec.update(pooling=[]),
-])
-def test_a_spec_that_is_not_one_is_made_again(tmp_path, monkeypatch, damage):
+]
+
+
+def test_a_spec_that_is_not_one_is_made_again(tmp_path, monkeypatch):
+    from medsearch.openvino_model import read_spec
+
     copy = _fresh_export(tmp_path)
-    spec = json.loads((copy / SPEC_FILE).read_text())
-    good = dict(spec)
-    damage(spec)
-    (copy / SPEC_FILE).write_text(json.dumps(spec))
+    good = json.loads((copy / SPEC_FILE).read_text())
+    for damage in DAMAGES:  # each is not a spec the runner can follow
+        spec = dict(good)
+        damage(spec)
+        (copy / SPEC_FILE).write_text(json.dumps(spec))
+        assert read_spec(copy) is None, spec
     monkeypatch.setenv("MEDSEARCH_CACHE", str(tmp_path / "cache"))
-    assert Encoder("default", runtime="openvino").lean
+    assert Encoder("default", runtime="openvino").lean  # the last one: the export is made again
     assert json.loads((copy / SPEC_FILE).read_text()) == good
 
 
