@@ -76,10 +76,12 @@ def main() -> None:
     started = time.perf_counter()
     done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True)
     setup = time.perf_counter() - started
-    tail = (done.stdout + done.stderr)[-3000:]
-    print(tail)
+    print(done.stderr[-1500:], done.stdout[-1500:], sep="\n")
     if done.returncode:
         raise SystemExit(f"the README's first command exited {done.returncode}")
+    answer = done.stdout[done.stdout.rfind(QUERY):] if QUERY in done.stdout else ""
+    if not re.search(r"^\s+1\. ", answer, re.M):
+        raise SystemExit("the README's first command printed no hit")
     runtime = json.loads(subprocess.run([str(clone / ".venv/bin/medsearch"), "info", "--json"], cwd=clone, env=env,
                                         capture_output=True, text=True, check=True).stdout)
     queries = [cold_query(clone, env) for _ in range(args.trials)]
@@ -90,7 +92,7 @@ def main() -> None:
     median = statistics.median(q["wall_s"] for q in queries)
     print(f"median cold query: {median:.2f} s; index runtime {runtime['model']['runtime']}; auto: {runtime['auto_runtime']}")
     write_results("quickstart", {"command": command, "setup_s": round(setup, 1), "exit": done.returncode,
-                                 "first_command_tail": tail[-600:], "queries": queries, "median_query_s": median,
+                                 "first_command_answer": answer[:800], "queries": queries, "median_query_s": median,
                                  "index_runtime": runtime["model"]["runtime"], "auto": runtime["auto_runtime"]})
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
