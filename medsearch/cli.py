@@ -166,7 +166,7 @@ def cli():
                    "the index; another language on an existing index rebuilds BM25 only.")
 @device_option
 @click.option("--runtime", type=RUNTIME_CHOICE, default=AUTO_RUNTIME, show_default=True, envvar="MEDSEARCH_RUNTIME",
-              help="Encoder runtime: torch, openvino (fp32, same vectors as torch) or openvino-int8 (both need the openvino extra); auto: the fastest on this CPU, timed once per CPU (see `medsearch info`). Recorded in the index; queries use it. [env: MEDSEARCH_RUNTIME]")
+              help="Encoder runtime: torch, openvino (fp32, same vectors as torch) or openvino-int8 (int8 quantised by NNCF); auto: the fastest on this CPU, timed once per CPU (see `medsearch info`). Recorded in the index; queries use it. [env: MEDSEARCH_RUNTIME]")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Passages per encoder batch.")
 @click.option("--vector-dtype", type=click.Choice(VECTOR_DTYPES), default="float16", show_default=True, help="Storage of the full-dim vectors used for re-ranking.")
 @click.option("--chunk-overlap", type=click.IntRange(min=0), default=None, help="Tokens shared by consecutive chunks of a long document [default: window/8].")

@@ -313,7 +313,9 @@ def exported_model(source: Path, weights: str, runtime: str, make: Callable[[Pat
 
     target = export_folder(source, weights, runtime, kind)
     with locked(target):
-        whole = (target / OPENVINO_FILES[runtime]).is_file() and (make is not None or read_spec(target) is not None)
+        spec = read_spec(target) if make is None else None
+        whole = (target / OPENVINO_FILES[runtime]).is_file() and (
+            make is not None or (spec is not None and spec.get("file") == OPENVINO_FILES[runtime]))
         if not whole:  # none yet, or one made before exports carried their runner's spec: made (again)
             shutil.rmtree(target, ignore_errors=True)
             _export(source, weights, runtime, make, target)

@@ -299,10 +299,12 @@ class Index:
         return self.backend.search(vectors, dim=dim, rerank=rerank, k=k, candidates=candidates, allowed=allowed,
                                    filters=parsed, chunk_doc=self.chunk_doc)
 
-    def load(self) -> "Index":
+    def load(self, vectors: bool = True) -> "Index":
         """Load everything a search needs now (a service's new generation): the backend's vectors
-        (or its connection), the live rows, the vector map, the lexical index."""
-        self.backend.load()
+        (or its connection), the live rows, the vector map, the lexical index. `vectors=False`:
+        all but the backend's, whose tiers then load as queries use them (a one-query process)."""
+        if vectors:
+            self.backend.load()
         self.live, self.chunk_doc  # noqa: B018 (cached on first use)
         if self.manifest.has_lexical:
             self.lexical  # noqa: B018

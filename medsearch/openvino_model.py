@@ -68,7 +68,7 @@ def describe(model, runtime_file: str) -> dict:
 
 
 def write_spec(export: Path, spec: dict) -> None:
-    """SPEC_FILE in the export, atomically; where the cache is read-only, the spec serves this process only."""
+    """SPEC_FILE in the export folder being made, atomically (a temporary file renamed)."""
     tmp = export / f".{SPEC_FILE}.{os.getpid()}"
     try:
         tmp.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")

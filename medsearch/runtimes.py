@@ -91,7 +91,7 @@ def _read_choices() -> dict:
     empty = {"cpu": cpu_identity(), "installed": installed, "models": {}}
     try:
         saved = json.loads(choice_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return empty
     if (not isinstance(saved, dict) or saved.get("cpu") != empty["cpu"] or saved.get("installed") != installed
             or not isinstance(saved.get("models"), dict)):
@@ -103,7 +103,7 @@ def _read_choices() -> dict:
 def _valid(record, installed: list[str]) -> bool:
     rates = record.get("passages_per_s") if isinstance(record, dict) else None
     return (isinstance(rates, dict) and record.get("runtime") in installed and record["runtime"] in rates
-            and isinstance(record.get("basis"), str)  # (a choice from before issue 32's longer timing has none: measured again)
+            and isinstance(record.get("basis"), str) and isinstance(record.get("sure"), bool)  # (a choice from before issue 32's longer timing has none: measured again)
             and all(r in installed and isinstance(v, (int, float)) and v > 0 for r, v in rates.items()))
 
 
@@ -113,7 +113,7 @@ def recorded(spec: str | None = None) -> dict | None:
     choices = _read_choices()
     models = {**choices["models"], **_UNWRITTEN}
     if spec is None:
-        spec = max(models, key=lambda m: models[m].get("measured", ""), default=None)
+        spec = max(models, key=lambda m: str(models[m].get("measured", "")), default=None)
     record = models.get(spec) if spec is not None else None
     return {**record, "model": spec, "cpu": choices["cpu"]} if record else None
 
@@ -133,9 +133,10 @@ def decide(times: dict[str, list[float]], cpu: str) -> dict:
     shared machine falls on every runtime alike): the runtime with the lowest median time, where it
     beat the runner-up in at least CLEAR_WINS of their rounds by CLEAR_MARGIN at the median; else
     the two are within noise and the CPU's prior decides between them."""
-    median = {r: float(np.median(t)) for r, t in times.items() if t}
+    rounds = max(len(t) for t in times.values())
+    median = {r: float(np.median(t)) for r, t in times.items() if len(t) == rounds}  # (not those dropped early)
     ranked = sorted(median, key=median.get)
-    leader, record = ranked[0], {"rounds": max(len(t) for t in times.values())}
+    leader, record = ranked[0], {"rounds": rounds}
     if len(ranked) == 1:
         return {**record, "runtime": leader, "sure": True, "basis": "the only runtime that ran"}
     second = ranked[1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -100,23 +101,23 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
 def _load_alongside(index: Index, model: str | None, device: str | None, runtime: str | None,
                     encoding: dict | None) -> Encoder:
     """The index's encoder, loaded and run once (its first pass allocates: 50-120 ms on OpenVINO) on a
-    thread while this one loads the index's files: a cold query pays the longer of the two, not both
-    (native code on both sides releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
+    thread while this one reads the index's shared parts (live rows, vector map, BM25; the tiers load
+    as queries use them): a cold query pays the longer of the two, not both. The thread is a daemon
+    that nobody waits for when this one fails or is interrupted (Ctrl-C during a first export)."""
+    loading: Future = Future()
 
-    def load() -> Encoder:
-        encoder = index_encoder(index, model, device, runtime, **(encoding or {}))
-        encoder.encode_queries(["warm-up"])
-        return encoder
-
-    with ThreadPoolExecutor(1, thread_name_prefix="medsearch-model") as pool:
-        loading = pool.submit(load)
+    def load() -> None:
         try:
-            index.load()
-        except BaseException:
-            loading.cancel()
-            raise
-        return loading.result()
+            encoder = index_encoder(index, model, device, runtime, **(encoding or {}))
+            encoder.encode_queries(["warm-up"])
+        except BaseException as err:  # noqa: BLE001 (handed to the caller, who raises it)
+            loading.set_exception(err)
+        else:
+            loading.set_result(encoder)
+
+    threading.Thread(target=load, name="medsearch-model", daemon=True).start()
+    index.load(vectors=False)
+    return loading.result()
 
 
 class Searcher:

@@ -264,6 +264,8 @@ def test_auto_takes_a_clear_leader_and_the_cpus_prior_within_noise():
     # a 1% lead in every round is no lead
     assert decide({"openvino": [1.0, 1.0, 1.0], "openvino-int8": [0.99, 0.99, 0.99]}, NO_VNNI)["runtime"] == "openvino"
     assert decide({"torch": [1.0]}, VNNI) == {"rounds": 1, "runtime": "torch", "sure": True, "basis": "the only runtime that ran"}
+    # one dropped after a round (1.7x slower) never outranks those timed in every round, busy rounds or not
+    assert decide({"openvino": [1.0, 2.6, 2.6], "openvino-int8": [1.7], "torch": [2.0, 2.8, 2.7]}, VNNI)["runtime"] == "openvino"
 
 
 def test_auto_times_in_interleaved_rounds_until_the_leader_is_clear(monkeypatch):

@@ -123,11 +123,11 @@ def test_empty_queries_are_refused(small_searcher):
         small_searcher.search([])
 
 
-@pytest.mark.parametrize("damaged", ["dim64.faiss", "vectors.npy"])
-def test_a_damaged_file_fails_the_open_in_one_line_while_the_model_loads_beside_it(tmp_path, small_corpus, memo_minilm,
-                                                                                    damaged):
-    """Searcher.open loads the model on a thread while it reads the index: an unreadable file is one
-    DamagedIndexError naming it (it was a faiss traceback), and the model's thread is gone after."""
+@pytest.mark.parametrize("damaged, tier", [("dim384.faiss", "deep"), ("vectors.npy", "fast")])
+def test_a_damaged_file_is_one_line_when_a_query_reads_it(tmp_path, small_corpus, memo_minilm, damaged, tier):
+    """Searcher.open loads the model on a thread while it reads the index's shared parts; the tiers
+    load as queries use them, and an unreadable one is one DamagedIndexError naming it (it was a
+    faiss traceback)."""
     import threading
 
     from click.testing import CliRunner
@@ -137,11 +137,39 @@ def test_a_damaged_file_fails_the_open_in_one_line_while_the_model_loads_beside_
 
     build_index(small_corpus, tmp_path / "idx", memo_minilm)
     (open_index(tmp_path / "idx").folder / damaged).write_bytes(b"junk")
+    searcher = Searcher.open(tmp_path / "idx")
+    assert not [t for t in threading.enumerate() if t.name == "medsearch-model"]  # the model's thread has ended
+    assert not searcher.index.backend._tiers  # no tier read before a query needs it
     with pytest.raises(DamagedIndexError, match=rf"{damaged} is unreadable \(.+\): run medsearch verify"):
-        Searcher.open(tmp_path / "idx")
-    assert not [t for t in threading.enumerate() if t.name.startswith("medsearch-model")]
-    result = CliRunner().invoke(cli, ["query", "wheeze", "--index", str(tmp_path / "idx")])
+        searcher.search(["wheeze"], tier=tier)
+    result = CliRunner().invoke(cli, ["query", "wheeze", "--index", str(tmp_path / "idx"), "--tier", tier])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{damaged} is unreadable" in result.output.strip().splitlines()[-1]
     lexical = CliRunner().invoke(cli, ["query", "wheeze", "--index", str(tmp_path / "idx"), "--mode", "lexical"])
     assert lexical.exit_code == 0, lexical.output  # BM25 reads neither file
+
+
+def test_ctrl_c_during_the_model_load_is_not_held_by_it(tmp_path, small_corpus, memo_minilm, monkeypatch):
+    """An interrupt while the model loads (a first export can take a minute) ends the open at once."""
+    import threading
+    import time
+
+    from medsearch import search as search_module
+
+    build_index(small_corpus, tmp_path / "idx", memo_minilm)
+    release = threading.Event()
+
+    def slow_encoder(*args, **kwargs):
+        release.wait(30)
+        raise RuntimeError("never used")
+
+    def interrupted(self, vectors=True):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_module, "index_encoder", slow_encoder)
+    monkeypatch.setattr(search_module.Index, "load", interrupted)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        Searcher.open(tmp_path / "idx")
+    assert time.monotonic() - started < 5
+    release.set()

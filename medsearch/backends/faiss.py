@@ -26,7 +26,7 @@ import numpy as np
 from medsearch.backends.base import Ranked, collapse, prefix
 from medsearch.backends.funnel import calibrate
 from medsearch.backends.funnel import rerank as rerank_rows
-from medsearch.errors import BadInputError, DamagedIndexError, reason
+from medsearch.errors import BadInputError, DamagedIndexError, MedsearchError, reason
 from medsearch.generations import link_file
 
 if TYPE_CHECKING:
@@ -167,32 +167,43 @@ class FaissBackend:
     def tier(self, dim: int) -> FaissTier:
         """One stored dim's index (loaded on first use)."""
         if dim not in self._tiers:
-            self._tiers[dim] = FaissTier.load(self.folder / tier_file(dim), self.manifest.index_type(dim))
+            self._tiers[dim] = self._opened(tier_file(dim), lambda path: FaissTier.load(path, self.manifest.index_type(dim)))
         return self._tiers[dim]
 
     @cached_property
     def binary(self) -> BinaryTier | None:
         """The binary candidate stage, when the generation has one."""
         path = self.folder / BINARY_FILE
-        return BinaryTier.load(path, self.manifest.fast.get("binary_index", BINARY_INDEX)) if path.is_file() else None
+        if not path.is_file():
+            return None
+        return self._opened(BINARY_FILE, lambda path: BinaryTier.load(path, self.manifest.fast.get("binary_index", BINARY_INDEX)))
 
     @cached_property
     def vectors(self) -> np.ndarray:
         """The stored full-dim vectors (memory-mapped), the re-ranking's input."""
-        return np.load(self.folder / VECTORS_FILE, mmap_mode="r")
+        return self._opened(VECTORS_FILE, lambda path: np.load(path, mmap_mode="r"))
+
+    def _opened(self, name: str, read):
+        """read(path of `name`); a file that cannot be read is one DamagedIndexError line (its cause
+        kept), and faiss running out of memory a MedsearchError that says so (the file may be whole)."""
+        try:
+            return read(self.folder / name)
+        except MemoryError:
+            raise MedsearchError(f"not enough memory to load {self.folder / name}") from None
+        except Exception as err:  # noqa: BLE001 (numpy and faiss raise many kinds for a damaged file)
+            if "bad_alloc" in str(err):
+                raise MedsearchError(f"not enough memory to load {self.folder / name}") from None
+            raise DamagedIndexError(f"{self.folder}: {name} is unreadable ({reason(err)}): run medsearch verify; "
+                                    "restore a snapshot or rebuild to repair it") from err
 
     def load(self) -> None:
-        """Every part a search reads, now; a part that cannot be read is a DamagedIndexError (one line)."""
-        parts = [(tier_file(dim), lambda dim=dim: self.tier(dim)) for dim in self.manifest.dims]
-        parts.append((VECTORS_FILE, lambda: self.vectors))
-        if self.manifest.fast_stage == "binary":
-            parts.append((BINARY_FILE, lambda: self.binary))
-        for name, read in parts:
-            try:
-                read()
-            except Exception as err:  # noqa: BLE001 (numpy and faiss raise many kinds for a damaged file)
-                raise DamagedIndexError(f"{self.folder}: {name} is unreadable ({reason(err)}): run medsearch verify; "
-                                        "restore a snapshot or rebuild to repair it") from None
+        """Every part a search reads, now (each a DamagedIndexError line when it cannot be read)."""
+        for dim in self.manifest.dims:
+            self.tier(dim)
+        self.vectors  # noqa: B018 (cached on first use)
+        if self.manifest.fast_stage == "binary" and self.binary is None:
+            raise DamagedIndexError(f"{self.folder}: {BINARY_FILE} is missing (the fast tier's stage): run medsearch "
+                                    "verify; restore a snapshot or rebuild to repair it")
 
     def close(self) -> None:
         self._tiers.clear()
@@ -215,7 +226,7 @@ class FaissBackend:
             try:
                 found = tuple(int(n) for n in shape())
             except Exception as err:  # noqa: BLE001 (numpy and faiss raise many kinds for a damaged file)
-                problems.append(f"{name}: unreadable ({reason(err)})")
+                problems.append(f"{name}: unreadable ({reason(err.__cause__ or err)})")
                 continue
             if found != expected:
                 problems.append(f"{name}: {found[0]} rows of {found[1]} dims; the manifest says {expected[0]} of {expected[1]}")
