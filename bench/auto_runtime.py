@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_results  # noqa: E402
 
-from medsearch import runtimes  # noqa: E402
-from medsearch.encoder import CALIBRATION_TEXTS, RUNTIMES, Encoder  # noqa: E402
-from medsearch.index import build_index  # noqa: E402
-from medsearch.openvino_export import calibration_texts  # noqa: E402
+from medsearch.encoding import runtimes  # noqa: E402
+from medsearch.encoding.encoder import CALIBRATION_TEXTS, RUNTIMES, Encoder  # noqa: E402
+from medsearch.index.folder import build_index  # noqa: E402
+from medsearch.encoding.openvino_export import calibration_texts  # noqa: E402
 
 
 def main() -> None:

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, median_ms, print_table, recall_against, single_query_latencies, write_results
-from medsearch.backends import qdrant
-from medsearch.encoder import Encoder
-from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
-from medsearch.index import TIERS, build_index, index_exists, open_index
-from medsearch.search import Searcher
-from medsearch.updates import sync
+from medsearch.index.backends import qdrant
+from medsearch.encoding.encoder import Encoder
+from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs
+from medsearch.index.folder import TIERS, build_index, index_exists, open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import sync
 
 
 def cli_deep_agreement(faiss_dir: Path, qdrant_dir: Path, queries: Path, tiers=TIERS) -> dict:

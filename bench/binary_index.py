@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, median_ms, print_table, write_results  # noqa: E402
 from synthetic import generate_lowrank, queries_near  # noqa: E402
 
-from medsearch.backends.faiss import binary_codes  # noqa: E402
-from medsearch.backends.funnel import rerank  # noqa: E402
+from medsearch.index.backends.faiss import binary_codes  # noqa: E402
+from medsearch.index.backends.funnel import rerank  # noqa: E402
 
 
 def p50(fn, n: int) -> float:

@@ -41,7 +41,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from common import RESULTS, print_table, write_results
-from medsearch.corpus import read_queries
+from medsearch.documents.corpus import read_queries
 
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = ["chest pain when climbing stairs", "how is high blood pressure treated", "fever and cough for a week",

@@ -24,11 +24,11 @@ from collections import Counter
 from pathlib import Path
 
 from common import RESULTS, write_results
-from medsearch.corpus import read_corpus
-from medsearch.encoder import Encoder
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
-from medsearch.updates import upsert
+from medsearch.documents.corpus import read_corpus
+from medsearch.encoding.encoder import Encoder
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import upsert
 
 REPO = Path(__file__).resolve().parent.parent
 NEW = [

@@ -66,8 +66,8 @@ async def mcp_search(index: Path, question: str) -> tuple[list[str], dict]:
 
 
 def citation_cost(index: Path, repeats: int) -> list[dict]:
-    from medsearch.corpus import read_queries
-    from medsearch.search import Searcher
+    from medsearch.documents.corpus import read_queries
+    from medsearch.retrieval.search import Searcher
 
     _, queries = read_queries(ROOT / "corpus" / "queries.jsonl")
     searcher = Searcher.open(index)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, median_ms, print_table, write_results  # noqa: E402
 from synthetic import generate_lowrank, queries_near, synthetic_searcher  # noqa: E402
 
-from medsearch.backends.base import prefix  # noqa: E402
+from medsearch.index.backends.base import prefix  # noqa: E402
 
 LIMITS = (100, 200, 500, 1000, 2000)
 UPSERT_BATCH = 2000

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, median_ms, print_table, recall_against, single_query_latencies, write_results  # noqa: E402
 from synthetic import generate_lowrank, queries_near  # noqa: E402
 
-from medsearch.index import open_index, write_index  # noqa: E402
-from medsearch.search import Searcher  # noqa: E402
+from medsearch.index.folder import open_index, write_index  # noqa: E402
+from medsearch.retrieval.search import Searcher  # noqa: E402
 
 COUNTS = (20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -117,8 +117,8 @@ def main() -> None:
     rows, defaults = [], {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for spec in args.real:
-            from medsearch.encoder import Encoder
-            from medsearch.evaluation import load_benchmark
+            from medsearch.encoding.encoder import Encoder
+            from medsearch.training.evaluation import load_benchmark
 
             index_dir, model = spec.split(":", 1)
             vectors = np.asarray(open_index(index_dir).backend.vectors, dtype=np.float32)

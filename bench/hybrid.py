@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, print_table, write_results  # noqa: E402
 
-from medsearch.corpus import read_corpus  # noqa: E402
-from medsearch.encoder import Encoder  # noqa: E402
-from medsearch.evaluation import cached_searcher, ir_metrics, load_benchmark, search_runs  # noqa: E402
-from medsearch.fusion import Fusion  # noqa: E402
-from medsearch.search import Searcher  # noqa: E402
+from medsearch.documents.corpus import read_corpus  # noqa: E402
+from medsearch.encoding.encoder import Encoder  # noqa: E402
+from medsearch.training.evaluation import cached_searcher, ir_metrics, load_benchmark, search_runs  # noqa: E402
+from medsearch.retrieval.fusion import Fusion  # noqa: E402
+from medsearch.retrieval.search import Searcher  # noqa: E402
 
 
 def settings(rrf_ks, weights, depths) -> list[Fusion]:

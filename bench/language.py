@@ -24,18 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import print_table, write_results  # noqa: E402
 
-from medsearch import language  # noqa: E402
-from medsearch.chunking import passage  # noqa: E402
-from medsearch.corpus import read_corpus  # noqa: E402
-from medsearch.evaluation import ir_metrics, load_benchmark  # noqa: E402
-from medsearch.lexical import Analysis  # noqa: E402
+from medsearch.index import language  # noqa: E402
+from medsearch.encoding.chunking import passage  # noqa: E402
+from medsearch.documents.corpus import read_corpus  # noqa: E402
+from medsearch.training.evaluation import ir_metrics, load_benchmark  # noqa: E402
+from medsearch.index.lexical import Analysis  # noqa: E402
 
 DETECTOR = """
 import json, resource, sys, time
 rows = json.loads(sys.stdin.read())
 started = time.perf_counter()
 if sys.argv[1] == "py3langid":
-    from medsearch.language import _ranker  # the classifier itself, without medsearch's too-short rule
+    from medsearch.index.language import _ranker  # the classifier itself, without medsearch's too-short rule
     ranker = _ranker()
     ranker.rank("warm up the model with a sentence")
     name = lambda text: ranker.rank(text)[0][0]

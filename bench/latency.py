@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from common import RESULTS, median_ms, p95_ms, print_table, write_results
-from medsearch.corpus import read_queries
-from medsearch.encoder import Encoder
-from medsearch.index import TIERS, build_index, index_exists
-from medsearch.search import Searcher
+from medsearch.documents.corpus import read_queries
+from medsearch.encoding.encoder import Encoder
+from medsearch.index.folder import TIERS, build_index, index_exists
+from medsearch.retrieval.search import Searcher
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, median_ms, p95_ms, print_table, write_results  # noqa: E402
 
-from medsearch.corpus import read_corpus  # noqa: E402
-from medsearch.encoder import Encoder  # noqa: E402
-from medsearch.evaluation import ir_metrics, load_benchmark  # noqa: E402
-from medsearch.store import write_store  # noqa: E402
+from medsearch.documents.corpus import read_corpus  # noqa: E402
+from medsearch.encoding.encoder import Encoder  # noqa: E402
+from medsearch.training.evaluation import ir_metrics, load_benchmark  # noqa: E402
+from medsearch.index.store import write_store  # noqa: E402
 
 # Words the FTS5 rows leave out of their OR query (they are in nearly every chunk): the list the
 # store's snippet query used

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from common import RESULTS, median_ms, print_table, write_results
-from medsearch.corpus import read_queries
-from medsearch.index import open_index
-from medsearch.search import Searcher
-from medsearch.updates import compact, delete
+from medsearch.documents.corpus import read_queries
+from medsearch.index.folder import open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import compact, delete
 
 REPO = Path(__file__).resolve().parent.parent
 TIERS = ("fast", "light", "standard", "deep")

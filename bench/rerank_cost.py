@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, median_ms, p95_ms, print_table, write_results  # noqa: E402
 
-from medsearch.corpus import read_queries  # noqa: E402
-from medsearch.encoder import Encoder, default_model_path  # noqa: E402
+from medsearch.documents.corpus import read_queries  # noqa: E402
+from medsearch.encoding.encoder import Encoder, default_model_path  # noqa: E402
 from medsearch.errors import MedsearchError  # noqa: E402
-from medsearch.index import build_index, index_exists  # noqa: E402
-from medsearch.rerank import Reranker  # noqa: E402
-from medsearch.search import Searcher  # noqa: E402
+from medsearch.index.folder import build_index, index_exists  # noqa: E402
+from medsearch.retrieval.rerank import Reranker  # noqa: E402
+from medsearch.retrieval.search import Searcher  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, print_table, write_results  # noqa: E402
 
-from medsearch.evaluation import ir_metrics, load_benchmark, sample_benchmark  # noqa: E402
-from medsearch.options import SearchOptions  # noqa: E402
-from medsearch.rerank import load_reranker, runtime_for  # noqa: E402
-from medsearch.search import Searcher  # noqa: E402
+from medsearch.training.evaluation import ir_metrics, load_benchmark, sample_benchmark  # noqa: E402
+from medsearch.retrieval.options import SearchOptions  # noqa: E402
+from medsearch.retrieval.rerank import load_reranker, runtime_for  # noqa: E402
+from medsearch.retrieval.search import Searcher  # noqa: E402
 
 
 def normalised(x: np.ndarray) -> np.ndarray:

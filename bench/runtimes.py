@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, query_encode_p50_ms, write_results  # noqa: E402
 
-from medsearch.encoder import RUNTIMES, Encoder  # noqa: E402
-from medsearch.evaluation import ir_metrics, load_benchmark, search_runs  # noqa: E402
-from medsearch.index import build_index, open_index  # noqa: E402
-from medsearch.search import Searcher  # noqa: E402
+from medsearch.encoding.encoder import RUNTIMES, Encoder  # noqa: E402
+from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs  # noqa: E402
+from medsearch.index.folder import build_index, open_index  # noqa: E402
+from medsearch.retrieval.search import Searcher  # noqa: E402
 
 
 def main() -> None:

@@ -25,11 +25,11 @@ import faiss
 import numpy as np
 
 from common import RESULTS, median_ms, p95_ms, query_encode_p50_ms, single_query_latencies, print_table, recall_against, write_results
-from medsearch.backends.faiss import FaissTier
-from medsearch.backends.base import prefix
-from medsearch.backends.faiss import HNSW_MIN_CHUNKS
-from medsearch.index import TIERS, open_index
-from medsearch.search import DEFAULT_OVERSAMPLE, Searcher
+from medsearch.index.backends.faiss import FaissTier
+from medsearch.index.backends.base import prefix
+from medsearch.index.backends.faiss import HNSW_MIN_CHUNKS
+from medsearch.index.folder import TIERS, open_index
+from medsearch.retrieval.search import DEFAULT_OVERSAMPLE, Searcher
 from synthetic import generate, queries_for, synthetic_searcher
 
 
@@ -63,8 +63,8 @@ def measure_memory(folder: Path, tier: str, queries_file: Path) -> dict:
 
 
 def encode_p50_ms(n: int = 50) -> float:
-    from medsearch.corpus import read_queries
-    from medsearch.encoder import Encoder
+    from medsearch.documents.corpus import read_queries
+    from medsearch.encoding.encoder import Encoder
 
     encoder = Encoder("default")
     return query_encode_p50_ms(encoder, read_queries(Path(__file__).resolve().parent.parent / "corpus" / "queries.jsonl")[1][:n])

@@ -26,9 +26,9 @@ import urllib.parse
 from pathlib import Path
 
 from common import RESULTS, free_port, print_table, wait_ready, write_results
-from medsearch.corpus import read_queries
-from medsearch.encoder import Encoder
-from medsearch.index import build_index, index_exists
+from medsearch.documents.corpus import read_queries
+from medsearch.encoding.encoder import Encoder
+from medsearch.index.folder import build_index, index_exists
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, print_table, write_results  # noqa: E402
 
-from medsearch.corpus import read_queries  # noqa: E402
-from medsearch.search import Searcher  # noqa: E402
+from medsearch.documents.corpus import read_queries  # noqa: E402
+from medsearch.retrieval.search import Searcher  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,8 +44,8 @@ def mark(name):
     now = time.perf_counter()
     marks[name] = round(now - started, 3)
     started = now
-from medsearch.index import index_encoder, open_index
-from medsearch.search import Searcher
+from medsearch.index.folder import index_encoder, open_index
+from medsearch.retrieval.search import Searcher
 mark("import medsearch")
 index = open_index(sys.argv[1])
 mark("open index")
@@ -56,7 +56,7 @@ index.load()
 mark("load index")
 vectors = encoder.encode_queries([sys.argv[2]])
 mark("encode")
-from medsearch.options import SearchOptions
+from medsearch.retrieval.options import SearchOptions
 options = searcher.resolve(SearchOptions())
 searcher.search_encoded([sys.argv[2]], vectors, options)
 mark("search + hydrate")
@@ -78,8 +78,8 @@ def wall(*command: str) -> float:
 ADD_PHASES = """
 import json, sys, time
 started = time.perf_counter()
-from medsearch.index import index_encoder, open_index
-from medsearch.updates import upsert
+from medsearch.index.folder import index_encoder, open_index
+from medsearch.index.writes import upsert
 imported = time.perf_counter() - started
 base = open_index(sys.argv[1])
 report = upsert(sys.argv[1], sys.argv[2], lambda: index_encoder(base))

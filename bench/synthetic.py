@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, print_table, recall_against, write_results
-from medsearch.index import open_index, write_index
-from medsearch.search import Searcher
+from medsearch.index.folder import open_index, write_index
+from medsearch.retrieval.search import Searcher
 
 OVERSAMPLES = (1, 2, 5, 10, 20, 40, 80)
 ALPHAS = (1.0, 1.25, 1.5, 1.75)
@@ -104,9 +104,9 @@ def stage_curves(docs: np.ndarray, queries: np.ndarray, counts=STAGE_COUNTS, fas
     codes) after an exact re-rank, per candidate count: straight faiss, no index folder."""
     import faiss
 
-    from medsearch.backends.faiss import binary_codes
-    from medsearch.backends.funnel import rerank
-    from medsearch.backends.base import prefix
+    from medsearch.index.backends.faiss import binary_codes
+    from medsearch.index.backends.funnel import rerank
+    from medsearch.index.backends.base import prefix
 
     _, truth = faiss.knn(queries, docs, 10, metric=faiss.METRIC_INNER_PRODUCT)
     _, by_prefix = faiss.knn(prefix(queries, fast_dim), prefix(docs, fast_dim), max(counts), metric=faiss.METRIC_INNER_PRODUCT)
@@ -199,8 +199,8 @@ def calibrate(real_curve: list[float], n: int, dim: int, n_queries: int, workdir
 
 def real_curve_from_index(index_dir: str, data: str, split: str, workdir: Path, oversamples=OVERSAMPLES) -> tuple[list[float], int]:
     """Recall curve of the split's queries over the index's chunk vectors, one result per vector."""
-    from medsearch.encoder import Encoder
-    from medsearch.evaluation import load_benchmark
+    from medsearch.encoding.encoder import Encoder
+    from medsearch.training.evaluation import load_benchmark
 
     index = open_index(index_dir)
     texts = list(load_benchmark(data, split).queries.values())
@@ -211,8 +211,8 @@ def real_curve_from_index(index_dir: str, data: str, split: str, workdir: Path, 
 
 def main_stages(args) -> None:
     """Both candidate stages' curves, real vs the fitted generator (bench/results/calibration-stages.json)."""
-    from medsearch.encoder import Encoder
-    from medsearch.evaluation import load_benchmark
+    from medsearch.encoding.encoder import Encoder
+    from medsearch.training.evaluation import load_benchmark
 
     index = open_index(args.index)
     docs = np.asarray(index.backend.vectors, dtype=np.float32)

@@ -18,7 +18,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from servers import uvicorn_thread  # noqa: E402
 
 from medsearch import Encoder, Searcher, build_index, open_index  # noqa: E402
-from medsearch.index import index_exists  # noqa: E402
+from medsearch.index.folder import index_exists  # noqa: E402
 from medsearch.server.app import create_app  # noqa: E402
 
 SHOTS = {

@@ -9,12 +9,12 @@
 """
 
 from medsearch.version import __version__
-from medsearch.encoder import Encoder
+from medsearch.encoding.encoder import Encoder
 from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError
-from medsearch.index import Index, build_index, open_index
-from medsearch.options import SearchOptions
-from medsearch.search import QueryResult, Searcher
-from medsearch.updates import compact, delete, sync, upsert
+from medsearch.index.folder import Index, build_index, open_index
+from medsearch.retrieval.options import SearchOptions
+from medsearch.retrieval.search import QueryResult, Searcher
+from medsearch.index.writes import compact, delete, sync, upsert
 
 __all__ = [
     "BadInputError",

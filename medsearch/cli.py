@@ -12,11 +12,11 @@ from pathlib import Path
 import click
 
 from medsearch.version import __version__
-from medsearch.corpus import read_queries
+from medsearch.documents.corpus import read_queries
 from medsearch.documents import DEFAULT_LIMITS
-from medsearch.encoder import AUTO_RUNTIME, DEFAULT_MODEL, RUNTIMES, Encoder
+from medsearch.encoding.encoder import AUTO_RUNTIME, DEFAULT_MODEL, RUNTIMES, Encoder
 from medsearch.data.beir import MEDICAL_SETS
-from medsearch.fusion import MODES
+from medsearch.retrieval.fusion import MODES
 from medsearch.errors import (
     BadInputError,
     DownloadError,
@@ -28,16 +28,16 @@ from medsearch.errors import (
     RerankerLoadError,
     RerankerUnavailableError,
 )
-from medsearch.index import DEFAULT_INDEX, VECTOR_DTYPES, index_encoder, open_index
-from medsearch.backends.funnel import DEFAULT_TARGET_RECALL
-from medsearch.cache import UNUSED_DAYS
-from medsearch.manifest import LEGACY_CANDIDATES
-from medsearch.options import FUSION_OPTIONS, MAX_QUOTE_SENTENCES, OPTIONS, Option, SearchOptions
-from medsearch.reranker_training import LOSSES, RerankerSettings
-from medsearch.search import QueryResult, Searcher
+from medsearch.index.folder import DEFAULT_INDEX, VECTOR_DTYPES, index_encoder, open_index
+from medsearch.index.backends.funnel import DEFAULT_TARGET_RECALL
+from medsearch.encoding.cache import UNUSED_DAYS
+from medsearch.index.manifest import LEGACY_CANDIDATES
+from medsearch.retrieval.options import FUSION_OPTIONS, MAX_QUOTE_SENTENCES, OPTIONS, Option, SearchOptions
+from medsearch.training.reranker import LOSSES, RerankerSettings
+from medsearch.retrieval.search import QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
-from medsearch.training import TrainSettings
-from medsearch.tune import TuneSettings
+from medsearch.training.finetune import TrainSettings
+from medsearch.training.tune import TuneSettings
 
 index_option = click.option(
     "--index",
@@ -77,7 +77,7 @@ def documents_options(command):
 
 def read_documents(path, strict: bool, max_file_mb: int, max_pages: int, max_file_seconds: float, quiet: bool):
     """The corpus at `path` as `index` and `add` read it (each skipped file logged as one line)."""
-    from medsearch.corpus import load_corpus
+    from medsearch.documents.corpus import load_corpus
     from medsearch.documents import Limits
 
     limits = Limits(max_bytes=max_file_mb * 2**20, max_pages=max_pages, max_seconds=max_file_seconds)
@@ -208,13 +208,13 @@ def index(path, index_dir, model, language, device, runtime, batch_size, vector_
     nothing (--rebuild encodes everything). Every write is a new generation of the folder,
     switched to atomically: a failed run leaves the previous one answering.
     """
-    from medsearch import language as languages
-    from medsearch.updates import choose_model, sync
+    from medsearch.index import language as languages
+    from medsearch.index.writes import choose_model, sync
 
     language = languages.check(language)
     backend_settings = _backend_settings(index_dir, backend, qdrant_url, qdrant_path, collection, shards, replicas)
     if backend_settings and backend_settings.get("url"):  # an unreachable server: say so before encoding
-        from medsearch.backends.qdrant import check_location
+        from medsearch.index.backends.qdrant import check_location
 
         check_location(backend_settings)
     if not use_ray and (ray_address or ray_actors):
@@ -223,21 +223,21 @@ def index(path, index_dir, model, language, device, runtime, batch_size, vector_
         raise click.UsageError("--rerank goes with --reranker MODEL")
     entry = None
     if reranker not in (None, "none"):  # a bad folder fails before anything is encoded
-        from medsearch.rerank import reranker_entry
+        from medsearch.retrieval.rerank import reranker_entry
 
         entry = reranker_entry(reranker, rerank)
     corpus = read_documents(path, strict, max_file_mb, max_pages, max_file_seconds, quiet)
     model = choose_model(model, path, index_dir, language, corpus.documents)
     encoder = Encoder(model, device=device, batch_size=batch_size, runtime=runtime)
     if use_ray:
-        from medsearch.distributed import RayEncoder
+        from medsearch.encoding.distributed import RayEncoder
 
         encoder = RayEncoder(encoder, address=ray_address, actors=ray_actors)
     report = sync(path, index_dir, encoder, rebuild=rebuild, progress=not quiet, vector_dtype=vector_dtype,
                   chunk_overlap=chunk_overlap, target_recall=target_recall, backend=backend_settings, language=language,
                   documents=corpus)
     if reranker is not None:
-        from medsearch.updates import configure
+        from medsearch.index.writes import configure
 
         configure(index_dir, reranker=entry)
         report.manifest = open_index(index_dir).manifest
@@ -280,7 +280,7 @@ def _backend_settings(index_dir, backend, url, path, collection, shards, replica
         raise click.UsageError("--backend qdrant needs a location: --qdrant-url URL (a server) or --qdrant-path DIR (local mode)")
     if url and path:
         raise click.UsageError("give one of --qdrant-url and --qdrant-path")
-    from medsearch.backends.qdrant import settings_for_index
+    from medsearch.index.backends.qdrant import settings_for_index
 
     return settings_for_index(index_dir, url=url, path=path, collection=collection, shards=shards, replicas=replicas,
                               current=_current_backend(index_dir) if collection is None else None)
@@ -310,7 +310,7 @@ def add(path, index_dir, device, runtime, strict, max_file_mb, max_file_seconds,
     and loads only if something needs encoding. Files that give no document are skipped with a
     line each (--strict: an error), as `index` does.
     """
-    from medsearch.updates import upsert
+    from medsearch.index.writes import upsert
 
     base = open_index(index_dir)
     base.close()  # its manifest names the model; its generation is not held while the write prunes
@@ -328,11 +328,11 @@ def add(path, index_dir, device, runtime, strict, max_file_mb, max_file_seconds,
 @click.option("--ids-file", type=click.Path(dir_okay=False), default=None, help="A file with one document id a line.")
 def delete(ids, index_dir, ids_file):
     """Delete documents by id from every tier at once (unknown ids: an error, nothing deleted)."""
-    from medsearch.updates import delete as delete_documents
+    from medsearch.index.writes import delete as delete_documents
 
     ids = list(ids)
     if ids_file:
-        from medsearch.corpus import read_text
+        from medsearch.documents.corpus import read_text
 
         if not Path(ids_file).is_file():
             raise click.BadParameter(f"file not found: {ids_file}", param_hint="'--ids-file'")
@@ -350,7 +350,7 @@ def compact(index_dir):
 
     Writes compact by themselves once more than 30% of the rows are dead. An index built before
     the fast tier's calibration gets its binary codes and measured candidate count here."""
-    from medsearch.updates import compact as compact_index
+    from medsearch.index.writes import compact as compact_index
 
     report = compact_index(index_dir)
     click.echo(f"{index_dir}: {report.summary() if report.compacted else 'nothing to compact'}")
@@ -382,12 +382,12 @@ def snapshot(paths, index_dir, keep, max_bytes, key_file):
     commits meanwhile is in the next snapshot. Every file is checked against the checksums its commit
     recorded as it is read: a damaged index is refused, never archived. `medsearch restore` checks
     the archive again before anything opens it."""
-    from medsearch.snapshot import snapshot as take_snapshot
+    from medsearch.index.snapshot import snapshot as take_snapshot
 
     if len(paths) > 2:
         raise click.UsageError("give at most two paths: [INDEX] OUT")
     index_dir, out = (paths[0], paths[1]) if len(paths) == 2 else (index_dir, paths[0])
-    from medsearch.snapshot import read_key
+    from medsearch.index.snapshot import read_key
 
     key = read_key(key_file) if key_file else None
     click.echo(take_snapshot(index_dir, out, keep=keep, max_bytes=max_bytes, key=key).summary())
@@ -411,7 +411,7 @@ def restore(snapshot_file, target, index_dir, replace, key_file):
     manifest (as `medsearch verify` does), and the manifest field by field, before the index folder
     changes at all; a damaged, foreign or inconsistent archive is refused with one line. Checksums
     prove an archive whole, not who made it: with --key-file, only archives signed with that key."""
-    from medsearch.snapshot import read_key, restore as restore_snapshot
+    from medsearch.index.snapshot import read_key, restore as restore_snapshot
 
     key = read_key(key_file) if key_file else None
     click.echo(restore_snapshot(snapshot_file, target or index_dir, replace=replace, key=key).summary())
@@ -428,7 +428,7 @@ def verify(target, index_dir, as_json):
 
     Prints one line per problem and exits 1 when there is any; 0 and a summary when it is whole.
     `compact` runs the same check first, and `restore` on the archive before it commits."""
-    from medsearch.snapshot import verify as verify_index
+    from medsearch.index.snapshot import verify as verify_index
 
     report = verify_index(target or index_dir)
     if as_json:
@@ -469,7 +469,7 @@ def cache_list(as_json):
     """List the cache's entries: size, last use (set each time an entry is loaded), kind (an export
     and its runtime, a model, or a temporary folder: one being written, or left by a process killed
     while writing it) and whether a process holds it now (in use). An empty or missing cache is not an error."""
-    from medsearch.cache import listing
+    from medsearch.encoding.cache import listing
 
     found = listing()
     click.echo(json.dumps(found.to_json(), indent=2) if as_json else "\n".join(found.lines()))
@@ -487,7 +487,7 @@ def cache_prune(unused_days, dry_run, as_json):
     An entry in use is kept: an export being written or looked up (its lock in exports/.locks/ is
     held), or one whose compiled model OpenVINO is caching. A service that loaded an export before
     keeps running; its next start makes the export again. Exits 1 when a folder cannot be removed."""
-    from medsearch.cache import prune
+    from medsearch.encoding.cache import prune
 
     report = prune(unused_days, dry_run=dry_run)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else "\n".join(report.lines()))
@@ -605,7 +605,7 @@ def info(index_dir, as_json):
     """Show what an index holds: model, dims, tiers, index types, counts and sizes."""
     idx = open_index(index_dir)
     files = idx.files()
-    from medsearch.runtimes import recorded
+    from medsearch.encoding.runtimes import recorded
 
     auto = recorded(idx.manifest.model.get("spec"))
     if as_json:
@@ -640,13 +640,13 @@ def info(index_dir, as_json):
 
 def _lexical_line(entry: dict, index_dir: Path | None = None) -> str:
     """The analysis a manifest's lexical entry records, in words."""
-    from medsearch.lexical import Analysis
+    from medsearch.index.lexical import Analysis
 
     analysis = Analysis.from_manifest(entry, index_dir)
     if not analysis.languages:
         words = "language-neutral (no stemmer, no stop words)"
     else:
-        from medsearch.language import ANALYSES
+        from medsearch.index.language import ANALYSES
 
         words = ", ".join(f"{code} ({ANALYSES[code][0] or 'no'} stemmer, {'stop words' if ANALYSES[code][1] else 'no stop words'})"
                           for code in analysis.languages)
@@ -717,7 +717,7 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
     SIGTERM or Ctrl-C lets in-flight requests finish, then exits.
     """
     from medsearch.server.app import serve as run_server
-    from medsearch.snapshot import read_key
+    from medsearch.index.snapshot import read_key
 
     token = read_token(token_file)
     if writable and not token:
@@ -832,8 +832,8 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
     saved with `datasets`. Defaults are the reference settings (1 epoch, batch 4, accumulation 16,
     lr 2e-5, bf16 where supported).
     """
-    from medsearch.evaluation import evaluate_models
-    from medsearch.training import TrainSettings, train as train_model, write_model_card
+    from medsearch.training.evaluation import evaluate_models
+    from medsearch.training.finetune import TrainSettings, train as train_model, write_model_card
 
     settings = TrainSettings(
         epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, bf16=bf16, loss=loss,
@@ -888,7 +888,7 @@ def tune(data_dir, out_dir, base, sample, no_symptom_pairs, soup_weight, base_we
     Resumable: run the same command again after an interruption; finished steps are kept in
     OUT.work/ and a training continues from its last checkpoint.
     """
-    from medsearch.tune import tune as run_tune
+    from medsearch.training.tune import tune as run_tune
 
     settings = TuneSettings(
         base=base, sample=sample, symptom_pairs=not no_symptom_pairs, soup_weight=soup_weight, base_weight=base_weight,
@@ -917,7 +917,7 @@ def merge(first, second, out_dir, weight):
     FIRST, SECOND: model folders (or 'default'). E.g. a model tuned on MedQuAD's templated
     questions with one that also saw symptom descriptions: the merge keeps most of each one's gains.
     """
-    from medsearch.training import merge_models
+    from medsearch.training.finetune import merge_models
 
     merge_models(first, second, out_dir, weight)
     click.echo(f"Merged {first} x {1 - weight:g} + {second} x {weight:g} -> {out_dir}")
@@ -1014,7 +1014,7 @@ def evaluate(data_dir, models, split, cache, modes, fusion, json_file, markdown_
     every query of --split against the whole corpus: dense per Matryoshka dim and the fast tier,
     lexical, hybrid; with --reranker, the same with re-ranking. NDCG@10 uses the qrels' graded
     scores as gains (trec_eval's, via pytrec_eval)."""
-    from medsearch.evaluation import check_comparison, evaluate_models
+    from medsearch.training.evaluation import check_comparison, evaluate_models
 
     if len(models) > 2:
         raise click.UsageError("give one or two --model options (base, tuned)")
@@ -1066,7 +1066,7 @@ def train_reranker(data_dir, out_dir, base, sample, negatives, loss, batch_size,
     hybrid there; its record (OUT/medsearch_reranker.json) keeps the recipe and the figures.
     Resumable: run the same command again after an interruption.
     """
-    from medsearch.reranker_training import train_reranker as run
+    from medsearch.training.reranker import train_reranker as run
 
     settings = RerankerSettings(base=base, sample=sample, negatives=negatives, loss=loss, batch_size=batch_size,
                                 epochs=epochs, lr=lr, max_steps=max_steps, rerank=rerank, dev_queries=dev_queries,

@@ -32,10 +32,10 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from medsearch.errors import BadInputError, MedsearchError
-from medsearch.index import DEFAULT_INDEX
-from medsearch.manifest import MAX_CANDIDATES
-from medsearch.options import OPTIONS, SearchOptions
-from medsearch.search import Searcher
+from medsearch.index.folder import DEFAULT_INDEX
+from medsearch.index.manifest import MAX_CANDIDATES
+from medsearch.retrieval.options import OPTIONS, SearchOptions
+from medsearch.retrieval.search import Searcher
 from medsearch.server.models import option_field
 from medsearch.server.responses import public_message
 from medsearch.server.settings import ServerSettings

@@ -5,7 +5,7 @@ import faiss
 import numpy as np
 import pytest
 
-from medsearch.backends.faiss import Allowed, FaissTier, binary_codes
+from medsearch.index.backends.faiss import Allowed, FaissTier, binary_codes
 from medsearch.errors import BadInputError
 
 

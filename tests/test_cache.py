@@ -1,4 +1,4 @@
-"""The cache (medsearch/cache.py): one process at a time makes an export, the next one removes the
+"""The cache (medsearch/encoding/cache.py): one process at a time makes an export, the next one removes the
 temporary folders of killed writers, each load records its use, `prune` removes old entries and
 never one in use, and `medsearch cache`. Exports here are made by a `make` that writes a stand-in
 model file after a sleep (a real export takes seconds; one slow test kills a real one); the
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medsearch import cache
+from medsearch.encoding import cache
 from medsearch.cli import cli
-from medsearch.encoder import exported_model, export_folder, weights_fingerprint
+from medsearch.encoding.encoder import exported_model, export_folder, weights_fingerprint
 
 WEIGHTS = "0123456789abcdef"
 KIND = "test-"  # export_folder's name: <weights>-test-openvino
@@ -29,7 +29,7 @@ DAY = 86400
 EXPORT = """
 import os, sys, time
 from pathlib import Path
-from medsearch.encoder import exported_model
+from medsearch.encoding.encoder import exported_model
 
 def make(source, out):
     with open(sys.argv[1], "a") as calls:
@@ -161,7 +161,7 @@ def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(cache_d
 
 @pytest.mark.slow
 def test_a_real_export_killed_part_way_is_cleaned_up_and_made_again(cache_dir, tiny1024_path):
-    code = "import sys; from medsearch.encoder import Encoder; Encoder(sys.argv[1], runtime='openvino')"
+    code = "import sys; from medsearch.encoding.encoder import Encoder; Encoder(sys.argv[1], runtime='openvino')"
     killed = subprocess.Popen([sys.executable, "-c", code, tiny1024_path], stderr=subprocess.DEVNULL)
     exports = cache.exports_root()
     # killed while the exporter writes into its temporary folder

@@ -1,8 +1,8 @@
 import pytest
 
-from medsearch.chunking import token_spans
-from medsearch.corpus import Document
-from medsearch.encoder import Encoder
+from medsearch.encoding.chunking import token_spans
+from medsearch.documents.corpus import Document
+from medsearch.encoding.encoder import Encoder
 from medsearch.errors import MedsearchError
 
 from conftest import LONG_TEXT

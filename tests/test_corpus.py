@@ -1,7 +1,7 @@
 
 import pytest
 
-from medsearch.corpus import Document, load_corpus, read_corpus, read_queries
+from medsearch.documents.corpus import Document, load_corpus, read_corpus, read_queries
 from medsearch.errors import BadInputError, MedsearchError
 
 from conftest import write_jsonl
@@ -191,7 +191,7 @@ def test_file_name_ids_follow_the_same_rules(tmp_path, caplog):
 
 
 def test_documents_from_records_apply_the_same_rules(caplog):
-    from medsearch.corpus import documents_from_records
+    from medsearch.documents.corpus import documents_from_records
 
     with pytest.raises(BadInputError, match=r"document 2: document id 'x ' has whitespace at its start or end"):
         documents_from_records([{"id": "ok", "text": "t"}, {"id": "x ", "text": "t"}])
@@ -215,8 +215,8 @@ def test_an_id_with_an_invisible_character_is_refused(invisible):
 
 
 def test_one_id_spelled_twice_in_one_library_upsert_is_a_duplicate(tmp_path, small_corpus, minilm):
-    from medsearch.index import build_index
-    from medsearch.updates import upsert
+    from medsearch.index.folder import build_index
+    from medsearch.index.writes import upsert
 
     build_index(small_corpus, tmp_path / "idx", minilm)
     twice = [Document(id="caf\u00e9", text="one spelling"), Document(id="cafe\u0301", text="the other spelling")]

@@ -15,7 +15,7 @@ from medsearch.cli import cli
 from medsearch.data.download import fetch, unpacked
 from medsearch.data.medquad import normalise, read_pairs, split_of, write_medquad
 from medsearch.errors import BadInputError, DownloadError
-from medsearch.evaluation import load_benchmark
+from medsearch.training.evaluation import load_benchmark
 
 HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medsearch.errors import MissingExtraError
-from medsearch.index import open_index
+from medsearch.index.folder import open_index
 
 from conftest import BUNDLED
 from test_cli import assert_one_line_error, run
@@ -33,7 +33,7 @@ def test_ray_encoding_of_the_bundled_corpus_equals_a_local_encode(local_ray, bun
 
 
 def test_ray_missing_extra_names_it(monkeypatch, tmp_path):
-    from medsearch.distributed import encode_on_ray
+    from medsearch.encoding.distributed import encode_on_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'medsearch\[distributed\]'"):

@@ -10,12 +10,12 @@ import zipfile
 
 import pytest
 
-from medsearch.chunking import chunk_documents
-from medsearch.citations import best_sentence, cite, query_terms, sentences, term_spans
-from medsearch.corpus import Document, load_corpus, read_corpus
+from medsearch.encoding.chunking import chunk_documents
+from medsearch.retrieval.citations import best_sentence, cite, query_terms, sentences, term_spans
+from medsearch.documents.corpus import Document, load_corpus, read_corpus
 from medsearch.documents import Layout, Limits, Unreadable, extract
 from medsearch.errors import BadInputError
-from medsearch.lexical import Analysis
+from medsearch.index.lexical import Analysis
 
 import documents_factory as factory
 from conftest import BUNDLED
@@ -328,7 +328,7 @@ def test_questions_find_their_document_with_its_citation(documents_index, query,
     assert hit["id"] == doc
     assert hit["citation"]["page"] == page and hit["citation"]["section"] == section
     assert hit["citation"]["source"] == doc
-    from medsearch.index import open_index
+    from medsearch.index.folder import open_index
 
     stored = open_index(documents_index[1]).store.document(doc)["text"]  # what get_document returns
     assert stored[hit["quote"]["start"]:hit["quote"]["end"]] == hit["quote"]["text"]
@@ -346,10 +346,10 @@ def test_an_index_from_before_layouts_answers_and_takes_documents(tmp_path, mini
     it, and a write adds the column and a PDF's layout."""
     import sqlite3
 
-    from medsearch import checksums
-    from medsearch.index import build_index, open_index
-    from medsearch.search import Searcher
-    from medsearch.updates import upsert
+    from medsearch.index import checksums
+    from medsearch.index.folder import build_index, open_index
+    from medsearch.retrieval.search import Searcher
+    from medsearch.index.writes import upsert
 
     from conftest import SMALL_DOCS, write_jsonl
 
@@ -375,8 +375,8 @@ def test_a_pdf_outline_gives_the_sections(files, tmp_path):
 
 
 def test_a_file_skipped_on_a_later_run_keeps_its_document_and_a_removed_one_goes(tmp_path, minilm, files):
-    from medsearch.index import open_index
-    from medsearch.updates import sync
+    from medsearch.index.folder import open_index
+    from medsearch.index.writes import sync
 
     folder = tmp_path / "c"
     folder.mkdir()
@@ -396,8 +396,8 @@ def test_a_file_skipped_on_a_later_run_keeps_its_document_and_a_removed_one_goes
 def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
     import urllib.parse
 
-    from medsearch.index import build_index, open_index
-    from medsearch.search import Searcher
+    from medsearch.index.folder import build_index, open_index
+    from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
 
     from conftest import write_jsonl
@@ -426,7 +426,7 @@ def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
 def test_sections_cut_at_their_first_word_with_sentencepiece_offsets():
     """multilingual-e5's tokenizer gives a word's token the whitespace before it: the cut is still at
     the heading's first letter (a French index once cut 'Dos|age', the chunk starting 'age')."""
-    from medsearch.encoder import Encoder
+    from medsearch.encoding.encoder import Encoder
 
     e5 = Encoder("multilingual-e5-small")
     intro = "Le paracétamol soulage la douleur et fait baisser la fièvre chez l'adulte comme chez l'enfant. " * 3
@@ -477,9 +477,9 @@ def test_file_names_that_cannot_be_ids_or_lines_are_skipped_and_escaped(tmp_path
 
 
 def test_requests_that_encode_many_sentences_for_quotes_run_in_the_costly_lane(bundled_index, minilm):
-    from medsearch.index import open_index
-    from medsearch.options import SearchOptions
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.options import SearchOptions
+    from medsearch.retrieval.search import Searcher
     from medsearch.server.service import Service
     from medsearch.server.settings import ServerSettings
 
@@ -508,7 +508,7 @@ def test_a_script_without_a_main_guard_reads_its_documents(tmp_path, files):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "leaflet.pdf").write_bytes(files["pdf"].read_bytes())
     script = tmp_path / "script.py"
-    script.write_text("from medsearch.corpus import load_corpus\n"
+    script.write_text("from medsearch.documents.corpus import load_corpus\n"
                       f"print([d.id for d in load_corpus({str(tmp_path / 'c')!r}).documents])\n")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "['leaflet.pdf']", result.stderr

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from medsearch.encoder import Encoder, ModelProfile, profile_for, select_device
+from medsearch.encoding.encoder import Encoder, ModelProfile, profile_for, select_device
 from medsearch.errors import MedsearchError
 
 

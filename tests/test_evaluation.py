@@ -3,7 +3,7 @@ import math
 import pytest
 
 from medsearch.errors import MedsearchError
-from medsearch.evaluation import Benchmark, ir_metrics, load_benchmark, read_qrels
+from medsearch.training.evaluation import Benchmark, ir_metrics, load_benchmark, read_qrels
 
 from conftest import BUNDLED, write_jsonl
 
@@ -88,7 +88,7 @@ def test_bad_qrels(tmp_path):
 def test_mean_cosine_flags_a_collapsed_space():
     import numpy as np
 
-    from medsearch.evaluation import mean_cosine
+    from medsearch.training.evaluation import mean_cosine
 
     rng = np.random.default_rng(0)
     spread = rng.standard_normal((500, 32)).astype(np.float32)
@@ -106,7 +106,7 @@ def test_bundled_judgements_cover_every_query():
 
 
 def test_evaluate_models_on_the_bundled_corpus(tmp_path):
-    from medsearch.evaluation import evaluate_models
+    from medsearch.training.evaluation import evaluate_models
 
     report = evaluate_models(BUNDLED, ["default", "default"], split=None, cache=tmp_path / "cache")
     assert report.queries == 99

@@ -10,16 +10,16 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SMALL_DOCS
-from medsearch import checksums
+from medsearch.index import checksums
 from medsearch.cli import cli
 from medsearch.errors import BadInputError
-from medsearch.backends.funnel import calibrate, candidates_for, recall_at
-from medsearch.backends.base import prefix
-from medsearch.index import Index, build_index, open_index, write_index
-from medsearch.manifest import Manifest
-from medsearch.search import Searcher
-from medsearch.updates import delete, upsert
-from medsearch.corpus import Document
+from medsearch.index.backends.funnel import calibrate, candidates_for, recall_at
+from medsearch.index.backends.base import prefix
+from medsearch.index.folder import Index, build_index, open_index, write_index
+from medsearch.index.manifest import Manifest
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import delete, upsert
+from medsearch.documents.corpus import Document
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -149,7 +149,7 @@ def test_info_shows_the_target_and_bad_targets_are_refused(tmp_path, small_corpu
 
 def test_calibration_of_a_tiny_index_is_exact():
     vectors = clustered(40, 16)
-    from medsearch.backends.faiss import FaissTier
+    from medsearch.index.backends.faiss import FaissTier
 
     flat = FaissTier.build(vectors, "flat")
     settings = calibrate(vectors, deep=lambda q, n: flat.search(q, n)[1], stages={"prefix": lambda q, n: flat.search(q, n)[1]},
@@ -159,7 +159,7 @@ def test_calibration_of_a_tiny_index_is_exact():
 
 
 def test_compact_gives_an_index_from_before_the_funnel_its_calibration(tmp_path, small_corpus, minilm):
-    from medsearch.updates import compact
+    from medsearch.index.writes import compact
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm)
@@ -192,7 +192,7 @@ def test_a_dim_that_is_not_whole_bytes_keeps_the_prefix_stage(tmp_path):
 
 
 def test_deleting_every_document_then_adding_again(tmp_path, small_corpus, minilm):
-    from medsearch.updates import compact
+    from medsearch.index.writes import compact
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm)
@@ -204,7 +204,7 @@ def test_deleting_every_document_then_adding_again(tmp_path, small_corpus, minil
 
 
 def test_compact_adds_the_binary_codes_an_upgraded_write_could_not(tmp_path, small_corpus, minilm):
-    from medsearch.updates import compact
+    from medsearch.index.writes import compact
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm)

@@ -39,13 +39,13 @@ from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import AcceptedNegativeData
 
-from medsearch.filters import OPERATORS
-from medsearch.index import open_index
-from medsearch.search import Searcher
+from medsearch.index.filters import OPERATORS
+from medsearch.index.folder import open_index
+from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.models import DocumentsIn, SearchRequest
 from medsearch.server.settings import ServerSettings
-from medsearch.store import COLUMNS
+from medsearch.index.store import COLUMNS
 
 from conftest import BUNDLED
 from servers import uvicorn_thread

@@ -22,13 +22,13 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medsearch import generations
+from medsearch.index import generations
 from medsearch.cli import cli
-from medsearch.corpus import Document
+from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError, NotFoundError
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
-from medsearch.updates import compact, upsert
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import compact, upsert
 from medsearch.validation import check_value
 
 from conftest import BUNDLED, REPO, SMALL_DOCS, backend_settings, write_jsonl
@@ -152,7 +152,7 @@ def test_a_reader_killed_holding_a_generation_lets_it_go(tmp_path, small_corpus,
     build_index(small_corpus, tmp_path / "idx", minilm)
     root = tmp_path / "idx"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time\nfrom medsearch.index import open_index\n"
+        "import time\nfrom medsearch.index.folder import open_index\n"
         f"index = open_index({str(root)!r})\nprint('open', flush=True); time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
@@ -237,7 +237,7 @@ def test_generation_folders_follow_the_umask(tmp_path, small_corpus, minilm, uma
 # ---- 8. a failed Qdrant delete is retried ----
 
 def test_a_failed_qdrant_delete_is_retried_by_the_next_write_and_by_compact(tmp_path, memo_minilm, monkeypatch):
-    from medsearch.backends.qdrant import QdrantBackend
+    from medsearch.index.backends.qdrant import QdrantBackend
     from medsearch.errors import BackendUnavailableError
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=backend_settings("qdrant", tmp_path))
@@ -665,7 +665,7 @@ def test_add_of_unreadable_json_is_one_line(tmp_path, small_corpus, minilm, line
 
 
 def test_a_line_separator_inside_a_json_string_is_text(tmp_path):
-    from medsearch.corpus import read_corpus
+    from medsearch.documents.corpus import read_corpus
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"id": "a", "text": "one\u2028two"}\n{"id": "b", "text": "three"}\n', encoding="utf-8")

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from medsearch.cli import cli
 from medsearch.errors import BadInputError, IndexFormatError
-from medsearch.fusion import Fusion, fuse
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
-from medsearch.updates import compact, delete, upsert
-from medsearch.corpus import Document
+from medsearch.retrieval.fusion import Fusion, fuse
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import compact, delete, upsert
+from medsearch.documents.corpus import Document
 
 from conftest import BUNDLED, SMALL_DOCS, write_jsonl
 
@@ -190,7 +190,7 @@ def test_an_index_fuses_as_its_models_tuning_chose_unless_a_query_says_otherwise
     """A model folder's medsearch_search.json (written by `medsearch tune`) sets its indexes' fusion."""
     import os
 
-    from medsearch.encoder import Encoder, default_model_path
+    from medsearch.encoding.encoder import Encoder, default_model_path
     from medsearch.errors import ModelLoadError
 
     from conftest import SMALL_DOCS, write_jsonl
@@ -224,8 +224,8 @@ def test_an_index_fuses_as_its_models_tuning_chose_unless_a_query_says_otherwise
 def test_a_write_tokenizes_only_its_own_chunks_and_bm25_equals_a_fresh_build(tmp_path, minilm):
     import zipfile
 
-    from medsearch import lexical
-    from medsearch.store import DocStore
+    from medsearch.index import lexical
+    from medsearch.index.store import DocStore
 
     path = tmp_path / "idx"
     build_index(BUNDLED / "corpus.jsonl", path, minilm)
@@ -249,7 +249,7 @@ def test_a_write_tokenizes_only_its_own_chunks_and_bm25_equals_a_fresh_build(tmp
 
 
 def test_damaged_token_ids_stop_a_write_in_one_line(tmp_path, minilm, small_corpus):
-    from medsearch import lexical
+    from medsearch.index import lexical
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm)
@@ -265,7 +265,8 @@ def test_damaged_token_ids_stop_a_write_in_one_line(tmp_path, minilm, small_corp
 
 
 def test_unreadable_token_ids_of_an_unrecorded_generation_are_tokenized_again(tmp_path, minilm, small_corpus):
-    from medsearch import checksums, lexical
+    from medsearch.index import checksums
+    from medsearch.index import lexical
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm)

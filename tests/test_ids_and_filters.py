@@ -8,12 +8,12 @@ import urllib.parse
 import pytest
 from fastapi.testclient import TestClient
 
-from medsearch.corpus import Document
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
+from medsearch.documents.corpus import Document
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
-from medsearch.updates import delete, upsert
+from medsearch.index.writes import delete, upsert
 
 from conftest import BACKENDS, backend_settings, write_jsonl
 from test_cli import assert_one_line_error, run

@@ -4,11 +4,11 @@ import faiss
 import numpy as np
 import pytest
 
-import medsearch.backends.faiss as faiss_backend
+import medsearch.index.backends.faiss as faiss_backend
 from medsearch.errors import IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
-from medsearch.backends.base import prefix
-from medsearch.index import FORMAT_VERSION, build_index, check_model, open_index, tier_dims
-from medsearch.search import Searcher
+from medsearch.index.backends.base import prefix
+from medsearch.index.folder import FORMAT_VERSION, build_index, check_model, open_index, tier_dims
+from medsearch.retrieval.search import Searcher
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,12 @@ import threading
 import numpy as np
 import pytest
 
-from medsearch import language
+from medsearch.index import language
 from medsearch.errors import BadInputError
-from medsearch.index import build_index, open_index
-from medsearch.lexical import Analysis, choose_analysis
-from medsearch.search import Searcher
-from medsearch.updates import choose_model, upsert
+from medsearch.index.folder import build_index, open_index
+from medsearch.index.lexical import Analysis, choose_analysis
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import choose_model, upsert
 
 from conftest import write_jsonl
 from test_cli import assert_one_line_error, run
@@ -141,7 +141,7 @@ def test_an_add_analyses_new_documents_as_the_index_does(french_index, tmp_path,
 
 
 def _documents(records):
-    from medsearch.corpus import Document
+    from medsearch.documents.corpus import Document
 
     return [Document(id=r["id"], title=r["title"], text=r["text"]) for r in records]
 
@@ -180,7 +180,7 @@ def test_an_explicit_other_language_rebuilds_the_lexical_index(tmp_path, minilm)
 def test_compaction_keeps_the_analysis(french_index, tmp_path):
     import shutil
 
-    from medsearch.updates import compact
+    from medsearch.index.writes import compact
 
     path = tmp_path / "index"
     shutil.copytree(french_index, path, symlinks=True)

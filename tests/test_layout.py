@@ -240,14 +240,14 @@ def test_no_import_cycle_among_the_modules():
 
 def test_only_the_backends_import_faiss():
     importers = third_party_importers("faiss")
-    assert "medsearch/backends/faiss.py" in importers, "the check does not see the backend's own import"
-    outside = {path: lines for path, lines in importers.items() if not path.startswith("medsearch/backends/")}
-    assert not outside, f"faiss imported outside medsearch/backends/: {outside}"
+    assert "medsearch/index/backends/faiss.py" in importers, "the check does not see the backend's own import"
+    outside = {path: lines for path, lines in importers.items() if not path.startswith("medsearch/index/backends/")}
+    assert not outside, f"faiss imported outside medsearch/index/backends/: {outside}"
 
 
 def test_only_the_qdrant_backend_imports_qdrant_client():
     importers = third_party_importers("qdrant_client")
-    assert "medsearch/backends/qdrant.py" in importers, "the check does not see the backend's own import"
+    assert "medsearch/index/backends/qdrant.py" in importers, "the check does not see the backend's own import"
     outside = {path: lines for path, lines in importers.items()
-               if not (path.startswith("medsearch/backends/qdrant") and "/" not in path[len("medsearch/backends/"):])}
-    assert not outside, f"qdrant_client imported outside medsearch/backends/qdrant*.py: {outside}"
+               if not (path.startswith("medsearch/index/backends/qdrant") and "/" not in path[len("medsearch/index/backends/"):])}
+    assert not outside, f"qdrant_client imported outside medsearch/index/backends/qdrant*.py: {outside}"

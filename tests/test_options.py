@@ -1,4 +1,4 @@
-"""One search-options list (medsearch/options.py) for the library, the CLI and the HTTP API."""
+"""One search-options list (medsearch/retrieval/options.py) for the library, the CLI and the HTTP API."""
 
 import click
 import pytest
@@ -6,8 +6,8 @@ from click.testing import CliRunner
 
 from medsearch.cli import cli, search_options
 from medsearch.errors import BadInputError
-from medsearch.fusion import Fusion
-from medsearch.options import OPTIONS, SearchOptions
+from medsearch.retrieval.fusion import Fusion
+from medsearch.retrieval.options import OPTIONS, SearchOptions
 from medsearch.server.app import create_app
 from medsearch.server.models import SearchRequest
 
@@ -92,7 +92,7 @@ def test_a_filter_is_parsed_in_one_pass():
     backtracking pattern it replaced) is refused at once, and the split keeps its meaning."""
     import time
 
-    from medsearch.filters import parse_filter
+    from medsearch.index.filters import parse_filter
 
     started = time.perf_counter()
     with pytest.raises(BadInputError, match="malformed filter"):

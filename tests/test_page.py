@@ -7,8 +7,8 @@ import urllib.parse
 
 import pytest
 
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
 
@@ -194,7 +194,7 @@ def test_the_tier_menu_says_what_each_tier_is_in_this_index(server, page):
 
 @pytest.fixture(scope="module")
 def reranking_server(bundled_index, minilm, cross_encoder):
-    from medsearch.rerank import load_reranker
+    from medsearch.retrieval.rerank import load_reranker
 
     searcher = Searcher(open_index(bundled_index), minilm, load_reranker(cross_encoder, "cpu"))
     with uvicorn_thread(create_app(searcher)) as url:

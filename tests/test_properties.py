@@ -6,9 +6,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medsearch.corpus import documents_from_records, read_corpus
+from medsearch.documents.corpus import documents_from_records, read_corpus
 from medsearch.errors import MedsearchError
-from medsearch.filters import filter_sql, parse_filter
+from medsearch.index.filters import filter_sql, parse_filter
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 json_values = st.recursive(

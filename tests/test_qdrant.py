@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from medsearch.backends import qdrant
+from medsearch.index.backends import qdrant
 from medsearch.errors import BackendUnavailableError, MissingExtraError
-from medsearch.evaluation import ir_metrics, load_benchmark, search_runs
-from medsearch.backends.base import prefix
-from medsearch.index import open_index
-from medsearch.manifest import Manifest
-from medsearch.search import Searcher
+from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs
+from medsearch.index.backends.base import prefix
+from medsearch.index.folder import open_index
+from medsearch.index.manifest import Manifest
+from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
 
@@ -179,7 +179,7 @@ def test_a_missing_extra_names_it(monkeypatch, tmp_path):
 def test_a_faiss_index_moves_to_qdrant_without_encoding(bundled_index, tmp_path, minilm, monkeypatch):
     import shutil
 
-    from medsearch.updates import sync
+    from medsearch.index.writes import sync
 
     shutil.copytree(bundled_index, tmp_path / "idx")
     faiss_hits = Searcher(open_index(tmp_path / "idx"), minilm).search([QUERIES[0]["text"]], tier="deep")[0].hits
@@ -201,10 +201,10 @@ def test_a_faiss_index_moves_to_qdrant_without_encoding(bundled_index, tmp_path,
 def test_a_write_that_died_before_its_switch_leaves_no_points_behind(tmp_path, memo_minilm, minilm, monkeypatch):
     """Points are written before the switch; a crash leaves them past the generation's rows, where
     searches skip them, and the next write deletes them before it numbers its own rows from there."""
-    from medsearch import generations
-    from medsearch.corpus import Document
-    from medsearch.index import build_index
-    from medsearch.updates import upsert
+    from medsearch.index import generations
+    from medsearch.documents.corpus import Document
+    from medsearch.index.folder import build_index
+    from medsearch.index.writes import upsert
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=qdrant.settings("t", path=tmp_path / "q"))
     crashed = Document(id="zorblax", title="Zorblax fever", text="Zorblax fever paints purple spots on both knees.")
@@ -232,10 +232,10 @@ def test_a_replace_or_delete_that_dies_before_its_switch_leaves_the_old_version_
         tmp_path, memo_minilm, minilm, monkeypatch, write):
     """The old version's points stay until the new generation is committed: a crash before the
     switch leaves dense search answering exactly as before."""
-    from medsearch import generations
-    from medsearch.corpus import Document
-    from medsearch.index import build_index
-    from medsearch.updates import delete, upsert
+    from medsearch.index import generations
+    from medsearch.documents.corpus import Document
+    from medsearch.index.folder import build_index
+    from medsearch.index.writes import delete, upsert
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=qdrant.settings("t", path=tmp_path / "q"))
     query = "what are the early signs of type 2 diabetes"

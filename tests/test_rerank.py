@@ -9,12 +9,12 @@ from click.testing import CliRunner
 
 from medsearch.cli import cli
 from medsearch.errors import BadInputError
-from medsearch.options import SearchOptions
+from medsearch.retrieval.options import SearchOptions
 
 
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory, minilm):
-    from medsearch.index import build_index
+    from medsearch.index.folder import build_index
 
     from conftest import SMALL_DOCS, write_jsonl
 
@@ -31,9 +31,9 @@ def _passage(index, doc_id: str, position: int) -> str:
 
 
 def test_rerank_orders_the_top_n_by_the_cross_encoders_scores(small_index, minilm, cross_encoder):
-    from medsearch.index import open_index
-    from medsearch.rerank import load_reranker
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.rerank import load_reranker
+    from medsearch.retrieval.search import Searcher
 
     plain = Searcher(open_index(small_index), minilm)
     reranking = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
@@ -54,8 +54,8 @@ def test_rerank_orders_the_top_n_by_the_cross_encoders_scores(small_index, minil
 
 
 def test_rerank_without_a_cross_encoder_is_bad_input(small_index, minilm):
-    from medsearch.index import open_index
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.search import Searcher
 
     with pytest.raises(BadInputError, match="re-ranking needs a cross-encoder"):
         Searcher(open_index(small_index), minilm).search(["fever"], rerank=5)
@@ -101,8 +101,8 @@ def _query(path, text, *flags):
 def test_an_index_records_its_reranker_and_queries_use_it_without_flags(tmp_path, corpus_file, cross_encoder):
     from pathlib import Path
 
-    from medsearch.index import open_index
-    from medsearch.rerank import load_reranker
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.rerank import load_reranker
 
     path = tmp_path / "index"
     result = _index(path, corpus_file, "--reranker", cross_encoder, "--rerank", "4")
@@ -125,7 +125,7 @@ def test_an_index_records_its_reranker_and_queries_use_it_without_flags(tmp_path
 def test_a_rerankers_own_dev_verdict_is_the_index_default(tmp_path, corpus_file, cross_encoder):
     import shutil
 
-    from medsearch.index import open_index
+    from medsearch.index.folder import open_index
 
     lost = tmp_path / "lost-on-dev"
     shutil.copytree(cross_encoder, lost)
@@ -139,7 +139,7 @@ def test_a_rerankers_own_dev_verdict_is_the_index_default(tmp_path, corpus_file,
 
 
 def test_the_reranker_survives_writes_and_compaction_until_removed(tmp_path, corpus_file, cross_encoder):
-    from medsearch.index import open_index
+    from medsearch.index.folder import open_index
 
     from conftest import write_jsonl
 
@@ -196,7 +196,7 @@ def medquad_like(tmp_path_factory):
 
 
 def test_eval_reports_each_mode_with_and_without_reranking(medquad_like, cross_encoder, tmp_path):
-    from medsearch.evaluation import evaluate_models
+    from medsearch.training.evaluation import evaluate_models
 
     report = evaluate_models(medquad_like, ["default"], split=None, cache=tmp_path, runtimes=("torch",),
                              reranker=cross_encoder, rerank=3)
@@ -215,7 +215,7 @@ def test_eval_reports_each_mode_with_and_without_reranking(medquad_like, cross_e
 def test_train_reranker_trains_evaluates_and_records_its_verdict(medquad_like, tmp_path):
     from sentence_transformers import CrossEncoder
 
-    from medsearch.reranker_training import RerankerSettings, train_reranker
+    from medsearch.training.reranker import RerankerSettings, train_reranker
 
     out = tmp_path / "rr"
     settings = RerankerSettings(sample="4", negatives=2, max_steps=2, batch_size=4, rerank=3, dev_queries=0, runtime="torch")
@@ -260,7 +260,7 @@ def test_concurrent_queries_share_model_calls_and_keep_their_own_scores(cross_en
 
     import numpy as np
 
-    from medsearch.rerank import Reranker
+    from medsearch.retrieval.rerank import Reranker
 
     reranker = Reranker(cross_encoder, "cpu")
     queries = [f"question {i} about fever, cough and {word}" for i, word in enumerate(
@@ -285,7 +285,7 @@ def test_concurrent_queries_share_model_calls_and_keep_their_own_scores(cross_en
 
 def test_a_query_that_breaks_the_model_fails_alone(cross_encoder):
 
-    from medsearch.rerank import Reranker
+    from medsearch.retrieval.rerank import Reranker
 
     reranker = Reranker(cross_encoder, "cpu")
     outcome = {}
@@ -307,9 +307,9 @@ def test_the_service_reranks_concurrent_requests_as_it_does_one_at_a_time(small_
     import urllib.parse
     from concurrent.futures import ThreadPoolExecutor
 
-    from medsearch.index import open_index
-    from medsearch.rerank import load_reranker
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.rerank import load_reranker
+    from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
 
     from servers import get, uvicorn_thread
@@ -339,8 +339,8 @@ def test_every_caller_gets_its_own_scores_when_the_queue_outgrows_one_call(cross
 
     import numpy as np
 
-    import medsearch.rerank as rerank_module
-    from medsearch.rerank import Reranker
+    import medsearch.retrieval.rerank as rerank_module
+    from medsearch.retrieval.rerank import Reranker
 
     monkeypatch.setattr(rerank_module, "MAX_PAIRS", 4)  # a shared call takes at most 4 pairs: 8 callers of 3 need 8 calls
     reranker = Reranker(cross_encoder, "cpu")
@@ -362,7 +362,7 @@ def test_every_caller_gets_its_own_scores_when_the_queue_outgrows_one_call(cross
 def test_what_is_not_a_cross_encoder_is_refused_before_anything_is_written(tmp_path, corpus_file, cross_encoder):
     import shutil
 
-    from medsearch.encoder import default_model_path
+    from medsearch.encoding.encoder import default_model_path
 
     path = tmp_path / "index"
     bi_encoder = _index(path, corpus_file, "--reranker", default_model_path())
@@ -386,7 +386,7 @@ def test_an_index_whose_reranker_is_gone_still_answers_what_does_not_rerank(tmp_
     import shutil
     import urllib.parse
 
-    from medsearch.search import Searcher
+    from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
 
     from servers import get, uvicorn_thread
@@ -409,9 +409,9 @@ def test_an_index_whose_reranker_is_gone_still_answers_what_does_not_rerank(tmp_
 
 
 def test_the_service_bounds_the_pairs_one_request_has_scored(small_index, minilm, cross_encoder):
-    from medsearch.index import open_index
-    from medsearch.rerank import load_reranker
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.rerank import load_reranker
+    from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
 
@@ -429,7 +429,7 @@ def test_the_service_bounds_the_pairs_one_request_has_scored(small_index, minilm
 
 
 def test_an_interrupted_runs_unreadable_record_starts_the_work_again(tmp_path):
-    from medsearch.reranker_training import _keep_matching_work
+    from medsearch.training.reranker import _keep_matching_work
 
     work = tmp_path / "rr.work"
     work.mkdir()
@@ -453,9 +453,9 @@ def test_a_rerank_flood_neither_starves_plain_searches_nor_outlives_its_clients(
     import threading
     import time
 
-    from medsearch.index import open_index
-    from medsearch.rerank import load_reranker
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.rerank import load_reranker
+    from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
 
     from servers import get, post, uvicorn_thread
@@ -507,7 +507,7 @@ def test_a_rerank_flood_neither_starves_plain_searches_nor_outlives_its_clients(
 
 
 def test_a_stopped_query_leaves_the_cross_encoders_queue_between_passes(cross_encoder):
-    from medsearch.rerank import BATCH_SIZE, Reranker, RerankStopped
+    from medsearch.retrieval.rerank import BATCH_SIZE, Reranker, RerankStopped
 
     reranker = Reranker(cross_encoder, "cpu")
     passages = [f"passage {i} about fevers and coughs" for i in range(5 * BATCH_SIZE)]
@@ -524,9 +524,9 @@ def test_a_stopped_query_leaves_the_cross_encoders_queue_between_passes(cross_en
 def test_a_partly_reranked_list_is_in_the_order_of_its_scores(small_index, minilm, cross_encoder):
     """Issue 30: rerank < k put the cross-encoder's scores (one scale) above first-stage scores (another):
     a client that sorted or merged by score reordered the list."""
-    from medsearch.index import open_index
-    from medsearch.rerank import load_reranker
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.rerank import load_reranker
+    from medsearch.retrieval.search import Searcher
 
     searcher = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
     first = searcher.search(["fever and cough"], k=6, rerank=0, mode="dense")[0].to_json()["results"]
@@ -550,9 +550,9 @@ def test_ordinary_reranking_goes_on_beside_costly_requests_that_stay_connected(b
     import time
     import urllib.parse
 
-    from medsearch.index import open_index
-    from medsearch.rerank import load_reranker
-    from medsearch.search import Searcher
+    from medsearch.index.folder import open_index
+    from medsearch.retrieval.rerank import load_reranker
+    from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
 
     from servers import get, uvicorn_thread
@@ -607,7 +607,7 @@ def test_a_lane_admits_only_the_reranking_it_can_get_through_in_its_budget():
 def test_a_lookup_without_load_neither_loads_nor_raises(tmp_path):
     """The service reads the cross-encoder's measured speed on its event loop: that read must never
     start a model load (seconds) nor raise for a re-ranker that cannot load."""
-    from medsearch.rerank import load_index_reranker, load_reranker
+    from medsearch.retrieval.rerank import load_index_reranker, load_reranker
 
     assert load_reranker(str(tmp_path / "not-a-model"), "cpu", "torch", load=False) is None
     assert load_index_reranker({"model": str(tmp_path / "gone"), "rerank": 20}, "cpu", "torch", load=False) is None

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 
 from conftest import BUNDLED, SMALL_DOCS
 from medsearch.cli import cli
-from medsearch.encoder import Encoder, export_folder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
+from medsearch.encoding.encoder import Encoder, export_folder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
 from medsearch.errors import BadInputError, MissingExtraError, ModelMismatchError
-from medsearch.index import build_index, open_index
-from medsearch.manifest import Manifest
-from medsearch.search import Searcher
+from medsearch.index.folder import build_index, open_index
+from medsearch.index.manifest import Manifest
+from medsearch.retrieval.search import Searcher
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
@@ -101,7 +101,7 @@ def test_two_processes_exporting_at_once_both_load(tmp_path, tiny1024_path):
     copy = copy_model(tiny1024_path, tmp_path / "model")
     retrain(copy, 0.5)  # weights no other test exported
     assert not export_folder(copy, weights_fingerprint(copy), "openvino").exists()
-    code = ("import sys; from medsearch.encoder import Encoder; "
+    code = ("import sys; from medsearch.encoding.encoder import Encoder; "
             "e = Encoder(sys.argv[1], runtime='openvino'); print(e.encode_queries(['fever']).shape)")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(copy)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -250,7 +250,7 @@ NO_VNNI = "Intel Core | 4 cores | avx2"
 
 
 def test_auto_takes_a_clear_leader_and_the_cpus_prior_within_noise():
-    from medsearch.runtimes import decide
+    from medsearch.encoding.runtimes import decide
 
     clear = decide({"torch": [2.0, 2.1, 1.9], "openvino": [1.0, 1.1, 0.9], "openvino-int8": [0.8, 0.85, 0.75]}, NO_VNNI)
     assert clear["runtime"] == "openvino-int8" and clear["sure"] and clear["runner_up"] == "openvino"  # measured wins
@@ -269,7 +269,7 @@ def test_auto_takes_a_clear_leader_and_the_cpus_prior_within_noise():
 
 
 def test_auto_times_in_interleaved_rounds_until_the_leader_is_clear(monkeypatch):
-    from medsearch import runtimes
+    from medsearch.encoding import runtimes
 
     calls = []
 
@@ -294,7 +294,7 @@ def test_auto_times_in_interleaved_rounds_until_the_leader_is_clear(monkeypatch)
 
 
 def test_auto_is_measured_once_per_cpu_and_model_and_shown_by_info(tmp_path, monkeypatch, tiny1024_path):
-    from medsearch import runtimes
+    from medsearch.encoding import runtimes
 
     first = resolve_runtime("auto", tiny1024_path)
     saved = json.loads(runtimes.choice_path().read_text())
@@ -326,7 +326,7 @@ def test_auto_is_measured_once_per_cpu_and_model_and_shown_by_info(tmp_path, mon
 
 
 def test_auto_on_a_model_that_cannot_load_or_a_cache_that_cannot_be_written(tmp_path, monkeypatch, tiny1024_path):
-    from medsearch import runtimes
+    from medsearch.encoding import runtimes
 
     result = CliRunner().invoke(cli, ["index", str(BUNDLED / "corpus.jsonl"), "--index", str(tmp_path / "i"),
                                       "--model", str(tmp_path / "nope"), "--runtime", "auto"])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from medsearch.errors import MedsearchError
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher, collapse, snippet
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher, collapse, snippet
 
 from conftest import BUNDLED, backend_settings
 
@@ -154,7 +154,7 @@ def test_ctrl_c_during_the_model_load_is_not_held_by_it(tmp_path, small_corpus, 
     import threading
     import time
 
-    from medsearch import search as search_module
+    from medsearch.retrieval import search as search_module
 
     build_index(small_corpus, tmp_path / "idx", memo_minilm)
     release = threading.Event()

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from medsearch.cli import cli
-from medsearch.index import open_index
-from medsearch.search import Searcher
+from medsearch.index.folder import open_index
+from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
 

@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medsearch.errors import MedsearchError, ModelMismatchError
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
 
@@ -48,7 +48,7 @@ def test_get_search_is_the_cli_json(client, searcher):
 
 
 def test_modes_over_http_are_the_library_results(client, searcher):
-    from medsearch.fusion import Fusion
+    from medsearch.retrieval.fusion import Fusion
 
     question = "warfarin INR blood test"
     for mode, extra in (("lexical", {}), ("hybrid", {}), ("hybrid", {"fusion": "rrf", "rrf_k": 10}),
@@ -315,7 +315,7 @@ def test_writes_over_http_show_up_in_the_next_search(writable):
 
 
 def test_a_write_by_another_process_is_picked_up_without_restart(writable, minilm):
-    from medsearch.updates import delete
+    from medsearch.index.writes import delete
 
     client, path = writable
     assert client.get("/search", params={"q": QUESTION, "k": 1}).json()["results"][0]["id"] == "doc-020"

@@ -15,14 +15,16 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 
-from medsearch import checksums, generations
+from medsearch.index import checksums
+
+from medsearch.index import generations
 from medsearch.cli import cli
-from medsearch.corpus import Document
+from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
-from medsearch.snapshot import DamagedIndexError, DamagedSnapshotError, restore, snapshot, verify
-from medsearch.updates import compact, delete, upsert
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.index.snapshot import DamagedIndexError, DamagedSnapshotError, restore, snapshot, verify
+from medsearch.index.writes import compact, delete, upsert
 
 from conftest import BUNDLED, REPO, backend_settings, write_jsonl
 
@@ -190,7 +192,7 @@ def test_snapshot_paths_folders_and_the_index_itself(index_dir, tmp_path):
 
 
 def test_verify_on_qdrant_counts_the_collection(tmp_path, memo_minilm):
-    from medsearch.backends import qdrant
+    from medsearch.index.backends import qdrant
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=backend_settings("qdrant", tmp_path))
     assert verify(tmp_path / "idx").ok
@@ -412,7 +414,7 @@ def test_post_snapshot_writes_a_restorable_archive_while_searches_go_on(service,
 
     import httpx
 
-    import medsearch.snapshot as module
+    import medsearch.index.snapshot as module
 
     url, backups = service
     auth = {"Authorization": "Bearer t"}
@@ -517,7 +519,7 @@ def test_an_oversized_member_header_is_refused_before_it_is_read(tmp_path):
 
 
 def test_a_failed_restore_removes_only_what_it_made(tmp_path):
-    from medsearch.snapshot import _missing_folders, _remove_made
+    from medsearch.index.snapshot import _missing_folders, _remove_made
 
     made = _missing_folders(tmp_path / "x" / "a")
     (tmp_path / "x" / "a").mkdir(parents=True)
@@ -800,7 +802,7 @@ def test_keep_never_removes_the_snapshot_it_wrote_nor_another_index_at_the_same_
 
 def test_verify_holds_the_generation_it_checks(index_dir, minilm, monkeypatch):
     """A second hostile review: a write that committed while verify hashed the files pruned them under it."""
-    import medsearch.snapshot as module
+    import medsearch.index.snapshot as module
 
     real = module.check_generation
 

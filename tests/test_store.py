@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from medsearch.errors import NotFoundError
-from medsearch.index import open_index
-from medsearch.store import DocStore
+from medsearch.index.folder import open_index
+from medsearch.index.store import DocStore
 
 
 def test_read_only_and_usable_from_many_threads(bundled_index):

@@ -6,11 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from medsearch.cli import cli
-from medsearch.encoder import Encoder
+from medsearch.encoding.encoder import Encoder
 from medsearch.errors import MedsearchError
-from medsearch.index import build_index, open_index
-from medsearch.search import Searcher
-from medsearch.training import TrainSettings, load_pairs, matryoshka_dims, use_bf16
+from medsearch.index.folder import build_index, open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.training.finetune import TrainSettings, load_pairs, matryoshka_dims, use_bf16
 
 from conftest import BUNDLED, write_jsonl
 
@@ -138,7 +138,7 @@ def test_train_bad_input_from_the_cli(tmp_path):
 def test_resume_from_the_last_checkpoint(tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformerTrainer
 
-    import medsearch.training as training
+    import medsearch.training.finetune as training
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", bundled_pairs(24))
     settings = dict(batch_size=4, grad_accum=1, save_steps=1, device="cpu")
@@ -197,7 +197,7 @@ def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path
 def test_mined_negatives_are_other_answers_the_model_ranks_close(minilm):
     from datasets import Dataset
 
-    from medsearch.training import mine_negatives
+    from medsearch.training.finetune import mine_negatives
 
     from conftest import SMALL_DOCS
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from medsearch.cli import cli
 from medsearch.data.medquad import read_pairs, write_medquad
-from medsearch.encoder import Encoder
+from medsearch.encoding.encoder import Encoder
 
 from test_data import make_medquad_repo
 
@@ -31,7 +31,7 @@ def run_tune(medquad_dir, out, base, *extra):
 def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
     out = tmp_path / "tuned"
     # interrupted after the first training: the soup step finds no second model
-    import medsearch.training as training
+    import medsearch.training.finetune as training
 
     real_merge = training.merge_models
     training.merge_models = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
@@ -72,14 +72,14 @@ def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
     assert tuned.search_defaults == {"fusion": chosen["fusion"]}
     import shutil
 
-    from medsearch.encoder import weights_fingerprint
+    from medsearch.encoding.encoder import weights_fingerprint
     shutil.copytree(out, tmp_path / "no-reranker", ignore=shutil.ignore_patterns("reranker"))
     assert weights_fingerprint(out) == weights_fingerprint(tmp_path / "no-reranker"), "the re-ranker is not the model's weights"
     assert run_tune(medquad_dir, out, tiny1024_path).exit_code == 1  # OUT exists: refused
 
 
 def test_changed_settings_redo_only_the_steps_they_affect(medquad_dir, tmp_path, tiny1024_path):
-    import medsearch.training as training
+    import medsearch.training.finetune as training
 
     out = tmp_path / "tuned"
     real_merge = training.merge_models

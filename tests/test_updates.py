@@ -8,12 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from medsearch import generations
-from medsearch.corpus import Document
+from medsearch.index import generations
+from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError, MedsearchError, NotFoundError
-from medsearch.index import Index, build_index, open_index
-from medsearch.search import Searcher
-from medsearch.updates import AUTO_COMPACT_DEAD_FRACTION, compact, delete, sync, upsert
+from medsearch.index.folder import Index, build_index, open_index
+from medsearch.retrieval.search import Searcher
+from medsearch.index.writes import AUTO_COMPACT_DEAD_FRACTION, compact, delete, sync, upsert
 
 from conftest import BUNDLED, SMALL_DOCS, backend_settings, write_jsonl
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from medsearch.errors import BadInputError
-from medsearch.evaluation import read_judgements
+from medsearch.training.evaluation import read_judgements
 
 MEDICAL_SETS = ("nfcorpus", "trec-covid", "scifact")
 SPLIT_FILES = ("test", "dev", "train")  # a query judged in several files takes the first

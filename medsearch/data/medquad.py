@@ -204,8 +204,8 @@ def symptom_description(text: str, focus: str, rng: random.Random) -> str | None
 def symptom_pairs(data_dir: str | Path, rng: random.Random) -> list[dict]:
     """(symptom description -> overview answer) pairs for the train split's conditions of a
     MedQuAD folder: MedQuAD's questions all name their condition; people often describe symptoms."""
-    from medsearch.corpus import read_corpus
-    from medsearch.evaluation import read_qrels
+    from medsearch.documents.corpus import read_corpus
+    from medsearch.training.evaluation import read_qrels
 
     data = Path(data_dir)
     if not (data / "queries.jsonl").is_file():

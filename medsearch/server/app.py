@@ -49,8 +49,8 @@ from medsearch.errors import (
     NotFoundError,
     RerankerUnavailableError,
 )
-from medsearch.generations import IndexLockedError
-from medsearch.search import Searcher
+from medsearch.index.generations import IndexLockedError
+from medsearch.retrieval.search import Searcher
 from medsearch.server.access import AccessMiddleware, access_log
 from medsearch.server.metrics import start_metrics_server
 from medsearch.server.models import ERRORS
@@ -414,7 +414,7 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
 
     import uvicorn
 
-    from medsearch.index import index_runtime, open_index
+    from medsearch.index.folder import index_runtime, open_index
 
     settings = settings or ServerSettings()
     settings.validate()  # a writable service without a token fails here
@@ -425,7 +425,7 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
         settings = dataclasses.replace(settings, encode_workers=1)
     index.close()
     if settings.snapshot_dir is not None:
-        from medsearch.snapshot import check_outside
+        from medsearch.index.snapshot import check_outside
 
         check_outside(index_dir, settings.snapshot_dir, f"the snapshot folder {settings.snapshot_dir}")
     settings = dataclasses.replace(settings, allowed_hosts=allowed_hosts(settings, host))

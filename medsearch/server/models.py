@@ -7,7 +7,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from medsearch.options import OPTIONS, Option, SearchOptions
+from medsearch.retrieval.options import OPTIONS, Option, SearchOptions
 
 # The most one request may ask (options.OPTIONS' request_maximum), kept for the service's checks
 MAX_K = next(o.request_maximum for o in OPTIONS if o.name == "k")

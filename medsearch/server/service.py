@@ -19,18 +19,18 @@ from typing import Annotated, Callable
 
 from fastapi import Depends, Request
 
-from medsearch.backends.faiss import limit_threads
-from medsearch.options import SearchOptions
+from medsearch.index.backends.faiss import limit_threads
+from medsearch.retrieval.options import SearchOptions
 from medsearch.errors import BadInputError, MedsearchError, MismatchError, RerankerUnavailableError
-from medsearch.index import TIERS
-from medsearch.rerank import RerankStopped
-from medsearch.search import Searcher
+from medsearch.index.folder import TIERS
+from medsearch.retrieval.rerank import RerankStopped
+from medsearch.retrieval.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
 from medsearch.server.metrics import Metrics
 from medsearch.server.models import RequestOptions
 from medsearch.server.responses import json_bytes, public_message
 from medsearch.server.settings import ServerSettings, available_cores
-from medsearch.updates import WriteReport
+from medsearch.index.writes import WriteReport
 from medsearch.validation import check_text
 
 log = logging.getLogger("medsearch.server")
@@ -283,7 +283,7 @@ class Service:
         on a thread of its own: searches and writes go on (the generation is pinned, not locked).
         One at a time: a second, while one runs, gets SnapshotRunning. What fails on the server's
         side (a damaged index, the folder gone, no right to write) is SnapshotFailed, and logged."""
-        from medsearch.snapshot import snapshot
+        from medsearch.index.snapshot import snapshot
 
         searcher = self.loaded()
         if self.settings.snapshot_dir is None:  # (validate: a snapshot folder comes with --writable)

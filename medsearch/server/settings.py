@@ -7,7 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from medsearch.errors import BadInputError
-from medsearch.manifest import MAX_CANDIDATES
+from medsearch.index.manifest import MAX_CANDIDATES
 
 
 def available_cores() -> int:

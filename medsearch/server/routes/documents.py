@@ -24,8 +24,8 @@ async def document(doc_id: str, service: ServiceDep):
 async def add_documents(request: DocumentsIn, http: Request, service: ServiceDep):
     """Add or replace documents by id (`--writable` only): unchanged ones cost nothing, changed ones
     are re-encoded. Searches see the write as soon as this returns."""
-    from medsearch.corpus import documents_from_records
-    from medsearch.updates import upsert
+    from medsearch.documents.corpus import documents_from_records
+    from medsearch.index.writes import upsert
 
     settings = service.settings
     if not settings.writable:
@@ -44,7 +44,7 @@ async def add_documents(request: DocumentsIn, http: Request, service: ServiceDep
 @router.delete("/documents/{doc_id:path}", response_model=WriteOut, responses={403: {"model": ErrorOut}})
 async def delete_document(doc_id: str, http: Request, service: ServiceDep):
     """Delete a document from every tier (`--writable` only)."""
-    from medsearch.updates import delete
+    from medsearch.index.writes import delete
 
     if not service.settings.writable:
         raise ReadOnly()

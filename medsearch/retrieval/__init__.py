@@ -1,0 +1,2 @@
+"""Answering queries: the search options, the Searcher (tiers, modes, hydration), fusion, the
+re-rank stage and citations."""
