@@ -22,8 +22,8 @@ from common import print_table, write_results  # noqa: E402
 
 from medsearch.encoding import runtimes  # noqa: E402
 from medsearch.encoding.encoder import CALIBRATION_TEXTS, RUNTIMES, Encoder  # noqa: E402
-from medsearch.index.folder import build_index  # noqa: E402
-from medsearch.encoding.openvino_export import calibration_texts  # noqa: E402
+from medsearch.index.build import build_index  # noqa: E402
+from medsearch.encoding.runtimes.openvino_export import calibration_texts  # noqa: E402
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from conftest import BUNDLED, LONG_TEXT, SMALL_DOCS, write_jsonl
 from medsearch.documents.corpus import Document
 from medsearch.encoding.encoder import OPENVINO_FILES, Encoder, exported_model, model_folder, weights_fingerprint
 from medsearch.errors import BadInputError
-from medsearch.encoding.openvino_model import SPEC_FILE
+from medsearch.encoding.runtimes.openvino_model import SPEC_FILE
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
@@ -235,7 +235,7 @@ DAMAGES = [
 
 
 def test_a_spec_that_is_not_one_is_made_again(tmp_path, monkeypatch):
-    from medsearch.encoding.openvino_model import read_spec
+    from medsearch.encoding.runtimes.openvino_model import read_spec
 
     copy = _fresh_export(tmp_path)
     good = json.loads((copy / SPEC_FILE).read_text())

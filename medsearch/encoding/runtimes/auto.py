@@ -1,5 +1,4 @@
-"""Encoder runtimes: their names, the precision each computes in, whether one is installed, and
-which one `auto` means on this machine: measured once per CPU, then remembered.
+"""Which runtime `auto` means on this machine: measured once per CPU, then remembered.
 
 int8 pays only where the CPU has int8 instructions (VNNI, AMX): measured at 3.3x torch on one
 machine and 1.0x on another without them (issue 22). So the first `auto` on a CPU times each
@@ -9,35 +8,28 @@ machine's busy moments fall on every runtime alike), and keeps the result in
 $MEDSEARCH_CACHE/runtime-choice.json under the CPU's identity (model name and the instruction sets
 that matter) and the model's name. The choice is the runtime with the lowest median time where it
 clearly leads (faster in 3 of 4 rounds, by 3%); within noise the CPU's prior decides (int8 where the
-CPU has int8 instructions, else OpenVINO fp32; torch last). `medsearch info` shows the choice, its
-timings and how sure it is. A short timing of 24 passages at batch 8 once chose fp32 on a machine
+CPU has int8 instructions, else each runtime's rank: OpenVINO fp32, int8, torch). `medsearch info`
+shows the choice, its timings and how sure it is. A short timing of 24 passages at batch 8 once chose fp32 on a machine
 where whole builds ran int8 1.2x faster (issue 32).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
 import platform
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from medsearch.encoding.cache import cache_lock, cache_root
+from medsearch.encoding.runtimes.registry import DEFAULT_RUNTIME, REGISTRY, RUNTIMES, runtime_installed
 
-AUTO_RUNTIME = "auto"
-RUNTIMES = ("torch", "openvino", "openvino-int8")
-# What each runtime computes in. Runtimes of one precision give the same vectors to float tolerance
-# (cosine > 0.9999, tests/test_runtimes.py), so an index built by one is searched with another;
-# int8 vectors differ (cosine ~0.998), so they only meet int8 vectors.
-PRECISIONS = {"torch": "fp32", "openvino": "fp32", "openvino-int8": "int8"}
-RUNTIME_EXTRAS = {"openvino": "openvino", "openvino-int8": "openvino"}  # where the base install lacks them
-RUNTIME_PACKAGES = {"torch": ("torch",), "openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
+log = logging.getLogger(__name__)
 
 CHOICE_FILE = "runtime-choice.json"
 SAMPLE_PASSAGES = 64  # calibration passages timed per runtime and round: one batch, as a build encodes them
@@ -46,19 +38,6 @@ CLEAR_WINS, CLEAR_MARGIN = 0.75, 1.03  # a clear leader: faster in 3 of 4 rounds
 DROP = 1.5  # a runtime this much slower than the best after a round is timed no more
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 FLAGS = ("avx2", "avx512f", *INT8_FLAGS, "amx_bf16")
-
-
-def runtime_installed(runtime: str) -> bool:
-    """Whether `runtime` can run here: openvino runs the OpenVINO exports, and NNCF makes int8 ones
-    (both in the base install; looked up without importing them)."""
-    if runtime not in RUNTIMES:
-        return False
-    return all(importlib.util.find_spec(package) is not None for package in RUNTIME_PACKAGES[runtime])
-
-
-def cache_root() -> Path:
-    """medsearch's cache: exports, compiled models, the runtime choice ($MEDSEARCH_CACHE)."""
-    return Path(os.environ.get("MEDSEARCH_CACHE") or Path.home() / ".cache" / "medsearch")  # (set but empty: unset)
 
 
 def cpu_identity() -> str:
@@ -122,10 +101,8 @@ def prior(cpu: str) -> list[str]:
     """The runtimes in the order a timing within noise falls back to: int8 first on a CPU with int8
     instructions (VNNI, AMX: whole builds measured int8 1.2x fp32 there), else OpenVINO fp32 (the
     model's own vectors); torch last (same vectors as OpenVINO fp32, and torch in the query process)."""
-    flags = set(cpu.rpartition("|")[2].split())
-    if flags & set(INT8_FLAGS):
-        return ["openvino-int8", "openvino", "torch"]
-    return ["openvino", "openvino-int8", "torch"]
+    int8_cpu = bool(set(cpu.rpartition("|")[2].split()) & set(INT8_FLAGS))
+    return sorted(RUNTIMES, key=lambda name: (not (int8_cpu and REGISTRY[name].precision == "int8"), REGISTRY[name].rank))
 
 
 def decide(times: dict[str, list[float]], cpu: str) -> dict:
@@ -180,23 +157,6 @@ def _timed(encoder, texts: list[str]) -> float:
     return time.perf_counter() - started
 
 
-@contextmanager
-def cache_lock(path: Path):
-    """Holds the lock file `path` in medsearch's cache (flock, waiting for another holder) for the
-    block; where the folder cannot be written, the block runs without it."""
-    import fcntl
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path, "a")
-    except OSError:
-        yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> dict:
     """Time each installed runtime on `spec`'s model (`load(runtime)` gives its encoder; exports are
     made as needed) on `passages` (decide, _timings), and record the choice. An OpenVINO runtime that
@@ -209,7 +169,7 @@ def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> di
         try:
             encoders[runtime] = load(runtime)
         except Exception as err:  # noqa: BLE001 - any failure of an optional runtime leaves it out
-            if runtime == "torch":
+            if runtime == DEFAULT_RUNTIME:
                 raise
             log.warning("auto runtime: %s left out (%s)", runtime, str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
     times = _timings(encoders, texts)
@@ -235,8 +195,9 @@ def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> di
 def auto_runtime(spec: str, load: Callable[[str], object], passages: Callable[[], list[str]]) -> str:
     """`auto` on this machine: the recorded choice for this CPU and `spec`'s model, measured the first
     time (`load` as measure takes it; `passages()` gives its passages, read only when it measures)."""
-    if not runtime_installed("openvino"):
-        return "torch"  # nothing to choose from
+    installed = [r for r in RUNTIMES if runtime_installed(r)]
+    if len(installed) < 2:
+        return installed[0] if installed else DEFAULT_RUNTIME  # nothing to choose from
     record = recorded(spec)
     if record is None:
         with cache_lock(cache_root() / f".{CHOICE_FILE}.lock"):  # one process measures at a time: two would time each other's exports

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.encoding import openvino_model
+from medsearch.encoding.runtimes import openvino_model
 
 # Files of a model folder an export leaves out: its weights and earlier exports
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.h5", "*.msgpack", "*.onnx", "onnx", "openvino", "checkpoint-*",

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.encoding.runtimes import cache_lock
+from medsearch.encoding.cache import CACHE_DIR, cache_lock
 
 SPEC_FILE = "medsearch_encoder.json"
-CACHE_DIR = "cache"  # in the export's openvino/ folder: OpenVINO's compiled models
 SPEC_VERSION = 1
 # Modules this runner reproduces; a model with any other (Dense, a custom module) runs through
 # sentence-transformers' backend instead.
@@ -103,6 +102,8 @@ def read_spec(export: Path) -> dict | None:
 class OpenVINOModel:
     """Encodes texts with an export folder's compiled model: tokenize, infer, pool, normalise."""
 
+    weights: str | None = None  # the weights fingerprint its export was found by (set by the runtime that loads it)
+
     def __init__(self, export: Path, spec: dict, batch_size: int = 64, streams: int | None = None,
                  threads: int | None = None):
         import openvino as ov
@@ -140,6 +141,11 @@ class OpenVINOModel:
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.parallel):
             self._requests.put(self.compiled.create_infer_request())
+
+    @property
+    def model(self) -> "OpenVINOModel":
+        """What the runtime loaded (runtimes/base.py's Runner): this runner itself."""
+        return self
 
     @property
     def max_tokens(self) -> int:
