@@ -45,10 +45,9 @@ def query(text, queries_file, index_dir, options, as_json, model, device, runtim
         ids, texts = read_queries(queries_file)
     else:
         ids, texts = None, [text]
-    Searcher.check_queries(texts, ids)  # before a model loads
-    searcher = Searcher.open(index_dir, model=model, device=device, load_model=options.mode != "lexical", runtime=runtime,
-                             reranker=reranker)
-    for result in searcher.search(texts, options, query_ids=ids):
+    # one library call: the queries checked (once, before a model loads), the index opened, searched
+    for result in Searcher.query(index_dir, texts, options, query_ids=ids, model=model, device=device, runtime=runtime,
+                                 reranker=reranker):
         if as_json:
             click.echo(json.dumps(result.to_json(), ensure_ascii=False))
         else:

@@ -275,8 +275,9 @@ class Index:
         return self._mask(self.store.chunk_rows())
 
     def allowed(self, filters=None) -> np.ndarray | None:
-        """Which rows a search may return (bool per row): live, and matching every filter
-        (`field=value` strings or filters.Filter); None when that is every row."""
+        """Which rows a search may return (bool per row): live, and matching every filter (parsed
+        filters.Filter, as a search's options hold them; a `field=value` string is parsed here);
+        None when that is every row."""
         if not filters:
             return self.live
         where, params = filter_sql(parse_filters(filters), self.manifest.metadata_fields)
@@ -287,19 +288,23 @@ class Index:
         mask[rows] = True
         return mask
 
-    def search_dense(self, vectors: np.ndarray, *, dim: int, rerank: bool, k: int, candidates: int,
-                     filters=None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """The backend's dense top lists (backends/base.py) among the rows a search may return: the
-        live rows matching `filters`, or the live rows and the filters for a backend that filters
-        inside its own engine (the fields are checked here either way)."""
-        parsed = parse_filters(filters)
-        if self.backend.filters_natively:
-            filter_sql(parsed, self.manifest.metadata_fields)  # an unknown field: the same error
-            allowed = self.live
+    def search_dense(self, vectors: np.ndarray, *, dim: int, rerank: bool, k: int, oversample: int | None = None,
+                     filters=()) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+        """The backend's dense top k lists (backends/base.py) at `dim` (`rerank`: the fast tier's
+        candidates re-ranked at full dim) among the rows a search may return: the live rows matching
+        `filters` (parsed filters.Filter, their fields checked by the caller: Searcher.check), or the
+        live rows and the filters for a backend that filters inside its own engine. The candidates
+        are this generation's, from its manifest, handed down: the funnel's measured count (or
+        k x `oversample`), else k, or 2k where chunks of one document may crowd the list."""
+        from medsearch.index.backends.funnel import candidates_for
+
+        if rerank:
+            candidates = candidates_for(self.manifest.fast, k, oversample)
         else:
-            allowed = self.allowed(parsed)
+            candidates = 2 * k if self.chunks != self.manifest.documents else k
+        allowed = self.live if self.backend.filters_natively else self.allowed(filters)
         return self.backend.search(vectors, dim=dim, rerank=rerank, k=k, candidates=candidates, allowed=allowed,
-                                   filters=parsed, chunk_doc=self.chunk_doc)
+                                   filters=list(filters), chunk_doc=self.chunk_doc)
 
     def load(self, vectors: bool = True) -> "Index":
         """Load everything a search needs now (a service's new generation): the backend's vectors

@@ -3,20 +3,26 @@
 the HTTP API its request model and query parameters).
 
 A SearchOptions checks itself when it is made (a bad value is a BadInputError before anything is
-encoded); what depends on the index (a stored dim, a lexical index, known filter fields) is checked
-by `Searcher.check`. A new stage adds a field here and a row to OPTIONS.
+encoded) and parses its filters there, once. `SearchOptions.resolve` fills in the index's defaults
+ONCE per search, into a frozen `ResolvedSearch` that every later stage reads (Searcher.search,
+search_encoded, retrieve and the index's dense search take it as it is); what depends on the index
+(a stored dim, a lexical index, known filter fields) is checked on it by `Searcher.check`. A new
+stage adds a field here and a row to OPTIONS.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsearch.errors import BadInputError
-from medsearch.index.filters import parse_filters
+from medsearch.index.filters import Filter, parse_filters
 from medsearch.retrieval.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES, Fusion, check_mode
 from medsearch.index.manifest import MAX_DEFAULT_RERANK, TIERS
 from medsearch.validation import check_text
+
+if TYPE_CHECKING:
+    from medsearch.index.manifest import Manifest
 
 DEFAULT_TIER = "fast"
 # Fast-tier candidates: k x oversample when a caller gives it; by default (None) the count that the
@@ -116,7 +122,13 @@ class SearchOptions:
         for i, text in enumerate(self.filters, start=1):
             if isinstance(text, str):  # (or a parsed filters.Filter)
                 check_text(text, f"filter {i}")
-        parse_filters(self.filters)  # the syntax; the fields are the index's (Searcher.check)
+        # parsed here, once: the syntax; the fields are the index's (Searcher.check)
+        object.__setattr__(self, "_parsed", tuple(parse_filters(self.filters)))
+
+    @property
+    def parsed_filters(self) -> tuple[Filter, ...]:
+        """The filters, parsed (when these options were made)."""
+        return self._parsed
 
     @classmethod
     def flat(cls, **values) -> "SearchOptions":
@@ -146,3 +158,53 @@ class SearchOptions:
     def depth(self) -> int:
         """Documents each list gives: k, or in hybrid mode the fusion's depth when that is more."""
         return max(self.k, (self.fusion or _FUSION).depth) if self.mode == "hybrid" else self.k
+
+    def resolve(self, manifest: "Manifest", default_rerank: int = 0,
+                default_quote_sentences: int = DEFAULT_QUOTE_SENTENCES) -> "ResolvedSearch":
+        """These options against an index's `manifest` (its default mode and fusion, its tier dims)
+        and its searcher's defaults (documents re-ranked, sentences encoded for quotes): every choice
+        made, nothing checked (Searcher.check does that, on the result) and nothing raised."""
+        if self.dim is not None:  # a stored dim, searched directly (Searcher.check: one the index stores)
+            search_dim, funnel = self.dim, False
+        else:
+            search_dim = manifest.tier_dims[self.tier]
+            funnel = self.tier == "fast" and search_dim != manifest.full_dim  # candidates re-ranked at full dim
+        return ResolvedSearch(
+            options=self, mode=self.mode if self.mode is not None else manifest.default_mode, tier=self.tier,
+            dim=self.dim, search_dim=search_dim, funnel=funnel, k=self.k,
+            rerank=self.rerank if self.rerank is not None else default_rerank,
+            fusion=self.fusion if self.fusion is not None else manifest.fusion or Fusion(),
+            oversample=self.oversample, filters=self.parsed_filters,
+            quote_sentences=self.quote_sentences if self.quote_sentences is not None else default_quote_sentences)
+
+
+@dataclass(frozen=True)
+class ResolvedSearch:
+    """One search's options with every default filled in, made once per search call
+    (SearchOptions.resolve, from Searcher.resolve) and read as they are by every stage after it:
+    the mode, the tier and the dim it searches (`funnel`: the fast tier's candidates re-ranked at
+    full dim; the index turns `oversample`, or its measured count, into the candidates), k, the
+    documents re-ranked by a cross-encoder, the fusion, the parsed filters and the quote budget."""
+
+    options: SearchOptions  # as the caller gave them
+    mode: str
+    tier: str
+    dim: int | None  # the stored dim asked for (None: the tier's)
+    search_dim: int  # the prefix dim searched: `dim`, or the tier's
+    funnel: bool
+    k: int  # documents returned
+    rerank: int  # documents the cross-encoder re-scores (0: off)
+    fusion: Fusion
+    oversample: int | None
+    filters: tuple[Filter, ...]
+    quote_sentences: int
+
+    @property
+    def first_stage(self) -> int:
+        """Documents the stages before the cross-encoder rank: k, or the re-ranked N when that is more."""
+        return max(self.k, self.rerank)
+
+    def depth(self, k: int) -> int:
+        """Documents each list gives for a ranking of k: k, or in hybrid mode the fusion's depth when
+        that is more."""
+        return max(k, self.fusion.depth) if self.mode == "hybrid" else k

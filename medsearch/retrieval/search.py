@@ -8,6 +8,11 @@ gives its score and its snippet.
 
 Modes: dense (the above), lexical (BM25 over the same chunks, lexical.py; nothing is encoded) and
 hybrid (the dense and lexical top lists fused, fusion.py). Filters and dead rows apply to both.
+
+A search call resolves its SearchOptions against the index's defaults once (`resolve`: a frozen
+options.ResolvedSearch, its filters parsed once when the options were made), checks it and its
+queries once (`check`), and hands it down as it is: `retrieve` and the index's dense search read
+it, and the index turns it into the backend's candidate count from its own manifest.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,17 +32,17 @@ from medsearch.retrieval import citations
 
 from medsearch.index import generations
 from medsearch.index.backends.base import collapse, documents_of
-from medsearch.index.backends.funnel import candidates_for
 from medsearch.encoding.chunking import passage
 from medsearch.encoding.encoder import Encoder
 from medsearch.errors import BadInputError, RerankerUnavailableError, reason
-from medsearch.index.filters import filter_sql, parse_filters
+from medsearch.index.filters import filter_sql
 from medsearch.retrieval.fusion import fuse
 from medsearch.index.folder import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
-from medsearch.retrieval.options import DEFAULT_OVERSAMPLE, DEFAULT_QUOTE_SENTENCES, DEFAULT_RERANK, DEFAULT_TIER, SearchOptions
+from medsearch.retrieval.options import (DEFAULT_OVERSAMPLE, DEFAULT_QUOTE_SENTENCES, DEFAULT_RERANK, DEFAULT_TIER,
+                                         ResolvedSearch, SearchOptions)
 from medsearch.retrieval.rerank import Reranker, RerankStopped, load_index_reranker, load_reranker, rerank, runtime_for
 
-__all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "SearchOptions", "Searcher"]
+__all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "ResolvedSearch", "SearchOptions", "Searcher"]
 SNIPPET_CHARS = 240
 log = logging.getLogger("medsearch")
 
@@ -171,6 +176,18 @@ class Searcher:
                 log.warning("%s", err)
         return searcher
 
+    @classmethod
+    def query(cls, index_dir: str | Path, queries: list[str], options: SearchOptions | None = None, *,
+              query_ids: list[str] | None = None, model: str | None = None, device: str | None = None,
+              runtime: str | None = None, reranker: str | None = None) -> list[QueryResult]:
+        """One process's queries (`medsearch query`): checked before the index opens or a model loads,
+        then searched with the index's model (none loaded for lexical mode) as `search` does."""
+        options = options or SearchOptions()
+        cls.check_queries(queries, query_ids)
+        searcher = cls.open(index_dir, model=model, device=device, load_model=options.mode != "lexical",
+                            runtime=runtime, reranker=reranker)
+        return searcher._search(queries, searcher.check(options), query_ids)
+
     def describe(self, index: Index) -> dict:
         """The index's description (Index.describe) with this searcher's re-ranker, when it was
         given one (it then re-ranks DEFAULT_RERANK documents by default)."""
@@ -256,40 +273,47 @@ class Searcher:
                 old.close()
         self._left = still
 
-    def quote_sentences_for(self, options: SearchOptions) -> int:
+    def quote_sentences_for(self, options: SearchOptions | ResolvedSearch) -> int:
         """The sentences a query may encode for quotes: its options', else this searcher's default."""
         return self.quote_sentences if options.quote_sentences is None else options.quote_sentences
 
-    @staticmethod
-    def resolve_dim(index: Index, tier: str, dim: int | None) -> tuple[int, bool]:
-        """(dim to search, whether to re-rank at full dim) for a tier, or for an explicit stored dim."""
-        if dim is not None:
-            index.check_dim(dim)
-            return dim, False
-        tier_dim = index.manifest.tier_dims[tier]
-        return tier_dim, tier == "fast" and tier_dim != index.full_dim
-
-    def resolve(self, options: SearchOptions, index: Index | None = None) -> SearchOptions:
-        """The options with the index's defaults filled in where they leave the choice to it (the
-        mode: hybrid where the index has a lexical index)."""
+    def resolve(self, options: SearchOptions | ResolvedSearch, index: Index | None = None) -> ResolvedSearch:
+        """The options with the index's defaults (and this searcher's) filled in where they leave the
+        choice to it: the mode (hybrid where the index has a lexical index), the documents
+        re-ranked, the fusion, the dim searched, the quote budget. Made once per search call; options
+        already resolved are returned as they are. Nothing is checked here (`check`)."""
+        if isinstance(options, ResolvedSearch):
+            return options
         index = index or self.index
-        return options.for_index(index.manifest.default_mode, self.default_rerank(index), index.manifest.fusion)
+        return options.resolve(index.manifest, self.default_rerank(index), self.quote_sentences)
 
-    def check(self, options: SearchOptions, index: Index | None = None) -> None:
-        """Raise BadInputError for options this index cannot serve (before any encoding): a dim it
-        does not store, a lexical mode without a lexical index, a filter on a field it lacks."""
+    def check(self, options: SearchOptions | ResolvedSearch, index: Index | None = None, *,
+              queries: list[str] | None = None, query_ids: list[str] | None = None) -> ResolvedSearch:
+        """The options resolved (`resolve`), after raising BadInputError for `queries` that cannot be
+        searched (`check_queries`) and for options this index cannot serve (before any encoding): a
+        lexical mode without a lexical index, a dim it does not store, a filter on a field it lacks,
+        a mode that needs a model this searcher lacks, re-ranking without a cross-encoder."""
+        if queries is not None:
+            self.check_queries(queries, query_ids)
         index = index or self.index
-        options = self.resolve(options, index)
-        if options.mode != "dense":
+        plan = self.resolve(options, index)
+        if plan.mode != "dense":
             index.lexical  # noqa: B018 (an index without one fails here)
-        self.resolve_dim(index, options.tier, options.dim)
-        if options.filters:
-            filter_sql(parse_filters(options.filters), index.manifest.metadata_fields)
-        if options.mode != "lexical" and self.encoder is None:
-            raise BadInputError(f"{options.mode} search needs a model to encode the queries; this searcher has none")
-        if options.rerank and self.reranker is None and index.manifest.reranker is None:
+        self._check_index(plan, index)
+        if plan.mode != "lexical" and self.encoder is None:
+            raise BadInputError(f"{plan.mode} search needs a model to encode the queries; this searcher has none")
+        if plan.rerank and self.reranker is None and index.manifest.reranker is None:
             raise BadInputError("re-ranking needs a cross-encoder: give one (--reranker MODEL), or record one in "
                                 "the index (medsearch index ... --reranker MODEL)")
+        return plan
+
+    @staticmethod
+    def _check_index(plan: ResolvedSearch, index: Index, dim: bool = True) -> None:
+        """What the index's own contents decide: a dim it stores, filter fields it knows."""
+        if dim and plan.dim is not None:
+            index.check_dim(plan.dim)
+        if plan.filters:
+            filter_sql(list(plan.filters), index.manifest.metadata_fields)
 
     @staticmethod
     def check_queries(queries: list[str], query_ids: list[str] | None = None) -> None:
@@ -306,28 +330,29 @@ class Searcher:
         (amortised). `options` (or its fields as keywords: `search(queries, tier="deep", k=5)`):
         tier, k, dim, oversample, filters, mode (dense, lexical: BM25, nothing encoded; hybrid: both
         fused) and fusion (options.py)."""
-        options = self.resolve(SearchOptions.of(options, fields))
-        self.check_queries(queries, query_ids)
-        self.check(options)
-        started = time.perf_counter()
-        vectors = None if options.mode == "lexical" else self.encoder.encode_queries(queries)
-        encode_ms = (time.perf_counter() - started) * 1000 / len(queries) if vectors is not None else 0.0
-        return self.search_encoded(queries, vectors, options, encode_ms=encode_ms, query_ids=query_ids)
+        plan = self.check(SearchOptions.of(options, fields), queries=queries, query_ids=query_ids)
+        return self._search(queries, plan, query_ids)
 
-    def search_encoded(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
+    def _search(self, queries: list[str], plan: ResolvedSearch, query_ids: list[str] | None) -> list[QueryResult]:
+        """Encode (unless lexical) and search queries and options already checked."""
+        started = time.perf_counter()
+        vectors = None if plan.mode == "lexical" else self.encoder.encode_queries(queries)
+        encode_ms = (time.perf_counter() - started) * 1000 / len(queries) if vectors is not None else 0.0
+        return self.search_encoded(queries, vectors, plan, encode_ms=encode_ms, query_ids=query_ids)
+
+    def search_encoded(self, queries: list[str], vectors: np.ndarray | None, options: ResolvedSearch | SearchOptions, *,
                        encode_ms: float = 0.0, query_ids: list[str] | None = None,
                        stop: Callable[[], bool] | None = None) -> list[QueryResult]:
         """Search and hydrate queries already encoded (`vectors`, one row per query, None in lexical
         mode; the service encodes concurrent requests together) with options already checked
-        (`check`). `encode_ms` is reported as each query's encoding time. `stop`: asked before each
+        (`check`: its ResolvedSearch, used as it is). `encode_ms` is reported as each query's encoding time. `stop`: asked before each
         query and between the cross-encoder's forward passes; once it answers True the request ends
         with RerankStopped (its caller stopped waiting: a client gone, a deadline passed)."""
         with self.pinned() as index:  # one generation for the whole request, kept open until hydrated
-            options = self.resolve(options, index)
+            options = self._planned(options, index)
             k = options.k
-            if options.rerank:  # the re-ranker's candidates: the top N documents of the other stages
-                options = replace(options, k=max(k, options.rerank))
-            ranked, timings = self.retrieve(queries, vectors, options, index=index)
+            # the first stages rank the re-ranker's candidates too: the top N documents (options.first_stage)
+            ranked, timings = self._retrieve(queries, vectors, options, index, options.first_stage)
             reranker = self.reranker_for(index) if options.rerank else None
             results, generation = [], index.generation
             reranking = hydrating = 0.0
@@ -386,20 +411,34 @@ class Searcher:
         passages = [passage(found[row]["title"], found[row]["chunk"]) for row, _, _ in hits[:n]]
         return rerank(reranker, query, hits, passages, n, stop)
 
-    def retrieve(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions, *,
+    def retrieve(self, queries: list[str], vectors: np.ndarray | None, options: SearchOptions | ResolvedSearch, *,
                  index: Index | None = None) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:
         """Ranked (chunk row, score, {list: rank}) per query, one document per hit, in any mode, with
         options already checked: dense ranks `vectors` in the tier, lexical ranks the query text by
-        BM25, hybrid fuses the two top lists (`options.depth` documents each)."""
+        BM25, hybrid fuses the two top lists (`options.depth` documents each); k documents (the
+        re-ranking stage is not run here)."""
         index = index or self.current()
-        options = self.resolve(options, index)
-        mode = options.mode
+        options = self._planned(options, index)
+        return self._retrieve(queries, vectors, options, index, options.k)
+
+    def _planned(self, options: SearchOptions | ResolvedSearch, index: Index) -> ResolvedSearch:
+        """Options a caller resolved and checked, as they are; plain SearchOptions resolved here,
+        with the checks of what the index stores (dim, filter fields)."""
+        if isinstance(options, ResolvedSearch):
+            return options
+        plan = self.resolve(options, index)
+        self._check_index(plan, index, dim=plan.mode != "lexical")  # (a lexical list searches no dim)
+        return plan
+
+    def _retrieve(self, queries: list[str], vectors: np.ndarray | None, plan: ResolvedSearch, index: Index,
+                  k: int) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:
+        mode, depth = plan.mode, plan.depth(k)
         lists: dict[str, list[list[tuple[int, float]]]] = {}
         timings: dict[str, float] = {}
         if mode != "lexical":
-            lists["dense"], timings = self._dense(index, vectors, options, options.depth)
+            lists["dense"], timings = self._dense(index, vectors, plan, depth)
         if mode != "dense":
-            lists["lexical"], timings["lexical"] = self._lexical(index, queries, options.depth, index.allowed(options.filters))
+            lists["lexical"], timings["lexical"] = self._lexical(index, queries, depth, index.allowed(plan.filters))
         if mode != "hybrid":
             (name, ranked), = lists.items()
             return [[(row, score, {name: rank}) for rank, (row, score) in enumerate(hits, 1)] for hits in ranked], timings
@@ -409,7 +448,7 @@ class Searcher:
             per_list = {name: [(doc, row, score) for doc, (row, score) in
                                zip(documents_of(index.chunk_doc, [row for row, _ in hits]), hits)]
                         for name, hits in (("dense", dense), ("lexical", lexical))}
-            fused.append(fuse(per_list, options.fusion, options.k))
+            fused.append(fuse(per_list, plan.fusion, k))
         timings["fuse"] = (time.perf_counter() - started) * 1000
         return fused, timings
 
@@ -440,14 +479,13 @@ class Searcher:
         the options' tier, k, dim, oversample and filters; keywords as in `search`)."""
         options = SearchOptions.of(options, fields)
         index = index or self.current()
-        self.resolve_dim(index, options.tier, options.dim)
-        return self._dense(index, vectors, options, options.k)
+        plan = self._planned(options, index)
+        return self._dense(index, vectors, plan, plan.k)
 
     @staticmethod
-    def _dense(index: Index, vectors: np.ndarray, options: SearchOptions,
+    def _dense(index: Index, vectors: np.ndarray, plan: ResolvedSearch,
                k: int) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
-        """The dense top k lists, from the index's backend (backends/base.py)."""
-        search_dim, rerank = Searcher.resolve_dim(index, options.tier, options.dim)
-        collapses = index.chunks != index.manifest.documents  # room for chunks of one document
-        wanted = candidates_for(index.manifest.fast, k, options.oversample) if rerank else (2 * k if collapses else k)
-        return index.search_dense(vectors, dim=search_dim, rerank=rerank, k=k, candidates=wanted, filters=options.filters)
+        """The dense top k lists, from the index's backend (backends/base.py); the index makes the
+        candidate count from its manifest."""
+        return index.search_dense(vectors, dim=plan.search_dim, rerank=plan.funnel, k=k, oversample=plan.oversample,
+                                  filters=plan.filters)

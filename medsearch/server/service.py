@@ -20,7 +20,7 @@ from typing import Annotated, Callable
 from fastapi import Depends, Request
 
 from medsearch.index.backends.faiss import limit_threads
-from medsearch.retrieval.options import SearchOptions
+from medsearch.retrieval.options import ResolvedSearch, SearchOptions
 from medsearch.errors import BadInputError, MedsearchError, MismatchError, RerankerUnavailableError
 from medsearch.index.folder import TIERS
 from medsearch.retrieval.rerank import RerankStopped
@@ -163,7 +163,7 @@ class Service:
         self.check_request(texts, ids, request.filters, request.k, request.oversample)
         if self.settings.log_queries:  # once checked: text that encodes, within the length limit
             fields["query"] = list(texts)
-        options = searcher.resolve(request.options())
+        options = searcher.resolve(request.options())  # once: every step below reads this ResolvedSearch
         if len(texts) * options.rerank > self.settings.max_rerank_pairs:
             raise BadInputError(f"{len(texts)} queries x rerank={options.rerank} asks the cross-encoder to score "
                                 f"{len(texts) * options.rerank} pairs; the limit is {self.settings.max_rerank_pairs} a request")
@@ -171,8 +171,7 @@ class Service:
         if quotes > self.settings.max_quote_sentences:
             raise BadInputError(f"{len(texts)} queries x quote_sentences asks the encoder for up to {quotes} sentences; "
                                 f"the limit is {self.settings.max_quote_sentences} a request")
-        searcher.check_queries(texts, ids)
-        searcher.check(options)  # before encoding anything
+        searcher.check(options, queries=texts, query_ids=ids)  # the queries, then the options: before encoding anything
         lane, pairs = self.lane(len(texts), options), len(texts) * options.rerank
         if lane is not None:  # before encoding: a request the lane cannot take costs nothing
             lane.admit(pairs, self._seconds_per_pair(searcher) if pairs else None)
@@ -210,7 +209,7 @@ class Service:
         reranker = searcher.reranker_for(searcher.index, load=False)  # (never a model load on the event loop)
         return reranker.seconds_per_pair if reranker is not None else None
 
-    def lane(self, queries: int, options: SearchOptions) -> "Lane | None":
+    def lane(self, queries: int, options: ResolvedSearch) -> "Lane | None":
         """Where a request runs: the costly lane past costly_pairs cross-encoder pairs, costly_results
         results or costly_quotes sentences encoded for quotes, the re-rank lane when it re-ranks, else
         the search threads (None)."""
