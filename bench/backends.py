@@ -27,7 +27,8 @@ from common import RESULTS, median_ms, print_table, recall_against, single_query
 from medsearch.index.backends import qdrant
 from medsearch.encoding.encoder import Encoder
 from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs
-from medsearch.index.folder import TIERS, build_index, index_exists, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import TIERS, index_exists, open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import sync
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from common import RESULTS, write_results
 from medsearch.documents.corpus import read_corpus
 from medsearch.encoding.encoder import Encoder
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import upsert
 

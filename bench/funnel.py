@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, median_ms, print_table, recall_against, single_query_latencies, write_results  # noqa: E402
 from synthetic import generate_lowrank, queries_near  # noqa: E402
 
-from medsearch.index.folder import open_index, write_index  # noqa: E402
+from medsearch.index.build import BuildOptions, write_index  # noqa: E402
+from medsearch.index.folder import open_index  # noqa: E402
 from medsearch.retrieval.search import Searcher  # noqa: E402
 
 COUNTS = (20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -32,7 +33,7 @@ COUNTS = (20, 50, 100, 200, 500, 1000, 2000, 5000)
 def measure(name: str, vectors: np.ndarray, queries: np.ndarray, folder: Path, timed: int, counts) -> list[dict]:
     started = time.perf_counter()
     manifest = write_index(folder, vectors, np.arange(len(vectors)), {"model": {"spec": name, "name": name, "fingerprint": name},
-                                                                       "documents": len(vectors)}, vector_dtype="float16")
+                                                                       "documents": len(vectors)}, BuildOptions(vector_dtype="float16"))
     build_s = time.perf_counter() - started
     searcher = Searcher(open_index(folder), None)
     index, n = searcher.index, len(vectors)

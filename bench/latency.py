@@ -16,7 +16,8 @@ from pathlib import Path
 from common import RESULTS, median_ms, p95_ms, print_table, write_results
 from medsearch.documents.corpus import read_queries
 from medsearch.encoding.encoder import Encoder
-from medsearch.index.folder import TIERS, build_index, index_exists
+from medsearch.index.build import build_index
+from medsearch.index.folder import TIERS, index_exists
 from medsearch.retrieval.search import Searcher
 
 

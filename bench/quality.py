@@ -16,7 +16,8 @@ from pathlib import Path
 from common import RESULTS, print_table, recall_against, write_results
 from medsearch.encoding.encoder import Encoder
 from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs
-from medsearch.index.folder import build_index, index_exists, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import index_exists, open_index
 from medsearch.index.backends.funnel import candidates_for
 from medsearch.retrieval.search import Searcher
 

@@ -22,7 +22,8 @@ from common import RESULTS, median_ms, p95_ms, print_table, write_results  # noq
 from medsearch.documents.corpus import read_queries  # noqa: E402
 from medsearch.encoding.encoder import Encoder, default_model_path  # noqa: E402
 from medsearch.errors import MedsearchError  # noqa: E402
-from medsearch.index.folder import build_index, index_exists  # noqa: E402
+from medsearch.index.build import build_index  # noqa: E402
+from medsearch.index.folder import index_exists  # noqa: E402
 from medsearch.retrieval.rerank import Reranker  # noqa: E402
 from medsearch.retrieval.search import Searcher  # noqa: E402
 

@@ -21,7 +21,8 @@ from common import RESULTS, print_table, query_encode_p50_ms, write_results  # n
 
 from medsearch.encoding.encoder import RUNTIMES, Encoder  # noqa: E402
 from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs  # noqa: E402
-from medsearch.index.folder import build_index, open_index  # noqa: E402
+from medsearch.index.build import build_index  # noqa: E402
+from medsearch.index.folder import open_index  # noqa: E402
 from medsearch.retrieval.search import Searcher  # noqa: E402
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from common import RESULTS, free_port, print_table, wait_ready, write_results
 from medsearch.documents.corpus import read_queries
 from medsearch.encoding.encoder import Encoder
-from medsearch.index.folder import build_index, index_exists
+from medsearch.index.build import build_index
+from medsearch.index.folder import index_exists
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -44,7 +44,8 @@ def mark(name):
     now = time.perf_counter()
     marks[name] = round(now - started, 3)
     started = now
-from medsearch.index.folder import index_encoder, open_index
+from medsearch.index.folder import open_index
+from medsearch.index.model_check import index_encoder
 from medsearch.retrieval.search import Searcher
 mark("import medsearch")
 index = open_index(sys.argv[1])
@@ -78,7 +79,8 @@ def wall(*command: str) -> float:
 ADD_PHASES = """
 import json, sys, time
 started = time.perf_counter()
-from medsearch.index.folder import index_encoder, open_index
+from medsearch.index.folder import open_index
+from medsearch.index.model_check import index_encoder
 from medsearch.index.writes import upsert
 imported = time.perf_counter() - started
 base = open_index(sys.argv[1])

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, print_table, recall_against, write_results
-from medsearch.index.folder import open_index, write_index
+from medsearch.index.build import BuildOptions, write_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 
 OVERSAMPLES = (1, 2, 5, 10, 20, 40, 80)
@@ -165,7 +166,7 @@ def recall_curve(searcher: Searcher, queries: np.ndarray, oversamples=OVERSAMPLE
 
 def synthetic_searcher(vectors: np.ndarray, folder: Path, **kwargs) -> Searcher:
     """An index folder over synthetic vectors (one chunk per document, no docs.db), opened for search."""
-    write_index(folder, vectors, np.arange(len(vectors)), {"model": {"spec": "synthetic", "name": "synthetic", "fingerprint": "synthetic"}, "documents": len(vectors)}, **kwargs)
+    write_index(folder, vectors, np.arange(len(vectors)), {"model": {"spec": "synthetic", "name": "synthetic", "fingerprint": "synthetic"}, "documents": len(vectors)}, BuildOptions(**kwargs))
     return Searcher(open_index(folder), None)
 
 

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from medsearch.index.backends import qdrant  # noqa: E402
 from medsearch.encoding.encoder import Encoder, default_model_path  # noqa: E402
-from medsearch.index.folder import build_index  # noqa: E402
+from medsearch.index.build import build_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "corpus"

@@ -215,7 +215,7 @@ def test_an_id_with_an_invisible_character_is_refused(invisible):
 
 
 def test_one_id_spelled_twice_in_one_library_upsert_is_a_duplicate(tmp_path, small_corpus, minilm):
-    from medsearch.index.folder import build_index
+    from medsearch.index.build import build_index
     from medsearch.index.writes import upsert
 
     build_index(small_corpus, tmp_path / "idx", minilm)

@@ -4,7 +4,7 @@ goes through. The trial loop is bench/crash.py's `run_trials`, which asserts bot
 
 import sys
 
-from medsearch.index.folder import build_index
+from medsearch.index.build import build_index
 
 from conftest import BUNDLED, REPO
 

@@ -30,7 +30,7 @@ def test_site_builds_strict(tmp_path):
     for command in ("query", "index", "serve", "add", "eval", "tune"):
         assert f'id="medsearch-{command}"' in cli_page, f"CLI reference lacks `medsearch {command}`"
     api_page = (out / "reference" / "api" / "index.html").read_text()
-    for name in ("medsearch.Searcher", "medsearch.index.folder.build_index", "medsearch.index.writes.upsert",
+    for name in ("medsearch.Searcher", "medsearch.index.build.build_index", "medsearch.index.writes.upsert",
                  "medsearch.server.app.create_app", "medsearch.server.settings.ServerSettings"):
         assert f'id="{name}"' in api_page, f"API reference lacks {name}"
     # the benchmark results the pages link to are part of the site

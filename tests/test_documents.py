@@ -347,7 +347,8 @@ def test_an_index_from_before_layouts_answers_and_takes_documents(tmp_path, mini
     import sqlite3
 
     from medsearch.index import checksums
-    from medsearch.index.folder import build_index, open_index
+    from medsearch.index.build import build_index
+    from medsearch.index.folder import open_index
     from medsearch.retrieval.search import Searcher
     from medsearch.index.writes import upsert
 
@@ -396,7 +397,8 @@ def test_a_file_skipped_on_a_later_run_keeps_its_document_and_a_removed_one_goes
 def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
     import urllib.parse
 
-    from medsearch.index.folder import build_index, open_index
+    from medsearch.index.build import build_index
+    from medsearch.index.folder import open_index
     from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
 

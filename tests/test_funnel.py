@@ -15,7 +15,8 @@ from medsearch.cli import cli
 from medsearch.errors import BadInputError
 from medsearch.index.backends.funnel import calibrate, candidates_for, recall_at
 from medsearch.index.backends.base import prefix
-from medsearch.index.folder import Index, build_index, open_index, write_index
+from medsearch.index.build import BuildOptions, build_index, write_index
+from medsearch.index.folder import Index, open_index
 from medsearch.index.manifest import Manifest
 from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import delete, upsert
@@ -35,7 +36,7 @@ def synthetic(tmp_path_factory) -> Index:
     vectors = clustered(6000, 384)
     folder = tmp_path_factory.mktemp("funnel") / "idx"
     write_index(folder, vectors, np.arange(len(vectors)), {"model": {"spec": "synthetic", "name": "synthetic", "fingerprint": "x"},
-                                                           "documents": len(vectors)}, target_recall=0.99)
+                                                           "documents": len(vectors)}, BuildOptions(target_recall=0.99))
     return open_index(folder)
 
 
@@ -143,7 +144,7 @@ def test_info_shows_the_target_and_bad_targets_are_refused(tmp_path, small_corpu
     assert result.exit_code == 2
     assert "Invalid value for '--target-recall'" in result.output
     with pytest.raises(BadInputError, match="target recall must be above 0 and at most 1; got 0"):
-        write_index(tmp_path / "y", np.eye(4, dtype=np.float32), np.arange(4), {"model": {}, "documents": 4}, target_recall=0)
+        write_index(tmp_path / "y", np.eye(4, dtype=np.float32), np.arange(4), {"model": {}, "documents": 4}, BuildOptions(target_recall=0))
     assert not (tmp_path / "y").exists()
 
 

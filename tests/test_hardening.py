@@ -26,7 +26,8 @@ from medsearch.index import generations
 from medsearch.cli import cli
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError, NotFoundError
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import compact, upsert
 from medsearch.validation import check_value

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from medsearch.cli import cli
 from medsearch.errors import BadInputError, IndexFormatError
 from medsearch.retrieval.fusion import Fusion, fuse
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import compact, delete, upsert
 from medsearch.documents.corpus import Document

@@ -7,7 +7,9 @@ import pytest
 import medsearch.index.backends.faiss as faiss_backend
 from medsearch.errors import IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
 from medsearch.index.backends.base import prefix
-from medsearch.index.folder import FORMAT_VERSION, build_index, check_model, open_index, tier_dims
+from medsearch.index.build import build_index
+from medsearch.index.folder import FORMAT_VERSION, open_index, tier_dims
+from medsearch.index.model_check import check_model
 from medsearch.retrieval.search import Searcher
 
 

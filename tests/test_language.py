@@ -11,7 +11,8 @@ import pytest
 
 from medsearch.index import language
 from medsearch.errors import BadInputError
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.index.lexical import Analysis, choose_analysis
 from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import choose_model, upsert

@@ -7,7 +7,8 @@ import urllib.parse
 
 import pytest
 
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings

@@ -203,7 +203,7 @@ def test_a_write_that_died_before_its_switch_leaves_no_points_behind(tmp_path, m
     searches skip them, and the next write deletes them before it numbers its own rows from there."""
     from medsearch.index import generations
     from medsearch.documents.corpus import Document
-    from medsearch.index.folder import build_index
+    from medsearch.index.build import build_index
     from medsearch.index.writes import upsert
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=qdrant.settings("t", path=tmp_path / "q"))
@@ -234,7 +234,7 @@ def test_a_replace_or_delete_that_dies_before_its_switch_leaves_the_old_version_
     switch leaves dense search answering exactly as before."""
     from medsearch.index import generations
     from medsearch.documents.corpus import Document
-    from medsearch.index.folder import build_index
+    from medsearch.index.build import build_index
     from medsearch.index.writes import delete, upsert
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=qdrant.settings("t", path=tmp_path / "q"))

@@ -14,7 +14,7 @@ from medsearch.retrieval.options import SearchOptions
 
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory, minilm):
-    from medsearch.index.folder import build_index
+    from medsearch.index.build import build_index
 
     from conftest import SMALL_DOCS, write_jsonl
 

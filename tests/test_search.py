@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from medsearch.errors import MedsearchError
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher, collapse, snippet
 
 from conftest import BUNDLED, backend_settings

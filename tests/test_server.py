@@ -6,7 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medsearch.errors import MedsearchError, ModelMismatchError
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings

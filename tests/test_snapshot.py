@@ -21,9 +21,11 @@ from medsearch.index import generations
 from medsearch.cli import cli
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
-from medsearch.index.snapshot import DamagedIndexError, DamagedSnapshotError, restore, snapshot, verify
+from medsearch.index.integrity import verify
+from medsearch.index.snapshot import DamagedIndexError, DamagedSnapshotError, restore, snapshot
 from medsearch.index.writes import compact, delete, upsert
 
 from conftest import BUNDLED, REPO, backend_settings, write_jsonl
@@ -802,7 +804,7 @@ def test_keep_never_removes_the_snapshot_it_wrote_nor_another_index_at_the_same_
 
 def test_verify_holds_the_generation_it_checks(index_dir, minilm, monkeypatch):
     """A second hostile review: a write that committed while verify hashed the files pruned them under it."""
-    import medsearch.index.snapshot as module
+    import medsearch.index.integrity as module
 
     real = module.check_generation
 

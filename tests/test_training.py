@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from medsearch.cli import cli
 from medsearch.encoding.encoder import Encoder
 from medsearch.errors import MedsearchError
-from medsearch.index.folder import build_index, open_index
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.training.finetune import TrainSettings, load_pairs, matryoshka_dims, use_bf16
 

@@ -319,7 +319,7 @@ def verify(target, index_dir, as_json):
 
     Prints one line per problem and exits 1 when there is any; 0 and a summary when it is whole.
     `compact` runs the same check first, and `restore` on the archive before it commits."""
-    from medsearch.index.snapshot import verify as verify_index
+    from medsearch.index.integrity import verify as verify_index
 
     report = verify_index(target or index_dir)
     if as_json:

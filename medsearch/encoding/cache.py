@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsearch.errors import BadInputError, reason
+from medsearch.timestamps import utc_timestamp
 
 EXPORTS_DIR = "exports"
 MODELS_DIR = "models"  # built-in models made in the cache (models.py)
@@ -196,7 +197,7 @@ class Entry:
 
     def to_json(self) -> dict:
         return {"name": self.name, "path": str(self.path), "kind": self.kind, "bytes": self.size,
-                "last_used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_used)),
+                "last_used": utc_timestamp(self.last_used),
                 "unused_days": round(self.unused_days(), 1), "in_use": self.in_use}
 
     def line(self) -> str:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from medsearch.errors import DamagedIndexError
+from medsearch.index import layout
 
-FILE = "checksums.sha256"
+FILE = layout.CHECKSUMS
 CHUNK = 1 << 20
 
 

@@ -1,4 +1,4 @@
-"""Committed generations of an index folder, and the one-writer lock.
+"""Committed generations of an index folder, and the one-writer lock (the folder's files: layout.py).
 
     indexes/<name>/
       CURRENT        the committed generation's folder name, replaced atomically
@@ -27,21 +27,21 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from medsearch.index import checksums
+from medsearch.index import checksums, layout
 from medsearch.errors import BadInputError, MismatchError
 
-POINTER = "CURRENT"
-LOCK = ".lock"
-PIN = ".pin-"
-_GENERATION = re.compile(r"^gen-(\d{6,})$")
-LEASED = "manifest.json"  # the file of a generation whose flock is its readers' lease
-REMOVING = ".del-"  # a generation being removed: renamed first, so that no reader finds it by name
+POINTER = layout.POINTER
+LOCK = layout.LOCK
+PIN = layout.PIN
+_GENERATION = layout.GENERATION
+LEASED = layout.MANIFEST  # the file of a generation whose flock is its readers' lease
+REMOVING = layout.REMOVING
+_GENERATIONS = f"{layout.GENERATION_PREFIX}*"
 
 
 class IndexLockedError(MismatchError):
@@ -61,7 +61,7 @@ def holds_other_files(root: Path) -> bool:
     """Whether the folder holds anything but what an index's first build leaves before its commit (a
     lock file, a killed writer's temporary folder): a folder a new index must not be written into
     unless it is one already."""
-    return root.exists() and any(not p.name.startswith((LOCK, ".tmp-")) for p in root.iterdir())
+    return root.exists() and any(not p.name.startswith((LOCK, layout.TMP)) for p in root.iterdir())
 
 
 def number(folder: Path) -> int:
@@ -75,7 +75,7 @@ def new_folder(root: Path) -> Path:
     by another that the umask lets read it."""
     root.mkdir(parents=True, exist_ok=True)
     while True:
-        folder = root / f".tmp-{uuid.uuid4().hex[:12]}"
+        folder = root / f"{layout.TMP}{uuid.uuid4().hex[:12]}"
         try:
             folder.mkdir()
             return folder
@@ -91,13 +91,13 @@ def commit(root: Path, tmp: Path, derived: bool = True, checked: frozenset[str] 
     previous = current(root)
     if previous is not None:  # (with no readable CURRENT, no folder can be told to be a failed switch)
         _drop_failed_switches(root, previous)  # never read, and never to count as the one before this
-    following = max([number(p) for p in root.glob("gen-*")] + [number(previous) if previous else 0]) + 1
-    target = root / f"gen-{following:06d}"
-    if not (tmp / checksums.FILE).is_file():  # a restored generation brings its own, already checked
+    following = max([number(p) for p in root.glob(_GENERATIONS)] + [number(previous) if previous else 0]) + 1
+    target = root / layout.generation_name(following)
+    if not (tmp / layout.CHECKSUMS).is_file():  # a restored generation brings its own, already checked
         checksums.record(tmp, previous if derived else None, checked)
     _fsync_tree(tmp)
     os.replace(tmp, target)
-    pointer = root / f".{POINTER}.tmp-{os.getpid()}"
+    pointer = root / f".{POINTER}{layout.TMP}{os.getpid()}"
     with open(pointer, "w") as handle:
         handle.write(target.name + "\n")
         handle.flush()
@@ -123,7 +123,7 @@ def link_file(source: Path, target: Path) -> None:
 
 def _drop_failed_switches(root: Path, committed: Path | None) -> None:
     newest = number(committed) if committed else 0
-    for path in root.glob("gen-*"):
+    for path in root.glob(_GENERATIONS):
         if _GENERATION.match(path.name) and number(path) > newest:
             _remove(path)
 
@@ -137,7 +137,7 @@ def prune(root: Path, retired: bool = True) -> None:
     newest = number(committed) if committed else 0
     kept = _pinned(root)
     for path in root.iterdir():
-        if path.name.startswith((".tmp-", f".{POINTER}.tmp-", REMOVING)):
+        if path.name.startswith((layout.TMP, f".{POINTER}{layout.TMP}", REMOVING)):
             _remove(path)
         elif (retired and path.is_dir() and _GENERATION.match(path.name) and number(path) < newest
               and path.name not in kept):
@@ -198,7 +198,7 @@ def _pinned(root: Path) -> set[str]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # held: a live pin
                 name = handle.read().strip()
-                kept |= {name} if name else {p.name for p in root.glob("gen-*")}
+                kept |= {name} if name else {p.name for p in root.glob(_GENERATIONS)}
                 continue
             pin.unlink(missing_ok=True)  # its holder died
     return kept

@@ -32,11 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.index import language
+from medsearch.index import language, layout
 from medsearch.index.generations import link_file
 
-LEXICAL_DIR = "lexical"
-TOKENS_FILE = "tokens.npz"  # each chunk row's token ids (ids, offsets) and the vocabulary they index
+LEXICAL_DIR = layout.LEXICAL_DIR
+TOKENS_FILE = layout.TOKENS  # each chunk row's token ids (ids, offsets) and the vocabulary they index
+# bm25s's own file that records the row count (read through bm25s.BM25.load only: `rows`); named
+# here for `medsearch verify`, whose problem line for a matrix it cannot load names it
+PARAMS_FILE = f"{LEXICAL_DIR}/params.index.json"
 FOLD_ACCENTS = True  # stems lose their diacritics (measured in bench/language.py)
 # Words: runs of 2+ word characters, as bm25s's own pattern, and the combining marks of scripts that
 # write vowels with them (Devanagari to Sinhala), which \w leaves out and would cut words at
@@ -181,7 +184,7 @@ def write_from_store(folder: Path, rows: int, analysis: Analysis, base: Path | N
 
         checksums.check(base, f"{LEXICAL_DIR}/{TOKENS_FILE}")  # damage stops the write, as for docs.db
         kept = _read_tokens(base / LEXICAL_DIR / TOKENS_FILE, first_new)
-    store = DocStore(folder / "docs.db")
+    store = DocStore(folder / layout.DOCS)
     try:
         if kept is None:
             _write(folder, [], {}, store.passages(rows), 0, analysis)
@@ -241,6 +244,21 @@ def carry_over(base: Path, folder: Path) -> None:
         (folder / LEXICAL_DIR).mkdir()
         for path in (base / LEXICAL_DIR).iterdir():
             link_file(path, folder / LEXICAL_DIR / path.name)
+
+
+def rows(folder: Path) -> int:
+    """The rows of a generation's BM25 matrix (one per chunk row, dead rows included), as bm25s
+    loads it (memory-mapped, without its vocabulary)."""
+    import bm25s
+
+    retriever = bm25s.BM25.load(Path(folder) / LEXICAL_DIR, mmap=True, load_vocab=False, show_progress=False)
+    return int(retriever.scores["num_docs"])
+
+
+def matrix_files(names) -> list[str]:
+    """Of a generation's file names (relative paths), those of its BM25 matrix, which `rows` reads
+    (the token ids beside it aside)."""
+    return [name for name in names if name.startswith(f"{LEXICAL_DIR}/") and name != f"{LEXICAL_DIR}/{TOKENS_FILE}"]
 
 
 class Lexical:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medsearch.errors import IndexFormatError
 from medsearch.retrieval.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES
+from medsearch.index import layout
 from medsearch.index.language import ANALYSES
 from medsearch.encoding.runtimes import RUNTIMES
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from medsearch.retrieval.fusion import Fusion
 
 FORMAT_VERSION = 2  # 2: generations (CURRENT + gen-NNNNNN/), dead rows, faiss factory strings
-FILE = "manifest.json"
+FILE = layout.MANIFEST
 TIERS = ("fast", "light", "standard", "deep")
 TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
 LEGACY_CANDIDATES = 500  # fast-tier candidates of an index built before the calibration: k x 50 at k = 10

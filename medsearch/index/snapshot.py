@@ -1,9 +1,6 @@
-"""Snapshots of an index, their restore, and the check that an index on disk is whole.
+"""Snapshots of an index and their restore (the archive's format: archive.py; the check that an
+index on disk is whole: integrity.py).
 
-    verify(index_dir)              every file of the current generation against the checksums its
-                                   commit recorded (checksums.py), then the row counts: the store,
-                                   the vector map, the vectors and tiers, the binary codes and BM25
-                                   must all agree with the manifest
     snapshot(index_dir, out)       the current generation in one zstd-compressed tar, taken while
                                    searches and writes go on: generations never change once
                                    committed, so pinning one (generations.pinned) is all it takes
@@ -34,49 +31,37 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import numpy as np
-
-from medsearch.index import checksums
-
-from medsearch.index import generations
-
-from medsearch.index import lexical
-from medsearch.index.backends import open_backend
 from medsearch.errors import BadInputError, DamagedIndexError, IndexFormatError, IndexNotFoundError, reason
-from medsearch.index.folder import Index, index_exists, open_index
-from medsearch.index.manifest import FORMAT_VERSION, TIERS, Manifest
-from medsearch.index.store import DocStore
+from medsearch.index import checksums, generations, layout
+from medsearch.index.archive import (  # noqa: F401 (read_key, DamagedSnapshotError: the CLI's and callers')
+    FORMAT,
+    HEADER,
+    MAX_HEADER_BYTES,
+    MEMBER_OVERHEAD,
+    MEMBERS,
+    SIGNATURE,
+    Bounded,
+    DamagedSnapshotError,
+    check_signature,
+    is_header,
+    member_path,
+    parse_header,
+    read_header,
+    read_key,
+    signature,
+    signed,
+)
+from medsearch.index.folder import index_exists, open_index
+from medsearch.index.integrity import check_generation
+from medsearch.index.manifest import FORMAT_VERSION, Manifest
+from medsearch.index.writer import GenerationWriter
+from medsearch.timestamps import utc_timestamp
 from medsearch.version import __version__
 
-FORMAT = "medsearch-snapshot/1"
-HEADER = "snapshot.json"
-MEMBERS = "generation/"
 ZSTD_LEVEL = 3
-
-
-class DamagedSnapshotError(BadInputError):
-    """An archive that is not an intact medsearch snapshot."""
-
-
-@dataclass
-class VerifyReport:
-    index: Path
-    generation: int
-    files: int  # files checked against recorded checksums (0: none recorded)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def summary(self) -> str:
-        if self.problems:
-            return f"{self.index}: generation {self.generation} is damaged ({len(self.problems)} problems)"
-        sums = f"{self.files} files match their checksums" if self.files else "no checksums recorded (an older build)"
-        return f"{self.index}: generation {self.generation} is whole: {sums}, row counts agree ({self.seconds:.1f} s)"
+FREE_MARGIN = 1.05  # a restore needs the listed bytes plus 5% free: it never fills a disk
 
 
 @dataclass
@@ -111,120 +96,6 @@ class RestoreReport:
     def summary(self) -> str:
         return (f"restored generation {self.snapshot_generation} of the snapshot into {self.index} as generation "
                 f"{self.generation}: {self.documents} documents, {self.files} files checked ({self.seconds:.1f} s)")
-
-
-# ---- verify ----
-
-def verify(index_dir: str | Path) -> VerifyReport:
-    """Check the index's current generation (IndexNotFoundError when the folder holds no index; a
-    CURRENT that names no generation folder is a problem like any other)."""
-    started = time.perf_counter()
-    root = Path(index_dir)
-    folder = generations.current(root)
-    if folder is None:
-        if (root / generations.POINTER).exists():
-            return VerifyReport(root, 0, 0, [f"{generations.POINTER}: names no generation (damaged)"],
-                                time.perf_counter() - started)
-        open_index(root)  # its own error: no index, or one of format 1
-    if not folder.is_dir():
-        return VerifyReport(root, generations.number(folder), 0,
-                            [f"{generations.POINTER}: names {folder.name}, which is missing"], time.perf_counter() - started)
-    leased = generations.lease(root)  # a write that commits meanwhile does not prune it under the check
-    folder, handle = leased if leased is not None else (folder, None)
-    try:
-        problems, files = check_generation(folder, root)
-    finally:
-        if handle is not None:
-            handle.close()
-    return VerifyReport(root, generations.number(folder), files, problems, time.perf_counter() - started)
-
-
-def check_generation(folder: Path, index: Path | None = None,
-                     hashed: dict[str, str] | None = None) -> tuple[list[str], int]:
-    """(one line per problem, files checked against their checksums) for a generation folder: its
-    files against its record first, then its manifest, then the parts' row counts (parts whose
-    files failed the first step are not parsed: a damaged file can raise anything). `hashed`: sums
-    already computed from the files' content (checksums.problems)."""
-    problems: list[str] = []
-    try:
-        sums = checksums.read(folder)
-    except (OSError, ValueError) as err:
-        sums, problems = None, [f"{checksums.FILE}: unreadable ({reason(err)})"]
-    damaged: set[str] = set()
-    if sums is not None:
-        for line in checksums.problems(folder, sums, hashed):
-            problems.append(line)
-            damaged.add(line.split(":", 1)[0])
-    if "manifest.json" in damaged:
-        return problems, len(sums or ())
-    try:
-        manifest = Manifest.read(folder, index)
-        tiers = {tier: manifest.tier_dims[tier] for tier in TIERS}
-        if not all(type(n) is int for n in (manifest.chunks, manifest.live_chunks, manifest.documents)):
-            raise ValueError("counts that are not numbers")
-        if not set(tiers.values()) <= set(manifest.dims):
-            raise ValueError(f"tier dims {tiers} that it does not store")
-    except Exception as err:  # noqa: BLE001 (a manifest written by no medsearch can fail in any way)
-        return problems + [f"manifest.json: unreadable ({reason(err)})"], len(sums or ())
-    problems += _row_problems(folder, manifest, damaged)
-    return problems, len(sums or ())
-
-
-def _part(problems: list[str], name: str, check) -> None:
-    """Run one part's check; a part that cannot be read (whatever its parser raises) is a problem."""
-    try:
-        problems += check()
-    except Exception as err:  # noqa: BLE001 (numpy, sqlite, json and faiss raise many kinds for a damaged file)
-        problems.append(f"{name}: unreadable ({reason(err)})")
-
-
-def _row_problems(folder: Path, manifest: Manifest, damaged: set[str]) -> list[str]:
-    chunks, live = manifest.chunks, manifest.live_chunks
-    problems: list[str] = []
-
-    def vector_map() -> list[str]:
-        rows = len(np.load(folder / "chunk_doc.npy", mmap_mode="r"))
-        return [f"chunk_doc.npy: {rows} rows; the manifest says {chunks}"] if rows != chunks else []
-
-    def store() -> list[str]:
-        if not (folder / "docs.db").is_file():
-            return ["docs.db: missing"] if manifest.has_lexical or manifest.get("corpus_fingerprint") else []
-        docs = DocStore(folder / "docs.db")
-        try:
-            documents, stored = docs.counts()
-            top = int(docs.chunk_rows().max(initial=-1))
-        finally:
-            docs.close()
-        found = []
-        if documents != manifest.documents:
-            found.append(f"docs.db: {documents} documents; the manifest says {manifest.documents}")
-        if stored != live:
-            found.append(f"docs.db: {stored} live chunks; the manifest says {live}")
-        if top >= chunks:
-            found.append(f"docs.db: a chunk at row {top}, past the manifest's {chunks} rows")
-        return found
-
-    def bm25() -> list[str]:
-        rows = json.loads((folder / lexical.LEXICAL_DIR / "params.index.json").read_text())["num_docs"]
-        return [f"{lexical.LEXICAL_DIR}/: BM25 over {rows} rows; the manifest says {chunks}"] if rows != chunks else []
-
-    if "chunk_doc.npy" not in damaged:
-        _part(problems, "chunk_doc.npy", vector_map)
-    if "docs.db" not in damaged:
-        _part(problems, "docs.db", store)
-    if manifest.has_lexical and f"{lexical.LEXICAL_DIR}/params.index.json" not in damaged:
-        _part(problems, f"{lexical.LEXICAL_DIR}/params.index.json", bm25)
-    _part(problems, f"the {manifest.backend_name} vectors", lambda: open_backend(folder, manifest).verify(skip=damaged))
-    return problems
-
-
-def check_whole(index: Index, doing: str) -> None:
-    """DamagedIndexError, naming the first problem, unless the generation `index` is whole (`compact`
-    runs it before rewriting: a rewrite would record damaged content under new, good checksums)."""
-    problems, _ = check_generation(index.folder, index.path)
-    if problems:
-        raise DamagedIndexError(f"{index.path}: generation {index.generation} is damaged ({problems[0]}); not {doing} it: "
-                                "restore a snapshot (medsearch restore SNAPSHOT DIR --replace) or rebuild the index")
 
 
 # ---- snapshot ----
@@ -294,7 +165,7 @@ def snapshots_of(index_dir: str | Path, folder: str | Path, key: bytes | None = 
     header records): named as it names them (index name, generation, time), and whose header records
     this index folder itself (its device and inode: the folder moved is still itself, another index
     at the same path in another container is not); with `key`, only those it signed."""
-    return [path for path, header in _snapshots(index_dir, folder) if key is None or _signed(header, key)]
+    return [path for path, header in _snapshots(index_dir, folder) if key is None or signed(header, key)]
 
 
 def _snapshots(index_dir: str | Path, folder: str | Path) -> list[tuple[Path, dict]]:
@@ -317,28 +188,11 @@ def _identity(root: Path) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def read_header(path: Path) -> dict | None:
-    """An archive's header (its first member), or None when it has no readable one."""
-    import zstandard
-
-    try:
-        with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-            bounded = _Bounded(stream, MAX_HEADER_BYTES + MEMBER_OVERHEAD, path)
-            with tarfile.open(fileobj=bounded, mode="r|") as tar:
-                first = tar.next()
-                if not _is_header(first):
-                    return None
-                header = json.loads(tar.extractfile(first).read())
-    except (DamagedSnapshotError, zstandard.ZstdError, tarfile.TarError, OSError, EOFError, ValueError, RecursionError):
-        return None
-    return header if isinstance(header, dict) else None
-
-
 def _check_budget(root: Path, where: Path, folder: Path, keep: int | None, max_bytes: int, key: bytes | None) -> None:
     mine = _snapshots(root, where)  # this index's, signed or not: all take disk
     removed = []  # what --keep removes once this one is written
     if keep is not None:
-        removed = [path for path, header in mine if key is None or _signed(header, key)]
+        removed = [path for path, header in mine if key is None or signed(header, key)]
         removed = removed[:max(0, len(removed) - (keep - 1))]
     kept = [path for path, _ in mine if path not in removed]
     held = sum(path.stat().st_size for path in kept)
@@ -438,7 +292,7 @@ def _write_archive(folder: Path, target: Path, root: Path, key: bytes | None = N
     header = {
         "format": FORMAT, "medsearch_version": __version__, "index": root.resolve().name,
         "index_folder": _identity(root.resolve()),  # whose snapshot it is, for `keep` (snapshots_of)
-        "generation": generations.number(folder), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "generation": generations.number(folder), "created": utc_timestamp(),
         "files": entries,
     }
     if key is not None:
@@ -466,29 +320,6 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 
 # ---- restore ----
 
-MAX_HEADER_BYTES = 1 << 20  # a header lists a generation's files: a few KB
-# Archive bytes a member may take beyond its data: its 512-byte header, an extended (pax) header
-# (a long name, a size past 8 GiB) and padding. The stream is cut past the data the header lists
-# plus this per member: an extended header cannot grow without bound before tarfile parses it.
-MEMBER_OVERHEAD = 64 << 10
-FREE_MARGIN = 1.05  # a restore needs the listed bytes plus 5% free: it never fills a disk
-
-
-class _Bounded:
-    """The decompressed archive, read through, cut at `limit` bytes (raised as the header is read)."""
-
-    def __init__(self, stream, limit: int, source: Path):
-        self.stream, self.limit, self.read_bytes, self.source = stream, limit, 0, source
-
-    def read(self, size: int = -1) -> bytes:
-        want = self.limit - self.read_bytes + 1 if size < 0 else min(size, self.limit - self.read_bytes + 1)
-        data = self.stream.read(max(0, want))
-        self.read_bytes += len(data)
-        if self.read_bytes > self.limit:
-            raise DamagedSnapshotError(f"{self.source} holds more than its header lists; nothing was restored")
-        return data
-
-
 def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool = False,
             key: bytes | None = None) -> RestoreReport:
     """Check the snapshot and commit it as the next generation of `index_dir`: a new index, or with
@@ -505,15 +336,14 @@ def restore(snapshot_path: str | Path, index_dir: str | Path, *, replace: bool =
         raise BadInputError(f"{root} already holds an index: give --replace to make the snapshot its next "
                             "generation, or restore into a new folder")
     made = _missing_folders(root)  # what a failed restore removes again
-    with generations.writer_lock(root):
-        tmp = generations.new_folder(root)
+    with GenerationWriter(root) as gen:  # (the generation brings its checksums, checked here)
         try:
-            header, manifest, files = _unpack(source, tmp, key)
+            header, manifest, files = _unpack(source, gen.folder, key)
             if current is not None:
                 _check_same_model(source, manifest, current, root)
-            target = generations.commit(root, tmp)
+            target = gen.commit()
         except BaseException:
-            generations.discard(tmp)
+            gen.discard()
             _remove_made(made)
             raise
     return RestoreReport(root, generations.number(target), header["generation"], manifest.documents, files,
@@ -572,9 +402,9 @@ def _unpack(source: Path, tmp: Path, key: bytes | None = None) -> tuple[dict, Ma
     generation as `verify` checks one. (header, manifest, files checked); DamagedSnapshotError."""
     header = _extract(source, tmp, key)
     try:
-        raw = json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))
+        raw = json.loads((tmp / layout.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:
-        raise DamagedSnapshotError(f"{source}: its manifest.json is unreadable ({reason(err)}); nothing was restored") from None
+        raise DamagedSnapshotError(f"{source}: its {layout.MANIFEST} is unreadable ({reason(err)}); nothing was restored") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
         raise DamagedSnapshotError(
@@ -604,7 +434,7 @@ def _extract(source: Path, folder: Path, key: bytes | None = None) -> dict:
 
     try:
         with open(source, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-            bounded = _Bounded(stream, MAX_HEADER_BYTES + MEMBER_OVERHEAD, source)
+            bounded = Bounded(stream, MAX_HEADER_BYTES + MEMBER_OVERHEAD, source)
             with tarfile.open(fileobj=bounded, mode="r|") as tar:
                 return _extract_members(source, tar, bounded, folder, key)
     except DamagedSnapshotError:
@@ -613,14 +443,14 @@ def _extract(source: Path, folder: Path, key: bytes | None = None) -> dict:
         raise DamagedSnapshotError(f"{source} is not an intact medsearch snapshot ({reason(err)}); nothing was restored") from None
 
 
-def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, folder: Path, key: bytes | None) -> dict:
+def _extract_members(source: Path, tar: tarfile.TarFile, bounded: Bounded, folder: Path, key: bytes | None) -> dict:
     first = tar.next()
-    if not _is_header(first):
+    if not is_header(first):
         raise DamagedSnapshotError(f"{source} is not a medsearch snapshot (it does not begin with {HEADER}); "
                                    "nothing was restored")
-    header = _header(source, tar.extractfile(first).read())
+    header = parse_header(source, tar.extractfile(first).read())
     if key is not None:
-        _check_signature(source, header, key)
+        check_signature(source, header, key)
     listed = header["files"]
     total = sum(entry["bytes"] for entry in listed.values())
     if total * FREE_MARGIN > shutil.disk_usage(folder).free:
@@ -629,7 +459,7 @@ def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, fold
     bounded.limit = bounded.read_bytes + total + MEMBER_OVERHEAD * (len(listed) + 2)
     found: set[str] = set()
     while (member := tar.next()) is not None:  # (iterating the tar would yield the header again)
-        name = _member_path(member)
+        name = member_path(member)
         if name not in listed or name in found or member.size != listed[name]["bytes"]:
             why = "twice" if name in found else "unlisted" if name not in listed else "not of its listed size"
             raise DamagedSnapshotError(f"{source} is damaged: {ascii(name)[:100]} is {why}; nothing was restored")
@@ -647,89 +477,3 @@ def _extract_members(source: Path, tar: tarfile.TarFile, bounded: _Bounded, fold
     return header
 
 
-# ---- signed snapshots ----
-# Checksums prove an archive whole, not who wrote it: anyone can forge one with sums that agree. A
-# key shared by whoever takes and restores snapshots proves that: the header, which lists every
-# file's sha256, is signed with HMAC-SHA256, so no byte of the archive can change without the key.
-
-SIGNATURE = "signature"
-MIN_KEY_BYTES = 16
-
-
-def read_key(path: str | Path) -> bytes:
-    """A signing key from a file (its bytes, surrounding whitespace stripped): at least MIN_KEY_BYTES,
-    e.g. `openssl rand -hex 32 > snapshot.key`."""
-    try:
-        key = Path(path).read_bytes().strip()
-    except OSError as err:
-        raise BadInputError(f"cannot read the key file {path}: {reason(err)}") from None
-    if len(key) < MIN_KEY_BYTES:
-        raise BadInputError(f"the key file {path} holds {len(key)} bytes; a key has at least {MIN_KEY_BYTES} "
-                            "(make one with: openssl rand -hex 32 > FILE)")
-    return key
-
-
-def signature(header: dict, key: bytes) -> str:
-    """HMAC-SHA256 of the header (without its signature) as canonical JSON."""
-    import hashlib
-    import hmac
-
-    body = {name: value for name, value in header.items() if name != SIGNATURE}
-    return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), hashlib.sha256).hexdigest()
-
-
-def _signed(header: dict, key: bytes) -> bool:
-    import hmac
-
-    given = header.get(SIGNATURE)
-    given = given.get("hmac-sha256") if isinstance(given, dict) else None
-    return isinstance(given, str) and hmac.compare_digest(given, signature(header, key))
-
-
-def _check_signature(source: Path, header: dict, key: bytes) -> None:
-    given = header.get(SIGNATURE)
-    given = given.get("hmac-sha256") if isinstance(given, dict) else None
-    if not isinstance(given, str):
-        raise DamagedSnapshotError(f"{source} is not signed, and a key was given: restore it without --key-file only "
-                                   "if you trust where it came from; nothing was restored")
-    if not _signed(header, key):
-        raise DamagedSnapshotError(f"{source} is not signed with this key (forged, changed, or signed with another "
-                                   "key); nothing was restored")
-
-
-def _is_header(member: tarfile.TarInfo | None) -> bool:
-    """Whether an archive's first member is a header: snapshot.json, a file within its bound."""
-    return member is not None and member.name == HEADER and member.isfile() and member.size <= MAX_HEADER_BYTES
-
-
-def _header(source: Path, data: bytes) -> dict:
-    """The parsed header, its shape checked: format, a generation number, and per file a sha256 and a size."""
-    try:
-        header = json.loads(data)
-    except (ValueError, RecursionError):
-        header = None
-    files = header.get("files") if isinstance(header, dict) else None
-    if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(files, dict):
-        raise DamagedSnapshotError(f"{source} is not a medsearch snapshot ({HEADER} of format {FORMAT} unreadable); "
-                                   "nothing was restored")
-    generation = header.get("generation")
-    if type(generation) is not int or not 0 < generation < 10**9:
-        raise DamagedSnapshotError(f"{source}: {HEADER} names no generation number; nothing was restored")
-    for name, entry in files.items():
-        ok = (name.isascii() and name.isprintable() and isinstance(entry, dict)
-              and isinstance(entry.get("sha256"), str) and type(entry.get("bytes")) is int and entry["bytes"] >= 0)
-        if not ok:
-            raise DamagedSnapshotError(f"{source}: {HEADER} lists {ascii(name)[:100]}, not a file name with a sha256 "
-                                       "and a size; nothing was restored")
-    return header
-
-
-def _member_path(member: tarfile.TarInfo) -> str:
-    """The generation file a member holds: a regular file under generation/, with no '..', absolute
-    or empty part (a hostile archive writes nowhere else)."""
-    relative = PurePosixPath(member.name[len(MEMBERS):]) if member.name.startswith(MEMBERS) else None
-    if (not member.isfile() or relative is None or relative.is_absolute() or not relative.parts
-            or any(part in ("", ".", "..") for part in relative.parts) or not member.name.isprintable()
-            or "\\" in member.name or not member.name.isascii()):
-        raise DamagedSnapshotError(f"unexpected member {ascii(member.name)[:100]} in the archive: not a medsearch snapshot")
-    return str(relative)

@@ -24,27 +24,19 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from medsearch.index import checksums
-
-from medsearch.index import generations
-
-from medsearch.index import lexical
+from medsearch.index import checksums, generations, layout, lexical
 from medsearch.index.backends.funnel import DEFAULT_TARGET_RECALL, needs_calibration
 from medsearch.documents.corpus import Corpus, Document, load_corpus, normalised_ids, read_corpus
 from medsearch.encoding.encoder import Encoder
 from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, NotFoundError
-from medsearch.index.folder import (
-    Index,
-    build_index,
-    check_model,
-    check_target_recall,
-    open_index,
-    same_model,
-    write_index,
-)
+from medsearch.index.build import BuildOptions, build_index, check_target_recall, write_index
+from medsearch.index.folder import Index, open_index
+from medsearch.index.integrity import check_whole
 from medsearch.index.manifest import Manifest
-from medsearch.index.snapshot import check_whole
+from medsearch.index.model_check import check_model, same_model
 from medsearch.index.store import corpus_fingerprint, write_change, write_store
+from medsearch.index.writer import GenerationWriter
+from medsearch.timestamps import utc_timestamp
 from medsearch.validation import normal_id
 
 # Past this share of dead rows a write compacts the index (dead rows cost search time: the
@@ -295,7 +287,7 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
     new chunk rows after the base's, appended to its backend's vectors; with new rows or a new
     `target_recall`, a backend that keeps dead rows measures the fast tier again on the live rows;
     `settings` replace manifest entries (configure)."""
-    checksums.check(base.folder, "docs.db")  # every write reads it whole: a damaged one stops here, not in SQLite
+    checksums.check(base.folder, layout.DOCS)  # every write reads it whole: a damaged one stops here, not in SQLite
     encoding, chunks = None, []
     if write:
         with report.phase("model"):
@@ -304,55 +296,57 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         with report.phase("chunk"):
             chunks = encoder.chunk(write, base.manifest.chunk_overlap)
     pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
-    tmp = generations.new_folder(root)
-    analysis = base.analysis  # the index's, as it was built
-    try:
-        if write:
-            # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
-            # encoder's native code and SQLite release the GIL): a small write's two largest steps overlap.
-            encoding = pool.submit(encoder.encode_passages, [c.passage(write[c.doc].title) for c in chunks], progress)
-        with report.phase("store"):
-            change = write_change(tmp / "docs.db", base.folder / "docs.db", remove, write, chunks, first_row=base.chunks)
-        total = base.chunks + len(chunks)
-        manifest = Manifest({
-            **base.manifest,
-            "documents": change.documents,
-            "chunks": total,
-            "dead_chunks": total - change.live_chunks,
-            "corpus_fingerprint": change.corpus_fingerprint,
-            "metadata_fields": change.metadata_fields,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
-        for key, value in (settings or {}).items():
-            manifest.pop(key, None) if value is None else manifest.update({key: value})
-        if encoding is None:  # a delete: the rows stay, so chunk_doc and BM25 do too (dead rows masked out)
-            generations.link_file(base.folder / "chunk_doc.npy", tmp / "chunk_doc.npy")
-            lexical.carry_over(base.folder, tmp)
-            written = base.backend.carry_over(tmp, manifest, removed=remove)
-        else:
-            np.save(tmp / "chunk_doc.npy", np.concatenate(
-                [base.chunk_doc, change.first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
-            with report.phase("lexical"):
-                lexical.write_from_store(tmp, total, analysis, base=base.folder, first_new=base.chunks)
-            with report.phase("encode"):  # what is left of it once the lexical index is written
-                vectors = encoding.result()
-            with report.phase("vectors"):
-                written = base.backend.append(tmp, vectors, manifest, removed=remove, progress=progress)
-        if (tmp / lexical.LEXICAL_DIR).is_dir():
-            manifest["lexical"] = lexical.settings(analysis)
-        if (written.keeps_dead_rows and target_recall is not None and (encoding is not None or target_recall != base.manifest.target_recall)
-                and needs_calibration(manifest.fast, change.live_chunks, target_recall)):
-            with report.phase("calibrate"):
-                manifest["fast"] = written.calibrate(_live_rows(tmp, manifest), target_recall)
-        manifest.write(tmp)
-        with report.phase("commit"):
-            committed = generations.commit(root, tmp, checked=frozenset({"docs.db"}))  # (checked above, before it was read)
-    except BaseException:
-        if encoding is not None:
-            encoding.cancel()
-        pool.shutdown(wait=True)  # an encode still running finishes before its generation's folder goes
-        generations.discard(tmp)
-        raise
+    # the caller holds the writer lock; docs.db was checked above, before it was read
+    with GenerationWriter(root, lock=False, checked=frozenset({layout.DOCS})) as gen:
+        tmp = gen.folder
+        analysis = base.analysis  # the index's, as it was built
+        try:
+            if write:
+                # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
+                # encoder's native code and SQLite release the GIL): a small write's two largest steps overlap.
+                encoding = pool.submit(encoder.encode_passages, [c.passage(write[c.doc].title) for c in chunks], progress)
+            with report.phase("store"):
+                change = write_change(tmp / layout.DOCS, base.folder / layout.DOCS, remove, write, chunks,
+                                      first_row=base.chunks)
+            total = base.chunks + len(chunks)
+            manifest = Manifest({
+                **base.manifest,
+                "documents": change.documents,
+                "chunks": total,
+                "dead_chunks": total - change.live_chunks,
+                "corpus_fingerprint": change.corpus_fingerprint,
+                "metadata_fields": change.metadata_fields,
+                "updated": utc_timestamp(),
+            })
+            for key, value in (settings or {}).items():
+                manifest.pop(key, None) if value is None else manifest.update({key: value})
+            if encoding is None:  # a delete: the rows stay, so chunk_doc and BM25 do too (dead rows masked out)
+                generations.link_file(base.folder / layout.CHUNK_DOC, tmp / layout.CHUNK_DOC)
+                lexical.carry_over(base.folder, tmp)
+                written = base.backend.carry_over(tmp, manifest, removed=remove)
+            else:
+                np.save(tmp / layout.CHUNK_DOC, np.concatenate(
+                    [base.chunk_doc, change.first_ordinal + np.array([c.doc for c in chunks], dtype=np.int32)]))
+                with report.phase("lexical"):
+                    lexical.write_from_store(tmp, total, analysis, base=base.folder, first_new=base.chunks)
+                with report.phase("encode"):  # what is left of it once the lexical index is written
+                    vectors = encoding.result()
+                with report.phase("vectors"):
+                    written = base.backend.append(tmp, vectors, manifest, removed=remove, progress=progress)
+            if (tmp / layout.LEXICAL_DIR).is_dir():
+                manifest["lexical"] = lexical.settings(analysis)
+            if (written.keeps_dead_rows and target_recall is not None
+                    and (encoding is not None or target_recall != base.manifest.target_recall)
+                    and needs_calibration(manifest.fast, change.live_chunks, target_recall)):
+                with report.phase("calibrate"):
+                    manifest["fast"] = written.calibrate(_live_rows(tmp, manifest), target_recall)
+            with report.phase("commit"):
+                committed = gen.commit(manifest)
+        except BaseException:
+            if encoding is not None:
+                encoding.cancel()
+            pool.shutdown(wait=True)  # an encode still running finishes before its generation's folder goes
+            raise
     pool.shutdown()
     report.generation, report.manifest = generations.number(committed), manifest
     try:
@@ -392,14 +386,15 @@ def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None 
     manifest = {key: value for key, value in base.manifest.items() if key in keep}
     manifest.update(documents=len(documents), corpus_fingerprint=corpus_fingerprint((d.id, d.content_hash) for d in documents),
                     metadata_fields=sorted({k for d in documents for k in d.metadata}),
-                    compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                    compacted=utc_timestamp())
     extra = tuple(d for d in base.dims if d not in set(base.manifest.tier_dims.values()))
     exact, stored = base.backend.read_vectors(rows)
-    written = write_index(root, exact, np.array([c.doc for c in chunks], dtype=np.int32), manifest,
-                          write_docs=lambda path: write_store(path, documents, chunks),
-                          vector_dtype=base.manifest.vector_dtype, extra_dims=extra, locked=True, stored_vectors=stored,
-                          # an HNSW fast tier stays HNSW, whatever the row count now
-                          hnsw_min_chunks=0 if "hnsw" in map(base.manifest.index_type, base.dims) else None,
-                          target_recall=base.manifest.target_recall or DEFAULT_TARGET_RECALL, backend=backend,
-                          analysis=analysis or base.analysis, progress=progress)
+    options = BuildOptions(vector_dtype=base.manifest.vector_dtype, extra_dims=extra,
+                           # an HNSW fast tier stays HNSW, whatever the row count now
+                           hnsw_min_chunks=0 if "hnsw" in map(base.manifest.index_type, base.dims) else None,
+                           target_recall=base.manifest.target_recall or DEFAULT_TARGET_RECALL, backend=backend,
+                           analysis=analysis or base.analysis, progress=progress)
+    written = write_index(root, exact, np.array([c.doc for c in chunks], dtype=np.int32), manifest, options,
+                          write_docs=lambda path: write_store(path, documents, chunks), locked=True,
+                          stored_vectors=stored)
     report.compacted, report.manifest, report.generation = True, written, open_index(root).generation

@@ -37,7 +37,8 @@ from medsearch.encoding.encoder import Encoder
 from medsearch.errors import BadInputError, RerankerUnavailableError, reason
 from medsearch.index.filters import filter_sql
 from medsearch.retrieval.fusion import fuse
-from medsearch.index.folder import DEFAULT_INDEX, Index, check_model, index_encoder, open_index
+from medsearch.index.folder import DEFAULT_INDEX, Index, open_index
+from medsearch.index.model_check import check_model, index_encoder
 from medsearch.retrieval.options import (DEFAULT_OVERSAMPLE, DEFAULT_QUOTE_SENTENCES, DEFAULT_RERANK, DEFAULT_TIER,
                                          ResolvedSearch, SearchOptions)
 from medsearch.retrieval.rerank import Reranker, RerankStopped, load_index_reranker, load_reranker, rerank, runtime_for

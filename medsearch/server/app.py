@@ -414,7 +414,8 @@ def serve(index_dir: str, *, host: str = "127.0.0.1", port: int = 8000, model: s
 
     import uvicorn
 
-    from medsearch.index.folder import index_runtime, open_index
+    from medsearch.index.folder import open_index
+    from medsearch.index.model_check import index_runtime
 
     settings = settings or ServerSettings()
     settings.validate()  # a writable service without a token fails here

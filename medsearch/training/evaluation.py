@@ -241,7 +241,8 @@ def _row_label(row: str) -> str:
 def cached_searcher(data_dir: str | Path, documents: list, encoder, cache: str | Path, progress: bool = False):
     """A Searcher over the corpus encoded by `encoder`, with every Matryoshka dim stored: built once
     into `cache` (keyed by the model's and the corpus's fingerprints) and reused."""
-    from medsearch.index.folder import build_index, index_exists, open_index
+    from medsearch.index.build import build_index
+    from medsearch.index.folder import index_exists, open_index
     from medsearch.index.store import corpus_fingerprint
     from medsearch.retrieval.search import Searcher
     from medsearch.training.finetune import matryoshka_dims

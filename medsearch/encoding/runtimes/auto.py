@@ -28,6 +28,7 @@ import numpy as np
 
 from medsearch.encoding.cache import cache_lock, cache_root
 from medsearch.encoding.runtimes.registry import DEFAULT_RUNTIME, REGISTRY, RUNTIMES, runtime_installed
+from medsearch.timestamps import utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def measure(spec: str, load: Callable[[str], object], passages: list[str]) -> di
     times = _timings(encoders, texts)
     record = {**decide(times, cpu_identity()),
               "passages_per_s": {r: round(len(texts) / float(np.median(t)), 2) for r, t in times.items()},
-              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "measured": utc_timestamp()}
     choices = _read_choices()
     choices["models"][spec] = record
     path, tmp = choice_path(), choice_path().with_name(f".{CHOICE_FILE}.{os.getpid()}")

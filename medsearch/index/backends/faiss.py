@@ -27,14 +27,16 @@ from medsearch.index.backends.base import Ranked, collapse, prefix
 from medsearch.index.backends.funnel import calibrate
 from medsearch.index.backends.funnel import rerank as rerank_rows
 from medsearch.errors import BadInputError, DamagedIndexError, MedsearchError, reason
+from medsearch.index import layout
 from medsearch.index.generations import link_file
 
 if TYPE_CHECKING:
     from medsearch.index.filters import Filter
     from medsearch.index.manifest import Manifest
 
-VECTORS_FILE = "vectors.npy"
-BINARY_FILE = "binary.faiss"
+VECTORS_FILE = layout.VECTORS
+BINARY_FILE = layout.BINARY
+tier_file = layout.tier_file  # dim{N}.faiss
 # Above this many chunks the fast tier's 64-dim candidate index is HNSW instead of exact flat.
 HNSW_MIN_CHUNKS = 200_000
 # The binary stage scans every code (exact Hamming distance): at 1M x 1024 bits that takes 6.1-7.3 ms
@@ -391,6 +393,3 @@ class FaissBackend:
         timings["rerank"] += (time.perf_counter() - started) * 1000
         return ranked
 
-
-def tier_file(dim: int) -> str:
-    return f"dim{dim}.faiss"

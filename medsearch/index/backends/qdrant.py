@@ -38,6 +38,7 @@ import numpy as np
 from medsearch.index.backends.base import Ranked, collapse, prefix
 from medsearch.index.backends.funnel import calibrate
 from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MissingExtraError
+from medsearch.index import layout
 from medsearch.index.filters import BOOLEANS, Filter, filter_number
 from medsearch.index.manifest import Manifest
 from medsearch.index.store import COLUMNS, DocStore
@@ -244,7 +245,7 @@ class QdrantBackend:
         written = cls(folder, manifest)
         written.create()
         try:
-            points = store_payloads(folder / "docs.db")
+            points = store_payloads(folder / layout.DOCS)
             if len(points) != len(vectors):
                 raise BadInputError(f"the qdrant backend needs a document store: {len(vectors)} vectors, {len(points)} chunks")
             written.upsert(vectors, points, progress=progress)
@@ -264,7 +265,7 @@ class QdrantBackend:
         """New points before the switch (rows past this generation's: unseen until then); the old
         ones of `removed` after it."""
         self._start_write(manifest, removed)
-        self.upsert(vectors, store_payloads(folder / "docs.db", first_row=self.manifest.chunks), progress=progress)
+        self.upsert(vectors, store_payloads(folder / layout.DOCS, first_row=self.manifest.chunks), progress=progress)
         self.index_fields(sorted(set(manifest.metadata_fields) - set(self.manifest.metadata_fields)))
         return QdrantBackend(folder, manifest)
 
