@@ -373,7 +373,7 @@ def test_a_pinned_generation_outlives_prune_until_released(index_dir, minilm, mo
 
 def test_a_pin_left_by_a_killed_process_is_removed(index_dir, minilm, monkeypatch):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pathlib import Path\nfrom medsearch import generations\n"
+        "import sys, time\nfrom pathlib import Path\nfrom medsearch.index import generations\n"
         f"with generations.pinned(Path({str(index_dir)!r})):\n    print('pinned', flush=True); time.sleep(600)\n")],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "pinned"
