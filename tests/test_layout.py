@@ -4,8 +4,12 @@ source with `ast`, nothing imported:
 - no import cycle among medsearch's modules, counting every import statement: module-level ones,
   those under `if TYPE_CHECKING:` and those inside functions (a cycle that only a lazy import keeps
   from failing is still two modules that cannot be understood, or moved, one without the other);
-- faiss is imported only by the backends (medsearch/backends/), qdrant_client only by the Qdrant
-  backend (medsearch/backends/qdrant*.py).
+- faiss is imported only by the backends (medsearch/index/backends/), qdrant_client only by the
+  Qdrant backend (medsearch/index/backends/qdrant*.py);
+- the package's top level holds at most 10 modules, the rest live in subpackages by role;
+- no module is over 600 lines, and one over 500 says why (a `# layout: ...` comment);
+- the index folder's file names are written as literals in one module only (index/layout.py):
+  everything else names them through its constants.
 
 Each rule's checker is tested on a tiny synthetic case first, so a rule that could never fail shows.
 """
@@ -13,6 +17,7 @@ Each rule's checker is tested on a tiny synthetic case first, so a rule that cou
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "medsearch"
@@ -89,6 +94,60 @@ def third_party_importers(top_level: str, package_dir: Path = PACKAGE_DIR) -> di
         if lines:
             importers[str(path.relative_to(package_dir.parent))] = lines
     return importers
+
+
+# ---- sizes and literals ----
+
+MAX_TOP_LEVEL_MODULES = 10
+LONG_MODULE = 500  # past this a module says why, in a `# layout:` comment
+MAX_MODULE_LINES = 600
+# The index folder's files, each named in exactly one module (its owner): index/layout.py
+FOLDER_FILE_NAMES = ("docs.db", "chunk_doc.npy", "vectors.npy", "binary.faiss", "manifest.json", "checksums.sha256")
+LAYOUT_OWNER = "medsearch/index/layout.py"
+
+
+def top_level_modules(package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """The .py files directly in the package folder."""
+    return sorted(path.name for path in package_dir.glob("*.py"))
+
+
+def long_modules(package_dir: Path = PACKAGE_DIR) -> dict[str, tuple[int, bool]]:
+    """Files over LONG_MODULE lines -> (lines, whether a `# layout:` comment says why)."""
+    found = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        if lines > LONG_MODULE:
+            found[str(path.relative_to(package_dir.parent))] = (lines, "# layout:" in text)
+    return found
+
+
+def string_literals(source: str) -> list[tuple[str, int]]:
+    """Every string constant in the source, with its line: plain strings, the parts of f-strings
+    and docstrings alike (a docstring that names a file is prose, but it is still a literal: the
+    owner's docstring draws the folder, nobody else's needs to)."""
+    return [(node.value, node.lineno) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def literal_owners(names: tuple[str, ...], package_dir: Path = PACKAGE_DIR, docstrings: bool = False) -> dict[str, dict[str, list[int]]]:
+    """name -> {file: lines} where a string literal contains the name as a file name (`docs.db`,
+    `{x}/docs.db`), docstrings and comments aside unless `docstrings`."""
+    found: dict[str, dict[str, list[int]]] = {name: {} for name in names}
+    for path in sorted(package_dir.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        docs = set() if docstrings else {
+            id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docs:
+                continue
+            for name in names:
+                if re.search(rf"(^|[/\\\s'\"`(]){re.escape(name)}($|[/\\\s'\"`),:.;])", node.value):
+                    found[name].setdefault(str(path.relative_to(package_dir.parent)), []).append(node.lineno)
+    return found
 
 
 # ---- finding cycles ----
@@ -227,6 +286,22 @@ def test_the_import_rule_checker_sees_every_import(tmp_path):
     assert graph["medsearch.search"] == {"medsearch.backends"}
 
 
+def test_the_size_and_literal_checkers(tmp_path):
+    package = tmp_path / "medsearch"
+    (package / "index").mkdir(parents=True)
+    (package / "__init__.py").write_text('"""The package: docs.db is named in this docstring, which is prose."""\n')
+    (package / "a.py").write_text("x = 1\n" * (LONG_MODULE + 1))
+    (package / "index" / "b.py").write_text("# layout: one table of 501 rows\n" + "y = 2\n" * LONG_MODULE)
+    (package / "index" / "layout.py").write_text('DOCS = "docs.db"\nMAP = "chunk_doc.npy"\n')
+    (package / "index" / "store.py").write_text('def f(folder):\n    return f"{folder}/docs.db", "my docs.dbx", "docs.db.tmp"\n')
+    assert top_level_modules(package) == ["__init__.py", "a.py"]
+    assert long_modules(package) == {"medsearch/a.py": (LONG_MODULE + 1, False), "medsearch/index/b.py": (LONG_MODULE + 1, True)}
+    owners = literal_owners(("docs.db", "chunk_doc.npy"), package)  # the f-string's part and docs.db.tmp; not docs.dbx
+    assert owners == {"docs.db": {"medsearch/index/layout.py": [1], "medsearch/index/store.py": [2, 2]},
+                      "chunk_doc.npy": {"medsearch/index/layout.py": [2]}}
+    assert "medsearch/__init__.py" in literal_owners(("docs.db",), package, docstrings=True)["docs.db"]
+
+
 # ---- the rules ----
 
 def test_no_import_cycle_among_the_modules():
@@ -251,3 +326,28 @@ def test_only_the_qdrant_backend_imports_qdrant_client():
     outside = {path: lines for path, lines in importers.items()
                if not (path.startswith("medsearch/index/backends/qdrant") and "/" not in path[len("medsearch/index/backends/"):])}
     assert not outside, f"qdrant_client imported outside medsearch/index/backends/qdrant*.py: {outside}"
+
+
+
+def test_the_top_level_holds_at_most_ten_modules():
+    modules = top_level_modules()
+    assert "__init__.py" in modules, "the package was not read"
+    assert len(modules) <= MAX_TOP_LEVEL_MODULES, (
+        f"{len(modules)} modules at medsearch/'s top level (at most {MAX_TOP_LEVEL_MODULES}): {', '.join(modules)}; "
+        "put the new one in the subpackage of its role (docs/reference/layout.md)")
+
+
+def test_no_module_is_too_long():
+    found = long_modules()
+    too_long = {path: lines for path, (lines, _) in found.items() if lines > MAX_MODULE_LINES}
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}; split them by job"
+    unexplained = {path: lines for path, (lines, says_why) in found.items() if not says_why}
+    assert not unexplained, (f"modules over {LONG_MODULE} lines without a `# layout:` comment saying why: {unexplained}")
+
+
+def test_the_index_folders_file_names_have_one_owner():
+    owners = literal_owners(FOLDER_FILE_NAMES)
+    assert all(LAYOUT_OWNER in files for files in owners.values()), f"{LAYOUT_OWNER} does not name every file: {owners}"
+    elsewhere = {name: {path: lines for path, lines in files.items() if path != LAYOUT_OWNER} for name, files in owners.items()}
+    elsewhere = {name: files for name, files in elsewhere.items() if files}
+    assert not elsewhere, f"index file names written outside {LAYOUT_OWNER} (use its constants): {elsewhere}"
