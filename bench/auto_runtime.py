@@ -20,8 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_results  # noqa: E402
 
-from medsearch.encoding import runtimes  # noqa: E402
-from medsearch.encoding.encoder import CALIBRATION_TEXTS, RUNTIMES, Encoder  # noqa: E402
+from medsearch.encoding.runtimes import auto as runtimes  # noqa: E402
+from medsearch.encoding.encoder import Encoder  # noqa: E402
+from medsearch.encoding.runtimes.base import CALIBRATION_TEXTS  # noqa: E402
+from medsearch.encoding.runtimes.registry import RUNTIMES, runtime_installed  # noqa: E402
 from medsearch.index.build import build_index  # noqa: E402
 from medsearch.encoding.runtimes.openvino_export import calibration_texts  # noqa: E402
 
@@ -34,7 +36,7 @@ def main() -> None:
     parser.add_argument("--builds", type=int, default=2, help="whole builds per runtime")
     args = parser.parse_args()
 
-    encoders = {r: Encoder(args.model, runtime=r) for r in RUNTIMES if runtimes.runtime_installed(r)}
+    encoders = {r: Encoder(args.model, runtime=r) for r in RUNTIMES if runtime_installed(r)}
     texts, cpu = calibration_texts(CALIBRATION_TEXTS)[:runtimes.SAMPLE_PASSAGES], runtimes.cpu_identity()
     trials = []
     for trial in range(args.trials):

@@ -25,7 +25,7 @@ from common import print_table, write_results  # noqa: E402
 from medsearch.documents.corpus import read_corpus  # noqa: E402
 from medsearch.encoding.encoder import Encoder  # noqa: E402
 from medsearch.encoding.models import MULTILINGUAL_E5  # noqa: E402
-from medsearch.encoding.runtimes import runtime_installed  # noqa: E402
+from medsearch.encoding.runtimes.registry import runtime_installed  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[1] / "corpus"
 QUERIES = [line for line in (BUNDLED / "queries.jsonl").read_text().splitlines()][:50]

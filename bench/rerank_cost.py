@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS, median_ms, p95_ms, print_table, write_results  # noqa: E402
 
 from medsearch.documents.corpus import read_queries  # noqa: E402
-from medsearch.encoding.encoder import Encoder, default_model_path  # noqa: E402
+from medsearch.encoding.encoder import Encoder  # noqa: E402
+from medsearch.encoding.loading import default_model_path  # noqa: E402
 from medsearch.errors import MedsearchError  # noqa: E402
 from medsearch.index.build import build_index  # noqa: E402
 from medsearch.index.folder import index_exists  # noqa: E402

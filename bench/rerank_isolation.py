@@ -43,7 +43,7 @@ def make_cross_encoder(folder: Path) -> str:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from medsearch.encoding.encoder import default_model_path
+    from medsearch.encoding.loading import default_model_path
 
     torch.manual_seed(0)
     CrossEncoder(default_model_path(), num_labels=1, device="cpu").save(str(folder))

@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, query_encode_p50_ms, write_results  # noqa: E402
 
-from medsearch.encoding.encoder import RUNTIMES, Encoder  # noqa: E402
+from medsearch.encoding.encoder import Encoder  # noqa: E402
+from medsearch.encoding.runtimes.registry import RUNTIMES  # noqa: E402
 from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs  # noqa: E402
 from medsearch.index.build import build_index  # noqa: E402
 from medsearch.index.folder import open_index  # noqa: E402

@@ -23,7 +23,8 @@ atexit.register(shutil.rmtree, os.environ["MEDSEARCH_CACHE"], ignore_errors=True
 import numpy as np  # noqa: E402
 
 from medsearch.index.backends import qdrant  # noqa: E402
-from medsearch.encoding.encoder import Encoder, default_model_path  # noqa: E402
+from medsearch.encoding.encoder import Encoder  # noqa: E402
+from medsearch.encoding.loading import default_model_path  # noqa: E402
 from medsearch.index.build import build_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,7 +157,7 @@ def cross_encoder(tmp_path_factory):
     import torch
     from sentence_transformers import CrossEncoder
 
-    from medsearch.encoding.encoder import default_model_path
+    from medsearch.encoding.loading import default_model_path
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("cross-encoder")

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from medsearch.encoding import cache
 from medsearch.cli import cli
-from medsearch.encoding.encoder import exported_model, export_folder, weights_fingerprint
+from medsearch.encoding.loading import weights_fingerprint
+from medsearch.encoding.runtimes.openvino import export_folder, exported_model
 
 WEIGHTS = "0123456789abcdef"
 KIND = "test-"  # export_folder's name: <weights>-test-openvino

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from medsearch.encoding.encoder import Encoder, ModelProfile, profile_for, select_device
+from medsearch.encoding.encoder import Encoder, ModelProfile, profile_for
+from medsearch.encoding.loading import select_device
 from medsearch.errors import MedsearchError
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from medsearch.index import layout
 from medsearch.cli import cli
 from medsearch.errors import BadInputError, IndexFormatError
 from medsearch.retrieval.fusion import Fusion, fuse
@@ -191,7 +192,8 @@ def test_an_index_fuses_as_its_models_tuning_chose_unless_a_query_says_otherwise
     """A model folder's medsearch_search.json (written by `medsearch tune`) sets its indexes' fusion."""
     import os
 
-    from medsearch.encoding.encoder import Encoder, default_model_path
+    from medsearch.encoding.encoder import Encoder
+    from medsearch.encoding.loading import default_model_path
     from medsearch.errors import ModelLoadError
 
     from conftest import SMALL_DOCS, write_jsonl
@@ -237,7 +239,7 @@ def test_a_write_tokenizes_only_its_own_chunks_and_bm25_equals_a_fresh_build(tmp
     delete(path, ["doc-002"])
     upsert(path, [Document(id="new-2", title="Croup", text="A barking cough in young children.")], minilm)
     index = open_index(path)
-    with zipfile.ZipFile(index.folder / lexical.LEXICAL_DIR / lexical.TOKENS_FILE) as saved:
+    with zipfile.ZipFile(index.folder / layout.LEXICAL_DIR / layout.TOKENS) as saved:
         assert {"ids.npy", "offsets.npy", "vocab.npy"} <= set(saved.namelist())
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -250,11 +252,10 @@ def test_a_write_tokenizes_only_its_own_chunks_and_bm25_equals_a_fresh_build(tmp
 
 
 def test_damaged_token_ids_stop_a_write_in_one_line(tmp_path, minilm, small_corpus):
-    from medsearch.index import lexical
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm)
-    tokens = open_index(path).folder / lexical.LEXICAL_DIR / lexical.TOKENS_FILE
+    tokens = open_index(path).folder / layout.LEXICAL_DIR / layout.TOKENS
     data = bytearray(tokens.read_bytes())
     data[len(data) // 2] ^= 0xFF
     tokens.write_bytes(bytes(data))
@@ -266,14 +267,12 @@ def test_damaged_token_ids_stop_a_write_in_one_line(tmp_path, minilm, small_corp
 
 
 def test_unreadable_token_ids_of_an_unrecorded_generation_are_tokenized_again(tmp_path, minilm, small_corpus):
-    from medsearch.index import checksums
-    from medsearch.index import lexical
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, minilm)
     folder = open_index(path).folder
-    (folder / checksums.FILE).unlink()  # a generation from before checksums
-    (folder / lexical.LEXICAL_DIR / lexical.TOKENS_FILE).write_bytes(b"PK\x03\x04 not a zip")
+    (folder / layout.CHECKSUMS).unlink()  # a generation from before checksums
+    (folder / layout.LEXICAL_DIR / layout.TOKENS).write_bytes(b"PK\x03\x04 not a zip")
     upsert(path, [Document(id="gout", text="Uric acid crystals inflame a joint.")], minilm)
     hits = Searcher.open(path, load_model=False).search(["uric acid joint"], mode="lexical", k=1)[0].hits
     assert hits[0].id == "gout"

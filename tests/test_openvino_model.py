@@ -17,7 +17,9 @@ import pytest
 
 from conftest import BUNDLED, LONG_TEXT, SMALL_DOCS, write_jsonl
 from medsearch.documents.corpus import Document
-from medsearch.encoding.encoder import OPENVINO_FILES, Encoder, exported_model, model_folder, weights_fingerprint
+from medsearch.encoding.encoder import Encoder
+from medsearch.encoding.loading import model_folder, weights_fingerprint
+from medsearch.encoding.runtimes.openvino import OPENVINO_FILES, exported_model
 from medsearch.errors import BadInputError
 from medsearch.encoding.runtimes.openvino_model import SPEC_FILE
 
@@ -148,7 +150,7 @@ def test_concurrent_callers_get_their_own_vectors():
 def test_an_export_without_a_spec_is_made_again_and_other_modules_need_torch(tmp_path, monkeypatch, tiny1024_path):
     from sentence_transformers import SentenceTransformer, models
 
-    from medsearch.encoding.runtimes import auto_runtime
+    from medsearch.encoding.runtimes.auto import auto_runtime
 
     copy = _fresh_export(tmp_path)
     (copy / SPEC_FILE).unlink()  # an export made before exports carried their spec

@@ -362,7 +362,7 @@ def test_every_caller_gets_its_own_scores_when_the_queue_outgrows_one_call(cross
 def test_what_is_not_a_cross_encoder_is_refused_before_anything_is_written(tmp_path, corpus_file, cross_encoder):
     import shutil
 
-    from medsearch.encoding.encoder import default_model_path
+    from medsearch.encoding.loading import default_model_path
 
     path = tmp_path / "index"
     bi_encoder = _index(path, corpus_file, "--reranker", default_model_path())

@@ -15,7 +15,11 @@ from click.testing import CliRunner
 
 from conftest import BUNDLED, SMALL_DOCS
 from medsearch.cli import cli
-from medsearch.encoding.encoder import Encoder, export_folder, exports_root, resolve_runtime, runtime_for_index, weights_fingerprint
+from medsearch.encoding.cache import exports_root
+from medsearch.encoding.encoder import Encoder, resolve_runtime
+from medsearch.encoding.loading import weights_fingerprint
+from medsearch.encoding.runtimes.openvino import export_folder
+from medsearch.encoding.runtimes.registry import runtime_for_index
 from medsearch.errors import BadInputError, MissingExtraError, ModelMismatchError
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
@@ -251,7 +255,7 @@ NO_VNNI = "Intel Core | 4 cores | avx2"
 
 
 def test_auto_takes_a_clear_leader_and_the_cpus_prior_within_noise():
-    from medsearch.encoding.runtimes import decide
+    from medsearch.encoding.runtimes.auto import decide
 
     clear = decide({"torch": [2.0, 2.1, 1.9], "openvino": [1.0, 1.1, 0.9], "openvino-int8": [0.8, 0.85, 0.75]}, NO_VNNI)
     assert clear["runtime"] == "openvino-int8" and clear["sure"] and clear["runner_up"] == "openvino"  # measured wins

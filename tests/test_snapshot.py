@@ -15,6 +15,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 
+from medsearch.index import layout
 from medsearch.index import checksums
 
 from medsearch.index import generations
@@ -81,7 +82,7 @@ def test_each_commit_records_checksums_that_sha256sum_accepts(index_dir, minilm)
     for folder in sorted(index_dir.glob("gen-*")):  # built, appended, carried over
         listed = checksums.read(folder)
         assert set(listed) == {str(p) for p in checksums.files(folder)}
-        done = subprocess.run(["sha256sum", "--check", "--quiet", checksums.FILE], cwd=folder, capture_output=True, text=True)
+        done = subprocess.run(["sha256sum", "--check", "--quiet", layout.CHECKSUMS], cwd=folder, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -110,10 +111,10 @@ def test_verify_catches_truncated_missing_added_and_changed_files(index_dir, dam
     elif action == "add":
         (folder / name).write_bytes(b"x")
     else:
-        flip_byte(folder / (checksums.FILE if name == "checksums" else name), offset=100)
+        flip_byte(folder / (layout.CHECKSUMS if name == "checksums" else name), offset=100)
     report = verify(index_dir)
     assert not report.ok
-    assert name.replace("checksums", checksums.FILE) in report.problems[0] or name == "checksums"
+    assert name.replace("checksums", layout.CHECKSUMS) in report.problems[0] or name == "checksums"
 
 
 def test_verify_catches_parts_that_disagree_on_row_counts(index_dir):
@@ -125,7 +126,7 @@ def test_verify_catches_parts_that_disagree_on_row_counts(index_dir):
     manifest["documents"] += 1
     (folder / "manifest.json").unlink()
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    (folder / checksums.FILE).unlink()
+    (folder / layout.CHECKSUMS).unlink()
     checksums.record(folder)
     problems = " | ".join(verify(index_dir).problems)
     for part in ("chunk_doc.npy", "docs.db: 187 documents", "binary.faiss", "lexical/", "vectors.npy", "dim64.faiss", "dim384.faiss"):
@@ -153,7 +154,7 @@ def test_verify_reports_damage_anywhere_as_lines_not_tracebacks(index_dir):
     assert result.exit_code == 1 and "manifest.json" in result.output and "Traceback" not in result.output
     manifest.unlink()
     manifest.write_bytes(data)
-    (folder / checksums.FILE).unlink()  # as an index built before records: the row counts must catch it
+    (folder / layout.CHECKSUMS).unlink()  # as an index built before records: the row counts must catch it
     (folder / "chunk_doc.npy").unlink()
     (folder / "chunk_doc.npy").write_bytes(b"")
     result = run("verify", index_dir)
@@ -485,9 +486,9 @@ def test_a_rebuild_repairs_a_damaged_index(index_dir, memo_minilm):
 def test_a_record_missing_a_file_stops_a_write(index_dir, minilm):
     """A file the record does not list would get a fresh sum from the write, damage and all."""
     folder = generations.current(index_dir)
-    record = (folder / checksums.FILE).read_text().splitlines(keepends=True)
-    (folder / checksums.FILE).unlink()
-    (folder / checksums.FILE).write_text("".join(line for line in record if not line.endswith("  vectors.npy\n")))
+    record = (folder / layout.CHECKSUMS).read_text().splitlines(keepends=True)
+    (folder / layout.CHECKSUMS).unlink()
+    (folder / layout.CHECKSUMS).write_text("".join(line for line in record if not line.endswith("  vectors.npy\n")))
     flip_byte(folder / "vectors.npy")
     with pytest.raises(DamagedIndexError, match="does not hold the files its commit recorded"):
         upsert(index_dir, [Document(id="new", title="t", text="a new leaflet on gout")], minilm)
@@ -525,7 +526,7 @@ def test_a_failed_restore_removes_only_what_it_made(tmp_path):
 
     made = _missing_folders(tmp_path / "x" / "a")
     (tmp_path / "x" / "a").mkdir(parents=True)
-    (tmp_path / "x" / "a" / generations.LOCK).write_text("pid 1")
+    (tmp_path / "x" / "a" / layout.LOCK).write_text("pid 1")
     (tmp_path / "x" / "b").mkdir()  # another restore's, made meanwhile
     _remove_made(made)
     assert not (tmp_path / "x" / "a").exists() and (tmp_path / "x" / "b").is_dir()

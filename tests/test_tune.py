@@ -72,7 +72,7 @@ def test_tune_runs_the_recipe_and_resumes(medquad_dir, tmp_path, tiny1024_path):
     assert tuned.search_defaults == {"fusion": chosen["fusion"]}
     import shutil
 
-    from medsearch.encoding.encoder import weights_fingerprint
+    from medsearch.encoding.loading import weights_fingerprint
     shutil.copytree(out, tmp_path / "no-reranker", ignore=shutil.ignore_patterns("reranker"))
     assert weights_fingerprint(out) == weights_fingerprint(tmp_path / "no-reranker"), "the re-ranker is not the model's weights"
     assert run_tune(medquad_dir, out, tiny1024_path).exit_code == 1  # OUT exists: refused

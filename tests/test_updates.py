@@ -12,7 +12,7 @@ from medsearch.index import generations
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError, MedsearchError, NotFoundError
 from medsearch.index.build import build_index
-from medsearch.index.folder import Index, open_index
+from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import AUTO_COMPACT_DEAD_FRACTION, compact, delete, sync, upsert
 

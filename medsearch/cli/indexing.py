@@ -20,7 +20,8 @@ from medsearch.cli.options import (
     index_runtime_option,
     read_documents,
 )
-from medsearch.encoding.encoder import AUTO_RUNTIME, Encoder
+from medsearch.encoding.encoder import Encoder
+from medsearch.encoding.runtimes.registry import AUTO_RUNTIME
 from medsearch.errors import MedsearchError
 from medsearch.index.backends import BackendOptionsError, build_settings
 from medsearch.index.backends.funnel import DEFAULT_TARGET_RECALL
@@ -341,7 +342,7 @@ def info(index_dir, as_json):
     """Show what an index holds: model, dims, tiers, index types, counts and sizes."""
     idx = open_index(index_dir)
     files = idx.files()
-    from medsearch.encoding.runtimes import recorded
+    from medsearch.encoding.runtimes.auto import recorded
 
     auto = recorded(idx.manifest.model.get("spec"))
     if as_json:

@@ -8,7 +8,7 @@ import functools
 import click
 
 from medsearch.documents import DEFAULT_LIMITS
-from medsearch.encoding.encoder import AUTO_RUNTIME, RUNTIMES
+from medsearch.encoding.runtimes.registry import AUTO_RUNTIME, RUNTIMES
 from medsearch.index.folder import DEFAULT_INDEX
 from medsearch.retrieval.options import FUSION_OPTIONS, OPTIONS, Option, SearchOptions
 

@@ -9,7 +9,8 @@ import click
 
 from medsearch.cli.group import cli
 from medsearch.cli.options import device_option, fusion_options
-from medsearch.encoding.encoder import DEFAULT_MODEL, RUNTIMES
+from medsearch.encoding.models import DEFAULT_MODEL
+from medsearch.encoding.runtimes.registry import RUNTIMES
 from medsearch.errors import BadInputError
 from medsearch.retrieval.fusion import MODES
 from medsearch.training.finetune import TrainSettings

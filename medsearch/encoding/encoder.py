@@ -14,41 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.encoding.loading import (  # noqa: F401 - where callers have always found them
-    EXPORT_DIRS,
-    RERANKER_DIR,
-    default_model_path,
-    load_sentence_transformer,
+from medsearch.encoding.loading import (
     model_folder,
-    quiet_libraries,
     resolve_model,
-    select_device,
     weights_fingerprint,
 )
-from medsearch.encoding.cache import exports_root  # noqa: F401
 from medsearch.encoding.models import DEFAULT_MODEL, display_name
-from medsearch.encoding.runtimes import (  # noqa: F401 - the runtimes' facts, where callers have always found them
-    AUTO_RUNTIME,
-    CALIBRATION_TEXTS,
-    DEFAULT_RUNTIME,
-    PRECISIONS,
-    REGISTRY,
-    RUNTIME_EXTRAS,
-    RUNTIME_PACKAGES,
-    RUNTIMES,
-    auto_runtime,
-    cache_root,
-    get_runtime,
-    runtime_for_index,
-    runtime_installed,
-)
-from medsearch.encoding.runtimes.openvino import (  # noqa: F401
-    OPENVINO_FILES,
-    export_folder,
-    exported_model,
-    lean_spec,
-    settings_fingerprint,
-)
+from medsearch.encoding.runtimes.auto import auto_runtime
+from medsearch.encoding.runtimes.base import CALIBRATION_TEXTS
+from medsearch.encoding.runtimes.registry import AUTO_RUNTIME, DEFAULT_RUNTIME, PRECISIONS, REGISTRY, get_runtime
 from medsearch.encoding.runtimes.torch import SentenceTransformerRunner
 from medsearch.errors import MedsearchError, ModelLoadError
 

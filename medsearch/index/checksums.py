@@ -23,14 +23,13 @@ from typing import BinaryIO, Iterator
 from medsearch.errors import DamagedIndexError
 from medsearch.index import layout
 
-FILE = layout.CHECKSUMS
 CHUNK = 1 << 20
 
 
 def files(folder: Path) -> Iterator[Path]:
     """The generation's files (relative paths, sorted) that a record covers: all but the record."""
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.relative_to(folder) != Path(FILE):
+        if path.is_file() and path.relative_to(folder) != Path(layout.CHECKSUMS):
             yield path.relative_to(folder)
 
 
@@ -46,7 +45,7 @@ def read(folder: Path) -> dict[str, str] | None:
     """The recorded sums (relative path -> hex digest), or None when the folder has no record (a
     generation committed before medsearch recorded them). ValueError for a record that is not one."""
     try:
-        text = (folder / FILE).read_text(encoding="utf-8")
+        text = (folder / layout.CHECKSUMS).read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     return parse(text)
@@ -57,10 +56,10 @@ def parse(text: str) -> dict[str, str]:
     for number, line in enumerate(text.splitlines(), start=1):
         value, sep, name = line.partition("  ")
         if not sep or len(value) != 64 or any(c not in "0123456789abcdef" for c in value) or not name:
-            raise ValueError(f"line {number} of {FILE} is not '<sha256>  <file>'")
+            raise ValueError(f"line {number} of {layout.CHECKSUMS} is not '<sha256>  <file>'")
         sums[name] = value
     if not sums:
-        raise ValueError(f"{FILE} is empty")
+        raise ValueError(f"{layout.CHECKSUMS} is empty")
     return sums
 
 
@@ -88,7 +87,7 @@ def record(folder: Path, previous: Path | None = None, checked: frozenset[str] =
         if key in known and key not in checked and (previous / name).is_file() and digest(previous / name) != known[key]:
             raise _damaged(f"{previous.name}/{key} differs from the checksum its commit recorded")
         sums[key] = digest(path)
-    (folder / FILE).write_text(render(sums), encoding="utf-8")
+    (folder / layout.CHECKSUMS).write_text(render(sums), encoding="utf-8")
     return sums
 
 
@@ -105,7 +104,7 @@ def _recorded(folder: Path) -> dict[str, str]:
     try:
         return read(folder) or {}
     except (OSError, ValueError) as err:
-        raise _damaged(f"{folder.name}/{FILE} is unreadable ({err})") from None
+        raise _damaged(f"{folder.name}/{layout.CHECKSUMS} is unreadable ({err})") from None
 
 
 def _damaged(what: str) -> DamagedIndexError:

@@ -167,9 +167,9 @@ class Index:
     def files(self) -> dict[str, int]:
         """Size in bytes of each file of the generation."""
         files = {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()}
-        lexical_dir = self.folder / lexical.LEXICAL_DIR
+        lexical_dir = self.folder / layout.LEXICAL_DIR
         if lexical_dir.is_dir():
-            files[lexical.LEXICAL_DIR + "/"] = sum(p.stat().st_size for p in lexical_dir.iterdir())
+            files[layout.LEXICAL_DIR + "/"] = sum(p.stat().st_size for p in lexical_dir.iterdir())
         return files
 
     def describe(self) -> dict:
@@ -191,11 +191,11 @@ def open_index(index_dir: str | Path) -> Index:
         if (path / layout.MANIFEST).is_file():
             raise IndexFormatError(format_error(path, 1), path)
         if path.exists():
-            raise IndexNotFoundError(f"{path} is not a medsearch index (no {generations.POINTER} file)", path)
+            raise IndexNotFoundError(f"{path} is not a medsearch index (no {layout.POINTER} file)", path)
         raise IndexNotFoundError(f"no index at {path}", path)
     leased = generations.lease(path)
     if leased is None:
-        raise IndexNotFoundError(f"{path} is not a medsearch index (no {generations.POINTER} file)", path)
+        raise IndexNotFoundError(f"{path} is not a medsearch index (no {layout.POINTER} file)", path)
     folder, handle = leased
     try:
         manifest = Manifest.read(folder, path)

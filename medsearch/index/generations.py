@@ -35,12 +35,7 @@ from pathlib import Path
 from medsearch.index import checksums, layout
 from medsearch.errors import BadInputError, MismatchError
 
-POINTER = layout.POINTER
-LOCK = layout.LOCK
-PIN = layout.PIN
-_GENERATION = layout.GENERATION
 LEASED = layout.MANIFEST  # the file of a generation whose flock is its readers' lease
-REMOVING = layout.REMOVING
 _GENERATIONS = f"{layout.GENERATION_PREFIX}*"
 
 
@@ -51,21 +46,21 @@ class IndexLockedError(MismatchError):
 def current(root: Path) -> Path | None:
     """The committed generation's folder, or None when the folder has none."""
     try:
-        name = (root / POINTER).read_bytes().decode("ascii").strip()
+        name = (root / layout.POINTER).read_bytes().decode("ascii").strip()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError):
         return None  # (a CURRENT that is not one names no generation)
-    return root / name if _GENERATION.match(name) else None
+    return root / name if layout.GENERATION.match(name) else None
 
 
 def holds_other_files(root: Path) -> bool:
     """Whether the folder holds anything but what an index's first build leaves before its commit (a
     lock file, a killed writer's temporary folder): a folder a new index must not be written into
     unless it is one already."""
-    return root.exists() and any(not p.name.startswith((LOCK, layout.TMP)) for p in root.iterdir())
+    return root.exists() and any(not p.name.startswith((layout.LOCK, layout.TMP)) for p in root.iterdir())
 
 
 def number(folder: Path) -> int:
-    match = _GENERATION.match(folder.name)
+    match = layout.GENERATION.match(folder.name)
     return int(match.group(1)) if match else 0
 
 
@@ -97,12 +92,12 @@ def commit(root: Path, tmp: Path, derived: bool = True, checked: frozenset[str] 
         checksums.record(tmp, previous if derived else None, checked)
     _fsync_tree(tmp)
     os.replace(tmp, target)
-    pointer = root / f".{POINTER}{layout.TMP}{os.getpid()}"
+    pointer = root / f".{layout.POINTER}{layout.TMP}{os.getpid()}"
     with open(pointer, "w") as handle:
         handle.write(target.name + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(pointer, root / POINTER)
+    os.replace(pointer, root / layout.POINTER)
     _fsync_dir(root)
     prune(root, retired=previous is not None)
     return target
@@ -124,7 +119,7 @@ def link_file(source: Path, target: Path) -> None:
 def _drop_failed_switches(root: Path, committed: Path | None) -> None:
     newest = number(committed) if committed else 0
     for path in root.glob(_GENERATIONS):
-        if _GENERATION.match(path.name) and number(path) > newest:
+        if layout.GENERATION.match(path.name) and number(path) > newest:
             _remove(path)
 
 
@@ -137,9 +132,9 @@ def prune(root: Path, retired: bool = True) -> None:
     newest = number(committed) if committed else 0
     kept = _pinned(root)
     for path in root.iterdir():
-        if path.name.startswith((layout.TMP, f".{POINTER}{layout.TMP}", REMOVING)):
+        if path.name.startswith((layout.TMP, f".{layout.POINTER}{layout.TMP}", layout.REMOVING)):
             _remove(path)
-        elif (retired and path.is_dir() and _GENERATION.match(path.name) and number(path) < newest
+        elif (retired and path.is_dir() and layout.GENERATION.match(path.name) and number(path) < newest
               and path.name not in kept):
             _remove_unread(root, path)
 
@@ -157,7 +152,7 @@ def _remove_unread(root: Path, folder: Path) -> None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # leased: a reader has it open
             return
-        gone = root / f"{REMOVING}{folder.name}-{uuid.uuid4().hex[:8]}"
+        gone = root / f"{layout.REMOVING}{folder.name}-{uuid.uuid4().hex[:8]}"
         os.rename(folder, gone)
     _remove(gone)
 
@@ -188,7 +183,7 @@ def _pinned(root: Path) -> set[str]:
     """The generations that live pins name. A pin whose holder has died (its flock free) is removed;
     a live pin that names nothing yet (being written) keeps every generation."""
     kept: set[str] = set()
-    for pin in root.glob(f"{PIN}*"):
+    for pin in root.glob(f"{layout.PIN}*"):
         try:
             handle = open(pin, "r")
         except OSError:
@@ -214,7 +209,7 @@ def pinned(root: Path):
         if folder is None:
             yield None
             return
-        pin = root / f"{PIN}{uuid.uuid4().hex[:12]}"
+        pin = root / f"{layout.PIN}{uuid.uuid4().hex[:12]}"
         try:
             handle = open(pin, "w")
         except PermissionError:
@@ -274,7 +269,7 @@ def writer_lock(root: Path):
     """Hold the index's writer lock for the block; a second writer gets IndexLockedError at once.
     The lock is an flock: the kernel releases it when the holder dies, even by kill -9."""
     root.mkdir(parents=True, exist_ok=True)
-    handle = open(root / LOCK, "a+")
+    handle = open(root / layout.LOCK, "a+")
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -55,13 +55,13 @@ def verify(index_dir: str | Path) -> VerifyReport:
     root = Path(index_dir)
     folder = generations.current(root)
     if folder is None:
-        if (root / generations.POINTER).exists():
-            return VerifyReport(root, 0, 0, [f"{generations.POINTER}: names no generation (damaged)"],
+        if (root / layout.POINTER).exists():
+            return VerifyReport(root, 0, 0, [f"{layout.POINTER}: names no generation (damaged)"],
                                 time.perf_counter() - started)
         open_index(root)  # its own error: no index, or one of format 1
     if not folder.is_dir():
         return VerifyReport(root, generations.number(folder), 0,
-                            [f"{generations.POINTER}: names {folder.name}, which is missing"], time.perf_counter() - started)
+                            [f"{layout.POINTER}: names {folder.name}, which is missing"], time.perf_counter() - started)
     leased = generations.lease(root)  # a write that commits meanwhile does not prune it under the check
     folder, handle = leased if leased is not None else (folder, None)
     try:
@@ -82,7 +82,7 @@ def check_generation(folder: Path, index: Path | None = None,
     try:
         sums = checksums.read(folder)
     except (OSError, ValueError) as err:
-        sums, problems = None, [f"{checksums.FILE}: unreadable ({reason(err)})"]
+        sums, problems = None, [f"{layout.CHECKSUMS}: unreadable ({reason(err)})"]
     damaged: set[str] = set()
     if sums is not None:
         for line in checksums.problems(folder, sums, hashed):
@@ -139,7 +139,7 @@ def _row_problems(folder: Path, manifest: Manifest, damaged: set[str]) -> list[s
 
     def bm25() -> list[str]:
         rows = lexical.rows(folder)
-        return [f"{lexical.LEXICAL_DIR}/: BM25 over {rows} rows; the manifest says {chunks}"] if rows != chunks else []
+        return [f"{layout.LEXICAL_DIR}/: BM25 over {rows} rows; the manifest says {chunks}"] if rows != chunks else []
 
     if layout.CHUNK_DOC not in damaged:
         _part(problems, layout.CHUNK_DOC, vector_map)

@@ -35,11 +35,9 @@ import numpy as np
 from medsearch.index import language, layout
 from medsearch.index.generations import link_file
 
-LEXICAL_DIR = layout.LEXICAL_DIR
-TOKENS_FILE = layout.TOKENS  # each chunk row's token ids (ids, offsets) and the vocabulary they index
 # bm25s's own file that records the row count (read through bm25s.BM25.load only: `rows`); named
 # here for `medsearch verify`, whose problem line for a matrix it cannot load names it
-PARAMS_FILE = f"{LEXICAL_DIR}/params.index.json"
+PARAMS_FILE = f"{layout.LEXICAL_DIR}/params.index.json"
 FOLD_ACCENTS = True  # stems lose their diacritics (measured in bench/language.py)
 # Words: runs of 2+ word characters, as bm25s's own pattern, and the combining marks of scripts that
 # write vowels with them (Devanagari to Sinhala), which \w leaves out and would cut words at
@@ -164,7 +162,7 @@ def settings(analysis: Analysis) -> dict:
     """What the manifest records about the lexical index."""
     import bm25s
 
-    return {"library": f"bm25s {bm25s.__version__}", **analysis.describe(), "text": "title + chunk", "dir": LEXICAL_DIR}
+    return {"library": f"bm25s {bm25s.__version__}", **analysis.describe(), "text": "title + chunk", "dir": layout.LEXICAL_DIR}
 
 
 def write_lexical(folder: Path, passages: list[str], analysis: Analysis = Analysis()) -> None:
@@ -179,11 +177,11 @@ def write_from_store(folder: Path, rows: int, analysis: Analysis, base: Path | N
     from medsearch.index.store import DocStore
 
     kept = None
-    if base is not None and (base / LEXICAL_DIR / TOKENS_FILE).is_file():
+    if base is not None and (base / layout.LEXICAL_DIR / layout.TOKENS).is_file():
         from medsearch.index import checksums
 
-        checksums.check(base, f"{LEXICAL_DIR}/{TOKENS_FILE}")  # damage stops the write, as for docs.db
-        kept = _read_tokens(base / LEXICAL_DIR / TOKENS_FILE, first_new)
+        checksums.check(base, f"{layout.LEXICAL_DIR}/{layout.TOKENS}")  # damage stops the write, as for docs.db
+        kept = _read_tokens(base / layout.LEXICAL_DIR / layout.TOKENS, first_new)
     store = DocStore(folder / layout.DOCS)
     try:
         if kept is None:
@@ -206,7 +204,7 @@ def _write(folder: Path, ids: list[list[int]], vocab: dict[str, int], passages: 
 
     for tokens in analysis.tokenize(passages[first:]):
         ids.append([vocab.setdefault(token, len(vocab)) for token in tokens])
-    out = folder / LEXICAL_DIR
+    out = folder / layout.LEXICAL_DIR
     retriever = bm25s.BM25()
     # a corpus without a single word (emoji, numbers of one digit): one term no query can have
     terms = dict(vocab) or {"": 0}
@@ -216,7 +214,7 @@ def _write(folder: Path, ids: list[list[int]], vocab: dict[str, int], passages: 
     offsets = np.cumsum([0] + [len(row) for row in ids], dtype=np.int64)
     flat = np.fromiter((i for row in ids for i in row), dtype=np.int32, count=int(offsets[-1]))
     words = np.array(sorted(vocab, key=vocab.get), dtype=str) if vocab else np.array([], dtype="<U1")
-    np.savez(out / TOKENS_FILE, ids=flat, offsets=offsets, vocab=words)
+    np.savez(out / layout.TOKENS, ids=flat, offsets=offsets, vocab=words)
 
 
 def _read_tokens(path: Path, rows: int) -> tuple[list[list[int]], dict[str, int]] | None:
@@ -240,10 +238,10 @@ def _read_tokens(path: Path, rows: int) -> tuple[list[list[int]], dict[str, int]
 def carry_over(base: Path, folder: Path) -> None:
     """The lexical index of generation `base`, unchanged, in the generation `folder` (hard links):
     a delete-only write, whose deleted rows are masked out of every search."""
-    if (base / LEXICAL_DIR).is_dir():
-        (folder / LEXICAL_DIR).mkdir()
-        for path in (base / LEXICAL_DIR).iterdir():
-            link_file(path, folder / LEXICAL_DIR / path.name)
+    if (base / layout.LEXICAL_DIR).is_dir():
+        (folder / layout.LEXICAL_DIR).mkdir()
+        for path in (base / layout.LEXICAL_DIR).iterdir():
+            link_file(path, folder / layout.LEXICAL_DIR / path.name)
 
 
 def rows(folder: Path) -> int:
@@ -251,14 +249,14 @@ def rows(folder: Path) -> int:
     loads it (memory-mapped, without its vocabulary)."""
     import bm25s
 
-    retriever = bm25s.BM25.load(Path(folder) / LEXICAL_DIR, mmap=True, load_vocab=False, show_progress=False)
+    retriever = bm25s.BM25.load(Path(folder) / layout.LEXICAL_DIR, mmap=True, load_vocab=False, show_progress=False)
     return int(retriever.scores["num_docs"])
 
 
 def matrix_files(names) -> list[str]:
     """Of a generation's file names (relative paths), those of its BM25 matrix, which `rows` reads
     (the token ids beside it aside)."""
-    return [name for name in names if name.startswith(f"{LEXICAL_DIR}/") and name != f"{LEXICAL_DIR}/{TOKENS_FILE}"]
+    return [name for name in names if name.startswith(f"{layout.LEXICAL_DIR}/") and name != f"{layout.LEXICAL_DIR}/{layout.TOKENS}"]
 
 
 class Lexical:
@@ -267,7 +265,7 @@ class Lexical:
     def __init__(self, folder: Path, analysis: Analysis = Analysis()):
         import bm25s
 
-        path = Path(folder) / LEXICAL_DIR
+        path = Path(folder) / layout.LEXICAL_DIR
         self.retriever = bm25s.BM25.load(path, mmap=True, show_progress=False)
         self.rows = self.retriever.scores["num_docs"]  # one per chunk row, dead rows included
         self.vocab = self.retriever.vocab_dict

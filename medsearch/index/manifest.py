@@ -30,13 +30,12 @@ from medsearch.errors import IndexFormatError
 from medsearch.retrieval.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES
 from medsearch.index import layout
 from medsearch.index.language import ANALYSES
-from medsearch.encoding.runtimes import RUNTIMES
+from medsearch.encoding.runtimes.registry import RUNTIMES
 
 if TYPE_CHECKING:
     from medsearch.retrieval.fusion import Fusion
 
 FORMAT_VERSION = 2  # 2: generations (CURRENT + gen-NNNNNN/), dead rows, faiss factory strings
-FILE = layout.MANIFEST
 TIERS = ("fast", "light", "standard", "deep")
 TIER_TARGET_DIMS = {"fast": 64, "light": 128, "standard": 512}
 LEGACY_CANDIDATES = 500  # fast-tier candidates of an index built before the calibration: k x 50 at k = 10
@@ -59,11 +58,11 @@ class Manifest(dict):
         """The manifest of a generation folder; IndexFormatError (naming `index`, the folder users
         name) when it is missing, unreadable or of another format."""
         index = index or folder
-        path = folder / FILE
+        path = folder / layout.MANIFEST
         try:
             manifest = cls(json.loads(path.read_text()))
         except FileNotFoundError:
-            raise IndexFormatError(f"{index}: {folder.name} has no {FILE}", index) from None
+            raise IndexFormatError(f"{index}: {folder.name} has no {layout.MANIFEST}", index) from None
         except json.JSONDecodeError as err:
             raise IndexFormatError(f"{path}: unreadable manifest ({err.msg})", index) from None
         if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
@@ -76,12 +75,12 @@ class Manifest(dict):
     def peek(cls, folder: Path | None) -> "Manifest | None":
         """The manifest of a folder when it has a readable one, else None (never raises)."""
         try:
-            return cls(json.loads((folder / FILE).read_text())) if folder is not None else None
+            return cls(json.loads((folder / layout.MANIFEST).read_text())) if folder is not None else None
         except (OSError, ValueError):
             return None
 
     def write(self, folder: Path) -> None:
-        (folder / FILE).write_text(json.dumps(self, indent=2, ensure_ascii=False) + "\n")
+        (folder / layout.MANIFEST).write_text(json.dumps(self, indent=2, ensure_ascii=False) + "\n")
 
     # ---- the vectors ----
 

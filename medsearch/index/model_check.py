@@ -4,7 +4,8 @@ same weights computed in another precision)."""
 
 from __future__ import annotations
 
-from medsearch.encoding.encoder import Encoder, resolve_runtime, runtime_for_index
+from medsearch.encoding.encoder import Encoder, resolve_runtime
+from medsearch.encoding.runtimes.registry import runtime_for_index
 from medsearch.errors import ModelMismatchError
 from medsearch.index.folder import Index
 

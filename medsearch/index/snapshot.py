@@ -285,8 +285,8 @@ def _write_archive(folder: Path, target: Path, root: Path, key: bytes | None = N
         why = "is missing" if odd in recorded else "is not among the files its commit recorded"
         raise DamagedIndexError(f"{root}: {odd} of {folder.name} {why}: run medsearch verify")
     if recorded is not None:
-        names.append(checksums.FILE)
-        recorded = {**recorded, checksums.FILE: checksums.digest(folder / checksums.FILE)}
+        names.append(layout.CHECKSUMS)
+        recorded = {**recorded, layout.CHECKSUMS: checksums.digest(folder / layout.CHECKSUMS)}
     sums = recorded or {name: checksums.digest(folder / name) for name in names}
     entries = {name: {"sha256": sums[name], "bytes": (folder / name).stat().st_size} for name in names}
     header = {
@@ -357,7 +357,7 @@ def _existing_index(root: Path) -> Manifest | None:
         raise BadInputError(f"{root} is a symbolic link to nothing: restore into a new or empty folder")
     if index_exists(root):
         return Manifest.peek(generations.current(root)) or Manifest()
-    if (root / generations.POINTER).is_file():
+    if (root / layout.POINTER).is_file():
         return Manifest()
     if root.is_file() or generations.holds_other_files(root):
         raise BadInputError(f"{root} exists and is not a medsearch index: restore into a new or empty folder")
@@ -379,7 +379,7 @@ def _remove_made(folders: list[Path]) -> None:
     generation is gone), then each folder above it while empty (another restore's stays)."""
     if not folders:
         return
-    (folders[0] / generations.LOCK).unlink(missing_ok=True)
+    (folders[0] / layout.LOCK).unlink(missing_ok=True)
     for folder in folders:
         try:
             folder.rmdir()
@@ -420,7 +420,7 @@ def _unpack(source: Path, tmp: Path, key: bytes | None = None) -> tuple[dict, Ma
     problems, _ = check_generation(tmp, hashed=hashed)
     if problems:
         raise DamagedSnapshotError(f"{source} is damaged: {problems[0]}; nothing was restored")
-    if not (tmp / checksums.FILE).is_file():  # a generation from before records: its commit records them now
+    if not (tmp / layout.CHECKSUMS).is_file():  # a generation from before records: its commit records them now
         checksums.record(tmp)
     return header, manifest, len(header["files"])
 

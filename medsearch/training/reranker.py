@@ -142,7 +142,7 @@ def _train(settings: RerankerSettings, mined: Path, model_dir: Path, progress: b
     from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments,
                                                      losses)
 
-    from medsearch.encoding.encoder import quiet_libraries, resolve_model, select_device
+    from medsearch.encoding.loading import quiet_libraries, resolve_model, select_device
     from medsearch.training.finetune import peak_memory_mb, use_bf16
 
     quiet_libraries()

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from medsearch.encoding.encoder import RERANKER_DIR, SEARCH_DEFAULTS_FILE
+from medsearch.encoding.encoder import SEARCH_DEFAULTS_FILE
+from medsearch.encoding.loading import RERANKER_DIR
 from medsearch.errors import BadInputError
 from medsearch.training.reranker import RerankerSettings
 from medsearch.training.finetune import TrainSettings

@@ -34,9 +34,6 @@ if TYPE_CHECKING:
     from medsearch.index.filters import Filter
     from medsearch.index.manifest import Manifest
 
-VECTORS_FILE = layout.VECTORS
-BINARY_FILE = layout.BINARY
-tier_file = layout.tier_file  # dim{N}.faiss
 # Above this many chunks the fast tier's 64-dim candidate index is HNSW instead of exact flat.
 HNSW_MIN_CHUNKS = 200_000
 # The binary stage scans every code (exact Hamming distance): at 1M x 1024 bits that takes 6.1-7.3 ms
@@ -169,21 +166,21 @@ class FaissBackend:
     def tier(self, dim: int) -> FaissTier:
         """One stored dim's index (loaded on first use)."""
         if dim not in self._tiers:
-            self._tiers[dim] = self._opened(tier_file(dim), lambda path: FaissTier.load(path, self.manifest.index_type(dim)))
+            self._tiers[dim] = self._opened(layout.tier_file(dim), lambda path: FaissTier.load(path, self.manifest.index_type(dim)))
         return self._tiers[dim]
 
     @cached_property
     def binary(self) -> BinaryTier | None:
         """The binary candidate stage, when the generation has one."""
-        path = self.folder / BINARY_FILE
+        path = self.folder / layout.BINARY
         if not path.is_file():
             return None
-        return self._opened(BINARY_FILE, lambda path: BinaryTier.load(path, self.manifest.fast.get("binary_index", BINARY_INDEX)))
+        return self._opened(layout.BINARY, lambda path: BinaryTier.load(path, self.manifest.fast.get("binary_index", BINARY_INDEX)))
 
     @cached_property
     def vectors(self) -> np.ndarray:
         """The stored full-dim vectors (memory-mapped), the re-ranking's input."""
-        return self._opened(VECTORS_FILE, lambda path: np.load(path, mmap_mode="r"))
+        return self._opened(layout.VECTORS, lambda path: np.load(path, mmap_mode="r"))
 
     def _opened(self, name: str, read):
         """read(path of `name`); a file that cannot be read is one DamagedIndexError line (its cause
@@ -204,7 +201,7 @@ class FaissBackend:
             self.tier(dim)
         self.vectors  # noqa: B018 (cached on first use)
         if self.manifest.fast_stage == "binary" and self.binary is None:
-            raise DamagedIndexError(f"{self.folder}: {BINARY_FILE} is missing (the fast tier's stage): run medsearch "
+            raise DamagedIndexError(f"{self.folder}: {layout.BINARY} is missing (the fast tier's stage): run medsearch "
                                     "verify; restore a snapshot or rebuild to repair it")
 
     def close(self) -> None:
@@ -216,11 +213,11 @@ class FaissBackend:
         """vectors.npy, every tier index and the binary codes hold one row per chunk row, at their dim
         (files in `skip`, known to be damaged, are not parsed)."""
         chunks, full_dim = self.manifest.chunks, self.manifest.full_dim
-        parts = [(VECTORS_FILE, lambda: self.vectors.shape, (chunks, full_dim))]
-        parts += [(tier_file(d), lambda d=d: (self.tier(d).index.ntotal, self.tier(d).index.d), (chunks, d))
+        parts = [(layout.VECTORS, lambda: self.vectors.shape, (chunks, full_dim))]
+        parts += [(layout.tier_file(d), lambda d=d: (self.tier(d).index.ntotal, self.tier(d).index.d), (chunks, d))
                   for d in self.manifest.dims]
-        if (self.folder / BINARY_FILE).is_file() or self.manifest.fast_stage == "binary":
-            parts.append((BINARY_FILE, lambda: (self.binary.index.ntotal, self.binary.index.d), (chunks, full_dim)))
+        if (self.folder / layout.BINARY).is_file() or self.manifest.fast_stage == "binary":
+            parts.append((layout.BINARY, lambda: (self.binary.index.ntotal, self.binary.index.d), (chunks, full_dim)))
         problems = []
         for name, shape, expected in parts:
             if name in skip:
@@ -250,16 +247,16 @@ class FaissBackend:
         manifest["faiss_factories"] = {d: FACTORIES[kind] for d, kind in manifest["index_types"].items()}
         manifest["backend"] = {"name": cls.name}
         stored = (vectors if stored is None else stored).astype(manifest.vector_dtype, copy=False)
-        np.save(folder / VECTORS_FILE, stored)
+        np.save(folder / layout.VECTORS, stored)
         written = cls(folder, manifest)
         for dim in manifest.dims:
             tier = FaissTier.build(prefix(vectors, dim), manifest.index_type(dim))
-            tier.save(folder / tier_file(dim))
+            tier.save(folder / layout.tier_file(dim))
             if dim in (dims["fast"], full_dim):  # the calibration's tiers stay in memory, the others are freed
                 written._tiers[dim] = tier
         if dims["fast"] != full_dim and full_dim % 8 == 0:  # the binary stage (faiss codes are whole bytes)
             written.binary = BinaryTier.build(vectors, BINARY_INDEX)
-            written.binary.save(folder / BINARY_FILE)
+            written.binary.save(folder / layout.BINARY)
         if dims["fast"] != full_dim:
             written.vectors = stored
             manifest["fast"] = written.calibrate(None, target_recall, vectors)
@@ -269,26 +266,26 @@ class FaissBackend:
                progress: bool = False) -> "FaissBackend":
         """Copies of this generation's files with `vectors` appended (the fast and deep tiers, and
         the binary codes, are kept in memory for the calibration)."""
-        np.save(folder / VECTORS_FILE, np.concatenate([self.vectors, vectors.astype(self.vectors.dtype)]))
+        np.save(folder / layout.VECTORS, np.concatenate([self.vectors, vectors.astype(self.vectors.dtype)]))
         written = FaissBackend(folder, manifest)
         for dim in self.manifest.dims:
-            tier = FaissTier.load(self.folder / tier_file(dim), self.manifest.index_type(dim))  # a copy of its own
+            tier = FaissTier.load(self.folder / layout.tier_file(dim), self.manifest.index_type(dim))  # a copy of its own
             tier.add(prefix(vectors, dim))
-            tier.save(folder / tier_file(dim))
+            tier.save(folder / layout.tier_file(dim))
             if dim in (manifest.tier_dims["fast"], manifest.full_dim):
                 written._tiers[dim] = tier
-        binary = self.folder / BINARY_FILE
+        binary = self.folder / layout.BINARY
         codes = BinaryTier.load(binary, BINARY_INDEX) if binary.is_file() else None  # a copy of its own
         if codes is not None:
             codes.add(vectors)
-            codes.save(folder / BINARY_FILE)
+            codes.save(folder / layout.BINARY)
         written.binary = codes
         return written
 
     def carry_over(self, folder: Path, manifest: "Manifest", *, removed: list[str]) -> "FaissBackend":
         """The same files, hard-linked (never written again)."""
-        names = [VECTORS_FILE, *(tier_file(d) for d in self.manifest.dims),
-                 *([BINARY_FILE] if (self.folder / BINARY_FILE).is_file() else [])]
+        names = [layout.VECTORS, *(layout.tier_file(d) for d in self.manifest.dims),
+                 *([layout.BINARY] if (self.folder / layout.BINARY).is_file() else [])]
         for name in names:
             link_file(self.folder / name, folder / name)
         return FaissBackend(folder, manifest)
@@ -326,7 +323,7 @@ class FaissBackend:
         it is rewritten."""
         full_dim = self.manifest.full_dim
         return self.manifest.tier_dims["fast"] != full_dim and (
-            not self.manifest.fast or (full_dim % 8 == 0 and not (self.folder / BINARY_FILE).is_file()))
+            not self.manifest.fast or (full_dim % 8 == 0 and not (self.folder / layout.BINARY).is_file()))
 
     def read_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The exact vectors come from the full-dim flat index, which holds them in float32
