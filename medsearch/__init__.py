@@ -8,14 +8,14 @@
     searcher.search(["early signs of type 2 diabetes"], tier="fast", k=10)
 """
 
-from medsearch.version import __version__
 from medsearch.encoding.encoder import Encoder
 from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFoundError
 from medsearch.index.build import build_index
 from medsearch.index.folder import Index, open_index
+from medsearch.index.writes import compact, delete, sync, upsert
 from medsearch.retrieval.options import SearchOptions
 from medsearch.retrieval.search import QueryResult, Searcher
-from medsearch.index.writes import compact, delete, sync, upsert
+from medsearch.version import __version__
 
 __all__ = [
     "BadInputError",

@@ -22,9 +22,9 @@ atexit.register(shutil.rmtree, os.environ["MEDSEARCH_CACHE"], ignore_errors=True
 
 import numpy as np  # noqa: E402
 
-from medsearch.index.backends import qdrant  # noqa: E402
 from medsearch.encoding.encoder import Encoder  # noqa: E402
 from medsearch.encoding.loading import default_model_path  # noqa: E402
+from medsearch.index.backends import qdrant  # noqa: E402
 from medsearch.index.build import build_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

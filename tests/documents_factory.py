@@ -205,11 +205,18 @@ def make_pdf(path, pages: Sequence[Sequence[Block]], title: str | None = None, o
     "Page N of M" footer. `title` goes into the metadata; `outline=True` adds a bookmark per heading
     (h1 level 0, h2 level 1); `password` encrypts with RC4 (user password = owner password = `password`).
     """
+    from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
-    from reportlab.platypus import (BaseDocTemplate, Frame, PageBreak, PageTemplate, Paragraph, Table,
-                                    TableStyle)
-    from reportlab.lib import colors
+    from reportlab.platypus import (
+        BaseDocTemplate,
+        Frame,
+        PageBreak,
+        PageTemplate,
+        Paragraph,
+        Table,
+        TableStyle,
+    )
 
     path = Path(path)
     styles = _pdf_styles()

@@ -5,8 +5,8 @@ import faiss
 import numpy as np
 import pytest
 
-from medsearch.index.backends.faiss import Allowed, FaissTier, binary_codes
 from medsearch.errors import BadInputError
+from medsearch.index.backends.faiss import Allowed, FaissTier, binary_codes
 
 
 def unit(rows, dim, seed):

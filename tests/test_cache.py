@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medsearch.encoding import cache
 from medsearch.cli import cli
+from medsearch.encoding import cache
 from medsearch.encoding.loading import weights_fingerprint
 from medsearch.encoding.runtimes.openvino import export_folder, exported_model
 
@@ -30,7 +30,7 @@ DAY = 86400
 EXPORT = """
 import os, sys, time
 from pathlib import Path
-from medsearch.encoding.encoder import exported_model
+from medsearch.encoding.runtimes.openvino import exported_model
 
 def make(source, out):
     with open(sys.argv[1], "a") as calls:

@@ -1,11 +1,10 @@
 import pytest
+from conftest import LONG_TEXT
 
-from medsearch.encoding.chunking import token_spans
 from medsearch.documents.corpus import Document
+from medsearch.encoding.chunking import token_spans
 from medsearch.encoding.encoder import Encoder
 from medsearch.errors import MedsearchError
-
-from conftest import LONG_TEXT
 
 
 @pytest.mark.parametrize(

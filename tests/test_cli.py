@@ -4,10 +4,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import BUNDLED, write_jsonl
 
 from medsearch.cli import cli
-
-from conftest import BUNDLED, write_jsonl
 
 
 def run(*args):

@@ -1,10 +1,9 @@
 
 import pytest
+from conftest import write_jsonl
 
 from medsearch.documents.corpus import Document, load_corpus, read_corpus, read_queries
 from medsearch.errors import BadInputError, MedsearchError
-
-from conftest import write_jsonl
 
 
 def test_jsonl_fields_and_metadata(tmp_path):

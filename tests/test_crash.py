@@ -4,9 +4,9 @@ goes through. The trial loop is bench/crash.py's `run_trials`, which asserts bot
 
 import sys
 
-from medsearch.index.build import build_index
-
 from conftest import BUNDLED, REPO
+
+from medsearch.index.build import build_index
 
 sys.path.insert(0, str(REPO / "bench"))
 from crash import run_trials  # noqa: E402

@@ -5,12 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import BUNDLED
+from test_cli import assert_one_line_error, run
 
 from medsearch.errors import MissingExtraError
 from medsearch.index.folder import open_index
-
-from conftest import BUNDLED
-from test_cli import assert_one_line_error, run
 
 ray = pytest.importorskip("ray")
 

@@ -8,17 +8,22 @@ import subprocess
 import sys
 import zipfile
 
+import documents_factory as factory
 import pytest
+from conftest import BUNDLED
 
-from medsearch.encoding.chunking import chunk_documents
-from medsearch.retrieval.citations import best_sentence, cite, query_terms, sentences, term_spans
-from medsearch.documents.corpus import Document, load_corpus, read_corpus
 from medsearch.documents import Layout, Limits, Unreadable, extract
+from medsearch.documents.corpus import Document, load_corpus, read_corpus
+from medsearch.encoding.chunking import chunk_documents
 from medsearch.errors import BadInputError
 from medsearch.index.lexical import Analysis
-
-import documents_factory as factory
-from conftest import BUNDLED
+from medsearch.retrieval.citations import (
+    best_sentence,
+    cite,
+    query_terms,
+    sentences,
+    term_spans,
+)
 
 ASTHMA_TITLE = "Using your asthma inhalers"
 ASTHMA = [
@@ -346,13 +351,13 @@ def test_an_index_from_before_layouts_answers_and_takes_documents(tmp_path, mini
     it, and a write adds the column and a PDF's layout."""
     import sqlite3
 
+    from conftest import SMALL_DOCS, write_jsonl
+
     from medsearch.index import checksums
     from medsearch.index.build import build_index
     from medsearch.index.folder import open_index
-    from medsearch.retrieval.search import Searcher
     from medsearch.index.writes import upsert
-
-    from conftest import SMALL_DOCS, write_jsonl
+    from medsearch.retrieval.search import Searcher
 
     path = tmp_path / "idx"
     build_index(write_jsonl(tmp_path / "c" / "docs.jsonl", SMALL_DOCS), path, minilm)
@@ -397,13 +402,13 @@ def test_a_file_skipped_on_a_later_run_keeps_its_document_and_a_removed_one_goes
 def test_the_service_quotes_by_meaning_when_asked(tmp_path, minilm):
     import urllib.parse
 
+    from conftest import write_jsonl
+    from servers import get, post, uvicorn_thread
+
     from medsearch.index.build import build_index
     from medsearch.index.folder import open_index
     from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
-
-    from conftest import write_jsonl
-    from servers import get, post, uvicorn_thread
 
     text = ("The clinic opens at nine on weekdays. Jabs can cause a mild fever for a day or two. "
             "Parking is free behind the building.")

@@ -1,11 +1,15 @@
 import math
 
 import pytest
+from conftest import BUNDLED, write_jsonl
 
 from medsearch.errors import MedsearchError
-from medsearch.training.evaluation import Benchmark, ir_metrics, load_benchmark, read_qrels
-
-from conftest import BUNDLED, write_jsonl
+from medsearch.training.evaluation import (
+    Benchmark,
+    ir_metrics,
+    load_benchmark,
+    read_qrels,
+)
 
 
 def test_metrics_match_hand_computed_values():

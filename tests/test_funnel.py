@@ -8,19 +8,19 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import SMALL_DOCS
-from medsearch.index import checksums
+
 from medsearch.cli import cli
+from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError
-from medsearch.index.backends.funnel import calibrate, candidates_for, recall_at
+from medsearch.index import checksums
 from medsearch.index.backends.base import prefix
+from medsearch.index.backends.funnel import calibrate, candidates_for, recall_at
 from medsearch.index.build import BuildOptions, build_index, write_index
 from medsearch.index.folder import Index, open_index
 from medsearch.index.manifest import Manifest
-from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import delete, upsert
-from medsearch.documents.corpus import Document
+from medsearch.retrieval.search import Searcher
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -34,21 +34,20 @@ import pydantic
 import pytest
 import requests
 import schemathesis
+from conftest import BUNDLED
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import AcceptedNegativeData
+from servers import uvicorn_thread
 
 from medsearch.index.filters import OPERATORS
 from medsearch.index.folder import open_index
+from medsearch.index.store import COLUMNS
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.models import DocumentsIn, SearchRequest
 from medsearch.server.settings import ServerSettings
-from medsearch.index.store import COLUMNS
-
-from conftest import BUNDLED
-from servers import uvicorn_thread
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -19,21 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
+from conftest import BUNDLED, REPO, SMALL_DOCS, backend_settings, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from servers import free_port, get, start_serve, wait_ready
 
-from medsearch.index import generations
 from medsearch.cli import cli
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError, NotFoundError
+from medsearch.index import generations
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
-from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import compact, upsert
+from medsearch.retrieval.search import Searcher
 from medsearch.validation import check_value
-
-from conftest import BUNDLED, REPO, SMALL_DOCS, backend_settings, write_jsonl
-from servers import free_port, get, start_serve, wait_ready
 
 TOKEN = "hardening-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -238,8 +237,8 @@ def test_generation_folders_follow_the_umask(tmp_path, small_corpus, minilm, uma
 # ---- 8. a failed Qdrant delete is retried ----
 
 def test_a_failed_qdrant_delete_is_retried_by_the_next_write_and_by_compact(tmp_path, memo_minilm, monkeypatch):
-    from medsearch.index.backends.qdrant import QdrantBackend
     from medsearch.errors import BackendUnavailableError
+    from medsearch.index.backends.qdrant import QdrantBackend
 
     build_index(BUNDLED, tmp_path / "idx", memo_minilm, backend=backend_settings("qdrant", tmp_path))
     root = tmp_path / "idx"
@@ -500,9 +499,10 @@ def test_writes_while_keep_alive_clients_search(service):
 def test_a_client_that_leaves_is_dropped_before_encoding(bundled_index, minilm):
     """Finding 5: queries of clients that had gone were still encoded. One encoder worker is kept
     busy with a large batch; a client sends a query and leaves; its query never reaches the encoder."""
+    from servers import uvicorn_thread
+
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
-    from servers import uvicorn_thread
 
     app = create_app(Searcher(open_index(bundled_index), minilm), ServerSettings(encode_workers=1, warm_up=False))
     with uvicorn_thread(app) as url:
@@ -544,9 +544,10 @@ def test_a_full_queue_and_a_passed_deadline_answer_503_with_retry_after(bundled_
     """Finding 5: the batcher's queue had no bound and requests no deadline. Past the bound (here 2
     queries waiting) and past the deadline the answer is 503 + Retry-After, never a 500, and the
     requests that got in are answered."""
+    from servers import uvicorn_thread
+
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
-    from servers import uvicorn_thread
 
     searcher = Searcher(open_index(bundled_index), minilm)
     long_query = (" ".join(QUESTIONS) * 2)[:990]

@@ -8,19 +8,17 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from medsearch.index import layout
-from medsearch.cli import cli
-from medsearch.errors import BadInputError, IndexFormatError
-from medsearch.retrieval.fusion import Fusion, fuse
-from medsearch.index.build import build_index
-from medsearch.index.folder import open_index
-from medsearch.retrieval.search import Searcher
-from medsearch.index.writes import compact, delete, upsert
-from medsearch.documents.corpus import Document
-
 from conftest import BUNDLED, SMALL_DOCS, write_jsonl
 
+from medsearch.cli import cli
+from medsearch.documents.corpus import Document
+from medsearch.errors import BadInputError, IndexFormatError
+from medsearch.index import layout
+from medsearch.index.build import build_index
+from medsearch.index.folder import open_index
+from medsearch.index.writes import compact, delete, upsert
+from medsearch.retrieval.fusion import Fusion, fuse
+from medsearch.retrieval.search import Searcher
 
 # ---- fusion, by hand ----
 
@@ -192,11 +190,11 @@ def test_an_index_fuses_as_its_models_tuning_chose_unless_a_query_says_otherwise
     """A model folder's medsearch_search.json (written by `medsearch tune`) sets its indexes' fusion."""
     import os
 
+    from conftest import SMALL_DOCS, write_jsonl
+
     from medsearch.encoding.encoder import Encoder
     from medsearch.encoding.loading import default_model_path
     from medsearch.errors import ModelLoadError
-
-    from conftest import SMALL_DOCS, write_jsonl
 
     model = tmp_path / "tuned"
     shutil.copytree(default_model_path(), model, copy_function=os.symlink)

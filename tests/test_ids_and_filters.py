@@ -6,18 +6,17 @@ both answer (filters.py's docstring says the rules; docs/guides/living-index.md 
 import urllib.parse
 
 import pytest
+from conftest import BACKENDS, backend_settings, write_jsonl
 from fastapi.testclient import TestClient
+from test_cli import assert_one_line_error, run
 
 from medsearch.documents.corpus import Document
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
+from medsearch.index.writes import delete, upsert
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
-from medsearch.index.writes import delete, upsert
-
-from conftest import BACKENDS, backend_settings, write_jsonl
-from test_cli import assert_one_line_error, run
 
 NFC, NFD = "caf\u00e9", "cafe\u0301"
 

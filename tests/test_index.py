@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 import medsearch.index.backends.faiss as faiss_backend
-from medsearch.errors import IndexFormatError, IndexNotFoundError, MedsearchError, ModelMismatchError
+from medsearch.errors import (
+    IndexFormatError,
+    IndexNotFoundError,
+    MedsearchError,
+    ModelMismatchError,
+)
 from medsearch.index.backends.base import prefix
 from medsearch.index.build import build_index
 from medsearch.index.folder import FORMAT_VERSION, open_index, tier_dims

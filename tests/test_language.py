@@ -8,17 +8,16 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import write_jsonl
+from test_cli import assert_one_line_error, run
 
-from medsearch.index import language
 from medsearch.errors import BadInputError
+from medsearch.index import language
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
 from medsearch.index.lexical import Analysis, choose_analysis
-from medsearch.retrieval.search import Searcher
 from medsearch.index.writes import choose_model, upsert
-
-from conftest import write_jsonl
-from test_cli import assert_one_line_error, run
+from medsearch.retrieval.search import Searcher
 
 FRENCH = [
     {"id": "diabete", "title": "Le diabète de type 2", "text": "Le diabète de type 2 élève le taux de sucre dans le sang ; la soif et les envies fréquentes d'uriner en sont des signes précoces."},

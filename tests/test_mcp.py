@@ -19,15 +19,14 @@ import pytest
 pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install -e '.[mcp]'")
 
 from anyio.from_thread import start_blocking_portal  # noqa: E402
+from conftest import REPO  # noqa: E402
 from mcp import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
 from medsearch.documents.corpus import documents_from_records  # noqa: E402
+from medsearch.index.writes import upsert  # noqa: E402
 from medsearch.retrieval.options import OPTIONS  # noqa: E402
 from medsearch.retrieval.search import Searcher  # noqa: E402
-from medsearch.index.writes import upsert  # noqa: E402
-
-from conftest import REPO  # noqa: E402
 
 DIABETES = "what are the early signs of type 2 diabetes"
 SECRET_QUERY = "zqx-private-words-4711 chest pain at night"  # must never reach the server's log
@@ -179,7 +178,6 @@ def test_http_transport_needs_the_token(mcp_index, tmp_path):
     """--transport http: streamable HTTP on 127.0.0.1, 401 without the bearer token, the same tools with it."""
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
-
     from servers import free_port, get
 
     (tmp_path / "token").write_text("s3cret\n")

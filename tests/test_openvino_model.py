@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BUNDLED, LONG_TEXT, SMALL_DOCS, write_jsonl
+
 from medsearch.documents.corpus import Document
 from medsearch.encoding.encoder import Encoder
 from medsearch.encoding.loading import model_folder, weights_fingerprint
 from medsearch.encoding.runtimes.openvino import OPENVINO_FILES, exported_model
-from medsearch.errors import BadInputError
 from medsearch.encoding.runtimes.openvino_model import SPEC_FILE
+from medsearch.errors import BadInputError
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 

@@ -17,14 +17,13 @@ from datetime import datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port, start_serve, uvicorn_thread, wait_ready
 
 from medsearch.errors import MedsearchError
 from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
-
-from servers import free_port, start_serve, uvicorn_thread, wait_ready
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

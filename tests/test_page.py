@@ -6,15 +6,14 @@ import shutil
 import urllib.parse
 
 import pytest
+from conftest import write_jsonl
+from servers import get, uvicorn_thread
 
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
-
-from conftest import write_jsonl
-from servers import get, uvicorn_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:

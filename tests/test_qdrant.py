@@ -12,20 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import BUNDLED
+from servers import free_port, get, uvicorn_thread
+from test_cli import assert_one_line_error, run
 
-from medsearch.index.backends import qdrant
 from medsearch.errors import BackendUnavailableError, MissingExtraError
-from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs
+from medsearch.index.backends import qdrant
 from medsearch.index.backends.base import prefix
 from medsearch.index.folder import open_index
 from medsearch.index.manifest import Manifest
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
-
-from conftest import BUNDLED
-from servers import free_port, get, uvicorn_thread
-from test_cli import assert_one_line_error, run
+from medsearch.training.evaluation import ir_metrics, load_benchmark, search_runs
 
 QUERIES = [json.loads(line) for line in open(BUNDLED / "queries.jsonl")]
 
@@ -201,8 +200,8 @@ def test_a_faiss_index_moves_to_qdrant_without_encoding(bundled_index, tmp_path,
 def test_a_write_that_died_before_its_switch_leaves_no_points_behind(tmp_path, memo_minilm, minilm, monkeypatch):
     """Points are written before the switch; a crash leaves them past the generation's rows, where
     searches skip them, and the next write deletes them before it numbers its own rows from there."""
-    from medsearch.index import generations
     from medsearch.documents.corpus import Document
+    from medsearch.index import generations
     from medsearch.index.build import build_index
     from medsearch.index.writes import upsert
 
@@ -232,8 +231,8 @@ def test_a_replace_or_delete_that_dies_before_its_switch_leaves_the_old_version_
         tmp_path, memo_minilm, minilm, monkeypatch, write):
     """The old version's points stay until the new generation is committed: a crash before the
     switch leaves dense search answering exactly as before."""
-    from medsearch.index import generations
     from medsearch.documents.corpus import Document
+    from medsearch.index import generations
     from medsearch.index.build import build_index
     from medsearch.index.writes import delete, upsert
 

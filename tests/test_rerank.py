@@ -14,9 +14,9 @@ from medsearch.retrieval.options import SearchOptions
 
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory, minilm):
-    from medsearch.index.build import build_index
-
     from conftest import SMALL_DOCS, write_jsonl
+
+    from medsearch.index.build import build_index
 
     corpus = write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", SMALL_DOCS)
     path = tmp_path_factory.mktemp("index") / "index"
@@ -139,9 +139,9 @@ def test_a_rerankers_own_dev_verdict_is_the_index_default(tmp_path, corpus_file,
 
 
 def test_the_reranker_survives_writes_and_compaction_until_removed(tmp_path, corpus_file, cross_encoder):
-    from medsearch.index.folder import open_index
-
     from conftest import write_jsonl
+
+    from medsearch.index.folder import open_index
 
     path = tmp_path / "index"
     assert _index(path, corpus_file, "--reranker", cross_encoder).exit_code == 0
@@ -307,12 +307,12 @@ def test_the_service_reranks_concurrent_requests_as_it_does_one_at_a_time(small_
     import urllib.parse
     from concurrent.futures import ThreadPoolExecutor
 
+    from servers import get, uvicorn_thread
+
     from medsearch.index.folder import open_index
     from medsearch.retrieval.rerank import load_reranker
     from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
-
-    from servers import get, uvicorn_thread
 
     searcher = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
     queries = ["fever and cough", "wheeze at night", "sugar and thirst", "headache with light", "blood pressure pills",
@@ -386,10 +386,10 @@ def test_an_index_whose_reranker_is_gone_still_answers_what_does_not_rerank(tmp_
     import shutil
     import urllib.parse
 
+    from servers import get, uvicorn_thread
+
     from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
-
-    from servers import get, uvicorn_thread
 
     moved = tmp_path / "will-move"
     shutil.copytree(cross_encoder, moved)
@@ -409,13 +409,13 @@ def test_an_index_whose_reranker_is_gone_still_answers_what_does_not_rerank(tmp_
 
 
 def test_the_service_bounds_the_pairs_one_request_has_scored(small_index, minilm, cross_encoder):
+    from servers import post, uvicorn_thread
+
     from medsearch.index.folder import open_index
     from medsearch.retrieval.rerank import load_reranker
     from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
-
-    from servers import post, uvicorn_thread
 
     searcher = Searcher(open_index(small_index), minilm, load_reranker(cross_encoder, "cpu"))
     with uvicorn_thread(create_app(searcher, ServerSettings(max_rerank_pairs=50))) as url:
@@ -453,12 +453,12 @@ def test_a_rerank_flood_neither_starves_plain_searches_nor_outlives_its_clients(
     import threading
     import time
 
+    from servers import get, post, uvicorn_thread
+
     from medsearch.index.folder import open_index
     from medsearch.retrieval.rerank import load_reranker
     from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
-
-    from servers import get, post, uvicorn_thread
 
     searcher = Searcher(open_index(bundled_index), minilm, load_reranker(cross_encoder, "cpu"))
     heavy = json.dumps({"queries": [{"text": f"fever and cough {i}"} for i in range(5)], "rerank": 200})
@@ -550,12 +550,12 @@ def test_ordinary_reranking_goes_on_beside_costly_requests_that_stay_connected(b
     import time
     import urllib.parse
 
+    from servers import get, uvicorn_thread
+
     from medsearch.index.folder import open_index
     from medsearch.retrieval.rerank import load_reranker
     from medsearch.retrieval.search import Searcher
     from medsearch.server.app import create_app
-
-    from servers import get, uvicorn_thread
 
     searcher = Searcher(open_index(bundled_index), minilm, load_reranker(cross_encoder, "cpu"))
     with uvicorn_thread(create_app(searcher)) as url:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import BUNDLED, SMALL_DOCS
+
 from medsearch.cli import cli
 from medsearch.encoding.cache import exports_root
 from medsearch.encoding.encoder import Encoder, resolve_runtime
@@ -230,9 +230,10 @@ def test_service_on_an_openvino_index_answers_concurrent_clients(tmp_path, small
     import urllib.parse
     from concurrent.futures import ThreadPoolExecutor
 
+    from servers import get, uvicorn_thread
+
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
-    from servers import get, uvicorn_thread
 
     path = tmp_path / "idx"
     build_index(small_corpus, path, Encoder("default", runtime="openvino"))

@@ -3,13 +3,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import BUNDLED, backend_settings
 
 from medsearch.errors import MedsearchError
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher, collapse, snippet
-
-from conftest import BUNDLED, backend_settings
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
+from conftest import BUNDLED
+from servers import free_port, get, start_serve, uvicorn_thread, wait_ready
 
 from medsearch.cli import cli
 from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
-
-from conftest import BUNDLED
-from servers import free_port, get, start_serve, uvicorn_thread, wait_ready
 
 QUERIES = [json.loads(line)["text"] for line in open(BUNDLED / "queries.jsonl")]
 

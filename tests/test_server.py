@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+from conftest import write_jsonl
 from fastapi.testclient import TestClient
 
 from medsearch.errors import MedsearchError, ModelMismatchError
@@ -11,8 +12,6 @@ from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
 from medsearch.server.app import create_app
 from medsearch.server.settings import ServerSettings
-
-from conftest import write_jsonl
 
 QUESTION = "what are the early signs of type 2 diabetes"
 

@@ -14,22 +14,19 @@ import time
 import pytest
 import zstandard
 from click.testing import CliRunner
+from conftest import BUNDLED, REPO, backend_settings, write_jsonl
 
-from medsearch.index import layout
-from medsearch.index import checksums
-
-from medsearch.index import generations
 from medsearch.cli import cli
 from medsearch.documents.corpus import Document
-from medsearch.errors import BadInputError
+from medsearch.errors import BadInputError, DamagedIndexError
+from medsearch.index import checksums, generations, layout
+from medsearch.index.archive import DamagedSnapshotError
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
-from medsearch.retrieval.search import Searcher
 from medsearch.index.integrity import verify
-from medsearch.index.snapshot import DamagedIndexError, DamagedSnapshotError, restore, snapshot
+from medsearch.index.snapshot import restore, snapshot
 from medsearch.index.writes import compact, delete, upsert
-
-from conftest import BUNDLED, REPO, backend_settings, write_jsonl
+from medsearch.retrieval.search import Searcher
 
 QUERIES = ["early signs of type 2 diabetes", "how is high blood pressure treated", "child with a fever and a rash",
            "side effects of statins", "what causes migraine headaches"]
@@ -402,9 +399,10 @@ def test_a_damaged_index_is_repaired_by_restoring_a_snapshot(index_dir, tmp_path
 @pytest.fixture
 def service(index_dir, tmp_path, minilm):
     """A writable service with a snapshot folder, on a real server on loopback."""
+    from servers import uvicorn_thread
+
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
-    from servers import uvicorn_thread
 
     (tmp_path / "backups").mkdir()
     settings = ServerSettings(writable=True, warm_up=False, token="t", snapshot_dir=str(tmp_path / "backups"))
@@ -643,9 +641,9 @@ def test_a_manifest_edited_by_hand_is_named_by_every_reader_in_one_line(index_di
 def test_a_service_whose_index_cannot_load_answers_503_with_the_reason(tmp_path):
     """Before, an exception that was not medsearch's own left the service 'still loading' forever."""
     import httpx
+    from servers import uvicorn_thread
 
     from medsearch.server.app import create_app
-    from servers import uvicorn_thread
 
     def broken():
         raise RuntimeError("the disk said no")
@@ -662,10 +660,10 @@ def test_a_service_whose_index_cannot_load_answers_503_with_the_reason(tmp_path)
 def test_post_snapshot_keeps_the_newest_few(index_dir, tmp_path, minilm):
     """Issue 30's bar, scaled: 150 POST /snapshot wrote 151 archives (126 MB); now at most snapshot_keep."""
     import httpx
+    from servers import uvicorn_thread
 
     from medsearch.server.app import create_app
     from medsearch.server.settings import ServerSettings
-    from servers import uvicorn_thread
 
     backups = tmp_path / "backups"
     backups.mkdir()

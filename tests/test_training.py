@@ -4,6 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import BUNDLED, write_jsonl
 
 from medsearch.cli import cli
 from medsearch.encoding.encoder import Encoder
@@ -11,9 +12,12 @@ from medsearch.errors import MedsearchError
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
 from medsearch.retrieval.search import Searcher
-from medsearch.training.finetune import TrainSettings, load_pairs, matryoshka_dims, use_bf16
-
-from conftest import BUNDLED, write_jsonl
+from medsearch.training.finetune import (
+    TrainSettings,
+    load_pairs,
+    matryoshka_dims,
+    use_bf16,
+)
 
 
 def bundled_pairs(n: int) -> list[dict]:
@@ -196,11 +200,10 @@ def test_merge_averages_parameters_and_refuses_bad_input(tmp_path, tiny1024_path
 
 
 def test_mined_negatives_are_other_answers_the_model_ranks_close(minilm):
+    from conftest import SMALL_DOCS
     from datasets import Dataset
 
     from medsearch.training.finetune import mine_negatives
-
-    from conftest import SMALL_DOCS
 
     pairs = Dataset.from_dict({"anchor": [f"What is {d['title']}?" for d in SMALL_DOCS],
                                "positive": [d["text"] for d in SMALL_DOCS]})

@@ -6,12 +6,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from test_data import make_medquad_repo
 
 from medsearch.cli import cli
 from medsearch.data.medquad import read_pairs, write_medquad
 from medsearch.encoding.encoder import Encoder
-
-from test_data import make_medquad_repo
 
 
 @pytest.fixture

@@ -7,16 +7,21 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import BUNDLED, SMALL_DOCS, backend_settings, write_jsonl
 
-from medsearch.index import generations
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError, MedsearchError, NotFoundError
+from medsearch.index import generations
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
+from medsearch.index.writes import (
+    AUTO_COMPACT_DEAD_FRACTION,
+    compact,
+    delete,
+    sync,
+    upsert,
+)
 from medsearch.retrieval.search import Searcher
-from medsearch.index.writes import AUTO_COMPACT_DEAD_FRACTION, compact, delete, sync, upsert
-
-from conftest import BUNDLED, SMALL_DOCS, backend_settings, write_jsonl
 
 TIERS = ("fast", "light", "standard", "deep")
 ZORBLAX = Document(id="zorblax", title="Zorblax fever",

@@ -7,7 +7,6 @@ import sys
 
 import click
 
-from medsearch.version import __version__
 from medsearch.errors import (
     DownloadError,
     IndexFormatError,
@@ -18,6 +17,7 @@ from medsearch.errors import (
     RerankerLoadError,
     RerankerUnavailableError,
 )
+from medsearch.version import __version__
 
 
 class OneLineErrors(click.Group):

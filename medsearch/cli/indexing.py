@@ -23,11 +23,12 @@ from medsearch.cli.options import (
 from medsearch.encoding.encoder import Encoder
 from medsearch.encoding.runtimes.registry import AUTO_RUNTIME
 from medsearch.errors import MedsearchError
-from medsearch.index.backends import BackendOptionsError, build_settings
+from medsearch.index.backends import NAMES as BACKENDS
+from medsearch.index.backends import BackendOptionsError, backend_class, build_settings
 from medsearch.index.backends.funnel import DEFAULT_TARGET_RECALL
 from medsearch.index.folder import VECTOR_DTYPES, open_index
-from medsearch.index.model_check import index_encoder
 from medsearch.index.manifest import LEGACY_CANDIDATES
+from medsearch.index.model_check import index_encoder
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class BackendFlags:
 def backend_options(command):
     """The --backend and --qdrant-* flags; the command gets them as one BackendFlags (`backend`)."""
     flags = [
-        click.option("--backend", type=click.Choice(["faiss", "qdrant"]), default=None,
+        click.option("--backend", type=click.Choice(BACKENDS), default=None,
                      help="Where the vectors live: faiss (files in the index folder) or qdrant (a collection; the folder keeps the manifest, documents and BM25) [default: the index's own, faiss for a new one; qdrant when a --qdrant-* location is given]."),
         click.option("--qdrant-url", default=None, help="qdrant: a Qdrant server (or cluster node), e.g. http://qdrant:6333; the API key, if any, from QDRANT_API_KEY."),
         click.option("--qdrant-path", type=click.Path(file_okay=False), default=None, help="qdrant: local mode, no server: the collection lives in this folder (one process at a time)."),
@@ -279,7 +280,7 @@ def snapshot(paths, index_dir, keep, max_bytes, key_file):
     if len(paths) > 2:
         raise click.UsageError("give at most two paths: [INDEX] OUT")
     index_dir, out = (paths[0], paths[1]) if len(paths) == 2 else (index_dir, paths[0])
-    from medsearch.index.snapshot import read_key
+    from medsearch.index.archive import read_key
 
     key = read_key(key_file) if key_file else None
     click.echo(take_snapshot(index_dir, out, keep=keep, max_bytes=max_bytes, key=key).summary())
@@ -303,7 +304,8 @@ def restore(snapshot_file, target, index_dir, replace, key_file):
     manifest (as `medsearch verify` does), and the manifest field by field, before the index folder
     changes at all; a damaged, foreign or inconsistent archive is refused with one line. Checksums
     prove an archive whole, not who made it: with --key-file, only archives signed with that key."""
-    from medsearch.index.snapshot import read_key, restore as restore_snapshot
+    from medsearch.index.archive import read_key
+    from medsearch.index.snapshot import restore as restore_snapshot
 
     key = read_key(key_file) if key_file else None
     click.echo(restore_snapshot(snapshot_file, target or index_dir, replace=replace, key=key).summary())
@@ -366,7 +368,7 @@ def info(index_dir, as_json):
         ("auto", f"{auto['runtime']} for this model on this CPU, {'sure' if auto['sure'] else 'not sure'}: {auto['basis']} "
          f"({auto['cpu']}; passages/s: " + ", ".join(f"{r} {v}" for r, v in auto["passages_per_s"].items()) + ")"
          if auto else "not measured for this model on this CPU (the first --runtime auto times each installed runtime)"),
-        ("vectors", m["vector_dtype"] if idx.backend_name == "faiss" else "float32, in the Qdrant collection"),
+        ("vectors", m["vector_dtype"] if backend_class(idx.backend_name).in_folder else "float32, in the Qdrant collection"),
         ("corpus", f"{m['corpus']} (fingerprint {m['corpus_fingerprint']})"),
         ("built", f"{m['created']} in {m['build_seconds']}s by medsearch {m['medsearch_version']}"),
         ("size", f"{sum(files.values()) / 1e6:.2f} MB: " + ", ".join(f"{n} {s / 1e6:.2f}" for n, s in files.items())),
@@ -397,11 +399,8 @@ def _reranker_line(entry: dict) -> str:
 
 
 def _backend_line(backend: dict | None) -> str:
-    if not backend or backend["name"] == "faiss":
-        return "faiss (this folder's files)"
-    where = f"server {backend['url']}" if backend.get("url") else f"local mode {backend['path']}"
-    layout = ", ".join(f"{key} {backend[key]}" for key in ("shards", "replicas") if backend.get(key))
-    return f"qdrant collection '{backend['collection']}' at {where}" + (f" ({layout})" if layout else "")
+    backend = backend or {"name": "faiss"}
+    return backend_class(backend["name"]).describe_settings(backend)
 
 
 def _fast_line(fast: dict) -> str:

@@ -50,8 +50,8 @@ def documents_options(command):
 
 def read_documents(path, strict: bool, max_file_mb: int, max_pages: int, max_file_seconds: float, quiet: bool):
     """The corpus at `path` as `index` and `add` read it (each skipped file logged as one line)."""
-    from medsearch.documents.corpus import load_corpus
     from medsearch.documents import Limits
+    from medsearch.documents.corpus import load_corpus
 
     limits = Limits(max_bytes=max_file_mb * 2**20, max_pages=max_pages, max_seconds=max_file_seconds)
     return load_corpus(path, strict=strict, limits=limits, progress=not quiet)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from medsearch.version import __version__
 from medsearch.cli.group import cli
 from medsearch.cli.options import (
     device_option,
@@ -23,6 +22,7 @@ from medsearch.documents.corpus import read_queries
 from medsearch.retrieval.options import MAX_QUOTE_SENTENCES
 from medsearch.retrieval.search import QueryResult, Searcher
 from medsearch.server.settings import ServerSettings
+from medsearch.version import __version__
 
 
 @cli.command()
@@ -127,8 +127,8 @@ def serve(index_dir, host, port, model, device, runtime, token_file, cors_origin
     The model and index load once, in the background: /readyz answers 503 until they are ready.
     SIGTERM or Ctrl-C lets in-flight requests finish, then exits.
     """
+    from medsearch.index.archive import read_key
     from medsearch.server.app import serve as run_server
-    from medsearch.index.snapshot import read_key
 
     token = read_token(token_file)
     if writable and not token:

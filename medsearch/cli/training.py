@@ -51,7 +51,8 @@ def train(pairs, base, out_dir, dims, dim_weights, epochs, batch_size, grad_accu
     lr 2e-5, bf16 where supported).
     """
     from medsearch.training.evaluation import evaluate_models
-    from medsearch.training.finetune import TrainSettings, train as train_model, write_model_card
+    from medsearch.training.finetune import TrainSettings, write_model_card
+    from medsearch.training.finetune import train as train_model
 
     settings = TrainSettings(
         epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, bf16=bf16, loss=loss,

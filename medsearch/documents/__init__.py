@@ -8,6 +8,14 @@ and a character offset back into a page and a section path.
 
 from __future__ import annotations
 
-from medsearch.documents.base import DEFAULT_LIMITS, FORMATS, Extracted, Layout, Limits, Unreadable, extract
+from medsearch.documents.base import (
+    DEFAULT_LIMITS,
+    FORMATS,
+    Extracted,
+    Layout,
+    Limits,
+    Unreadable,
+    extract,
+)
 
 __all__ = ["DEFAULT_LIMITS", "FORMATS", "Extracted", "Layout", "Limits", "Unreadable", "extract"]

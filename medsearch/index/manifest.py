@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medsearch.encoding.runtimes.registry import RUNTIMES
 from medsearch.errors import IndexFormatError
-from medsearch.retrieval.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES
 from medsearch.index import layout
 from medsearch.index.language import ANALYSES
-from medsearch.encoding.runtimes.registry import RUNTIMES
+from medsearch.retrieval.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES
 
 if TYPE_CHECKING:
     from medsearch.retrieval.fusion import Fusion

@@ -33,9 +33,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medsearch.errors import BadInputError, DamagedIndexError, IndexFormatError, IndexNotFoundError, reason
+from medsearch.errors import (
+    BadInputError,
+    DamagedIndexError,
+    IndexFormatError,
+    IndexNotFoundError,
+    reason,
+)
 from medsearch.index import checksums, generations, layout
-from medsearch.index.archive import (  # noqa: F401 (read_key, DamagedSnapshotError: the CLI's and callers')
+from medsearch.index.archive import (
     FORMAT,
     HEADER,
     MAX_HEADER_BYTES,
@@ -49,10 +55,10 @@ from medsearch.index.archive import (  # noqa: F401 (read_key, DamagedSnapshotEr
     member_path,
     parse_header,
     read_header,
-    read_key,
     signature,
     signed,
 )
+from medsearch.index.backends import backend_class
 from medsearch.index.folder import index_exists, open_index
 from medsearch.index.integrity import check_generation
 from medsearch.index.manifest import FORMAT_VERSION, Manifest
@@ -134,7 +140,7 @@ def snapshot(index_dir: str | Path, out: str | Path, *, keep: int | None = None,
     _remove_stale_parts(where)
     with _pinned(root) as folder:
         manifest = Manifest.read(folder, root)
-        if manifest.backend_name != "faiss":
+        if not backend_class(manifest.backend_name).in_folder:
             raise BadInputError(f"{root} keeps its vectors in a {manifest.backend_name} collection, which a snapshot "
                                 "cannot copy: snapshot the collection with Qdrant's own snapshot API")
         if into_folder:
@@ -414,7 +420,7 @@ def _unpack(source: Path, tmp: Path, key: bytes | None = None) -> tuple[dict, Ma
         manifest = Manifest.read(tmp, source)
     except IndexFormatError as err:
         raise DamagedSnapshotError(f"{err}; nothing was restored") from None
-    if manifest.backend_name != "faiss":
+    if not backend_class(manifest.backend_name).in_folder:
         raise DamagedSnapshotError(f"{source}: a snapshot of a {manifest.backend_name} index; nothing was restored")
     hashed = {name: entry["sha256"] for name, entry in header["files"].items()}  # each file's content, as written
     problems, _ = check_generation(tmp, hashed=hashed)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
-from medsearch.encoding.chunking import Chunk, passage
 from medsearch.documents.corpus import Document
+from medsearch.encoding.chunking import Chunk, passage
 from medsearch.errors import NotFoundError
 from medsearch.validation import normal_id
 

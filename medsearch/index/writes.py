@@ -24,12 +24,29 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from medsearch.documents.corpus import (
+    Corpus,
+    Document,
+    load_corpus,
+    normalised_ids,
+    read_corpus,
+)
+from medsearch.encoding.encoder import Encoder
+from medsearch.errors import (
+    BadInputError,
+    IndexFormatError,
+    IndexNotFoundError,
+    MedsearchError,
+    NotFoundError,
+)
 from medsearch.index import checksums, generations, layout, lexical
 from medsearch.index.backends.funnel import DEFAULT_TARGET_RECALL, needs_calibration
-from medsearch.documents.corpus import Corpus, Document, load_corpus, normalised_ids, read_corpus
-from medsearch.encoding.encoder import Encoder
-from medsearch.errors import BadInputError, IndexFormatError, IndexNotFoundError, MedsearchError, NotFoundError
-from medsearch.index.build import BuildOptions, build_index, check_target_recall, write_index
+from medsearch.index.build import (
+    BuildOptions,
+    build_index,
+    check_target_recall,
+    write_index,
+)
 from medsearch.index.folder import Index, open_index
 from medsearch.index.integrity import check_whole
 from medsearch.index.manifest import Manifest
@@ -200,8 +217,8 @@ def choose_model(model: str, corpus: str | Path, index_dir: str | Path, language
     """The model `medsearch index` uses: `model` when it names one; for `auto`, the existing index's
     own, or for a new index multilingual-e5-small when the corpus (or `language`) is not English,
     else the default (all-MiniLM-L6-v2, better on English: docs/guides/languages.md)."""
-    from medsearch.index import language as languages
     from medsearch.encoding.models import DEFAULT_MODEL, MULTILINGUAL_E5
+    from medsearch.index import language as languages
 
     if model != AUTO_MODEL:
         return model

@@ -17,8 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from medsearch.errors import BadInputError
 from medsearch.index.filters import Filter, parse_filters
-from medsearch.retrieval.fusion import MAX_DEPTH, MAX_RRF_K, METHODS, MODES, Fusion, check_mode
 from medsearch.index.manifest import MAX_DEFAULT_RERANK, TIERS
+from medsearch.retrieval.fusion import (
+    MAX_DEPTH,
+    MAX_RRF_K,
+    METHODS,
+    MODES,
+    Fusion,
+    check_mode,
+)
 from medsearch.validation import check_text
 
 if TYPE_CHECKING:

@@ -28,8 +28,16 @@ from typing import Callable
 import numpy as np
 
 from medsearch.encoding.runtimes.registry import REGISTRY
-from medsearch.errors import BadInputError, MedsearchError, RerankerLoadError, RerankerUnavailableError
-from medsearch.index.manifest import MAX_DEFAULT_RERANK  # the most a query re-ranks by default: the API's bound on rerank
+from medsearch.errors import (
+    BadInputError,
+    MedsearchError,
+    RerankerLoadError,
+    RerankerUnavailableError,
+)
+from medsearch.index.manifest import (
+    MAX_DEFAULT_RERANK,  # the most a query re-ranks by default: the API's bound on rerank
+)
+
 
 class RerankStopped(Exception):
     """A query's re-ranking stopped between forward passes: its client has gone or its deadline passed."""

@@ -28,20 +28,32 @@ from typing import Callable
 
 import numpy as np
 
-from medsearch.retrieval import citations
-
-from medsearch.index import generations
-from medsearch.index.backends.base import collapse, documents_of
 from medsearch.encoding.chunking import passage
 from medsearch.encoding.encoder import Encoder
 from medsearch.errors import BadInputError, RerankerUnavailableError, reason
+from medsearch.index import generations
+from medsearch.index.backends.base import collapse, documents_of
 from medsearch.index.filters import filter_sql
-from medsearch.retrieval.fusion import fuse
 from medsearch.index.folder import DEFAULT_INDEX, Index, open_index
 from medsearch.index.model_check import check_model, index_encoder
-from medsearch.retrieval.options import (DEFAULT_OVERSAMPLE, DEFAULT_QUOTE_SENTENCES, DEFAULT_RERANK, DEFAULT_TIER,
-                                         ResolvedSearch, SearchOptions)
-from medsearch.retrieval.rerank import Reranker, RerankStopped, load_index_reranker, load_reranker, rerank, runtime_for
+from medsearch.retrieval import citations
+from medsearch.retrieval.fusion import fuse
+from medsearch.retrieval.options import (
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_QUOTE_SENTENCES,
+    DEFAULT_RERANK,
+    DEFAULT_TIER,
+    ResolvedSearch,
+    SearchOptions,
+)
+from medsearch.retrieval.rerank import (
+    Reranker,
+    RerankStopped,
+    load_index_reranker,
+    load_reranker,
+    rerank,
+    runtime_for,
+)
 
 __all__ = ["DEFAULT_OVERSAMPLE", "DEFAULT_TIER", "Hit", "QueryResult", "ResolvedSearch", "SearchOptions", "Searcher"]
 SNIPPET_CHARS = 240

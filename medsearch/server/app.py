@@ -56,8 +56,21 @@ from medsearch.server.metrics import start_metrics_server
 from medsearch.server.models import ERRORS
 from medsearch.server.responses import error, json_bytes
 from medsearch.server.routes import documents, info, page, search, snapshots
-from medsearch.server.service import ClientGone, LoadFailed, ReadOnly, Service, ServiceBusy, ServiceLoading, SnapshotFailed
-from medsearch.server.settings import ServerSettings, allowed_hosts, available_cores, is_loopback
+from medsearch.server.service import (
+    ClientGone,
+    LoadFailed,
+    ReadOnly,
+    Service,
+    ServiceBusy,
+    ServiceLoading,
+    SnapshotFailed,
+)
+from medsearch.server.settings import (
+    ServerSettings,
+    allowed_hosts,
+    available_cores,
+    is_loopback,
+)
 from medsearch.version import __version__
 
 log = logging.getLogger("medsearch.server")

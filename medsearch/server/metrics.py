@@ -21,8 +21,8 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
-from medsearch.retrieval.fusion import MODES
 from medsearch.index.manifest import TIERS
+from medsearch.retrieval.fusion import MODES
 from medsearch.retrieval.search import QueryResult, Searcher
 from medsearch.server.responses import public_message
 from medsearch.version import __version__

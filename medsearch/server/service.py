@@ -10,19 +10,25 @@ and faiss never ask for more threads than the machine has.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Callable
 
 from fastapi import Depends, Request
 
+from medsearch.errors import (
+    BadInputError,
+    MedsearchError,
+    MismatchError,
+    RerankerUnavailableError,
+)
 from medsearch.index.backends.faiss import limit_threads
-from medsearch.retrieval.options import ResolvedSearch, SearchOptions
-from medsearch.errors import BadInputError, MedsearchError, MismatchError, RerankerUnavailableError
 from medsearch.index.folder import TIERS
+from medsearch.index.writes import WriteReport
+from medsearch.retrieval.options import ResolvedSearch, SearchOptions
 from medsearch.retrieval.rerank import RerankStopped
 from medsearch.retrieval.search import Searcher
 from medsearch.server.batching import MicroBatcher, Overloaded
@@ -30,7 +36,6 @@ from medsearch.server.metrics import Metrics
 from medsearch.server.models import RequestOptions
 from medsearch.server.responses import json_bytes, public_message
 from medsearch.server.settings import ServerSettings, available_cores
-from medsearch.index.writes import WriteReport
 from medsearch.validation import check_text
 
 log = logging.getLogger("medsearch.server")

@@ -17,7 +17,12 @@ from pathlib import Path
 
 from medsearch.documents.corpus import json_records, read_text
 from medsearch.encoding.encoder import Encoder
-from medsearch.errors import BadInputError, MismatchError, MissingExtraError, NotFoundError
+from medsearch.errors import (
+    BadInputError,
+    MismatchError,
+    MissingExtraError,
+    NotFoundError,
+)
 
 PAIR_COLUMNS = (("anchor", "positive"), ("question", "answer"))
 LOSSES = ("mnrl", "cached-mnrl")
@@ -156,7 +161,10 @@ def train(
         import accelerate  # noqa: F401  (the transformers Trainer needs it)
     except ImportError:
         raise MissingExtraError("training needs the 'train' extra: pip install 'medsearch[train]'", "train") from None
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer import losses
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
@@ -300,7 +308,10 @@ def _prompts(encoder: Encoder) -> dict[str, str] | None:
 
 def pairs_evaluator(dataset, dims: list[int], encoder: Encoder):
     """One InformationRetrievalEvaluator per Matryoshka dim over held-out pairs (corpus = their positives)."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+        SequentialEvaluator,
+    )
 
     answers: dict[str, str] = {}
     for text in dataset["positive"]:

@@ -139,8 +139,12 @@ def _mine(settings: RerankerSettings, data: Path):
 def _train(settings: RerankerSettings, mined: Path, model_dir: Path, progress: bool) -> None:
     import torch
     from datasets import load_from_disk
-    from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments,
-                                                     losses)
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+        losses,
+    )
 
     from medsearch.encoding.loading import quiet_libraries, resolve_model, select_device
     from medsearch.training.finetune import peak_memory_mb, use_bf16

@@ -32,8 +32,8 @@ from typing import Callable
 from medsearch.encoding.encoder import SEARCH_DEFAULTS_FILE
 from medsearch.encoding.loading import RERANKER_DIR
 from medsearch.errors import BadInputError
-from medsearch.training.reranker import RerankerSettings
 from medsearch.training.finetune import TrainSettings
+from medsearch.training.reranker import RerankerSettings
 
 STEPS = ("pairs", "qa", "symptoms", "soup", "final", "fusion", "reranker", "eval")
 # The settings each step adds to those of the steps before it: a rerun with other settings redoes
@@ -187,8 +187,13 @@ def choose_fusion_weight(data: Path, model: str, split: str | None, weights: tup
     loads and the queries are encoded once for every weight."""
     from medsearch.documents.corpus import read_corpus
     from medsearch.encoding.encoder import Encoder
-    from medsearch.training.evaluation import cached_searcher, ir_metrics, load_benchmark, search_runs
     from medsearch.retrieval.fusion import Fusion
+    from medsearch.training.evaluation import (
+        cached_searcher,
+        ir_metrics,
+        load_benchmark,
+        search_runs,
+    )
 
     bench = load_benchmark(data, split)
     searcher = cached_searcher(data, read_corpus(data), Encoder(model, device=device), cache, progress)

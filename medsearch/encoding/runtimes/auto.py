@@ -27,7 +27,12 @@ from typing import Callable
 import numpy as np
 
 from medsearch.encoding.cache import cache_lock, cache_root
-from medsearch.encoding.runtimes.registry import DEFAULT_RUNTIME, REGISTRY, RUNTIMES, runtime_installed
+from medsearch.encoding.runtimes.registry import (
+    DEFAULT_RUNTIME,
+    REGISTRY,
+    RUNTIMES,
+    runtime_installed,
+)
 from medsearch.timestamps import utc_timestamp
 
 log = logging.getLogger(__name__)

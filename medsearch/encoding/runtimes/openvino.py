@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 from medsearch.encoding.cache import exports_root, locked, mark_used, remove_partial
-from medsearch.encoding.loading import load_sentence_transformer, model_folder, quiet_libraries, weights_fingerprint
+from medsearch.encoding.loading import (
+    load_sentence_transformer,
+    model_folder,
+    quiet_libraries,
+    weights_fingerprint,
+)
 from medsearch.encoding.models import display_name
 from medsearch.encoding.runtimes import openvino_export, openvino_model
 from medsearch.encoding.runtimes.base import CALIBRATION_TEXTS, Runtime

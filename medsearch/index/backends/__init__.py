@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from medsearch.index.backends.base import VectorBackend
 from medsearch.errors import BadInputError
+from medsearch.index.backends.base import VectorBackend
 
 NAMES = ("faiss", "qdrant")
 

@@ -41,6 +41,13 @@ class VectorBackend(Protocol):
     # Filters are evaluated inside the backend's own engine (its search gets the live rows as
     # `allowed`, and `filters`); otherwise `allowed` holds the live rows that match the filters.
     filters_natively: ClassVar[bool]
+    # The vectors are files of the generation folder: a snapshot copies them with it (a collection
+    # elsewhere is snapshotted by its own server's means).
+    in_folder: ClassVar[bool]
+
+    @classmethod
+    def describe_settings(cls, settings: dict) -> str:
+        """Where the vectors of a manifest's backend entry live, in words (`medsearch info`)."""
 
     @classmethod
     def build(cls, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, settings: dict,

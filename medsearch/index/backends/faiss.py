@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from medsearch.errors import BadInputError, DamagedIndexError, MedsearchError, reason
+from medsearch.index import layout
 from medsearch.index.backends.base import Ranked, collapse, prefix
 from medsearch.index.backends.funnel import calibrate
 from medsearch.index.backends.funnel import rerank as rerank_rows
-from medsearch.errors import BadInputError, DamagedIndexError, MedsearchError, reason
-from medsearch.index import layout
 from medsearch.index.generations import link_file
 
 if TYPE_CHECKING:
@@ -157,6 +157,11 @@ class FaissBackend:
     name = "faiss"
     keeps_dead_rows = True
     filters_natively = False  # the filters' rows (from SQLite) become an IDSelector
+    in_folder = True
+
+    @classmethod
+    def describe_settings(cls, settings: dict) -> str:
+        return "faiss (this folder's files)"
 
     def __init__(self, folder: Path, manifest: "Manifest"):
         self.folder = folder

@@ -35,10 +35,15 @@ from typing import Iterable
 
 import numpy as np
 
+from medsearch.errors import (
+    BackendUnavailableError,
+    BadInputError,
+    MedsearchError,
+    MissingExtraError,
+)
+from medsearch.index import layout
 from medsearch.index.backends.base import Ranked, collapse, prefix
 from medsearch.index.backends.funnel import calibrate
-from medsearch.errors import BackendUnavailableError, BadInputError, MedsearchError, MissingExtraError
-from medsearch.index import layout
 from medsearch.index.filters import BOOLEANS, Filter, filter_number
 from medsearch.index.manifest import Manifest
 from medsearch.index.store import COLUMNS, DocStore
@@ -195,6 +200,13 @@ class QdrantBackend:
     name = "qdrant"
     keeps_dead_rows = False  # dead rows' points are deleted after each switch: nothing to compact
     filters_natively = True  # payload filters, inside the query
+    in_folder = False
+
+    @classmethod
+    def describe_settings(cls, settings: dict) -> str:
+        where = f"server {settings['url']}" if settings.get("url") else f"local mode {settings['path']}"
+        layout = ", ".join(f"{key} {settings[key]}" for key in ("shards", "replicas") if settings.get(key))
+        return f"qdrant collection '{settings['collection']}' at {where}" + (f" ({layout})" if layout else "")
 
     def __init__(self, folder: Path | None, manifest: Manifest):
         self.folder = folder
