@@ -173,3 +173,22 @@ def test_ctrl_c_during_the_model_load_is_not_held_by_it(tmp_path, small_corpus, 
         Searcher.open(tmp_path / "idx")
     assert time.monotonic() - started < 5
     release.set()
+
+
+def test_below_the_searcher_plain_options_and_filter_strings_are_checked(bundled_any, minilm):
+    """search_vectors and Index.search_dense are library calls too: a dim the index does not store
+    is bad input whatever the mode, and `field=value` strings filter as parsed filters do (an
+    unknown field refused on either backend)."""
+    from medsearch.index.filters import parse_filters
+
+    searcher = Searcher(open_index(bundled_any), minilm)
+    vectors = minilm.encode_queries(["early signs of type 2 diabetes"])
+    with pytest.raises(MedsearchError, match=r"dim 7 is not stored"):
+        searcher.search_vectors(vectors, mode="lexical", dim=7)
+    index = searcher.current()
+    as_text, _ = index.search_dense(vectors, dim=384, rerank=False, k=5, filters=["topic!=condition"])
+    parsed, _ = index.search_dense(vectors, dim=384, rerank=False, k=5, filters=parse_filters(["topic!=condition"]))
+    unfiltered, _ = index.search_dense(vectors, dim=384, rerank=False, k=5)
+    assert as_text == parsed and as_text[0] and as_text != unfiltered
+    with pytest.raises(MedsearchError, match="nope"):
+        index.search_dense(vectors, dim=384, rerank=False, k=5, filters=["nope=1"])

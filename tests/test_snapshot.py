@@ -130,6 +130,18 @@ def test_verify_catches_parts_that_disagree_on_row_counts(index_dir):
         assert part in problems
 
 
+def test_verify_names_the_missing_bm25_file_of_an_index_without_checksums(index_dir):
+    """An index built before checksums were recorded: a file of the BM25 matrix gone is named as
+    itself, not as the file of bm25s's parameters."""
+    folder = generations.current(index_dir)
+    (folder / layout.CHECKSUMS).unlink()
+    matrix = next(path for path in sorted((folder / layout.LEXICAL_DIR).iterdir())
+                  if path.suffix == ".npy" and path.name != layout.TOKENS)
+    matrix.unlink()
+    problems = verify(index_dir).problems
+    assert problems == [f"{layout.LEXICAL_DIR}/{matrix.name}: unreadable (missing)"]
+
+
 def test_a_write_refuses_to_carry_damage_into_fresh_checksums(index_dir, minilm):
     """A write rewrites docs.db (and, for an add, the vectors and tiers) from the generation before:
     were that damaged, the new generation's checksums would call the damage good."""

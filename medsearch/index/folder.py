@@ -125,22 +125,30 @@ class Index:
         return mask
 
     def search_dense(self, vectors: np.ndarray, *, dim: int, rerank: bool, k: int, oversample: int | None = None,
-                     filters=()) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
+                     filters=(), candidates: int | None = None) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
         """The backend's dense top k lists (backends/base.py) at `dim` (`rerank`: the fast tier's
         candidates re-ranked at full dim) among the rows a search may return: the live rows matching
-        `filters` (parsed filters.Filter, their fields checked by the caller: Searcher.check), or the
+        `filters` (filters.Filter as a search's options hold them, or `field=value` strings), or the
         live rows and the filters for a backend that filters inside its own engine. The candidates
         are this generation's, from its manifest, handed down: the funnel's measured count (or
-        k x `oversample`), else k, or 2k where chunks of one document may crowd the list."""
+        k x `oversample`), else k, or 2k where chunks of one document may crowd the list; a caller's
+        own `candidates` count replaces them."""
         from medsearch.index.backends.funnel import candidates_for
 
-        if rerank:
-            candidates = candidates_for(self.manifest.fast, k, oversample)
+        if candidates is None:
+            if rerank:
+                candidates = candidates_for(self.manifest.fast, k, oversample)
+            else:
+                candidates = 2 * k if self.chunks != self.manifest.documents else k
+        filters = parse_filters(filters)  # (Filter objects pass as they are)
+        if self.backend.filters_natively:
+            if filters:
+                filter_sql(filters, self.manifest.metadata_fields)  # an unknown field: the error a search gives
+            allowed = self.live
         else:
-            candidates = 2 * k if self.chunks != self.manifest.documents else k
-        allowed = self.live if self.backend.filters_natively else self.allowed(filters)
+            allowed = self.allowed(filters)
         return self.backend.search(vectors, dim=dim, rerank=rerank, k=k, candidates=candidates, allowed=allowed,
-                                   filters=list(filters), chunk_doc=self.chunk_doc)
+                                   filters=filters, chunk_doc=self.chunk_doc)
 
     def load(self, vectors: bool = True) -> "Index":
         """Load everything a search needs now (a service's new generation): the backend's vectors

@@ -138,7 +138,11 @@ def _row_problems(folder: Path, manifest: Manifest, damaged: set[str]) -> list[s
         return found
 
     def bm25() -> list[str]:
-        rows = lexical.rows(folder)
+        try:
+            rows = lexical.rows(folder)
+        except FileNotFoundError as err:  # one of bm25s's files: name the one that is missing
+            missing = Path(err.filename or lexical.PARAMS_FILE).name
+            return [f"{layout.LEXICAL_DIR}/{missing}: unreadable (missing)"]
         return [f"{layout.LEXICAL_DIR}/: BM25 over {rows} rows; the manifest says {chunks}"] if rows != chunks else []
 
     if layout.CHUNK_DOC not in damaged:

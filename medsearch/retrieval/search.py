@@ -492,7 +492,8 @@ class Searcher:
         the options' tier, k, dim, oversample and filters; keywords as in `search`)."""
         options = SearchOptions.of(options, fields)
         index = index or self.current()
-        plan = self._planned(options, index)
+        plan = self.resolve(options, index)
+        self._check_index(plan, index, dim=True)  # (dense whatever the mode: the dim is searched)
         return self._dense(index, vectors, plan, plan.k)
 
     @staticmethod
