@@ -88,6 +88,8 @@ def test_cli_index_query_every_tier_and_info(tmp_path):
     (["--qdrant-url", "http://a:6333", "--qdrant-path", "q"], "give one of --qdrant-url and --qdrant-path"),
     (["--qdrant-path", "q", "--collection", "two words"], "collection name 'two words'"),
     (["--qdrant-path", "q", "--shards", "0"], "--shards"),
+    (["--qdrant-url", "not a url"], "Qdrant server 'not a url' is not an http(s) URL"),
+    (["--qdrant-url", "http://qdrant:port"], "is not an http(s) URL"),
     (["--ray-address", "auto"], "--ray-address and --ray-actors go with --ray"),
 ])
 def test_cli_backend_options_errors(tmp_path, args, message):

@@ -51,7 +51,7 @@ def check_model(index: Index, encoder: Encoder) -> None:
     if same_model(index, encoder):
         return
     model = index.manifest.model
-    if model.get("weights") and model["weights"] == encoder.weights:
+    if model.get("weights") and model["weights"] == encoder.weights and "runtime" in model:
         raise ModelMismatchError(
             f"{index.path} was built with runtime {model['runtime']} ({model['precision']} vectors); queries encoded by "
             f"{encoder.runtime} ({encoder.precision}) would not match them: use a {model['precision']} runtime",

@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Iterable
@@ -77,6 +78,8 @@ def settings(collection: str, url: str | None = None, path: str | Path | None = 
         raise BadInputError("the qdrant backend needs one location: a server URL or a local-mode path")
     if not collection or not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", collection):
         raise BadInputError(f"collection name '{collection}': use letters, digits, '_', '-' and '.'")
+    if url is not None and not _is_http_url(url):
+        raise BadInputError(f"Qdrant server '{url}' is not an http(s) URL (e.g. http://qdrant:6333)")
     for name, value in (("shards", shards), ("replicas", replicas)):
         if value is not None and value < 1:
             raise BadInputError(f"{name} must be at least 1; got {value}")
@@ -84,6 +87,15 @@ def settings(collection: str, url: str | None = None, path: str | Path | None = 
     where = {"url": url.rstrip("/")} if url else {"path": str(Path(path).resolve())}
     return {"name": "qdrant", "collection_name": collection, **where,
             **({"shards": shards} if shards else {}), **({"replicas": replicas} if replicas else {})}
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (a port that is no number raises here)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def settings_for_index(index_dir: str | Path, url: str | None = None, path: str | Path | None = None,
