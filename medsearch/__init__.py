@@ -13,8 +13,9 @@ from medsearch.errors import BadInputError, MedsearchError, MismatchError, NotFo
 from medsearch.index.build import build_index
 from medsearch.index.folder import Index, open_index
 from medsearch.index.writes import compact, delete, sync, upsert
+from medsearch.retrieval.hits import QueryResult
 from medsearch.retrieval.options import SearchOptions
-from medsearch.retrieval.search import QueryResult, Searcher
+from medsearch.retrieval.search import Searcher
 from medsearch.version import __version__
 
 __all__ = [

@@ -17,7 +17,7 @@ from servers import free_port, get, uvicorn_thread
 from test_cli import assert_one_line_error, run
 
 from medsearch.errors import BackendUnavailableError, MissingExtraError
-from medsearch.index.backends import qdrant
+from medsearch.index.backends import qdrant, qdrant_payloads
 from medsearch.index.backends.base import prefix
 from medsearch.index.folder import open_index
 from medsearch.index.manifest import Manifest
@@ -145,7 +145,7 @@ def test_point_ids_payloads_and_named_vectors(bundled_qdrant_index, bundled_inde
 
 
 def test_payload_numbers_read_numbers_as_the_sql_filter_does():
-    [p] = qdrant.payloads([{"row": 0, "position": 0, "text": "t", "doc": 0, "id": "7", "title": "T", "source": "",
+    [p] = qdrant_payloads.payloads([{"row": 0, "position": 0, "text": "t", "doc": 0, "id": "7", "title": "T", "source": "",
                             "url": "", "metadata": {"year": "2019", "dose": 2.5, "flag": True, "name": "n1",
                                                     "date": "2019-05-01", "huge": "1e999", "list": [1]}}])
     # SQLite's CAST reads the longest numeric prefix ("2019-05-01" -> 2019); JSON holds no infinity;

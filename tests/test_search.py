@@ -6,9 +6,11 @@ import pytest
 from conftest import BUNDLED, backend_settings
 
 from medsearch.errors import MedsearchError
+from medsearch.index.backends.base import collapse
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
-from medsearch.retrieval.search import Searcher, collapse, snippet
+from medsearch.retrieval.hits import snippet
+from medsearch.retrieval.search import Searcher
 
 
 @pytest.fixture

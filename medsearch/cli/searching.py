@@ -19,8 +19,9 @@ from medsearch.cli.options import (
     search_options,
 )
 from medsearch.documents.corpus import read_queries
+from medsearch.retrieval.hits import QueryResult
 from medsearch.retrieval.options import MAX_QUOTE_SENTENCES
-from medsearch.retrieval.search import QueryResult, Searcher
+from medsearch.retrieval.search import Searcher
 from medsearch.server.settings import ServerSettings
 from medsearch.version import __version__
 

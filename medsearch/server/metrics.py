@@ -23,7 +23,8 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 from medsearch.index.manifest import TIERS
 from medsearch.retrieval.fusion import MODES
-from medsearch.retrieval.search import QueryResult, Searcher
+from medsearch.retrieval.hits import QueryResult
+from medsearch.retrieval.search import Searcher
 from medsearch.server.responses import public_message
 from medsearch.version import __version__
 

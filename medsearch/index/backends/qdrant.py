@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import os
 import re
 import threading
@@ -32,7 +31,6 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -45,9 +43,10 @@ from medsearch.errors import (
 from medsearch.index import layout
 from medsearch.index.backends.base import Ranked, collapse, prefix
 from medsearch.index.backends.funnel import calibrate
+from medsearch.index.backends.qdrant_payloads import store_payloads
 from medsearch.index.filters import BOOLEANS, Filter, filter_number
 from medsearch.index.manifest import Manifest
-from medsearch.index.store import COLUMNS, DocStore
+from medsearch.index.store import COLUMNS
 
 FULL = "full"
 POINT_NAMESPACE = uuid.UUID("5b4e1d2e-6a43-4a8e-9b76-2f0a6f1c8d11")  # fixed: point ids never change
@@ -55,8 +54,6 @@ UPSERT_BATCH = 256
 # The documents whose old points a generation's write deletes after its switch (manifest key)
 PENDING_DELETE = "qdrant_pending_delete"
 # A number as SQLite's filter reads a text value (filters.filter_sql: only these characters)
-_NUMERIC_TEXT = re.compile(r"^[0-9.eE+-]+$")
-_NUMERIC_PREFIX = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def vector_name(dim: int, full_dim: int) -> str:
@@ -169,39 +166,6 @@ def close_clients() -> None:
         for client, _ in _clients.values():
             client.close()
         _clients.clear()
-
-
-def store_payloads(docs_db: Path, first_row: int = 0) -> list[dict]:
-    """The point payloads of a docs.db's chunks from `first_row` on, in row order."""
-    store = DocStore(docs_db)
-    try:
-        return payloads(store.chunk_records(first_row))
-    finally:
-        store.close()
-
-
-def payloads(rows: Iterable[dict]) -> list[dict]:
-    """Point payloads from docs.db rows (row, position, text, doc, id, title, source, url, metadata)."""
-    out = []
-    for r in rows:
-        numbers = {key: n for key, value in r["metadata"].items() if (n := _as_number(value)) is not None}
-        numbers.update({key: n for key in ("id", "title", "source", "url") if (n := _as_number(r[key])) is not None})
-        out.append({**r, "numbers": numbers})
-    return out
-
-
-def _as_number(value) -> float | None:
-    """The number a filter's >= / <= compares, as filters.filter_sql reads a value: a JSON number, or
-    text of digits, '.', 'e', '+' and '-' that parses as one; never a boolean."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str) and _NUMERIC_TEXT.match(value):  # CAST(... AS REAL): the longest numeric prefix
-        head = _NUMERIC_PREFIX.match(value)
-        number = float(head.group(0)) if head else 0.0
-        return number if math.isfinite(number) else None  # JSON payloads hold finite numbers only
-    return None
 
 
 class QdrantBackend:
