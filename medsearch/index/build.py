@@ -121,7 +121,7 @@ def write_index(
 
     `manifest` brings the model and corpus fields; this adds dims and counts, and the backend adds
     its own (index types, calibration). `options`: how the vectors and the lexical index are built
-    (BuildOptions). `write_docs` writes docs.db (benchmarks on synthetic vectors have none).
+    (BuildOptions). `write_docs` writes the document store (benchmarks on synthetic vectors have none).
     `locked`: the caller already holds the writer lock (a compaction), which also passes
     `stored_vectors`: the rows of vectors.npy as they are, so that re-ranking scores do not move by a
     float16 rounding. What the generation it replaces kept outside the folder (a Qdrant collection)

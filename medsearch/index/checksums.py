@@ -4,7 +4,7 @@ Every committed generation holds `checksums.sha256`: one line per file of the fo
 included, the checksums file itself excepted), in the format of coreutils' `sha256sum`, so
 `cd gen-000007 && sha256sum -c checksums.sha256` checks a generation without medsearch:
 
-    3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b  docs.db
+    3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b  vectors.npy
     ...
 
 A write shares the files it does not change with the generation before (hard links: committed
@@ -71,7 +71,7 @@ def record(folder: Path, previous: Path | None = None, checked: frozenset[str] =
     """Write `folder`'s record; files that are the very files of `previous` (hard links) keep the
     sums `previous` recorded.
 
-    The files of `previous` that `folder` rewrote (a write's docs.db, its appended vectors and tiers)
+    The files of `previous` that `folder` rewrote (a write's document store, its appended vectors and tiers)
     are checked against their record first (but those in `checked`, which the write checked before
     it read them): a write must not carry damage into a generation whose fresh checksums would call
     it good. DamagedIndexError names the first one that differs."""
@@ -93,7 +93,7 @@ def record(folder: Path, previous: Path | None = None, checked: frozenset[str] =
 
 def check(folder: Path, name: str) -> None:
     """DamagedIndexError unless `folder`'s file `name` has the sum its commit recorded (nothing to
-    check in a generation committed before records). A write checks docs.db so before it reads it."""
+    check in a generation committed before records). A write checks the document store so before it reads it."""
     known = _recorded(folder).get(name)
     if known is not None and digest(folder / name) != known:
         raise _damaged(f"{folder.name}/{name} differs from the checksum its commit recorded")

@@ -117,7 +117,7 @@ class Index:
         if not filters:
             return self.live
         where, params = filter_sql(parse_filters(filters), self.manifest.metadata_fields)
-        return self._mask(self.store.rows_where(where, params))  # live rows only: dead ones left docs.db
+        return self._mask(self.store.rows_where(where, params))  # live rows only: dead ones left the document store
 
     def _mask(self, rows: np.ndarray) -> np.ndarray:
         mask = np.zeros(self.chunks, dtype=bool)

@@ -171,7 +171,7 @@ def write_lexical(folder: Path, passages: list[str], analysis: Analysis = Analys
 
 
 def write_from_store(folder: Path, rows: int, analysis: Analysis, base: Path | None = None, first_new: int = 0) -> None:
-    """The lexical index of a generation folder, from its docs.db (dead rows: empty passages). With
+    """The lexical index of a generation folder, from its document store (dead rows: empty passages). With
     `base`, the generation this one appends to (rows from `first_new` on are new): the rows it keeps
     reuse its token ids, and only the new rows are tokenized."""
     from medsearch.index.store import DocStore
@@ -180,7 +180,7 @@ def write_from_store(folder: Path, rows: int, analysis: Analysis, base: Path | N
     if base is not None and (base / layout.LEXICAL_DIR / layout.TOKENS).is_file():
         from medsearch.index import checksums
 
-        checksums.check(base, f"{layout.LEXICAL_DIR}/{layout.TOKENS}")  # damage stops the write, as for docs.db
+        checksums.check(base, f"{layout.LEXICAL_DIR}/{layout.TOKENS}")  # damage stops the write, as for the document store
         kept = _read_tokens(base / layout.LEXICAL_DIR / layout.TOKENS, first_new)
     store = DocStore(folder / layout.DOCS)
     try:

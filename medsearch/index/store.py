@@ -1,4 +1,4 @@
-"""The SQLite document store (`docs.db`): documents, their chunks (row = FAISS id) and FTS5 over chunks."""
+"""The SQLite document store (layout.DOCS): documents, their chunks (row = FAISS id) and FTS5 over chunks."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ MAX_INDEXED_KEYS = 64  # metadata keys that get an expression index (filters on 
 
 
 def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> None:
-    """A new docs.db: documents (ordinal = position in `documents`), chunks (row = position in
+    """A new document store: documents (ordinal = position in `documents`), chunks (row = position in
     `chunks`, `doc` = a document ordinal), FTS5 over chunk text kept in sync by triggers."""
     import sqlite_utils
 
@@ -47,7 +47,7 @@ def write_store(path: Path, documents: list[Document], chunks: list[Chunk]) -> N
 
 @dataclass
 class StoreChange:
-    """What a write left in the next generation's docs.db."""
+    """What a write left in the next generation's document store."""
 
     first_ordinal: int  # the ordinal of the first document it inserted
     documents: int
@@ -58,7 +58,7 @@ class StoreChange:
 
 def write_change(path: Path, base: Path, remove: list[str], documents: list[Document], chunks: list[Chunk],
                  first_row: int) -> StoreChange:
-    """The next generation's docs.db at `path`: a copy of `base` without the documents whose ids are
+    """The next generation's document store at `path`: a copy of `base` without the documents whose ids are
     in `remove` (and their chunks), with `documents` added after the last ordinal and their `chunks`
     (`doc` = position in `documents`) as rows first_row, first_row + 1, ... The tables, indexes and
     FTS triggers come with the copy, so plain sqlite3 inserts the rows (sqlite-utils' import alone
@@ -68,7 +68,7 @@ def write_change(path: Path, base: Path, remove: list[str], documents: list[Docu
     try:
         with db:
             first_ordinal = db.execute("SELECT coalesce(max(ordinal), -1) + 1 FROM documents").fetchone()[0]
-            if not has_layout(db):  # a docs.db from before layouts: the column joins it
+            if not has_layout(db):  # a document store from before layouts: the column joins it
                 db.execute("ALTER TABLE documents ADD COLUMN layout TEXT")
             for start in range(0, len(remove), 500):
                 batch = remove[start:start + 500]
@@ -106,7 +106,7 @@ def document_rows(documents: list[Document], first_ordinal: int) -> Iterator[dic
 
 
 def has_layout(db: sqlite3.Connection) -> bool:
-    """Whether a docs.db's documents have a `layout` column (pages and sections; from medsearch 0.1 with documents)."""
+    """Whether a document store's documents have a `layout` column (pages and sections; from medsearch 0.1 with documents)."""
     return any(row[1] == "layout" for row in db.execute("PRAGMA table_info(documents)"))
 
 
@@ -118,7 +118,7 @@ def chunk_rows(chunks: list[Chunk], first_row: int, doc_offset: int = 0) -> Iter
 
 
 def counts(db: sqlite3.Connection) -> tuple[int, int]:
-    """(documents, chunks) in a docs.db."""
+    """(documents, chunks) in a document store."""
     return (db.execute("SELECT count(*) FROM documents").fetchone()[0],
             db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
@@ -174,7 +174,7 @@ class DocStore:
 
     @property
     def _layout(self) -> str:
-        """The SQL for a document's layout: its column, or NULL in a docs.db from before layouts."""
+        """The SQL for a document's layout: its column, or NULL in a document store from before layouts."""
         if not hasattr(self, "_layout_sql"):
             self._layout_sql = "d.layout" if has_layout(self.db) else "NULL"
         return self._layout_sql
@@ -265,7 +265,7 @@ class DocStore:
             yield Chunk(doc=r["doc"], position=r["position"], start=r["start"], end=r["end"], text=r["text"])
 
     def doc_ids(self) -> list[str]:
-        """Document id by ordinal (`chunk_doc.npy` holds ordinals; "" where a document was deleted)."""
+        """Document id by ordinal (the chunk map, layout.CHUNK_DOC, holds ordinals; "" where a document was deleted)."""
         rows = self.db.execute("SELECT ordinal, id FROM documents").fetchall()
         ids = [""] * (max((o for o, _ in rows), default=-1) + 1)
         for ordinal, doc_id in rows:

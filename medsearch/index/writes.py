@@ -6,7 +6,7 @@ readers keep answering from the previous one until the switch and a crash leaves
 - upsert: a document whose id exists with the same content hash costs nothing; a changed one is
   re-chunked and re-encoded and its old chunks die; new ones are added. Only new and changed text
   is encoded, and the model loads only if there is some.
-- delete: the documents and their chunks leave docs.db; their rows in the vectors and tier
+- delete: the documents and their chunks leave the document store; their rows in the vectors and tier
   indexes are dead, excluded inside every search (Index.allowed) until a compaction.
 - compact: rewrites the generation from the stored vectors of the live rows (no encoding); runs
   by itself after a write that leaves more than AUTO_COMPACT_DEAD_FRACTION of the rows dead.
@@ -300,7 +300,7 @@ def same_backend(current: dict | None, wanted: dict) -> bool:
 
 def _write(root: Path, base: Index, write: list[Document], remove: list[str], encoder: EncoderSource | None,
            progress: bool, report: WriteReport, target_recall: float | None = None, settings: dict | None = None) -> None:
-    """One new generation: `remove` (ids) leave docs.db, `write` documents are (re)inserted with
+    """One new generation: `remove` (ids) leave the document store, `write` documents are (re)inserted with
     new chunk rows after the base's, appended to its backend's vectors; with new rows or a new
     `target_recall`, a backend that keeps dead rows measures the fast tier again on the live rows;
     `settings` replace manifest entries (configure)."""
@@ -313,13 +313,13 @@ def _write(root: Path, base: Index, write: list[Document], remove: list[str], en
         with report.phase("chunk"):
             chunks = encoder.chunk(write, base.manifest.chunk_overlap)
     pool = ThreadPoolExecutor(1, thread_name_prefix="medsearch-write-encode")
-    # the caller holds the writer lock; docs.db was checked above, before it was read
+    # the caller holds the writer lock; the document store was checked above, before it was read
     with GenerationWriter(root, lock=False, checked=frozenset({layout.DOCS})) as gen:
         tmp = gen.folder
         analysis = base.analysis  # the index's, as it was built
         try:
             if write:
-                # The new chunks are encoded on a thread of their own while docs.db and BM25 are written (the
+                # The new chunks are encoded on a thread of their own while the document store and BM25 are written (the
                 # encoder's native code and SQLite release the GIL): a small write's two largest steps overlap.
                 encoding = pool.submit(encoder.encode_passages, [c.passage(write[c.doc].title) for c in chunks], progress)
             with report.phase("store"):

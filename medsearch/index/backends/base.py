@@ -53,13 +53,13 @@ class VectorBackend(Protocol):
     def build(cls, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, settings: dict,
               stored: np.ndarray | None, hnsw_min_chunks: int, target_recall: float, progress: bool) -> "VectorBackend":
         """Write full-dim normalised `vectors` (one per chunk row) into the generation `folder`
-        (whose docs.db is written) and record in `manifest` the index types, the backend entry and
+        (whose document store is written) and record in `manifest` the index types, the backend entry and
         the fast tier's calibration. `stored`: the rows to keep for re-ranking when they already
         exist (a compaction), so scores do not move by a rounding."""
 
     def append(self, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, removed: list[str],
                progress: bool) -> "VectorBackend":
-        """This generation's rows and `vectors` after them, as the generation `folder` (its docs.db
+        """This generation's rows and `vectors` after them, as the generation `folder` (its document store
         already written, `manifest` its manifest); `removed`: ids whose old rows die."""
 
     def carry_over(self, folder: Path, manifest: "Manifest", *, removed: list[str]) -> "VectorBackend":

@@ -225,7 +225,7 @@ class QdrantBackend:
     def build(cls, folder: Path, vectors: np.ndarray, manifest: Manifest, *, settings: dict,
               stored: np.ndarray | None = None, hnsw_min_chunks: int = 0, target_recall: float,
               progress: bool = False) -> "QdrantBackend":
-        """A new collection holding every chunk of the generation in `folder` (its docs.db gives the
+        """A new collection holding every chunk of the generation in `folder` (its document store gives the
         payloads), named `collection_name` plus a suffix, so a rebuild never touches the one in use;
         and the fast tier's calibration (the prefix stage, measured through Qdrant)."""
         manifest["index_types"] = {d: "qdrant" for d in manifest["index_types"]}

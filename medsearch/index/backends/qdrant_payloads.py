@@ -1,4 +1,4 @@
-"""What a Qdrant point carries beside its vectors: the chunk's docs.db row as its payload, plus the
+"""What a Qdrant point carries beside its vectors: the chunk's row in the document store as its payload, plus the
 numbers a `>=` / `<=` filter compares, read as SQLite's filters read them (filters.filter_sql)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ _NUMERIC_PREFIX = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def store_payloads(docs_db: Path, first_row: int = 0) -> list[dict]:
-    """The point payloads of a docs.db's chunks from `first_row` on, in row order."""
+    """The point payloads of a document store's chunks from `first_row` on, in row order."""
     store = DocStore(docs_db)
     try:
         return payloads(store.chunk_records(first_row))
@@ -24,7 +24,7 @@ def store_payloads(docs_db: Path, first_row: int = 0) -> list[dict]:
 
 
 def payloads(rows: Iterable[dict]) -> list[dict]:
-    """Point payloads from docs.db rows (row, position, text, doc, id, title, source, url, metadata)."""
+    """Point payloads from the document store's rows (row, position, text, doc, id, title, source, url, metadata)."""
     out = []
     for r in rows:
         numbers = {key: n for key, value in r["metadata"].items() if (n := _as_number(value)) is not None}
