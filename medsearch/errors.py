@@ -92,6 +92,11 @@ class DownloadError(MedsearchError):
     """A public source could not be fetched (offline, moved, refused)."""
 
 
+class NoSpaceError(MedsearchError):
+    """The device filled up while a new generation was written: nothing was committed, the index is
+    as it was, and the same write succeeds once there is room."""
+
+
 class BackendUnavailableError(MedsearchError):
     """The vector backend an index names cannot be used now (a Qdrant server down, a local-mode
     folder held by another process, a collection deleted behind medsearch's back)."""

@@ -1,8 +1,10 @@
 """The living index: upsert, delete, compact, filters, generations and the writer lock, on every
 tier and on HNSW candidates too."""
 
+import errno
 import json
 import shutil
+import sqlite3
 import threading
 
 import numpy as np
@@ -309,3 +311,41 @@ def test_copying_an_index_folder_keeps_it_working(live_index, tmp_path, minilm):
     upsert(live_index, [ZORBLAX], minilm)
     shutil.copytree(live_index, tmp_path / "copy")
     assert ids(Searcher(open_index(tmp_path / "copy"), minilm), ZORBLAX_QUERY, "fast")[0] == "zorblax"
+
+
+
+def _raising(err: Exception):
+    def fail(*args, **kwargs):
+        raise err
+    return fail
+
+
+@pytest.mark.parametrize("where, err", [
+    ("medsearch.index.writes.write_change", sqlite3.OperationalError("database or disk is full")),
+    ("medsearch.index.backends.faiss.FaissTier.save", RuntimeError("Error in faiss::FileIOWriter: No space left on device")),
+    ("medsearch.index.backends.faiss.FaissTier.save", OSError(errno.ENOSPC, "No space left on device")),
+])
+def test_a_full_disk_during_a_write_is_one_line_and_changes_nothing(built, tmp_path, monkeypatch, where, err):
+    """SQLite and faiss say a full device in their own words (not an OSError): the generation writer
+    turns each into one NoSpaceError line (HTTP 507), after leaving the index as it was; the same
+    add then succeeds once there is room."""
+    from click.testing import CliRunner
+
+    from medsearch.cli import cli
+
+    shutil.copytree(built["flat"], tmp_path / "idx")
+    before = open_index(tmp_path / "idx").generation
+    add = write_jsonl(tmp_path / "more" / "more.jsonl",
+                      [{"id": "zz", "title": "Zorblax", "text": "Zorblax causes purple spots on both knees."}])
+    args = ["add", str(add), "--index", str(tmp_path / "idx")]
+    monkeypatch.setattr(where, _raising(err))
+    result = CliRunner().invoke(cli, args)
+    monkeypatch.undo()
+    lines = result.output.strip().splitlines()  # (progress bars above it, then the one error line)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], result.output
+    assert "no space left on the device while writing a new generation; the index is unchanged" in lines[-1]
+    assert open_index(tmp_path / "idx").generation == before
+    assert not [p.name for p in (tmp_path / "idx").iterdir() if p.name.startswith(".tmp-")]
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and open_index(tmp_path / "idx").generation == before + 1, again.output

@@ -18,9 +18,11 @@ files stay for its readers), and a format-1 index's files in the folder itself g
 from __future__ import annotations
 
 import contextlib
+import errno
+import sqlite3
 from pathlib import Path
 
-from medsearch.errors import MedsearchError
+from medsearch.errors import MedsearchError, NoSpaceError
 from medsearch.index import generations, layout
 from medsearch.index.backends import open_backend
 from medsearch.index.manifest import FORMAT_VERSION, Manifest
@@ -78,6 +80,9 @@ class GenerationWriter:
                 self.discard()
                 if self.written is not None:
                     self.written.abandon(Manifest.peek(generations.current(self.root)))
+                if error is not None and no_space(error):  # (the lock goes as the stack closes)
+                    raise NoSpaceError(f"{self.root}: no space left on the device while writing a new generation; "
+                                       "the index is unchanged: free some space and run it again") from error
                 return
             if self.replaces:
                 self._after_replace()
@@ -88,6 +93,16 @@ class GenerationWriter:
             with contextlib.suppress(MedsearchError):  # the old generation's collection; its files stay for readers
                 open_backend(self._previous, replaced).replaced_by(self.manifest)
         remove_format1_files(self.root)
+
+
+def no_space(err: BaseException) -> bool:
+    """Whether an error says the device is full, as the file system (ENOSPC, a quota), SQLite or
+    faiss's writer say it."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, sqlite3.OperationalError):
+        return "disk is full" in str(err)
+    return isinstance(err, RuntimeError) and "No space left on device" in str(err)
 
 
 def remove_format1_files(root: Path) -> None:

@@ -46,6 +46,7 @@ from medsearch.errors import (
     BadInputError,
     MedsearchError,
     MismatchError,
+    NoSpaceError,
     NotFoundError,
     RerankerUnavailableError,
 )
@@ -84,6 +85,8 @@ def _status(err: MedsearchError) -> int:
         return 503
     if isinstance(err, SnapshotFailed):
         return 500
+    if isinstance(err, NoSpaceError):
+        return 507  # Insufficient Storage: the write committed nothing
     if isinstance(err, ClientGone):
         return 499  # nginx's "client closed request": nobody reads it
     if isinstance(err, ReadOnly):

@@ -145,4 +145,4 @@ class ErrorOut(BaseModel):
     error: str
 
 
-ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 503)}
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 503, 507)}
