@@ -12,7 +12,7 @@ stage adds a field here and a row to OPTIONS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medsearch.errors import BadInputError
@@ -151,20 +151,6 @@ class SearchOptions:
         if options is not None and fields:
             raise TypeError(f"give SearchOptions or keyword options, not both ({', '.join(fields)})")
         return options if options is not None else cls(**fields)
-
-    def for_index(self, default_mode: str, default_rerank: int = 0, default_fusion: Fusion | None = None) -> "SearchOptions":
-        """These options with the defaults of the index (and its searcher) where they leave the choice
-        (themselves when they leave none: resolving twice costs nothing)."""
-        if self.mode is not None and self.rerank is not None and self.fusion is not None:
-            return self
-        return replace(self, mode=self.mode if self.mode is not None else default_mode,
-                       rerank=self.rerank if self.rerank is not None else default_rerank,
-                       fusion=self.fusion if self.fusion is not None else default_fusion or Fusion())
-
-    @property
-    def depth(self) -> int:
-        """Documents each list gives: k, or in hybrid mode the fusion's depth when that is more."""
-        return max(self.k, (self.fusion or _FUSION).depth) if self.mode == "hybrid" else self.k
 
     def resolve(self, manifest: "Manifest", default_rerank: int = 0,
                 default_quote_sentences: int = DEFAULT_QUOTE_SENTENCES) -> "ResolvedSearch":

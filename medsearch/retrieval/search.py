@@ -369,7 +369,7 @@ class Searcher:
                  index: Index | None = None) -> tuple[list[list[tuple[int, float, dict[str, int]]]], dict[str, float]]:
         """Ranked (chunk row, score, {list: rank}) per query, one document per hit, in any mode, with
         options already checked: dense ranks `vectors` in the tier, lexical ranks the query text by
-        BM25, hybrid fuses the two top lists (`options.depth` documents each); k documents (the
+        BM25, hybrid fuses the two top lists (`plan.depth(k)` documents each); k documents (the
         re-ranking stage is not run here)."""
         index = index or self.current()
         options = self._planned(options, index)
