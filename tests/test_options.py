@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from medsearch.cli import cli, search_options
 from medsearch.errors import BadInputError
 from medsearch.retrieval.fusion import Fusion
-from medsearch.retrieval.options import OPTIONS, SearchOptions
+from medsearch.retrieval.options import OPTIONS, ResolvedSearch, SearchOptions
 from medsearch.server.app import create_app
 from medsearch.server.models import SearchRequest
 
@@ -76,9 +76,14 @@ def test_bad_options_fail_when_made(fields, message):
 
 def test_an_explicit_dim_needs_no_known_tier_and_hybrid_depth_is_at_least_k():
     assert SearchOptions(tier="anything", dim=64).dim == 64
-    assert SearchOptions(mode="hybrid", k=80).depth == 80
-    assert SearchOptions(mode="hybrid", k=5).depth == Fusion().depth
-    assert SearchOptions(mode="dense", k=5).depth == 5
+
+    def plan(mode: str, k: int) -> ResolvedSearch:
+        return ResolvedSearch(options=SearchOptions(), mode=mode, tier="fast", dim=None, search_dim=64, funnel=True, k=k,
+                              rerank=0, fusion=Fusion(), oversample=None, filters=(), quote_sentences=0)
+
+    assert plan("hybrid", 80).depth(80) == 80
+    assert plan("hybrid", 5).depth(5) == Fusion().depth
+    assert plan("dense", 5).depth(5) == 5
 
 
 def test_options_and_keywords_are_not_mixed():
