@@ -182,9 +182,13 @@ def index(path, index_dir, model, language, device, runtime, batch_size, vector_
 def _current_backend(index_dir) -> dict | None:
     """The `backend` entry of the index at `index_dir` (None: no index there yet, or none this version reads)."""
     try:
-        return open_index(index_dir).manifest.get("backend")
+        index = open_index(index_dir)
     except MedsearchError:
         return None
+    try:
+        return index.manifest.get("backend")
+    finally:
+        index.close()  # its lease: a write after this may prune the generation
 
 
 @cli.command()
