@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, median_ms, print_table, write_results  # noqa: E402
 from synthetic import generate_lowrank, queries_near  # noqa: E402
 
-from medsearch.index.backends.faiss import binary_codes  # noqa: E402
+from medsearch.index.backends.faiss import Matrix, binary_codes, write_matrix  # noqa: E402
 from medsearch.index.backends.funnel import rerank  # noqa: E402
 
 
@@ -54,9 +54,9 @@ def main() -> None:
     codes, query_codes = binary_codes(docs), binary_codes(queries)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "v.npy", docs.astype(np.float16))
+        write_matrix(Path(tmp) / "v.faiss", docs, "float16")  # the index's one stored matrix, memory-mapped
         del docs
-        stored = np.load(Path(tmp) / "v.npy", mmap_mode="r")
+        stored = Matrix.open(Path(tmp) / "v.faiss").rows
         flat = faiss.IndexBinaryFlat(args.dim)
         flat.add(codes)
         started = time.perf_counter()

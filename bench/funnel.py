@@ -1,5 +1,5 @@
-"""The fast tier's frontier per candidate stage (64-dim prefix vs binary sign codes), and the default
-that the build's calibration chose, on real vectors and on the synthetic generator at scale.
+"""The fast tier's frontier (binary sign-code candidates re-ranked from the stored matrix), and the
+default that the build's calibration chose, on real vectors and on the synthetic generator at scale.
 
 Every index is written by the product's own `write_index` (so the calibration for --target-recall
 runs as in `medsearch index`, inside `build_seconds`). Then, in one process: deep's single-query
@@ -39,12 +39,12 @@ def measure(name: str, vectors: np.ndarray, queries: np.ndarray, folder: Path, t
     index, n = searcher.index, len(vectors)
     fast = manifest["fast"]
     files = index.files()
-    stage_bytes = {"prefix": files[f"dim{manifest['tier_dims']['fast']}.faiss"] / n, "binary": files["binary.faiss"] / n}
+    stage_bytes = {"binary": files["binary.faiss"] / n}
     deep, _ = searcher.search_vectors(queries, tier="deep", k=10)
     deep_ms = median_ms(single_query_latencies(searcher, queries[:timed], tier="deep", k=10))
     base = {"source": name, "size": n, "dim": vectors.shape[1], "build_s": build_s, "deep_p50_ms": deep_ms}
     rows = [{**base, "tier": "deep", "stage": "", "candidates": n, "default": True, "recall_vs_deep": 1.0, "p50_ms": deep_ms,
-             "speedup_vs_deep": 1.0, "bytes_per_vector": files[f"dim{manifest['full_dim']}.faiss"] / n}]
+             "speedup_vs_deep": 1.0, "bytes_per_vector": files["vectors.faiss"] / n}]
 
     def point(stage: str, oversample: int | None, default: bool) -> dict:
         index.manifest["fast"] = {**fast, "stage": stage}
@@ -58,8 +58,7 @@ def measure(name: str, vectors: np.ndarray, queries: np.ndarray, folder: Path, t
         return row
 
     rows.append(point(fast["stage"], None, True))
-    for stage in ("prefix", "binary"):
-        rows += [point(stage, c // 10, False) for c in counts if c < n]
+    rows += [point("binary", c // 10, False) for c in counts if c < n]
     index.manifest["fast"] = fast
     return rows, fast
 
@@ -74,7 +73,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 4.2), squeeze=False)
     for ax, (source, size) in zip(axes[0], sources):
         mine = [r for r in rows if (r["source"], r["size"]) == (source, size)]
-        for stage, marker in (("prefix", "o"), ("binary", "s")):
+        for stage, marker in (("binary", "s"),):
             pts = [r for r in mine if r["stage"] == stage and not r["default"]]
             ax.plot([r["p50_ms"] for r in pts], [r["recall_vs_deep"] for r in pts], marker=marker,
                     label=f"{stage} ({pts[0]['bytes_per_vector']:.0f} B/vector)" if pts else stage)

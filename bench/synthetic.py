@@ -62,7 +62,7 @@ TOPIC_LEVELS = 6  # nested topics of 3, 9, 27, ... 729 documents
 
 
 def generate_lowrank(n: int, dim: int, rank: int = 48, sigma: float = 0.8, beta: float = 0.25, offset: float = 0.3,
-                     seed: int = 0, block: int = 100_000) -> np.ndarray:
+                     seed: int = 0, block: int = 100_000, out: np.ndarray | None = None) -> np.ndarray:
     """Documents for both candidate stages (prefix and binary): a low-rank topic structure spread
     over every dim plus isotropic noise, as real embeddings are (flat per-dim variance, strong
     neighbourhoods: MedQuAD under MiniLM has top-10 cosine 0.65 against 0.13 at random).
@@ -71,14 +71,15 @@ def generate_lowrank(n: int, dim: int, rank: int = 48, sigma: float = 0.8, beta:
     of 3, 9, ... 729, TOPIC_LEVELS levels) plus its own part; a fixed random map to `dim` dims, whose
     weight on dim i falls as (i+1)^-beta (a Matryoshka model front-loads what separates documents,
     so the 64-dim prefix knows the neighbourhoods), plus `sigma` isotropic noise and a shared mean of
-    `offset` per dim (the anisotropy that makes some sign bits the same for every document)."""
+    `offset` per dim (the anisotropy that makes some sign bits the same for every document).
+    `out`: where to write them (e.g. a float16 memory map, for sizes whose float32 would not fit)."""
     rng = np.random.default_rng(seed)
     mix = rng.standard_normal((rank, dim)).astype(np.float32) / np.sqrt(rank)
     weight = spectrum(dim, -beta)
     mix *= weight / np.sqrt(np.mean(weight**2))
     centres = [rng.standard_normal((n // 3 ** (level + 1) + 1, rank)).astype(np.float32) for level in range(TOPIC_LEVELS)]
     mean = offset * rng.standard_normal(dim).astype(np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32) if out is None else out
     for start in range(0, n, block):
         rows = np.arange(start, min(n, start + block))
         latent = 0.5 * rng.standard_normal((len(rows), rank)).astype(np.float32)
@@ -92,7 +93,7 @@ def generate_lowrank(n: int, dim: int, rank: int = 48, sigma: float = 0.8, beta:
 def queries_near(docs: np.ndarray, n: int, noise: float = 0.4, seed: int = 1) -> np.ndarray:
     """Queries for generate_lowrank: random documents plus isotropic noise of norm ~`noise`."""
     rng = np.random.default_rng(seed)
-    picked = docs[rng.choice(len(docs), size=n, replace=len(docs) < n)]
+    picked = np.asarray(docs[rng.choice(len(docs), size=n, replace=len(docs) < n)], dtype=np.float32)
     noisy = picked + noise * rng.standard_normal(picked.shape).astype(np.float32) / np.sqrt(docs.shape[1])
     return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
@@ -151,7 +152,7 @@ def queries_for(docs: np.ndarray, n: int, alpha: float, tilt: float, tilt_spread
     rng = np.random.default_rng(seed)
     dim = docs.shape[1]
     scale = spectrum(dim, -alpha / 2)
-    picked = docs[rng.choice(len(docs), size=n, replace=len(docs) < n)]
+    picked = np.asarray(docs[rng.choice(len(docs), size=n, replace=len(docs) < n)], dtype=np.float32)
     noisy = picked + noise * rng.standard_normal((n, dim), dtype=np.float32) * scale / np.linalg.norm(scale)
     gamma = rng.normal(tilt, tilt_spread, size=(n, 1))
     tilted = noisy * spectrum(dim, gamma / 2)
@@ -159,7 +160,9 @@ def queries_for(docs: np.ndarray, n: int, alpha: float, tilt: float, tilt_spread
 
 
 def recall_curve(searcher: Searcher, queries: np.ndarray, oversamples=OVERSAMPLES, k: int = 10) -> list[float]:
-    """Fast-tier recall@k against deep, one value per oversampling factor (candidates = k x factor)."""
+    """Fast-tier recall@k against deep with the 64-dim prefix candidate stage (what the spectrum
+    generator is fitted to), one value per oversampling factor (candidates = k x factor)."""
+    searcher.index.manifest["fast"] = {**(searcher.index.manifest.fast or {}), "stage": "prefix"}
     deep, _ = searcher.search_vectors(queries, tier="deep", k=k)
     return [recall_against(searcher.search_vectors(queries, tier="fast", k=k, oversample=factor)[0], deep, k) for factor in oversamples]
 

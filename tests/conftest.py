@@ -163,3 +163,29 @@ def cross_encoder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cross-encoder")
     CrossEncoder(default_model_path(), num_labels=1, device="cpu").save(str(folder))
     return str(folder)
+
+
+def to_legacy_layout(index_dir: Path) -> None:
+    """Rewrite the current generation of a FAISS index as the medsearch before the one stored matrix
+    wrote it: vectors.npy and a flat index copy a stored dim (dim{N}.faiss), checksums recorded."""
+    import faiss
+
+    from medsearch.index import checksums, generations
+    from medsearch.index.backends.faiss import Matrix
+
+    folder = generations.current(index_dir)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    stored = np.asarray(Matrix.open(folder / "vectors.faiss").view)
+    np.save(folder / "vectors.npy", stored)
+    for dim in map(int, manifest["index_types"]):
+        part = np.ascontiguousarray(stored[:, :dim], dtype=np.float32)
+        faiss.normalize_L2(part)
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(part)
+        faiss.write_index(flat, str(folder / f"dim{dim}.faiss"))
+    (folder / "vectors.faiss").unlink()
+    manifest["faiss_factories"] = {d: "Flat" for d in manifest["index_types"]}
+    (folder / "manifest.json").unlink()  # (a committed generation's files are read-only links)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (folder / "checksums.sha256").unlink()
+    checksums.record(folder)

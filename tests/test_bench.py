@@ -47,7 +47,7 @@ def test_latency_bench(tmp_path, bundled_index):
     assert all(r["p50_ms"] >= r["search_p50_ms"] > 0 for r in rows), "every tier's p50_ms >= its search_p50_ms > 0"
 
 
-def test_calibration_and_scale_benches(tmp_path, bundled_index):
+def test_calibration_bench(tmp_path, bundled_index):
     run_script(
         "synthetic.py", "--index", bundled_index, "--data", BUNDLED, "--split", "", "--queries", "12", "--dims", "256",
         "--name", "cal", "--out", tmp_path, cwd=tmp_path,
@@ -57,25 +57,6 @@ def test_calibration_and_scale_benches(tmp_path, bundled_index):
     assert len(calibration["real_curve"]) == len(fit["curve"]) == len(calibration["oversamples"])
     assert fit["max_gap"] == min(t["max_gap"] for t in calibration["trials"]["256"])
 
-    stdout = run_script(
-        "scale.py", "--dims", "256", "--sizes", "300,600", "--queries", "10", "--calibration", tmp_path / "cal.json",
-        "--sweep-oversample", "1,3", "--no-encode", "--name", "sc", "--out", tmp_path, cwd=tmp_path,
-    )
-    assert "funnel sweep, 256 dims x 600" in stdout
-    result = json.loads((tmp_path / "sc.json").read_text())
-    assert [(r["n"], r["tier"]) for r in result["scale"]] == [(n, t) for n in (300, 600) for t in ("fast", "light", "standard", "deep")]
-    deep = [r for r in result["scale"] if r["tier"] == "deep"]
-    assert all(r["recall@10_vs_deep"] == 1.0 for r in deep), "the deep tier is exact at every size"
-    assert all(r["rss_mib"] > 0 for r in deep), "every deep row reports its memory"
-    assert set(result["sweeps"]) == {"256x600"}
-    sweep = result["sweeps"]["256x600"]
-    assert {(r["candidate_dim"], r["index_type"], r["vectors"], r["candidates"]) for r in sweep} == {
-        (d, k, v, c) for d, k, v in [(64, "flat", "float16"), (64, "hnsw", "float16"), (64, "hnsw", "float32"),
-                                     (64, "ivf nprobe 256", "float16"), (128, "hnsw", "float16")] for c in (10, 30)
-    }
-    flat = {r["candidates"]: r["recall@10_vs_deep"] for r in sweep if r["index_type"] == "flat"}
-    assert 0 < flat[10] <= flat[30] <= 1.0
-    assert (tmp_path / "sc-256d-600.png").stat().st_size > 10_000
 
 
 def test_medquad_pairs_rewrites_templates(tmp_path):
@@ -142,24 +123,6 @@ def test_query_tilt_controls_funnel_difficulty(tmp_path):
     assert easy[0] < easy[1] <= 1.0
 
 
-def test_funnel_sweep_uses_the_index_it_names(tmp_path):
-    """The sweep swaps candidate indexes in and out; each row must come from the index it is labelled with,
-    also when the index as built already has an HNSW 64-dim index, and the index is restored after."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from scale import funnel_sweep
-    from synthetic import generate, queries_for, synthetic_searcher
-
-    docs = generate(800, 256, alpha=1.25)
-    searcher = synthetic_searcher(docs, tmp_path / "idx", hnsw_min_chunks=0)
-    assert searcher.index.manifest.index_type(64) == "hnsw"
-    rows = funnel_sweep(searcher, queries_for(docs, 20, 1.25, 0.0, 1.0), [1, 3], tmp_path)
-    classes = {(r["candidate_dim"], r["index_type"]): r["faiss_class"] for r in rows}
-    assert classes == {(64, "flat"): "IndexFlat", (64, "hnsw"): "IndexHNSWFlat", (64, "ivf nprobe 256"): "IndexIVFFlat",
-                       (128, "hnsw"): "IndexHNSWFlat"}
-    assert searcher.index.manifest["tier_dims"]["fast"] == 64
-    assert type(searcher.index.backend.tier(64).index).__name__ == "IndexHNSWFlat"
-
-
 def test_hybrid_bench_picks_a_setting(tmp_path):
     stdout = run_script(
         "hybrid.py", "--data", f"{BUNDLED}:", "--rrf-k", "60", "--weights", "0.5", "--depths", "20", "--tiers", "deep",
@@ -195,8 +158,24 @@ def test_funnel_bench_marks_the_calibrated_default(tmp_path):
     assert defaults[0]["candidates"] == calibration["candidates"]
     assert defaults[0]["stage"] == calibration["stage"]
     assert {"size", "tier", "default", "recall_vs_deep", "speedup_vs_deep", "bytes_per_vector"} <= set(defaults[0])
-    assert {r["stage"] for r in result["rows"] if r["tier"] == "fast"} == {"prefix", "binary"}
+    assert {r["stage"] for r in result["rows"] if r["tier"] == "fast"} == {"binary"}
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_growth_bench_measures_every_tier_at_each_point_in_its_own_process(tmp_path):
+    stdout = run_script("growth.py", "--points", "3000x256,2000x128", "--queries", "20", "--timed", "3", "--slow-timed", "2",
+                        "--name", "g", "--out", tmp_path, cwd=tmp_path)
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert [(r["size"], r["dim"], r["tier"]) for r in rows] == [
+        (n, d, t) for n, d in ((3000, 256), (2000, 128)) for t in ("fast", "light", "standard", "deep")]
+    assert all(r["recall_vs_deep"] == 1.0 for r in rows if r["tier"] == "deep")
+    assert all(0 < r["recall_vs_deep"] <= 1 and r["p95_ms"] >= r["p50_ms"] > 0 and r["batched_qps"] > 0 for r in rows)
+    big = next(r for r in rows if r["size"] == 3000)
+    assert big["bytes_per_passage"]["vectors.faiss"] == pytest.approx(2 * 256, rel=0.01)  # float16, one copy
+    assert big["bytes_per_passage"]["binary.faiss"] == pytest.approx(256 / 8, rel=0.05)
+    assert set(big["disk_bytes"]) == {"vectors.faiss", "binary.faiss", "chunk_doc.npy", "manifest.json", "checksums.sha256"}
+    assert big["peak_rss_mib"] > 0 and "3000 x 256 fast: recall" in stdout
+    assert (tmp_path / "g.png").stat().st_size > 10_000
 
 
 def test_runtimes_bench_compares_in_one_run(tmp_path):

@@ -83,7 +83,7 @@ def test_dim_option_and_info(cli_index):
     assert "187 (" in info.output
     manifest = json.loads(run("info", "--index", cli_index, "--json").output)
     assert manifest["documents"] == 187
-    assert "dim64.faiss" in manifest["files"]
+    assert "vectors.faiss" in manifest["files"]
 
 
 def test_model_mismatch_from_the_cli(cli_index, tiny1024_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -14,7 +15,6 @@ from medsearch.cli import cli
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError
 from medsearch.index import checksums
-from medsearch.index.backends.base import prefix
 from medsearch.index.backends.funnel import calibrate, candidates_for, recall_at
 from medsearch.index.build import BuildOptions, build_index, write_index
 from medsearch.index.folder import Index, open_index
@@ -43,7 +43,7 @@ def synthetic(tmp_path_factory) -> Index:
 def stage_search(index: Index, stage: str):
     if stage == "binary":
         return lambda q, n: index.backend.binary.search(q, n)[1]
-    return lambda q, n: index.backend.tier(64).search(prefix(q, 64), n)[1]
+    return lambda q, n: index.backend.matrix.search(q, 64, n)[1]
 
 
 def test_the_stored_count_reaches_the_target_on_a_fresh_sample(synthetic):
@@ -51,15 +51,14 @@ def test_the_stored_count_reaches_the_target_on_a_fresh_sample(synthetic):
     assert fast["target_recall"] == 0.99
     assert fast["sample"] == 200
     assert fast["measured_recall"] >= 0.99
-    assert fast["stage"] in ("prefix", "binary")
-    assert set(fast["stages"]) == {"prefix", "binary"}
+    assert fast["stage"] == "binary"
+    assert set(fast["stages"]) == {"binary"}  # the prefix stage is a scan of the matrix: never cheaper than the codes
     assert fast["candidates"] == min(s["candidates"] for s in fast["stages"].values())
     vectors = np.asarray(synthetic.backend.vectors, dtype=np.float32)
     own = np.sort(np.random.default_rng(7).choice(len(vectors), size=300, replace=False))  # not the build's sample
-    deep = synthetic.backend.tier(384)
-    truth = [r[r != row][:10] for r, row in zip(deep.search(vectors[own], 11)[1], own)]
+    truth = [r[r != row][:10] for r, row in zip(synthetic.backend.matrix.search(vectors[own], 384, 11)[1], own)]
     for stage, settings in fast["stages"].items():
-        got = recall_at(vectors[own], own, truth, stage_search(synthetic, stage), synthetic.backend.vectors, settings["candidates"])
+        got = recall_at(vectors[own], own, truth, stage_search(synthetic, stage), synthetic.backend.matrix.rows, settings["candidates"])
         assert got >= 0.985, (stage, settings, got)  # 0.99 less three standard errors of 3,000 top-10 slots
 
 
@@ -150,11 +149,10 @@ def test_info_shows_the_target_and_bad_targets_are_refused(tmp_path, small_corpu
 
 def test_calibration_of_a_tiny_index_is_exact():
     vectors = clustered(40, 16)
-    from medsearch.index.backends.faiss import FaissTier
-
-    flat = FaissTier.build(vectors, "flat")
+    flat = faiss.IndexFlatIP(16)
+    flat.add(vectors)
     settings = calibrate(vectors, deep=lambda q, n: flat.search(q, n)[1], stages={"prefix": lambda q, n: flat.search(q, n)[1]},
-                         rerank_vectors=vectors)
+                         read=lambda rows: vectors[rows])
     assert settings["candidates"] == 10
     assert settings["measured_recall"] == 1.0  # the same index: exact at 10
 
@@ -216,4 +214,4 @@ def test_compact_adds_the_binary_codes_an_upgraded_write_could_not(tmp_path, sma
     upsert(path, [Document(id="gout", title="Gout", text="Sudden painful swelling of the big toe joint.")], minilm)
     assert set(open_index(path).manifest.fast["stages"]) == {"prefix"}  # a write measures what it has
     assert compact(path).compacted
-    assert set(open_index(path).manifest.fast["stages"]) == {"prefix", "binary"}
+    assert set(open_index(path).manifest.fast["stages"]) == {"binary"}

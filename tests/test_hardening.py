@@ -138,7 +138,7 @@ def test_a_generation_is_kept_while_a_reader_has_it_open_and_removed_once_none_d
     first = reader.folder
     for i in range(3):
         upsert(root, [Document(id=f"n{i}", text=f"New document {i} about ankle sprains.")], minilm)
-    assert first.is_dir() and (first / "vectors.npy").is_file(), "read: kept"
+    assert first.is_dir() and (first / "vectors.faiss").is_file(), "read: kept"
     assert sorted(p.name for p in root.glob("gen-*")) == ["gen-000001", "gen-000004"], "unread: removed at once"
     with pytest.raises(NotFoundError):  # the reader's own generation answers, as it was
         reader.store.document("n0")

@@ -102,7 +102,7 @@ MAX_TOP_LEVEL_MODULES = 10
 LONG_MODULE = 500  # past this a module says why, in a `# layout:` comment
 MAX_MODULE_LINES = 600
 # The index folder's files, each named in exactly one module (its owner): index/layout.py
-FOLDER_FILE_NAMES = ("docs.db", "chunk_doc.npy", "vectors.npy", "binary.faiss", "manifest.json", "checksums.sha256")
+FOLDER_FILE_NAMES = ("docs.db", "chunk_doc.npy", "vectors.faiss", "vectors.npy", "binary.faiss", "manifest.json", "checksums.sha256")
 LAYOUT_OWNER = "medsearch/index/layout.py"
 
 

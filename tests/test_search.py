@@ -125,7 +125,7 @@ def test_empty_queries_are_refused(small_searcher):
         small_searcher.search([])
 
 
-@pytest.mark.parametrize("damaged, tier", [("dim384.faiss", "deep"), ("vectors.npy", "fast")])
+@pytest.mark.parametrize("damaged, tier", [("vectors.faiss", "deep"), ("binary.faiss", "fast")])
 def test_a_damaged_file_is_one_line_when_a_query_reads_it(tmp_path, small_corpus, memo_minilm, damaged, tier):
     """Searcher.open loads the model on a thread while it reads the index's shared parts; the tiers
     load as queries use them, and an unreadable one is one DamagedIndexError naming it (it was a
@@ -141,7 +141,7 @@ def test_a_damaged_file_is_one_line_when_a_query_reads_it(tmp_path, small_corpus
     (open_index(tmp_path / "idx").folder / damaged).write_bytes(b"junk")
     searcher = Searcher.open(tmp_path / "idx")
     assert not [t for t in threading.enumerate() if t.name == "medsearch-model"]  # the model's thread has ended
-    assert not searcher.index.backend._tiers  # no tier read before a query needs it
+    assert "matrix" not in vars(searcher.index.backend)  # the vectors are not opened before a query needs them
     with pytest.raises(DamagedIndexError, match=rf"{damaged} is unreadable \(.+\): run medsearch verify"):
         searcher.search(["wheeze"], tier=tier)
     result = CliRunner().invoke(cli, ["query", "wheeze", "--index", str(tmp_path / "idx"), "--tier", tier])

@@ -86,15 +86,15 @@ def test_each_commit_records_checksums_that_sha256sum_accepts(index_dir, minilm)
 def test_verify_passes_a_good_index_and_names_a_flipped_byte(index_dir):
     good = run("verify", index_dir)
     assert good.exit_code == 0 and "is whole" in good.output
-    flip_byte(generations.current(index_dir) / "vectors.npy")
+    flip_byte(generations.current(index_dir) / "vectors.faiss")
     bad = run("verify", index_dir)
     assert bad.exit_code == 1
     lines = bad.output.strip().splitlines()
-    assert len(lines) == 1 and "vectors.npy" in lines[0] and "checksum" in lines[0]
+    assert len(lines) == 1 and "vectors.faiss" in lines[0] and "checksum" in lines[0]
     assert "Traceback" not in bad.output
 
 
-@pytest.mark.parametrize("damage", ["truncate dim64.faiss", "remove lexical/vocab.index.json", "add stray.bin",
+@pytest.mark.parametrize("damage", ["truncate vectors.faiss", "remove lexical/vocab.index.json", "add stray.bin",
                                     "flip docs.db", "flip checksums"])
 def test_verify_catches_truncated_missing_added_and_changed_files(index_dir, damage):
     folder = generations.current(index_dir)
@@ -126,7 +126,7 @@ def test_verify_catches_parts_that_disagree_on_row_counts(index_dir):
     (folder / layout.CHECKSUMS).unlink()
     checksums.record(folder)
     problems = " | ".join(verify(index_dir).problems)
-    for part in ("chunk_doc.npy", "docs.db: 187 documents", "binary.faiss", "lexical/", "vectors.npy", "dim64.faiss", "dim384.faiss"):
+    for part in ("chunk_doc.npy", "docs.db: 187 documents", "binary.faiss", "lexical/", "vectors.faiss"):
         assert part in problems
 
 
@@ -221,10 +221,10 @@ def test_verify_on_qdrant_counts_the_collection(tmp_path, memo_minilm):
 
 
 def test_compact_refuses_a_damaged_index(index_dir):
-    flip_byte(generations.current(index_dir) / "dim128.faiss")
+    flip_byte(generations.current(index_dir) / "binary.faiss")
     before = generations.current(index_dir)
     result = run("compact", "--index", index_dir)
-    assert result.exit_code == 1 and "dim128.faiss" in result.output and "not compacting" in result.output
+    assert result.exit_code == 1 and "binary.faiss" in result.output and "not compacting" in result.output
     assert generations.current(index_dir) == before
 
 
@@ -375,7 +375,7 @@ def test_a_pinned_generation_outlives_prune_until_released(index_dir, minilm, mo
     with generations.pinned(index_dir) as first:
         for i in range(3):
             upsert(index_dir, [Document(id=f"n{i}", title="t", text=f"text number {i} about gout")], minilm)
-        assert first.is_dir() and (first / "vectors.npy").is_file()
+        assert first.is_dir() and (first / "vectors.faiss").is_file()
         assert len(list(index_dir.glob(".pin-*"))) == 1
     upsert(index_dir, [Document(id="last", title="t", text="one more about gout")], minilm)
     assert not first.exists() and not list(index_dir.glob(".pin-*"))
@@ -399,7 +399,7 @@ def test_a_pin_left_by_a_killed_process_is_removed(index_dir, minilm, monkeypatc
 def test_a_damaged_index_is_repaired_by_restoring_a_snapshot(index_dir, tmp_path):
     """The operator's way back: a snapshot from before the damage, restored over the index."""
     snapshot(index_dir, tmp_path / "s.tar.zst")
-    flip_byte(generations.current(index_dir) / "vectors.npy")
+    flip_byte(generations.current(index_dir) / "vectors.faiss")
     assert not verify(index_dir).ok
     restore(tmp_path / "s.tar.zst", index_dir, replace=True)
     assert verify(index_dir).ok
@@ -487,7 +487,7 @@ def test_post_snapshot_needs_a_writable_service_with_a_folder(index_dir, tmp_pat
 def test_a_rebuild_repairs_a_damaged_index(index_dir, memo_minilm):
     """A build reads nothing of the generation it replaces: its damage does not stop it (the way out
     that the refusals name)."""
-    flip_byte(generations.current(index_dir) / "dim64.faiss")
+    flip_byte(generations.current(index_dir) / "binary.faiss")
     assert not verify(index_dir).ok
     build_index(BUNDLED, index_dir, memo_minilm)
     assert verify(index_dir).ok
@@ -498,8 +498,8 @@ def test_a_record_missing_a_file_stops_a_write(index_dir, minilm):
     folder = generations.current(index_dir)
     record = (folder / layout.CHECKSUMS).read_text().splitlines(keepends=True)
     (folder / layout.CHECKSUMS).unlink()
-    (folder / layout.CHECKSUMS).write_text("".join(line for line in record if not line.endswith("  vectors.npy\n")))
-    flip_byte(folder / "vectors.npy")
+    (folder / layout.CHECKSUMS).write_text("".join(line for line in record if not line.endswith("  vectors.faiss\n")))
+    flip_byte(folder / "vectors.faiss")
     with pytest.raises(DamagedIndexError, match="does not hold the files its commit recorded"):
         upsert(index_dir, [Document(id="new", title="t", text="a new leaflet on gout")], minilm)
 

@@ -9,13 +9,14 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import BUNDLED, SMALL_DOCS, backend_settings, write_jsonl
+from conftest import BUNDLED, SMALL_DOCS, backend_settings, to_legacy_layout, write_jsonl
 
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError, MedsearchError, NotFoundError
 from medsearch.index import generations
 from medsearch.index.build import build_index
 from medsearch.index.folder import open_index
+from medsearch.index.integrity import verify
 from medsearch.index.writes import (
     AUTO_COMPACT_DEAD_FRACTION,
     compact,
@@ -34,18 +35,18 @@ ZORBLAX_QUERY = "purple spots on both knees"
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, minilm):
-    """The bundled corpus indexed once with flat and once with HNSW fast-tier candidates."""
-    out = {}
-    for kind in ("flat", "hnsw"):
-        out[kind] = tmp_path_factory.mktemp(kind) / "idx"
-        build_index(BUNDLED, out[kind], minilm, hnsw_min_chunks=0 if kind == "hnsw" else 10**9)
-        assert open_index(out[kind]).manifest.index_type(64) == kind
+    """The bundled corpus indexed once, and a copy of it in the FAISS layout before the one stored
+    matrix (which medsearch still reads, and whose writes produce this layout)."""
+    out = {"faiss": tmp_path_factory.mktemp("faiss") / "idx", "legacy": tmp_path_factory.mktemp("legacy") / "idx"}
+    build_index(BUNDLED, out["faiss"], minilm)
+    shutil.copytree(out["faiss"], out["legacy"])
+    to_legacy_layout(out["legacy"])
     return out
 
 
-@pytest.fixture(params=["flat", "hnsw", "qdrant"])
+@pytest.fixture(params=["faiss", "legacy", "qdrant"])
 def live_index(request, built, tmp_path, memo_minilm):
-    """A fresh bundled index for a test to change: a copy of the FAISS one (flat or HNSW candidates),
+    """A fresh bundled index for a test to change: a copy of the FAISS one (this layout or the one before),
     or a new Qdrant collection in local mode (the shared backend suite: every test below runs on both
     backends unless it says why not)."""
     if request.param == "qdrant":
@@ -62,6 +63,32 @@ def faiss_only(index_dir, why: str) -> None:
 
 def ids(searcher, query, tier, k=10, **kwargs):
     return [h.id for h in searcher.search([query], tier=tier, k=k, **kwargs)[0].hits]
+
+
+def test_the_layout_before_the_one_matrix_is_read_and_its_next_write_is_in_this_layout(built, tmp_path, minilm):
+    """An index written before the one stored matrix answers every tier as the same index in this
+    layout does (its deep scores are its float16 rows, as this layout's are); an add writes the next
+    generation in this layout, and so does a compaction."""
+    from medsearch.index.writes import compact
+
+    shutil.copytree(built["legacy"], tmp_path / "old")
+    old, new = Searcher(open_index(tmp_path / "old"), minilm), Searcher(open_index(built["faiss"]), minilm)
+    assert old.index.backend.legacy and not new.index.backend.legacy
+    for tier in TIERS:
+        (was,), (now,) = old.search([ZORBLAX_QUERY], tier=tier, k=5), new.search([ZORBLAX_QUERY], tier=tier, k=5)
+        assert [h.id for h in was.hits] == [h.id for h in now.hits], tier
+        np.testing.assert_allclose([h.score for h in was.hits], [h.score for h in now.hits], atol=2e-3)
+    assert verify(tmp_path / "old").ok
+    assert open_index(tmp_path / "old").backend.outdated()
+    upsert(tmp_path / "old", [ZORBLAX], minilm)
+    files = {p.name for p in open_index(tmp_path / "old").folder.iterdir()}
+    assert "vectors.faiss" in files and "binary.faiss" in files
+    assert not {"vectors.npy", "dim64.faiss"} & files
+    assert ids(Searcher(open_index(tmp_path / "old"), minilm), ZORBLAX_QUERY, "fast")[0] == "zorblax"
+    shutil.copytree(built["legacy"], tmp_path / "old2")
+    assert compact(tmp_path / "old2").compacted
+    assert "vectors.faiss" in {p.name for p in open_index(tmp_path / "old2").folder.iterdir()}
+    assert verify(tmp_path / "old2").ok
 
 
 def test_add_is_found_at_rank_one_in_every_tier(live_index, minilm):
@@ -322,8 +349,8 @@ def _raising(err: Exception):
 
 @pytest.mark.parametrize("where, err", [
     ("medsearch.index.writes.write_change", sqlite3.OperationalError("database or disk is full")),
-    ("medsearch.index.backends.faiss.FaissTier.save", RuntimeError("Error in faiss::FileIOWriter: No space left on device")),
-    ("medsearch.index.backends.faiss.FaissTier.save", OSError(errno.ENOSPC, "No space left on device")),
+    ("medsearch.index.backends.faiss.BinaryCodes.save", RuntimeError("Error in faiss::FileIOWriter: No space left on device")),
+    ("medsearch.index.backends.faiss.BinaryCodes.save", OSError(errno.ENOSPC, "No space left on device")),
 ])
 def test_a_full_disk_during_a_write_is_one_line_and_changes_nothing(built, tmp_path, monkeypatch, where, err):
     """SQLite and faiss say a full device in their own words (not an OSError): the generation writer
@@ -333,7 +360,7 @@ def test_a_full_disk_during_a_write_is_one_line_and_changes_nothing(built, tmp_p
 
     from medsearch.cli import cli
 
-    shutil.copytree(built["flat"], tmp_path / "idx")
+    shutil.copytree(built["faiss"], tmp_path / "idx")
     before = open_index(tmp_path / "idx").generation
     add = write_jsonl(tmp_path / "more" / "more.jsonl",
                       [{"id": "zz", "title": "Zorblax", "text": "Zorblax causes purple spots on both knees."}])

@@ -34,14 +34,12 @@ __all__ = ["BuildOptions", "build_index", "check_target_recall", "write_index"]
 class BuildOptions:
     """How a generation's vectors and lexical index are built (write_index).
 
-    `vector_dtype`: how vectors.npy stores them; `hnsw_min_chunks`: from how many rows the FAISS
-    fast tier is HNSW (None: its default); `extra_dims`: dims stored beside the tiers' (e.g. every
+    `vector_dtype`: how the stored matrix holds them; `extra_dims`: dims stored beside the tiers' (e.g. every
     Matryoshka dim for an evaluation); `target_recall`: the fast tier's calibration target;
     `backend`: where the vectors go (None: the FAISS files; backends.qdrant.settings(...): a new
     Qdrant collection); `analysis`: the lexical index's (None: English)."""
 
     vector_dtype: str = "float16"
-    hnsw_min_chunks: int | None = None
     extra_dims: tuple[int, ...] = ()
     target_recall: float = DEFAULT_TARGET_RECALL
     backend: dict | None = None
@@ -56,7 +54,6 @@ def build_index(
     *,
     vector_dtype: str = "float16",
     chunk_overlap: int | None = None,
-    hnsw_min_chunks: int | None = None,
     extra_dims: tuple[int, ...] = (),
     target_recall: float = DEFAULT_TARGET_RECALL,
     backend: dict | None = None,
@@ -89,7 +86,7 @@ def build_index(
     }
     if getattr(encoder, "search_defaults", None):  # the model's own, from its tuning
         manifest["search_defaults"] = encoder.search_defaults
-    options = BuildOptions(vector_dtype=vector_dtype, hnsw_min_chunks=hnsw_min_chunks, extra_dims=extra_dims,
+    options = BuildOptions(vector_dtype=vector_dtype, extra_dims=extra_dims,
                            target_recall=target_recall, backend=backend, analysis=analysis, progress=progress)
     return write_index(index_dir, vectors, np.array([c.doc for c in chunks], dtype=np.int32), manifest, options,
                        write_docs=lambda path: write_store(path, documents, chunks), started=started)
@@ -123,7 +120,7 @@ def write_index(
     its own (index types, calibration). `options`: how the vectors and the lexical index are built
     (BuildOptions). `write_docs` writes the document store (benchmarks on synthetic vectors have none).
     `locked`: the caller already holds the writer lock (a compaction), which also passes
-    `stored_vectors`: the rows of vectors.npy as they are, so that re-ranking scores do not move by a
+    `stored_vectors`: the stored rows as they are, so that re-ranking scores do not move by a
     float16 rounding. What the generation it replaces kept outside the folder (a Qdrant collection)
     goes after the switch."""
     options = options or BuildOptions()
@@ -149,7 +146,6 @@ def write_index(
     })
     settings = options.backend or {"name": "faiss"}
     backend_type = backend_class(settings["name"])
-    build_options = {} if options.hnsw_min_chunks is None else {"hnsw_min_chunks": options.hnsw_min_chunks}
     manifest["dead_chunks"] = 0
     # (a compaction checked its base whole first: derived=False)
     with GenerationWriter(target, lock=not locked, derived=False, replaces=True) as gen:
@@ -160,8 +156,7 @@ def write_index(
             manifest["lexical"] = lexical.settings(analysis)
         np.save(gen.folder / layout.CHUNK_DOC, np.asarray(chunk_doc, dtype=np.int32))
         gen.written = backend_type.build(gen.folder, vectors, manifest, settings=settings, stored=stored_vectors,
-                                         target_recall=options.target_recall, progress=options.progress,
-                                         **build_options)
+                                         target_recall=options.target_recall, progress=options.progress)
         manifest["build_seconds"] = round(time.perf_counter() - started, 3)
         gen.commit(manifest)
     return manifest

@@ -2,7 +2,7 @@
 
     indexes/<name>/
       CURRENT        the committed generation's folder name, replaced atomically
-      gen-000007/    a complete index: manifest.json, the document store, vectors.npy, dim{N}.faiss ...
+      gen-000007/    a complete index: manifest.json, the document store, vectors.faiss ...
       gen-000006/    the one before (kept: a reader may still be on it)
       .lock          held (flock) by the one writer
       .pin-<id>      names a generation a snapshot is copying (held by flock; prune keeps it)

@@ -16,10 +16,12 @@
         chunk_doc.npy      document ordinal of each chunk row (collapses chunk hits to documents)
         lexical/           BM25 over each chunk's title + text: bm25s's own files (lexical.py), and
           tokens.npz       each chunk row's token ids, reused by the next write
-        vectors.npy        the FAISS backend (backends/faiss.py): full-dim vectors, as stored
-        dim{N}.faiss       one index per stored dim
+        vectors.faiss      the FAISS backend (backends/faiss.py): the one stored matrix of full-dim
+                           vectors, which every tier reads (a prefix of it, or all of it)
         binary.faiss       the fast tier's binary codes (when its stage is binary)
                            (a Qdrant index keeps its vectors in a collection instead)
+        vectors.npy, dim{N}.faiss   the layout before vectors.faiss: the vectors, and a copy of
+                           them a stored dim; read, and rewritten by `compact`
 
 Rows whose chunk is gone from docs.db are dead: searches exclude them (the allowed rows a backend
 searches) until `compact` rewrites the generation without them (writes.py).
@@ -48,8 +50,9 @@ DOCS = "docs.db"
 CHUNK_DOC = "chunk_doc.npy"
 LEXICAL_DIR = "lexical"
 TOKENS = "tokens.npz"  # in LEXICAL_DIR
-VECTORS = "vectors.npy"
+MATRIX = "vectors.faiss"
 BINARY = "binary.faiss"
+LEGACY_VECTORS = "vectors.npy"  # the layout before MATRIX, with a tier_file per stored dim
 
 
 def generation_name(number: int) -> str:
@@ -58,5 +61,5 @@ def generation_name(number: int) -> str:
 
 
 def tier_file(dim: int) -> str:
-    """The FAISS index file of a stored dim."""
+    """The FAISS index file of a stored dim in the layout before MATRIX (a copy of the vectors' prefix)."""
     return f"dim{dim}.faiss"

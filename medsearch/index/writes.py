@@ -407,8 +407,6 @@ def _compact(root: Path, base: Index, report: WriteReport, backend: dict | None 
     extra = tuple(d for d in base.dims if d not in set(base.manifest.tier_dims.values()))
     exact, stored = base.backend.read_vectors(rows)
     options = BuildOptions(vector_dtype=base.manifest.vector_dtype, extra_dims=extra,
-                           # an HNSW fast tier stays HNSW, whatever the row count now
-                           hnsw_min_chunks=0 if "hnsw" in map(base.manifest.index_type, base.dims) else None,
                            target_recall=base.manifest.target_recall or DEFAULT_TARGET_RECALL, backend=backend,
                            analysis=analysis or base.analysis, progress=progress)
     written = write_index(root, exact, np.array([c.doc for c in chunks], dtype=np.int32), manifest, options,

@@ -51,7 +51,7 @@ class VectorBackend(Protocol):
 
     @classmethod
     def build(cls, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, settings: dict,
-              stored: np.ndarray | None, hnsw_min_chunks: int, target_recall: float, progress: bool) -> "VectorBackend":
+              stored: np.ndarray | None, target_recall: float, progress: bool) -> "VectorBackend":
         """Write full-dim normalised `vectors` (one per chunk row) into the generation `folder`
         (whose document store is written) and record in `manifest` the index types, the backend entry and
         the fast tier's calibration. `stored`: the rows to keep for re-ranking when they already

@@ -1,16 +1,25 @@
-"""The FAISS backend: the vectors in the generation folder's own files.
+"""The FAISS backend: one stored matrix in the generation folder, every tier a view of it.
 
-  vectors.npy     full-dim L2-normalised vectors (float16 by default), memory-mapped for re-ranking
-  dim{N}.faiss    one inner-product index per stored dim over renormalised prefixes; ids = chunk rows
-  binary.faiss    sign codes of the full vectors (a faiss binary index): the fast tier's binary
-                  candidate stage; the manifest's `fast` says which stage and how many candidates
-                  reach the recall target (funnel.py)
+  vectors.faiss   the full-dim L2-normalised vectors, one row per chunk row: a faiss flat-codes
+                  index (`SQfp16` for float16, `Flat` for float32), memory-mapped. Its codes are the
+                  file's tail, read as a numpy matrix too, so the tiers need no copies:
+                    deep           faiss's exact scan of the index (SIMD float16 decoding)
+                    a prefix dim   an exact scan of the first `dim` columns, renormalised, in blocks
+                    re-ranking     the candidates' rows, decoded by faiss
+  binary.faiss    sign codes of the full vectors (a faiss binary index): the fast tier's candidate
+                  stage; the manifest's `fast` says which stage and how many candidates reach the
+                  recall target (funnel.py)
 
-The index type is a faiss factory string recorded in the manifest (`Flat`, `HNSW32,Flat`).
-Rows are never removed from a faiss index here: a search gets the rows it may return (live and
-matching the filters) as an IDSelector evaluated inside faiss, for flat and HNSW alike;
-`compact` rebuilds the indexes without the dead rows. A write appends rows to copies of the
-files; a delete-only write links them (a committed generation's files never change).
+Bytes a passage: 2 x dim (float16) + dim / 8 (sign codes); docs/guides/speed.md has the table.
+An index larger than RAM still answers: the pages come from disk as a scan reads them.
+
+A generation written before this layout (vectors.npy beside one `dim{N}.faiss` copy a stored dim)
+is read through its vectors.npy, and `compact` rewrites it into this layout.
+
+Rows are never removed here: a search gets the rows it may return (live and matching the filters)
+as an IDSelector evaluated inside faiss (or a mask over each block); `compact` rewrites the files
+without the dead rows. A write appends rows to a copy of the files; a delete-only write links them
+(a committed generation's files never change).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from medsearch.errors import BadInputError, DamagedIndexError, MedsearchError, reason
+from medsearch.errors import DamagedIndexError, MedsearchError, reason
 from medsearch.index import layout
 from medsearch.index.backends.base import Ranked, collapse, prefix
 from medsearch.index.backends.funnel import calibrate
@@ -34,16 +43,12 @@ if TYPE_CHECKING:
     from medsearch.index.filters import Filter
     from medsearch.index.manifest import Manifest
 
-# Above this many chunks the fast tier's 64-dim candidate index is HNSW instead of exact flat.
-HNSW_MIN_CHUNKS = 200_000
-# The binary stage scans every code (exact Hamming distance): at 1M x 1024 bits that takes 6.1-7.3 ms
-# a query for 500-2000 candidates, where an HNSW graph over the codes took 3.3-12.8 ms (its cost grows
-# with the candidates), found fewer of the true neighbours and took 182 s to build
-# (bench/binary_index.py; docs/guides/speed.md).
+MATRIX_FACTORIES = {"float16": "SQfp16", "float32": "Flat"}
 BINARY_INDEX = "flat"
-HNSW_M = 32
-FACTORIES = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat"}
-BINARY_FACTORIES = {"flat": "BFlat"}  # an exact scan: it beat BHNSW32 at 1M (bench/binary_index.py)
+# The binary stage scans every code (exact Hamming distance): at 1M x 1024 bits it beat an HNSW graph
+# over the codes, which found fewer of the true neighbours and took 182 s to build (bench/binary_index.py).
+BINARY_FACTORIES = {"flat": "BFlat"}
+BLOCK_ROWS = 65_536  # rows decoded at a time by a prefix scan (and written at a time by a build)
 
 
 def limit_threads(threads: int) -> None:
@@ -65,52 +70,108 @@ class Allowed:
         return np.flatnonzero(self.mask)
 
 
-class FaissTier:
-    """One stored dim's vectors in a faiss index of type `kind` (flat or hnsw)."""
+class Matrix:
+    """The one stored matrix: `view` (rows x full dim, float16 or float32, memory-mapped) and, for
+    this layout's file, `index`, the faiss index whose codes `view` is (None for a vectors.npy)."""
 
-    def __init__(self, index: faiss.Index, kind: str):
+    def __init__(self, view: np.ndarray, index: faiss.Index | None = None):
+        self.view = view
         self.index = index
-        self.kind = kind
+        self.full_dim = view.shape[1]
 
     @classmethod
-    def build(cls, vectors: np.ndarray, kind: str) -> "FaissTier":
-        if kind not in FACTORIES:
-            raise BadInputError(f"unknown index type '{kind}' (use flat or hnsw)")
-        tier = cls(faiss.index_factory(vectors.shape[1], FACTORIES[kind], faiss.METRIC_INNER_PRODUCT), kind)
-        tier.add(vectors)
-        return tier
+    def open(cls, path: Path) -> "Matrix":
+        """vectors.faiss, memory-mapped by faiss and by numpy (its codes are the file's last rows x
+        dim x itemsize bytes); checked: a row as faiss decodes it is the row numpy reads."""
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        dtype = np.float16 if isinstance(index, faiss.IndexScalarQuantizer) else np.float32
+        n, dim = index.ntotal, index.d
+        size = path.stat().st_size
+        length = n * dim * np.dtype(dtype).itemsize
+        if size < length:
+            raise ValueError(f"{size} bytes cannot hold {n} rows of {dim} dims")
+        view = np.memmap(path, dtype=dtype, mode="r", offset=size - length, shape=(n, dim)) if n else np.empty((0, dim), dtype)
+        matrix = cls(view, index)
+        if n and not np.array_equal(index.reconstruct(n - 1), matrix.rows(np.array([n - 1]))[0]):
+            raise ValueError("its codes are not where this medsearch reads them")
+        return matrix
 
     @classmethod
-    def load(cls, path: Path, kind: str) -> "FaissTier":
-        return cls(faiss.read_index(str(path)), kind)
+    def legacy(cls, path: Path) -> "Matrix":
+        """A vectors.npy of the layout before (float16 or float32), memory-mapped."""
+        return cls(np.load(path, mmap_mode="r"))
 
-    def save(self, path: Path) -> None:
-        faiss.write_index(self.index, str(path))
+    def __len__(self) -> int:
+        return len(self.view)
 
-    def add(self, vectors: np.ndarray) -> None:
-        """Append rows (ids continue from the current count)."""
-        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    def rows(self, rows: "np.ndarray | range", dim: int | None = None) -> np.ndarray:
+        """float32 rows (a range of them, or any), their first `dim` columns when given, decoded by
+        faiss's SIMD code."""
+        columns = slice(0, dim)
+        if isinstance(rows, range):
+            return decode(np.asarray(self.view[rows.start:rows.stop, columns]))
+        return decode(np.asarray(self.view[np.asarray(rows, dtype=np.int64), columns]))
 
-    def search(self, queries: np.ndarray, n: int, allowed: Allowed | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the n best rows per query among `allowed` (all rows when None);
-        rows are -1 where fewer were found (HNSW with a narrow selector)."""
-        sel = allowed.selector if allowed is not None else None
-        if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(n, 16))
-            if sel is not None:
-                params.sel = sel
-        else:
-            params = faiss.SearchParameters(sel=sel) if sel is not None else None
-        return self.index.search(queries, n, params=params)
+    def search(self, queries: np.ndarray, dim: int, n: int, allowed: Allowed | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the n best rows per query by inner product with the rows' first `dim`
+        columns, renormalised (the Matryoshka embedding at `dim`), among `allowed`; exact. Full dim:
+        faiss's scan of the index; a prefix: the view decoded BLOCK_ROWS rows at a time."""
+        queries = prefix(queries, dim)
+        if dim == self.full_dim and self.index is not None:
+            return self.index.search(queries, n, params=faiss.SearchParameters(sel=allowed.selector) if allowed else None)
+        heap = faiss.ResultHeap(len(queries), n, keep_max=True)
+        for start in range(0, len(self), BLOCK_ROWS):
+            stop = min(len(self), start + BLOCK_ROWS)
+            rows, block = np.arange(start, stop), self.rows(range(start, stop), dim)
+            if allowed is not None:
+                keep = allowed.mask[start:stop]
+                rows, block = rows[keep], block[keep]
+                if not len(rows):
+                    continue
+            faiss.normalize_L2(block)
+            scores, found = faiss.knn(queries, block, min(n, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
+            heap.add_result(scores, np.where(found >= 0, rows[np.maximum(found, 0)], -1))
+        heap.finalize()
+        return heap.D, heap.I
 
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """The stored vectors of `rows`, exactly as the index holds them."""
-        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
-    def rank(self, queries: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every row in `rows` ranked exactly for each query: (scores, rows)."""
-        scores, order = faiss.knn(queries, self.vectors(rows), len(rows), metric=faiss.METRIC_INNER_PRODUCT)
-        return scores, rows[order]
+def decode(stored: np.ndarray) -> np.ndarray:
+    """float32 of stored rows: float16 by faiss (SIMD; numpy's conversion is about 3x slower)."""
+    if stored.dtype != np.float16:
+        return np.array(stored, dtype=np.float32)
+    stored = np.ascontiguousarray(stored)
+    codec = faiss.ScalarQuantizer(stored.shape[1], faiss.ScalarQuantizer.QT_fp16)
+    return codec.decode(stored.view(np.uint8)) if len(stored) else np.empty(stored.shape, np.float32)
+
+
+def write_matrix(path: Path, vectors: np.ndarray, dtype: str, base: Matrix | None = None) -> None:
+    """vectors.faiss of `base`'s rows (when given) and then `vectors` (any float dtype, a memory map
+    included), written BLOCK_ROWS rows at a time: memory stays at one block, whatever the size.
+
+    faiss writes an index only from memory (10M x 384 would hold 7.7 GB), so the file is streamed:
+    faiss's own serialisation of the empty index, with its two counts (rows, and the codes' length)
+    set, then the codes. tests/test_backend_faiss.py checks that the bytes are those faiss writes, and
+    Matrix.open checks every file it reads."""
+    if dtype not in MATRIX_FACTORIES:
+        raise MedsearchError(f"vectors cannot be stored as {dtype} (use {', '.join(MATRIX_FACTORIES)})")
+    dim = vectors.shape[1]
+    rows = len(vectors) + (len(base) if base is not None else 0)
+    header = bytearray(faiss.serialize_index(faiss.index_factory(dim, MATRIX_FACTORIES[dtype], faiss.METRIC_INNER_PRODUCT)))
+    header[8:16] = rows.to_bytes(8, "little")  # after the fourcc and d: ntotal
+    header[-8:] = (rows * dim * (2 if dtype == "float16" else 1)).to_bytes(8, "little")  # the codes' bytes (SQ) or floats (Flat)
+    with path.open("wb") as out:
+        out.write(header)
+        for source in ([base.view] if base is not None else []) + [vectors]:
+            for start in range(0, len(source), BLOCK_ROWS):
+                out.write(encode(np.asarray(source[start:start + BLOCK_ROWS]), dtype).tobytes())
+
+
+def encode(block: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows as the matrix stores them (float16 by faiss's SIMD code; rows already float16 as they are)."""
+    if dtype == "float32" or block.dtype == np.float16:
+        return np.ascontiguousarray(block, dtype=np.float16 if dtype == "float16" else np.float32)
+    codec = faiss.ScalarQuantizer(block.shape[1], faiss.ScalarQuantizer.QT_fp16)
+    return codec.compute_codes(np.ascontiguousarray(block, dtype=np.float32))
 
 
 def binary_codes(vectors: np.ndarray) -> np.ndarray:
@@ -118,41 +179,42 @@ def binary_codes(vectors: np.ndarray) -> np.ndarray:
     `ubinary` quantisation (48 bytes for 384 dims, 128 for 1024). Its one line is written here,
     because importing sentence-transformers for it costs a query seconds (tests/test_backend_faiss.py
     checks that both agree)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.asarray(vectors)
     return np.packbits(vectors > 0, axis=-1).reshape(vectors.shape[0], -1)
 
 
-class BinaryTier(FaissTier):
+class BinaryCodes:
     """The full vectors' sign codes in a faiss binary index (an exact scan), searched by Hamming
-    distance; it takes and returns what FaissTier does (full-dim float queries in, rows out; the
-    scores are minus the Hamming distance, so higher is better as everywhere else)."""
+    distance: full-dim float queries in, (minus the Hamming distance, rows) out, so that higher is
+    better as everywhere else."""
+
+    def __init__(self, index: faiss.IndexBinary):
+        self.index = index
 
     @classmethod
-    def build(cls, vectors: np.ndarray, kind: str) -> "BinaryTier":
-        if kind not in BINARY_FACTORIES:
-            raise BadInputError(f"unknown binary index type '{kind}' (use {', '.join(BINARY_FACTORIES)})")
-        tier = cls(faiss.index_binary_factory(vectors.shape[1], BINARY_FACTORIES[kind]), kind)
-        tier.add(vectors)
-        return tier
+    def build(cls, dim: int) -> "BinaryCodes":
+        return cls(faiss.index_binary_factory(dim, BINARY_FACTORIES[BINARY_INDEX]))
 
     @classmethod
-    def load(cls, path: Path, kind: str) -> "BinaryTier":
-        return cls(faiss.read_index_binary(str(path)), kind)
+    def load(cls, path: Path) -> "BinaryCodes":
+        return cls(faiss.read_index_binary(str(path)))
 
     def save(self, path: Path) -> None:
         faiss.write_index_binary(self.index, str(path))
 
     def add(self, vectors: np.ndarray) -> None:
-        self.index.add(binary_codes(vectors))
+        for start in range(0, len(vectors), BLOCK_ROWS):
+            self.index.add(binary_codes(vectors[start:start + BLOCK_ROWS]))
 
     def search(self, queries: np.ndarray, n: int, allowed: Allowed | None = None) -> tuple[np.ndarray, np.ndarray]:
-        distances, rows = super().search(binary_codes(queries), n, allowed)
+        params = faiss.SearchParameters(sel=allowed.selector) if allowed is not None else None
+        distances, rows = self.index.search(binary_codes(queries), n, params=params)
         return -distances.astype(np.float32), rows
 
 
 class FaissBackend:
-    """One generation's vectors in its folder's files (backends/base.py's VectorBackend). Tier
-    indexes load lazily, so a query touches only its own tier."""
+    """One generation's vectors in its folder's files (backends/base.py's VectorBackend), opened
+    lazily, so that a query touches only what its tier reads."""
 
     name = "faiss"
     keeps_dead_rows = True
@@ -166,26 +228,30 @@ class FaissBackend:
     def __init__(self, folder: Path, manifest: "Manifest"):
         self.folder = folder
         self.manifest = manifest
-        self._tiers: dict[int, FaissTier] = {}
 
-    def tier(self, dim: int) -> FaissTier:
-        """One stored dim's index (loaded on first use)."""
-        if dim not in self._tiers:
-            self._tiers[dim] = self._opened(layout.tier_file(dim), lambda path: FaissTier.load(path, self.manifest.index_type(dim)))
-        return self._tiers[dim]
+    @property
+    def legacy(self) -> bool:
+        """Whether the generation is of the layout before (a vectors.npy and a copy per stored dim)."""
+        return not (self.folder / layout.MATRIX).is_file() and (self.folder / layout.LEGACY_VECTORS).is_file()
 
     @cached_property
-    def binary(self) -> BinaryTier | None:
-        """The binary candidate stage, when the generation has one."""
-        path = self.folder / layout.BINARY
-        if not path.is_file():
-            return None
-        return self._opened(layout.BINARY, lambda path: BinaryTier.load(path, self.manifest.fast.get("binary_index", BINARY_INDEX)))
+    def matrix(self) -> Matrix:
+        """The stored vectors (memory-mapped): every tier's input."""
+        if self.legacy:
+            return self._opened(layout.LEGACY_VECTORS, Matrix.legacy)
+        return self._opened(layout.MATRIX, Matrix.open)
 
-    @cached_property
+    @property
     def vectors(self) -> np.ndarray:
-        """The stored full-dim vectors (memory-mapped), the re-ranking's input."""
-        return self._opened(layout.VECTORS, lambda path: np.load(path, mmap_mode="r"))
+        """The stored full-dim vectors, as stored (memory-mapped)."""
+        return self.matrix.view
+
+    @cached_property
+    def binary(self) -> BinaryCodes | None:
+        """The binary candidate stage, when the generation has one."""
+        if not (self.folder / layout.BINARY).is_file():
+            return None
+        return self._opened(layout.BINARY, BinaryCodes.load)
 
     def _opened(self, name: str, read):
         """read(path of `name`); a file that cannot be read is one DamagedIndexError line (its cause
@@ -202,25 +268,21 @@ class FaissBackend:
 
     def load(self) -> None:
         """Every part a search reads, now (each a DamagedIndexError line when it cannot be read)."""
-        for dim in self.manifest.dims:
-            self.tier(dim)
-        self.vectors  # noqa: B018 (cached on first use)
+        self.matrix  # noqa: B018 (cached on first use)
         if self.manifest.fast_stage == "binary" and self.binary is None:
             raise DamagedIndexError(f"{self.folder}: {layout.BINARY} is missing (the fast tier's stage): run medsearch "
                                     "verify; restore a snapshot or rebuild to repair it")
 
     def close(self) -> None:
-        self._tiers.clear()
-        for name in ("vectors", "binary"):
+        for name in ("matrix", "binary"):
             self.__dict__.pop(name, None)
 
     def verify(self, skip: set[str] = frozenset()) -> list[str]:
-        """vectors.npy, every tier index and the binary codes hold one row per chunk row, at their dim
-        (files in `skip`, known to be damaged, are not parsed)."""
+        """The matrix and the binary codes hold one row per chunk row, at the full dim (files in
+        `skip`, known to be damaged, are not parsed)."""
         chunks, full_dim = self.manifest.chunks, self.manifest.full_dim
-        parts = [(layout.VECTORS, lambda: self.vectors.shape, (chunks, full_dim))]
-        parts += [(layout.tier_file(d), lambda d=d: (self.tier(d).index.ntotal, self.tier(d).index.d), (chunks, d))
-                  for d in self.manifest.dims]
+        matrix = layout.LEGACY_VECTORS if self.legacy else layout.MATRIX
+        parts = [(matrix, lambda: self.matrix.view.shape, (chunks, full_dim))]
         if (self.folder / layout.BINARY).is_file() or self.manifest.fast_stage == "binary":
             parts.append((layout.BINARY, lambda: (self.binary.index.ntotal, self.binary.index.d), (chunks, full_dim)))
         problems = []
@@ -241,77 +303,71 @@ class FaissBackend:
 
     @classmethod
     def build(cls, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, settings: dict,
-              stored: np.ndarray | None = None, hnsw_min_chunks: int = HNSW_MIN_CHUNKS,
-              target_recall: float, progress: bool = False) -> "FaissBackend":
-        """vectors.npy, a tier index per stored dim (HNSW for the fast tier's prefix from
-        `hnsw_min_chunks` rows, flat otherwise), the binary codes and the funnel's calibration."""
+              stored: np.ndarray | None = None, target_recall: float, progress: bool = False) -> "FaissBackend":
+        """vectors.faiss (the rows as `stored` when given, else `vectors` in the manifest's dtype),
+        the binary codes and the funnel's calibration. `vectors` may be a memory map: it is read in blocks."""
         dims, full_dim = manifest.tier_dims, manifest.full_dim
-        manifest["index_types"] = {
-            d: "hnsw" if int(d) == dims["fast"] and int(d) != full_dim and len(vectors) >= hnsw_min_chunks else "flat"
-            for d in manifest["index_types"]}
-        manifest["faiss_factories"] = {d: FACTORIES[kind] for d, kind in manifest["index_types"].items()}
+        manifest["index_types"] = {d: "flat" for d in manifest["index_types"]}  # every stored dim: an exact view
+        manifest["faiss_factories"] = {"vectors": MATRIX_FACTORIES[manifest.vector_dtype]}
         manifest["backend"] = {"name": cls.name}
-        stored = (vectors if stored is None else stored).astype(manifest.vector_dtype, copy=False)
-        np.save(folder / layout.VECTORS, stored)
+        write_matrix(folder / layout.MATRIX, vectors if stored is None else stored, manifest.vector_dtype)
         written = cls(folder, manifest)
-        for dim in manifest.dims:
-            tier = FaissTier.build(prefix(vectors, dim), manifest.index_type(dim))
-            tier.save(folder / layout.tier_file(dim))
-            if dim in (dims["fast"], full_dim):  # the calibration's tiers stay in memory, the others are freed
-                written._tiers[dim] = tier
         if dims["fast"] != full_dim and full_dim % 8 == 0:  # the binary stage (faiss codes are whole bytes)
-            written.binary = BinaryTier.build(vectors, BINARY_INDEX)
-            written.binary.save(folder / layout.BINARY)
+            codes = BinaryCodes.build(full_dim)
+            codes.add(vectors)
+            codes.save(folder / layout.BINARY)
+            written.binary = codes
+            manifest["faiss_factories"]["binary"] = BINARY_FACTORIES[BINARY_INDEX]
         if dims["fast"] != full_dim:
-            written.vectors = stored
             manifest["fast"] = written.calibrate(None, target_recall, vectors)
         return written
 
     def append(self, folder: Path, vectors: np.ndarray, manifest: "Manifest", *, removed: list[str],
                progress: bool = False) -> "FaissBackend":
-        """Copies of this generation's files with `vectors` appended (the fast and deep tiers, and
-        the binary codes, are kept in memory for the calibration)."""
-        np.save(folder / layout.VECTORS, np.concatenate([self.vectors, vectors.astype(self.vectors.dtype)]))
+        """This generation's rows and `vectors` after them, in this layout (a generation of the
+        layout before is rewritten into it: its binary codes are made from its stored rows)."""
+        write_matrix(folder / layout.MATRIX, vectors, manifest.vector_dtype, base=self.matrix)
+        manifest["index_types"] = {d: "flat" for d in manifest["index_types"]}
+        manifest["faiss_factories"] = {"vectors": MATRIX_FACTORIES[manifest.vector_dtype]}
         written = FaissBackend(folder, manifest)
-        for dim in self.manifest.dims:
-            tier = FaissTier.load(self.folder / layout.tier_file(dim), self.manifest.index_type(dim))  # a copy of its own
-            tier.add(prefix(vectors, dim))
-            tier.save(folder / layout.tier_file(dim))
-            if dim in (manifest.tier_dims["fast"], manifest.full_dim):
-                written._tiers[dim] = tier
         binary = self.folder / layout.BINARY
-        codes = BinaryTier.load(binary, BINARY_INDEX) if binary.is_file() else None  # a copy of its own
-        if codes is not None:
+        if binary.is_file() or (self.legacy and manifest.tier_dims["fast"] != manifest.full_dim and manifest.full_dim % 8 == 0):
+            codes = BinaryCodes.load(binary) if binary.is_file() else BinaryCodes.build(manifest.full_dim)  # a copy of its own
+            if not binary.is_file():
+                codes.add(self.matrix.view)
             codes.add(vectors)
             codes.save(folder / layout.BINARY)
-        written.binary = codes
+            written.binary = codes
+            manifest["faiss_factories"]["binary"] = BINARY_FACTORIES[BINARY_INDEX]
         return written
 
     def carry_over(self, folder: Path, manifest: "Manifest", *, removed: list[str]) -> "FaissBackend":
         """The same files, hard-linked (never written again)."""
-        names = [layout.VECTORS, *(layout.tier_file(d) for d in self.manifest.dims),
-                 *([layout.BINARY] if (self.folder / layout.BINARY).is_file() else [])]
+        names = [layout.LEGACY_VECTORS, *(layout.tier_file(d) for d in self.manifest.dims)] if self.legacy else [layout.MATRIX]
+        names += [layout.BINARY] if (self.folder / layout.BINARY).is_file() else []
         for name in names:
             link_file(self.folder / name, folder / name)
         return FaissBackend(folder, manifest)
 
     def calibrate(self, live: np.ndarray | None, target: float, vectors: np.ndarray | None = None) -> dict | None:
         """The funnel's stage and candidate count for `target` recall@10 against deep (funnel.py),
-        measured with this generation's own tier indexes on its `live` rows (`vectors`: the exact
-        full-dim vectors when at hand, else the stored ones)."""
+        measured on this generation's `live` rows (`vectors`: the exact full-dim vectors when at
+        hand, else the stored ones). The stages: the binary codes when the generation has them, else
+        the fast tier's prefix (a scan of the view: without codes there is nothing cheaper)."""
         dims = self.manifest.tier_dims
         if dims["fast"] == self.manifest.full_dim:
             return None
         allowed = None if live is None else Allowed(live)
-        fast, deep = self.tier(dims["fast"]), self.tier(dims["deep"])
-        stages = {"prefix": lambda q, n: fast.search(prefix(q, dims["fast"]), n, allowed)[1]}
-        codes = {}
-        if self.binary is not None:  # an index written before binary codes has the prefix stage only
-            stages["binary"] = lambda q, n: self.binary.search(q, n, allowed)[1]
+        full = self.manifest.full_dim
+        if self.binary is not None:
+            stages = {"binary": lambda q, n: self.binary.search(q, n, allowed)[1]}
             codes = {"binary_index": BINARY_INDEX, "binary_factory": BINARY_FACTORIES[BINARY_INDEX]}
+        else:
+            stages = {"prefix": lambda q, n: self.matrix.search(q, dims["fast"], n, allowed)[1]}
+            codes = {}
         settings = calibrate(self.vectors if vectors is None else vectors,
-                             deep=lambda q, n: deep.search(q, n, allowed)[1], stages=stages,
-                             rerank_vectors=self.vectors, target=target, rows=None if live is None else allowed.rows())
+                             deep=lambda q, n: self.matrix.search(q, full, n, allowed)[1], stages=stages,
+                             read=self.matrix.rows, target=target, rows=None if live is None else allowed.rows())
         return {**codes, **settings}
 
     def committed(self) -> None:
@@ -324,19 +380,17 @@ class FaissBackend:
         """Nothing: the files go with the folder."""
 
     def outdated(self) -> bool:
-        """A generation built before the funnel's calibration or its binary codes gains them when
-        it is rewritten."""
+        """A generation of the layout before, or built before the funnel's calibration or its binary
+        codes, is rewritten by `compact`."""
         full_dim = self.manifest.full_dim
-        return self.manifest.tier_dims["fast"] != full_dim and (
+        return self.legacy or self.manifest.tier_dims["fast"] != full_dim and (
             not self.manifest.fast or (full_dim % 8 == 0 and not (self.folder / layout.BINARY).is_file()))
 
     def read_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The exact vectors come from the full-dim flat index, which holds them in float32
-        (vectors.npy may be float16), so a compacted index answers with the same scores."""
-        stored = np.asarray(self.vectors[rows])
-        if self.manifest.index_type(self.manifest.full_dim) == "flat":
-            return self.tier(self.manifest.full_dim).vectors(rows), stored
-        return np.asarray(stored, dtype=np.float32), stored
+        """(float32, as stored) of `rows`: a compaction writes the stored rows again, so its scores
+        do not move."""
+        stored = np.asarray(self.matrix.view[np.asarray(rows, dtype=np.int64)])
+        return decode(stored), stored
 
     # ---- searches ----
 
@@ -368,21 +422,22 @@ class FaissBackend:
         return results, timings
 
     def _exhaustive(self, vectors, rows, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Rank every row in `rows` exactly: as re-rank candidates (fast tier), or against the tier
-        index's own vectors (read back from it), so the scores are those a search would give."""
+        """Rank every row in `rows` exactly: as re-rank candidates (fast tier), or at `dim`."""
         if rerank:
             return self._rerank(vectors, [rows] * len(vectors), timings)
         started = time.perf_counter()
-        scores, ranked = self.tier(dim).rank(prefix(vectors, dim), rows)
+        stored = self.matrix.rows(rows, dim)
+        faiss.normalize_L2(stored)
+        scores, order = faiss.knn(prefix(vectors, dim), stored, len(rows), metric=faiss.METRIC_INNER_PRODUCT)
         timings["search"] += (time.perf_counter() - started) * 1000
-        return list(ranked), list(scores)
+        return list(rows[order]), list(scores)
 
     def _ranked(self, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         started = time.perf_counter()
         if rerank and self.manifest.fast_stage == "binary":  # candidates by Hamming distance of the full vectors' signs
             scores, rows = self.binary.search(vectors, n, allowed)
         else:
-            scores, rows = self.tier(dim).search(prefix(vectors, dim), n, allowed)
+            scores, rows = self.matrix.search(vectors, dim, n, allowed)
         timings["search"] += (time.perf_counter() - started) * 1000
         if not rerank:
             return list(rows), list(scores)
@@ -391,7 +446,6 @@ class FaissBackend:
     def _rerank(self, vectors, rows, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Each query's candidate rows ranked exactly with the stored full-dim vectors."""
         started = time.perf_counter()
-        ranked = rerank_rows(vectors, list(rows), self.vectors)
+        ranked = rerank_rows(vectors, list(rows), self.matrix.rows)
         timings["rerank"] += (time.perf_counter() - started) * 1000
         return ranked
-

@@ -31,11 +31,12 @@ RECALL_K = 10
 CANDIDATE_GRID = (10, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000, 10000, 15000, 20000)
 
 Search = Callable[[np.ndarray, int], np.ndarray]  # (queries, n) -> candidate rows per query, -1 padded
+Read = Callable[[np.ndarray], np.ndarray]  # sorted rows -> their full-dim vectors, float32
 
 
-def rerank(queries: np.ndarray, candidates: list[np.ndarray], vectors: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each query's candidate rows ranked exactly by inner product with `vectors[rows]` (any float
-    dtype, memory-mapped or not): (rows, scores) per query, best first."""
+def rerank(queries: np.ndarray, candidates: list[np.ndarray], read: Read) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each query's candidate rows ranked exactly by inner product with their full-dim vectors
+    (`read(rows)`, float32): (rows, scores) per query, best first."""
     out_rows, out_scores = [], []
     for query, rows in zip(queries, candidates):
         rows = np.sort(rows[rows >= 0])  # sorted reads from a memory map
@@ -47,7 +48,7 @@ def rerank(queries: np.ndarray, candidates: list[np.ndarray], vectors: np.ndarra
         # pool, which fights faiss's OpenMP threads: 9-12 ms instead of ~1 ms for 500 candidates x
         # 1024 dims on 2 cores (measured; see docs/guides/speed.md, "Benchmarks at scale").
         scores, order = faiss.knn(np.ascontiguousarray(query[None, :], dtype=np.float32),
-                                  np.asarray(vectors[rows], dtype=np.float32), len(rows), metric=faiss.METRIC_INNER_PRODUCT)
+                                  read(rows), len(rows), metric=faiss.METRIC_INNER_PRODUCT)
         out_rows.append(rows[order[0]])
         out_scores.append(scores[0])
     return out_rows, out_scores
@@ -57,16 +58,16 @@ def _without(rows: np.ndarray, own: int, n: int) -> np.ndarray:
     return rows[(rows != own) & (rows >= 0)][:n]
 
 
-def recall_at(queries: np.ndarray, own: np.ndarray, truth: list[np.ndarray], search: Search, vectors: np.ndarray,
+def recall_at(queries: np.ndarray, own: np.ndarray, truth: list[np.ndarray], search: Search, read: Read,
               candidates: int) -> float:
     """Mean recall@10 against `truth` of the re-ranked top 10 from `candidates` candidates a query."""
     found = search(queries, candidates + 1)
     lists = [_without(rows, row, candidates) for rows, row in zip(found, own)]
-    ranked, _ = rerank(queries, lists, vectors)
+    ranked, _ = rerank(queries, lists, read)
     return float(np.mean([len(set(r[: len(t)]) & set(t)) / len(t) for r, t in zip(ranked, truth)]))
 
 
-def calibrate(vectors: np.ndarray, deep: Search, stages: dict[str, Search], rerank_vectors: np.ndarray, *,
+def calibrate(vectors: np.ndarray, deep: Search, stages: dict[str, Search], read: Read, *,
               target: float = DEFAULT_TARGET_RECALL, sample: int = CALIBRATION_QUERIES, seed: int = 0,
               rows: np.ndarray | None = None) -> dict:
     """The manifest's `fast` settings: for each stage the smallest grid count reaching `target`
@@ -87,7 +88,7 @@ def calibrate(vectors: np.ndarray, deep: Search, stages: dict[str, Search], rera
         counts = [c for c in CANDIDATE_GRID if c < len(live) - 1]
         counts += [len(live) - 1] if len(live) - 1 <= CANDIDATE_GRID[-1] else []  # every other row: exact
         for count in counts:
-            tried[count] = recall_at(queries, own, truth, search, rerank_vectors, count)
+            tried[count] = recall_at(queries, own, truth, search, read, count)
             if tried[count] >= target:
                 break
         count = next((c for c, r in tried.items() if r >= target), max(tried))

@@ -223,7 +223,7 @@ class QdrantBackend:
 
     @classmethod
     def build(cls, folder: Path, vectors: np.ndarray, manifest: Manifest, *, settings: dict,
-              stored: np.ndarray | None = None, hnsw_min_chunks: int = 0, target_recall: float,
+              stored: np.ndarray | None = None, target_recall: float,
               progress: bool = False) -> "QdrantBackend":
         """A new collection holding every chunk of the generation in `folder` (its document store gives the
         payloads), named `collection_name` plus a suffix, so a rebuild never touches the one in use;
@@ -242,7 +242,7 @@ class QdrantBackend:
             if dims["fast"] != written.full_dim:
                 manifest["fast"] = calibrate(vectors, deep=lambda q, c: written.rows(q, written.full_dim, c),
                                              stages={"prefix": lambda q, c: written.rows(q, dims["fast"], c)},
-                                             rerank_vectors=vectors, target=target_recall)
+                                             read=lambda rows: np.asarray(vectors[rows], dtype=np.float32), target=target_recall)
         except BaseException:
             written.drop()
             raise
