@@ -15,7 +15,7 @@ from medsearch.cli import cli
 from medsearch.documents.corpus import Document
 from medsearch.errors import BadInputError
 from medsearch.index import checksums
-from medsearch.index.backends.funnel import calibrate, candidates_for, recall_at
+from medsearch.index.backends.funnel import calibrate, candidates_for, reaches, recall_at
 from medsearch.index.build import BuildOptions, build_index, write_index
 from medsearch.index.folder import Index, open_index
 from medsearch.index.manifest import Manifest
@@ -68,7 +68,17 @@ def test_fewer_candidates_miss_the_target(synthetic):
     curve = {int(c): r for c, r in fast["stages"][fast["stage"]]["curve"].items()}
     counts = sorted(curve)
     assert counts[-1] == fast["candidates"]
-    assert all(curve[c] < 0.99 for c in counts[:-1]), "every count before the chosen one falls short of 0.99"
+    slots = fast["sample"] * 10
+    assert all(not reaches(curve[c], 0.99, slots) for c in counts[:-1]), "every count before the chosen one falls short"
+    assert reaches(curve[counts[-1]], 0.99, slots)
+    assert curve[counts[-1]] >= 0.99
+
+
+def test_a_recall_reaches_the_target_only_with_confidence():
+    assert reaches(1.0, 1.0, 2000)
+    assert not reaches(0.99, 0.99, 2000)  # at the target: as likely below it as above
+    assert reaches(0.995, 0.99, 2000) and not reaches(0.995, 0.99, 200)  # the bound narrows with the slots
+    assert not reaches(0.993, 0.99, 2000)  # 0.993 - 1.645 x 0.0019 < 0.99
 
 
 def test_default_search_uses_the_stored_count_and_the_chosen_stage(synthetic):
