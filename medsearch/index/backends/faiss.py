@@ -1,8 +1,8 @@
 """The FAISS backend: one stored matrix in the generation folder, every tier a view of it.
 
   vectors.faiss   the full-dim L2-normalised vectors, one row per chunk row: a faiss flat-codes
-                  index (`SQfp16` for float16, `Flat` for float32), memory-mapped. Its codes are the
-                  file's tail, read as a numpy matrix too, so the tiers need no copies:
+                  index (`SQfp16` for float16, `Flat` for float32), memory-mapped by faiss, its
+                  codes also read as a numpy matrix, so the tiers need no copies:
                     deep           faiss's exact scan of the index (SIMD float16 decoding)
                     a prefix dim   an exact scan of the first `dim` columns, renormalised, in blocks
                     re-ranking     the candidates' rows, decoded by faiss
@@ -81,19 +81,16 @@ class Matrix:
 
     @classmethod
     def open(cls, path: Path) -> "Matrix":
-        """vectors.faiss, memory-mapped by faiss and by numpy (its codes are the file's last rows x
-        dim x itemsize bytes); checked: a row as faiss decodes it is the row numpy reads."""
+        """vectors.faiss, memory-mapped once, by faiss; `view` is numpy's window on faiss's codes
+        (mapping the file a second time would count every page twice in the resident memory).
+        Checked: a row as faiss decodes it is the row numpy reads."""
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
         dtype = np.float16 if isinstance(index, faiss.IndexScalarQuantizer) else np.float32
-        n, dim = index.ntotal, index.d
-        size = path.stat().st_size
-        length = n * dim * np.dtype(dtype).itemsize
-        if size < length:
-            raise ValueError(f"{size} bytes cannot hold {n} rows of {dim} dims")
-        view = np.memmap(path, dtype=dtype, mode="r", offset=size - length, shape=(n, dim)) if n else np.empty((0, dim), dtype)
+        view = np.asarray(_Codes(index, dtype)) if index.ntotal else np.empty((0, index.d), dtype)
         matrix = cls(view, index)
+        n = index.ntotal
         if n and not np.array_equal(index.reconstruct(n - 1), matrix.rows(np.array([n - 1]))[0]):
-            raise ValueError("its codes are not where this medsearch reads them")
+            raise ValueError("its codes are not the rows this medsearch reads")
         return matrix
 
     @classmethod
@@ -133,6 +130,20 @@ class Matrix:
             heap.add_result(scores, np.where(found >= 0, rows[np.maximum(found, 0)], -1))
         heap.finalize()
         return heap.D, heap.I
+
+
+class _Codes:
+    """A read-only numpy window on a faiss flat-codes index's codes that keeps the index (and so its
+    memory map) alive for as long as any array made from it lives."""
+
+    def __init__(self, index: faiss.Index, dtype):
+        self.index = index
+        shape = (index.ntotal, index.d)
+        raw = faiss.rev_swig_ptr(index.codes.data(), index.ntotal * index.code_size)
+        if index.code_size != index.d * np.dtype(dtype).itemsize:
+            raise ValueError(f"{index.code_size} bytes a row is not {index.d} dims of {np.dtype(dtype).name}")
+        self.__array_interface__ = {"shape": shape, "typestr": np.dtype(dtype).str, "version": 3,
+                                    "data": (raw.__array_interface__["data"][0], True)}  # True: read-only
 
 
 def decode(stored: np.ndarray) -> np.ndarray:
