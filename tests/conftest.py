@@ -178,7 +178,7 @@ def to_legacy_layout(index_dir: Path) -> None:
     stored = np.asarray(Matrix.open(folder / "vectors.faiss").view)
     np.save(folder / "vectors.npy", stored)
     for dim in map(int, manifest["index_types"]):
-        part = np.ascontiguousarray(stored[:, :dim], dtype=np.float32)
+        part = np.array(stored[:, :dim], dtype=np.float32)  # a copy: normalised in place
         faiss.normalize_L2(part)
         flat = faiss.IndexFlatIP(dim)
         flat.add(part)

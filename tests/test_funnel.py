@@ -75,10 +75,11 @@ def test_fewer_candidates_miss_the_target(synthetic):
 
 
 def test_a_recall_reaches_the_target_only_with_confidence():
-    assert reaches(1.0, 1.0, 2000)
     assert not reaches(0.99, 0.99, 2000)  # at the target: as likely below it as above
-    assert reaches(0.995, 0.99, 2000) and not reaches(0.995, 0.99, 200)  # the bound narrows with the slots
-    assert not reaches(0.993, 0.99, 2000)  # 0.993 - 1.645 x 0.0019 < 0.99
+    assert reaches(0.996, 0.99, 2000) and not reaches(0.996, 0.99, 200)  # the bound narrows with the slots
+    assert not reaches(0.993, 0.99, 2000)
+    assert reaches(1.0, 0.99, 2000) and not reaches(1.0, 0.99, 130)  # a perfect small sample is not certainty
+    assert not reaches(1.0, 1.0, 10**6)
 
 
 def test_default_search_uses_the_stored_count_and_the_chosen_stage(synthetic):

@@ -125,7 +125,8 @@ class Matrix:
                 rows, block = rows[keep], block[keep]
                 if not len(rows):
                     continue
-            faiss.normalize_L2(block)
+            if dim < self.full_dim:  # a prefix is renormalised; full rows are scored as stored, as faiss's scan does
+                faiss.normalize_L2(block)
             scores, found = faiss.knn(queries, block, min(n, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
             heap.add_result(scores, np.where(found >= 0, rows[np.maximum(found, 0)], -1))
         heap.finalize()
@@ -242,8 +243,9 @@ class FaissBackend:
 
     @property
     def legacy(self) -> bool:
-        """Whether the generation is of the layout before (a vectors.npy and a copy per stored dim)."""
-        return not (self.folder / layout.MATRIX).is_file() and (self.folder / layout.LEGACY_VECTORS).is_file()
+        """Whether the generation is of the layout before (a vectors.npy and a copy per stored dim):
+        its manifest names no stored matrix."""
+        return "vectors" not in (self.manifest.get("faiss_factories") or {})
 
     @cached_property
     def matrix(self) -> Matrix:
@@ -281,8 +283,11 @@ class FaissBackend:
         """Every part a search reads, now (each a DamagedIndexError line when it cannot be read)."""
         self.matrix  # noqa: B018 (cached on first use)
         if self.manifest.fast_stage == "binary" and self.binary is None:
-            raise DamagedIndexError(f"{self.folder}: {layout.BINARY} is missing (the fast tier's stage): run medsearch "
-                                    "verify; restore a snapshot or rebuild to repair it")
+            raise self._missing_codes()
+
+    def _missing_codes(self) -> DamagedIndexError:
+        return DamagedIndexError(f"{self.folder}: {layout.BINARY} is missing (the fast tier's stage): run medsearch "
+                                 "verify; restore a snapshot or rebuild to repair it")
 
     def close(self) -> None:
         for name in ("matrix", "binary"):
@@ -398,10 +403,10 @@ class FaissBackend:
             not self.manifest.fast or (full_dim % 8 == 0 and not (self.folder / layout.BINARY).is_file()))
 
     def read_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(float32, as stored) of `rows`: a compaction writes the stored rows again, so its scores
-        do not move."""
+        """The stored rows of `rows`, once, as both the vectors and the rows to keep: a compaction
+        writes them again as they are (so its scores do not move), a block at a time."""
         stored = np.asarray(self.matrix.view[np.asarray(rows, dtype=np.int64)])
-        return decode(stored), stored
+        return stored, stored
 
     # ---- searches ----
 
@@ -419,7 +424,7 @@ class FaissBackend:
         selector = Allowed(allowed) if allowed is not None else None
         while len(pending):
             if selector is not None and n >= total:  # every allowed row: rank them all exactly
-                rows, scores = self._exhaustive(queries[pending], selector.rows(), dim, rerank, timings)
+                rows, scores = self._exhaustive(queries[pending], selector, dim, rerank, timings)
             else:
                 rows, scores = self._ranked(queries[pending], dim, rerank, n, timings, selector)
             still = []
@@ -432,20 +437,19 @@ class FaissBackend:
             pending, n = np.array(still, dtype=int), min(total, 2 * n)
         return results, timings
 
-    def _exhaustive(self, vectors, rows, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Rank every row in `rows` exactly: as re-rank candidates (fast tier), or at `dim`."""
-        if rerank:
-            return self._rerank(vectors, [rows] * len(vectors), timings)
+    def _exhaustive(self, vectors, allowed: Allowed, dim, rerank, timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Rank every allowed row exactly, at full dim (the fast tier: what re-ranking them all would
+        give) or at `dim`: the matrix's own scan, a block at a time, never the rows copied at once."""
         started = time.perf_counter()
-        stored = self.matrix.rows(rows, dim)
-        faiss.normalize_L2(stored)
-        scores, order = faiss.knn(prefix(vectors, dim), stored, len(rows), metric=faiss.METRIC_INNER_PRODUCT)
-        timings["search"] += (time.perf_counter() - started) * 1000
-        return list(rows[order]), list(scores)
+        scores, rows = self.matrix.search(vectors, self.manifest.full_dim if rerank else dim, allowed.count, allowed)
+        timings["rerank" if rerank else "search"] += (time.perf_counter() - started) * 1000
+        return list(rows), list(scores)
 
     def _ranked(self, vectors, dim, rerank, n, timings, allowed=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         started = time.perf_counter()
         if rerank and self.manifest.fast_stage == "binary":  # candidates by Hamming distance of the full vectors' signs
+            if self.binary is None:
+                raise self._missing_codes()
             scores, rows = self.binary.search(vectors, n, allowed)
         else:
             scores, rows = self.matrix.search(vectors, dim, n, allowed)
