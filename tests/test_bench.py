@@ -178,6 +178,14 @@ def test_growth_bench_measures_every_tier_at_each_point_in_its_own_process(tmp_p
     assert (tmp_path / "g.png").stat().st_size > 10_000
 
 
+def test_dtype_cost_bench_compares_both_stored_dtypes_with_exact_search(tmp_path):
+    run_script("dtype_cost.py", "--sizes", "2000", "--dim", "128", "--queries", "20", "--name", "dt", "--out", tmp_path, cwd=tmp_path)
+    rows = {r["stored"]: r for r in json.loads((tmp_path / "dt.json").read_text())["rows"]}
+    assert rows["float32"]["deep_recall_vs_float32_exact"] == 1.0  # the same numbers: exact
+    assert 0.95 <= rows["float16"]["deep_recall_vs_float32_exact"] <= 1.0
+    assert rows["float16"]["bytes_per_passage"] == 256 and rows["float32"]["bytes_per_passage"] == 512
+
+
 def test_runtimes_bench_compares_in_one_run(tmp_path):
     run_script("runtimes.py", "--data", BUNDLED, "--split", "", "--runtimes", "torch,openvino", "--query-sample", "5",
                "--name", "rt", "--out", tmp_path, cwd=tmp_path)
