@@ -139,12 +139,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # SIZExDIM:JSON, run by the parent
     args = parser.parse_args()
-    fit = json.loads(Path(args.calibration).read_text())["fits"]["1024"]  # fitted against real 384-dim embeddings
+    fits = json.loads(Path(args.calibration).read_text())["fits"]  # per generator dim, each fitted to the real curves
     if args.one:
         point, out = args.one.split(":", 1)
         n, dim = map(int, point.split("x"))
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            rows = one_point(n, dim, fit, args.queries, args.timed, args.slow_timed, Path(tmp))
+            rows = one_point(n, dim, fits[str(dim)], args.queries, args.timed, args.slow_timed, Path(tmp))
         Path(out).write_text(json.dumps(rows))
         return
     rows = []
@@ -158,7 +158,7 @@ def main() -> None:
     print()
     print_table(rows, ["size", "dim", "tier", "tier_dim", "recall_vs_deep", "p50_ms", "p95_ms", "batched_qps", "build_s",
                        "peak_rss_mib"])
-    generator = {key: fit[key] for key in ("rank", "sigma", "beta", "noise", "max_gap")}
+    generator = {dim: {key: fit[key] for key in ("rank", "sigma", "beta", "noise", "max_gap")} for dim, fit in fits.items()}
     write_results(args.name, {"generator": generator, "queries": args.queries, "rows": rows}, Path(args.out))
     plot(rows, Path(args.out) / f"{args.name}.png")
 

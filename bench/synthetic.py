@@ -29,6 +29,7 @@ it so that both stages' curves match the real ones at once:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -119,7 +120,7 @@ def stage_curves(docs: np.ndarray, queries: np.ndarray, counts=STAGE_COUNTS, fas
     for name, found in (("prefix", by_prefix), ("binary", by_binary)):
         curves[name] = []
         for count in counts:
-            ranked, _ = rerank(queries, list(found[:, :count]), docs)
+            ranked, _ = rerank(queries, list(found[:, :count]), lambda rows: docs[rows])
             curves[name].append(float(np.mean([len(set(r[:10]) & set(t)) / 10 for r, t in zip(ranked, truth)])))
     return curves
 
@@ -218,32 +219,39 @@ def main_stages(args) -> None:
     from medsearch.encoding.encoder import Encoder
     from medsearch.training.evaluation import load_benchmark
 
-    index = open_index(args.index)
-    docs = np.asarray(index.backend.vectors, dtype=np.float32)
-    texts = list(load_benchmark(args.data, args.split).queries.values())
-    queries = Encoder(args.model or index.manifest["model"]["spec"]).encode_queries(texts)
-    real = stage_curves(docs, queries)
+    earlier = {"fits": {}, "trials": {}}
+    if args.real_curves:  # the real side of an earlier run (its index may be gone): fit more dims to it
+        earlier = json.loads(Path(args.real_curves).read_text())
+        real, size = earlier["real_curves"], earlier["real_size"]
+        args.index, args.model = earlier["index"], earlier["model"]
+    else:
+        index = open_index(args.index)
+        docs = np.asarray(index.backend.vectors, dtype=np.float32)
+        texts = list(load_benchmark(args.data, args.split).queries.values())
+        queries = Encoder(args.model or index.manifest["model"]["spec"]).encode_queries(texts)
+        real, size = stage_curves(docs, queries), len(docs)
     print("real: " + "; ".join(f"{s} " + ", ".join(f"{c}: {r:.3f}" for c, r in zip(STAGE_COUNTS, real[s])) for s in real), flush=True)
     grid = {"rank": [int(r) for r in args.ranks.split(",")], "sigma": [float(x) for x in args.sigmas.split(",")],
             "beta": [float(b) for b in args.betas.split(",")], "noise": [float(x) for x in args.noises.split(",")]}
     fits = {}
     for dim in map(int, args.dims.split(",")):
-        fits[str(dim)] = calibrate_stages(real, len(docs), dim, args.queries, grid)
+        fits[str(dim)] = calibrate_stages(real, size, dim, args.queries, grid)
         best = fits[str(dim)]["best"]
         print(f"dim {dim}: " + ", ".join(f"{k} {best[k]}" for k in ("rank", "sigma", "beta", "noise", "max_gap")))
     rows = [{"stage": s, "candidates": c, "real": real[s][i], **{f"synthetic {d}": f["best"]["curves"][s][i] for d, f in fits.items()}}
             for s in real for i, c in enumerate(STAGE_COUNTS)]
     print_table(rows, list(rows[0]))
-    write_results(args.name, {"index": args.index, "model": args.model, "real_size": len(docs), "counts": list(STAGE_COUNTS),
-                              "real_curves": real, "fits": {d: f["best"] for d, f in fits.items()},
-                              "trials": {d: f["trials"] for d, f in fits.items()}}, Path(args.out))
+    write_results(args.name, {"index": args.index, "model": args.model, "real_size": size, "counts": list(STAGE_COUNTS),
+                              "real_curves": real, "fits": {**earlier["fits"], **{d: f["best"] for d, f in fits.items()}},
+                              "trials": {**earlier["trials"], **{d: f["trials"] for d, f in fits.items()}}}, Path(args.out))
 
 
 def main() -> None:
     if "--stages" in sys.argv:
         parser = argparse.ArgumentParser(description="Fit the generator to both candidate stages' real curves.")
         parser.add_argument("--stages", action="store_true")
-        parser.add_argument("--index", required=True)
+        parser.add_argument("--index", default=None)
+        parser.add_argument("--real-curves", default=None, help="an earlier --stages JSON: fit --dims to its real curves")
         parser.add_argument("--model", default=None, help="the index's model, if it has moved")
         parser.add_argument("--data", default="../shared/data/medquad")
         parser.add_argument("--split", default="test")

@@ -163,18 +163,18 @@ def test_funnel_bench_marks_the_calibrated_default(tmp_path):
 
 
 def test_growth_bench_measures_every_tier_at_each_point_in_its_own_process(tmp_path):
-    stdout = run_script("growth.py", "--points", "3000x256,2000x128", "--queries", "20", "--timed", "3", "--slow-timed", "2",
+    stdout = run_script("growth.py", "--points", "3000x384,2000x1024", "--queries", "20", "--timed", "3", "--slow-timed", "2",
                         "--name", "g", "--out", tmp_path, cwd=tmp_path)
     rows = json.loads((tmp_path / "g.json").read_text())["rows"]
     assert [(r["size"], r["dim"], r["tier"]) for r in rows] == [
-        (n, d, t) for n, d in ((3000, 256), (2000, 128)) for t in ("fast", "light", "standard", "deep")]
+        (n, d, t) for n, d in ((3000, 384), (2000, 1024)) for t in ("fast", "light", "standard", "deep")]
     assert all(r["recall_vs_deep"] == 1.0 for r in rows if r["tier"] == "deep")
     assert all(0 < r["recall_vs_deep"] <= 1 and r["p95_ms"] >= r["p50_ms"] > 0 and r["batched_qps"] > 0 for r in rows)
     big = next(r for r in rows if r["size"] == 3000)
-    assert big["bytes_per_passage"]["vectors.faiss"] == pytest.approx(2 * 256, rel=0.01)  # float16, one copy
-    assert big["bytes_per_passage"]["binary.faiss"] == pytest.approx(256 / 8, rel=0.05)
+    assert big["bytes_per_passage"]["vectors.faiss"] == pytest.approx(2 * 384, rel=0.01)  # float16, one copy
+    assert big["bytes_per_passage"]["binary.faiss"] == pytest.approx(384 / 8, rel=0.05)
     assert set(big["disk_bytes"]) == {"vectors.faiss", "binary.faiss", "chunk_doc.npy", "manifest.json", "checksums.sha256"}
-    assert big["peak_rss_mib"] > 0 and "3000 x 256 fast: recall" in stdout
+    assert big["peak_rss_mib"] > 0 and "3000 x 384 fast: recall" in stdout
     assert (tmp_path / "g.png").stat().st_size > 10_000
 
 
