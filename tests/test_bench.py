@@ -186,6 +186,16 @@ def test_dtype_cost_bench_compares_both_stored_dtypes_with_exact_search(tmp_path
     assert rows["float16"]["bytes_per_passage"] == 256 and rows["float32"]["bytes_per_passage"] == 512
 
 
+def test_partitions_bench_sweeps_real_and_synthetic_vectors(tmp_path, bundled_index):
+    run_script("partitions.py", "--real", f"{bundled_index}:default", "--data", BUNDLED, "--split", "", "--name", "p",
+               "--out", tmp_path, cwd=tmp_path)
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    for vectors in ("real", "synthetic"):
+        mine = [r["recall_vs_exact"] for r in rows if r["vectors"] == vectors]
+        assert len(mine) == 7 and all(0 < r <= 1 for r in mine)
+        assert mine[-1] >= mine[0]  # scanning more lists never finds fewer of the top 10
+
+
 def test_runtimes_bench_compares_in_one_run(tmp_path):
     run_script("runtimes.py", "--data", BUNDLED, "--split", "", "--runtimes", "torch,openvino", "--query-sample", "5",
                "--name", "rt", "--out", tmp_path, cwd=tmp_path)

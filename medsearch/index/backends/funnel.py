@@ -48,7 +48,7 @@ def rerank(queries: np.ndarray, candidates: list[np.ndarray], read: Read) -> tup
             continue
         # faiss ranks the candidates exactly. A numpy matmul here would wake OpenBLAS's own thread
         # pool, which fights faiss's OpenMP threads: 9-12 ms instead of ~1 ms for 500 candidates x
-        # 1024 dims on 2 cores (measured; see docs/guides/speed.md, "Benchmarks at scale").
+        # 1024 dims on 2 cores (measured).
         scores, order = faiss.knn(np.ascontiguousarray(query[None, :], dtype=np.float32),
                                   read(rows), len(rows), metric=faiss.METRIC_INNER_PRODUCT)
         out_rows.append(rows[order[0]])
