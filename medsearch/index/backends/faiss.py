@@ -202,6 +202,9 @@ class BinaryCodes:
 
     def __init__(self, index: faiss.IndexBinary):
         self.index = index
+        # Counting by distance instead of a heap: at 1M x 1024 bits a single query's 2,000 candidates
+        # took 5.3 ms against 7.3 (500: 5.8 against 6.4), a batch of 32 108 ms against 132 (2 cores).
+        index.use_heap = False
 
     @classmethod
     def build(cls, dim: int) -> "BinaryCodes":
