@@ -4,7 +4,7 @@ Every committed generation holds `checksums.sha256`: one line per file of the fo
 included, the checksums file itself excepted), in the format of coreutils' `sha256sum`, so
 `cd gen-000007 && sha256sum -c checksums.sha256` checks a generation without medsearch:
 
-    3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b  vectors.npy
+    3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b  vectors.faiss
     ...
 
 A write shares the files it does not change with the generation before (hard links: committed
