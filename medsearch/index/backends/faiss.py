@@ -25,7 +25,7 @@ without the dead rows. A write appends rows to a copy of the files; a delete-onl
 from __future__ import annotations
 
 import time
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,7 +115,7 @@ class Matrix:
         faiss's scan of the index; a prefix: the view decoded BLOCK_ROWS rows at a time."""
         queries = prefix(queries, dim)
         if dim == self.full_dim and self.index is not None:
-            return self.index.search(queries, n, params=faiss.SearchParameters(sel=allowed.selector) if allowed else None)
+            return self.index.search(queries, n, params=faiss.SearchParameters(sel=allowed.selector) if allowed is not None else None)
         heap = faiss.ResultHeap(len(queries), n, keep_max=True)
         for start in range(0, len(self), BLOCK_ROWS):
             stop = min(len(self), start + BLOCK_ROWS)
@@ -152,8 +152,13 @@ def decode(stored: np.ndarray) -> np.ndarray:
     if stored.dtype != np.float16:
         return np.array(stored, dtype=np.float32)
     stored = np.ascontiguousarray(stored)
-    codec = faiss.ScalarQuantizer(stored.shape[1], faiss.ScalarQuantizer.QT_fp16)
-    return codec.decode(stored.view(np.uint8)) if len(stored) else np.empty(stored.shape, np.float32)
+    return float16_codec(stored.shape[1]).decode(stored.view(np.uint8)) if len(stored) else np.empty(stored.shape, np.float32)
+
+
+@lru_cache(maxsize=16)
+def float16_codec(dim: int) -> faiss.ScalarQuantizer:
+    """faiss's float16 codec for rows of `dim` (made once a dim: a query decodes with it several times)."""
+    return faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
 
 
 def write_matrix(path: Path, vectors: np.ndarray, dtype: str, base: Matrix | None = None) -> None:
@@ -182,8 +187,7 @@ def encode(block: np.ndarray, dtype: str) -> np.ndarray:
     """Rows as the matrix stores them (float16 by faiss's SIMD code; rows already float16 as they are)."""
     if dtype == "float32" or block.dtype == np.float16:
         return np.ascontiguousarray(block, dtype=np.float16 if dtype == "float16" else np.float32)
-    codec = faiss.ScalarQuantizer(block.shape[1], faiss.ScalarQuantizer.QT_fp16)
-    return codec.compute_codes(np.ascontiguousarray(block, dtype=np.float32))
+    return float16_codec(block.shape[1]).compute_codes(np.ascontiguousarray(block, dtype=np.float32))
 
 
 def binary_codes(vectors: np.ndarray) -> np.ndarray:
@@ -211,6 +215,15 @@ class BinaryCodes:
         return cls(faiss.index_binary_factory(dim, BINARY_FACTORIES[BINARY_INDEX]))
 
     @classmethod
+    def write(cls, folder: Path, dim: int, parts: list[np.ndarray], base: Path | None = None) -> "BinaryCodes":
+        """The folder's binary.faiss: the codes of `base` (a copy of its own), when given, then of each part's rows."""
+        codes = cls.load(base) if base is not None else cls.build(dim)
+        for part in parts:
+            codes.add(part)
+        codes.save(folder / layout.BINARY)
+        return codes
+
+    @classmethod
     def load(cls, path: Path) -> "BinaryCodes":
         return cls(faiss.read_index_binary(str(path)))
 
@@ -225,6 +238,20 @@ class BinaryCodes:
         params = faiss.SearchParameters(sel=allowed.selector) if allowed is not None else None
         distances, rows = self.index.search(binary_codes(queries), n, params=params)
         return -distances.astype(np.float32), rows
+
+
+def wants_codes(manifest: "Manifest") -> bool:
+    """Whether a generation has the binary stage: a fast tier below the full dim, whose sign codes are
+    whole bytes (faiss's binary indexes)."""
+    return manifest.tier_dims["fast"] != manifest.full_dim and manifest.full_dim % 8 == 0
+
+
+def record_files(manifest: "Manifest", codes: bool) -> None:
+    """The manifest's account of this layout: every stored dim an exact view of the matrix, and the
+    faiss factory of each file."""
+    manifest["index_types"] = {d: "flat" for d in manifest["index_types"]}
+    manifest["faiss_factories"] = {"vectors": MATRIX_FACTORIES[manifest.vector_dtype],
+                                   **({"binary": BINARY_FACTORIES[BINARY_INDEX]} if codes else {})}
 
 
 class FaissBackend:
@@ -325,19 +352,14 @@ class FaissBackend:
               stored: np.ndarray | None = None, target_recall: float, progress: bool = False) -> "FaissBackend":
         """vectors.faiss (the rows as `stored` when given, else `vectors` in the manifest's dtype),
         the binary codes and the funnel's calibration. `vectors` may be a memory map: it is read in blocks."""
-        dims, full_dim = manifest.tier_dims, manifest.full_dim
-        manifest["index_types"] = {d: "flat" for d in manifest["index_types"]}  # every stored dim: an exact view
-        manifest["faiss_factories"] = {"vectors": MATRIX_FACTORIES[manifest.vector_dtype]}
+        codes = wants_codes(manifest)
+        record_files(manifest, codes)
         manifest["backend"] = {"name": cls.name}
         write_matrix(folder / layout.MATRIX, vectors if stored is None else stored, manifest.vector_dtype)
         written = cls(folder, manifest)
-        if dims["fast"] != full_dim and full_dim % 8 == 0:  # the binary stage (faiss codes are whole bytes)
-            codes = BinaryCodes.build(full_dim)
-            codes.add(vectors)
-            codes.save(folder / layout.BINARY)
-            written.binary = codes
-            manifest["faiss_factories"]["binary"] = BINARY_FACTORIES[BINARY_INDEX]
-        if dims["fast"] != full_dim:
+        if codes:
+            written.binary = BinaryCodes.write(folder, manifest.full_dim, [vectors])
+        if manifest.tier_dims["fast"] != manifest.full_dim:
             manifest["fast"] = written.calibrate(None, target_recall, vectors)
         return written
 
@@ -345,19 +367,14 @@ class FaissBackend:
                progress: bool = False) -> "FaissBackend":
         """This generation's rows and `vectors` after them, in this layout (a generation of the
         layout before is rewritten into it: its binary codes are made from its stored rows)."""
+        kept = self.folder / layout.BINARY
+        codes = kept.is_file() or (self.legacy and wants_codes(manifest))
+        record_files(manifest, codes)
         write_matrix(folder / layout.MATRIX, vectors, manifest.vector_dtype, base=self.matrix)
-        manifest["index_types"] = {d: "flat" for d in manifest["index_types"]}
-        manifest["faiss_factories"] = {"vectors": MATRIX_FACTORIES[manifest.vector_dtype]}
         written = FaissBackend(folder, manifest)
-        binary = self.folder / layout.BINARY
-        if binary.is_file() or (self.legacy and manifest.tier_dims["fast"] != manifest.full_dim and manifest.full_dim % 8 == 0):
-            codes = BinaryCodes.load(binary) if binary.is_file() else BinaryCodes.build(manifest.full_dim)  # a copy of its own
-            if not binary.is_file():
-                codes.add(self.matrix.view)
-            codes.add(vectors)
-            codes.save(folder / layout.BINARY)
-            written.binary = codes
-            manifest["faiss_factories"]["binary"] = BINARY_FACTORIES[BINARY_INDEX]
+        if codes:  # this generation's codes and the new rows' (a generation of the layout before: made from its rows)
+            written.binary = BinaryCodes.write(folder, manifest.full_dim, [vectors] if kept.is_file() else [self.matrix.view, vectors],
+                                               base=kept if kept.is_file() else None)
         return written
 
     def carry_over(self, folder: Path, manifest: "Manifest", *, removed: list[str]) -> "FaissBackend":
@@ -401,9 +418,8 @@ class FaissBackend:
     def outdated(self) -> bool:
         """A generation of the layout before, or built before the funnel's calibration or its binary
         codes, is rewritten by `compact`."""
-        full_dim = self.manifest.full_dim
-        return self.legacy or self.manifest.tier_dims["fast"] != full_dim and (
-            not self.manifest.fast or (full_dim % 8 == 0 and not (self.folder / layout.BINARY).is_file()))
+        return (self.legacy or (self.manifest.tier_dims["fast"] != self.manifest.full_dim and not self.manifest.fast)
+                or (wants_codes(self.manifest) and not (self.folder / layout.BINARY).is_file()))
 
     def read_vectors(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored rows of `rows`, once, as both the vectors and the rows to keep: a compaction
